@@ -171,6 +171,8 @@ def from_exception(exc: BaseException, *, what: str = "", sent: bool = False) ->
         return exc
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return TimeoutError_(f"{what}: timed out ({name})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return NetworkError(f"{what}: cannot connect ({name})")
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError
                   | aiohttp.ClientOSError | ConnectionResetError):
         cls = OutcomeUnknown if sent else NetworkError

@@ -1,0 +1,75 @@
+"""Stage 2: cut validated lines into chunks, each the body of one batch.
+
+A chunk closes at `batch_size` requests or `batch_bytes` of body, whichever comes first. The cut
+depends only on the input and the batch-shaping options, so a resumed run cuts the same chunks and
+can match them to the ledger by sequence number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from .reader import Block
+from .validate import BLANK, Rejects, Validator
+
+BODY_WRAPPER_BYTES = 64  # '{"requests":[' ... ']}' and slack
+
+
+@dataclass
+class Chunk:
+    seq: int
+    start_file: int
+    start_pos: int
+    start_line: int
+    end_file: int = 0
+    end_pos: int = 0
+    lines: list[bytes] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    nbytes: int = BODY_WRAPPER_BYTES
+
+    @property
+    def n(self) -> int:
+        return len(self.lines)
+
+
+async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects: Rejects, *,
+                     batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
+                     unit_of: Callable[[int], str]) -> AsyncIterator[Chunk]:
+    """Validated chunks from a stream of blocks, in input order, numbered from 0."""
+    check = validator.check
+    reject = rejects.add
+    seq = 0
+    chunk: Chunk | None = None
+    per_line = overhead(0)
+    async for block in blocks:
+        fi = block.file_index
+        rows = unit_of(fi) == "rows"
+        pos = block.start_pos
+        line_no = block.first_line - 1
+        for raw in block.lines:
+            line_no += 1
+            line_start = pos
+            pos += 1 if rows else len(raw) + 1
+            cid, out, err = check(raw)
+            if err is not None:
+                if err is not BLANK:
+                    reject(fi, line_no, cid, err)
+                continue
+            size = len(out) + per_line
+            if chunk is not None and chunk.nbytes + size > batch_bytes:
+                yield chunk
+                seq += 1
+                chunk = None
+            if chunk is None:
+                chunk = Chunk(seq, fi, line_start, line_no)
+            chunk.lines.append(out)
+            chunk.ids.append(cid)
+            chunk.nbytes += size
+            chunk.end_file, chunk.end_pos = fi, pos
+            if len(chunk.lines) >= batch_size:
+                yield chunk
+                seq += 1
+                chunk = None
+    if chunk is not None:
+        yield chunk

@@ -1,0 +1,155 @@
+"""Stage 5: stream an ended batch's results into the shards, exactly once.
+
+One batch is written at a time (the lock), so a failure can roll the shards back to the offsets the
+ledger holds. A results line is parsed once, only as far as routing and counting need. Final lines go
+to the shards as they came; a request that deserves another attempt (transient error, expired) is
+parked in the ledger with its request line instead, until `max_attempts` is reached, when its last
+line becomes final. Cancelled requests are parked as `canceled` (see `run --retry-cancelled`).
+After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from . import errors
+from .http import backoff_s
+from .ledger import ChunkRow, Ledger
+from .providers.base import OUTCOME_NAMES, RETRYABLE, BatchInfo, Outcome, Provider
+from .settings import Settings
+from .writer import ShardSet
+
+log = logging.getLogger("scheduler.collector")
+
+# request lines of a chunk, by custom_id (read again from the input or the ledger)
+Lookup = Callable[[ChunkRow], Awaitable[dict[str, bytes]]]
+CostFn = Callable[[str | None, object], float]
+
+
+class NotOurs(Exception):
+    """An adopted batch whose results name requests that are not in the chunk."""
+
+
+@dataclass
+class Collected:
+    finals: int
+    parked: int
+    counts: dict[str, float]
+
+
+class Collector:
+    def __init__(self, provider: Provider, ledger: Ledger, shards: ShardSet, settings: Settings,
+                 lookup: Lookup, cost: CostFn, *, rng: random.Random | None = None):
+        self.provider = provider
+        self.ledger = ledger
+        self.shards = shards
+        self.settings = settings
+        self._lookup = lookup
+        self._cost = cost
+        self._rng = rng or random.Random()
+        self.lock = asyncio.Lock()
+        self.downloads_restarted = 0
+
+    async def collect(self, row: ChunkRow, info: BatchInfo) -> Collected:
+        async with self.lock:
+            offsets = await self.ledger.shard_offsets(self.shards.n)
+            policy = self.settings.retry
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    return await self._collect_once(row, info, offsets)
+                except errors.TransientError as err:
+                    self.shards.rollback(offsets)
+                    if attempt >= policy.attempts:
+                        raise
+                    self.downloads_restarted += 1
+                    wait = backoff_s(policy, attempt, self._rng)
+                    log.warning("results of %s cut short (%s); fetching again in %.2fs", info.id, err, wait)
+                    await asyncio.sleep(wait)
+                except BaseException:
+                    self.shards.rollback(offsets)
+                    raise
+
+    async def _collect_once(self, row: ChunkRow, info: BatchInfo, offsets: list[int]) -> Collected:
+        shards = self.shards
+        nshards = shards.n
+        add = shards.add
+        classify = self.provider.classify
+        from .writer import shard_of
+
+        max_attempts = self.settings.max_attempts
+        retry_attempts: dict[str, int] = {}
+        if row.kind == "retry":
+            retry_attempts = {c: a for c, _, a in await self.ledger.retry_requests(row.id)}
+        owned: dict[str, bytes] | None = await self._lookup(row) if row.adopted else None
+        base_attempt = 1
+        counts = [0] * len(Outcome)
+        tokens = [0, 0, 0, 0]
+        cost = 0.0
+        to_park: list[tuple[str, Outcome, bytes]] = []
+        finals_retried: list[str] = []
+        final_attempts: dict[int, int] = {}
+        n_lines = 0
+        async for block in self.provider.result_blocks(info):
+            for line in block:
+                try:
+                    cid, outcome, usage, model = classify(line)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise errors.ProtocolError(f"unreadable results line in batch {info.id}: {exc}") from None
+                if owned is not None and cid not in owned:
+                    raise NotOurs(cid)
+                n_lines += 1
+                attempts = retry_attempts.get(cid, 0) + 1 if retry_attempts else base_attempt
+                if (outcome in RETRYABLE and attempts < max_attempts) or (
+                        outcome is Outcome.CANCELED):
+                    to_park.append((cid, outcome, line))
+                    continue
+                add(shard_of(cid, nshards), line)
+                counts[outcome] += 1
+                final_attempts[attempts] = final_attempts.get(attempts, 0) + 1
+                if retry_attempts:
+                    finals_retried.append(cid)
+                if usage is not None:
+                    tokens[0] += usage.input_tokens
+                    tokens[1] += usage.output_tokens
+                    tokens[2] += usage.cache_write_tokens
+                    tokens[3] += usage.cache_read_tokens
+                    cost += self._cost(model, usage)
+        park = await self._park(row, to_park, retry_attempts)
+        new_offsets = await asyncio.to_thread(shards.commit)
+        summary: dict[str, float] = {OUTCOME_NAMES[o]: c for o, c in enumerate(counts) if c}
+        summary.update({"input_tokens": tokens[0], "output_tokens": tokens[1],
+                        "cache_write_tokens": tokens[2], "cache_read_tokens": tokens[3], "cost_usd": cost,
+                        "batches_collected": 1, "result_lines": n_lines})
+        for a, c in final_attempts.items():
+            summary[f"final_after_{a}_attempts"] = c
+        parked_retry = sum(1 for p in park if p[3] == "pending")
+        if parked_retry:
+            summary["retried"] = parked_retry
+        await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
+                                           finals=finals_retried)
+        offsets[:] = new_offsets
+        return Collected(sum(counts), len(park), summary)
+
+    async def _park(self, row: ChunkRow, to_park: list[tuple[str, Outcome, bytes]],
+                    retry_attempts: dict[str, int]) -> list[tuple[str, bytes, int, str, bytes]]:
+        if not to_park:
+            return []
+        if row.kind == "retry":
+            requests = {c: r for c, r, _ in await self.ledger.retry_requests(row.id)}
+        else:
+            requests = await self._lookup(row)
+        park = []
+        for cid, outcome, line in to_park:
+            request = requests.get(cid)
+            if request is None:
+                raise errors.ProtocolError(f"batch result names {cid!r}, which is not in its chunk")
+            attempts = retry_attempts.get(cid, 0) + 1 if retry_attempts else 1
+            state = "canceled" if outcome is Outcome.CANCELED else "pending"
+            park.append((cid, request, attempts, state, line))
+        return park

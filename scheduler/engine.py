@@ -1,0 +1,577 @@
+"""The engine: one job from input files to sharded results, resumable at any instant.
+
+    reader -> batcher -> [slot] -> submitter -> poller -> collector -> shards + ledger
+                                   (create)     (one loop) (one batch at a time)
+
+A slot (semaphore of --concurrency) is taken before a chunk is sent and given back once its results
+are durable, so at most K batches are in flight and memory is bounded by K x batch size. The
+producer reads the input once per run; a resumed run reads it again from the start (the cut is
+deterministic) and skips every chunk the ledger already knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from . import errors
+from .batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks
+from .collector import Collector, NotOurs
+from .http import HttpClient
+from .ledger import ChunkRow, ChunkState, Ledger
+from .poller import Poller
+from .pricing import PriceTable
+from .progress import JobStats, show_progress
+from .providers import make_provider
+from .providers.base import BatchInfo, BatchState, Provider
+from .reader import Block, JsonlSource, fingerprint
+from .settings import Settings
+from .submitter import Outgoing, Submitter
+from .validate import Rejects, Validator
+from .writer import ShardSet
+
+log = logging.getLogger("scheduler.engine")
+
+
+class ExitCode:
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    AUTH = 3
+
+
+@dataclass
+class JobResult:
+    exit_code: int
+    message: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Flight:
+    """One slot's worth of work: a chunk, which may become several batches after a split."""
+
+    remaining: int = 0
+
+
+@dataclass
+class Tracked:
+    flight: Flight
+    row: ChunkRow
+
+
+def make_sources(paths: list[str], settings: Settings) -> list:
+    if settings.template:
+        from .sources import template_sources  # rows + template (issue: inputs people have)
+        return template_sources(paths, settings)
+    return [JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
+
+
+async def span_blocks(sources: list, start: tuple[int, int, int], end: tuple[int, int] | None
+                      ) -> AsyncIterator[Block]:
+    """Blocks from (file, pos, line) up to (file, pos) exclusive; to the end of input if end is None."""
+    sf, sp, sl = start
+    for fi in range(sf, len(sources)):
+        src = sources[fi]
+        async for block in src.blocks(sp if fi == sf else 0, sl if fi == sf else 1):
+            if end is not None and fi == end[0]:
+                if block.start_pos >= end[1]:
+                    break
+                yield _clip(block, end[1], src.unit)
+            else:
+                yield block
+        if end is not None and fi >= end[0]:
+            return
+
+
+def _clip(block: Block, end_pos: int, unit: str) -> Block:
+    pos, keep = block.start_pos, 0
+    for raw in block.lines:
+        if pos >= end_pos:
+            break
+        keep += 1
+        pos += 1 if unit == "rows" else len(raw) + 1
+    return block if keep == len(block.lines) else Block(block.file_index, block.lines[:keep],
+                                                        block.first_line, block.start_pos)
+
+
+class Engine:
+    def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
+                 provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
+                 progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None):
+        self.settings = settings
+        self.out_dir = out_dir
+        self.inputs = inputs
+        self._provider_factory = provider_factory or make_provider
+        self._tty = progress_tty
+        self._quiet = quiet
+        self._remembered = remembered or {}
+        self.stats = JobStats()
+        self.prices = PriceTable.load(settings.prices_file)
+        self.ledger: Ledger | None = None
+        self._live_rows: set[int] = set()
+        self._pending_retries = 0
+        self._changed = asyncio.Event()
+        self._in_flight = 0
+        self._fatal: BaseException | None = None
+        self.http: HttpClient | None = None
+        self.poller: Poller | None = None
+
+    # -- identity -------------------------------------------------------------------------------
+
+    def _open_ledger(self) -> Ledger:
+        os.makedirs(self.out_dir, mode=0o700, exist_ok=True)
+        ledger = Ledger(os.path.join(self.out_dir, "ledger.db"))
+        meta = ledger.read_meta()
+        prints = [fingerprint(p) for p in self.inputs]
+        shaping = self.settings.shaping()
+        if not meta:
+            ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
+                               "flags": self._remembered})
+            return ledger
+        how = f"to start fresh, use another --out or delete {self.out_dir}"
+        if [p["path"] for p in meta["inputs"]] != [p["path"] for p in prints]:
+            ledger.close()
+            raise errors.JobMismatch(f"{self.out_dir} holds a job over other input files "
+                                     f"({', '.join(p['path'] for p in meta['inputs'])}); {how}")
+        for old, new in zip(meta["inputs"], prints, strict=True):
+            if old != new:
+                ledger.close()
+                raise errors.JobMismatch(f"input {new['path']} changed since the job started "
+                                         f"(size or content differs); {how}")
+        changed = [k for k in shaping if meta["shaping"].get(k) != shaping[k]]
+        if changed:
+            ledger.close()
+            detail = ", ".join(f"{k}: was {meta['shaping'].get(k)!r}, now {shaping[k]!r}" for k in changed)
+            raise errors.JobMismatch(f"{self.out_dir} was started with other batch options ({detail}); "
+                                     f"run again with the same options, or {how}")
+        return ledger
+
+    def _open_shards(self, offsets: list[int]) -> ShardSet:
+        shards = ShardSet(self.out_dir, self.settings.shards)
+        for i, (have, want) in enumerate(zip(shards.offsets, offsets, strict=True)):
+            if have < want:
+                shards.close()
+                raise errors.JobMismatch(f"shard {i} is shorter ({have} bytes) than the ledger records "
+                                         f"({want}); results were removed by hand, start fresh")
+        shards.rollback(offsets)  # drop lines of downloads that were interrupted
+        return shards
+
+    # -- the run --------------------------------------------------------------------------------
+
+    async def run(self) -> JobResult:
+        started = time.time()
+        self.ledger = ledger = self._open_ledger()
+        shards: ShardSet | None = None
+        rejects = Rejects(os.path.join(self.out_dir, "rejected.jsonl"), self.inputs)
+        try:
+            for cid, msg in (await ledger.api_rejected()).items():
+                rejects.add(None, None, cid, f"refused by the API: {msg}")
+            self._api_rejected_before = rejects.count
+            shards = self._open_shards(await ledger.shard_offsets(self.settings.shards))
+            if self.settings.retry_cancelled:
+                n = await ledger.requeue_canceled()
+                if n:
+                    log.info("%s cancelled request(s) queued again (--retry-cancelled)", n)
+            counters = await ledger.acounters()
+            self.stats.finished_before = int(sum(counters.get(k, 0) for k in
+                                                 ("succeeded", "errored", "expired", "errored_transient")))
+            self._pending_retries = await ledger.count_retries("pending")
+            result = await self._run_pipeline(ledger, shards, rejects)
+        except errors.JobMismatch as err:
+            result = JobResult(ExitCode.USAGE, str(err))
+        finally:
+            rejects.close()
+            if shards is not None:
+                shards.close()
+        result.summary = self.write_summary(result, started, rejects)
+        ledger.close()
+        return result
+
+    async def _run_pipeline(self, ledger: Ledger, shards: ShardSet, rejects: Rejects) -> JobResult:
+        s = self.settings
+        self.sources = make_sources(self.inputs, s)
+        headers = make_provider_headers(s)
+        async with HttpClient(headers, s.retry, timeout_s=s.http_timeout_s, secret=s.api_key,
+                              connections=max(16, s.concurrency * 2)) as http:
+            self.http = http
+            http.on_retry.append(self._count_retry)
+            provider = self._provider_factory(s, http)
+            self.provider = provider
+            self.validator = Validator(provider, s.batch_bytes - BODY_WRAPPER_BYTES)
+            self.submitter = Submitter(provider, ledger, rejects, overhead=provider.body_overhead)
+            self.collector = Collector(provider, ledger, shards, s, self._lookup, self.prices.cost)
+            self.poller = Poller(provider, self._on_ended, poll_min_s=s.poll_min_s, poll_max_s=s.poll_max_s)
+            self.slots = asyncio.Semaphore(s.concurrency)
+            self.rejects = rejects
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self.tg = tg
+                    progress = tg.create_task(show_progress(self.stats, tty=self._tty)) if not self._quiet else None
+                    poll_task = tg.create_task(self.poller.run())
+                    try:
+                        await self._produce()
+                    finally:
+                        self.poller.stop()
+                        if progress:
+                            progress.cancel()
+                    await poll_task
+            except* errors.AuthRefused as eg:
+                return JobResult(ExitCode.AUTH, auth_message(eg.exceptions[0], s))
+            except* errors.BudgetExceeded as eg:
+                return JobResult(ExitCode.FAILED, str(eg.exceptions[0]))
+            except* errors.ProviderError as eg:
+                err = eg.exceptions[0]
+                return JobResult(ExitCode.FAILED, f"stopped: {http.redact(str(err))}. Nothing is lost: run the "
+                                 f"same command again to resume.")
+        return await self._final_result()
+
+    async def _final_result(self) -> JobResult:
+        assert self.ledger is not None
+        canceled = await self.ledger.count_retries("canceled")
+        pending = await self.ledger.count_retries("pending")
+        if canceled:
+            return JobResult(ExitCode.FAILED, f"{canceled:,} request(s) were cancelled; run again with "
+                             f"--retry-cancelled to submit them")
+        if pending:
+            return JobResult(ExitCode.FAILED, f"{pending:,} request(s) still wait for another attempt; "
+                             f"run the same command again")
+        return JobResult(ExitCode.OK, "done")
+
+    def _count_retry(self, endpoint: str, attempt: int, err: BaseException, wait_s: float) -> None:
+        self.stats.retries += 1
+        log.debug("retry %s #%d in %.2fs: %s", endpoint, attempt, wait_s, err)
+
+    # -- producer -------------------------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        assert self.ledger is not None
+        ledger, s = self.ledger, self.settings
+        for row in await ledger.chunks_in(ChunkState.SUBMITTED):
+            await self._take_slot()
+            self._track(Flight(1), row, row.batch_id or "", None, now=True)
+        for row in await ledger.chunks_in(ChunkState.SUBMITTING, ChunkState.PLANNED):
+            if row.kind == "retry":
+                await self._take_slot()
+                self._spawn_resend(row, None)
+        blocks = span_blocks(self.sources, (0, 0, 1), None)
+        counting = self._count_lines(blocks)
+        async for chunk in cut_chunks(counting, self.validator, self.rejects, batch_size=s.batch_size,
+                                      batch_bytes=s.batch_bytes, overhead=self.provider.body_overhead,
+                                      unit_of=lambda fi: self.sources[fi].unit):
+            self.stats.accepted += chunk.n
+            self.stats.rejected = self.rejects.count
+            await self._input_chunk(chunk)
+            while self._pending_retries >= s.batch_size:
+                await self._retry_chunk()
+        self.stats.reading_done = True
+        self.stats.rejected = self.rejects.count
+        self.rejects.flush()
+        while True:
+            if self._fatal:
+                raise self._fatal
+            if self._pending_retries > 0:
+                await self._retry_chunk()
+                continue
+            if self._in_flight == 0:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+        async for b in blocks:
+            self.stats.lines_read += len(b.lines)
+            yield b
+
+    async def _take_slot(self) -> None:
+        await self.slots.acquire()
+        self._in_flight += 1
+        self.stats.in_flight = self._in_flight
+        if self._fatal:
+            raise self._fatal
+
+    def _give_slot(self) -> None:
+        self._in_flight -= 1
+        self.stats.in_flight = self._in_flight
+        self.slots.release()
+        self._changed.set()
+
+    async def _input_chunk(self, chunk: Chunk) -> None:
+        assert self.ledger is not None
+        rows = await self.ledger.chunks_of_root(chunk.seq)
+        span = (chunk.start_file, chunk.start_pos, chunk.start_line, chunk.end_file, chunk.end_pos)
+        if not rows:
+            await self._take_slot()
+            chunk_id = await self.ledger.record_intent(kind="input", root_seq=chunk.seq, take=chunk.n,
+                                                       nbytes=chunk.nbytes, span=span)
+            out = Outgoing(chunk_id, "input", chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
+            self._spawn_submit(out, None)
+            return
+        first = rows[0]
+        if (first.start_file, first.start_pos, first.start_line, first.end_file, first.end_pos) != span \
+                and first.skip == 0:
+            raise errors.JobMismatch(f"chunk {chunk.seq} of the input no longer matches the ledger; the input "
+                                     f"or the options changed. Start fresh with another --out")
+        refused = await self.ledger.api_rejected(chunk.seq)
+        for row in rows:
+            if row.id in self._live_rows or row.state not in (ChunkState.SUBMITTING, ChunkState.PLANNED):
+                continue
+            pairs = [(line, cid) for line, cid in zip(chunk.lines[row.skip:row.skip + row.take],
+                                                      chunk.ids[row.skip:row.skip + row.take], strict=True)
+                     if cid not in refused]
+            await self._take_slot()
+            self._spawn_resend(row, pairs)
+
+    async def _retry_chunk(self) -> None:
+        """Send one batch of requests parked for another attempt."""
+        assert self.ledger is not None
+        s = self.settings
+        pending = await self.ledger.pending_retries(s.batch_size)
+        if not pending:
+            self._pending_retries = 0
+            return
+        lines, ids, nbytes = [], [], BODY_WRAPPER_BYTES
+        attempt = 1
+        for cid, request, attempts in pending:
+            size = len(request) + self.provider.body_overhead(len(request))
+            if lines and nbytes + size > s.batch_bytes:
+                break
+            lines.append(request)
+            ids.append(cid)
+            nbytes += size
+            attempt = max(attempt, attempts + 1)
+        await self._take_slot()
+        chunk_id = await self.ledger.record_intent(kind="retry", take=len(lines), nbytes=nbytes,
+                                                   attempt=attempt, retry_ids=ids)
+        self._pending_retries = max(0, self._pending_retries - len(lines))
+        self._spawn_submit(Outgoing(chunk_id, "retry", None, 0, lines, ids, attempt, time.time()), None)
+
+    # -- submitting -----------------------------------------------------------------------------
+
+    def _spawn_submit(self, out: Outgoing, flight: Flight | None) -> None:
+        self._live_rows.add(out.chunk_id)
+        self.tg.create_task(self._submit(out, flight))
+
+    def _spawn_resend(self, row: ChunkRow, pairs: list[tuple[bytes, str]] | None) -> None:
+        self._live_rows.add(row.id)
+        self.tg.create_task(self._resend(row, pairs))
+
+    async def _resend(self, row: ChunkRow, pairs: list[tuple[bytes, str]] | None,
+                      flight: Flight | None = None) -> None:
+        """A chunk whose create may or may not have happened (SUBMITTING) or surely did not (PLANNED)."""
+        assert self.ledger is not None
+        try:
+            if row.state == ChunkState.SUBMITTING:
+                info = await self.submitter.adopt(row.id, row.take, row.intent_at)
+                if info is not None:
+                    self._track(flight or Flight(1), await self._row(row.id), info.id, info.created_at)
+                    return
+            if row.kind == "retry":
+                reqs = await self.ledger.retry_requests(row.id)
+                if not reqs:
+                    await self.ledger.set_state(row.id, ChunkState.DROPPED, "no requests left")
+                    self._give_slot()
+                    return
+                pairs = [(r, c) for c, r, _ in reqs]
+            assert pairs is not None
+            if not pairs:
+                await self.ledger.set_state(row.id, ChunkState.DROPPED, "every request was refused")
+                self._give_slot()
+                return
+            lines = [p[0] for p in pairs]
+            await self.ledger.record_intent(kind=row.kind, take=row.take, nbytes=self.submitter.nbytes(lines),
+                                            chunk_id=row.id)
+            out = Outgoing(row.id, row.kind, row.root_seq, row.skip, lines, [p[1] for p in pairs], row.attempt,
+                           time.time())
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        await self._submit(out, flight)
+
+    async def _submit(self, out: Outgoing, flight: Flight | None) -> None:
+        try:
+            done = await self.submitter.submit(out)
+            if self.stats.first_submit_s is None:
+                self.stats.first_submit_s = time.monotonic() - self.stats.started
+            self.stats.submitted += sum(d.n for d in done)
+            if not done:
+                self._give_slot()
+                return
+            fl = flight or Flight()
+            fl.remaining += len(done) - (1 if flight else 0)
+            for d in done:
+                self._track(fl, await self._row(d.chunk_id), d.info.id, d.info.created_at)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    async def _row(self, chunk_id: int) -> ChunkRow:
+        assert self.ledger is not None
+        rows = await self.ledger._run(lambda db: db.execute(
+            "SELECT " + ", ".join(ChunkRow.__dataclass_fields__) + " FROM chunks WHERE id=?", (chunk_id,)).fetchall())
+        return ChunkRow(*rows[0])
+
+    def _track(self, flight: Flight, row: ChunkRow, batch_id: str, created_at: float | None, *,
+               now: bool = False) -> None:
+        assert self.poller is not None
+        self._live_rows.add(row.id)
+        self.poller.track(batch_id, Tracked(flight, row), created_at, now=now)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._fatal is None and not isinstance(exc, asyncio.CancelledError):
+            self._fatal = exc
+        self._changed.set()
+
+    # -- collecting -----------------------------------------------------------------------------
+
+    async def _on_ended(self, payload: Any, info: BatchInfo) -> None:
+        self.tg.create_task(self._collect(payload, info))
+
+    async def _collect(self, payload: Tracked, info: BatchInfo) -> None:
+        assert self.ledger is not None
+        row, flight = payload.row, payload.flight
+        try:
+            await self.ledger.mark_ended(row.id, info.ended_at)
+            if info.state is BatchState.FAILED:
+                await self._batch_failed(row, info)
+            else:
+                try:
+                    got = await self.collector.collect(row, info)
+                except NotOurs as exc:
+                    log.warning("adopted batch %s is not ours (it answers %s); sending chunk %s again",
+                                info.id, exc, row.id)
+                    await self.ledger.disown(row.id, f"batch {info.id} was not ours")
+                    self._live_rows.discard(row.id)
+                    fresh = await self._row(row.id)
+                    pairs = None
+                    if fresh.kind == "input":
+                        reqs = await self._lookup(fresh)
+                        refused = await self.ledger.api_rejected(fresh.root_seq)
+                        pairs = [(r, c) for c, r in reqs.items() if c not in refused]
+                    self._live_rows.add(row.id)
+                    await self._resend(fresh, pairs, flight)
+                    return
+                self.stats.finished += got.finals
+                if got.parked:
+                    self._pending_retries = await self.ledger.count_retries("pending")
+            self._live_rows.discard(row.id)
+            flight.remaining -= 1
+            if flight.remaining <= 0:
+                self._give_slot()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    async def _batch_failed(self, row: ChunkRow, info: BatchInfo) -> None:
+        """The provider refused a batch as a whole: its requests go back to the queue, counted."""
+        assert self.ledger is not None
+        log.error("batch %s failed at the provider: %s", info.id, info.error)
+        await self.ledger.set_state(row.id, ChunkState.FAILED, info.error)
+        await self.ledger.add_counts({"batches_failed": 1})
+
+    async def _lookup(self, row: ChunkRow) -> dict[str, bytes]:
+        """Request lines of a chunk by custom_id, read again from the input (first occurrence wins)."""
+        if row.kind == "retry":
+            assert self.ledger is not None
+            return {c: r for c, r, _ in await self.ledger.retry_requests(row.id)}
+        out: dict[str, bytes] = {}
+        check_request = self.provider.check_request
+        assert row.start_file is not None and row.end_file is not None
+        async for block in span_blocks(self.sources, (row.start_file, row.start_pos or 0, row.start_line or 1),
+                                       (row.end_file, row.end_pos or 0)):
+            for raw in block.lines:
+                if type(raw) is not bytes:
+                    continue
+                try:
+                    obj = orjson.loads(raw)
+                    cid = obj["custom_id"]
+                except (orjson.JSONDecodeError, TypeError, KeyError):
+                    continue
+                if type(cid) is not str or cid in out:
+                    continue
+                problem, line = check_request(obj, raw)
+                if problem is None and line is not None:
+                    out[cid] = line
+        return out
+
+    # -- summary --------------------------------------------------------------------------------
+
+    def write_summary(self, result: JobResult, started: float, rejects: Rejects) -> dict[str, Any]:
+        assert self.ledger is not None
+        c = self.ledger.counters()
+        retries = self.ledger.retry_counts()
+        wall = time.time() - started
+        finished = int(sum(c.get(k, 0) for k in ("succeeded", "errored", "expired", "canceled")))
+        http_calls: dict[str, int] = {}
+        if self.http is not None:
+            for (endpoint, status), n in self.http.stats.calls.items():
+                http_calls[f"{endpoint} {status}"] = http_calls.get(f"{endpoint} {status}", 0) + n
+        summary = {
+            "state": "done" if result.exit_code == 0 else ("paused" if result.exit_code == ExitCode.AUTH
+                                                            else "incomplete"),
+            "message": result.message,
+            "exit_code": result.exit_code,
+            "provider": self.settings.provider,
+            "inputs": self.inputs,
+            "requests": {
+                "lines_read": self.stats.lines_read,
+                "accepted": self.stats.accepted,
+                "rejected": rejects.count,
+                "refused_by_api": int(c.get("api_rejected", 0)),
+                "finished": finished,
+                "waiting_retry": retries.get("pending", 0) + retries.get("assigned", 0),
+                "canceled_parked": retries.get("canceled", 0),
+            },
+            "results": {k: int(c.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled")},
+            "attempts": {
+                "requests_sent": int(c.get("requests_sent", 0)),
+                "requests_retried": int(c.get("retried", 0)),
+                "max_attempts": self.settings.max_attempts,
+                **{k.removeprefix("final_"): int(v) for k, v in sorted(c.items()) if k.startswith("final_after_")},
+            },
+            "batches": {
+                "created": int(c.get("batches_created", 0)),
+                "adopted": int(c.get("batches_adopted", 0)),
+                "collected": int(c.get("batches_collected", 0)),
+                "failed": int(c.get("batches_failed", 0)),
+                "create_outcome_unknown": int(c.get("creates_unknown", 0)),
+            },
+            "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in ("input", "output", "cache_write", "cache_read")},
+            "cost_usd": round(c.get("cost_usd", 0.0), 6),
+            "unknown_price_models": sorted(self.prices.unknown),
+            "wall_time_s": round(wall, 3),
+            "throughput_rps": round(self.stats.finished / wall, 1) if wall > 0 else None,
+            "time_to_first_submit_s": (round(self.stats.first_submit_s, 3)
+                                       if self.stats.first_submit_s is not None else None),
+            "http": {"calls": http_calls, "retries": self.stats.retries,
+                     "results_downloads_restarted": getattr(getattr(self, "collector", None),
+                                                            "downloads_restarted", 0)},
+            "polls": ({"retrieve": self.poller.stats.retrieves, "list": self.poller.stats.lists}
+                      if self.poller else {}),
+        }
+        path = os.path.join(self.out_dir, "summary.json")
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+        return summary
+
+
+def make_provider_headers(settings: Settings) -> dict[str, str]:
+    from .providers import headers_for
+    return headers_for(settings)
+
+
+def auth_message(err: BaseException, settings: Settings) -> str:
+    status = getattr(err, "status", None)
+    return (f"the API refused the key (HTTP {status}): check ANTHROPIC_API_KEY / CLAUDE_API_KEY "
+            f"(or --provider's key) and run the same command again; every batch in flight is kept in the "
+            f"ledger and will be picked up")

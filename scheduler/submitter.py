@@ -1,0 +1,149 @@
+"""Stage 3: turn a chunk into a batch at the provider, exactly once.
+
+Write-ahead: the intent is in the ledger before the create call is sent, and the batch id the moment
+it returns. When a create's outcome is unknown (the connection dropped after the body was sent, a
+timeout, or the process died there), a batch may exist that we would pay for twice: before sending
+again we look for it with the list endpoint (a batch created after the intent, with the same
+request count, that no chunk of this job claims) and adopt it. The collector confirms ownership from
+the custom_ids of its results.
+
+Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
+rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import errors
+from .ledger import ChunkState, Ledger
+from .providers.base import BatchInfo, Provider
+from .validate import Rejects
+
+log = logging.getLogger("scheduler.submitter")
+
+ADOPT_WINDOW_S = 120.0  # created_at may be this much before our intent (clock skew)
+UNKNOWN_RESENDS = 6  # creates sent again after unknown outcomes before giving up
+
+
+@dataclass
+class Outgoing:
+    chunk_id: int
+    kind: str
+    root_seq: int | None
+    skip: int
+    lines: list[bytes]
+    ids: list[str]
+    attempt: int
+    intent_at: float
+
+
+@dataclass
+class Submitted:
+    chunk_id: int
+    info: BatchInfo
+    n: int
+    kind: str
+    adopted: bool
+
+
+class Submitter:
+    def __init__(self, provider: Provider, ledger: Ledger, rejects: Rejects, *,
+                 overhead: Callable[[int], int], clock: Callable[[], float] = time.time):
+        self.provider = provider
+        self.ledger = ledger
+        self.rejects = rejects
+        self._overhead = overhead
+        self._clock = clock
+        self._adopt_lock = asyncio.Lock()
+        self._claimed: set[str] = set()
+
+    def nbytes(self, lines: list[bytes]) -> int:
+        return sum(len(x) + self._overhead(len(x)) for x in lines) + 64
+
+    async def submit(self, out: Outgoing) -> list[Submitted]:
+        """Create the batch (two or more after a 413 split). Raises FatalError to stop the job."""
+        lines, ids = out.lines, out.ids
+        resends = 0
+        while lines:
+            try:
+                info = await self.provider.create(lines, tag=f"chunk-{out.chunk_id}")
+            except (errors.OutcomeUnknown, errors.TimeoutError_) as err:
+                await self.ledger.add_counts({"creates_unknown": 1})
+                log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", out.chunk_id, err)
+                adopted = await self.adopt(out.chunk_id, len(lines), out.intent_at)
+                if adopted is not None:
+                    return [Submitted(out.chunk_id, adopted, len(lines), out.kind, True)]
+                resends += 1
+                if resends > UNKNOWN_RESENDS:
+                    raise
+                out.intent_at = await self._intent_again(out, lines)
+                continue
+            except errors.RequestTooLarge:
+                return await self._split(out, lines, ids)
+            except errors.RequestRejected as err:
+                idx = errors.rejected_request_index(str(err))
+                if idx is None or idx >= len(lines):
+                    raise
+                await self._reject_one(out, ids[idx], str(err))
+                lines, ids = lines[:idx] + lines[idx + 1:], ids[:idx] + ids[idx + 1:]
+                if lines:
+                    out.intent_at = await self._intent_again(out, lines)
+                continue
+            await self.ledger.record_submitted(out.chunk_id, info.id)
+            self._claimed.add(info.id)
+            await self.ledger.add_counts({"batches_created": 1, "requests_sent": len(lines)})
+            return [Submitted(out.chunk_id, info, len(lines), out.kind, False)]
+        await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "every request was refused")
+        return []
+
+    async def _intent_again(self, out: Outgoing, lines: list[bytes]) -> float:
+        await self.ledger.record_intent(kind=out.kind, take=len(lines), nbytes=self.nbytes(lines),
+                                        chunk_id=out.chunk_id)
+        return self._clock()
+
+    async def _reject_one(self, out: Outgoing, custom_id: str, message: str) -> None:
+        await self.ledger.record_api_rejected(out.root_seq, custom_id, message)
+        self.rejects.add(None, None, custom_id, f"refused by the API: {message}")
+        await self.ledger.add_counts({"api_rejected": 1})
+
+    async def _split(self, out: Outgoing, lines: list[bytes], ids: list[str]) -> list[Submitted]:
+        if len(lines) == 1:
+            await self._reject_one(out, ids[0], "request too large for a batch (413)")
+            await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "413 on a single request")
+            return []
+        half = len(lines) // 2
+        parts = [(0, half), (half, len(lines))]
+        child_ids = await self.ledger.record_split(
+            out.chunk_id, [(out.skip + a, b - a, self.nbytes(lines[a:b])) for a, b in parts])
+        log.info("chunk %s: 413 from the API, split into %s", out.chunk_id, child_ids)
+        done: list[Submitted] = []
+        for child_id, (a, b) in zip(child_ids, parts, strict=True):
+            await self.ledger.record_intent(kind=out.kind, take=b - a, nbytes=self.nbytes(lines[a:b]),
+                                            chunk_id=child_id)
+            child = Outgoing(child_id, out.kind, out.root_seq, out.skip + a, lines[a:b], ids[a:b],
+                             out.attempt, self._clock())
+            done += await self.submit(child)
+        return done
+
+    async def adopt(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
+        """A batch created after our intent with our request count that nobody claims, or None."""
+        since = (intent_at or self._clock()) - ADOPT_WINDOW_S
+        async with self._adopt_lock:
+            claimed = self._claimed | await self.ledger.claimed_batch_ids()
+            candidates = [info async for info in self.provider.recent(since)
+                          if info.id not in claimed and info.total == n]
+            if not candidates:
+                return None
+            # the earliest one created after the intent is the most likely to be ours
+            candidates.sort(key=lambda i: abs((i.created_at or 0) - (intent_at or 0)))
+            info = candidates[0]
+            await self.ledger.record_submitted(chunk_id, info.id, adopted=True)
+            self._claimed.add(info.id)
+            await self.ledger.add_counts({"batches_adopted": 1, "batches_created": 1, "requests_sent": n})
+            log.info("chunk %s: adopted batch %s (created while the answer was lost)", chunk_id, info.id)
+            return info
