@@ -121,6 +121,8 @@ class Engine:
         self._changed = asyncio.Event()
         self._in_flight = 0
         self._fatal: BaseException | None = None
+        self.cancelled = False
+        self._held_back = 0  # requests not sent because the job was cancelled
         self.http: HttpClient | None = None
         self.poller: Poller | None = None
 
@@ -176,7 +178,9 @@ class Engine:
                 rejects.add(None, None, cid, f"refused by the API: {msg}")
             self._api_rejected_before = rejects.count
             shards = self._open_shards(await ledger.shard_offsets(self.settings.shards))
+            self.cancelled = bool(ledger.read_meta().get("cancelled")) and not self.settings.retry_cancelled
             if self.settings.retry_cancelled:
+                ledger.write_meta({"cancelled": False})
                 n = await ledger.requeue_canceled()
                 if n:
                     log.info("%s cancelled request(s) queued again (--retry-cancelled)", n)
@@ -235,6 +239,9 @@ class Engine:
 
     async def _final_result(self) -> JobResult:
         assert self.ledger is not None
+        if self.cancelled:
+            return JobResult(ExitCode.FAILED, f"the job was cancelled; {self._held_back:,} request(s) were not "
+                             f"sent. Run again with --retry-cancelled to carry on")
         canceled = await self.ledger.count_retries("canceled")
         pending = await self.ledger.count_retries("pending")
         if canceled:
@@ -269,15 +276,16 @@ class Engine:
             self.stats.accepted += chunk.n
             self.stats.rejected = self.rejects.count
             await self._input_chunk(chunk)
-            while self._pending_retries >= s.batch_size:
+            while self._pending_retries >= s.batch_size and not self.cancelled:
                 await self._retry_chunk()
         self.stats.reading_done = True
         self.stats.rejected = self.rejects.count
         self.rejects.flush()
+        ledger.write_meta({"accepted_total": self.stats.accepted})
         while True:
             if self._fatal:
                 raise self._fatal
-            if self._pending_retries > 0:
+            if self._pending_retries > 0 and not self.cancelled:
                 await self._retry_chunk()
                 continue
             if self._in_flight == 0:
@@ -307,6 +315,10 @@ class Engine:
         assert self.ledger is not None
         rows = await self.ledger.chunks_of_root(chunk.seq)
         span = (chunk.start_file, chunk.start_pos, chunk.start_line, chunk.end_file, chunk.end_pos)
+        if self.cancelled:
+            if not rows or any(r.state in (ChunkState.SUBMITTING, ChunkState.PLANNED) for r in rows):
+                self._held_back += chunk.n
+            return
         if not rows:
             await self._take_slot()
             chunk_id = await self.ledger.record_intent(kind="input", root_seq=chunk.seq, take=chunk.n,
@@ -514,8 +526,8 @@ class Engine:
             for (endpoint, status), n in self.http.stats.calls.items():
                 http_calls[f"{endpoint} {status}"] = http_calls.get(f"{endpoint} {status}", 0) + n
         summary = {
-            "state": "done" if result.exit_code == 0 else ("paused" if result.exit_code == ExitCode.AUTH
-                                                            else "incomplete"),
+            "state": ("done" if result.exit_code == 0 else "cancelled" if self.cancelled
+                      else "paused" if result.exit_code == ExitCode.AUTH else "incomplete"),
             "message": result.message,
             "exit_code": result.exit_code,
             "provider": self.settings.provider,

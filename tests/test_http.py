@@ -1,0 +1,71 @@
+"""Retry policy at the HTTP seam (aioresponses): what is retried, what is not, and how long we wait."""
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+from scheduler import errors
+from scheduler.http import HttpClient
+from scheduler.settings import RetryPolicy
+
+URL = "http://api.test/v1/messages/batches"
+FAST = RetryPolicy(attempts=4, initial_wait_s=0.001, max_wait_s=0.002)
+
+
+@pytest.fixture
+async def client():
+    async with HttpClient({"x-api-key": "sk-secret-123"}, FAST, secret="sk-secret-123") as c:
+        yield c
+
+
+async def test_5xx_and_529_are_retried_until_success(client):
+    with aioresponses() as m:
+        m.get(URL, status=500, body=b"{}")
+        m.get(URL, status=529, body=b'{"error":{"type":"overloaded_error","message":"busy"}}')
+        m.get(URL, status=200, body=b'{"ok":1}')
+        assert await client.call("GET", URL, "list") == b'{"ok":1}'
+    assert client.stats.retries["list"] == 2
+
+
+async def test_429_waits_retry_after_and_closes_the_gate_for_every_caller(client):
+    waits = []
+    client.on_retry.append(lambda ep, n, err, wait: waits.append(wait))
+    with aioresponses() as m:
+        m.get(URL, status=429, body=b"{}", headers={"retry-after": "0.02"})
+        m.get(URL, status=200, body=b"{}")
+        await client.call("GET", URL, "list")
+    assert waits == [0.02]
+    assert client.gate("list").not_before > 0  # the next caller of the endpoint waits too
+
+
+async def test_401_is_not_retried_and_names_no_key(client):
+    with aioresponses() as m:
+        m.get(URL, status=401, body=b'{"error":{"type":"authentication_error","message":"bad key sk-secret-123"}}')
+        with pytest.raises(errors.AuthRefused) as info:
+            await client.call("GET", URL, "retrieve")
+    assert "sk-secret-123" not in str(info.value)
+    assert client.stats.retries["retrieve"] == 0
+
+
+async def test_create_is_not_sent_again_after_a_dropped_connection(client):
+    with aioresponses() as m:
+        m.post(URL, exception=aiohttp.ServerDisconnectedError())
+        m.post(URL, status=200, body=b"{}")
+        with pytest.raises(errors.OutcomeUnknown):
+            await client.call("POST", URL, "create", body=b"{}", idempotent=False)
+
+
+async def test_create_is_retried_when_the_server_answered_with_an_error(client):
+    with aioresponses() as m:
+        m.post(URL, status=503, body=b"{}")
+        m.post(URL, status=200, body=b'{"id":"b1"}')
+        assert await client.call("POST", URL, "create", body=b"{}", idempotent=False) == b'{"id":"b1"}'
+
+
+async def test_retries_stop_at_the_policy_attempts(client):
+    with aioresponses() as m:
+        for _ in range(5):
+            m.get(URL, status=502, body=b"{}")
+        with pytest.raises(errors.ServerError):
+            await client.call("GET", URL, "retrieve")
+    assert client.stats.retries["retrieve"] == FAST.attempts - 1
