@@ -144,9 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .status import cancel_command
             return cancel_command(args.dir, load_environment())
         return run_command(args)
-    except errors.UsageError as err:
+    except (errors.UsageError, errors.JobMismatch) as err:
         print(f"batch-scheduler: {err}", file=sys.stderr)
         return ExitCode.USAGE
+    except errors.SchedulerError as err:
+        print(f"batch-scheduler: {err}", file=sys.stderr)
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         print("batch-scheduler: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -105,7 +105,8 @@ def _clip(block: Block, end_pos: int, unit: str) -> Block:
 class Engine:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
-                 progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None):
+                 progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
+                 slots: Any = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -113,6 +114,7 @@ class Engine:
         self._tty = progress_tty
         self._quiet = quiet
         self._remembered = remembered or {}
+        self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.ledger: Ledger | None = None
@@ -191,13 +193,22 @@ class Engine:
             result = await self._run_pipeline(ledger, shards, rejects)
         except errors.JobMismatch as err:
             result = JobResult(ExitCode.USAGE, str(err))
-        finally:
-            rejects.close()
-            if shards is not None:
-                shards.close()
+        except asyncio.CancelledError:
+            # stopped from outside (daemon shutdown): everything durable is in the ledger already
+            self._close(rejects, shards)
+            self.write_summary(JobResult(ExitCode.FAILED, "stopped; resumes where it was"), started, rejects)
+            ledger.close()
+            raise
+        self._close(rejects, shards)
         result.summary = self.write_summary(result, started, rejects)
         ledger.close()
         return result
+
+    @staticmethod
+    def _close(rejects: Rejects, shards: ShardSet | None) -> None:
+        rejects.close()
+        if shards is not None:
+            shards.close()
 
     async def _run_pipeline(self, ledger: Ledger, shards: ShardSet, rejects: Rejects) -> JobResult:
         s = self.settings
@@ -213,7 +224,7 @@ class Engine:
             self.submitter = Submitter(provider, ledger, rejects, overhead=provider.body_overhead)
             self.collector = Collector(provider, ledger, shards, s, self._lookup, self.prices.cost)
             self.poller = Poller(provider, self._on_ended, poll_min_s=s.poll_min_s, poll_max_s=s.poll_max_s)
-            self.slots = asyncio.Semaphore(s.concurrency)
+            self.slots = self._shared_slots or asyncio.Semaphore(s.concurrency)
             self.rejects = rejects
             try:
                 async with asyncio.TaskGroup() as tg:
