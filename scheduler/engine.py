@@ -23,6 +23,7 @@ import orjson
 
 from . import errors
 from .batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks
+from .budget import Budget
 from .collector import Collector, NotOurs
 from .http import HttpClient
 from .ledger import ChunkRow, ChunkState, Ledger
@@ -124,7 +125,10 @@ class Engine:
         self._in_flight = 0
         self._fatal: BaseException | None = None
         self.cancelled = False
-        self._held_back = 0  # requests not sent because the job was cancelled
+        self.hold: str | None = None  # why no new batch is sent (cancelled, --max-cost)
+        self._held_back = 0  # requests not sent because of the hold
+        self.budget = Budget(settings.max_cost_usd, self.prices)
+        self._spent_usd = 0.0
         self.http: HttpClient | None = None
         self.poller: Poller | None = None
 
@@ -181,12 +185,15 @@ class Engine:
             self._api_rejected_before = rejects.count
             shards = self._open_shards(await ledger.shard_offsets(self.settings.shards))
             self.cancelled = bool(ledger.read_meta().get("cancelled")) and not self.settings.retry_cancelled
+            if self.cancelled:
+                self.hold = "the job was cancelled"
             if self.settings.retry_cancelled:
                 ledger.write_meta({"cancelled": False})
                 n = await ledger.requeue_canceled()
                 if n:
                     log.info("%s cancelled request(s) queued again (--retry-cancelled)", n)
             counters = await ledger.acounters()
+            self._spent_usd = counters.get("cost_usd", 0.0)
             self.stats.finished_before = int(sum(counters.get(k, 0) for k in
                                                  ("succeeded", "errored", "expired", "errored_transient")))
             self._pending_retries = await ledger.count_retries("pending")
@@ -226,6 +233,8 @@ class Engine:
             self.poller = Poller(provider, self._on_ended, poll_min_s=s.poll_min_s, poll_max_s=s.poll_max_s)
             self.slots = self._shared_slots or asyncio.Semaphore(s.concurrency)
             self.rejects = rejects
+            if s.strict and (refused := await self._strict_pass()):
+                return refused
             try:
                 async with asyncio.TaskGroup() as tg:
                     self.tg = tg
@@ -248,11 +257,27 @@ class Engine:
                                  f"same command again to resume.")
         return await self._final_result()
 
+    async def _strict_pass(self) -> JobResult | None:
+        """--strict: read everything first; any bad line refuses the whole job before anything is sent."""
+        s = self.settings
+        validator = Validator(self.provider, s.batch_bytes - BODY_WRAPPER_BYTES)
+        async for _ in cut_chunks(span_blocks(self.sources, (0, 0, 1), None), validator, self.rejects,
+                                  batch_size=s.batch_size, batch_bytes=s.batch_bytes,
+                                  overhead=self.provider.body_overhead, unit_of=lambda fi: self.sources[fi].unit):
+            pass
+        if not self.rejects.count:
+            return None
+        self.rejects.report()
+        return JobResult(ExitCode.FAILED, f"--strict: {self.rejects.count:,} bad line(s), listed in "
+                         f"{self.out_dir}/rejected.jsonl; nothing was submitted")
+
     async def _final_result(self) -> JobResult:
         assert self.ledger is not None
         if self.cancelled:
             return JobResult(ExitCode.FAILED, f"the job was cancelled; {self._held_back:,} request(s) were not "
                              f"sent. Run again with --retry-cancelled to carry on")
+        if self.hold:
+            return JobResult(ExitCode.FAILED, f"{self.hold} ({self._held_back:,} request(s) not sent)")
         canceled = await self.ledger.count_retries("canceled")
         pending = await self.ledger.count_retries("pending")
         if canceled:
@@ -287,7 +312,7 @@ class Engine:
             self.stats.accepted += chunk.n
             self.stats.rejected = self.rejects.count
             await self._input_chunk(chunk)
-            while self._pending_retries >= s.batch_size and not self.cancelled:
+            while self._pending_retries >= s.batch_size and not self.hold:
                 await self._retry_chunk()
         self.stats.reading_done = True
         self.stats.rejected = self.rejects.count
@@ -296,7 +321,7 @@ class Engine:
         while True:
             if self._fatal:
                 raise self._fatal
-            if self._pending_retries > 0 and not self.cancelled:
+            if self._pending_retries > 0 and not self.hold:
                 await self._retry_chunk()
                 continue
             if self._in_flight == 0:
@@ -316,6 +341,17 @@ class Engine:
         if self._fatal:
             raise self._fatal
 
+    async def _admit(self, lines: list[bytes]) -> float | None:
+        """Take a slot, then ask the budget; None (slot given back, job on hold) when over --max-cost."""
+        await self._take_slot()
+        est = self.budget.estimate(lines)
+        if self.budget.allows(self._spent_usd, est):
+            return est
+        self._give_slot()
+        self.hold = self.budget.stopped_at
+        log.warning("%s", self.hold)
+        return None
+
     def _give_slot(self) -> None:
         self._in_flight -= 1
         self.stats.in_flight = self._in_flight
@@ -326,14 +362,18 @@ class Engine:
         assert self.ledger is not None
         rows = await self.ledger.chunks_of_root(chunk.seq)
         span = (chunk.start_file, chunk.start_pos, chunk.start_line, chunk.end_file, chunk.end_pos)
-        if self.cancelled:
+        if self.hold:
             if not rows or any(r.state in (ChunkState.SUBMITTING, ChunkState.PLANNED) for r in rows):
                 self._held_back += chunk.n
             return
         if not rows:
-            await self._take_slot()
+            est = await self._admit(chunk.lines)
+            if est is None:
+                self._held_back += chunk.n
+                return
             chunk_id = await self.ledger.record_intent(kind="input", root_seq=chunk.seq, take=chunk.n,
-                                                       nbytes=chunk.nbytes, span=span)
+                                                       nbytes=chunk.nbytes, span=span, est_cost=est)
+            self.budget.in_flight[chunk_id] = est
             out = Outgoing(chunk_id, "input", chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
             self._spawn_submit(out, None)
             return
@@ -370,9 +410,12 @@ class Engine:
             ids.append(cid)
             nbytes += size
             attempt = max(attempt, attempts + 1)
-        await self._take_slot()
+        est = await self._admit(lines)
+        if est is None:
+            return
         chunk_id = await self.ledger.record_intent(kind="retry", take=len(lines), nbytes=nbytes,
-                                                   attempt=attempt, retry_ids=ids)
+                                                   attempt=attempt, retry_ids=ids, est_cost=est)
+        self.budget.in_flight[chunk_id] = est
         self._pending_retries = max(0, self._pending_retries - len(lines))
         self._spawn_submit(Outgoing(chunk_id, "retry", None, 0, lines, ids, attempt, time.time()), None)
 
@@ -482,6 +525,8 @@ class Engine:
                     await self._resend(fresh, pairs, flight)
                     return
                 self.stats.finished += got.finals
+                self._spent_usd += got.counts.get("cost_usd", 0.0)
+                self.budget.in_flight.pop(row.id, None)
                 if got.parked:
                     self._pending_retries = await self.ledger.count_retries("pending")
             self._live_rows.discard(row.id)
