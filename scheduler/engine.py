@@ -247,15 +247,20 @@ class Engine:
                         if progress:
                             progress.cancel()
                     await poll_task
-            except* errors.AuthRefused as eg:
-                return JobResult(ExitCode.AUTH, auth_message(eg.exceptions[0], s))
-            except* errors.BudgetExceeded as eg:
-                return JobResult(ExitCode.FAILED, str(eg.exceptions[0]))
-            except* errors.ProviderError as eg:
-                err = eg.exceptions[0]
-                return JobResult(ExitCode.FAILED, f"stopped: {http.redact(str(err))}. Nothing is lost: run the "
-                                 f"same command again to resume.")
+            except BaseExceptionGroup as eg:
+                return self._failure(first_error(eg), http)
         return await self._final_result()
+
+    def _failure(self, err: BaseException, http: HttpClient) -> JobResult:
+        """The one clear line for a run that stopped on an error; everything durable stays in the ledger."""
+        if isinstance(err, errors.AuthRefused):
+            return JobResult(ExitCode.AUTH, auth_message(err, self.settings))
+        if isinstance(err, errors.JobMismatch):
+            return JobResult(ExitCode.USAGE, str(err))
+        if isinstance(err, errors.SchedulerError):
+            return JobResult(ExitCode.FAILED, f"stopped: {http.redact(str(err))}. Nothing is lost: run the same "
+                             f"command again to resume")
+        raise err
 
     async def _strict_pass(self) -> JobResult | None:
         """--strict: read everything first; any bad line refuses the whole job before anything is sent."""
@@ -386,11 +391,10 @@ class Engine:
         for row in rows:
             if row.id in self._live_rows or row.state not in (ChunkState.SUBMITTING, ChunkState.PLANNED):
                 continue
-            pairs = [(line, cid) for line, cid in zip(chunk.lines[row.skip:row.skip + row.take],
-                                                      chunk.ids[row.skip:row.skip + row.take], strict=True)
-                     if cid not in refused]
+            parts = [(chunk.lines[i], chunk.ids[i], i) for i in range(row.skip, min(row.skip + row.take, chunk.n))
+                     if chunk.ids[i] not in refused]
             await self._take_slot()
-            self._spawn_resend(row, pairs)
+            self._spawn_resend(row, parts)
 
     async def _retry_chunk(self) -> None:
         """Send one batch of requests parked for another attempt."""
@@ -425,37 +429,36 @@ class Engine:
         self._live_rows.add(out.chunk_id)
         self.tg.create_task(self._submit(out, flight))
 
-    def _spawn_resend(self, row: ChunkRow, pairs: list[tuple[bytes, str]] | None) -> None:
+    def _spawn_resend(self, row: ChunkRow, parts: list[tuple[bytes, str, int]] | None) -> None:
         self._live_rows.add(row.id)
-        self.tg.create_task(self._resend(row, pairs))
+        self.tg.create_task(self._resend(row, parts))
 
-    async def _resend(self, row: ChunkRow, pairs: list[tuple[bytes, str]] | None,
+    async def _resend(self, row: ChunkRow, parts: list[tuple[bytes, str, int]] | None,
                       flight: Flight | None = None) -> None:
-        """A chunk whose create may or may not have happened (SUBMITTING) or surely did not (PLANNED)."""
+        """A chunk whose create may or may not have happened (SUBMITTING) or surely did not (PLANNED).
+
+        parts: (line, custom_id, index in the root chunk) of an input chunk, refused lines left out.
+        """
         assert self.ledger is not None
         try:
-            if row.state == ChunkState.SUBMITTING:
-                info = await self.submitter.adopt(row.id, row.take, row.intent_at)
+            if row.kind == "retry":
+                reqs = await self.ledger.retry_requests(row.id)
+                parts = [(r, c, i) for i, (c, r, _) in enumerate(reqs)]
+            assert parts is not None
+            if row.state == ChunkState.SUBMITTING and parts:
+                info = await self.submitter.adopt(row.id, len(parts), row.intent_at)
                 if info is not None:
                     self._track(flight or Flight(1), await self._row(row.id), info.id, info.created_at)
                     return
-            if row.kind == "retry":
-                reqs = await self.ledger.retry_requests(row.id)
-                if not reqs:
-                    await self.ledger.set_state(row.id, ChunkState.DROPPED, "no requests left")
-                    self._give_slot()
-                    return
-                pairs = [(r, c) for c, r, _ in reqs]
-            assert pairs is not None
-            if not pairs:
+            if not parts:
                 await self.ledger.set_state(row.id, ChunkState.DROPPED, "every request was refused")
                 self._give_slot()
                 return
-            lines = [p[0] for p in pairs]
+            lines = [p[0] for p in parts]
             await self.ledger.record_intent(kind=row.kind, take=row.take, nbytes=self.submitter.nbytes(lines),
                                             chunk_id=row.id)
-            out = Outgoing(row.id, row.kind, row.root_seq, row.skip, lines, [p[1] for p in pairs], row.attempt,
-                           time.time())
+            out = Outgoing(row.id, row.kind, row.root_seq, row.skip, lines, [p[1] for p in parts], row.attempt,
+                           time.time(), [p[2] for p in parts], row.take)
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -516,13 +519,14 @@ class Engine:
                     await self.ledger.disown(row.id, f"batch {info.id} was not ours")
                     self._live_rows.discard(row.id)
                     fresh = await self._row(row.id)
-                    pairs = None
+                    parts = None
                     if fresh.kind == "input":
                         reqs = await self._lookup(fresh)
                         refused = await self.ledger.api_rejected(fresh.root_seq)
-                        pairs = [(r, c) for c, r in reqs.items() if c not in refused]
+                        mine = list(reqs.items())[fresh.skip:fresh.skip + fresh.take]
+                        parts = [(r, c, fresh.skip + i) for i, (c, r) in enumerate(mine) if c not in refused]
                     self._live_rows.add(row.id)
-                    await self._resend(fresh, pairs, flight)
+                    await self._resend(fresh, parts, flight)
                     return
                 self.stats.finished += got.finals
                 self._spent_usd += got.counts.get("cost_usd", 0.0)
@@ -631,6 +635,16 @@ class Engine:
             f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         os.replace(tmp, path)
         return summary
+
+
+def first_error(eg: BaseExceptionGroup) -> BaseException:
+    """The first real error in a task group's exception group (cancellations are its echoes)."""
+    for exc in eg.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return eg.exceptions[0]
 
 
 def make_provider_headers(settings: Settings) -> dict[str, str]:

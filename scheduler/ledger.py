@@ -199,8 +199,9 @@ class Ledger:
 
         def q(db: sqlite3.Connection) -> int:
             if chunk_id is not None:
-                db.execute("UPDATE chunks SET state=?, intent_at=?, take=?, nbytes=?, est_cost=? WHERE id=?",
-                           (ChunkState.SUBMITTING, now, take, nbytes, est_cost, chunk_id))
+                # `take` stays: it places the chunk in its root; what is sent may be fewer (refusals)
+                db.execute("UPDATE chunks SET state=?, intent_at=?, nbytes=?, est_cost=? WHERE id=?",
+                           (ChunkState.SUBMITTING, now, nbytes, est_cost, chunk_id))
                 return chunk_id
             sf, sp, sl, ef, ep = span or (None, None, None, None, None)
             cur = db.execute(
@@ -235,26 +236,27 @@ class Ledger:
         await self._run(lambda db: db.execute(
             "UPDATE chunks SET ended_at=COALESCE(ended_at, ?) WHERE id=?", (ended_at or time.time(), chunk_id)))
 
-    async def record_split(self, chunk_id: int, halves: list[tuple[int, int, int]]) -> list[int]:
-        """Replace a chunk by smaller ones: (skip, take, nbytes) each. Returns the new ids."""
+    async def record_split(self, chunk_id: int, halves: list[tuple[int, int, int, list[str]]]) -> list[int]:
+        """Replace a chunk by smaller ones: (skip, take, nbytes, custom_ids) each. Returns the new ids.
+
+        skip/take place an input chunk's part in its root chunk; a retry chunk's requests move by custom_id.
+        """
         def q(db: sqlite3.Connection) -> list[int]:
             row = db.execute(f"SELECT {_CHUNK_COLS} FROM chunks WHERE id=?", (chunk_id,)).fetchone()
             parent = ChunkRow(*row)
             db.execute("UPDATE chunks SET state=? WHERE id=?", (ChunkState.SPLIT, chunk_id))
-            ids = []
-            for skip, take, nbytes in halves:
+            new_ids: list[int] = []
+            for skip, take, nbytes, ids in halves:
                 cur = db.execute(
                     "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line,"
                     " end_file, end_pos, nbytes, state, attempt, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (parent.kind, parent.root_seq, skip, take, parent.start_file, parent.start_pos,
                      parent.start_line, parent.end_file, parent.end_pos, nbytes, ChunkState.PLANNED,
                      parent.attempt, f"split from {chunk_id}"))
-                ids.append(int(cur.lastrowid or 0))
+                new_ids.append(int(cur.lastrowid or 0))
                 if parent.kind == "retry":
-                    db.execute("UPDATE retries SET chunk_id=? WHERE chunk_id=? AND rowid IN (SELECT rowid FROM"
-                               " retries WHERE chunk_id=? ORDER BY custom_id LIMIT ?)",
-                               (ids[-1], chunk_id, chunk_id, take))
-            return ids
+                    db.executemany("UPDATE retries SET chunk_id=? WHERE custom_id=?", [(new_ids[-1], c) for c in ids])
+            return new_ids
         return await self._run(q)
 
     # -- requests refused by the API at create time ----------------------------------------------

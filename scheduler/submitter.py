@@ -40,6 +40,14 @@ class Outgoing:
     ids: list[str]
     attempt: int
     intent_at: float
+    raw_index: list[int] | None = None  # input chunks: each line's index in its root chunk's lines
+    take: int | None = None  # how many of the root chunk's lines this chunk covers (refused ones too)
+
+    def __post_init__(self) -> None:
+        if self.raw_index is None:
+            self.raw_index = list(range(self.skip, self.skip + len(self.lines)))
+        if self.take is None:
+            self.take = len(self.lines)
 
 
 @dataclass
@@ -67,7 +75,7 @@ class Submitter:
 
     async def submit(self, out: Outgoing) -> list[Submitted]:
         """Create the batch (two or more after a 413 split). Raises FatalError to stop the job."""
-        lines, ids = out.lines, out.ids
+        lines, ids, index = out.lines, out.ids, out.raw_index or []
         resends = 0
         while lines:
             try:
@@ -84,13 +92,13 @@ class Submitter:
                 out.intent_at = await self._intent_again(out, lines)
                 continue
             except errors.RequestTooLarge:
-                return await self._split(out, lines, ids)
+                return await self._split(out, lines, ids, index)
             except errors.RequestRejected as err:
                 idx = errors.rejected_request_index(str(err))
                 if idx is None or idx >= len(lines):
                     raise
                 await self._reject_one(out, ids[idx], str(err))
-                lines, ids = lines[:idx] + lines[idx + 1:], ids[:idx] + ids[idx + 1:]
+                lines, ids, index = lines[:idx] + lines[idx + 1:], ids[:idx] + ids[idx + 1:], index[:idx] + index[idx + 1:]
                 if lines:
                     out.intent_at = await self._intent_again(out, lines)
                 continue
@@ -111,22 +119,24 @@ class Submitter:
         self.rejects.add(None, None, custom_id, f"refused by the API: {message}")
         await self.ledger.add_counts({"api_rejected": 1})
 
-    async def _split(self, out: Outgoing, lines: list[bytes], ids: list[str]) -> list[Submitted]:
+    async def _split(self, out: Outgoing, lines: list[bytes], ids: list[str], index: list[int]) -> list[Submitted]:
         if len(lines) == 1:
             await self._reject_one(out, ids[0], "request too large for a batch (413)")
             await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "413 on a single request")
             return []
         half = len(lines) // 2
-        parts = [(0, half), (half, len(lines))]
-        child_ids = await self.ledger.record_split(
-            out.chunk_id, [(out.skip + a, b - a, self.nbytes(lines[a:b])) for a, b in parts])
+        # the halves cover whole ranges of the root chunk's lines, refused lines included (they stay refused)
+        mid, end = index[half], out.skip + (out.take or len(lines))
+        specs = [(out.skip, mid - out.skip, self.nbytes(lines[:half]), ids[:half]),
+                 (mid, end - mid, self.nbytes(lines[half:]), ids[half:])]
+        child_ids = await self.ledger.record_split(out.chunk_id, specs)
         log.info("chunk %s: 413 from the API, split into %s", out.chunk_id, child_ids)
         done: list[Submitted] = []
-        for child_id, (a, b) in zip(child_ids, parts, strict=True):
-            await self.ledger.record_intent(kind=out.kind, take=b - a, nbytes=self.nbytes(lines[a:b]),
-                                            chunk_id=child_id)
-            child = Outgoing(child_id, out.kind, out.root_seq, out.skip + a, lines[a:b], ids[a:b],
-                             out.attempt, self._clock())
+        for child_id, (a, b), (skip, take, nbytes, _) in zip(child_ids, [(0, half), (half, len(lines))], specs,
+                                                            strict=True):
+            await self.ledger.record_intent(kind=out.kind, take=take, nbytes=nbytes, chunk_id=child_id)
+            child = Outgoing(child_id, out.kind, out.root_seq, skip, lines[a:b], ids[a:b], out.attempt,
+                             self._clock(), index[a:b], take)
             done += await self.submit(child)
         return done
 
