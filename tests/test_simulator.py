@@ -1,0 +1,344 @@
+"""The simulator behaves like the batch APIs it stands in for, faults included."""
+
+from __future__ import annotations
+
+import io
+import time
+import zlib
+
+import aiohttp
+import orjson
+import pytest
+
+from scheduler.simulator import SimConfig, Simulator
+from scheduler.simulator.process import SimulatorProcess
+
+KEY = "sk-test"
+HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+BEARER = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+BATCHES = "/v1/messages/batches"
+MODEL = "claude-sonnet-4-20250514"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def sim(clock):
+    async with Simulator(SimConfig(seed=7), clock=clock) as s:
+        yield s
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def params(text: str = "hello", max_tokens: int = 1000, **extra) -> dict:
+    return {"model": MODEL, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def requests_for(n: int, prefix: str = "r") -> list[dict]:
+    return [{"custom_id": f"{prefix}{i}", "params": params(f"question {i}")} for i in range(n)]
+
+
+async def create(http, sim, reqs, headers=HEADERS):
+    async with http.post(sim.url + BATCHES, data=orjson.dumps({"requests": reqs}), headers=headers) as r:
+        return r.status, orjson.loads(await r.read())
+
+
+async def get(http, url, headers=HEADERS):
+    async with http.get(url, headers=headers) as r:
+        return r.status, orjson.loads(await r.read())
+
+
+async def lines(http, url, headers=HEADERS) -> list[dict]:
+    async with http.get(url, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return [orjson.loads(line) for line in (await r.read()).splitlines()]
+
+
+# -- Anthropic -------------------------------------------------------------------------------------
+
+
+async def test_round_trip_answers_every_request_with_its_own_answer_and_usage(sim, http, clock):
+    sim.config.processing_s = 10
+    reqs = requests_for(50)
+    reqs[3]["params"]["system"] = "be brief"
+    status, batch = await create(http, sim, reqs)
+    assert status == 200
+    assert batch["id"].startswith("msgbatch_") and batch["type"] == "message_batch"
+    assert batch["processing_status"] == "in_progress" and batch["results_url"] is None
+    assert batch["request_counts"] == {"processing": 50, "succeeded": 0, "errored": 0, "canceled": 0,
+                                       "expired": 0}
+    url = f"{sim.url}{BATCHES}/{batch['id']}"
+    status, body = await get(http, url + "/results")
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+
+    clock.advance(10)
+    _, ended = await get(http, url)
+    assert ended["processing_status"] == "ended" and ended["ended_at"] is not None
+    assert ended["request_counts"]["succeeded"] == 50 and ended["request_counts"]["processing"] == 0
+    assert ended["results_url"] == url + "/results"
+    got = {line["custom_id"]: line["result"] for line in await lines(http, ended["results_url"])}
+    assert set(got) == {r["custom_id"] for r in reqs}
+    for r in reqs:
+        message = got[r["custom_id"]]["message"]
+        assert message["content"] == [{"type": "text", "text": "answer:" + r["custom_id"]}]
+        assert message["model"] == MODEL
+        in_tokens = max(1, len(orjson.dumps(r["params"]["messages"])) // 4)
+        if "system" in r["params"]:
+            in_tokens += len(orjson.dumps(r["params"]["system"])) // 4
+        assert message["usage"] == {
+            "input_tokens": in_tokens, "output_tokens": 16 + zlib.crc32(r["custom_id"].encode()) % 64,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    assert sim.stats["creates"] == 1 and sim.stats["requests_created"] == 50
+
+
+async def test_results_come_in_a_new_shuffled_order_each_download(sim, http):
+    _, batch = await create(http, sim, requests_for(200))
+    url = f"{sim.url}{BATCHES}/{batch['id']}/results"
+    first = [line["custom_id"] for line in await lines(http, url)]
+    second = [line["custom_id"] for line in await lines(http, url)]
+    assert first != [r["custom_id"] for r in requests_for(200)]
+    assert first != second and sorted(first) == sorted(second)
+
+
+async def test_content_problems_come_back_as_errored_results_not_400(sim, http):
+    reqs = [{"custom_id": "ok", "params": params()},
+            {"custom_id": "no_max", "params": {"model": MODEL, "messages": []}}]
+    status, batch = await create(http, sim, reqs)
+    assert status == 200
+    got = {x["custom_id"]: x["result"] for x in await lines(http, f"{sim.url}{BATCHES}/{batch['id']}/results")}
+    assert got["no_max"] == {"type": "errored", "error": {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "max_tokens: Field required"}}}
+    assert got["ok"]["type"] == "succeeded"
+
+
+async def test_list_is_newest_first_and_pages_with_after_id(sim, http):
+    ids = [(await create(http, sim, requests_for(1)))[1]["id"] for _ in range(5)]
+    _, page1 = await get(http, f"{sim.url}{BATCHES}?limit=2")
+    assert [b["id"] for b in page1["data"]] == ids[::-1][:2]
+    assert page1["has_more"] and page1["first_id"] == ids[4] and page1["last_id"] == ids[3]
+    _, page2 = await get(http, f"{sim.url}{BATCHES}?limit=2&after_id={page1['last_id']}")
+    assert [b["id"] for b in page2["data"]] == [ids[2], ids[1]]
+    _, page3 = await get(http, f"{sim.url}{BATCHES}?limit=2&after_id={page2['last_id']}")
+    assert [b["id"] for b in page3["data"]] == [ids[0]] and not page3["has_more"]
+    _, before = await get(http, f"{sim.url}{BATCHES}?limit=2&before_id={ids[1]}")
+    assert [b["id"] for b in before["data"]] == [ids[3], ids[2]] and before["has_more"]
+    status, _ = await get(http, f"{sim.url}{BATCHES}?limit=1001")
+    assert status == 400
+
+
+async def test_cancel_returns_unprocessed_requests_canceled(sim, http, clock):
+    sim.config.processing_s = 100
+    _, batch = await create(http, sim, requests_for(10))
+    url = f"{sim.url}{BATCHES}/{batch['id']}"
+    clock.advance(30)  # 3 of 10 processed
+    async with http.post(url + "/cancel", headers=HEADERS) as r:
+        canceling = orjson.loads(await r.read())
+    assert canceling["processing_status"] == "canceling" and canceling["cancel_initiated_at"]
+    _, ended = await get(http, url)
+    assert ended["processing_status"] == "ended"
+    assert ended["request_counts"] == {"processing": 0, "succeeded": 3, "errored": 0, "canceled": 7,
+                                       "expired": 0}
+    kinds = sorted(x["result"]["type"] for x in await lines(http, url + "/results"))
+    assert kinds == ["canceled"] * 7 + ["succeeded"] * 3
+
+
+async def test_delete_only_once_ended(sim, http, clock):
+    sim.config.processing_s = 5
+    _, batch = await create(http, sim, requests_for(1))
+    url = f"{sim.url}{BATCHES}/{batch['id']}"
+    async with http.delete(url, headers=HEADERS) as r:
+        assert r.status == 400
+    clock.advance(5)
+    async with http.delete(url, headers=HEADERS) as r:
+        assert orjson.loads(await r.read()) == {"id": batch["id"], "type": "message_batch_deleted"}
+    status, body = await get(http, url)
+    assert status == 404 and body["error"]["type"] == "not_found_error"
+
+
+async def test_unknown_key_is_refused_until_valid_keys_change(sim, http):
+    sim.config.valid_keys = {"other"}
+    status, body = await create(http, sim, requests_for(1))
+    assert status == 401 and body["type"] == "error"
+    assert body["error"]["type"] == "authentication_error" and body["request_id"]
+    status, _ = await create(http, sim, requests_for(1), headers={"anthropic-version": "2023-06-01"})
+    assert status == 401
+    sim.config.valid_keys = {KEY}
+    status, _ = await create(http, sim, requests_for(1))
+    assert status == 200
+    status, _ = await create(http, sim, requests_for(1), headers={**BEARER, "anthropic-version": "2023-06-01"})
+    assert status == 200
+    assert sim.stats["creates"] == 2
+
+
+async def test_missing_anthropic_version_is_400(sim, http):
+    status, body = await create(http, sim, requests_for(1), headers={"x-api-key": KEY})
+    assert status == 400 and "anthropic-version" in body["error"]["message"]
+
+
+async def test_over_the_request_or_byte_limit_is_413(sim, http):
+    sim.config.max_requests = 3
+    status, body = await create(http, sim, requests_for(4))
+    assert status == 413 and body["error"]["type"] == "request_too_large"
+    sim.config.max_requests = 100
+    sim.config.max_body_bytes = 1000
+    status, body = await create(http, sim, requests_for(20))
+    assert status == 413 and body["error"]["type"] == "request_too_large"
+    assert sim.stats["creates"] == 0
+
+
+@pytest.mark.parametrize(("index", "change", "message"), [
+    (3, {"custom_id": "has space"}, "requests.3.custom_id: String should match pattern"),
+    (2, {"custom_id": "r0"}, "requests.2.custom_id: duplicate custom_id 'r0'"),
+    (1, {"custom_id": "x" * 65}, "requests.1.custom_id: "),
+    (4, {"params": None}, "requests.4.params: Field required"),
+    (0, {"params": [1]}, "requests.0.params: Input should be a valid dictionary"),
+    (7, {"params": params(stream=True)}, "requests.7.params.stream: streaming is not supported in batches"),
+])
+async def test_bad_request_is_400_naming_it(sim, http, index, change, message):
+    reqs = requests_for(10)
+    reqs[index].update(change)
+    status, body = await create(http, sim, reqs)
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"].startswith(message)
+    assert sim.stats["creates"] == 0
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"requests": []}', b'{"nothing": 1}', b"[]"])
+async def test_create_without_requests_is_400(sim, http, body):
+    async with http.post(sim.url + BATCHES, data=body, headers=HEADERS) as r:
+        assert r.status == 400
+        assert orjson.loads(await r.read())["error"]["type"] == "invalid_request_error"
+
+
+async def test_queue_limit_gives_429_with_retry_after(sim, http, clock):
+    sim.config.processing_s = 10
+    sim.config.queue_limit = 5
+    assert (await create(http, sim, requests_for(3)))[0] == 200
+    async with http.post(sim.url + BATCHES, data=orjson.dumps({"requests": requests_for(3)}),
+                         headers=HEADERS) as r:
+        assert r.status == 429 and r.headers["retry-after"] == "0.05"
+    clock.advance(10)
+    assert (await create(http, sim, requests_for(3)))[0] == 200
+
+
+async def test_fault_mix_produces_every_kind_and_creates_nothing(sim, http):
+    sim.config.fail_rate = 1.0
+    seen: dict[str, int] = {}
+    for _ in range(60):
+        try:
+            async with http.post(sim.url + BATCHES, data=orjson.dumps({"requests": requests_for(2)}),
+                                 headers=HEADERS) as r:
+                kind = str(r.status)
+                if r.status == 429:
+                    assert float(r.headers["retry-after"]) == pytest.approx(0.05)
+                await r.read()
+        except aiohttp.ClientError:
+            kind = "dropped"
+        seen[kind] = seen.get(kind, 0) + 1
+    assert set(seen) == {"429", "500", "503", "529", "dropped"}
+    assert sim.stats["creates"] == 0
+    assert sum(sim.stats["faults"].values()) == 60
+    assert set(sim.stats["faults"]) == {"rate_limit_error", "api_error", "overloaded_error", "unavailable",
+                                        "dropped"}
+
+
+async def test_result_rates_draw_each_outcome_the_same_on_every_download(sim, http):
+    sim.config.errored_rate = 0.2
+    sim.config.invalid_rate = 0.1
+    sim.config.expired_rate = 0.1
+    _, batch = await create(http, sim, requests_for(500))
+    url = f"{sim.url}{BATCHES}/{batch['id']}/results"
+    first = {x["custom_id"]: x["result"] for x in await lines(http, url)}
+    second = {x["custom_id"]: x["result"] for x in await lines(http, url)}
+    assert first == second
+    kinds = {r["error"]["error"]["type"] if r["type"] == "errored" else r["type"] for r in first.values()}
+    assert kinds == {"succeeded", "expired", "api_error", "overloaded_error", "invalid_request_error"}
+    _, ended = await get(http, f"{sim.url}{BATCHES}/{batch['id']}")
+    counts = ended["request_counts"]
+    assert counts["errored"] == sum(r["type"] == "errored" for r in first.values())
+    assert counts["expired"] == sum(r["type"] == "expired" for r in first.values())
+
+
+async def test_cut_download_fails_on_the_client_and_the_next_one_is_whole(sim, http):
+    _, batch = await create(http, sim, requests_for(3000))
+    url = f"{sim.url}{BATCHES}/{batch['id']}/results"
+    sim.config.cut_rate = 1.0
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.get(url, headers=HEADERS) as r:
+            assert r.status == 200
+            await r.read()
+    sim.config.cut_rate = 0.0
+    got = await lines(http, url)
+    assert len(got) == 3000 and len({x["custom_id"] for x in got}) == 3000
+    assert sim.stats["cut_downloads"] == 1 and sim.stats["results_downloads"] == 2
+
+
+async def test_lost_create_creates_a_batch_the_client_never_hears_of(sim, http):
+    sim.config.lost_create_rate = 1.0
+    with pytest.raises(aiohttp.ClientError):
+        await create(http, sim, requests_for(4))
+    sim.config.lost_create_rate = 0.0
+    _, page = await get(http, f"{sim.url}{BATCHES}")
+    assert len(page["data"]) == 1 and page["data"][0]["request_counts"]["succeeded"] == 4
+    assert sim.stats["lost_creates"] == 1 and sim.stats["requests_created"] == 4
+
+
+async def test_sim_endpoints_need_no_key_and_set_config(sim, http):
+    sim.config.valid_keys = {"k1"}
+    async with http.post(sim.url + "/_sim/config", json={"valid_keys": ["k2"], "fail_rate": 0}) as r:
+        assert r.status == 200
+    assert sim.config.valid_keys == {"k2"}
+    async with http.post(sim.url + "/_sim/config", json={"no_such_field": 1}) as r:
+        assert r.status == 400
+    status, stats = await get(http, sim.url + "/_sim/stats", headers={})
+    assert status == 200 and stats["creates"] == 0
+
+
+async def test_10k_request_create_is_fast(sim, http):
+    body = orjson.dumps({"requests": requests_for(10_000)})
+    started = time.perf_counter()
+    async with http.post(sim.url + BATCHES, data=io.BytesIO(body), headers=HEADERS) as r:
+        assert r.status == 200
+    assert time.perf_counter() - started < 1.0  # well under 0.1 s on a quiet machine
+
+
+# -- the simulator in its own process -----------------------------------------------------------
+
+
+async def test_simulator_process_serves_stats_and_stops():
+    async with SimulatorProcess(["--seed", "1", "--keys", "a,b"]) as proc:
+        assert proc.url.startswith("http://127.0.0.1:") and proc.pid
+        assert proc.stats()["creates"] == 0
+        async with aiohttp.ClientSession() as http:
+            async with http.get(proc.url + BATCHES, headers={**HEADERS, "x-api-key": "a"}) as r:
+                assert r.status == 200
+            assert proc.set_config(valid_keys={"c"})["valid_keys"] == ["c"]
+            async with http.get(proc.url + BATCHES, headers={**HEADERS, "x-api-key": "a"}) as r:
+                assert r.status == 401
+        assert proc.stats()["calls"] == {"anthropic.list": 2}
+    assert proc.proc.returncode == 0
+
+
+def test_simulator_process_sync_context_manager():
+    with SimulatorProcess([]) as proc:
+        assert proc.stats()["calls"] == {}
+    assert proc.proc.returncode == 0
+
