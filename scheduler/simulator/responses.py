@@ -95,12 +95,19 @@ def chunks(lines: Iterable[str], cut_at: int | None = None) -> Iterator[bytes]:
 async def stream_jsonl(request: web.Request, lines: Iterable[str], *, cut_at: int | None = None,
                        content_type: str = "application/x-jsonl") -> web.StreamResponse:
     """Stream lines in blocks; with `cut_at`, drop the connection in the middle of that line."""
+    return await stream_blocks(request, chunks(lines, cut_at), cut=cut_at is not None,
+                               content_type=content_type)
+
+
+async def stream_blocks(request: web.Request, blocks: Iterable[bytes], *, cut: bool = False,
+                        content_type: str = "application/octet-stream") -> web.StreamResponse:
+    """Stream blocks of bytes; with `cut`, drop the connection after the last one instead of ending."""
     resp = web.StreamResponse(headers={"content-type": content_type, "request-id": request_id()})
     await resp.prepare(request)
     try:
-        for block in chunks(lines, cut_at):
+        for block in blocks:
             await resp.write(block)
-        if cut_at is not None:
+        if cut:
             drop(request)
             return resp
         await resp.write_eof()

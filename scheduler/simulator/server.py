@@ -104,14 +104,16 @@ class Simulator:
         self.stats["creates"] += 1
         self.stats["requests_created"] += batch.n
 
-    def download_plan(self, n: int) -> tuple[list[int], int | None]:
-        """A shuffled order for `n` lines, and where to cut the download (None: send it all)."""
+    def download_plan(self, n: int, lines: int | None = None) -> tuple[list[int], int | None]:
+        """A shuffled order of `n` requests, and at which of the `lines` (default n) sent to cut the
+        download (None: send it all)."""
+        lines = n if lines is None else lines
         self.stats["results_downloads"] += 1
         order = list(range(n))
         self.rng.shuffle(order)
         cut_at = None
-        if n and self.config.cut_rate and self.rng.random() < self.config.cut_rate:
-            cut_at = self.rng.randrange(n)
+        if lines and self.config.cut_rate and self.rng.random() < self.config.cut_rate:
+            cut_at = self.rng.randrange(lines)
             self.stats["cut_downloads"] += 1
         return order, cut_at
 
