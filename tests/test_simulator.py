@@ -512,3 +512,25 @@ async def test_inline_refuses_system_naming_the_request(sim, http):
     status, body = await inline_create(http, sim, reqs)
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
     assert body["error"]["message"].startswith("requests.2.body.system")
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def test_faults_flag_turns_every_fault_on_and_explicit_rates_win():
+    import argparse
+
+    from scheduler.simulator import add_arguments
+    from scheduler.simulator.cli import config_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--faults", "--cut-rate", "0", "--keys", "a, b", "--seed", "3"])
+    assert (args.host, args.port) == ("127.0.0.1", 8080)
+    config = config_from(args)
+    preset = SimConfig.all_faults()
+    assert (preset.fail_rate, preset.errored_rate, preset.expired_rate, preset.cut_rate,
+            preset.lost_create_rate) == (0.05, 0.03, 0.01, 0.10, 0.02)
+    assert config.fail_rate == 0.05 and config.cut_rate == 0.0
+    assert config.valid_keys == {"a", "b"} and config.seed == 3
+    assert config_from(parser.parse_args([])) == SimConfig()

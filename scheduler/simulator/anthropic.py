@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .responses import Rejected, json_response, stream_jsonl
-from .store import DAY_S, Batch, Outcome, draw_outcomes, new_id, output_tokens, rfc3339
+from .responses import Rejected, json_response, parse_json, requests_of, stream_jsonl
+from .store import DAY_S, Batch, Outcome, draw_outcomes, new_id, no_gc, output_tokens, rfc3339
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -197,7 +197,7 @@ class AnthropicApi:
             ("DELETE", PATH + "/{id}", "anthropic.delete", self.delete, False),
         ]
 
-    def doc(self, batch: Batch, request: web.Request, *, fresh: bool = False,
+    def doc(self, batch: Batch, request: web.Request | None = None, *, fresh: bool = False,
             canceling: bool = False) -> dict[str, Any]:
         ended = batch.ended(self.sim.now()) and not fresh and not canceling
         if ended:
@@ -213,7 +213,8 @@ class AnthropicApi:
             "ended_at": rfc3339(batch.wall(batch.ends_at)) if ended else None,
             "cancel_initiated_at": rfc3339(batch.wall(batch.cancel_at)) if batch.cancel_at is not None else None,
             "archived_at": None,
-            "results_url": f"{request.scheme}://{request.host}{PATH}/{batch.id}/results" if ended else None,
+            "results_url": f"{request.scheme}://{request.host}{PATH}/{batch.id}/results"
+            if ended and request is not None else None,
         }
 
     def find(self, request: web.Request) -> Batch:
@@ -223,8 +224,13 @@ class AnthropicApi:
         return batch
 
     async def create(self, request: web.Request) -> web.Response:
+        body = await self.sim.read_body(request, self.sim.config.max_body_bytes)
+        with no_gc():  # the parsed body is freed (on return) before the GC runs again
+            return self._create(body)
+
+    def _create(self, body: bytes) -> web.Response:
         sim = self.sim
-        items = await sim.read_requests(request, sim.config.max_body_bytes)
+        items = requests_of(parse_json(body))
         if len(items) > sim.config.max_requests:
             raise Rejected("request_too_large",
                            f"batch has {len(items):,} requests; at most {sim.config.max_requests:,} allowed")
@@ -232,7 +238,7 @@ class AnthropicApi:
         now = sim.check_queue(len(items))
         batch = new_batch(sim, "anthropic", "msgbatch_", reqs, now)
         sim.add_batch(batch)
-        return json_response(self.doc(batch, request, fresh=True))
+        return json_response(self.doc(batch, fresh=True))
 
     async def retrieve(self, request: web.Request) -> web.Response:
         self.sim.stats["retrieves"] += 1

@@ -63,11 +63,9 @@ class InlineApi:
             "ended_at": rfc3339(batch.wall(batch.ends_at)) if ended else None,
         }
 
-    async def create(self, request: web.Request, doc: dict) -> web.Response:
+    def create(self, items: list) -> web.Response:
+        """Create from the parsed `requests` (the server reads the body: OpenAI shares the path)."""
         sim = self.sim
-        items = doc["requests"]
-        if not isinstance(items, list) or not items:
-            raise Rejected("invalid_request_error", "requests: List should have at least 1 item")
         limit = sim.config.inline_max_requests
         if len(items) > limit:
             raise Rejected("batch_size_exceeded",

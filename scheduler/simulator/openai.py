@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .anthropic import Requests, limit_arg, new_batch
 from .responses import CHUNK_BYTES, Rejected, json_response, stream_blocks, stream_jsonl
-from .store import DAY_S, Batch, Outcome, new_id, output_tokens
+from .store import DAY_S, Batch, Outcome, new_id, no_gc, output_tokens
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -275,7 +275,7 @@ class OpenAIApi:
             raise Rejected("not_found_error", f"No batch found with id '{request.match_info['id']}'.")
         return batch
 
-    async def create(self, request: web.Request, doc: Any) -> web.Response:
+    def create(self, doc: Any) -> web.Response:
         sim = self.sim
         if not isinstance(doc, dict):
             raise Rejected("invalid_request_error", "expected a JSON object")
@@ -296,7 +296,8 @@ class OpenAIApi:
         record = self.files.get(file_id)
         if record is None or record.data is None:
             raise Rejected("not_found_error", f"No such File object: {file_id}")
-        reqs, errors = parse_input(record.data, endpoint, sim.config.openai_max_requests)
+        with no_gc():
+            reqs, errors = parse_input(record.data, endpoint, sim.config.openai_max_requests)
         if errors:
             reqs = Requests()
         now = sim.check_queue(len(reqs.custom_ids))

@@ -11,9 +11,12 @@ import enum
 import itertools
 import random
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import orjson
 from aiohttp import web
+
+from .store import no_gc
 
 CHUNK_BYTES = 256 * 1024
 JSON = "application/json"
@@ -120,3 +123,22 @@ def drop(request: web.Request) -> None:
     """Close the connection without (finishing) an answer."""
     if request.transport is not None:
         request.transport.close()
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        with no_gc():
+            return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Rejected("invalid_request_error", "request body is not valid JSON") from None
+
+
+def requests_of(doc: Any) -> list:
+    if not isinstance(doc, dict) or "requests" not in doc:
+        raise Rejected("invalid_request_error", "requests: Field required")
+    items = doc["requests"]
+    if not isinstance(items, list):
+        raise Rejected("invalid_request_error", "requests: Input should be a valid list")
+    if not items:
+        raise Rejected("invalid_request_error", "requests: List should have at least 1 item")
+    return items

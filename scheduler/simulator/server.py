@@ -20,8 +20,8 @@ from .anthropic import AnthropicApi
 from .config import SimConfig
 from .inline import InlineApi
 from .openai import OpenAIApi
-from .responses import Rejected, Style, drop, error_response, json_response
-from .store import Batch, Store
+from .responses import Rejected, Style, drop, error_response, json_response, parse_json, requests_of
+from .store import Batch, Store, no_gc
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAULT_KINDS = ("rate_limit_error", "api_error", "overloaded_error", "unavailable", "dropped")
@@ -79,15 +79,7 @@ class Simulator:
         return body
 
     async def read_json(self, request: web.Request, max_bytes: int) -> Any:
-        body = await self.read_body(request, max_bytes)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise Rejected("invalid_request_error", "request body is not valid JSON") from None
-
-    async def read_requests(self, request: web.Request, max_bytes: int) -> list:
-        """The `requests` list of a create body; raises Rejected when there is none."""
-        return requests_of(await self.read_json(request, max_bytes))
+        return parse_json(await self.read_body(request, max_bytes))
 
     def check_queue(self, n: int) -> float:
         """Raise 429 when `n` more requests would pass the queue limit; return the clock time."""
@@ -193,13 +185,17 @@ class Simulator:
 
     async def _create_batch(self, request: web.Request) -> web.Response:
         """`POST /v1/batches` is the inline proxy's create (`requests`) and OpenAI's (`input_file_id`)."""
-        doc = await self.read_json(request, self.config.max_body_bytes)
-        if isinstance(doc, dict) and "requests" in doc:
+        body = await self.read_body(request, self.config.max_body_bytes)
+        with no_gc():  # the parsed body is freed before the GC runs again
+            doc = parse_json(body)
+            if not (isinstance(doc, dict) and "requests" in doc):
+                return self.openai.create(doc)
             try:
-                return await self.inline.create(request, doc)
+                return self.inline.create(requests_of(doc))
             except Rejected as exc:
                 return error_response(Style.INLINE, exc)
-        return await self.openai.create(request, doc)
+            finally:
+                del doc
 
     async def _stats(self, request: web.Request) -> web.Response:
         return json_response(self.stats)
@@ -240,14 +236,3 @@ class Simulator:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def requests_of(doc: Any) -> list:
-    if not isinstance(doc, dict) or "requests" not in doc:
-        raise Rejected("invalid_request_error", "requests: Field required")
-    items = doc["requests"]
-    if not isinstance(items, list):
-        raise Rejected("invalid_request_error", "requests: Input should be a valid list")
-    if not items:
-        raise Rejected("invalid_request_error", "requests: List should have at least 1 item")
-    return items

@@ -9,10 +9,13 @@ download of a batch returns the same lines. Request `i` counts as processed once
 from __future__ import annotations
 
 import enum
+import gc
 import itertools
 import random
 import secrets
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +41,19 @@ def new_id(prefix: str, length: int = 24) -> str:
     """`prefix` + a unique token; a serial in front keeps ids of one process distinct and sortable."""
     token = "".join(secrets.choice(_ALPHABET) for _ in range(length - 8))
     return f"{prefix}{next(_serial):08d}{token}"
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic GC while a big body is parsed: its many new dicts would trigger full
+    collections (3x the parse time on a 100,000-request create). No await may happen inside."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def rfc3339(epoch_s: float | None) -> str | None:
