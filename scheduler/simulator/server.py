@@ -43,9 +43,9 @@ class Simulator:
     """A fake batch API server. `async with Simulator(config) as sim:` then talk to `sim.url`."""
 
     def __init__(self, config: SimConfig | None = None, clock: Callable[[], float] = time.monotonic):
-        self.config = config or SimConfig()
+        self._config = config or SimConfig()
         self.clock = clock
-        self.rng = random.Random(self.config.seed)
+        self.rng = random.Random(self._config.seed)
         self.stats = new_stats()
         self.store = Store()
         self.url: str | None = None
@@ -55,6 +55,17 @@ class Simulator:
         self.anthropic = AnthropicApi(self)
         self.openai = OpenAIApi(self)
         self.inline = InlineApi(self)
+
+    @property
+    def config(self) -> SimConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: SimConfig) -> None:
+        """A new config with a seed also restarts the random draws from that seed."""
+        self._config = config
+        if config.seed is not None:
+            self.reseed(config.seed)
 
     # -- time, randomness, shared steps of handlers --------------------------------------------
 
