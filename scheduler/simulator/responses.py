@@ -65,6 +65,8 @@ def request_id() -> str:
 
 
 def json_response(doc: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    headers = headers if headers is not None and "request-id" in headers else {"request-id": request_id(),
+                                                                               **(headers or {})}
     return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON, headers=headers)
 
 
