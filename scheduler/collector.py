@@ -21,7 +21,7 @@ from .http import backoff_s
 from .ledger import ChunkRow, Ledger
 from .providers.base import OUTCOME_NAMES, RETRYABLE, BatchInfo, Outcome, Provider
 from .settings import Settings
-from .writer import ShardSet
+from .writer import ShardSet, shard_of
 
 log = logging.getLogger("scheduler.collector")
 
@@ -53,6 +53,7 @@ class Collector:
         self._rng = rng or random.Random()
         self.lock = asyncio.Lock()
         self.downloads_restarted = 0
+        self._committing = False
 
     async def collect(self, row: ChunkRow, info: BatchInfo) -> Collected:
         async with self.lock:
@@ -64,23 +65,30 @@ class Collector:
                 try:
                     return await self._collect_once(row, info, offsets)
                 except errors.TransientError as err:
+                    if self._committing:
+                        raise
                     self.shards.rollback(offsets)
                     if attempt >= policy.attempts:
                         raise
                     self.downloads_restarted += 1
                     wait = backoff_s(policy, attempt, self._rng)
-                    log.warning("results of %s cut short (%s); fetching again in %.2fs", info.id, err, wait)
+                    log.warning("results download of %s failed (%s); fetching it again in %.2fs", info.id, err, wait)
                     await asyncio.sleep(wait)
                 except BaseException:
-                    self.shards.rollback(offsets)
+                    # Before the commit began, nothing of this batch counts: drop its lines. Once it began
+                    # (fsync, then the ledger), the ledger decides: a cancelled commit may still land, and
+                    # the next start truncates the shards to whatever the ledger holds.
+                    if not self._committing:
+                        self.shards.rollback(offsets)
                     raise
+                finally:
+                    self._committing = False
 
     async def _collect_once(self, row: ChunkRow, info: BatchInfo, offsets: list[int]) -> Collected:
         shards = self.shards
         nshards = shards.n
         add = shards.add
         classify = self.provider.classify
-        from .writer import shard_of
 
         max_attempts = self.settings.max_attempts
         retry_attempts: dict[str, int] = {}
@@ -121,6 +129,7 @@ class Collector:
                     tokens[3] += usage.cache_read_tokens
                     cost += self._cost(model, usage)
         park = await self._park(row, to_park, retry_attempts)
+        self._committing = True
         new_offsets = await asyncio.to_thread(shards.commit)
         summary: dict[str, float] = {OUTCOME_NAMES[o]: c for o, c in enumerate(counts) if c}
         summary.update({"input_tokens": tokens[0], "output_tokens": tokens[1],

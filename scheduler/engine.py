@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,13 +82,14 @@ async def span_blocks(sources: list, start: tuple[int, int, int], end: tuple[int
     sf, sp, sl = start
     for fi in range(sf, len(sources)):
         src = sources[fi]
-        async for block in src.blocks(sp if fi == sf else 0, sl if fi == sf else 1):
-            if end is not None and fi == end[0]:
-                if block.start_pos >= end[1]:
-                    break
-                yield _clip(block, end[1], src.unit)
-            else:
-                yield block
+        async with aclosing(src.blocks(sp if fi == sf else 0, sl if fi == sf else 1)) as blocks:
+            async for block in blocks:
+                if end is not None and fi == end[0]:
+                    if block.start_pos >= end[1]:
+                        break
+                    yield _clip(block, end[1], src.unit)
+                else:
+                    yield block
         if end is not None and fi >= end[0]:
             return
 
@@ -176,7 +178,10 @@ class Engine:
 
     async def run(self) -> JobResult:
         started = time.time()
-        self.ledger = ledger = self._open_ledger()
+        try:
+            self.ledger = ledger = self._open_ledger()
+        except errors.JobMismatch as err:  # another job's directory: write nothing into it
+            return JobResult(ExitCode.USAGE, str(err))
         shards: ShardSet | None = None
         rejects = Rejects(os.path.join(self.out_dir, "rejected.jsonl"), self.inputs)
         try:
@@ -309,16 +314,16 @@ class Engine:
             if row.kind == "retry":
                 await self._take_slot()
                 self._spawn_resend(row, None)
-        blocks = span_blocks(self.sources, (0, 0, 1), None)
-        counting = self._count_lines(blocks)
-        async for chunk in cut_chunks(counting, self.validator, self.rejects, batch_size=s.batch_size,
-                                      batch_bytes=s.batch_bytes, overhead=self.provider.body_overhead,
-                                      unit_of=lambda fi: self.sources[fi].unit):
-            self.stats.accepted += chunk.n
-            self.stats.rejected = self.rejects.count
-            await self._input_chunk(chunk)
-            while self._pending_retries >= s.batch_size and not self.hold:
-                await self._retry_chunk()
+        counting = self._count_lines(span_blocks(self.sources, (0, 0, 1), None))
+        async with aclosing(cut_chunks(counting, self.validator, self.rejects, batch_size=s.batch_size,
+                                       batch_bytes=s.batch_bytes, overhead=self.provider.body_overhead,
+                                       unit_of=lambda fi: self.sources[fi].unit)) as chunks:
+            async for chunk in chunks:
+                self.stats.accepted += chunk.n
+                self.stats.rejected = self.rejects.count
+                await self._input_chunk(chunk)
+                while self._pending_retries >= s.batch_size and not self.hold:
+                    await self._retry_chunk()
         self.stats.reading_done = True
         self.stats.rejected = self.rejects.count
         self.rejects.flush()
@@ -556,21 +561,23 @@ class Engine:
         out: dict[str, bytes] = {}
         check_request = self.provider.check_request
         assert row.start_file is not None and row.end_file is not None
-        async for block in span_blocks(self.sources, (row.start_file, row.start_pos or 0, row.start_line or 1),
-                                       (row.end_file, row.end_pos or 0)):
-            for raw in block.lines:
-                if type(raw) is not bytes:
-                    continue
-                try:
-                    obj = orjson.loads(raw)
-                    cid = obj["custom_id"]
-                except (orjson.JSONDecodeError, TypeError, KeyError):
-                    continue
-                if type(cid) is not str or cid in out:
-                    continue
-                problem, line = check_request(obj, raw)
-                if problem is None and line is not None:
-                    out[cid] = line
+        span = span_blocks(self.sources, (row.start_file, row.start_pos or 0, row.start_line or 1),
+                           (row.end_file, row.end_pos or 0))
+        async with aclosing(span) as blocks:
+            async for block in blocks:
+                for raw in block.lines:
+                    if type(raw) is not bytes:
+                        continue
+                    try:
+                        obj = orjson.loads(raw)
+                        cid = obj["custom_id"]
+                    except (orjson.JSONDecodeError, TypeError, KeyError):
+                        continue
+                    if type(cid) is not str or cid in out:
+                        continue
+                    problem, line = check_request(obj, raw)
+                    if problem is None and line is not None:
+                        out[cid] = line
         return out
 
     # -- summary --------------------------------------------------------------------------------

@@ -148,6 +148,11 @@ class Ledger:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        if isinstance(out, sqlite3.Cursor):
+            # a cursor must die on this thread: finalised on the event loop's thread it would reset a
+            # statement while this thread runs another (SQLITE_MISUSE)
+            out.close()
+            return None  # type: ignore[return-value]
         return out
 
     def sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -159,7 +164,7 @@ class Ledger:
     def read_meta(self) -> dict[str, Any]:
         def q(db: sqlite3.Connection) -> dict[str, Any]:
             return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-        return self._pool.submit(q).result()
+        return self._pool.submit(q, self._db).result()
 
     def write_meta(self, values: dict[str, Any]) -> None:
         def q(db: sqlite3.Connection) -> None:

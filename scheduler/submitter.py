@@ -68,6 +68,9 @@ class Submitter:
         self._overhead = overhead
         self._clock = clock
         self._adopt_lock = asyncio.Lock()
+        self._idle = asyncio.Condition()
+        self._creating = 0  # create calls in the air
+        self._adopting = False
         self._claimed: set[str] = set()
 
     def nbytes(self, lines: list[bytes]) -> int:
@@ -79,7 +82,7 @@ class Submitter:
         resends = 0
         while lines:
             try:
-                info = await self.provider.create(lines, tag=f"chunk-{out.chunk_id}")
+                info = await self._create(out.chunk_id, lines)
             except (errors.OutcomeUnknown, errors.TimeoutError_) as err:
                 await self.ledger.add_counts({"creates_unknown": 1})
                 log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", out.chunk_id, err)
@@ -102,12 +105,33 @@ class Submitter:
                 if lines:
                     out.intent_at = await self._intent_again(out, lines)
                 continue
-            await self.ledger.record_submitted(out.chunk_id, info.id)
-            self._claimed.add(info.id)
+            except errors.ProviderError:
+                # the API answered: no batch was created; the chunk waits for the next run
+                await self.ledger.set_state(out.chunk_id, ChunkState.PLANNED)
+                raise
             await self.ledger.add_counts({"batches_created": 1, "requests_sent": len(lines)})
             return [Submitted(out.chunk_id, info, len(lines), out.kind, False)]
         await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "every request was refused")
         return []
+
+    async def _create(self, chunk_id: int, lines: list[bytes]) -> BatchInfo:
+        """One create call, counted so that adoption never runs while a create of ours is in the air.
+
+        Otherwise a batch we just created (visible in the list, its id not yet recorded) could be
+        adopted by another chunk. The batch id is recorded before the count drops.
+        """
+        async with self._idle:
+            await self._idle.wait_for(lambda: not self._adopting)
+            self._creating += 1
+        try:
+            info = await self.provider.create(lines, tag=f"chunk-{chunk_id}")
+            self._claimed.add(info.id)
+            await self.ledger.record_submitted(chunk_id, info.id)
+            return info
+        finally:
+            async with self._idle:
+                self._creating -= 1
+                self._idle.notify_all()
 
     async def _intent_again(self, out: Outgoing, lines: list[bytes]) -> float:
         await self.ledger.record_intent(kind=out.kind, take=len(lines), nbytes=self.nbytes(lines),
@@ -144,16 +168,27 @@ class Submitter:
         """A batch created after our intent with our request count that nobody claims, or None."""
         since = (intent_at or self._clock()) - ADOPT_WINDOW_S
         async with self._adopt_lock:
-            claimed = self._claimed | await self.ledger.claimed_batch_ids()
-            candidates = [info async for info in self.provider.recent(since)
-                          if info.id not in claimed and info.total == n]
-            if not candidates:
-                return None
-            # the earliest one created after the intent is the most likely to be ours
-            candidates.sort(key=lambda i: abs((i.created_at or 0) - (intent_at or 0)))
-            info = candidates[0]
-            await self.ledger.record_submitted(chunk_id, info.id, adopted=True)
-            self._claimed.add(info.id)
-            await self.ledger.add_counts({"batches_adopted": 1, "batches_created": 1, "requests_sent": n})
-            log.info("chunk %s: adopted batch %s (created while the answer was lost)", chunk_id, info.id)
-            return info
+            async with self._idle:
+                self._adopting = True
+                await self._idle.wait_for(lambda: self._creating == 0)
+            try:
+                return await self._adopt(chunk_id, n, since, intent_at)
+            finally:
+                async with self._idle:
+                    self._adopting = False
+                    self._idle.notify_all()
+
+    async def _adopt(self, chunk_id: int, n: int, since: float, intent_at: float | None) -> BatchInfo | None:
+        recent = [info async for info in self.provider.recent(since)]
+        claimed = self._claimed | await self.ledger.claimed_batch_ids()
+        candidates = [info for info in recent if info.id not in claimed and info.total == n]
+        if not candidates:
+            return None
+        # the earliest one created after the intent is the most likely to be ours
+        candidates.sort(key=lambda i: abs((i.created_at or 0) - (intent_at or 0)))
+        info = candidates[0]
+        await self.ledger.record_submitted(chunk_id, info.id, adopted=True)
+        self._claimed.add(info.id)
+        await self.ledger.add_counts({"batches_adopted": 1, "batches_created": 1, "requests_sent": n})
+        log.info("chunk %s: adopted batch %s (created while the answer was lost)", chunk_id, info.id)
+        return info
