@@ -131,7 +131,12 @@ class Collector:
         park = await self._park(row, to_park, retry_attempts)
         self._committing = True
         new_offsets = await asyncio.to_thread(shards.commit)
-        summary: dict[str, float] = {OUTCOME_NAMES[o]: c for o, c in enumerate(counts) if c}
+        summary: dict[str, float] = {}
+        for o, c in enumerate(counts):
+            if c:
+                summary[OUTCOME_NAMES[Outcome(o)]] = summary.get(OUTCOME_NAMES[Outcome(o)], 0) + c
+        if counts[Outcome.ERRORED_TRANSIENT]:
+            summary["errored_transient_final"] = counts[Outcome.ERRORED_TRANSIENT]
         summary.update({"input_tokens": tokens[0], "output_tokens": tokens[1],
                         "cache_write_tokens": tokens[2], "cache_read_tokens": tokens[3], "cost_usd": cost,
                         "batches_collected": 1, "result_lines": n_lines})

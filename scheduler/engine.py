@@ -200,7 +200,7 @@ class Engine:
             counters = await ledger.acounters()
             self._spent_usd = counters.get("cost_usd", 0.0)
             self.stats.finished_before = int(sum(counters.get(k, 0) for k in
-                                                 ("succeeded", "errored", "expired", "errored_transient")))
+                                                 ("succeeded", "errored", "expired")))
             self._pending_retries = await ledger.count_retries("pending")
             result = await self._run_pipeline(ledger, shards, rejects)
         except errors.JobMismatch as err:
@@ -609,6 +609,7 @@ class Engine:
                 "canceled_parked": retries.get("canceled", 0),
             },
             "results": {k: int(c.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled")},
+            "errored_after_all_attempts": int(c.get("errored_transient_final", 0)),
             "attempts": {
                 "requests_sent": int(c.get("requests_sent", 0)),
                 "requests_retried": int(c.get("retried", 0)),
@@ -633,7 +634,7 @@ class Engine:
                      "results_downloads_restarted": getattr(getattr(self, "collector", None),
                                                             "downloads_restarted", 0)},
             "polls": ({"retrieve": self.poller.stats.retrieves, "list": self.poller.stats.lists}
-                      if self.poller else {}),
+                      if self.poller is not None else {}),
         }
         path = os.path.join(self.out_dir, "summary.json")
         tmp = path + ".tmp"

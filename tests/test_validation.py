@@ -78,7 +78,7 @@ async def test_model_flag_fills_missing_model(tmp_path):
 
 
 def test_fingerprint_set_grows_and_finds_duplicates():
-    s = FingerprintSet(bits=4)
+    s = FingerprintSet(slots=4)
     assert all(s.add(hash(f"id-{i}")) for i in range(10_000))
     assert len(s) == 10_000
     assert not s.add(hash("id-1234"))

@@ -31,7 +31,9 @@ class Outcome(enum.IntEnum):
     CANCELED = 4
 
 
-OUTCOME_NAMES = {o: o.name.lower() for o in Outcome}
+# the result types users see (a transient error that ran out of attempts is an `errored` result)
+OUTCOME_NAMES = {Outcome.SUCCEEDED: "succeeded", Outcome.ERRORED: "errored", Outcome.ERRORED_TRANSIENT: "errored",
+                 Outcome.EXPIRED: "expired", Outcome.CANCELED: "canceled"}
 RETRYABLE = frozenset({Outcome.ERRORED_TRANSIENT, Outcome.EXPIRED})
 TRANSIENT_ERROR_KINDS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error",
                                    "server_error", "rate_limit_exceeded", "internal_error"})
