@@ -1,6 +1,5 @@
 """Every HTTP status and aiohttp failure maps to one place in the error tree."""
 
-import asyncio
 
 import aiohttp
 import pytest
@@ -36,7 +35,7 @@ def test_fatal_and_transient_are_disjoint():
 
 
 @pytest.mark.parametrize(("exc", "sent", "cls"), [
-    (asyncio.TimeoutError(), False, errors.TimeoutError_),
+    (TimeoutError(), False, errors.TimeoutError_),
     (aiohttp.ServerDisconnectedError(), False, errors.NetworkError),
     (aiohttp.ServerDisconnectedError(), True, errors.OutcomeUnknown),
     (aiohttp.ClientPayloadError("cut"), True, errors.OutcomeUnknown),
