@@ -354,6 +354,12 @@ class Engine:
     async def _admit(self, lines: list[bytes]) -> float | None:
         """Take a slot, then ask the budget; None (slot given back, job on hold) when over --max-cost."""
         await self._take_slot()
+        if self.ledger is not None and self.ledger.read_meta().get("cancelled") and not self.cancelled:
+            self.cancelled = True  # `cancel DIR` ran while we were going: send nothing new
+            self.hold = "the job was cancelled"
+        if self.hold:
+            self._give_slot()
+            return None
         est = self.budget.estimate(lines)
         if self.budget.allows(self._spent_usd, est):
             return est
