@@ -199,3 +199,24 @@ async def test_a_run_stopped_midway_resumes_without_losing_or_repeating(sim, tmp
     assert result.exit_code == ExitCode.OK, result.message
     assert_exactly_once(tmp_path / "out", ids)
     assert sim.stats["requests_created"] <= 1_000 + 100  # at most one chunk's create was in doubt
+
+
+async def test_a_400_naming_one_request_rejects_it_and_sends_the_rest(sim, tmp_path):
+    ids = write_requests(tmp_path / "in.jsonl", 150)
+    bad = request("hot-1")
+    bad["params"]["temperature"] = 1.5
+    with open(tmp_path / "in.jsonl", "ab") as f:
+        f.write(orjson.dumps(bad) + b"\n")
+    result = await run_job(fast_settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(tmp_path / "out", ids)
+    rejected = [orjson.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_bytes().splitlines()]
+    assert len(rejected) == 1 and rejected[0]["custom_id"] == "hot-1"
+    assert "refused by the API" in rejected[0]["error"] and "temperature" in rejected[0]["error"]
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["requests"]["refused_by_api"] == 1
+    # a second run reports the refusal again and sends nothing
+    creates = sim.stats["creates"]
+    assert (await run_job(fast_settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])).exit_code == 0
+    assert sim.stats["creates"] == creates
+    assert len((tmp_path / "out" / "rejected.jsonl").read_bytes().splitlines()) == 1

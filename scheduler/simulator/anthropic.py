@@ -79,6 +79,11 @@ def parse_requests(items: list, key: str, check: Any = None) -> Requests:
         if params.get("stream"):
             raise Rejected("invalid_request_error",
                            f"requests.{i}.{key}.stream: streaming is not supported in batches")
+        temperature = params.get("temperature")
+        if temperature is not None and (type(temperature) not in (int, float) or not 0 <= temperature <= 1):
+            # schema checks of this kind come back at create time, naming the request
+            raise Rejected("invalid_request_error",
+                           f"requests.{i}.{key}.temperature: Input should be less than or equal to 1")
         if check is not None:
             check(i, item, params)
         out.custom_ids.append(cid)
