@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import errors
 from .http import backoff_s
 from .ledger import ChunkRow, Ledger
-from .providers.base import OUTCOME_NAMES, RETRYABLE, BatchInfo, Outcome, Provider
+from .providers.base import OUTCOME_NAMES, RETRYABLE, BatchInfo, Outcome, Provider, Usage
 from .settings import Settings
 from .writer import ShardSet, shard_of
 
@@ -97,8 +97,7 @@ class Collector:
         owned: dict[str, bytes] | None = await self._lookup(row) if row.adopted else None
         base_attempt = 1
         counts = [0] * len(Outcome)
-        tokens = [0, 0, 0, 0]
-        cost = 0.0
+        by_model: dict[str | None, Usage] = {}  # usage summed per model; priced once per batch
         to_park: list[tuple[str, Outcome, bytes]] = []
         finals_retried: list[str] = []
         final_attempts: dict[int, int] = {}
@@ -123,11 +122,13 @@ class Collector:
                 if retry_attempts:
                     finals_retried.append(cid)
                 if usage is not None:
-                    tokens[0] += usage.input_tokens
-                    tokens[1] += usage.output_tokens
-                    tokens[2] += usage.cache_write_tokens
-                    tokens[3] += usage.cache_read_tokens
-                    cost += self._cost(model, usage)
+                    total = by_model.get(model)
+                    if total is None:
+                        by_model[model] = total = Usage()
+                    total.input_tokens += usage.input_tokens
+                    total.output_tokens += usage.output_tokens
+                    total.cache_write_tokens += usage.cache_write_tokens
+                    total.cache_read_tokens += usage.cache_read_tokens
         park = await self._park(row, to_park, retry_attempts)
         self._committing = True
         new_offsets = await asyncio.to_thread(shards.commit)
@@ -137,8 +138,11 @@ class Collector:
                 summary[OUTCOME_NAMES[Outcome(o)]] = summary.get(OUTCOME_NAMES[Outcome(o)], 0) + c
         if counts[Outcome.ERRORED_TRANSIENT]:
             summary["errored_transient_final"] = counts[Outcome.ERRORED_TRANSIENT]
-        summary.update({"input_tokens": tokens[0], "output_tokens": tokens[1],
-                        "cache_write_tokens": tokens[2], "cache_read_tokens": tokens[3], "cost_usd": cost,
+        summary.update({"input_tokens": sum(u.input_tokens for u in by_model.values()),
+                        "output_tokens": sum(u.output_tokens for u in by_model.values()),
+                        "cache_write_tokens": sum(u.cache_write_tokens for u in by_model.values()),
+                        "cache_read_tokens": sum(u.cache_read_tokens for u in by_model.values()),
+                        "cost_usd": sum(self._cost(m, u) for m, u in by_model.items()),
                         "batches_collected": 1, "result_lines": n_lines})
         for a, c in final_attempts.items():
             summary[f"final_after_{a}_attempts"] = c

@@ -120,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--processing-s", type=float, default=2.5, help="simulated time for a batch to end")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         r = soak(kills=args.kills, requests=args.requests, seed=args.seed, workdir=tmp,
-                 batch_size=args.batch_size, verbose=args.verbose)
+                 batch_size=args.batch_size, verbose=args.verbose, processing_s=args.processing_s)
     print(f"kills {r.kills}, runs {r.runs}, final exit {r.exit_code}, {r.unique:,}/{r.expected:,} custom_ids, "
           f"{r.duplicates} duplicates, {r.partial_lines} partial lines, paid {r.paid:,} "
           f"(retried on purpose {r.retried:,}), overpaid {r.overpaid:+.2%}, {r.wall_s:.0f}s")
