@@ -187,7 +187,6 @@ class Engine:
         try:
             for cid, msg in (await ledger.api_rejected()).items():
                 rejects.add(None, None, cid, f"refused by the API: {msg}")
-            self._api_rejected_before = rejects.count
             shards = self._open_shards(await ledger.shard_offsets(self.settings.shards))
             self.cancelled = bool(ledger.read_meta().get("cancelled")) and not self.settings.retry_cancelled
             if self.cancelled:

@@ -4,7 +4,6 @@
     ├── UsageError                      bad flags or configuration (exit 2)
     ├── InputError                      bad input; carries file and line
     ├── JobMismatch                     an --out that belongs to another job or other options
-    ├── BudgetExceeded                  --max-cost reached; the job stops resumable
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
@@ -49,10 +48,6 @@ class InputError(SchedulerError):
 
 class JobMismatch(SchedulerError):
     """The output directory belongs to another input or other batch-shaping options."""
-
-
-class BudgetExceeded(SchedulerError):
-    """No new batch may be submitted without passing --max-cost."""
 
 
 class ProviderError(SchedulerError):
