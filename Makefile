@@ -17,7 +17,7 @@ $(VENV)/.installed-bench: $(STAMP)
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check scheduler tests bench
+	$(BIN)/ruff check .
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
