@@ -125,6 +125,9 @@ class Ledger:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        for side in ("-wal", "-shm"):  # owner only, whatever the umask
+            if os.path.exists(self.path + side):
+                os.chmod(self.path + side, 0o600)
         return db
 
     def close(self) -> None:
