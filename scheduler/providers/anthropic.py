@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -36,6 +37,11 @@ def check_message_params(params: object, model: str | None, prefix: str = "param
     if params.get("stream"):
         return f"{prefix}.stream is not allowed in a batch"
     return None
+
+
+def same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
 
 
 def classify_result(line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
@@ -119,7 +125,10 @@ class AnthropicProvider:
         return self._info(orjson.loads(data))
 
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
-        url = info.results[0] if info.results else f"{self._url}/{info.id}/results"
+        url = f"{self._url}/{info.id}/results"
+        given = info.results[0] if info.results else None
+        if given and same_origin(given, self._url):
+            url = given  # never send the key to another host than the one configured
         async for block in self.http.line_blocks(url, "results"):
             yield block
 
