@@ -8,6 +8,7 @@ can match them to the ledger by sequence number.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from .reader import Block
@@ -42,34 +43,35 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
     seq = 0
     chunk: Chunk | None = None
     per_line = overhead(0)
-    async for block in blocks:
-        fi = block.file_index
-        rows = unit_of(fi) == "rows"
-        pos = block.start_pos
-        line_no = block.first_line - 1
-        for raw in block.lines:
-            line_no += 1
-            line_start = pos
-            pos += 1 if rows else len(raw) + 1
-            cid, out, err = check(raw)
-            if err is not None:
-                if err is not BLANK:
-                    reject(fi, line_no, cid, err)
-                continue
-            size = len(out) + per_line
-            if chunk is not None and chunk.nbytes + size > batch_bytes:
-                yield chunk
-                seq += 1
-                chunk = None
-            if chunk is None:
-                chunk = Chunk(seq, fi, line_start, line_no)
-            chunk.lines.append(out)
-            chunk.ids.append(cid)
-            chunk.nbytes += size
-            chunk.end_file, chunk.end_pos = fi, pos
-            if len(chunk.lines) >= batch_size:
-                yield chunk
-                seq += 1
-                chunk = None
+    async with aclosing(blocks):  # closing us closes the reader (and its file) too
+        async for block in blocks:
+            fi = block.file_index
+            rows = unit_of(fi) == "rows"
+            pos = block.start_pos
+            line_no = block.first_line - 1
+            for raw in block.lines:
+                line_no += 1
+                line_start = pos
+                pos += 1 if rows else len(raw) + 1
+                cid, out, err = check(raw)
+                if err is not None:
+                    if err is not BLANK:
+                        reject(fi, line_no, cid, err)
+                    continue
+                size = len(out) + per_line
+                if chunk is not None and chunk.nbytes + size > batch_bytes:
+                    yield chunk
+                    seq += 1
+                    chunk = None
+                if chunk is None:
+                    chunk = Chunk(seq, fi, line_start, line_no)
+                chunk.lines.append(out)
+                chunk.ids.append(cid)
+                chunk.nbytes += size
+                chunk.end_file, chunk.end_pos = fi, pos
+                if len(chunk.lines) >= batch_size:
+                    yield chunk
+                    seq += 1
+                    chunk = None
     if chunk is not None:
         yield chunk

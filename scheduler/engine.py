@@ -339,9 +339,10 @@ class Engine:
             await self._changed.wait()
 
     async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
-        async for b in blocks:
-            self.stats.lines_read += len(b.lines)
-            yield b
+        async with aclosing(blocks):
+            async for b in blocks:
+                self.stats.lines_read += len(b.lines)
+                yield b
 
     async def _take_slot(self) -> None:
         await self.slots.acquire()

@@ -54,11 +54,13 @@ class JsonlSource:
         f: BinaryIO = gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
         if pos:
             f.seek(pos)  # gzip: decompresses forward to pos
-        return f
+        return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)
 
     async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
-        f = await asyncio.to_thread(self._open, start_pos)
+        f = self._open(0)  # opened and closed on the loop: a cancelled thread hop would leak the file
         try:
+            if start_pos:
+                await asyncio.to_thread(f.seek, start_pos)
             pos, line_no, tail = start_pos, start_line, b""
             skipping = 0  # bytes of an over-long line skipped so far
             while data := await asyncio.to_thread(f.read, BLOCK_BYTES):
@@ -86,7 +88,7 @@ class JsonlSource:
             elif tail:
                 yield Block(self.index, [tail], line_no, pos)
         finally:
-            await asyncio.to_thread(f.close)
+            f.close()
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
