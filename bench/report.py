@@ -132,8 +132,8 @@ def _exact(rec: dict[str, Any]) -> str:
 
 def table(data: dict[str, Any]) -> str:
     head = ("| N | program | req/s | scheduler / this | wall s | first submit s | delay p50 / p95 / p99 s "
-            "| polls / batch | peak RSS MiB | CPU s | exact |")
-    lines = [head, "|" + "---|" * 11]
+            "| polls / batch | peak RSS MiB | CPU s | sim CPU s | exact |")
+    lines = [head, "|" + "---|" * 12]
     for n, row in sorted(data["sizes"].items(), key=lambda kv: int(kv[0])):
         sched = row.get("scheduler", {})
         s_rps = sched.get("throughput_rps") if sched.get("ok") else None
@@ -143,10 +143,10 @@ def table(data: dict[str, Any]) -> str:
                 continue
             label = LABELS[program]
             if "skipped" in rec:
-                lines.append(f"| {int(n):,} | {label} | {rec['skipped']} |" + " |" * 8)
+                lines.append(f"| {int(n):,} | {label} | {rec['skipped']} |" + " |" * 9)
                 continue
             if not rec.get("throughput_rps"):
-                lines.append(f"| {int(n):,} | {label} | FAILED (exit {rec.get('returncode')}) |" + " |" * 8)
+                lines.append(f"| {int(n):,} | {label} | FAILED (exit {rec.get('returncode')}) |" + " |" * 9)
                 continue
             rps = rec["throughput_rps"]
             ratio = f"{s_rps / rps:.2f}x" if s_rps else "-"
@@ -155,7 +155,8 @@ def table(data: dict[str, Any]) -> str:
             lines.append(
                 f"| {int(n):,} | {label} | {rps:,.0f} | {ratio} | {rec['wall_s']:.2f} | "
                 f"{_f(rec.get('time_to_first_submit_s'), '.3f')} | {delay} | {_f(rec.get('poll_calls_per_batch'), '.2f')} | "
-                f"{rec['peak_rss_bytes'] / MIB:,.0f} | {rec['cpu_s']:.1f} | {_exact(rec)} |")
+                f"{rec['peak_rss_bytes'] / MIB:,.0f} | {rec['cpu_s']:.1f} | {_f(rec['sim'].get('cpu_s'), '.1f')} | "
+                f"{_exact(rec)} |")
     return "\n".join(lines)
 
 
@@ -167,7 +168,8 @@ def render(data: dict[str, Any], paths: dict[str, str | None]) -> str:
         f"{m['nproc']} CPUs ({m.get('cpu') or 'unknown CPU'}), Python {m['python']}, commit {m.get('git_commit')}; "
         f"batch size {o['batch_size']:,} (article: {o['article_batch_size']:,}), concurrency {o['concurrency']}, "
         f"poll-min {o['poll_min_s']:g}s, poll-max {o['poll_max_s']:g}s, simulated processing {o['processing_s']:g}s; "
-        f"peak RSS and CPU by {data['measured_by']}.",
+        f"peak RSS and CPU by {data['measured_by']}"
+        + (f"; each row is the median of {o['repeat']} runs." if o.get("repeat", 1) > 1 else "."),
         "req/s = requests / wall time of the whole process (interpreter start included). Delay = provider's "
         "ended_at -> results durable (scheduler: ledger collected_at; baselines: results written). "
         "Polls = retrieve + list calls the simulator saw, per batch created (the SDK's results() retrieves "
