@@ -32,6 +32,7 @@ from ..http import HttpClient
 from ..settings import Settings, join_url
 from .anthropic import auth_headers, check_message_params, classify_result
 from .base import BatchInfo, BatchState, parse_time
+from .openai import encode
 
 MESSAGES_URL = "/v1/messages"
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
@@ -103,7 +104,7 @@ class InlineProvider:
         assert folded is not None
         if "model" not in folded:
             folded = {"model": self.settings.model, **folded}
-        return None, orjson.dumps({"custom_id": obj["custom_id"], "method": "POST", "url": MESSAGES_URL,
+        return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": MESSAGES_URL,
                                    "body": folded})
 
     def body_overhead(self, line_bytes: int) -> int:

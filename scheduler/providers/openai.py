@@ -43,6 +43,12 @@ _CONVERTIBLE = {"model": "model", "max_tokens": "max_tokens", "temperature": "te
 LIST_LIMIT = 100
 
 
+def encode(obj: object) -> bytes:
+    """orjson.dumps, copied to its exact size: orjson's buffer is several times the output, and request
+    lines are held by the thousand (a chunk in flight)."""
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
 def text_of(content: object, where: str) -> tuple[str | None, str | None]:
     """(text, None) of a string or a list of text blocks; (None, error) for anything else."""
     if isinstance(content, str):
@@ -193,7 +199,7 @@ class OpenAIProvider:
         if problem:
             return problem, None
         if body is not obj["body"] or obj.keys() != _LINE_KEYS:  # model filled or extra keys: re-encode
-            return None, orjson.dumps({"custom_id": obj["custom_id"], "method": "POST", "url": obj["url"],
+            return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": obj["url"],
                                        "body": body})
         return None, raw
 
@@ -210,7 +216,7 @@ class OpenAIProvider:
         problem = self._same_as_job(CHAT_URL, body["model"])
         if problem:
             return problem, None
-        return None, orjson.dumps({"custom_id": obj["custom_id"], "method": "POST", "url": CHAT_URL, "body": body})
+        return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": CHAT_URL, "body": body})
 
     def _same_as_job(self, url: str, model: str) -> str | None:
         if self._endpoint is None:
