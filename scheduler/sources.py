@@ -160,11 +160,11 @@ class TemplateSource:
         self.csv = path.lower().endswith((".csv", ".csv.gz"))
         self.render = Renderer(settings, stem_of(path))
 
-    def _open(self) -> io.IOBase:
-        if self.csv:
-            raw = gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
-            return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        return gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
+    def _open(self) -> Any:
+        """Bytes for JSONL; text for CSV (UTF-8, a spreadsheet's BOM dropped, newlines left to csv)."""
+        gz = self.path.lower().endswith(".gz")
+        raw = gzip.open(self.path, "rb") if gz else open(self.path, "rb")  # noqa: SIM115
+        return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") if self.csv else raw
 
     async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
         """Blocks of items from position `start_pos` (its line number is read from the file itself)."""

@@ -104,8 +104,7 @@ class InlineProvider:
         assert folded is not None
         if "model" not in folded:
             folded = {"model": self.settings.model, **folded}
-        return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": MESSAGES_URL,
-                                   "body": folded})
+        return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": MESSAGES_URL, "body": folded})
 
     def body_overhead(self, line_bytes: int) -> int:
         return 1  # the comma between requests

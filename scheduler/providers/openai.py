@@ -199,8 +199,7 @@ class OpenAIProvider:
         if problem:
             return problem, None
         if body is not obj["body"] or obj.keys() != _LINE_KEYS:  # model filled or extra keys: re-encode
-            return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": obj["url"],
-                                       "body": body})
+            return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": obj["url"], "body": body})
         return None, raw
 
     def _convert(self, obj: dict) -> tuple[str | None, bytes | None]:
