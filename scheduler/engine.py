@@ -210,6 +210,10 @@ class Engine:
             self.write_summary(JobResult(ExitCode.FAILED, "stopped; resumes where it was"), started, rejects)
             ledger.close()
             raise
+        except BaseException:  # an error not turned into a result (e.g. an unreadable input): close what we opened
+            self._close(rejects, shards)
+            ledger.close()
+            raise
         self._close(rejects, shards)
         result.summary = self.write_summary(result, started, rejects)
         ledger.close()
