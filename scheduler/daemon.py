@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import enum
 import fcntl
 import hmac
@@ -739,6 +740,7 @@ class Daemon:
         return settings.replace(**changed)
 
     async def run_job(self, job: Job) -> None:
+        current_job.set(job.name)  # this task's context, inherited by every task the engine starts
         try:
             await self._run_job(job)
         finally:
@@ -769,7 +771,6 @@ class Daemon:
             raise
         except Exception as err:  # what the engine does not turn into a result, e.g. an unreadable input
             log.debug("job %s: engine error", job.name, exc_info=True)
-            _close_quietly(engine)
             self.fail(job, f"{type(err).__name__}: {err}")
             return
         finally:
@@ -805,6 +806,7 @@ class Daemon:
             self.fail(job, result.message)
 
     async def check_key(self, job: Job) -> None:
+        generation = self.env_generation
         try:
             try:
                 settings = self.prepare(job).settings
@@ -822,6 +824,8 @@ class Daemon:
             if outcome == "accepted":
                 log.info("job %s: the key is accepted; resuming", job.name, extra={"job": job.name})
                 self.set_state(job, JobState.QUEUED, None)
+            elif self.env_generation != generation:
+                job.next_key_check = 0.0  # a SIGHUP came during the check: try the new .env at once
             else:
                 job.next_key_check = time.monotonic() + self.config.key_check_s
                 log.info("job %s: key check: %s; next in %g s", job.name, outcome, self.config.key_check_s,
@@ -989,13 +993,20 @@ class Daemon:
             os.close(fd)
 
 
-def _close_quietly(engine: Engine) -> None:
-    """An engine that raised may leave its ledger open."""
-    if engine.ledger is not None:
-        try:
-            engine.ledger.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
+current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_job", default=None)
+
+
+class JobContextFilter(logging.Filter):
+    """Records logged inside a job's tasks (the engine's too) name the job: a `job` field, and a
+    `[NAME]` prefix on lines from other modules than the daemon's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = current_job.get()
+        if name is not None and not hasattr(record, "job"):
+            record.job = name
+            if record.name != log.name and isinstance(record.msg, str):
+                record.msg = f"[{name.replace('%', '%%')}] {record.msg}"
+        return True
 
 
 def _read_job_files(job_dir: str) -> tuple[dict[str, Any] | None, dict[str, Any], int]:
@@ -1132,6 +1143,7 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
 def run(args: argparse.Namespace) -> int:
     from .cli import run_loop
     for handler in logging.getLogger().handlers:
+        handler.addFilter(JobContextFilter())
         handler.addFilter(RedactFilter())
     config = config_from(args, load_environment())
     add_secret(config.token)

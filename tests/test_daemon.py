@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.cli import main
-from scheduler.daemon import Daemon, DaemonConfig, DaemonExit, FairSlots, Spool
+from scheduler.daemon import Daemon, DaemonConfig, DaemonExit, FairSlots, JobContextFilter, Spool, current_job
 from scheduler.logjson import JsonFormatter, add_secret
 from scheduler.settings import load_environment
 from scheduler.simulator import SimConfig, Simulator
@@ -504,3 +504,29 @@ def test_json_log_lines_carry_fields_and_extras_and_never_the_key():
     assert first["ts"].endswith("Z") and len(first["ts"]) == len("2025-01-31T12:00:00.123Z")
     assert "ValueError: boom [redacted]" in second["exc"]
     assert secret not in stream.getvalue()
+
+
+async def test_lines_logged_inside_a_job_name_the_job():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(JobContextFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("scheduler.test-engine")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    async def engine_task() -> None:
+        logger.warning("batch %s failed at the provider", "msgbatch_1")
+
+    async def a_job() -> None:
+        current_job.set("big")
+        await asyncio.create_task(engine_task())  # a task the job started inherits its context
+
+    try:
+        await asyncio.create_task(a_job())
+        logger.warning("outside any job")
+    finally:
+        logger.removeHandler(handler)
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["job"] == "big" and inside["msg"] == "[big] batch msgbatch_1 failed at the provider"
+    assert "job" not in outside and outside["msg"] == "outside any job"
