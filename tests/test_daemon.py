@@ -27,6 +27,7 @@ from scheduler.logjson import JsonFormatter, add_secret
 from scheduler.settings import load_environment
 from scheduler.simulator import SimConfig, Simulator
 from scheduler.simulator.process import SimulatorProcess
+from scheduler.status import job_status
 
 from .helpers import ids_of, read_results, write_requests
 
@@ -429,8 +430,8 @@ async def test_cancel_through_the_api_cancels_the_batches_at_the_provider(sim, e
             aiohttp.ClientSession() as http:
         drop(spool, "long", 60)
         await until(lambda: sim.stats["creates"] == 3 and run.daemon.slots.in_use == 3, "three batches in flight")
-        await until(lambda: (spool / "jobs" / "long" / "ledger.db").exists() and
-                    len(run.daemon.jobs["long"].engine.poller._tracked) == 3, "batches tracked")
+        await until(lambda: len(job_status(str(spool / "jobs" / "long"))["batches_in_flight"]) == 3,
+                    "three batches recorded in the ledger")
         async with http.post(run.daemon.url + "/jobs/long/cancel") as r:
             assert r.status == 202
             answer = await r.json()
