@@ -550,6 +550,9 @@ class Daemon:
                 self._tg = tg
                 await self.main_loop()
                 code = await self.shutdown()
+        except Exception:  # a bug of ours: say so and exit FAILED (systemd restarts; jobs resume)
+            log.critical("the daemon failed; every job resumes at the next start", exc_info=True)
+            code = DaemonExit.FAILED
         finally:
             self._signals(install=False)
             await self.stop_http()
