@@ -284,9 +284,24 @@ async def test_in_process_sigterm_stops_running_jobs_in_time_and_they_resume(sim
         assert await run.stop() == DaemonExit.OK
     assert run.daemon.stop_took_s is not None and run.daemon.stop_took_s < 10
     assert state(spool, "job") == "queued"
-    async with running_daemon(spool, env_dir, job_flags(sim.url)):
+    # restarted with another default batch size: the started job keeps the one it was cut with
+    async with running_daemon(spool, env_dir, job_flags(sim.url, batch_size=30)):
         await until(lambda: state(spool, "job") == "done", "job done after restart")
     assert_exactly_once(spool, "job", ids)
+
+
+async def test_a_second_input_with_a_taken_name_becomes_a_job_of_its_own(sim, env_dir, tmp_path):
+    sim.config.processing_s = 0.0
+    spool = tmp_path / "spool"
+    async with running_daemon(spool, env_dir, job_flags(sim.url)):
+        first = drop(spool, "daily", 10)
+        await until(lambda: state(spool, "daily") == "done", "first daily done")
+        second = write_requests(str(spool / "inbox" / ".daily.tmp"), 7, prefix="second")
+        os.rename(spool / "inbox" / ".daily.tmp", spool / "inbox" / "daily.jsonl")
+        await until(lambda: state(spool, "daily-2") == "done", "second daily done")
+    assert_exactly_once(spool, "daily", first)
+    assert_exactly_once(spool, "daily-2", second)
+    assert summary(spool, "daily-2")["source"] == "daily.jsonl"
 
 
 # -- a refused key pauses; SIGHUP or the periodic check resumes ---------------------------------------
