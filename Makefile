@@ -9,12 +9,8 @@ STAMP := $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
-
-$(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
-	touch $@
+	touch $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,7 +21,7 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/python -m scheduler.demo
 
-bench: $(VENV)/.installed-bench
+bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:

@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     o = parse_args(argv)
     from scheduler.simulator.process import SimulatorProcess
 
-    if not o.skip_baselines:
+    if not o.skip_baselines and min(o.sizes) <= o.baseline_max:
         try:
             import anthropic  # noqa: F401
         except ImportError:
