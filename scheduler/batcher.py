@@ -28,6 +28,7 @@ class Chunk:
     lines: list[bytes] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     nbytes: int = BODY_WRAPPER_BYTES
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # (file, line) refused inside the span
 
     @property
     def n(self) -> int:
@@ -57,6 +58,8 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
                 if err is not None:
                     if err is not BLANK:
                         reject(fi, line_no, cid, err)
+                        if chunk is not None:
+                            chunk.skipped.append((fi, line_no))
                     continue
                 size = len(out) + per_line
                 if chunk is not None and chunk.nbytes + size > batch_bytes:

@@ -193,9 +193,12 @@ class Engine:
                 self.hold = "the job was cancelled"
             if self.settings.retry_cancelled:
                 ledger.write_meta({"cancelled": False})
-                n = await ledger.requeue_canceled()
+                n = await ledger.requeue("canceled")
                 if n:
                     log.info("%s cancelled request(s) queued again (--retry-cancelled)", n)
+            n = await ledger.requeue("failed")
+            if n:
+                log.info("%s request(s) of batches the provider failed get one more attempt", n)
             counters = await ledger.acounters()
             self._spent_usd = counters.get("cost_usd", 0.0)
             self.stats.finished_before = int(sum(counters.get(k, 0) for k in
@@ -293,6 +296,11 @@ class Engine:
             return JobResult(ExitCode.FAILED, f"{self.hold} ({self._held_back:,} request(s) not sent)")
         canceled = await self.ledger.count_retries("canceled")
         pending = await self.ledger.count_retries("pending")
+        failed = await self.ledger.count_retries("failed")
+        if failed:
+            return JobResult(ExitCode.FAILED, f"{failed:,} request(s) are in batches the provider failed as a whole "
+                             f"{self.settings.max_attempts} times (`status` shows why); run the same command "
+                             f"again to give them one more attempt")
         if canceled:
             return JobResult(ExitCode.FAILED, f"{canceled:,} request(s) were cancelled; run again with "
                              f"--retry-cancelled to submit them")
@@ -392,7 +400,8 @@ class Engine:
                 self._held_back += chunk.n
                 return
             chunk_id = await self.ledger.record_intent(kind="input", root_seq=chunk.seq, take=chunk.n,
-                                                       nbytes=chunk.nbytes, span=span, est_cost=est)
+                                                       nbytes=chunk.nbytes, span=span, est_cost=est,
+                                                       skipped=chunk.skipped)
             self.budget.in_flight[chunk_id] = est
             out = Outgoing(chunk_id, "input", chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
             self._spawn_submit(out, None)
@@ -536,10 +545,7 @@ class Engine:
                     fresh = await self._row(row.id)
                     parts = None
                     if fresh.kind == "input":
-                        reqs = await self._lookup(fresh)
-                        refused = await self.ledger.api_rejected(fresh.root_seq)
-                        mine = list(reqs.items())[fresh.skip:fresh.skip + fresh.take]
-                        parts = [(r, c, fresh.skip + i) for i, (c, r) in enumerate(mine) if c not in refused]
+                        parts = await self._input_parts(fresh)
                     self._live_rows.add(row.id)
                     await self._resend(fresh, parts, flight)
                     return
@@ -557,14 +563,39 @@ class Engine:
             raise
 
     async def _batch_failed(self, row: ChunkRow, info: BatchInfo) -> None:
-        """The provider refused a batch as a whole: its requests go back to the queue, counted."""
+        """The provider failed a batch as a whole (OpenAI: enqueued token limit, a bad file): each of its
+        requests has used an attempt and waits for the next, as a transient error would; out of attempts, it
+        is parked `failed` and the job ends unfinished (a later run gives it one more attempt)."""
         assert self.ledger is not None
-        log.error("batch %s failed at the provider: %s", info.id, info.error)
-        await self.ledger.set_state(row.id, ChunkState.FAILED, info.error)
-        await self.ledger.add_counts({"batches_failed": 1})
+        reason = info.error or "no reason given"
+        last = orjson.dumps({"batch_id": info.id, "error": reason})
+        limit = self.settings.max_attempts
+        park = [(cid, request, before + 1, "pending" if before + 1 < limit else "failed", last)
+                for cid, request, before in await self._requests_of(row)]
+        await self.ledger.record_failed(row.id, park=park, note=reason)
+        retrying = sum(1 for p in park if p[3] == "pending")
+        log.error("batch %s failed at the provider (%s): %s of its %s request(s) will be sent again",
+                  info.id, reason, f"{retrying:,}", f"{len(park):,}")
+        self.budget.in_flight.pop(row.id, None)
+        self._pending_retries = await self.ledger.count_retries("pending")
+
+    async def _requests_of(self, row: ChunkRow) -> list[tuple[str, bytes, int]]:
+        """(custom_id, request line, attempts made before this batch) of the requests a chunk row sent."""
+        assert self.ledger is not None
+        if row.kind == "retry":
+            return await self.ledger.retry_requests(row.id)
+        return [(c, r, 0) for r, c, _ in await self._input_parts(row)]
+
+    async def _input_parts(self, row: ChunkRow) -> list[tuple[bytes, str, int]]:
+        """(request line, custom_id, index in the root chunk) of an input chunk row, refused ones left out."""
+        assert self.ledger is not None
+        refused = await self.ledger.api_rejected(row.root_seq)
+        mine = list((await self._lookup(row)).items())[row.skip:row.skip + row.take]
+        return [(r, c, row.skip + i) for i, (c, r) in enumerate(mine) if c not in refused]
 
     async def _lookup(self, row: ChunkRow) -> dict[str, bytes]:
-        """Request lines of a chunk by custom_id, read again from the input (first occurrence wins)."""
+        """Request lines of a chunk by custom_id, read again from the input: exactly the lines the validator
+        accepted when the chunk was cut (the ledger lists the lines it refused inside the span)."""
         if row.kind == "retry":
             assert self.ledger is not None
             return {c: r for c, r, _ in await self.ledger.retry_requests(row.id)}
@@ -573,10 +604,12 @@ class Engine:
         assert row.start_file is not None and row.end_file is not None
         span = span_blocks(self.sources, (row.start_file, row.start_pos or 0, row.start_line or 1),
                            (row.end_file, row.end_pos or 0))
+        skipped = row.skipped_lines()
         async with aclosing(span) as blocks:
             async for block in blocks:
-                for raw in block.lines:
-                    if type(raw) is not bytes:
+                fi = block.file_index
+                for no, raw in enumerate(block.lines, block.first_line):
+                    if type(raw) is not bytes or (skipped and (fi, no) in skipped):
                         continue
                     try:
                         obj = orjson.loads(raw)
@@ -617,6 +650,7 @@ class Engine:
                 "finished": finished,
                 "waiting_retry": retries.get("pending", 0) + retries.get("assigned", 0),
                 "canceled_parked": retries.get("canceled", 0),
+                "in_failed_batches": retries.get("failed", 0),
             },
             "results": {k: int(c.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled")},
             "errored_after_all_attempts": int(c.get("errored_transient_final", 0)),

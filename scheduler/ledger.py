@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     attempt INTEGER NOT NULL DEFAULT 1, -- request attempt (retry chunks: attempt of its requests)
     intent_at REAL, submitted_at REAL, ended_at REAL, collected_at REAL,
     est_cost REAL NOT NULL DEFAULT 0,
-    note TEXT
+    note TEXT,
+    skipped TEXT                        -- input kind: JSON [[file, line], ...] of rejected lines inside the span
 );
 CREATE INDEX IF NOT EXISTS chunks_root ON chunks(root_seq);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS retries (
     request BLOB NOT NULL,
     attempts INTEGER NOT NULL,          -- attempts made so far
     chunk_id INTEGER,                   -- retry chunk it is assigned to, NULL while pending
-    state TEXT NOT NULL,                -- 'pending', 'assigned', 'canceled', 'done'
+    state TEXT NOT NULL,                -- 'pending', 'assigned', 'canceled', 'failed', 'done'
     last_line BLOB
 );
 CREATE INDEX IF NOT EXISTS retries_state ON retries(state, chunk_id);
@@ -101,6 +102,10 @@ class ChunkRow:
     collected_at: float | None
     est_cost: float
     note: str | None
+    skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
+
+    def skipped_lines(self) -> set[tuple[int, int]]:
+        return {(f, n) for f, n in json.loads(self.skipped)} if self.skipped else set()
 
 
 _CHUNK_COLS = ", ".join(ChunkRow.__dataclass_fields__)
@@ -201,7 +206,8 @@ class Ledger:
     async def record_intent(self, *, kind: str, take: int, nbytes: int, root_seq: int | None = None,
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
-                            retry_ids: list[str] | None = None) -> int:
+                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
+                            ) -> int:
         """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting."""
         now = time.time()
 
@@ -214,9 +220,10 @@ class Ledger:
             sf, sp, sl, ef, ep = span or (None, None, None, None, None)
             cur = db.execute(
                 "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line, end_file,"
-                " end_pos, nbytes, state, attempt, intent_at, est_cost) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (kind, root_seq, skip, take, sf, sp, sl, ef, ep, nbytes, ChunkState.SUBMITTING, attempt, now,
-                 est_cost))
+                 est_cost, json.dumps(skipped) if skipped else None))
             new_id = int(cur.lastrowid or 0)
             if retry_ids:
                 db.executemany("UPDATE retries SET chunk_id=?, state='assigned' WHERE custom_id=?",
@@ -257,10 +264,10 @@ class Ledger:
             for skip, take, nbytes, ids in halves:
                 cur = db.execute(
                     "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line,"
-                    " end_file, end_pos, nbytes, state, attempt, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " end_file, end_pos, nbytes, state, attempt, note, skipped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (parent.kind, parent.root_seq, skip, take, parent.start_file, parent.start_pos,
                      parent.start_line, parent.end_file, parent.end_pos, nbytes, ChunkState.PLANNED,
-                     parent.attempt, f"split from {chunk_id}"))
+                     parent.attempt, f"split from {chunk_id}", parent.skipped))
                 new_ids.append(int(cur.lastrowid or 0))
                 if parent.kind == "retry":
                     db.executemany("UPDATE retries SET chunk_id=? WHERE custom_id=?", [(new_ids[-1], c) for c in ids])
@@ -304,9 +311,10 @@ class Ledger:
             "UPDATE retries SET state='pending', chunk_id=NULL WHERE chunk_id=? AND state='assigned'",
             (chunk_id,)))
 
-    async def requeue_canceled(self) -> int:
+    async def requeue(self, state: str) -> int:
+        """Requests parked as `state` ('canceled', 'failed') wait for another attempt again."""
         return await self._run(lambda db: db.execute(
-            "UPDATE retries SET state='pending', chunk_id=NULL WHERE state='canceled'").rowcount)
+            "UPDATE retries SET state='pending', chunk_id=NULL WHERE state=?", (state,)).rowcount)
 
     # -- collection -----------------------------------------------------------------------------
 
@@ -315,6 +323,14 @@ class Ledger:
             got = dict(db.execute("SELECT idx, offset FROM shards"))
             return [int(got.get(i, 0)) for i in range(shards)]
         return await self._run(q)
+
+    @staticmethod
+    def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, str, bytes]]) -> None:
+        db.executemany(
+            "INSERT INTO retries (custom_id, request, attempts, chunk_id, state, last_line)"
+            " VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(custom_id) DO UPDATE SET"
+            " request=excluded.request, attempts=excluded.attempts, chunk_id=NULL,"
+            " state=excluded.state, last_line=excluded.last_line", park)
 
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
                                park: list[tuple[str, bytes, int, str, bytes]], finals: list[str]) -> None:
@@ -327,12 +343,7 @@ class Ledger:
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(enumerate(offsets)))
-            db.executemany(
-                "INSERT INTO retries (custom_id, request, attempts, chunk_id, state, last_line)"
-                " VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(custom_id) DO UPDATE SET"
-                " request=excluded.request, attempts=excluded.attempts, chunk_id=NULL,"
-                " state=excluded.state, last_line=excluded.last_line",
-                [(c, r, a, s, line) for c, r, a, s, line in park])
+            self._park(db, park)
             db.executemany("UPDATE retries SET state='done', chunk_id=NULL WHERE custom_id=?",
                            [(c,) for c in finals])
             db.executemany(
@@ -340,6 +351,18 @@ class Ledger:
                 list(counts.items()))
             db.execute("UPDATE chunks SET state=?, collected_at=?, ended_at=COALESCE(ended_at, ?) WHERE id=?",
                        (ChunkState.COLLECTED, now, now, chunk_id))
+        await self._run(q)
+
+    async def record_failed(self, chunk_id: int, *, park: list[tuple[str, bytes, int, str, bytes]],
+                            note: str | None) -> None:
+        """The provider failed a batch as a whole: its requests are parked ('pending', or 'failed' once
+        out of attempts) in the same transaction that marks the chunk failed."""
+        def q(db: sqlite3.Connection) -> None:
+            self._park(db, park)
+            db.execute("INSERT INTO counters VALUES ('batches_failed', 1)"
+                       " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+            db.execute("UPDATE chunks SET state=?, note=COALESCE(?, note) WHERE id=?",
+                       (ChunkState.FAILED, note, chunk_id))
         await self._run(q)
 
     async def add_counts(self, counts: dict[str, float]) -> None:

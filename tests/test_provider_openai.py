@@ -275,3 +275,40 @@ async def test_a_2000_request_job_through_the_simulator_answers_each_custom_id_o
         assert r["response"]["body"]["choices"][0]["message"]["content"] == "answer:" + r["custom_id"]
     assert sim.stats["uploads"] >= 8
     assert re.fullmatch(r"chunk-\d+", next(iter(sim.store.batches.values())).extra["metadata"]["batch_scheduler"])
+
+
+async def test_batches_failed_as_a_whole_are_sent_again_and_every_request_answered_once(sim, tmp_path):
+    sim.config = SimConfig(seed=5, batch_fail_rate=0.3)  # enqueued token limit: the batch fails, nothing runs
+    ids = write_requests(tmp_path / "in.jsonl", 2_000)
+    s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=250, max_attempts=8)
+    result = await Engine(s, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
+    assert result.exit_code == ExitCode.OK, result.message
+    got = ids_of(read_results(str(tmp_path / "out")))
+    assert len(got) == len(set(got)) == 2_000 and set(got) == set(ids)
+    assert result.summary["batches"]["failed"] >= 1
+    assert result.summary["requests"]["in_failed_batches"] == 0
+
+
+async def test_a_request_out_of_attempts_in_failed_batches_ends_the_job_unfinished_and_a_rerun_sends_it(
+        sim, tmp_path):
+    # A later chunk repeats an id of an earlier one (refused as a duplicate): sending a failed chunk again
+    # must send exactly the lines that chunk had, not the repeated one.
+    lines = [orjson.dumps(req) for req in (
+        [{"custom_id": f"r{i}", "params": {"model": "m", "max_tokens": 8,
+                                           "messages": [{"role": "user", "content": f"q{i}"}]}} for i in range(30)])]
+    lines.insert(15, lines[2].replace(b'"q2"', b'"a repeated id"'))
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    sim.config = SimConfig(seed=5, batch_fail_rate=1.0)
+    out = str(tmp_path / "out")
+    s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=10, max_attempts=2)
+    first = await Engine(s, out, [str(tmp_path / "in.jsonl")], quiet=True).run()
+    assert first.exit_code == ExitCode.FAILED
+    assert "30 request(s) are in batches the provider failed as a whole 2 times" in first.message
+    assert first.summary["requests"]["in_failed_batches"] == 30 and first.summary["state"] == "incomplete"
+    assert read_results(out) == []
+    sim.config = SimConfig(seed=5)  # the provider's queue drained
+    second = await Engine(s, out, [str(tmp_path / "in.jsonl")], quiet=True).run()
+    assert second.exit_code == ExitCode.OK, second.message
+    results = read_results(out)
+    assert sorted(ids_of(results)) == sorted(f"r{i}" for i in range(30))
+    assert all("a repeated id" not in orjson.dumps(r).decode() for r in results)

@@ -15,7 +15,8 @@ EXIT_OK = 0
 # flag -> SimConfig field, for the rate and timing flags (None = not given).
 _FIELDS = {
     "processing_s": float, "fail_rate": float, "lost_create_rate": float, "errored_rate": float,
-    "invalid_rate": float, "expired_rate": float, "cut_rate": float, "queue_limit": int, "seed": int,
+    "invalid_rate": float, "expired_rate": float, "cut_rate": float, "batch_fail_rate": float,
+    "queue_limit": int, "seed": int,
 }
 
 
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--invalid-rate", type=float, help="share of results errored (invalid_request_error)")
     parser.add_argument("--expired-rate", type=float, help="share of results expired")
     parser.add_argument("--cut-rate", type=float, help="share of results downloads cut short")
+    parser.add_argument("--batch-fail-rate", type=float,
+                        help="share of OpenAI batches failed as a whole (enqueued token limit reached)")
     parser.add_argument("--queue-limit", type=int, help="most requests processing across all batches")
     parser.add_argument("--keys", help="comma-separated API keys to accept (default: any key)")
     parser.add_argument("--seed", type=int, help="random seed, for reproducible faults")

@@ -24,6 +24,7 @@ class SimConfig:
     invalid_rate: float = 0.0  # results `errored` with invalid_request_error
     expired_rate: float = 0.0  # results `expired`
     cut_rate: float = 0.0  # results downloads cut short mid-line
+    batch_fail_rate: float = 0.0  # OpenAI batches failed as a whole (enqueued token limit), not in all_faults
     queue_limit: int | None = None  # requests processing across all batches
     retry_after_s: float = 0.05
     seed: int | None = None

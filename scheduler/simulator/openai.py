@@ -298,6 +298,9 @@ class OpenAIApi:
             raise Rejected("not_found_error", f"No such File object: {file_id}")
         with no_gc():
             reqs, errors = parse_input(record.data, endpoint, sim.config.openai_max_requests)
+        if not errors and sim.config.batch_fail_rate and sim.rng.random() < sim.config.batch_fail_rate:
+            errors = [line_error(None, "token_limit_exceeded", "Enqueued token limit reached for this model. "
+                                 "Please try again once some in_progress batches have been completed.")]
         if errors:
             reqs = Requests()
         now = sim.check_queue(len(reqs.custom_ids))
