@@ -3,9 +3,12 @@
 Write-ahead: the intent is in the ledger before the create call is sent, and the batch id the moment
 it returns. When a create's outcome is unknown (the connection dropped after the body was sent, a
 timeout, or the process died there), a batch may exist that we would pay for twice: before sending
-again we look for it with the list endpoint (a batch created after the intent, with the same
-request count, that no chunk of this job claims) and adopt it. The collector confirms ownership from
-the custom_ids of its results.
+again we look for it with the list endpoint and adopt it. What may be ours: a batch created after the
+intent that no chunk of this job claims and, where the provider keeps metadata (OpenAI), that carries
+this chunk's tag (`job-<token>-chunk-<id>`: the token is made once per job and kept in the ledger, so
+jobs sharing an account never take each other's batches and a restart still knows its own); where it
+keeps none (Anthropic), that has the same request count. The collector confirms ownership from the
+custom_ids of its results.
 
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
 rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +32,19 @@ log = logging.getLogger("scheduler.submitter")
 
 ADOPT_WINDOW_S = 120.0  # created_at may be this much before our intent (clock skew)
 UNKNOWN_RESENDS = 6  # creates sent again after unknown outcomes before giving up
+JOB_TOKEN_KEY = "job_token"  # ledger meta: the job's tag token, and when it was made
+JOB_TOKEN_AT_KEY = "job_token_at"
+
+
+def job_token(ledger: Ledger, clock: Callable[[], float]) -> tuple[str, float]:
+    """The job's token and when it was made: random, made by the first run, read back by every later one."""
+    meta = ledger.read_meta()
+    token = meta.get(JOB_TOKEN_KEY)
+    if isinstance(token, str) and token:
+        return token, float(meta.get(JOB_TOKEN_AT_KEY) or 0.0)
+    token, made_at = secrets.token_hex(6), clock()
+    ledger.write_meta({JOB_TOKEN_KEY: token, JOB_TOKEN_AT_KEY: made_at})
+    return token, made_at
 
 
 @dataclass
@@ -72,6 +89,11 @@ class Submitter:
         self._creating = 0  # create calls in the air
         self._adopting = False
         self._claimed: set[str] = set()
+        self._token, self._token_at = job_token(ledger, clock)
+
+    def tag(self, chunk_id: int) -> str:
+        """What a create for this chunk is tagged with: unique across jobs, the same after a restart."""
+        return f"job-{self._token}-chunk-{chunk_id}"
 
     def nbytes(self, lines: list[bytes]) -> int:
         return sum(len(x) + self._overhead(len(x)) for x in lines) + 64
@@ -124,7 +146,7 @@ class Submitter:
             await self._idle.wait_for(lambda: not self._adopting)
             self._creating += 1
         try:
-            info = await self.provider.create(lines, tag=f"chunk-{chunk_id}")
+            info = await self.provider.create(lines, tag=self.tag(chunk_id))
             self._claimed.add(info.id)
             await self.ledger.record_submitted(chunk_id, info.id)
             return info
@@ -165,7 +187,7 @@ class Submitter:
         return done
 
     async def adopt(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
-        """A batch created after our intent with our request count that nobody claims, or None."""
+        """A batch created after our intent that nobody claims and that may be this chunk's, or None."""
         since = (intent_at or self._clock()) - ADOPT_WINDOW_S
         async with self._adopt_lock:
             async with self._idle:
@@ -181,14 +203,32 @@ class Submitter:
     async def _adopt(self, chunk_id: int, n: int, since: float, intent_at: float | None) -> BatchInfo | None:
         recent = [info async for info in self.provider.recent(since)]
         claimed = self._claimed | await self.ledger.claimed_batch_ids()
-        candidates = [info for info in recent if info.id not in claimed and info.total == n]
+        candidates = [info for info in recent
+                      if info.id not in claimed and self._may_be_ours(info, chunk_id, n, intent_at)]
         if not candidates:
             return None
-        # the earliest one created after the intent is the most likely to be ours
-        candidates.sort(key=lambda i: abs((i.created_at or 0) - (intent_at or 0)))
+        # the right count first, then the one created nearest the intent: the most likely to be ours
+        candidates.sort(key=lambda i: (i.total != n, abs((i.created_at or 0) - (intent_at or 0))))
         info = candidates[0]
         await self.ledger.record_submitted(chunk_id, info.id, adopted=True)
         self._claimed.add(info.id)
         await self.ledger.add_counts({"batches_adopted": 1, "batches_created": 1, "requests_sent": n})
         log.info("chunk %s: adopted batch %s (created while the answer was lost)", chunk_id, info.id)
         return info
+
+    def _may_be_ours(self, info: BatchInfo, chunk_id: int, n: int, intent_at: float | None) -> bool:
+        """Whether a batch may be the one a lost create of this chunk made.
+
+        A provider that keeps metadata (it has `tag_of`) says whose a batch is: it must carry this chunk's
+        tag (or, for an intent made before this job had a token, the `chunk-<id>` tag of earlier versions),
+        and its count must not contradict ours (OpenAI counts 0 until it has validated the file).
+        Without metadata (Anthropic) the request count, with the time window, is all there is.
+        """
+        tag_of = getattr(self.provider, "tag_of", None)
+        if tag_of is None:
+            return info.total == n
+        tag = tag_of(info)
+        before_token = intent_at is not None and intent_at < self._token_at
+        if tag != self.tag(chunk_id) and not (before_token and tag == f"chunk-{chunk_id}"):
+            return False
+        return info.total in (n, 0, None)

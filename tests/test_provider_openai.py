@@ -274,7 +274,9 @@ async def test_a_2000_request_job_through_the_simulator_answers_each_custom_id_o
     for r in results:
         assert r["response"]["body"]["choices"][0]["message"]["content"] == "answer:" + r["custom_id"]
     assert sim.stats["uploads"] >= 8
-    assert re.fullmatch(r"chunk-\d+", next(iter(sim.store.batches.values())).extra["metadata"]["batch_scheduler"])
+    tags = {batch.extra["metadata"]["batch_scheduler"] for batch in sim.store.batches.values()}
+    assert all(re.fullmatch(r"job-[0-9a-f]{12}-chunk-\d+", tag) for tag in tags), tags
+    assert len({tag.split("-chunk-")[0] for tag in tags}) == 1  # every batch names the same job
 
 
 async def test_batches_failed_as_a_whole_are_sent_again_and_every_request_answered_once(sim, tmp_path):

@@ -11,7 +11,9 @@ model, so a job does too: the first line seen sets both, and a line that differs
 locally rather than failing a whole batch at the provider hours later.
 
 The upload is safe to repeat (an orphan file costs nothing and is deleted when the create is
-refused outright); the create is not (`idempotent=False`: a lost answer is an unknown outcome).
+refused outright); the create is not (`idempotent=False`: a lost answer is an unknown outcome). The
+create tag (job and chunk) goes into the batch's metadata under `batch_scheduler`; `tag_of` reads it
+back, so adoption of a lost create goes by it and jobs sharing an account never take each other's batches.
 Usage: `prompt_tokens` include the cached ones, so input = prompt - cached and cache_read = cached,
 which is how the price table (Anthropic's meaning of the token kinds) charges them.
 """
@@ -41,6 +43,7 @@ _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _CONVERTIBLE = {"model": "model", "max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
                 "stop_sequences": "stop"}
 LIST_LIMIT = 100
+METADATA_KEY = "batch_scheduler"  # where the create tag is kept in a batch's metadata
 
 
 def encode(obj: object) -> bytes:
@@ -157,6 +160,13 @@ def classify_line(line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
     return cid, Outcome.ERRORED, None, None
 
 
+def metadata_tag(doc: dict) -> str | None:
+    """The create tag a batch object carries in its metadata; None when it has none (not one of ours)."""
+    metadata = doc.get("metadata")
+    tag = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+    return tag if isinstance(tag, str) else None
+
+
 def failure_text(doc: dict) -> str:
     """Why a `failed` batch failed, from `errors.data[*]` (line numbers kept)."""
     data = (doc.get("errors") or {}).get("data") or []
@@ -235,7 +245,7 @@ class OpenAIProvider:
         file_id = await self._upload(lines, tag)
         endpoint = orjson.loads(lines[0])["url"]
         body = orjson.dumps({"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h",
-                             "metadata": {"batch_scheduler": tag}})
+                             "metadata": {METADATA_KEY: tag}})
         try:
             data = await self.http.call("POST", self._url, "create", body=body, idempotent=False,
                                         headers={"content-type": "application/json"})
@@ -288,6 +298,12 @@ class OpenAIProvider:
                     yield lines
 
     classify = staticmethod(classify_line)
+
+    @staticmethod
+    def tag_of(info: BatchInfo) -> str | None:
+        """The tag `create` gave the batch, read back from its metadata (None: not created by this program).
+        A provider with this method keeps tags, and the submitter adopts lost creates by tag."""
+        return metadata_tag(info.raw)
 
     def _info(self, doc: dict) -> BatchInfo:
         status = doc.get("status")
