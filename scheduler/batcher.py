@@ -44,6 +44,13 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
     seq = 0
     chunk: Chunk | None = None
     per_line = overhead(0)
+    # The open chunk's lists and byte count live in locals (this loop runs once per input line);
+    # `room` is how many more requests it may take.
+    lines: list[bytes] = []
+    ids: list[str] = []
+    nbytes = BODY_WRAPPER_BYTES
+    room = batch_size
+    end_file = end_pos = 0  # just past the open chunk's last line
     async with aclosing(blocks):  # closing us closes the reader (and its file) too
         async for block in blocks:
             fi = block.file_index
@@ -62,19 +69,24 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
                             chunk.skipped.append((fi, line_no))
                     continue
                 size = len(out) + per_line
-                if chunk is not None and chunk.nbytes + size > batch_bytes:
+                if chunk is not None and nbytes + size > batch_bytes:
+                    chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
                     yield chunk
                     seq += 1
                     chunk = None
                 if chunk is None:
                     chunk = Chunk(seq, fi, line_start, line_no)
-                chunk.lines.append(out)
-                chunk.ids.append(cid)
-                chunk.nbytes += size
-                chunk.end_file, chunk.end_pos = fi, pos
-                if len(chunk.lines) >= batch_size:
+                    lines, ids, nbytes, room = chunk.lines, chunk.ids, BODY_WRAPPER_BYTES, batch_size
+                lines.append(out)
+                ids.append(cid)
+                nbytes += size
+                end_file, end_pos = fi, pos
+                room -= 1
+                if room == 0:
+                    chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
                     yield chunk
                     seq += 1
                     chunk = None
     if chunk is not None:
+        chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
         yield chunk

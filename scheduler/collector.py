@@ -15,13 +15,14 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from zlib import crc32
 
 from . import errors
 from .http import backoff_s
 from .ledger import ChunkRow, Ledger
-from .providers.base import OUTCOME_NAMES, RETRYABLE, BatchInfo, Outcome, Provider, Usage
+from .providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
 from .settings import Settings
-from .writer import ShardSet, shard_of
+from .writer import ShardSet
 
 log = logging.getLogger("scheduler.collector")
 
@@ -85,24 +86,29 @@ class Collector:
                     self._committing = False
 
     async def _collect_once(self, row: ChunkRow, info: BatchInfo, offsets: list[int]) -> Collected:
+        # This loop runs once per answer: the common case (a final answer of a first attempt) is a
+        # parse, an append to a shard buffer and an append of the usage tuple; the rest is per batch.
         shards = self.shards
         nshards = shards.n
         add = shards.add
         classify = self.provider.classify
+        first_retryable = Outcome.ERRORED_TRANSIENT  # this and above: may be parked (see Outcome)
 
         max_attempts = self.settings.max_attempts
         retry_attempts: dict[str, int] = {}
         if row.kind == "retry":
             retry_attempts = {c: a for c, _, a in await self.ledger.retry_requests(row.id)}
         owned: dict[str, bytes] | None = await self._lookup(row) if row.adopted else None
-        base_attempt = 1
         counts = [0] * len(Outcome)
-        by_model: dict[str | None, Usage] = {}  # usage summed per model; priced once per batch
+        usages: dict[str | None, list[tuple[int, int, int, int]]] = {}  # per model; summed and priced per batch
+        model_seen: str | None = None
+        model_usages = usages.setdefault(None, [])
         to_park: list[tuple[str, Outcome, bytes]] = []
         finals_retried: list[str] = []
         final_attempts: dict[int, int] = {}
         n_lines = 0
         async for block in self.provider.result_blocks(info):
+            n_lines += len(block)
             for line in block:
                 try:
                     cid, outcome, usage, model = classify(line)
@@ -110,25 +116,27 @@ class Collector:
                     raise errors.ProtocolError(f"unreadable results line in batch {info.id}: {exc}") from None
                 if owned is not None and cid not in owned:
                     raise NotOurs(cid)
-                n_lines += 1
-                attempts = retry_attempts.get(cid, 0) + 1 if retry_attempts else base_attempt
-                if (outcome in RETRYABLE and attempts < max_attempts) or (
-                        outcome is Outcome.CANCELED):
+                if retry_attempts:
+                    attempts = retry_attempts.get(cid, 0) + 1
+                    if outcome is Outcome.CANCELED or (outcome >= first_retryable and attempts < max_attempts):
+                        to_park.append((cid, outcome, line))
+                        continue
+                    finals_retried.append(cid)
+                    final_attempts[attempts] = final_attempts.get(attempts, 0) + 1
+                elif outcome >= first_retryable and (outcome is Outcome.CANCELED or max_attempts > 1):
                     to_park.append((cid, outcome, line))
                     continue
-                add(shard_of(cid, nshards), line)
+                add(crc32(cid.encode()) % nshards, line)  # writer.shard_of, inlined
                 counts[outcome] += 1
-                final_attempts[attempts] = final_attempts.get(attempts, 0) + 1
-                if retry_attempts:
-                    finals_retried.append(cid)
                 if usage is not None:
-                    total = by_model.get(model)
-                    if total is None:
-                        by_model[model] = total = Usage()
-                    total.input_tokens += usage.input_tokens
-                    total.output_tokens += usage.output_tokens
-                    total.cache_write_tokens += usage.cache_write_tokens
-                    total.cache_read_tokens += usage.cache_read_tokens
+                    if model != model_seen:
+                        model_seen = model
+                        model_usages = usages.setdefault(model, [])
+                    model_usages.append(usage)
+            shards.account(sum(map(len, block)) + len(block))
+        if not retry_attempts:
+            final_attempts[1] = sum(counts)
+        by_model = {m: Usage(*map(sum, zip(*us, strict=True))) for m, us in usages.items() if us}
         park = await self._park(row, to_park, retry_attempts)
         self._committing = True
         new_offsets = await asyncio.to_thread(shards.commit)
@@ -145,7 +153,8 @@ class Collector:
                         "cost_usd": sum(self._cost(m, u) for m, u in by_model.items()),
                         "batches_collected": 1, "result_lines": n_lines})
         for a, c in final_attempts.items():
-            summary[f"final_after_{a}_attempts"] = c
+            if c:
+                summary[f"final_after_{a}_attempts"] = c
         parked_retry = sum(1 for p in park if p[3] == "pending")
         if parked_retry:
             summary["retried"] = parked_retry

@@ -353,8 +353,18 @@ class Engine:
     async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async with aclosing(blocks):
             async for b in blocks:
+                if not self.stats.lines_read and b.lines:
+                    self._expect_lines(b)
                 self.stats.lines_read += len(b.lines)
                 yield b
+
+    def _expect_lines(self, first: Block) -> None:
+        """From the first block's line length and the inputs' sizes, about how many lines are coming."""
+        raw = [len(x) + 1 for x in first.lines if type(x) is bytes]
+        plain = [src.path for src in self.sources if src.unit == "bytes" and not src.path.endswith(".gz")]
+        if raw and plain and len(plain) == len(self.sources):
+            total = sum(os.path.getsize(p) for p in plain)
+            self.validator.expect(int(total / (sum(raw) / len(raw))))
 
     async def _take_slot(self) -> None:
         await self.slots.acquire()

@@ -60,9 +60,16 @@ class FingerprintSet:
             self._grow(k)
         return True
 
-    def _grow(self, k: int) -> None:
+    def reserve(self, n: int) -> None:
+        """Make room for about n fingerprints in all, now, so the table does not grow step by step."""
+        want = int(n / self.SEGMENTS / self.MAX_LOAD * 1.1) + 1
+        for k in range(self.SEGMENTS):
+            if len(self._segs[k]) < want:
+                self._grow(k, want)
+
+    def _grow(self, k: int, size: int = 0) -> None:
         old = self._segs[k]
-        size = len(old) * 3 // 2
+        size = max(size, len(old) * 3 // 2)
         slots = array("q", bytes(8 * size))
         for v in old:
             if v:
@@ -81,6 +88,10 @@ class Validator:
         self._check_request = provider.check_request
         self._max_line = max_line_bytes
         self._seen = FingerprintSet()
+
+    def expect(self, n: int) -> None:
+        """About n requests are coming (an estimate from the input's size): size the duplicate check once."""
+        self._seen.reserve(min(n, 100_000_000))
 
     def check(self, raw) -> tuple[str | None, bytes | None, str | None]:
         if type(raw) is not bytes:

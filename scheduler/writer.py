@@ -4,7 +4,8 @@ The shard of a request is `zlib.crc32(custom_id.encode("utf-8")) % shards` (CRC-
 gzip and PNG), so anyone can find a custom_id's shard:
     python -c 'import zlib,sys; print(zlib.crc32(sys.argv[1].encode()) % 16)' my-id-42
 
-Lines are buffered per shard and written in large writes; `commit` flushes and fsyncs and returns
+Lines are buffered per shard (a list of lines: `add` is one append) and written in large writes,
+once `account` has seen FLUSH_BYTES; `commit` flushes and fsyncs and returns
 the durable offsets, which the ledger records; `rollback` truncates back to recorded offsets, so an
 interrupted download leaves no line behind.
 """
@@ -31,26 +32,31 @@ class ShardSet:
         os.makedirs(os.path.join(out_dir, "results"), mode=0o700, exist_ok=True)
         self._fds = [os.open(shard_path(out_dir, i), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                      for i in range(shards)]
-        self._bufs = [bytearray() for _ in range(shards)]
+        self._bufs: list[list[bytes]] = [[] for _ in range(shards)]
         self._buffered = 0
         self._dirty: set[int] = set()
         self.offsets = [os.fstat(fd).st_size for fd in self._fds]  # bytes written (not yet durable)
         self.bytes_written = 0
 
     def add(self, idx: int, line: bytes) -> None:
-        buf = self._bufs[idx]
-        buf += line
-        buf += b"\n"
-        self._buffered += len(line) + 1
+        """Buffer one line (without its newline); call `account` with the bytes added now and then."""
+        self._bufs[idx].append(line)
+
+    def account(self, nbytes: int) -> None:
+        self._buffered += nbytes
         if self._buffered >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
         for i, buf in enumerate(self._bufs):
             if buf:
-                os.write(self._fds[i], buf)
-                self.offsets[i] += len(buf)
-                self.bytes_written += len(buf)
+                buf.append(b"")
+                data = b"\n".join(buf)  # each line and its newline, in one copy
+                view, fd = memoryview(data), self._fds[i]
+                while view:
+                    view = view[os.write(fd, view):]
+                self.offsets[i] += len(data)
+                self.bytes_written += len(data)
                 self._dirty.add(i)
                 buf.clear()
         self._buffered = 0

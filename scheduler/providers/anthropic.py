@@ -9,7 +9,7 @@ import orjson
 
 from ..http import HttpClient
 from ..settings import Settings, join_url
-from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, Usage, parse_time
+from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, parse_time
 
 _PATH = "/v1/messages/batches"
 _REQUIRED = ("max_tokens", "messages")
@@ -44,7 +44,7 @@ def same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
 
 
-def classify_result(line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
+def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int] | None, str | None]:
     """Route and count one `{"custom_id", "result": {...}}` line (also the inline proxy's form)."""
     doc = orjson.loads(line)
     cid = doc["custom_id"]
@@ -53,8 +53,8 @@ def classify_result(line: bytes) -> tuple[str, Outcome, Usage | None, str | None
     if kind == "succeeded":
         message = result["message"]
         u = message.get("usage") or {}
-        usage = Usage(u.get("input_tokens") or 0, u.get("output_tokens") or 0,
-                      u.get("cache_creation_input_tokens") or 0, u.get("cache_read_input_tokens") or 0)
+        usage = (u.get("input_tokens") or 0, u.get("output_tokens") or 0,  # a Usage, as a plain tuple
+                 u.get("cache_creation_input_tokens") or 0, u.get("cache_read_input_tokens") or 0)
         return cid, Outcome.SUCCEEDED, usage, message.get("model")
     if kind == "errored":
         err = result.get("error") or {}
@@ -85,6 +85,9 @@ class AnthropicProvider:
 
     def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
         params = obj.get("params")
+        if (type(params) is dict and len(obj) == 2 and "model" in params and "max_tokens" in params
+                and "messages" in params and not params.get("stream")):
+            return None, raw  # the common case, sent as it came (the checks below, inlined)
         problem = check_message_params(params, self.settings.model)
         if problem:
             return problem, None

@@ -11,7 +11,7 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..http import HttpClient
 from ..settings import Settings
@@ -39,8 +39,10 @@ TRANSIENT_ERROR_KINDS = frozenset({"api_error", "overloaded_error", "rate_limit_
                                    "server_error", "rate_limit_exceeded", "internal_error"})
 
 
-@dataclass(slots=True)
-class Usage:
+class Usage(NamedTuple):
+    """Tokens of one answer (or a sum). `classify` may return a plain 4-tuple in this order: it is one
+    per result line, and a tuple is cheaper to build than any class."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_write_tokens: int = 0
