@@ -124,6 +124,9 @@ class Engine:
         self._live_rows: set[int] = set()
         self._pending_retries = 0
         self._changed = asyncio.Event()
+        self._collecting = 0  # ended batches being collected
+        self._collect_idle = asyncio.Event()
+        self._collect_idle.set()
         self._in_flight = 0
         self._fatal: BaseException | None = None
         self.cancelled = False
@@ -353,6 +356,10 @@ class Engine:
     async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async with aclosing(blocks):
             async for b in blocks:
+                if self._collecting:
+                    # Ended batches first: results made durable before more input is read and sent, so
+                    # a batch's delay to disk is its own download, not a queue behind new work.
+                    await self._collect_idle.wait()
                 if not self.stats.lines_read and b.lines:
                     self._expect_lines(b)
                 self.stats.lines_read += len(b.lines)
@@ -535,7 +542,15 @@ class Engine:
     # -- collecting -----------------------------------------------------------------------------
 
     async def _on_ended(self, payload: Any, info: BatchInfo) -> None:
-        self.tg.create_task(self._collect(payload, info))
+        self._collecting += 1
+        self._collect_idle.clear()
+        task = self.tg.create_task(self._collect(payload, info))
+        task.add_done_callback(self._collected)
+
+    def _collected(self, _task: asyncio.Task) -> None:
+        self._collecting -= 1
+        if not self._collecting:
+            self._collect_idle.set()
 
     async def _collect(self, payload: Tracked, info: BatchInfo) -> None:
         assert self.ledger is not None

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+
+import orjson
 
 from .errors import UsageError
 
@@ -68,26 +71,44 @@ class PriceTable:
                 + usage.cache_read_tokens * p.cache_read) * self.batch_discount / 1e6
 
 
-# -- estimates before anything is sent (dry run) ------------------------------------------------
+# -- estimates before anything is sent (dry run, --max-cost) ------------------------------------
+#
+# One estimator for both: the dry run prints its per-model totals as a range, and --max-cost holds the
+# top of that range for each batch in flight against the cap, so the two never disagree. --max-cost runs
+# it over every batch's lines on the event loop: the fast paths below are the common shapes (string
+# contents, messages of a string each), with the same results as the general walk.
 
 CHARS_PER_TOKEN = 3.5
+_TEXT_FIELDS = ("system", "messages", "input", "prompt")
 
 
 def _chars(content: object) -> int:
     """Characters of text in a message content, a system prompt or an input: strings and text blocks
     count their text; any other block (image, tool use or result, ...) counts its JSON, which overstates
     images (their base64) but keeps the estimate from ignoring them."""
-    if content is None:
+    kind = type(content)
+    if kind is str:
+        return len(content)  # type: ignore[arg-type]
+    if kind is dict or (kind is not list and isinstance(content, dict)):
+        text = content.get("text")  # type: ignore[union-attr]
+        if isinstance(text, str):
+            return len(text)
+        if "content" in content and "role" in content:  # type: ignore[operator]  # an OpenAI or Anthropic message
+            inner = content["content"]  # type: ignore[index]
+            return len(inner) if type(inner) is str else _chars(inner)
+    elif kind is list or isinstance(content, list):
+        n = 0
+        for item in content:  # type: ignore[attr-defined]
+            if type(item) is str:
+                n += len(item)
+                continue
+            text = item.get("text") if type(item) is dict else None  # a text block, taken directly
+            n += len(text) if type(text) is str else _chars(item)
+        return n
+    elif content is None:
         return 0
-    if isinstance(content, str):
+    elif isinstance(content, str):
         return len(content)
-    if isinstance(content, list):
-        return sum(_chars(item) for item in content)
-    if isinstance(content, dict):
-        if isinstance(content.get("text"), str):
-            return len(content["text"])
-        if "content" in content and "role" in content:  # an OpenAI or Anthropic message
-            return _chars(content["content"])
     return len(json.dumps(content, ensure_ascii=False))
 
 
@@ -99,24 +120,76 @@ def estimate_input_tokens(params: dict) -> int:
     characters a token, code and other languages fewer, so 3.5 leans high; the true count comes back
     in each result's usage.
     """
-    chars = _chars(params.get("system")) + _chars(params.get("messages"))
-    chars += _chars(params.get("input")) + _chars(params.get("prompt"))
+    chars = 0
+    for name in _TEXT_FIELDS:
+        value = params.get(name)
+        if value is None:
+            continue
+        if type(value) is str:
+            chars += len(value)
+        elif name == "messages" and type(value) is list:
+            for msg in value:  # _chars of each message, a role and a string content taken directly
+                content = msg.get("content") if type(msg) is dict and "text" not in msg and "role" in msg else None
+                chars += len(content) if type(content) is str else _chars(msg)
+        else:
+            chars += _chars(value)
     if params.get("tools"):
         chars += len(json.dumps(params["tools"], ensure_ascii=False))
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
-def estimate_request(obj: dict, provider_name: str) -> tuple[str | None, int, int]:
+def estimate_request(obj: dict, provider_name: str | None = None) -> tuple[str | None, int, int]:
     """(model, estimated input tokens, most output tokens) of one request line, parsed.
 
     Understands the Message Batches form (`params`) and the `{method, url, body}` form of OpenAI and
-    the inline proxy; the output bound is `max_tokens`, else `max_completion_tokens` /
+    the inline proxy (`provider_name` says which to read first when a line has both; a line a provider
+    accepted has only its own); the output bound is `max_tokens`, else `max_completion_tokens` /
     `max_output_tokens` (0 when the request sets none, e.g. embeddings).
     """
     first, second = ("body", "params") if provider_name in ("openai", "inline") else ("params", "body")
     params = obj.get(first)
     if not isinstance(params, dict):
-        params = obj.get(second) if isinstance(obj.get(second), dict) else {}
+        params = obj.get(second)
+        if not isinstance(params, dict):
+            params = {}
     out = params.get("max_tokens") or params.get("max_completion_tokens") or params.get("max_output_tokens") or 0
     model = params.get("model")
     return (model if isinstance(model, str) else None), estimate_input_tokens(params), int(out)
+
+
+@dataclass(slots=True)
+class ModelTotals:
+    requests: int = 0
+    input_tokens: int = 0
+    max_output_tokens: int = 0
+
+
+def tally(lines: Iterable[bytes], provider_name: str | None = None,
+          into: dict[str | None, ModelTotals] | None = None) -> dict[str | None, ModelTotals]:
+    """Per model (None: the request names none), the request lines' counts and token estimates."""
+    sums: dict[str | None, list[int]] = {}  # model -> [requests, input tokens, max output tokens]
+    for obj in map(orjson.loads, lines):
+        model, input_tokens, max_out = estimate_request(obj, provider_name)
+        row = sums.get(model)
+        if row is None:
+            sums[model] = row = [0, 0, 0]
+        row[0] += 1
+        row[1] += input_tokens
+        row[2] += max_out
+    by_model: dict[str | None, ModelTotals] = {} if into is None else into
+    for model, (requests, input_tokens, max_out) in sums.items():
+        totals = by_model.setdefault(model, ModelTotals())
+        totals.requests += requests
+        totals.input_tokens += input_tokens
+        totals.max_output_tokens += max_out
+    return by_model
+
+
+def cost_range(prices: PriceTable, model: str | None, totals: ModelTotals) -> tuple[float, float] | None:
+    """(low, high) USD at batch prices: estimated input only, then plus every request's most output.
+    None when the model has no price: never guessed (the dry run says "unknown price")."""
+    p = prices.price(model)
+    if p is None:
+        return None
+    low = totals.input_tokens * p.input * prices.batch_discount / 1e6
+    return low, low + totals.max_output_tokens * p.output * prices.batch_discount / 1e6
