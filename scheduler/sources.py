@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError, UsageError
+from .providers.base import encode
 from .reader import BLOCK_BYTES, Block
 from .settings import Settings
 from .validate import BLANK
@@ -44,12 +45,6 @@ csv.field_size_limit(256 << 20)  # an article is longer than csv's default 128 K
 
 Item = bytes | str  # a request line, or what is wrong with the row (BLANK: nothing, skip silently)
 Entry = tuple[int, int, Any, int]  # (position, line number, row dict or Item, row number)
-
-
-def encode(obj: object) -> bytes:
-    """orjson.dumps, copied to its exact size: orjson's buffer is several times the output, and request
-    lines are held by the thousand (a chunk in flight)."""
-    return bytes(memoryview(orjson.dumps(obj)))
 
 
 class Fields:

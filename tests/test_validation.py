@@ -1,5 +1,7 @@
 """Every bad line is named with its file and line; every good line still goes through."""
 
+import tracemalloc
+
 import orjson
 import pytest
 
@@ -83,3 +85,27 @@ def test_fingerprint_set_grows_and_finds_duplicates():
     assert len(s) == 10_000
     assert not s.add(hash("id-1234"))
     assert s.add(hash("id-10000"))
+
+
+def test_a_line_re_encoded_to_fill_the_model_is_held_at_its_own_size():
+    # A chunk in flight holds thousands of lines: orjson's raw output keeps a buffer ~8x the line.
+    provider = AnthropicProvider(Settings(api_key="k", model="claude-x"), None)
+    obj = request("m", "x" * 900, model=None)
+    raw = orjson.dumps(obj)
+    tracemalloc.start()
+    try:
+        held = [provider.check_request(obj, raw) for _ in range(200)]
+        used = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    problem, line = held[0]
+    assert problem is None and orjson.loads(line)["params"]["model"] == "claude-x"
+    assert used < 200 * (len(line) + 200), f"{used / 200:.0f} bytes held per {len(line)}-byte line"
+
+
+def test_reserving_room_keeps_what_the_set_holds():
+    s = FingerprintSet(slots=4)
+    assert all(s.add(hash(f"id-{i}")) for i in range(1_000))
+    s.reserve(50_000)
+    assert len(s) == 1_000 and not s.add(hash("id-999")) and s.add(hash("id-1000"))
+    assert all(s.add(hash(f"more-{i}")) for i in range(20_000))

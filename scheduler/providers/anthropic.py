@@ -9,7 +9,7 @@ import orjson
 
 from ..http import HttpClient
 from ..settings import Settings, join_url
-from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, parse_time
+from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, encode, parse_time
 
 _PATH = "/v1/messages/batches"
 _REQUIRED = ("max_tokens", "messages")
@@ -94,7 +94,7 @@ class AnthropicProvider:
         if len(obj) != 2 or "model" not in params:  # extra keys, or the model to fill: re-encode
             if "model" not in params:
                 params = {"model": self.settings.model, **params}
-            return None, orjson.dumps({"custom_id": obj["custom_id"], "params": params})
+            return None, encode({"custom_id": obj["custom_id"], "params": params})
         return None, raw
 
     def body_overhead(self, line_bytes: int) -> int:
