@@ -796,8 +796,7 @@ class Daemon:
             self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
             log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),
                      extra={**extra, "state": "cancelled"})
-        elif code == ExitCode.FAILED and result.message.startswith("stopped:") \
-                and job.restarts < len(self.config.restart_waits_s):
+        elif code == ExitCode.FAILED and result.retry and job.restarts < len(self.config.restart_waits_s):
             wait_s = self.config.restart_waits_s[job.restarts]
             job.restarts += 1
             job.not_before = time.monotonic() + wait_s

@@ -54,6 +54,7 @@ class JobResult:
     exit_code: int
     message: str
     summary: dict[str, Any] = field(default_factory=dict)
+    retry: bool = False  # unfinished for a reason that may pass: running it again later may finish it
 
 
 @dataclass
@@ -141,9 +142,9 @@ class Engine:
 
     def _open_ledger(self) -> Ledger:
         os.makedirs(self.out_dir, mode=0o700, exist_ok=True)
+        prints = [fingerprint(p) for p in self.inputs]  # before the ledger opens: an unreadable input leaks nothing
         ledger = Ledger(os.path.join(self.out_dir, "ledger.db"))
         meta = ledger.read_meta()
-        prints = [fingerprint(p) for p in self.inputs]
         shaping = self.settings.shaping()
         if not meta:
             ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
@@ -273,7 +274,7 @@ class Engine:
             return JobResult(ExitCode.USAGE, str(err))
         if isinstance(err, errors.SchedulerError):
             return JobResult(ExitCode.FAILED, f"stopped: {http.redact(str(err))}. Nothing is lost: run the same "
-                             f"command again to resume")
+                             f"command again to resume", retry=True)
         raise err
 
     async def _strict_pass(self) -> JobResult | None:
@@ -303,13 +304,13 @@ class Engine:
         if failed:
             return JobResult(ExitCode.FAILED, f"{failed:,} request(s) are in batches the provider failed as a whole "
                              f"{self.settings.max_attempts} times (`status` shows why); run the same command "
-                             f"again to give them one more attempt")
+                             f"again to give them one more attempt", retry=True)
         if canceled:
             return JobResult(ExitCode.FAILED, f"{canceled:,} request(s) were cancelled; run again with "
                              f"--retry-cancelled to submit them")
         if pending:
             return JobResult(ExitCode.FAILED, f"{pending:,} request(s) still wait for another attempt; "
-                             f"run the same command again")
+                             f"run the same command again", retry=True)
         return JobResult(ExitCode.OK, "done")
 
     def _count_retry(self, endpoint: str, attempt: int, err: BaseException, wait_s: float) -> None:
