@@ -51,7 +51,10 @@ def job_status(out_dir: str) -> dict[str, Any]:
             for r in in_flight],
         "requests": {"accepted": accepted, "finished": finished, "to_go": to_go,
                      "waiting_retry": retries.get("pending", 0) + retries.get("assigned", 0),
-                     "canceled_parked": retries.get("canceled", 0), "refused_by_api": refused},
+                     "canceled_parked": retries.get("canceled", 0), "refused_by_api": refused,
+                     "in_failed_batches": retries.get("failed", 0)},
+        "failed_batches": [{"chunk": r.id, "batch_id": r.batch_id, "requests": r.take, "reason": r.note}
+                           for r in rows if r.state == ChunkState.FAILED][-10:],
         "results": {k: int(c.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled")},
         "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in ("input", "output", "cache_write", "cache_read")},
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
@@ -78,6 +81,11 @@ def status_command(out_dir: str, *, as_json: bool) -> int:
     print(f"tokens: {tok['input']:,} in, {tok['output']:,} out; spend ${st['cost_usd']:,.4f}")
     if st["eta_s"] is not None:
         print(f"eta: {st['eta_s']:,.0f}s")
+    if st["failed_batches"]:
+        last = st["failed_batches"][-1]
+        print(f"batches the provider failed as a whole: {st['chunks_by_state'].get(ChunkState.FAILED, 0)} "
+              f"(last: {last['reason']}); {req['in_failed_batches']:,} request(s) out of attempts there, sent "
+              f"again by the next run")
     flights = st["batches_in_flight"]
     print(f"batches in flight: {len(flights)}")
     for b in flights[:50]:

@@ -17,6 +17,7 @@ from scheduler.providers.base import BatchState, Outcome, Usage
 from scheduler.providers.openai import OpenAIProvider
 from scheduler.settings import RetryPolicy, Settings
 from scheduler.simulator import SimConfig
+from scheduler.status import job_status
 
 from .conftest import KEY, fast_settings
 from .helpers import ids_of, read_results, write_requests
@@ -308,6 +309,9 @@ async def test_a_request_out_of_attempts_in_failed_batches_ends_the_job_unfinish
     assert "30 request(s) are in batches the provider failed as a whole 2 times" in first.message
     assert first.summary["requests"]["in_failed_batches"] == 30 and first.summary["state"] == "incomplete"
     assert read_results(out) == []
+    st = job_status(out)
+    assert st["requests"]["in_failed_batches"] == 30
+    assert "Enqueued token limit reached" in st["failed_batches"][-1]["reason"]
     sim.config = SimConfig(seed=5)  # the provider's queue drained
     second = await Engine(s, out, [str(tmp_path / "in.jsonl")], quiet=True).run()
     assert second.exit_code == ExitCode.OK, second.message
