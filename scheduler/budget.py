@@ -1,35 +1,20 @@
 """--max-cost: no new batch once spend so far plus the estimate for batches in flight would pass the cap.
 
-A batch's estimate is an upper bound: estimated input tokens plus every request's max_tokens as
-output, at the model's batch price. Requests for models without a price count as free here (the
-summary lists them), so the cap cannot be enforced for them; the run says so once.
+A batch's estimate is the top of the dry run's range for its lines, from the same estimator
+(`pricing.tally`, `pricing.cost_range`): estimated input tokens plus every request's most output
+tokens, at the batch price of the request's model. So a cap at the dry run's upper figure lets the
+whole job through, and a lower one stops it where the dry run says it would. A model without a price
+is "unknown price" in the dry run, never guessed: here its requests count nothing against the cap,
+and the run says so once per model.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
-import orjson
-
-from .pricing import PriceTable
+from .pricing import PriceTable, cost_range, tally
 
 log = logging.getLogger("scheduler.budget")
-
-CHARS_PER_TOKEN = 3.5
-
-
-def estimate_line_cost(line: bytes, prices: PriceTable) -> float:
-    """Upper-bound USD for one request line (Anthropic, OpenAI or inline form)."""
-    obj = orjson.loads(line)
-    params = obj.get("params") or obj.get("body") or {}
-    price = prices.price(params.get("model"))
-    if price is None:
-        return 0.0
-    text_chars = len(line) - len(orjson.dumps(obj.get("custom_id", "")))
-    input_tokens = math.ceil(text_chars / CHARS_PER_TOKEN)
-    output_tokens = int(params.get("max_tokens") or params.get("max_completion_tokens") or 0)
-    return (input_tokens * price.input + output_tokens * price.output) * prices.batch_discount / 1e6
 
 
 class Budget:
@@ -38,11 +23,22 @@ class Budget:
         self.prices = prices
         self.in_flight: dict[int, float] = {}  # chunk id -> estimate
         self.stopped_at: str | None = None
+        self.unpriced: set[str | None] = set()  # models whose requests the cap cannot count (said once)
 
     def estimate(self, lines: list[bytes]) -> float:
+        """Upper-bound USD of a batch of request lines (as sent); 0.0 without a cap (nothing to hold)."""
         if self.cap_usd is None:
             return 0.0
-        return sum(estimate_line_cost(line, self.prices) for line in lines)
+        high = 0.0
+        for model, totals in tally(lines).items():
+            cost = cost_range(self.prices, model, totals)
+            if cost is not None:
+                high += cost[1]
+            elif model not in self.unpriced:
+                self.unpriced.add(model)
+                log.warning("--max-cost cannot count requests for %s: the price table has no price for it "
+                            "(give one with --prices FILE)", model or "requests without a model")
+        return high
 
     def allows(self, spent_usd: float, estimate_usd: float) -> bool:
         if self.cap_usd is None:

@@ -11,28 +11,18 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import IO
 
-import orjson
-
 from .batcher import BODY_WRAPPER_BYTES, cut_chunks
 from .engine import make_sources, span_blocks
-from .pricing import PriceTable, estimate_request
+from .pricing import ModelTotals, PriceTable, cost_range, tally
 from .providers import make_provider
 from .settings import Settings
 from .validate import Rejects, Validator
 
 SHOW_MODELS = 20
-
-
-@dataclass
-class ModelTotals:
-    requests: int = 0
-    input_tokens: int = 0
-    max_output_tokens: int = 0
 
 
 @dataclass
@@ -57,19 +47,6 @@ def rejects_path(out: str | None) -> str | None:
     return os.path.join(out, name)
 
 
-def tally(est: Estimate, lines: Iterable[bytes], provider_name: str) -> None:
-    """Add accepted request lines to the per-model totals."""
-    by_model = est.by_model
-    for line in lines:
-        model, input_tokens, max_out = estimate_request(orjson.loads(line), provider_name)
-        totals = by_model.get(model)
-        if totals is None:
-            by_model[model] = totals = ModelTotals()
-        totals.requests += 1
-        totals.input_tokens += input_tokens
-        totals.max_output_tokens += max_out
-
-
 async def estimate(settings: Settings, inputs: list[str], rejects: Rejects) -> Estimate:
     """Validate and cut every line as a run would; count and estimate what was accepted."""
     provider = make_provider(settings, http=None)  # type: ignore[arg-type] - providers never call it here
@@ -83,22 +60,13 @@ async def estimate(settings: Settings, inputs: list[str], rejects: Rejects) -> E
         async for chunk in chunks:
             est.batches += 1
             est.requests += chunk.n
-            tally(est, chunk.lines, provider.name)
+            tally(chunk.lines, provider.name, into=est.by_model)  # the estimator --max-cost uses too
     est.rejected = rejects.count
     return est
 
 
 def usd(x: float) -> str:
     return f"${x:,.6f}" if x < 1 else f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
-
-
-def model_cost(prices: PriceTable, model: str | None, t: ModelTotals) -> tuple[float, float] | None:
-    """(low, high) USD at batch prices; None when the model has no price."""
-    p = prices.price(model)
-    if p is None:
-        return None
-    low = t.input_tokens * p.input * prices.batch_discount / 1e6
-    return low, low + t.max_output_tokens * p.output * prices.batch_discount / 1e6
 
 
 def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str]) -> None:
@@ -117,7 +85,7 @@ def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str
     lines = []
     models = sorted(est.by_model.items(), key=lambda kv: -kv[1].requests)
     for model, t in models:
-        cost = model_cost(prices, model, t)
+        cost = cost_range(prices, model, t)
         head = (f"  {model or '(no model)'}: {t.requests:,} request(s), ~{t.input_tokens:,} input tokens, "
                 f"up to {t.max_output_tokens:,} output tokens")
         if cost is None:

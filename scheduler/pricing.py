@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import orjson
 
@@ -75,36 +76,35 @@ class PriceTable:
 #
 # One estimator for both: the dry run prints its per-model totals as a range, and --max-cost holds the
 # top of that range for each batch in flight against the cap, so the two never disagree. --max-cost runs
-# it over every batch's lines on the event loop: the fast paths below are the common shapes (string
-# contents, messages of a string each), with the same results as the general walk.
+# it over every batch's lines on the event loop, so the common shapes (a string, a text block, a
+# {role, content} message) are read where they are met instead of through another call, to the same result.
 
 CHARS_PER_TOKEN = 3.5
 _TEXT_FIELDS = ("system", "messages", "input", "prompt")
 
 
-def _chars(content: object) -> int:
+def _chars(content: Any) -> int:
     """Characters of text in a message content, a system prompt or an input: strings and text blocks
     count their text; any other block (image, tool use or result, ...) counts its JSON, which overstates
     images (their base64) but keeps the estimate from ignoring them."""
     kind = type(content)
     if kind is str:
-        return len(content)  # type: ignore[arg-type]
-    if kind is dict or (kind is not list and isinstance(content, dict)):
-        text = content.get("text")  # type: ignore[union-attr]
-        if isinstance(text, str):
-            return len(text)
-        if "content" in content and "role" in content:  # type: ignore[operator]  # an OpenAI or Anthropic message
-            inner = content["content"]  # type: ignore[index]
-            return len(inner) if type(inner) is str else _chars(inner)
-    elif kind is list or isinstance(content, list):
+        return len(content)
+    if kind is list or (kind is not dict and isinstance(content, list)):
         n = 0
-        for item in content:  # type: ignore[attr-defined]
+        for item in content:
             if type(item) is str:
                 n += len(item)
-                continue
-            text = item.get("text") if type(item) is dict else None  # a text block, taken directly
-            n += len(text) if type(text) is str else _chars(item)
+            else:
+                text = item.get("text") if type(item) is dict else None  # a text block: its text, directly
+                n += len(text) if type(text) is str else _chars(item)
         return n
+    if isinstance(content, dict):
+        text = content.get("text")
+        if isinstance(text, str):
+            return len(text)
+        if "content" in content and "role" in content:  # an OpenAI or Anthropic message
+            return _chars(content["content"])
     elif content is None:
         return 0
     elif isinstance(content, str):
@@ -128,9 +128,10 @@ def estimate_input_tokens(params: dict) -> int:
         if type(value) is str:
             chars += len(value)
         elif name == "messages" and type(value) is list:
-            for msg in value:  # _chars of each message, a role and a string content taken directly
-                content = msg.get("content") if type(msg) is dict and "text" not in msg and "role" in msg else None
-                chars += len(content) if type(content) is str else _chars(msg)
+            for msg in value:  # _chars of each message; a {role, content} one's content taken directly
+                is_message = type(msg) is dict and "role" in msg and "content" in msg and "text" not in msg
+                content = msg["content"] if is_message else msg
+                chars += len(content) if type(content) is str else _chars(content)
         else:
             chars += _chars(value)
     if params.get("tools"):

@@ -126,6 +126,19 @@ def test_input_tokens_are_text_characters_over_3_5_rounded_up():
     assert estimate_input_tokens({"messages": [{"role": "user", "content": "x" * 36}]}) == 11
 
 
+@pytest.mark.parametrize("message, chars", [
+    ({"role": "user", "content": "x" * 7}, 7),
+    ({"role": "user", "content": [{"type": "text", "text": "x" * 7}, "y" * 7]}, 14),
+    ({"role": "user", "content": [{"type": "image", "source": {"data": "abc"}}]},
+     len('{"type": "image", "source": {"data": "abc"}}')),
+    ({"role": "user"}, len('{"role": "user"}')),
+    ({"role": "user", "text": "x" * 7, "content": "not counted"}, 7),
+    ({"type": "tool_result", "content": "r" * 7}, len('{"type": "tool_result", "content": "rrrrrrr"}')),
+], ids=["string", "text-blocks", "image-block", "no-content", "text-field", "not-a-message"])
+def test_each_kind_of_message_counts_its_text_or_else_its_json(message, chars):
+    assert estimate_input_tokens({"messages": [message]}) == math.ceil(chars / 3.5)
+
+
 @pytest.mark.parametrize("obj, provider, expected", [
     (request("a", TEXT_35, max_tokens=64), "anthropic", ("claude-sonnet-4-5", 10, 64)),
     ({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {
