@@ -94,7 +94,7 @@ def test_status_reports_the_job(sim, env, capsys):
     st = json.loads(capsys.readouterr().out)
     assert st["state"] == "done"
     assert st["requests"] == {"accepted": 75, "finished": 75, "to_go": 0, "waiting_retry": 0,
-                              "canceled_parked": 0, "refused_by_api": 0}
+                              "canceled_parked": 0, "refused_by_api": 0, "in_failed_batches": 0}
     assert st["chunks_by_state"] == {"collected": 2}
     assert st["batches_in_flight"] == []
     assert main(["status", str(env / "out")]) == 0
