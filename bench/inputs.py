@@ -1,4 +1,4 @@
-"""Benchmark inputs: N article-summary requests (the demo's generator), made once and cached.
+"""Benchmark inputs: N article-summary requests (the demo's job as request lines), made once and cached.
 
 bench/work/requests-N.jsonl (git-ignored). Lines are about 1 KB: a Sonnet request with a system
 prompt and a 60-140 word article, custom_ids article-0000000 ... The generator is seeded, so a cached
@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-from scheduler.demo import make_articles
+from scheduler.demo import make_requests
 
-VERSION = 1  # bump when the generator changes, so stale caches are not reused
+VERSION = 2  # bump when the generator changes, so stale caches are not reused
 
 
 def input_path(work_dir: str, n: int) -> str:
@@ -26,7 +26,7 @@ def ensure_input(work_dir: str, n: int, say=print) -> str:
         return path
     os.makedirs(work_dir, exist_ok=True)
     t0 = time.monotonic()
-    make_articles(path, n)
+    make_requests(path, n)
     say(f"bench: generated {n:,} requests in {path} ({os.path.getsize(path) / 1e6:,.0f} MB, "
         f"{time.monotonic() - t0:.1f}s)")
     return path

@@ -322,6 +322,12 @@ class Engine:
     async def _produce(self) -> None:
         assert self.ledger is not None
         ledger, s = self.ledger, self.settings
+        if s.max_cost_usd is not None:
+            # what a previous run sent (or may have) counts against the cap until it is collected; a run
+            # without a cap recorded no estimate, so it is made now from the chunk's requests
+            for row in await ledger.chunks_in(ChunkState.SUBMITTED, ChunkState.SUBMITTING, ChunkState.PLANNED):
+                est = row.est_cost or self.budget.estimate([r for _, r, _ in await self._requests_of(row)])
+                self.budget.in_flight[row.id] = est
         for row in await ledger.chunks_in(ChunkState.SUBMITTED):
             await self._take_slot()
             self._track(Flight(1), row, row.batch_id or "", None, now=True)
@@ -498,7 +504,7 @@ class Engine:
                 return
             lines = [p[0] for p in parts]
             await self.ledger.record_intent(kind=row.kind, take=row.take, nbytes=self.submitter.nbytes(lines),
-                                            chunk_id=row.id)
+                                            chunk_id=row.id, est_cost=row.est_cost)
             out = Outgoing(row.id, row.kind, row.root_seq, row.skip, lines, [p[1] for p in parts], row.attempt,
                            time.time(), [p[2] for p in parts], row.take)
         except BaseException as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -90,3 +91,25 @@ async def test_the_dry_runs_upper_figure_is_the_cap_that_lets_the_whole_job_thro
         assert result.exit_code == ExitCode.FAILED
         cap = upper * cap_vs_dry_run
         assert result.message.startswith(f"stopped at --max-cost ${cap:,.2f}: "), result.message
+
+
+async def test_a_resumed_run_counts_the_batches_a_previous_run_left_in_flight(sim, tmp_path):
+    sim.config.processing_s = 1.5
+    inp, out = tmp_path / "in.jsonl", str(tmp_path / "out")
+    with open(inp, "wb") as f:
+        for i in range(200):
+            f.write(line(request(f"r{i}", "hello " * 20, max_tokens=100)) + b"\n")
+    one_batch = Budget(1.0, PriceTable.load()).estimate(inp.read_bytes().splitlines()[:50])
+    first = asyncio.create_task(Engine(fast_settings(sim.url, batch_size=50, concurrency=2), out, [str(inp)],
+                                       quiet=True).run())
+    while sim.stats["requests_created"] < 100:  # two batches in flight, then the process stops
+        await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # Two batches still in flight count against the cap: a third would pass it, so none is sent.
+    capped = fast_settings(sim.url, batch_size=50, concurrency=8, max_cost_usd=one_batch * 2.5)
+    result = await Engine(capped, out, [str(inp)], quiet=True).run()
+    assert sim.stats["requests_created"] == 100
+    assert result.exit_code == ExitCode.FAILED and "stopped at --max-cost" in result.message
+    assert result.summary["requests"]["finished"] == 100
