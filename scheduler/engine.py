@@ -41,6 +41,8 @@ from .writer import ShardSet
 
 log = logging.getLogger("scheduler.engine")
 
+UPLOADS = 2  # create calls (batch bodies being built and sent) at once; more slots wait at the provider
+
 
 class ExitCode:
     OK = 0
@@ -125,6 +127,7 @@ class Engine:
         self._live_rows: set[int] = set()
         self._pending_retries = 0
         self._changed = asyncio.Event()
+        self._uploads = asyncio.Semaphore(UPLOADS)
         self._collecting = 0  # ended batches being collected
         self._collect_idle = asyncio.Event()
         self._collect_idle.set()
@@ -428,7 +431,7 @@ class Engine:
                                                        skipped=chunk.skipped)
             self.budget.in_flight[chunk_id] = est
             out = Outgoing(chunk_id, "input", chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
-            self._spawn_submit(out, None)
+            await self._spawn_submit(out, None)
             return
         first = rows[0]
         if (first.start_file, first.start_pos, first.start_line, first.end_file, first.end_pos) != span \
@@ -469,13 +472,16 @@ class Engine:
                                                    attempt=attempt, retry_ids=ids, est_cost=est)
         self.budget.in_flight[chunk_id] = est
         self._pending_retries = max(0, self._pending_retries - len(lines))
-        self._spawn_submit(Outgoing(chunk_id, "retry", None, 0, lines, ids, attempt, time.time()), None)
+        await self._spawn_submit(Outgoing(chunk_id, "retry", None, 0, lines, ids, attempt, time.time()), None)
 
     # -- submitting -----------------------------------------------------------------------------
 
-    def _spawn_submit(self, out: Outgoing, flight: Flight | None) -> None:
+    async def _spawn_submit(self, out: Outgoing, flight: Flight | None) -> None:
+        """Send a new chunk once an upload permit is free: the producer waits here, so at most UPLOADS
+        batch bodies (and their lines) are in memory at once, not one per slot."""
         self._live_rows.add(out.chunk_id)
-        self.tg.create_task(self._submit(out, flight))
+        await self._uploads.acquire()
+        self.tg.create_task(self._submit(out, flight, permit=True))
 
     def _spawn_resend(self, row: ChunkRow, parts: list[tuple[bytes, str, int]] | None) -> None:
         self._live_rows.add(row.id)
@@ -512,9 +518,13 @@ class Engine:
             raise
         await self._submit(out, flight)
 
-    async def _submit(self, out: Outgoing, flight: Flight | None) -> None:
+    async def _submit(self, out: Outgoing, flight: Flight | None, *, permit: bool = False) -> None:
         try:
-            done = await self.submitter.submit(out)
+            try:
+                done = await self.submitter.submit(out)
+            finally:
+                if permit:
+                    self._uploads.release()
             if self.stats.first_submit_s is None:
                 self.stats.first_submit_s = time.monotonic() - self.stats.started
             self.stats.submitted += sum(d.n for d in done)

@@ -32,31 +32,43 @@ class ShardSet:
         os.makedirs(os.path.join(out_dir, "results"), mode=0o700, exist_ok=True)
         self._fds = [os.open(shard_path(out_dir, i), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                      for i in range(shards)]
-        self._bufs: list[list[bytes]] = [[] for _ in range(shards)]
+        self._pending: list[list[bytes]] = [[] for _ in range(shards)]  # lines since the last `account`
+        self._bufs = [bytearray() for _ in range(shards)]
         self._buffered = 0
         self._dirty: set[int] = set()
         self.offsets = [os.fstat(fd).st_size for fd in self._fds]  # bytes written (not yet durable)
         self.bytes_written = 0
 
     def add(self, idx: int, line: bytes) -> None:
-        """Buffer one line (without its newline); call `account` with the bytes added now and then."""
-        self._bufs[idx].append(line)
+        """Buffer one line (without its newline); call `account` after each block of lines."""
+        self._pending[idx].append(line)
 
     def account(self, nbytes: int) -> None:
+        """The lines added since the last call (nbytes with newlines) join their shard's buffer, so the line
+        objects are freed block by block; the buffers are written once they hold FLUSH_BYTES."""
+        self._gather()
         self._buffered += nbytes
         if self._buffered >= FLUSH_BYTES:
             self.flush()
 
+    def _gather(self) -> None:
+        for i, lines in enumerate(self._pending):
+            if lines:
+                lines.append(b"")
+                self._bufs[i] += b"\n".join(lines)  # each line and its newline
+                lines.clear()
+
     def flush(self) -> None:
+        self._gather()
         for i, buf in enumerate(self._bufs):
             if buf:
-                buf.append(b"")
-                data = b"\n".join(buf)  # each line and its newline, in one copy
-                view, fd = memoryview(data), self._fds[i]
-                while view:
-                    view = view[os.write(fd, view):]
-                self.offsets[i] += len(data)
-                self.bytes_written += len(data)
+                with memoryview(buf) as whole:
+                    view, fd = whole, self._fds[i]
+                    while view:
+                        view = view[os.write(fd, view):]
+                    del view
+                self.offsets[i] += len(buf)
+                self.bytes_written += len(buf)
                 self._dirty.add(i)
                 buf.clear()
         self._buffered = 0
@@ -71,6 +83,8 @@ class ShardSet:
 
     def rollback(self, offsets: list[int]) -> None:
         """Drop everything past `offsets` (buffered or written)."""
+        for lines in self._pending:
+            lines.clear()
         for buf in self._bufs:
             buf.clear()
         self._buffered = 0

@@ -9,7 +9,7 @@ import orjson
 
 from ..http import HttpClient
 from ..settings import Settings, join_url
-from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, encode, parse_time
+from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, encode, parse_time, requests_body
 
 _PATH = "/v1/messages/batches"
 _REQUIRED = ("max_tokens", "messages")
@@ -101,7 +101,7 @@ class AnthropicProvider:
         return 1  # the comma between requests
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
-        body = b'{"requests":[' + b",".join(lines) + b"]}"
+        body = requests_body(lines)
         data = await self.http.call("POST", self._url, "create", body=body, idempotent=False)
         return self._info(orjson.loads(data))
 

@@ -25,6 +25,16 @@ def encode(obj: object) -> bytes:
     return bytes(memoryview(orjson.dumps(obj)))
 
 
+def requests_body(lines: list[bytes]) -> bytes:
+    """`{"requests":[line,line,...]}` in one copy of the lines (a batch body is up to 256 MB)."""
+    if not lines:
+        return b'{"requests":[]}'
+    parts = lines.copy()  # references only
+    parts[0] = b'{"requests":[' + parts[0]
+    parts[-1] = parts[-1] + b"]}"
+    return b",".join(parts)
+
+
 class BatchState(enum.Enum):
     IN_PROGRESS = "in_progress"
     ENDED = "ended"  # results can be downloaded

@@ -31,7 +31,7 @@ from .. import errors
 from ..http import HttpClient
 from ..settings import Settings, join_url
 from .anthropic import auth_headers, check_message_params, classify_result
-from .base import BatchInfo, BatchState, parse_time
+from .base import BatchInfo, BatchState, parse_time, requests_body
 from .openai import encode
 
 MESSAGES_URL = "/v1/messages"
@@ -115,7 +115,7 @@ class InlineProvider:
         return template.replace("{id}", batch_id)
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
-        body = b'{"requests":[' + b",".join(lines) + b"]}"
+        body = requests_body(lines)
         data = await self.http.call("POST", self._create_url, "create", body=body, idempotent=False)
         return self._info(orjson.loads(data))
 
