@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from . import errors
+from .reader import split_lines
 from .settings import RetryPolicy
 
 RetryHook = Callable[[str, int, BaseException, float], None]  # (endpoint, attempt, error, wait_s)
@@ -160,8 +161,7 @@ class HttpClient:
                 tail = b""
                 async for block in resp.content.iter_chunked(1 << 18):
                     self.stats.bytes_down += len(block)
-                    parts = (tail + block).split(b"\n") if tail else block.split(b"\n")
-                    tail = parts.pop()
+                    parts, tail = split_lines(tail + block if tail else block)
                     if parts:
                         yield parts
                 if tail.strip():

