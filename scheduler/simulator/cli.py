@@ -67,12 +67,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM; uvloop when importable."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(serve(args))
-    return uvloop.run(serve(args))
+    """Serve until SIGINT or SIGTERM, on the scheduler's event loop set-up (uvloop, GC thresholds)."""
+    from ..cli import run_loop
+    return run_loop(serve(args))
 
 
 def main(argv: list[str] | None = None) -> int:
