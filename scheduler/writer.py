@@ -4,8 +4,9 @@ The shard of a request is `zlib.crc32(custom_id.encode("utf-8")) % shards` (CRC-
 gzip and PNG), so anyone can find a custom_id's shard:
     python -c 'import zlib,sys; print(zlib.crc32(sys.argv[1].encode()) % 16)' my-id-42
 
-Lines are buffered per shard (a list of lines: `add` is one append) and written in large writes,
-once `account` has seen FLUSH_BYTES; `commit` flushes and fsyncs and returns
+`add` is one append to the shard's list of lines; `account`, once per block of lines, joins each
+list into the shard's buffer (one copy), and the buffers are written in large writes once they hold
+FLUSH_BYTES; `commit` flushes and fsyncs and returns
 the durable offsets, which the ledger records; `rollback` truncates back to recorded offsets, so an
 interrupted download leaves no line behind.
 """
