@@ -19,6 +19,7 @@ from .reader import LineTooLong
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 BLANK = "blank"
+RESERVE_MAX = 4_000_000  # requests the duplicate check is sized for before it has seen them
 
 
 class FingerprintSet:
@@ -90,8 +91,10 @@ class Validator:
         self._seen = FingerprintSet()
 
     def expect(self, n: int) -> None:
-        """About n requests are coming (an estimate from the input's size): size the duplicate check once."""
-        self._seen.reserve(min(n, 100_000_000))
+        """About n requests are coming (an estimate from the input's size and its first lines): size the
+        duplicate check once. At most RESERVE_MAX up front (~50 MB): an estimate from short first lines
+        can be far too high, and past that the table grows as usual."""
+        self._seen.reserve(min(n, RESERVE_MAX))
 
     def check(self, raw) -> tuple[str | None, bytes | None, str | None]:
         if type(raw) is not bytes:
