@@ -29,7 +29,7 @@ from .. import errors
 from ..http import HttpClient
 from ..settings import Settings, join_url
 from .anthropic import check_message_params
-from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, Usage, parse_time
+from .base import TRANSIENT_ERROR_KINDS, BatchInfo, BatchState, Outcome, Usage, encode, parse_time
 
 _FILES = "/v1/files"
 _BATCHES = "/v1/batches"
@@ -44,12 +44,6 @@ _CONVERTIBLE = {"model": "model", "max_tokens": "max_tokens", "temperature": "te
                 "stop_sequences": "stop"}
 LIST_LIMIT = 100
 METADATA_KEY = "batch_scheduler"  # where the create tag is kept in a batch's metadata
-
-
-def encode(obj: object) -> bytes:
-    """orjson.dumps, copied to its exact size: orjson's buffer is several times the output, and request
-    lines are held by the thousand (a chunk in flight)."""
-    return bytes(memoryview(orjson.dumps(obj)))
 
 
 def text_of(content: object, where: str) -> tuple[str | None, str | None]:
