@@ -130,6 +130,9 @@ class Ledger:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+        if "skipped" not in columns:  # a ledger made before the column existed (a job resumed after an upgrade)
+            db.execute("ALTER TABLE chunks ADD COLUMN skipped TEXT")
         for side in ("-wal", "-shm"):  # owner only, whatever the umask
             if os.path.exists(self.path + side):
                 os.chmod(self.path + side, 0o600)

@@ -100,3 +100,21 @@ def test_shard_files_are_owner_only(tmp_path):
 ])
 def test_split_lines_gives_whole_lines_without_newlines_and_the_unfinished_rest(data, lines, rest):
     assert split_lines(data) == (lines, rest)
+
+
+def test_a_ledger_from_before_the_skipped_column_opens_and_gains_it(tmp_path):
+    import sqlite3
+
+    from scheduler.ledger import SCHEMA, Ledger
+    path = str(tmp_path / "ledger.db")
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA.replace(",\n    skipped TEXT", "").replace("    note TEXT,", "    note TEXT"))
+    old.execute("INSERT INTO chunks (kind, take, state) VALUES ('input', 5, 'submitted')")
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    try:
+        (row,) = ledger.all_chunks()
+        assert row.take == 5 and row.skipped is None and row.skipped_lines() == set()
+    finally:
+        ledger.close()
