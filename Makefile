@@ -19,7 +19,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m scheduler.demo
+	$(BIN)/python -m batch_scheduler.commands.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

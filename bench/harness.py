@@ -127,7 +127,7 @@ class Bench:
         if program == "floor":
             return [py, "-m", "bench.floor", inp, out, "--shards", str(SHARDS)]
         if program == "scheduler":
-            return [py, "-m", "scheduler", "run", inp, "--out", out, "--base-url", self.sim.url,
+            return [py, "-m", "batch_scheduler", "run", inp, "--out", out, "--base-url", self.sim.url,
                     "--batch-size", str(o.batch_size), "--concurrency", str(o.concurrency),
                     "--poll-min", str(o.poll_min_s), "--poll-max", str(max(o.poll_max_s, o.poll_min_s)),
                     "--shards", str(SHARDS)]
@@ -298,7 +298,7 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     o = parse_args(argv)
-    from scheduler.simulator.process import SimulatorProcess
+    from batch_scheduler.simulator.process import SimulatorProcess
 
     if not o.skip_baselines and min(o.sizes) <= o.baseline_max:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from scheduler.demo import make_requests
+from batch_scheduler.commands.demo import make_requests
 
 VERSION = 2  # bump when the generator changes, so stale caches are not reused
 

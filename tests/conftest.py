@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.settings import RetryPolicy, Settings
+from batch_scheduler.core.settings import RetryPolicy, Settings
 
 KEY = "sk-test-key-0123456789"
 FAST_RETRY = RetryPolicy(attempts=10, deadline_s=60, initial_wait_s=0.005, max_wait_s=0.05)
@@ -12,7 +12,7 @@ FAST_RETRY = RetryPolicy(attempts=10, deadline_s=60, initial_wait_s=0.005, max_w
 
 @pytest.fixture
 async def sim():
-    from scheduler.simulator import SimConfig, Simulator
+    from batch_scheduler.simulator import SimConfig, Simulator
     simulator = Simulator(SimConfig(seed=1234))
     await simulator.start()
     try:

@@ -73,7 +73,7 @@ def check_shards(out: str) -> tuple[set[str], int, int]:
 
 def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: float = 1.0,
          batch_size: int = 100, verbose: bool = False) -> SoakResult:
-    from scheduler.simulator.process import SimulatorProcess
+    from batch_scheduler.simulator.process import SimulatorProcess
 
     rng = random.Random(seed)
     inp = os.path.join(workdir, "in.jsonl")
@@ -82,7 +82,7 @@ def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: fl
     env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
     started = time.monotonic()
     with SimulatorProcess(["--faults", "--seed", str(seed), "--processing-s", str(processing_s)]) as sim:
-        cmd = [sys.executable, "-m", "scheduler", "run", inp, "--out", out, "--base-url", sim.url,
+        cmd = [sys.executable, "-m", "batch_scheduler", "run", inp, "--out", out, "--base-url", sim.url,
                "--batch-size", str(batch_size), "--concurrency", "4", "--poll-min", "0.05", "--poll-max", "0.3",
                "--shards", "4", "--max-attempts", "5"]
         done_kills = runs = 0

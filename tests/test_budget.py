@@ -8,11 +8,11 @@ import logging
 import orjson
 import pytest
 
-from scheduler.budget import Budget
-from scheduler.dryrun import estimate
-from scheduler.engine import Engine, ExitCode
-from scheduler.pricing import PriceTable, cost_range
-from scheduler.validate import Rejects
+from batch_scheduler.job.budget import Budget
+from batch_scheduler.job.dryrun import estimate
+from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.job.pricing import PriceTable, cost_range
+from batch_scheduler.job.validate import Rejects
 
 from .conftest import fast_settings
 from .helpers import request
@@ -51,7 +51,7 @@ def test_a_model_without_a_price_counts_nothing_against_the_cap_and_is_named_onc
     budget = Budget(1.0, PriceTable.load())
     priced = line(request("a", TEXT_35, max_tokens=100))
     unpriced = [line(request(f"u{i}", TEXT_35, model="my-local-model")) for i in range(3)]
-    with caplog.at_level(logging.WARNING, logger="scheduler.budget"):
+    with caplog.at_level(logging.WARNING, logger="batch_scheduler.budget"):
         mixed, alone, again = (budget.estimate([priced, *unpriced]), budget.estimate([priced]),
                                budget.estimate(unpriced * 2))
     assert mixed == alone > 0 and again == 0.0

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from scheduler.cli import main
-from scheduler.simulator.process import SimulatorProcess
+from batch_scheduler.commands.cli import main
+from batch_scheduler.simulator.process import SimulatorProcess
 
 from .helpers import ids_of, read_results, write_requests
 
@@ -121,7 +121,7 @@ def test_cancel_stops_new_batches_and_retry_cancelled_finishes(env):
     ids = write_requests(env / "in.jsonl", 600)
     with SimulatorProcess(["--processing-s", "30"]) as slow:
         args = run_args(slow, env / "in.jsonl", env / "out", "--concurrency", "2")
-        proc = subprocess.Popen([sys.executable, "-m", "scheduler", *args], stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "batch_scheduler", *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, env={**os.environ})
         wait_until(lambda: slow.stats()["creates"] >= 2)
         assert main(["cancel", str(env / "out")]) == 0

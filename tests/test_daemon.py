@@ -21,13 +21,21 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler.cli import main
-from scheduler.daemon import Daemon, DaemonConfig, DaemonExit, FairSlots, JobContextFilter, Spool, current_job
-from scheduler.logjson import JsonFormatter, add_secret
-from scheduler.settings import load_environment
-from scheduler.simulator import SimConfig, Simulator
-from scheduler.simulator.process import SimulatorProcess
-from scheduler.status import job_status
+from batch_scheduler.commands.cli import main
+from batch_scheduler.core.logs import JsonFormatter, add_secret
+from batch_scheduler.core.settings import load_environment
+from batch_scheduler.daemon.server import (
+    Daemon,
+    DaemonConfig,
+    DaemonExit,
+    FairSlots,
+    JobContextFilter,
+    Spool,
+    current_job,
+)
+from batch_scheduler.job.status import job_status
+from batch_scheduler.simulator import SimConfig, Simulator
+from batch_scheduler.simulator.process import SimulatorProcess
 
 from .helpers import ids_of, read_results, write_requests
 
@@ -224,7 +232,7 @@ def start_daemon_process(spool: Path, sim_url: str, workdir: Path, log_path: Pat
     env = {k: v for k, v in os.environ.items() if k not in ("CLAUDE_API_KEY", "BATCH_DAEMON_TOKEN")}
     env["ANTHROPIC_API_KEY"] = KEY
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "scheduler", "daemon", "--spool", str(spool), "--listen", "127.0.0.1:0",
+    cmd = [sys.executable, "-m", "batch_scheduler", "daemon", "--spool", str(spool), "--listen", "127.0.0.1:0",
            "--base-url", sim_url, "--batch-size", "25", "--concurrency", "4", "--poll-min", "0.05",
            "--poll-max", "0.1", "--shards", "4", "--inbox-poll-s", "0.05"]
     with open(log_path, "ab") as log_file:

@@ -9,10 +9,10 @@ import stat
 import orjson
 import pytest
 
-from scheduler.cli import main
-from scheduler.dryrun import dry_run
-from scheduler.pricing import estimate_input_tokens, estimate_request
-from scheduler.settings import Settings
+from batch_scheduler.commands.cli import main
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.dryrun import dry_run
+from batch_scheduler.job.pricing import estimate_input_tokens, estimate_request
 
 from .helpers import request
 

@@ -4,7 +4,7 @@
 import aiohttp
 import pytest
 
-from scheduler import errors
+from batch_scheduler.core import errors
 
 BODY = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
 

@@ -4,9 +4,9 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from scheduler import errors
-from scheduler.http import HttpClient
-from scheduler.settings import RetryPolicy
+from batch_scheduler.core import errors
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.settings import RetryPolicy
 
 URL = "http://api.test/v1/messages/batches"
 FAST = RetryPolicy(attempts=4, initial_wait_s=0.001, max_wait_s=0.002)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler.metrics import Family, MetricsView, daemon_families, format_value, render
+from batch_scheduler.daemon.metrics import Family, MetricsView, daemon_families, format_value, render
 
 pytestmark = pytest.mark.timeout(20)
 

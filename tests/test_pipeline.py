@@ -7,8 +7,8 @@ import os
 import orjson
 import pytest
 
-from scheduler.engine import Engine, ExitCode
-from scheduler.simulator import SimConfig
+from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.simulator import SimConfig
 
 from .conftest import KEY, fast_settings
 from .helpers import ids_of, read_results, request, write_requests

@@ -6,9 +6,9 @@ import asyncio
 
 import orjson
 
-from scheduler.http import HttpClient
-from scheduler.poller import Poller
-from scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.job.poller import Poller
+from batch_scheduler.providers.anthropic import AnthropicProvider
 
 from .conftest import fast_settings
 from .helpers import request

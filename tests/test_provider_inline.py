@@ -7,13 +7,13 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from scheduler import errors
-from scheduler.engine import Engine, ExitCode
-from scheduler.http import HttpClient
-from scheduler.providers.base import BatchState, Outcome
-from scheduler.providers.inline import InlineProvider
-from scheduler.settings import RetryPolicy, Settings, build_settings
-from scheduler.simulator import SimConfig
+from batch_scheduler.core import errors
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.settings import RetryPolicy, Settings, build_settings
+from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.providers.base import BatchState, Outcome
+from batch_scheduler.providers.inline import InlineProvider
+from batch_scheduler.simulator import SimConfig
 
 from .conftest import KEY, fast_settings
 from .helpers import ids_of, read_results, write_requests

@@ -10,14 +10,14 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from scheduler import errors
-from scheduler.engine import Engine, ExitCode
-from scheduler.http import HttpClient
-from scheduler.providers.base import BatchState, Outcome, Usage
-from scheduler.providers.openai import OpenAIProvider
-from scheduler.settings import RetryPolicy, Settings
-from scheduler.simulator import SimConfig
-from scheduler.status import job_status
+from batch_scheduler.core import errors
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.settings import RetryPolicy, Settings
+from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.job.status import job_status
+from batch_scheduler.providers.base import BatchState, Outcome, Usage
+from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.simulator import SimConfig
 
 from .conftest import KEY, fast_settings
 from .helpers import ids_of, read_results, write_requests

@@ -6,13 +6,13 @@ import zlib
 import orjson
 import pytest
 
-from scheduler import reader
-from scheduler.batcher import cut_chunks
-from scheduler.providers.anthropic import AnthropicProvider
-from scheduler.reader import JsonlSource, split_lines
-from scheduler.settings import Settings
-from scheduler.validate import Rejects, Validator
-from scheduler.writer import ShardSet, shard_of, shard_path
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.job import reader
+from batch_scheduler.job.batcher import cut_chunks
+from batch_scheduler.job.reader import JsonlSource, split_lines
+from batch_scheduler.job.validate import Rejects, Validator
+from batch_scheduler.job.writer import ShardSet, shard_of, shard_path
+from batch_scheduler.providers.anthropic import AnthropicProvider
 
 from .helpers import request
 
@@ -105,7 +105,7 @@ def test_split_lines_gives_whole_lines_without_newlines_and_the_unfinished_rest(
 def test_a_ledger_from_before_the_skipped_column_opens_and_gains_it(tmp_path):
     import sqlite3
 
-    from scheduler.ledger import SCHEMA, Ledger
+    from batch_scheduler.core.ledger import SCHEMA, Ledger
     path = str(tmp_path / "ledger.db")
     old = sqlite3.connect(path)
     old.executescript(SCHEMA.replace(",\n    skipped TEXT", "").replace("    note TEXT,", "    note TEXT"))

@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from scheduler.simulator import SimConfig, Simulator
-from scheduler.simulator.process import SimulatorProcess
+from batch_scheduler.simulator import SimConfig, Simulator
+from batch_scheduler.simulator.process import SimulatorProcess
 
 KEY = "sk-test"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "content-type": "application/json"}
@@ -520,8 +520,8 @@ async def test_inline_refuses_system_naming_the_request(sim, http):
 def test_faults_flag_turns_every_fault_on_and_explicit_rates_win():
     import argparse
 
-    from scheduler.simulator import add_arguments
-    from scheduler.simulator.cli import config_from
+    from batch_scheduler.simulator import add_arguments
+    from batch_scheduler.simulator.cli import config_from
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

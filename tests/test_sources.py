@@ -8,14 +8,14 @@ from contextlib import aclosing
 import orjson
 import pytest
 
-from scheduler.batcher import cut_chunks
-from scheduler.engine import Engine, ExitCode, make_sources, span_blocks
-from scheduler.errors import UsageError
-from scheduler.providers import make_provider
-from scheduler.settings import Settings
-from scheduler.simulator import SimConfig
-from scheduler.sources import ROWS_PER_BLOCK, safe_id, template_sources
-from scheduler.validate import Rejects, Validator
+from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.batcher import cut_chunks
+from batch_scheduler.job.engine import Engine, ExitCode, make_sources, span_blocks
+from batch_scheduler.job.sources import ROWS_PER_BLOCK, safe_id, template_sources
+from batch_scheduler.job.validate import Rejects, Validator
+from batch_scheduler.providers import make_provider
+from batch_scheduler.simulator import SimConfig
 
 from .conftest import fast_settings
 from .helpers import ids_of, read_results

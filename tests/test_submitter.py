@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import orjson
 from aioresponses import aioresponses
 
-from scheduler.engine import Engine, ExitCode
-from scheduler.http import HttpClient
-from scheduler.ledger import Ledger
-from scheduler.providers import headers_for, make_provider
-from scheduler.providers.base import Provider
-from scheduler.submitter import JOB_TOKEN_KEY, Submitter
-from scheduler.validate import Rejects
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.ledger import Ledger
+from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.job.submitter import JOB_TOKEN_KEY, Submitter
+from batch_scheduler.job.validate import Rejects
+from batch_scheduler.providers import headers_for, make_provider
+from batch_scheduler.providers.base import Provider
 
 from .conftest import fast_settings
 from .helpers import ids_of, read_results, request, write_requests

@@ -5,11 +5,11 @@ import tracemalloc
 import orjson
 import pytest
 
-from scheduler.batcher import cut_chunks
-from scheduler.providers.anthropic import AnthropicProvider
-from scheduler.reader import JsonlSource
-from scheduler.settings import Settings
-from scheduler.validate import FingerprintSet, Rejects, Validator
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.batcher import cut_chunks
+from batch_scheduler.job.reader import JsonlSource
+from batch_scheduler.job.validate import FingerprintSet, Rejects, Validator
+from batch_scheduler.providers.anthropic import AnthropicProvider
 
 from .helpers import request
 

@@ -1,0 +1,3 @@
+from batch_scheduler.commands.cli import main
+
+raise SystemExit(main())
