@@ -15,9 +15,10 @@ from typing import Any
 
 from batch_scheduler import __version__
 from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.loop import run_loop
 from batch_scheduler.core.settings import Settings, build_settings, load_environment
-from batch_scheduler.job.engine import Engine, ExitCode, JobResult
+from batch_scheduler.job.engine import Engine, JobResult
 
 log = logging.getLogger("batch_scheduler")
 

@@ -24,6 +24,7 @@ exceptions become these errors.
 from __future__ import annotations
 
 import asyncio
+import enum
 import re
 
 import aiohttp
@@ -179,3 +180,13 @@ def from_exception(exc: BaseException, *, what: str = "", sent: bool = False) ->
     if isinstance(exc, aiohttp.ClientError):
         return NetworkError(f"{what}: {name}: {exc}")
     return ProtocolError(f"{what}: {name}: {exc}")
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses shared by `run`, `resume`, `cancel` and the daemon (README's exit-status table)."""
+
+    OK = 0  # every accepted request reached a final result (daemon: stopped on SIGTERM/SIGINT)
+    FAILED = 1  # anything else; the job is resumable (daemon: it failed itself, systemd restarts it)
+    USAGE = 2  # bad flags or input that refuses the job; nothing was sent
+    AUTH = 3  # the API refused the key; nothing in flight is lost
+    FORCED = 4  # daemon only: jobs did not stop within the shutdown deadline, exited anyway

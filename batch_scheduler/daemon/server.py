@@ -47,12 +47,13 @@ import orjson
 from aiohttp import web
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.ledger import ChunkState, Ledger
 from batch_scheduler.core.logs import RedactFilter, add_secret, redact
 from batch_scheduler.core.settings import RetryPolicy, Settings, build_settings, load_environment
 from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
-from batch_scheduler.job.engine import Engine, ExitCode, JobResult
+from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.status import job_status
 from batch_scheduler.providers import headers_for, make_provider
 
@@ -71,12 +72,7 @@ PROBE_RETRY = RetryPolicy(attempts=3, deadline_s=20.0, initial_wait_s=0.5, max_w
 CANCELLING = "cancel requested through the HTTP API; collecting what its batches finished"
 
 
-class DaemonExit(enum.IntEnum):
-    OK = 0  # stopped on SIGTERM / SIGINT; every job resumes at the next start
-    FAILED = 1  # the daemon itself failed (a bug, the spool went away): systemd restarts it
-    USAGE = 2  # refused to start: bad flags, --listen beyond loopback without --token, port taken
-    FORCED = 4  # the jobs did not stop within STOP_DEADLINE_S (or a second SIGINT): exited anyway
-    # (3 stays `run`'s "key refused": the daemon pauses such jobs instead of exiting)
+DaemonExit = ExitCode  # the daemon's exit statuses are ExitCode's (FORCED is its own)
 
 
 class JobState(enum.StrEnum):

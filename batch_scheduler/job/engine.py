@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.ledger import ChunkRow, ChunkState, Ledger
 from batch_scheduler.core.settings import Settings
@@ -42,13 +43,6 @@ from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
 log = logging.getLogger("batch_scheduler.engine")
 
 UPLOADS = 2  # create calls (batch bodies being built and sent) at once; more slots wait at the provider
-
-
-class ExitCode:
-    OK = 0
-    FAILED = 1
-    USAGE = 2
-    AUTH = 3
 
 
 @dataclass
