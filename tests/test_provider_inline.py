@@ -9,8 +9,9 @@ from yarl import URL
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import RetryPolicy, Settings, build_settings
+from batch_scheduler.core.settings import RetryPolicy, Settings
 from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.providers import build_settings
 from batch_scheduler.providers.base import BatchState, Outcome
 from batch_scheduler.providers.inline import InlineProvider
 from batch_scheduler.simulator import SimConfig

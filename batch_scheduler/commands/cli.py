@@ -17,8 +17,9 @@ from batch_scheduler import __version__
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.loop import run_loop
-from batch_scheduler.core.settings import Settings, build_settings, load_environment
+from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.providers import build_settings, missing_key_message
 
 log = logging.getLogger("batch_scheduler")
 
@@ -186,11 +187,6 @@ def run_command(args: argparse.Namespace) -> int:
     result: JobResult = run_loop(engine.run())
     print_outcome(result)
     return result.exit_code
-
-
-def missing_key_message(settings: Settings) -> str:
-    names = "OPENAI_API_KEY" if settings.provider == "openai" else "ANTHROPIC_API_KEY (or CLAUDE_API_KEY)"
-    return f"no API key: set {names} in the environment or in .env"
 
 
 def print_outcome(result: JobResult) -> None:

@@ -18,23 +18,29 @@ from dotenv import dotenv_values
 
 from batch_scheduler.core.errors import UsageError
 
-PROVIDERS = ("anthropic", "openai", "inline")
-ANTHROPIC_URL = "https://api.anthropic.com"
-OPENAI_URL = "https://api.openai.com"
 MB = 1_000_000
 
-# Per-provider hard limits: (requests per batch, bytes per batch).
-PROVIDER_LIMITS = {
-    "anthropic": (100_000, 256 * MB),
-    "openai": (50_000, 200 * MB),
-    "inline": (10_000, 256 * MB),
-}
-# Defaults when the user says nothing: (requests per batch, bytes per batch).
-PROVIDER_DEFAULTS = {
-    "anthropic": (10_000, 200 * MB),
-    "openai": (50_000, 200 * MB),
-    "inline": (5_000, 200 * MB),
-}
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """What a provider declares once, in its own module: limits, defaults, where its key and URL come from."""
+
+    name: str
+    max_requests: int  # per batch, the provider's hard limit
+    max_bytes: int
+    default_requests: int  # per batch when the user says nothing
+    default_bytes: int
+    key_env: tuple[str, ...]  # first set wins
+    base_url_env: tuple[str, ...]
+    default_base_url: str
+    default_auth: str  # "x-api-key" or "bearer"
+    model_env: tuple[str, ...] = ("CLAUDE_MODEL", "ANTHROPIC_MODEL")
+
+    @property
+    def key_hint(self) -> str:
+        """How to name this provider's key to a user: `ANTHROPIC_API_KEY (or CLAUDE_API_KEY)`."""
+        first, *rest = self.key_env
+        return first + (f" (or {' or '.join(rest)})" if rest else "")
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class RetryPolicy:
 class Settings:
     provider: str = "anthropic"
     api_key: str = field(default="", repr=False)
-    base_url: str = ANTHROPIC_URL
+    base_url: str = "https://api.anthropic.com"
     auth: str = "x-api-key"  # or "bearer"
     headers: tuple[tuple[str, str], ...] = ()
     anthropic_version: str = "2023-06-01"
@@ -133,24 +139,23 @@ def _first(*values: Any) -> Any:
     return None
 
 
-def build_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    """Combine flags (None = not given) with the environment. Raises UsageError."""
-    provider = flags.get("provider") or env.get("BATCH_PROVIDER") or "anthropic"
-    if provider not in PROVIDERS:
-        raise UsageError(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
-    if provider == "openai":
-        key = _first(flags.get("api_key"), env.get("OPENAI_API_KEY"))
-        base = _first(flags.get("base_url"), env.get("OPENAI_BASE_URL"), OPENAI_URL)
-        auth = flags.get("auth") or "bearer"
-    else:
-        key = _first(flags.get("api_key"), env.get("ANTHROPIC_API_KEY"), env.get("CLAUDE_API_KEY"))
-        base = _first(flags.get("base_url"), env.get("ANTHROPIC_BASE_URL"), env.get("CLAUDE_BASE_URL"),
-                      ANTHROPIC_URL)
-        auth = flags.get("auth") or ("bearer" if provider == "inline" else "x-api-key")
+def provider_name(flags: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    return flags.get("provider") or env.get("BATCH_PROVIDER") or "anthropic"
+
+
+def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: ProviderSpec) -> Settings:
+    """Combine flags (None = not given) with the environment, for the provider `spec` declares.
+
+    Callers use `providers.build_settings`, which finds the spec. Raises UsageError.
+    """
+    provider = spec.name
+    key = _first(flags.get("api_key"), *(env.get(n) for n in spec.key_env))
+    base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)
+    auth = flags.get("auth") or spec.default_auth
     if auth not in ("x-api-key", "bearer"):
         raise UsageError(f"--auth {auth!r}: choose x-api-key or bearer")
-    max_n, max_bytes = PROVIDER_LIMITS[provider]
-    def_n, def_bytes = PROVIDER_DEFAULTS[provider]
+    max_n, max_bytes = spec.max_requests, spec.max_bytes
+    def_n, def_bytes = spec.default_requests, spec.default_bytes
     batch_size = int(_first(flags.get("batch_size"), def_n))
     batch_bytes = parse_size(_first(flags.get("batch_bytes"), def_bytes))
     if not 1 <= batch_size <= max_n:
@@ -185,8 +190,7 @@ def build_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings
         auth=auth,
         headers=headers,
         anthropic_version=flags.get("anthropic_version") or env.get("ANTHROPIC_VERSION") or "2023-06-01",
-        model=_first(flags.get("model"), env.get("CLAUDE_MODEL"), env.get("ANTHROPIC_MODEL"),
-                     env.get("OPENAI_MODEL") if provider == "openai" else None),
+        model=_first(flags.get("model"), *(env.get(n) for n in spec.model_env)),
         batch_size=batch_size,
         batch_bytes=batch_bytes,
         concurrency=concurrency,

@@ -51,11 +51,11 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.ledger import ChunkState, Ledger
 from batch_scheduler.core.logs import RedactFilter, add_secret, redact
-from batch_scheduler.core.settings import RetryPolicy, Settings, build_settings, load_environment
+from batch_scheduler.core.settings import RetryPolicy, Settings, load_environment
 from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.status import job_status
-from batch_scheduler.providers import headers_for, make_provider
+from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
 
 log = logging.getLogger("batch_scheduler.daemon")
 
@@ -754,7 +754,6 @@ class Daemon:
             return
         job.env_generation = self.env_generation
         if not prepared.settings.api_key:
-            from batch_scheduler.commands.cli import missing_key_message
             self.pause(job, f"{missing_key_message(prepared.settings)}; then send SIGHUP")
             return
         handle = self.slots.handle(job.name, prepared.cap)

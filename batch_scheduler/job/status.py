@@ -94,11 +94,9 @@ def status_command(out_dir: str, *, as_json: bool) -> int:
 
 
 def cancel_command(out_dir: str, env: dict[str, str]) -> int:
-    from batch_scheduler.commands.cli import missing_key_message
     from batch_scheduler.core.http import HttpClient
     from batch_scheduler.core.loop import run_loop
-    from batch_scheduler.core.settings import build_settings
-    from batch_scheduler.providers import headers_for, make_provider
+    from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
 
     path = os.path.join(out_dir, "ledger.db")
     if not os.path.exists(path):

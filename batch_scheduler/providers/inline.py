@@ -29,10 +29,9 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import Settings, join_url
-from batch_scheduler.providers.anthropic import auth_headers, check_message_params, classify_result
-from batch_scheduler.providers.base import BatchInfo, BatchState, parse_time, requests_body
-from batch_scheduler.providers.openai import encode
+from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.providers.base import BatchInfo, BatchState, encode, parse_time, requests_body
+from batch_scheduler.providers.common import auth_headers, check_message_params, classify_result
 
 MESSAGES_URL = "/v1/messages"
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
@@ -68,8 +67,15 @@ def fold_system(body: dict, where: str) -> tuple[dict | None, str | None]:
     return None, f"{where}.system given but no user message to fold it into (the proxy refuses system)"
 
 
+SPEC = ProviderSpec(
+    name="inline", max_requests=10_000, max_bytes=256 * MB, default_requests=5_000, default_bytes=200 * MB,
+    key_env=("ANTHROPIC_API_KEY", "CLAUDE_API_KEY"), base_url_env=("ANTHROPIC_BASE_URL", "CLAUDE_BASE_URL"),
+    default_base_url="https://api.anthropic.com", default_auth="bearer")
+
+
 class InlineProvider:
     name = "inline"
+    spec = SPEC
 
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings

@@ -27,8 +27,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import Settings, join_url
-from batch_scheduler.providers.anthropic import check_message_params
+from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
 from batch_scheduler.providers.base import (
     TRANSIENT_ERROR_KINDS,
     BatchInfo,
@@ -38,6 +37,7 @@ from batch_scheduler.providers.base import (
     encode,
     parse_time,
 )
+from batch_scheduler.providers.common import check_message_params
 
 _FILES = "/v1/files"
 _BATCHES = "/v1/batches"
@@ -177,8 +177,15 @@ def failure_text(doc: dict) -> str:
     return "; ".join(parts) or "the batch failed (no reason given)"
 
 
+SPEC = ProviderSpec(
+    name="openai", max_requests=50_000, max_bytes=200 * MB, default_requests=50_000, default_bytes=200 * MB,
+    key_env=("OPENAI_API_KEY",), base_url_env=("OPENAI_BASE_URL",), default_base_url="https://api.openai.com",
+    default_auth="bearer", model_env=("CLAUDE_MODEL", "ANTHROPIC_MODEL", "OPENAI_MODEL"))
+
+
 class OpenAIProvider:
     name = "openai"
+    spec = SPEC
 
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings
