@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	$(BIN)/python -m batch_scheduler.commands.demo
+
+readme: $(STAMP)  # the option table in README.md, from batch_scheduler/core/options.py
+	$(BIN)/python -m batch_scheduler.core.options --readme README.md
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,3 +1,3 @@
-from batch_scheduler.commands.cli import main
+from batch_scheduler.commands.main import main
 
 raise SystemExit(main())

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from batch_scheduler.commands.cli import main
+from batch_scheduler.commands.main import main
 from batch_scheduler.simulator.process import SimulatorProcess
 
 from .helpers import ids_of, read_results, write_requests

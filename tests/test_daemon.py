@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batch_scheduler.commands.cli import main
+from batch_scheduler.commands.main import main
 from batch_scheduler.core.logs import JsonFormatter, add_secret
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.server import (

@@ -9,7 +9,7 @@ import stat
 import orjson
 import pytest
 
-from batch_scheduler.commands.cli import main
+from batch_scheduler.commands.main import main
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.pricing import estimate_input_tokens, estimate_request

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-faults", action="store_true")
     args = ap.parse_args(argv)
 
-    from batch_scheduler.commands.cli import main as cli_main
+    from batch_scheduler.commands.main import main as cli_main
     from batch_scheduler.simulator.process import SimulatorProcess
 
     os.makedirs(args.out, exist_ok=True)

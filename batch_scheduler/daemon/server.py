@@ -374,7 +374,7 @@ class Spool:
 
 def option_names() -> frozenset[str]:
     """The keys an options.json may hold: the job flags of `run`, in snake_case."""
-    from batch_scheduler.commands.cli import add_job_options
+    from batch_scheduler.core.options import add_job_options
     p = argparse.ArgumentParser(add_help=False)
     add_job_options(p)
     return frozenset(a.dest for a in p._actions) - {"dry_run"}
@@ -714,7 +714,7 @@ class Daemon:
             raise errors.UsageError(f"options: {err}") from None
         settings = self._keep_shaping(job, settings)
         add_secret(settings.api_key)
-        from batch_scheduler.commands.cli import REMEMBERED
+        from batch_scheduler.core.options import REMEMBERED
         remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
         return Prepared(settings, remembered, settings.concurrency if "concurrency" in options else None)
 
@@ -1120,7 +1120,7 @@ def is_loopback(host: str) -> bool:
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:
     """The daemon's configuration from its flags; raises UsageError (exit 2) before anything starts."""
-    from batch_scheduler.commands.cli import flags_of
+    from batch_scheduler.core.options import flags_of
     listen = parse_listen(args.listen)
     token = args.token or env.get("BATCH_DAEMON_TOKEN") or None
     if not is_loopback(listen[0]) and not token:
