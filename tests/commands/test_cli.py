@@ -13,7 +13,7 @@ import pytest
 from batch_scheduler.commands.main import main
 from batch_scheduler.simulator.process import SimulatorProcess
 
-from .helpers import ids_of, read_results, write_requests
+from ..helpers import ids_of, read_results, write_requests
 
 KEY = "sk-cli-test-key-42"
 
