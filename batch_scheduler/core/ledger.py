@@ -76,9 +76,6 @@ class ChunkState(enum.StrEnum):
     FAILED = "failed"  # the provider failed the batch as a whole; requests parked for retry
 
 
-OPEN_STATES = (ChunkState.SUBMITTED,)
-
-
 @dataclass
 class ChunkRow:
     id: int
@@ -307,12 +304,6 @@ class Ledger:
     async def count_retries(self, state: str = "pending") -> int:
         return await self._run(lambda db: db.execute(
             "SELECT COUNT(*) FROM retries WHERE state=?", (state,)).fetchone()[0])
-
-    async def release_retries(self, chunk_id: int) -> None:
-        """A retry chunk known not to exist at the provider: its requests wait again."""
-        await self._run(lambda db: db.execute(
-            "UPDATE retries SET state='pending', chunk_id=NULL WHERE chunk_id=? AND state='assigned'",
-            (chunk_id,)))
 
     async def requeue(self, state: str) -> int:
         """Requests parked as `state` ('canceled', 'failed') wait for another attempt again."""
