@@ -4,7 +4,7 @@ One batch is written at a time (the lock), so a failure can roll the shards back
 ledger holds. A results line is parsed once, only as far as routing and counting need. Final lines go
 to the shards as they came; a request that deserves another attempt (transient error, expired) is
 parked in the ledger with its request line instead, until `max_attempts` is reached, when its last
-line becomes final. Cancelled requests are parked as `canceled` (see `run --retry-cancelled`).
+line becomes final. Cancelled requests are parked as `cancelled` (see `run --retry-cancelled`).
 After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3).
 """
 
@@ -19,7 +19,7 @@ from zlib import crc32
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import backoff_s
-from batch_scheduler.core.ledger import ChunkRow, Ledger
+from batch_scheduler.core.ledger import ChunkKind, ChunkRow, Ledger, RetryState
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.writer import ShardSet
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
@@ -96,7 +96,7 @@ class Collector:
 
         max_attempts = self.settings.max_attempts
         retry_attempts: dict[str, int] = {}
-        if row.kind == "retry":
+        if row.kind == ChunkKind.RETRY:
             retry_attempts = {c: a for c, _, a in await self.ledger.retry_requests(row.id)}
         owned: dict[str, bytes] | None = await self._lookup(row) if row.adopted else None
         counts = [0] * len(Outcome)
@@ -155,7 +155,7 @@ class Collector:
         for a, c in final_attempts.items():
             if c:
                 summary[f"final_after_{a}_attempts"] = c
-        parked_retry = sum(1 for p in park if p[3] == "pending")
+        parked_retry = sum(1 for p in park if p[3] == RetryState.PENDING)
         if parked_retry:
             summary["retried"] = parked_retry
         await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
@@ -164,10 +164,10 @@ class Collector:
         return Collected(sum(counts), len(park), summary)
 
     async def _park(self, row: ChunkRow, to_park: list[tuple[str, Outcome, bytes]],
-                    retry_attempts: dict[str, int]) -> list[tuple[str, bytes, int, str, bytes]]:
+                    retry_attempts: dict[str, int]) -> list[tuple[str, bytes, int, RetryState, bytes]]:
         if not to_park:
             return []
-        if row.kind == "retry":
+        if row.kind == ChunkKind.RETRY:
             requests = {c: r for c, r, _ in await self.ledger.retry_requests(row.id)}
         else:
             requests = await self._lookup(row)
@@ -177,6 +177,6 @@ class Collector:
             if request is None:
                 raise errors.ProtocolError(f"batch result names {cid!r}, which is not in its chunk")
             attempts = retry_attempts.get(cid, 0) + 1 if retry_attempts else 1
-            state = "canceled" if outcome is Outcome.CANCELED else "pending"
+            state = RetryState.CANCELLED if outcome is Outcome.CANCELED else RetryState.PENDING
             park.append((cid, request, attempts, state, line))
         return park

@@ -25,7 +25,7 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import ChunkRow, ChunkState, Ledger
+from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, Ledger, RetryState
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks
 from batch_scheduler.job.budget import Budget
@@ -195,18 +195,18 @@ class Engine:
             if self.cancelled:
                 self.hold = "the job was cancelled"
             if self.settings.retry_cancelled:
-                ledger.write_meta({"cancelled": False})
-                n = await ledger.requeue("canceled")
+                await ledger.set_cancelled(False)
+                n = await ledger.requeue(RetryState.CANCELLED)
                 if n:
                     log.info("%s cancelled request(s) queued again (--retry-cancelled)", n)
-            n = await ledger.requeue("failed")
+            n = await ledger.requeue(RetryState.FAILED)
             if n:
                 log.info("%s request(s) of batches the provider failed get one more attempt", n)
             counters = await ledger.acounters()
             self._spent_usd = counters.get("cost_usd", 0.0)
             self.stats.finished_before = int(sum(counters.get(k, 0) for k in
                                                  ("succeeded", "errored", "expired")))
-            self._pending_retries = await ledger.count_retries("pending")
+            self._pending_retries = await ledger.count_retries(RetryState.PENDING)
             result = await self._run_pipeline(ledger, shards, rejects)
         except errors.JobMismatch as err:
             result = JobResult(ExitCode.USAGE, str(err))
@@ -297,9 +297,9 @@ class Engine:
                              f"sent. Run again with --retry-cancelled to carry on")
         if self.hold:
             return JobResult(ExitCode.FAILED, f"{self.hold} ({self._held_back:,} request(s) not sent)")
-        canceled = await self.ledger.count_retries("canceled")
-        pending = await self.ledger.count_retries("pending")
-        failed = await self.ledger.count_retries("failed")
+        canceled = await self.ledger.count_retries(RetryState.CANCELLED)
+        pending = await self.ledger.count_retries(RetryState.PENDING)
+        failed = await self.ledger.count_retries(RetryState.FAILED)
         if failed:
             return JobResult(ExitCode.FAILED, f"{failed:,} request(s) are in batches the provider failed as a whole "
                              f"{self.settings.max_attempts} times (`status` shows why); run the same command "
@@ -331,7 +331,7 @@ class Engine:
             await self._take_slot()
             self._track(Flight(1), row, row.batch_id or "", None, now=True)
         for row in await ledger.chunks_in(ChunkState.SUBMITTING, ChunkState.PLANNED):
-            if row.kind == "retry":
+            if row.kind == ChunkKind.RETRY:
                 await self._take_slot()
                 self._spawn_resend(row, None)
         counting = self._count_lines(span_blocks(self.sources, (0, 0, 1), None))
@@ -347,7 +347,7 @@ class Engine:
         self.stats.reading_done = True
         self.stats.rejected = self.rejects.count
         self.rejects.flush()
-        ledger.write_meta({"accepted_total": self.stats.accepted})
+        await ledger.record_accepted_total(self.stats.accepted)
         while True:
             if self._fatal:
                 raise self._fatal
@@ -389,7 +389,7 @@ class Engine:
     async def _admit(self, lines: list[bytes]) -> float | None:
         """Take a slot, then ask the budget; None (slot given back, job on hold) when over --max-cost."""
         await self._take_slot()
-        if self.ledger is not None and self.ledger.read_meta().get("cancelled") and not self.cancelled:
+        if self.ledger is not None and not self.cancelled and await self.ledger.is_cancelled():
             self.cancelled = True  # `cancel DIR` ran while we were going: send nothing new
             self.hold = "the job was cancelled"
         if self.hold:
@@ -422,11 +422,11 @@ class Engine:
             if est is None:
                 self._held_back += chunk.n
                 return
-            chunk_id = await self.ledger.record_intent(kind="input", root_seq=chunk.seq, take=chunk.n,
+            chunk_id = await self.ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                                        nbytes=chunk.nbytes, span=span, est_cost=est,
                                                        skipped=chunk.skipped)
             self.budget.in_flight[chunk_id] = est
-            out = Outgoing(chunk_id, "input", chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
+            out = Outgoing(chunk_id, ChunkKind.INPUT, chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
             await self._spawn_submit(out, None)
             return
         first = rows[0]
@@ -464,11 +464,11 @@ class Engine:
         est = await self._admit(lines)
         if est is None:
             return
-        chunk_id = await self.ledger.record_intent(kind="retry", take=len(lines), nbytes=nbytes,
+        chunk_id = await self.ledger.record_intent(kind=ChunkKind.RETRY, take=len(lines), nbytes=nbytes,
                                                    attempt=attempt, retry_ids=ids, est_cost=est)
         self.budget.in_flight[chunk_id] = est
         self._pending_retries = max(0, self._pending_retries - len(lines))
-        await self._spawn_submit(Outgoing(chunk_id, "retry", None, 0, lines, ids, attempt, time.time()), None)
+        await self._spawn_submit(Outgoing(chunk_id, ChunkKind.RETRY, None, 0, lines, ids, attempt, time.time()), None)
 
     # -- submitting -----------------------------------------------------------------------------
 
@@ -491,7 +491,7 @@ class Engine:
         """
         assert self.ledger is not None
         try:
-            if row.kind == "retry":
+            if row.kind == ChunkKind.RETRY:
                 reqs = await self.ledger.retry_requests(row.id)
                 parts = [(r, c, i) for i, (c, r, _) in enumerate(reqs)]
             assert parts is not None
@@ -537,9 +537,7 @@ class Engine:
 
     async def _row(self, chunk_id: int) -> ChunkRow:
         assert self.ledger is not None
-        rows = await self.ledger._run(lambda db: db.execute(
-            "SELECT " + ", ".join(ChunkRow.__dataclass_fields__) + " FROM chunks WHERE id=?", (chunk_id,)).fetchall())
-        return ChunkRow(*rows[0])
+        return await self.ledger.chunk(chunk_id)
 
     def _track(self, flight: Flight, row: ChunkRow, batch_id: str, created_at: float | None, *,
                now: bool = False) -> None:
@@ -582,7 +580,7 @@ class Engine:
                     self._live_rows.discard(row.id)
                     fresh = await self._row(row.id)
                     parts = None
-                    if fresh.kind == "input":
+                    if fresh.kind == ChunkKind.INPUT:
                         parts = await self._input_parts(fresh)
                     self._live_rows.add(row.id)
                     await self._resend(fresh, parts, flight)
@@ -591,7 +589,7 @@ class Engine:
                 self._spent_usd += got.counts.get("cost_usd", 0.0)
                 self.budget.in_flight.pop(row.id, None)
                 if got.parked:
-                    self._pending_retries = await self.ledger.count_retries("pending")
+                    self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
             self._live_rows.discard(row.id)
             flight.remaining -= 1
             if flight.remaining <= 0:
@@ -608,19 +606,19 @@ class Engine:
         reason = info.error or "no reason given"
         last = orjson.dumps({"batch_id": info.id, "error": reason})
         limit = self.settings.max_attempts
-        park = [(cid, request, before + 1, "pending" if before + 1 < limit else "failed", last)
+        park = [(cid, request, before + 1, RetryState.PENDING if before + 1 < limit else RetryState.FAILED, last)
                 for cid, request, before in await self._requests_of(row)]
         await self.ledger.record_failed(row.id, park=park, note=reason)
-        retrying = sum(1 for p in park if p[3] == "pending")
+        retrying = sum(1 for p in park if p[3] == RetryState.PENDING)
         log.error("batch %s failed at the provider (%s): %s of its %s request(s) will be sent again",
                   info.id, reason, f"{retrying:,}", f"{len(park):,}")
         self.budget.in_flight.pop(row.id, None)
-        self._pending_retries = await self.ledger.count_retries("pending")
+        self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
 
     async def _requests_of(self, row: ChunkRow) -> list[tuple[str, bytes, int]]:
         """(custom_id, request line, attempts made before this batch) of the requests a chunk row sent."""
         assert self.ledger is not None
-        if row.kind == "retry":
+        if row.kind == ChunkKind.RETRY:
             return await self.ledger.retry_requests(row.id)
         return [(c, r, 0) for r, c, _ in await self._input_parts(row)]
 
@@ -634,7 +632,7 @@ class Engine:
     async def _lookup(self, row: ChunkRow) -> dict[str, bytes]:
         """Request lines of a chunk by custom_id, read again from the input: exactly the lines the validator
         accepted when the chunk was cut (the ledger lists the lines it refused inside the span)."""
-        if row.kind == "retry":
+        if row.kind == ChunkKind.RETRY:
             assert self.ledger is not None
             return {c: r for c, r, _ in await self.ledger.retry_requests(row.id)}
         out: dict[str, bytes] = {}
@@ -686,9 +684,9 @@ class Engine:
                 "rejected": rejects.count,
                 "refused_by_api": int(c.get("api_rejected", 0)),
                 "finished": finished,
-                "waiting_retry": retries.get("pending", 0) + retries.get("assigned", 0),
-                "canceled_parked": retries.get("canceled", 0),
-                "in_failed_batches": retries.get("failed", 0),
+                "waiting_retry": retries.get(RetryState.PENDING, 0) + retries.get(RetryState.ASSIGNED, 0),
+                "canceled_parked": retries.get(RetryState.CANCELLED, 0),
+                "in_failed_batches": retries.get(RetryState.FAILED, 0),
             },
             "results": {k: int(c.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled")},
             "errored_after_all_attempts": int(c.get("errored_transient_final", 0)),

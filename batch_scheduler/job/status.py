@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkState, Ledger
+from batch_scheduler.core.ledger import ChunkState, Ledger, RetryState
 
 
 def job_status(out_dir: str) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def job_status(out_dir: str) -> dict[str, Any]:
     now = time.time()
     states: dict[str, int] = {}
     for r in rows:
-        states[r.state] = states.get(r.state, 0) + 1
+        states[r.state.value] = states.get(r.state.value, 0) + 1
     in_flight = [r for r in rows if r.state == ChunkState.SUBMITTED]
     finished = int(sum(c.get(k, 0) for k in ("succeeded", "errored", "expired", "canceled")))
     accepted = meta.get("accepted_total")
@@ -46,13 +46,13 @@ def job_status(out_dir: str) -> dict[str, Any]:
         "state": "cancelled" if meta.get("cancelled") else ("done" if to_go == 0 else "in progress"),
         "chunks_by_state": states,
         "batches_in_flight": [
-            {"batch_id": r.batch_id, "chunk": r.id, "kind": r.kind, "requests": r.take, "attempt": r.attempt,
+            {"batch_id": r.batch_id, "chunk": r.id, "kind": r.kind.value, "requests": r.take, "attempt": r.attempt,
              "age_s": round(now - (r.submitted_at or now), 1), "adopted": bool(r.adopted)}
             for r in in_flight],
         "requests": {"accepted": accepted, "finished": finished, "to_go": to_go,
-                     "waiting_retry": retries.get("pending", 0) + retries.get("assigned", 0),
-                     "canceled_parked": retries.get("canceled", 0), "refused_by_api": refused,
-                     "in_failed_batches": retries.get("failed", 0)},
+                     "waiting_retry": retries.get(RetryState.PENDING, 0) + retries.get(RetryState.ASSIGNED, 0),
+                     "canceled_parked": retries.get(RetryState.CANCELLED, 0), "refused_by_api": refused,
+                     "in_failed_batches": retries.get(RetryState.FAILED, 0)},
         "failed_batches": [{"chunk": r.id, "batch_id": r.batch_id, "requests": r.take, "reason": r.note}
                            for r in rows if r.state == ChunkState.FAILED][-10:],
         "results": {k: int(c.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled")},
@@ -116,8 +116,7 @@ def cancel_command(out_dir: str, env: dict[str, str]) -> int:
             for r in rows:
                 try:
                     info = await provider.cancel(r.batch_id or "")
-                    await ledger._run(lambda db, r=r, info=info: db.execute(
-                        "UPDATE chunks SET note=? WHERE id=?", (f"cancel requested: {info.state.value}", r.id)))
+                    await ledger.set_note(r.id, f"cancel requested: {info.state.value}")
                     print(f"{r.batch_id}: cancel requested ({info.raw.get('processing_status') or info.raw.get('status')})")
                 except errors.AuthRefused:
                     raise

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkState, Ledger
+from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger
 from batch_scheduler.job.validate import Rejects
 from batch_scheduler.providers.base import BatchInfo, Provider
 
@@ -50,7 +50,7 @@ def job_token(ledger: Ledger, clock: Callable[[], float]) -> tuple[str, float]:
 @dataclass
 class Outgoing:
     chunk_id: int
-    kind: str
+    kind: ChunkKind
     root_seq: int | None
     skip: int
     lines: list[bytes]
