@@ -280,6 +280,16 @@ async def test_a_2000_request_job_through_the_simulator_answers_each_custom_id_o
     assert len({tag.split("-chunk-")[0] for tag in tags}) == 1  # every batch names the same job
 
 
+async def test_a_refused_key_names_the_openai_key_variable(sim, tmp_path):
+    sim.config.valid_keys = {"sk-right"}
+    write_requests(tmp_path / "in.jsonl", 20)
+    s = fast_settings(sim.url, provider="openai", auth="bearer")
+    result = await Engine(s, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
+    assert result.exit_code == ExitCode.AUTH and result.http_status == 401
+    assert result.message == ("the API refused the key (HTTP 401): check OPENAI_API_KEY and run the same command "
+                              "again; every batch in flight is kept in the ledger and will be picked up")
+
+
 async def test_batches_failed_as_a_whole_are_sent_again_and_every_request_answered_once(sim, tmp_path):
     sim.config = SimConfig(seed=5, batch_fail_rate=0.3)  # enqueued token limit: the batch fails, nothing runs
     ids = write_requests(tmp_path / "in.jsonl", 2_000)

@@ -37,7 +37,7 @@ from batch_scheduler.job.reader import Block, JsonlSource, fingerprint
 from batch_scheduler.job.submitter import Outgoing, Submitter
 from batch_scheduler.job.validate import Rejects, Validator
 from batch_scheduler.job.writer import ShardSet
-from batch_scheduler.providers import make_provider
+from batch_scheduler.providers import key_refused_message, make_provider
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
 
 log = logging.getLogger("batch_scheduler.engine")
@@ -51,6 +51,7 @@ class JobResult:
     message: str
     summary: dict[str, Any] = field(default_factory=dict)
     retry: bool = False  # unfinished for a reason that may pass: running it again later may finish it
+    http_status: int | None = None  # the HTTP status of a refusal (key refused), for the daemon
 
 
 @dataclass
@@ -268,7 +269,8 @@ class Engine:
     def _failure(self, err: BaseException, http: HttpClient) -> JobResult:
         """The one clear line for a run that stopped on an error; everything durable stays in the ledger."""
         if isinstance(err, errors.AuthRefused):
-            return JobResult(ExitCode.AUTH, auth_message(err, self.settings))
+            status = getattr(err, "status", None)
+            return JobResult(ExitCode.AUTH, auth_message(self.settings, status), http_status=status)
         if isinstance(err, errors.JobMismatch):
             return JobResult(ExitCode.USAGE, str(err))
         if isinstance(err, errors.SchedulerError):
@@ -740,8 +742,6 @@ def make_provider_headers(settings: Settings) -> dict[str, str]:
     return headers_for(settings)
 
 
-def auth_message(err: BaseException, settings: Settings) -> str:
-    status = getattr(err, "status", None)
-    return (f"the API refused the key (HTTP {status}): check ANTHROPIC_API_KEY / CLAUDE_API_KEY "
-            f"(or --provider's key) and run the same command again; every batch in flight is kept in the "
-            f"ledger and will be picked up")
+def auth_message(settings: Settings, status: int | None) -> str:
+    return (f"{key_refused_message(settings, status)} and run the same command again; every batch in flight "
+            f"is kept in the ledger and will be picked up")
