@@ -13,21 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import crc32
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import backoff_s
-from batch_scheduler.core.ledger import ChunkKind, ChunkRow, Ledger, RetryState
+from batch_scheduler.core.ledger import ChunkRow, Ledger, RetryState
 from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.writer import ShardSet
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
 
 log = logging.getLogger("batch_scheduler.collector")
 
-# request lines of a chunk, by custom_id (read again from the input or the ledger)
-Lookup = Callable[[ChunkRow], Awaitable[dict[str, bytes]]]
 CostFn = Callable[[str | None, object], float]
 
 
@@ -44,12 +43,12 @@ class Collected:
 
 class Collector:
     def __init__(self, provider: Provider, ledger: Ledger, shards: ShardSet, settings: Settings,
-                 lookup: Lookup, cost: CostFn, *, rng: random.Random | None = None):
+                 replay: Replay, cost: CostFn, *, rng: random.Random | None = None):
         self.provider = provider
         self.ledger = ledger
         self.shards = shards
         self.settings = settings
-        self._lookup = lookup
+        self._replay = replay
         self._cost = cost
         self._rng = rng or random.Random()
         self.lock = asyncio.Lock()
@@ -95,10 +94,8 @@ class Collector:
         first_retryable = Outcome.ERRORED_TRANSIENT  # this and above: may be parked (see Outcome)
 
         max_attempts = self.settings.max_attempts
-        retry_attempts: dict[str, int] = {}
-        if row.kind == ChunkKind.RETRY:
-            retry_attempts = {c: a for c, _, a in await self.ledger.retry_requests(row.id)}
-        owned: dict[str, bytes] | None = await self._lookup(row) if row.adopted else None
+        retry_attempts = await self._replay.attempts(row)  # empty for an input chunk: its first attempt
+        owned: dict[str, bytes] | None = await self._replay.lookup(row) if row.adopted else None
         counts = [0] * len(Outcome)
         usages: dict[str | None, list[tuple[int, int, int, int]]] = {}  # per model; summed and priced per batch
         model_seen: str | None = None
@@ -167,10 +164,7 @@ class Collector:
                     retry_attempts: dict[str, int]) -> list[tuple[str, bytes, int, RetryState, bytes]]:
         if not to_park:
             return []
-        if row.kind == ChunkKind.RETRY:
-            requests = {c: r for c, r, _ in await self.ledger.retry_requests(row.id)}
-        else:
-            requests = await self._lookup(row)
+        requests = await self._replay.lookup(row)
         park = []
         for cid, outcome, line in to_park:
             request = requests.get(cid)
