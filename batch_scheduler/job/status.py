@@ -11,6 +11,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkState, Ledger, RetryState
+from batch_scheduler.job.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
 
 
 def job_status(out_dir: str) -> dict[str, Any]:
@@ -30,17 +31,17 @@ def job_status(out_dir: str) -> dict[str, Any]:
     for r in rows:
         states[r.state.value] = states.get(r.state.value, 0) + 1
     in_flight = [r for r in rows if r.state == ChunkState.SUBMITTED]
-    finished = int(sum(c.get(k, 0) for k in ("succeeded", "errored", "expired", "canceled")))
+    done = finished(c)
     accepted = meta.get("accepted_total")
     refused = int(c.get("api_rejected", 0))
-    to_go = max(0, accepted - finished - refused) if accepted is not None else None
+    to_go = max(0, accepted - done - refused) if accepted is not None else None
     submitted_times = [r.submitted_at for r in rows if r.submitted_at]
     collected = [r for r in rows if r.collected_at]
     eta = None
     if to_go and collected and submitted_times:
         span = max(r.collected_at or 0 for r in collected) - min(submitted_times)
-        if span > 0 and finished:
-            eta = to_go / (finished / span)
+        if span > 0 and done:
+            eta = to_go / (done / span)
     return {
         "dir": out_dir,
         "state": "cancelled" if meta.get("cancelled") else ("done" if to_go == 0 else "in progress"),
@@ -49,14 +50,14 @@ def job_status(out_dir: str) -> dict[str, Any]:
             {"batch_id": r.batch_id, "chunk": r.id, "kind": r.kind.value, "requests": r.take, "attempt": r.attempt,
              "age_s": round(now - (r.submitted_at or now), 1), "adopted": bool(r.adopted)}
             for r in in_flight],
-        "requests": {"accepted": accepted, "finished": finished, "to_go": to_go,
-                     "waiting_retry": retries.get(RetryState.PENDING, 0) + retries.get(RetryState.ASSIGNED, 0),
+        "requests": {"accepted": accepted, "finished": done, "to_go": to_go,
+                     "waiting_retry": waiting_retry(retries),
                      "canceled_parked": retries.get(RetryState.CANCELLED, 0), "refused_by_api": refused,
                      "in_failed_batches": retries.get(RetryState.FAILED, 0)},
         "failed_batches": [{"chunk": r.id, "batch_id": r.batch_id, "requests": r.take, "reason": r.note}
                            for r in rows if r.state == ChunkState.FAILED][-10:],
-        "results": {k: int(c.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled")},
-        "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in ("input", "output", "cache_write", "cache_read")},
+        "results": {k: int(c.get(k, 0)) for k in RESULT_TYPES},
+        "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in TOKEN_KINDS},
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "eta_s": round(eta, 1) if eta is not None else None,
     }
