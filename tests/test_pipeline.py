@@ -222,3 +222,34 @@ async def test_a_400_naming_one_request_rejects_it_and_sends_the_rest(sim, tmp_p
     assert (await run_job(fast_settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])).exit_code == 0
     assert sim.stats["creates"] == creates
     assert len((tmp_path / "out" / "rejected.jsonl").read_bytes().splitlines()) == 1
+
+
+async def test_a_job_cancelled_under_an_earlier_version_resumes_with_retry_cancelled(sim, tmp_path):
+    import asyncio
+    import sqlite3
+
+    from batch_scheduler.job.cancel import cancel_batches
+    from batch_scheduler.job.status import job_status
+    sim.config.processing_s = 30
+    ids = write_requests(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out"
+    settings = fast_settings(sim.url, concurrency=2)
+    task = asyncio.create_task(run_job(settings, out, [tmp_path / "in.jsonl"]))
+    while sim.stats.get("creates", 0) < 2:
+        await asyncio.sleep(0.005)
+    cancelled = await cancel_batches(str(out), settings)
+    assert len(cancelled.requested) == 2 and cancelled.problems == [] and cancelled.refused is None
+    result = await task
+    assert result.exit_code == ExitCode.FAILED
+    assert result.message == ("the job was cancelled; 100 request(s) were not sent. Run again with "
+                              "--retry-cancelled to carry on")
+    assert result.summary["state"] == "cancelled" and result.summary["requests"]["canceled_parked"] == 200
+    db = sqlite3.connect(out / "ledger.db")  # the spelling an earlier version stored
+    with db:
+        db.execute("UPDATE retries SET state='canceled' WHERE state='cancelled'")
+    db.close()
+    assert job_status(str(out))["requests"]["canceled_parked"] == 200
+    sim.config.processing_s = 0
+    result = await run_job(fast_settings(sim.url, concurrency=2, retry_cancelled=True), out, [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(out, ids)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import ChunkState, Ledger, RetryState
 from batch_scheduler.job.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
 
@@ -95,46 +96,30 @@ def status_command(out_dir: str, *, as_json: bool) -> int:
 
 
 def cancel_command(out_dir: str, env: dict[str, str]) -> int:
-    from batch_scheduler.core.http import HttpClient
     from batch_scheduler.core.loop import run_loop
-    from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
+    from batch_scheduler.job.cancel import cancel_batches
+    from batch_scheduler.providers import build_settings, missing_key_message
 
     path = os.path.join(out_dir, "ledger.db")
     if not os.path.exists(path):
         raise errors.UsageError(f"{out_dir}: no job here (no ledger.db)")
-    ledger = Ledger(path)
-    meta = ledger.read_meta()
-    settings = build_settings(dict(meta.get("flags", {})), env)
-    if not settings.api_key:
-        ledger.close()
-        raise errors.UsageError(missing_key_message(settings))
-
-    async def cancel_all() -> int:
-        rows = await ledger.chunks_in(ChunkState.SUBMITTED)
-        failures = 0
-        async with HttpClient(headers_for(settings), settings.retry, secret=settings.api_key) as http:
-            provider = make_provider(settings, http)
-            for r in rows:
-                try:
-                    info = await provider.cancel(r.batch_id or "")
-                    await ledger.set_note(r.id, f"cancel requested: {info.state.value}")
-                    print(f"{r.batch_id}: cancel requested ({info.raw.get('processing_status') or info.raw.get('status')})")
-                except errors.AuthRefused:
-                    raise
-                except errors.ProviderError as err:
-                    failures += 1
-                    print(f"{r.batch_id}: {http.redact(str(err))}", file=sys.stderr)
-        return failures
-
+    ledger = Ledger(path, readonly=True)
     try:
-        ledger.write_meta({"cancelled": True})
-        failures = run_loop(cancel_all())
-    except errors.AuthRefused as err:
-        print(f"batch-scheduler: the API refused the key (HTTP {err.status}); nothing was cancelled",
-              file=sys.stderr)
-        return 3
+        flags = dict(ledger.read_meta().get("flags", {}))
     finally:
         ledger.close()
+    settings = build_settings(flags, env)
+    if not settings.api_key:
+        raise errors.UsageError(missing_key_message(settings))
+    done = run_loop(cancel_batches(out_dir, settings))
+    for batch_id, status in done.requested:
+        print(f"{batch_id}: cancel requested ({status})")
+    for problem in done.problems[:-1] if done.refused else done.problems:
+        print(problem, file=sys.stderr)
+    if done.refused is not None:
+        print(f"batch-scheduler: the API refused the key (HTTP {done.refused.status}); nothing was cancelled",
+              file=sys.stderr)
+        return ExitCode.AUTH
     print(f"cancelled {out_dir}: run `batch-scheduler run ... --out {out_dir}` (or `resume`) to collect what the "
           f"batches finished; cancelled requests are not sent again unless --retry-cancelled is given")
-    return 1 if failures else 0
+    return ExitCode.FAILED if done.problems else ExitCode.OK
