@@ -10,8 +10,8 @@ import pytest
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.simulator import SimConfig
 
-from .conftest import KEY, fast_settings
-from .helpers import ids_of, read_results, request, write_requests
+from ..conftest import KEY, fast_settings
+from ..helpers import ids_of, read_results, request, write_requests
 
 TRANSIENT = {"api_error", "overloaded_error"}
 

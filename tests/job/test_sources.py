@@ -18,8 +18,8 @@ from batch_scheduler.job.validate import Rejects, Validator
 from batch_scheduler.providers import make_provider
 from batch_scheduler.simulator import SimConfig
 
-from .conftest import fast_settings
-from .helpers import ids_of, read_results
+from ..conftest import fast_settings
+from ..helpers import ids_of, read_results
 
 MODEL = "claude-sonnet-4-5"
 

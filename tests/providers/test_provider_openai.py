@@ -19,8 +19,8 @@ from batch_scheduler.providers.base import BatchState, Outcome, Usage
 from batch_scheduler.providers.openai import OpenAIProvider
 from batch_scheduler.simulator import SimConfig
 
-from .conftest import KEY, fast_settings
-from .helpers import ids_of, read_results, write_requests
+from ..conftest import KEY, fast_settings
+from ..helpers import ids_of, read_results, write_requests
 
 BASE = "http://api.test"
 FAST = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.002)

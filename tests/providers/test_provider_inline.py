@@ -16,8 +16,8 @@ from batch_scheduler.providers.base import BatchState, Outcome
 from batch_scheduler.providers.inline import InlineProvider
 from batch_scheduler.simulator import SimConfig
 
-from .conftest import KEY, fast_settings
-from .helpers import ids_of, read_results, write_requests
+from ..conftest import KEY, fast_settings
+from ..helpers import ids_of, read_results, write_requests
 
 BASE = "http://proxy.test/v1"  # the article's CLAUDE_BASE_URL ends in /v1
 FAST = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.002)
