@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import aiohttp
 import orjson
 import pytest
@@ -260,25 +258,6 @@ def test_a_line_for_another_endpoint_or_model_than_the_jobs_is_refused(provider)
 
 
 # -- end to end through the simulator -------------------------------------------------------------
-
-@pytest.mark.parametrize("faults", [False, True], ids=["clean", "all-faults"])
-async def test_a_2000_request_job_through_the_simulator_answers_each_custom_id_once(sim, tmp_path, faults):
-    if faults:
-        sim.config = SimConfig.all_faults(seed=11)
-    ids = write_requests(tmp_path / "in.jsonl", 2_000)  # Message Batches lines, converted on the way
-    s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=250, max_attempts=6)
-    result = await Engine(s, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
-    assert result.exit_code == ExitCode.OK, result.message
-    results = read_results(str(tmp_path / "out"))
-    got = ids_of(results)
-    assert len(got) == len(set(got)) == 2_000 and set(got) == set(ids)
-    for r in results:
-        assert r["response"]["body"]["choices"][0]["message"]["content"] == "answer:" + r["custom_id"]
-    assert sim.stats["uploads"] >= 8
-    tags = {batch.extra["metadata"]["batch_scheduler"] for batch in sim.store.batches.values()}
-    assert all(re.fullmatch(r"job-[0-9a-f]{12}-chunk-\d+", tag) for tag in tags), tags
-    assert len({tag.split("-chunk-")[0] for tag in tags}) == 1  # every batch names the same job
-
 
 async def test_a_refused_key_names_the_openai_key_variable(sim, tmp_path):
     sim.config.valid_keys = {"sk-right"}
