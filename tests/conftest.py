@@ -1,6 +1,10 @@
-"""Shared fixtures: an in-process simulator and settings pointing at it."""
+"""Shared fixtures: an in-process simulator, settings pointing at it, and each provider through it."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -26,3 +30,58 @@ def fast_settings(url: str, **changes) -> Settings:
                 shards=4, retry=FAST_RETRY, model=None)
     base.update(changes)
     return Settings(**base)
+
+
+def _anthropic_answer(line: dict) -> str | None:
+    result = line["result"]
+    return result["message"]["content"][0]["text"] if result["type"] == "succeeded" else None
+
+
+def _openai_answer(line: dict) -> str | None:
+    response = line.get("response") or {}
+    return response["body"]["choices"][0]["message"]["content"] if response.get("status_code") == 200 else None
+
+
+def _openai_batches_are_tagged_for_one_job(sim) -> None:
+    assert sim.stats["uploads"] >= 20
+    tags = {batch.extra["metadata"]["batch_scheduler"] for batch in sim.store.batches.values()}
+    assert all(re.fullmatch(r"job-[0-9a-f]{12}-chunk-\d+", tag) for tag in tags), tags
+    assert len({tag.split("-chunk-")[0] for tag in tags}) == 1  # every batch names the same job
+
+
+def _inline_batches_are_its_own(sim) -> None:
+    assert all(b.id.startswith("ibatch_") for b in sim.store.batches.values())
+
+
+@dataclass
+class ProviderCase:
+    """One provider as the pipeline meets it through the simulator."""
+
+    name: str
+    url_path: str  # appended to the simulator's URL (the article's inline proxy URL ends in /v1)
+    answer: Callable[[dict], str | None]  # the answer text of a succeeded result line, else None
+    output_tokens: Callable[[dict], int]
+    fault_seed: int
+    changes: dict = field(default_factory=dict)
+    batches_check: Callable[[object], None] = lambda sim: None  # what only this provider's batches show
+
+    def settings(self, url: str, **changes) -> Settings:
+        return fast_settings(url + self.url_path, provider=self.name, **{**self.changes, **changes})
+
+
+PROVIDERS = {
+    "anthropic": ProviderCase("anthropic", "", _anthropic_answer,
+                              lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=7),
+    "openai": ProviderCase("openai", "", _openai_answer,
+                           lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=11,
+                           changes={"auth": "bearer"}, batches_check=_openai_batches_are_tagged_for_one_job),
+    "inline": ProviderCase("inline", "/v1", _anthropic_answer,
+                           lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
+                           changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),
+}
+
+
+@pytest.fixture(params=list(PROVIDERS))
+def provider(request) -> ProviderCase:
+    """Each provider in turn: a test taking it runs once per provider against the simulator."""
+    return PROVIDERS[request.param]

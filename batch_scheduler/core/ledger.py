@@ -32,7 +32,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,                 -- 'input' or 'retry'
+    kind TEXT NOT NULL,                 -- a ChunkKind: 'input' or 'retry'
     root_seq INTEGER,                   -- input chunk number (input kind)
     skip INTEGER NOT NULL DEFAULT 0,    -- this chunk is lines [skip, skip+take) of the root chunk
     take INTEGER NOT NULL,
@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS retries (
     request BLOB NOT NULL,
     attempts INTEGER NOT NULL,          -- attempts made so far
     chunk_id INTEGER,                   -- retry chunk it is assigned to, NULL while pending
-    state TEXT NOT NULL,                -- 'pending', 'assigned', 'canceled', 'failed', 'done'
+    state TEXT NOT NULL,                -- a RetryState: 'pending', 'assigned', 'cancelled', 'failed', 'done'
     last_line BLOB
 );
 CREATE INDEX IF NOT EXISTS retries_state ON retries(state, chunk_id);
@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS api_rejected (
 CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
 """
+
+
+class ChunkKind(enum.StrEnum):
+    INPUT = "input"  # a span of the input files, read again from there when it is sent again
+    RETRY = "retry"  # requests parked in `retries` for another attempt, sent again from the ledger
 
 
 class ChunkState(enum.StrEnum):
@@ -76,13 +81,24 @@ class ChunkState(enum.StrEnum):
     FAILED = "failed"  # the provider failed the batch as a whole; requests parked for retry
 
 
-OPEN_STATES = (ChunkState.SUBMITTED,)
+class RetryState(enum.StrEnum):
+    """A request parked in `retries`. Earlier versions stored CANCELLED as `canceled` (the result type's
+    spelling): opening such a ledger for writing migrates it, and `retry_counts` reads either."""
+
+    PENDING = "pending"  # waits for a retry chunk
+    ASSIGNED = "assigned"  # in a retry chunk (chunk_id)
+    CANCELLED = "cancelled"  # its batch was cancelled; waits for `run --retry-cancelled`
+    FAILED = "failed"  # out of attempts in batches the provider failed as a whole; the next run tries once more
+    DONE = "done"  # its final line is in the shards, or the API refused it
+
+
+_OLD_CANCELLED = "canceled"  # RetryState.CANCELLED as earlier versions stored it
 
 
 @dataclass
 class ChunkRow:
     id: int
-    kind: str
+    kind: ChunkKind
     root_seq: int | None
     skip: int
     take: int
@@ -92,7 +108,7 @@ class ChunkRow:
     end_file: int | None
     end_pos: int | None
     nbytes: int
-    state: str
+    state: ChunkState
     batch_id: str | None
     adopted: int
     attempt: int
@@ -103,6 +119,10 @@ class ChunkRow:
     est_cost: float
     note: str | None
     skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
+
+    def __post_init__(self) -> None:
+        self.kind = ChunkKind(self.kind)
+        self.state = ChunkState(self.state)
 
     def skipped_lines(self) -> set[tuple[int, int]]:
         return {(f, n) for f, n in json.loads(self.skipped)} if self.skipped else set()
@@ -133,6 +153,8 @@ class Ledger:
         columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
         if "skipped" not in columns:  # a ledger made before the column existed (a job resumed after an upgrade)
             db.execute("ALTER TABLE chunks ADD COLUMN skipped TEXT")
+        # a ledger made before RetryState had one spelling (one statement: atomic, and a no-op once done)
+        db.execute("UPDATE retries SET state=? WHERE state=?", (RetryState.CANCELLED, _OLD_CANCELLED))
         for side in ("-wal", "-shm"):  # owner only, whatever the umask
             if os.path.exists(self.path + side):
                 os.chmod(self.path + side, 0o600)
@@ -177,11 +199,27 @@ class Ledger:
             return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
         return self._pool.submit(q, self._db).result()
 
+    @staticmethod
+    def _write_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+
     def write_meta(self, values: dict[str, Any]) -> None:
-        def q(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                           [(k, json.dumps(v)) for k, v in values.items()])
-        self.sync(q)
+        self.sync(lambda db: self._write_meta(db, values))
+
+    async def is_cancelled(self) -> bool:
+        """Whether `cancel` marked the job (read by every run before it sends a batch: off the loop)."""
+        def q(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT value FROM meta WHERE key='cancelled'").fetchone()
+            return bool(row and json.loads(row[0]))
+        return await self._run(q)
+
+    async def set_cancelled(self, cancelled: bool) -> None:
+        """`cancel` marks the job: no run sends a new batch until `--retry-cancelled` clears the mark."""
+        await self._run(lambda db: self._write_meta(db, {"cancelled": cancelled}))
+
+    async def record_accepted_total(self, n: int) -> None:
+        """Every input line has been read: how many requests the job has (`status` counts what is to go)."""
+        await self._run(lambda db: self._write_meta(db, {"accepted_total": n}))
 
     # -- chunks ---------------------------------------------------------------------------------
 
@@ -198,6 +236,10 @@ class Ledger:
         return await self._run(lambda db: self._rows(db.execute(
             f"SELECT {_CHUNK_COLS} FROM chunks WHERE state IN ({marks}) ORDER BY id", states)))
 
+    async def chunk(self, chunk_id: int) -> ChunkRow:
+        return await self._run(lambda db: self._rows(db.execute(
+            f"SELECT {_CHUNK_COLS} FROM chunks WHERE id=?", (chunk_id,)))[0])
+
     def all_chunks(self) -> list[ChunkRow]:
         return self._pool.submit(lambda: self._rows(self._db.execute(
             f"SELECT {_CHUNK_COLS} FROM chunks ORDER BY id"))).result()
@@ -206,7 +248,7 @@ class Ledger:
         return await self._run(lambda db: {r[0] for r in db.execute(
             "SELECT batch_id FROM chunks WHERE batch_id IS NOT NULL")})
 
-    async def record_intent(self, *, kind: str, take: int, nbytes: int, root_seq: int | None = None,
+    async def record_intent(self, *, kind: ChunkKind, take: int, nbytes: int, root_seq: int | None = None,
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
                             retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
@@ -229,8 +271,8 @@ class Ledger:
                  est_cost, json.dumps(skipped) if skipped else None))
             new_id = int(cur.lastrowid or 0)
             if retry_ids:
-                db.executemany("UPDATE retries SET chunk_id=?, state='assigned' WHERE custom_id=?",
-                               [(new_id, cid) for cid in retry_ids])
+                db.executemany("UPDATE retries SET chunk_id=?, state=? WHERE custom_id=?",
+                               [(new_id, RetryState.ASSIGNED, cid) for cid in retry_ids])
             return new_id
         return await self._run(q)
 
@@ -240,9 +282,13 @@ class Ledger:
             "UPDATE chunks SET state=?, batch_id=?, adopted=?, submitted_at=? WHERE id=?",
             (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), chunk_id)))
 
-    async def set_state(self, chunk_id: int, state: str, note: str | None = None) -> None:
+    async def set_state(self, chunk_id: int, state: ChunkState, note: str | None = None) -> None:
         await self._run(lambda db: db.execute(
             "UPDATE chunks SET state=?, note=COALESCE(?, note) WHERE id=?", (state, note, chunk_id)))
+
+    async def set_note(self, chunk_id: int, note: str) -> None:
+        """What happened to a chunk's batch that changes no state (a cancel asked of the provider)."""
+        await self._run(lambda db: db.execute("UPDATE chunks SET note=? WHERE id=?", (note, chunk_id)))
 
     async def disown(self, chunk_id: int, note: str) -> None:
         """An adopted batch turned out not to be ours: forget it, send the chunk again."""
@@ -272,7 +318,7 @@ class Ledger:
                      parent.start_line, parent.end_file, parent.end_pos, nbytes, ChunkState.PLANNED,
                      parent.attempt, f"split from {chunk_id}", parent.skipped))
                 new_ids.append(int(cur.lastrowid or 0))
-                if parent.kind == "retry":
+                if parent.kind == ChunkKind.RETRY:
                     db.executemany("UPDATE retries SET chunk_id=? WHERE custom_id=?", [(new_ids[-1], c) for c in ids])
             return new_ids
         return await self._run(q)
@@ -282,7 +328,7 @@ class Ledger:
     async def record_api_rejected(self, root_seq: int | None, custom_id: str, message: str) -> None:
         def q(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO api_rejected VALUES (?, ?, ?)", (custom_id, root_seq, message))
-            db.execute("UPDATE retries SET state='done', chunk_id=NULL WHERE custom_id=?", (custom_id,))
+            db.execute("UPDATE retries SET state=?, chunk_id=NULL WHERE custom_id=?", (RetryState.DONE, custom_id))
         await self._run(q)
 
     async def api_rejected(self, root_seq: int | None = None) -> dict[str, str]:
@@ -301,23 +347,17 @@ class Ledger:
 
     async def pending_retries(self, limit: int) -> list[tuple[str, bytes, int]]:
         return await self._run(lambda db: [(c, bytes(r), a) for c, r, a in db.execute(
-            "SELECT custom_id, request, attempts FROM retries WHERE state='pending' ORDER BY attempts, custom_id"
-            " LIMIT ?", (limit,))])
+            "SELECT custom_id, request, attempts FROM retries WHERE state=? ORDER BY attempts, custom_id"
+            " LIMIT ?", (RetryState.PENDING, limit))])
 
-    async def count_retries(self, state: str = "pending") -> int:
+    async def count_retries(self, state: RetryState) -> int:
         return await self._run(lambda db: db.execute(
             "SELECT COUNT(*) FROM retries WHERE state=?", (state,)).fetchone()[0])
 
-    async def release_retries(self, chunk_id: int) -> None:
-        """A retry chunk known not to exist at the provider: its requests wait again."""
-        await self._run(lambda db: db.execute(
-            "UPDATE retries SET state='pending', chunk_id=NULL WHERE chunk_id=? AND state='assigned'",
-            (chunk_id,)))
-
-    async def requeue(self, state: str) -> int:
-        """Requests parked as `state` ('canceled', 'failed') wait for another attempt again."""
+    async def requeue(self, state: RetryState) -> int:
+        """Requests parked as `state` (CANCELLED, FAILED) wait for another attempt again."""
         return await self._run(lambda db: db.execute(
-            "UPDATE retries SET state='pending', chunk_id=NULL WHERE state=?", (state,)).rowcount)
+            "UPDATE retries SET state=?, chunk_id=NULL WHERE state=?", (RetryState.PENDING, state)).rowcount)
 
     # -- collection -----------------------------------------------------------------------------
 
@@ -328,7 +368,7 @@ class Ledger:
         return await self._run(q)
 
     @staticmethod
-    def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, str, bytes]]) -> None:
+    def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, RetryState, bytes]]) -> None:
         db.executemany(
             "INSERT INTO retries (custom_id, request, attempts, chunk_id, state, last_line)"
             " VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(custom_id) DO UPDATE SET"
@@ -336,10 +376,10 @@ class Ledger:
             " state=excluded.state, last_line=excluded.last_line", park)
 
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
-                               park: list[tuple[str, bytes, int, str, bytes]], finals: list[str]) -> None:
+                               park: list[tuple[str, bytes, int, RetryState, bytes]], finals: list[str]) -> None:
         """Write-ahead step 3 (after the shard fsync): collected, offsets, counts, parked requests.
 
-        park: (custom_id, request, attempts, state 'pending' or 'canceled', last result line).
+        park: (custom_id, request, attempts, state PENDING or CANCELLED, last result line).
         finals: custom_ids of retried requests whose final line is now in the shards.
         """
         now = time.time()
@@ -347,8 +387,8 @@ class Ledger:
         def q(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(enumerate(offsets)))
             self._park(db, park)
-            db.executemany("UPDATE retries SET state='done', chunk_id=NULL WHERE custom_id=?",
-                           [(c,) for c in finals])
+            db.executemany("UPDATE retries SET state=?, chunk_id=NULL WHERE custom_id=?",
+                           [(RetryState.DONE, c) for c in finals])
             db.executemany(
                 "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                 list(counts.items()))
@@ -356,10 +396,10 @@ class Ledger:
                        (ChunkState.COLLECTED, now, now, chunk_id))
         await self._run(q)
 
-    async def record_failed(self, chunk_id: int, *, park: list[tuple[str, bytes, int, str, bytes]],
+    async def record_failed(self, chunk_id: int, *, park: list[tuple[str, bytes, int, RetryState, bytes]],
                             note: str | None) -> None:
-        """The provider failed a batch as a whole: its requests are parked ('pending', or 'failed' once
-        out of attempts) in the same transaction that marks the chunk failed."""
+        """The provider failed a batch as a whole: its requests are parked (PENDING, or FAILED once out of
+        attempts) in the same transaction that marks the chunk failed."""
         def q(db: sqlite3.Connection) -> None:
             self._park(db, park)
             db.execute("INSERT INTO counters VALUES ('batches_failed', 1)"
@@ -379,6 +419,12 @@ class Ledger:
     async def acounters(self) -> dict[str, float]:
         return await self._run(lambda db: dict(db.execute("SELECT name, value FROM counters")))
 
-    def retry_counts(self) -> dict[str, int]:
-        return self._pool.submit(lambda: dict(self._db.execute(
-            "SELECT state, COUNT(*) FROM retries GROUP BY state"))).result()
+    def retry_counts(self) -> dict[RetryState, int]:
+        """Parked requests by state; a ledger opened read-only may still spell CANCELLED the old way."""
+        def q() -> dict[RetryState, int]:
+            out: dict[RetryState, int] = {}
+            for state, n in self._db.execute("SELECT state, COUNT(*) FROM retries GROUP BY state"):
+                key = RetryState.CANCELLED if state == _OLD_CANCELLED else RetryState(state)
+                out[key] = out.get(key, 0) + n
+            return out
+        return self._pool.submit(q).result()

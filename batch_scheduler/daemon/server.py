@@ -49,10 +49,11 @@ from aiohttp import web
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import ChunkState, Ledger
+from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.logs import RedactFilter, add_secret, redact
 from batch_scheduler.core.settings import RetryPolicy, Settings, load_environment
 from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
+from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.status import job_status
 from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
@@ -856,25 +857,8 @@ class Daemon:
             settings, problems = None, [str(err)]
         else:
             problems = []
-        ledger = await asyncio.to_thread(Ledger, os.path.join(job.dir, "ledger.db"))
-        cancelled = 0
-        try:
-            await asyncio.to_thread(ledger.write_meta, {"cancelled": True})
-            rows = await ledger.chunks_in(ChunkState.SUBMITTED)
-            if rows and settings is not None and settings.api_key:
-                async with HttpClient(headers_for(settings), PROBE_RETRY, secret=settings.api_key) as http:
-                    provider = make_provider(settings, http)
-                    for r in rows:
-                        try:
-                            await provider.cancel(r.batch_id or "")
-                            cancelled += 1
-                        except errors.ProviderError as err:
-                            problems.append(f"{r.batch_id}: {http.redact(str(err))}")
-                            if isinstance(err, errors.AuthRefused):
-                                break
-        finally:
-            await asyncio.to_thread(ledger.close)
-        return cancelled, problems
+        done = await cancel_batches(job.dir, settings, retry=PROBE_RETRY)
+        return len(done.requested), problems + done.problems
 
     # -- what the API shows ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ One batch is written at a time (the lock), so a failure can roll the shards back
 ledger holds. A results line is parsed once, only as far as routing and counting need. Final lines go
 to the shards as they came; a request that deserves another attempt (transient error, expired) is
 parked in the ledger with its request line instead, until `max_attempts` is reached, when its last
-line becomes final. Cancelled requests are parked as `canceled` (see `run --retry-cancelled`).
+line becomes final. Cancelled requests are parked as `cancelled` (see `run --retry-cancelled`).
 After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3).
 """
 
@@ -13,21 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import crc32
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import backoff_s
-from batch_scheduler.core.ledger import ChunkRow, Ledger
+from batch_scheduler.core.ledger import ChunkRow, Ledger, RetryState
 from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.writer import ShardSet
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
 
 log = logging.getLogger("batch_scheduler.collector")
 
-# request lines of a chunk, by custom_id (read again from the input or the ledger)
-Lookup = Callable[[ChunkRow], Awaitable[dict[str, bytes]]]
 CostFn = Callable[[str | None, object], float]
 
 
@@ -44,12 +43,12 @@ class Collected:
 
 class Collector:
     def __init__(self, provider: Provider, ledger: Ledger, shards: ShardSet, settings: Settings,
-                 lookup: Lookup, cost: CostFn, *, rng: random.Random | None = None):
+                 replay: Replay, cost: CostFn, *, rng: random.Random | None = None):
         self.provider = provider
         self.ledger = ledger
         self.shards = shards
         self.settings = settings
-        self._lookup = lookup
+        self._replay = replay
         self._cost = cost
         self._rng = rng or random.Random()
         self.lock = asyncio.Lock()
@@ -95,10 +94,8 @@ class Collector:
         first_retryable = Outcome.ERRORED_TRANSIENT  # this and above: may be parked (see Outcome)
 
         max_attempts = self.settings.max_attempts
-        retry_attempts: dict[str, int] = {}
-        if row.kind == "retry":
-            retry_attempts = {c: a for c, _, a in await self.ledger.retry_requests(row.id)}
-        owned: dict[str, bytes] | None = await self._lookup(row) if row.adopted else None
+        retry_attempts = await self._replay.attempts(row)  # empty for an input chunk: its first attempt
+        owned: dict[str, bytes] | None = await self._replay.lookup(row) if row.adopted else None
         counts = [0] * len(Outcome)
         usages: dict[str | None, list[tuple[int, int, int, int]]] = {}  # per model; summed and priced per batch
         model_seen: str | None = None
@@ -155,7 +152,7 @@ class Collector:
         for a, c in final_attempts.items():
             if c:
                 summary[f"final_after_{a}_attempts"] = c
-        parked_retry = sum(1 for p in park if p[3] == "pending")
+        parked_retry = sum(1 for p in park if p[3] == RetryState.PENDING)
         if parked_retry:
             summary["retried"] = parked_retry
         await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
@@ -164,19 +161,16 @@ class Collector:
         return Collected(sum(counts), len(park), summary)
 
     async def _park(self, row: ChunkRow, to_park: list[tuple[str, Outcome, bytes]],
-                    retry_attempts: dict[str, int]) -> list[tuple[str, bytes, int, str, bytes]]:
+                    retry_attempts: dict[str, int]) -> list[tuple[str, bytes, int, RetryState, bytes]]:
         if not to_park:
             return []
-        if row.kind == "retry":
-            requests = {c: r for c, r, _ in await self.ledger.retry_requests(row.id)}
-        else:
-            requests = await self._lookup(row)
+        requests = await self._replay.lookup(row)
         park = []
         for cid, outcome, line in to_park:
             request = requests.get(cid)
             if request is None:
                 raise errors.ProtocolError(f"batch result names {cid!r}, which is not in its chunk")
             attempts = retry_attempts.get(cid, 0) + 1 if retry_attempts else 1
-            state = "canceled" if outcome is Outcome.CANCELED else "pending"
+            state = RetryState.CANCELLED if outcome is Outcome.CANCELED else RetryState.PENDING
             park.append((cid, request, attempts, state, line))
         return park

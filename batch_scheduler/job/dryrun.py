@@ -17,8 +17,9 @@ from typing import IO
 
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
-from batch_scheduler.job.engine import make_sources, span_blocks
 from batch_scheduler.job.pricing import ModelTotals, PriceTable, cost_range, tally
+from batch_scheduler.job.reader import span_blocks
+from batch_scheduler.job.sources import make_sources
 from batch_scheduler.job.validate import Rejects, Validator
 from batch_scheduler.providers import make_provider
 

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from batch_scheduler.core import errors
@@ -39,7 +39,6 @@ class Tracked:
 class PollStats:
     retrieves: int = 0
     lists: int = 0
-    polls_by_batch: dict[str, int] = field(default_factory=dict)
 
 
 class Poller:
@@ -116,7 +115,6 @@ class Poller:
                     tg.create_task(one(t))
         for t in due:
             t.polls += 1
-            self.stats.polls_by_batch[t.batch_id] = t.polls
             info = infos.get(t.batch_id)
             if info is not None and info.state is not BatchState.IN_PROGRESS:
                 del self._tracked[t.batch_id]

@@ -14,9 +14,10 @@ import glob
 import gzip
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.core.lines import split_lines
@@ -39,6 +40,16 @@ class LineTooLong:
 
     def __init__(self, size: int):
         self.size = size
+
+
+class Source(Protocol):
+    """What every input is (`JsonlSource`, `sources.TemplateSource`): blocks of lines from a position."""
+
+    unit: str  # what a position counts: "bytes" (JSONL) or "rows"
+    path: str
+    index: int
+
+    def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]: ...
 
 
 class JsonlSource:
@@ -89,6 +100,35 @@ class JsonlSource:
                 yield Block(self.index, [tail], line_no, pos)
         finally:
             f.close()
+
+
+async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None
+                      ) -> AsyncIterator[Block]:
+    """Blocks from (file, pos, line) up to (file, pos) exclusive; to the end of input if end is None."""
+    sf, sp, sl = start
+    for fi in range(sf, len(sources)):
+        src = sources[fi]
+        async with aclosing(src.blocks(sp if fi == sf else 0, sl if fi == sf else 1)) as blocks:
+            async for block in blocks:
+                if end is not None and fi == end[0]:
+                    if block.start_pos >= end[1]:
+                        break
+                    yield _clip(block, end[1], src.unit)
+                else:
+                    yield block
+        if end is not None and fi >= end[0]:
+            return
+
+
+def _clip(block: Block, end_pos: int, unit: str) -> Block:
+    pos, keep = block.start_pos, 0
+    for raw in block.lines:
+        if pos >= end_pos:
+            break
+        keep += 1
+        pos += 1 if unit == "rows" else len(raw) + 1
+    return block if keep == len(block.lines) else Block(block.file_index, block.lines[:keep],
+                                                        block.first_line, block.start_pos)
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:

@@ -3,7 +3,7 @@
     rows (.csv with a header, .csv.gz, .jsonl, .jsonl.gz)  ->  template.format_map(row)  ->  request line
 
 A `TemplateSource` has `JsonlSource`'s interface (`unit`, `path`, `index`, `blocks`), so the batcher,
-the engine's re-reads (`span_blocks`, `_lookup`) and the dry run treat it like any input. A row
+a chunk's replay (`reader.span_blocks`, `replay.Replay`) and the dry run treat it like any input. A row
 becomes a request line (bytes), or a `str` saying what is wrong with it (the validator rejects it
 with the file and line number).
 
@@ -34,7 +34,7 @@ import orjson
 
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.reader import BLOCK_BYTES, Block
+from batch_scheduler.job.reader import BLOCK_BYTES, Block, JsonlSource, Source
 from batch_scheduler.job.validate import BLANK
 from batch_scheduler.providers.base import encode
 
@@ -248,6 +248,13 @@ def skip(items: Iterator[Entry], n: int) -> None:
     """Read past the first `n` positions (parsed to keep CSV in step, not rendered)."""
     for _ in itertools.islice(items, n):
         pass
+
+
+def make_sources(paths: list[str], settings: Settings) -> list[Source]:
+    """The job's inputs: rows through --template, or JSONL request lines."""
+    if settings.template:
+        return list(template_sources(paths, settings))
+    return [JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
 
 
 def template_sources(paths: list[str], settings: Settings) -> list[TemplateSource]:

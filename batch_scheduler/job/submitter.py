@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkState, Ledger
+from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger
 from batch_scheduler.job.validate import Rejects
 from batch_scheduler.providers.base import BatchInfo, Provider
 
@@ -50,7 +50,7 @@ def job_token(ledger: Ledger, clock: Callable[[], float]) -> tuple[str, float]:
 @dataclass
 class Outgoing:
     chunk_id: int
-    kind: str
+    kind: ChunkKind
     root_seq: int | None
     skip: int
     lines: list[bytes]
@@ -72,8 +72,6 @@ class Submitted:
     chunk_id: int
     info: BatchInfo
     n: int
-    kind: str
-    adopted: bool
 
 
 class Submitter:
@@ -110,7 +108,7 @@ class Submitter:
                 log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", out.chunk_id, err)
                 adopted = await self.adopt(out.chunk_id, len(lines), out.intent_at)
                 if adopted is not None:
-                    return [Submitted(out.chunk_id, adopted, len(lines), out.kind, True)]
+                    return [Submitted(out.chunk_id, adopted, len(lines))]
                 resends += 1
                 if resends > UNKNOWN_RESENDS:
                     raise
@@ -132,7 +130,7 @@ class Submitter:
                 await self.ledger.set_state(out.chunk_id, ChunkState.PLANNED)
                 raise
             await self.ledger.add_counts({"batches_created": 1, "requests_sent": len(lines)})
-            return [Submitted(out.chunk_id, info, len(lines), out.kind, False)]
+            return [Submitted(out.chunk_id, info, len(lines))]
         await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "every request was refused")
         return []
 

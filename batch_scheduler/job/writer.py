@@ -38,7 +38,6 @@ class ShardSet:
         self._buffered = 0
         self._dirty: set[int] = set()
         self.offsets = [os.fstat(fd).st_size for fd in self._fds]  # bytes written (not yet durable)
-        self.bytes_written = 0
 
     def add(self, idx: int, line: bytes) -> None:
         """Buffer one line (without its newline); call `account` after each block of lines."""
@@ -69,7 +68,6 @@ class ShardSet:
                         view = view[os.write(fd, view):]
                     del view
                 self.offsets[i] += len(buf)
-                self.bytes_written += len(buf)
                 self._dirty.add(i)
                 buf.clear()
         self._buffered = 0

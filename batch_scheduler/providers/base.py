@@ -52,7 +52,6 @@ class Outcome(enum.IntEnum):
 # the result types users see (a transient error that ran out of attempts is an `errored` result)
 OUTCOME_NAMES = {Outcome.SUCCEEDED: "succeeded", Outcome.ERRORED: "errored", Outcome.ERRORED_TRANSIENT: "errored",
                  Outcome.EXPIRED: "expired", Outcome.CANCELED: "canceled"}
-RETRYABLE = frozenset({Outcome.ERRORED_TRANSIENT, Outcome.EXPIRED})
 TRANSIENT_ERROR_KINDS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error",
                                    "server_error", "rate_limit_exceeded", "internal_error"})
 

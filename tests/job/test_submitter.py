@@ -22,8 +22,8 @@ from batch_scheduler.job.validate import Rejects
 from batch_scheduler.providers import headers_for, make_provider
 from batch_scheduler.providers.base import Provider
 
-from .conftest import fast_settings
-from .helpers import ids_of, read_results, request, write_requests
+from ..conftest import fast_settings
+from ..helpers import ids_of, read_results, request, write_requests
 
 
 def lines_for(provider: str, n: int, prefix: str) -> list[bytes]:

@@ -11,7 +11,7 @@ from batch_scheduler.job.reader import JsonlSource
 from batch_scheduler.job.validate import FingerprintSet, Rejects, Validator
 from batch_scheduler.providers.anthropic import AnthropicProvider
 
-from .helpers import request
+from ..helpers import request
 
 GOOD = orjson.dumps(request("good-1"))
 

@@ -10,14 +10,11 @@ from yarl import URL
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import RetryPolicy, Settings
-from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers import build_settings
 from batch_scheduler.providers.base import BatchState, Outcome
 from batch_scheduler.providers.inline import InlineProvider
-from batch_scheduler.simulator import SimConfig
 
-from .conftest import KEY, fast_settings
-from .helpers import ids_of, read_results, write_requests
+from ..conftest import KEY
 
 BASE = "http://proxy.test/v1"  # the article's CLAUDE_BASE_URL ends in /v1
 FAST = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.002)
@@ -138,19 +135,3 @@ async def test_recent_yields_nothing_and_cancel_says_the_proxy_cannot():
     assert [i async for i in p.recent(0)] == []
     with pytest.raises(errors.RequestRejected, match="the inline proxy has no cancel call: batch ib_1 runs"):
         await p.cancel("ib_1")
-
-
-@pytest.mark.parametrize("faults", [False, True], ids=["clean", "all-faults"])
-async def test_a_2000_request_job_through_the_simulator_answers_each_custom_id_once(sim, tmp_path, faults):
-    if faults:
-        sim.config = SimConfig.all_faults(seed=5)
-    ids = write_requests(tmp_path / "in.jsonl", 2_000)
-    s = fast_settings(sim.url + "/v1", provider="inline", auth="bearer", batch_size=250, max_attempts=6,
-                      system=None)
-    result = await Engine(s, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
-    assert result.exit_code == ExitCode.OK, result.message
-    results = read_results(str(tmp_path / "out"))
-    got = ids_of(results)
-    assert len(got) == len(set(got)) == 2_000 and set(got) == set(ids)
-    assert all(r["result"]["message"]["content"][0]["text"] == "answer:" + r["custom_id"] for r in results)
-    assert all(b.id.startswith("ibatch_") for b in sim.store.batches.values())

@@ -10,8 +10,8 @@ from batch_scheduler.core.http import HttpClient
 from batch_scheduler.job.poller import Poller
 from batch_scheduler.providers.anthropic import AnthropicProvider
 
-from .conftest import fast_settings
-from .helpers import request
+from ..conftest import fast_settings
+from ..helpers import request
 
 
 async def test_one_poll_loop_tracks_a_thousand_batches_mostly_with_list_calls(sim):

@@ -14,7 +14,7 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.pricing import estimate_input_tokens, estimate_request
 
-from .helpers import request
+from ..helpers import request
 
 TEXT_35 = "x" * 35  # 10 tokens at 3.5 characters a token
 

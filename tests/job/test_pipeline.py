@@ -10,8 +10,8 @@ import pytest
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.simulator import SimConfig
 
-from .conftest import KEY, fast_settings
-from .helpers import ids_of, read_results, request, write_requests
+from ..conftest import KEY, fast_settings
+from ..helpers import ids_of, read_results, request, write_requests
 
 TRANSIENT = {"api_error", "overloaded_error"}
 
@@ -28,38 +28,30 @@ def assert_exactly_once(out, expected_ids):
     return results
 
 
-async def test_every_request_is_answered_exactly_once_with_its_own_answer(sim, tmp_path):
-    ids = write_requests(tmp_path / "in.jsonl", 1_000)
-    result = await run_job(fast_settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])
-    assert result.exit_code == ExitCode.OK, result.message
-    results = assert_exactly_once(tmp_path / "out", ids)
-    for r in results:
-        assert r["result"]["type"] == "succeeded"
-        assert r["result"]["message"]["content"][0]["text"] == "answer:" + r["custom_id"]
-    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
-    assert summary["results"]["succeeded"] == 1_000
-    assert summary["requests"]["accepted"] == 1_000
-    assert summary["batches"]["created"] == 10
-    assert summary["tokens"]["output"] == sum(r["result"]["message"]["usage"]["output_tokens"] for r in results)
-    assert summary["cost_usd"] > 0
-
-
-async def test_with_every_fault_on_each_custom_id_comes_back_once_and_no_transient_error_is_left(sim, tmp_path):
-    sim.config = SimConfig.all_faults(seed=7)
-    ids = write_requests(tmp_path / "in.jsonl", 3_000)
-    settings = fast_settings(sim.url, batch_size=150, max_attempts=5)
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "all-faults"])
+async def test_every_request_is_answered_exactly_once_with_its_own_answer(sim, provider, tmp_path, faults):
+    if faults:
+        sim.config = SimConfig.all_faults(seed=provider.fault_seed)
+    ids = write_requests(tmp_path / "in.jsonl", 2_000)  # Message Batches lines, converted for OpenAI on the way
+    settings = provider.settings(sim.url, batch_size=100, max_attempts=6)
     result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
     assert result.exit_code == ExitCode.OK, result.message
     results = assert_exactly_once(tmp_path / "out", ids)
     for r in results:
-        res = r["result"]
-        assert res["type"] == "succeeded", r
-        assert res["message"]["content"][0]["text"] == "answer:" + r["custom_id"]
+        assert provider.answer(r) == "answer:" + r["custom_id"], r
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
-    assert summary["attempts"]["requests_retried"] > 0
-    assert summary["http"]["retries"] + summary["http"]["results_downloads_restarted"] > 0
-    paid = sim.stats["requests_created"]
-    assert paid <= 1.05 * 3_000 + summary["attempts"]["requests_retried"], (paid, summary["attempts"])
+    assert summary["results"]["succeeded"] == 2_000
+    assert summary["requests"]["accepted"] == 2_000
+    assert summary["tokens"]["output"] == sum(provider.output_tokens(r) for r in results)
+    assert summary["cost_usd"] > 0
+    if faults:
+        assert summary["attempts"]["requests_retried"] > 0
+        assert summary["http"]["retries"] + summary["http"]["results_downloads_restarted"] > 0
+        paid = sim.stats["requests_created"]
+        assert paid <= 1.05 * 2_000 + summary["attempts"]["requests_retried"], (paid, summary["attempts"])
+    else:
+        assert summary["batches"]["created"] == 20
+    provider.batches_check(sim)
 
 
 async def test_retries_stop_at_max_attempts_and_the_last_errored_line_is_final(sim, tmp_path):
@@ -121,8 +113,10 @@ async def test_a_refused_key_exits_3_fast_and_the_right_key_finishes(sim, tmp_pa
     ids = write_requests(tmp_path / "in.jsonl", 300)
     out = tmp_path / "out"
     result = await run_job(fast_settings(sim.url, api_key=KEY), out, [tmp_path / "in.jsonl"])
-    assert result.exit_code == ExitCode.AUTH
-    assert "refused the key" in result.message and KEY not in result.message
+    assert result.exit_code == ExitCode.AUTH and result.http_status == 401
+    assert result.message == ("the API refused the key (HTTP 401): check ANTHROPIC_API_KEY (or CLAUDE_API_KEY) and "
+                              "run the same command again; every batch in flight is kept in the ledger and will be "
+                              "picked up")
     result = await run_job(fast_settings(sim.url, api_key="sk-right"), out, [tmp_path / "in.jsonl"])
     assert result.exit_code == ExitCode.OK, result.message
     assert_exactly_once(out, ids)
@@ -220,3 +214,34 @@ async def test_a_400_naming_one_request_rejects_it_and_sends_the_rest(sim, tmp_p
     assert (await run_job(fast_settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])).exit_code == 0
     assert sim.stats["creates"] == creates
     assert len((tmp_path / "out" / "rejected.jsonl").read_bytes().splitlines()) == 1
+
+
+async def test_a_job_cancelled_under_an_earlier_version_resumes_with_retry_cancelled(sim, tmp_path):
+    import asyncio
+    import sqlite3
+
+    from batch_scheduler.job.cancel import cancel_batches
+    from batch_scheduler.job.status import job_status
+    sim.config.processing_s = 30
+    ids = write_requests(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out"
+    settings = fast_settings(sim.url, concurrency=2)
+    task = asyncio.create_task(run_job(settings, out, [tmp_path / "in.jsonl"]))
+    while sim.stats.get("creates", 0) < 2:
+        await asyncio.sleep(0.005)
+    cancelled = await cancel_batches(str(out), settings)
+    assert len(cancelled.requested) == 2 and cancelled.problems == [] and cancelled.refused is None
+    result = await task
+    assert result.exit_code == ExitCode.FAILED
+    assert result.message == ("the job was cancelled; 100 request(s) were not sent. Run again with "
+                              "--retry-cancelled to carry on")
+    assert result.summary["state"] == "cancelled" and result.summary["requests"]["canceled_parked"] == 200
+    db = sqlite3.connect(out / "ledger.db")  # the spelling an earlier version stored
+    with db:
+        db.execute("UPDATE retries SET state='canceled' WHERE state='cancelled'")
+    db.close()
+    assert job_status(str(out))["requests"]["canceled_parked"] == 200
+    sim.config.processing_s = 0
+    result = await run_job(fast_settings(sim.url, concurrency=2, retry_cancelled=True), out, [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(out, ids)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import aiohttp
 import orjson
 import pytest
@@ -19,8 +17,8 @@ from batch_scheduler.providers.base import BatchState, Outcome, Usage
 from batch_scheduler.providers.openai import OpenAIProvider
 from batch_scheduler.simulator import SimConfig
 
-from .conftest import KEY, fast_settings
-from .helpers import ids_of, read_results, write_requests
+from ..conftest import KEY, fast_settings
+from ..helpers import ids_of, read_results, write_requests
 
 BASE = "http://api.test"
 FAST = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.002)
@@ -261,23 +259,14 @@ def test_a_line_for_another_endpoint_or_model_than_the_jobs_is_refused(provider)
 
 # -- end to end through the simulator -------------------------------------------------------------
 
-@pytest.mark.parametrize("faults", [False, True], ids=["clean", "all-faults"])
-async def test_a_2000_request_job_through_the_simulator_answers_each_custom_id_once(sim, tmp_path, faults):
-    if faults:
-        sim.config = SimConfig.all_faults(seed=11)
-    ids = write_requests(tmp_path / "in.jsonl", 2_000)  # Message Batches lines, converted on the way
-    s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=250, max_attempts=6)
+async def test_a_refused_key_names_the_openai_key_variable(sim, tmp_path):
+    sim.config.valid_keys = {"sk-right"}
+    write_requests(tmp_path / "in.jsonl", 20)
+    s = fast_settings(sim.url, provider="openai", auth="bearer")
     result = await Engine(s, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
-    assert result.exit_code == ExitCode.OK, result.message
-    results = read_results(str(tmp_path / "out"))
-    got = ids_of(results)
-    assert len(got) == len(set(got)) == 2_000 and set(got) == set(ids)
-    for r in results:
-        assert r["response"]["body"]["choices"][0]["message"]["content"] == "answer:" + r["custom_id"]
-    assert sim.stats["uploads"] >= 8
-    tags = {batch.extra["metadata"]["batch_scheduler"] for batch in sim.store.batches.values()}
-    assert all(re.fullmatch(r"job-[0-9a-f]{12}-chunk-\d+", tag) for tag in tags), tags
-    assert len({tag.split("-chunk-")[0] for tag in tags}) == 1  # every batch names the same job
+    assert result.exit_code == ExitCode.AUTH and result.http_status == 401
+    assert result.message == ("the API refused the key (HTTP 401): check OPENAI_API_KEY and run the same command "
+                              "again; every batch in flight is kept in the ledger and will be picked up")
 
 
 async def test_batches_failed_as_a_whole_are_sent_again_and_every_request_answered_once(sim, tmp_path):

@@ -14,8 +14,8 @@ from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.job.pricing import PriceTable, cost_range
 from batch_scheduler.job.validate import Rejects
 
-from .conftest import fast_settings
-from .helpers import request
+from ..conftest import fast_settings
+from ..helpers import request
 
 TEXT_35 = "x" * 35  # 10 tokens at 3.5 characters a token
 
