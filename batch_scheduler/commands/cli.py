@@ -11,23 +11,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from batch_scheduler import __version__
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.loop import run_loop
+from batch_scheduler.core.options import REMEMBERED, add_job_options, flags_of
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.providers import build_settings, missing_key_message
 
 log = logging.getLogger("batch_scheduler")
-
-# flags whose values are remembered in the ledger so that `resume DIR` needs none of them
-REMEMBERED = ("provider", "base_url", "auth", "header", "anthropic_version", "model", "batch_size", "batch_bytes",
-              "concurrency", "poll_min", "poll_max", "shards", "max_attempts", "max_cost", "template", "system",
-              "max_tokens", "id_field", "prices", "http_timeout", "inline_create_path", "inline_status_path",
-              "inline_results_path")
 
 
 def setup_logging(verbose: bool, json_lines: bool = False) -> None:
@@ -41,40 +35,6 @@ def setup_logging(verbose: bool, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-
-
-def add_job_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("provider")
-    g.add_argument("--provider", choices=("anthropic", "openai", "inline"), help="default anthropic")
-    g.add_argument("--base-url", help="API base URL (ANTHROPIC_BASE_URL / CLAUDE_BASE_URL / OPENAI_BASE_URL)")
-    g.add_argument("--auth", choices=("x-api-key", "bearer"), help="how the key is sent (default x-api-key; "
-                   "bearer for openai, inline and most proxies)")
-    g.add_argument("--header", action="append", metavar="'Name: value'", help="extra header (repeatable)")
-    g.add_argument("--anthropic-version", help="anthropic-version header (default 2023-06-01)")
-    g.add_argument("--model", help="fills params.model where a request has none (CLAUDE_MODEL)")
-    g.add_argument("--http-timeout", type=float, metavar="S", help="read timeout per call (default 300)")
-    g.add_argument("--inline-create-path", help="inline proxy: create path (default /v1/batches)")
-    g.add_argument("--inline-status-path", help="inline proxy: status path (default /v1/batches/{id})")
-    g.add_argument("--inline-results-path", help="inline proxy: results path (default /v1/batches/{id}/results)")
-    g = p.add_argument_group("batching")
-    g.add_argument("--batch-size", type=int, metavar="N", help="requests per batch (default 10,000)")
-    g.add_argument("--batch-bytes", metavar="SIZE", help="bytes per batch body (default 200MB)")
-    g.add_argument("--concurrency", type=int, metavar="K", help="batches in flight at once (default 8)")
-    g.add_argument("--poll-min", type=float, metavar="S", help="first poll interval (default 5)")
-    g.add_argument("--poll-max", type=float, metavar="S", help="longest poll interval (default 60)")
-    g.add_argument("--shards", type=int, metavar="S", help="result shard files (default 16)")
-    g.add_argument("--max-attempts", type=int, metavar="N", help="attempts per request (default 3)")
-    g = p.add_argument_group("input")
-    g.add_argument("--strict", action="store_true", help="refuse the whole job if any line is bad")
-    g.add_argument("--template", help="prompt template (string or file) with {field} placeholders, for rows")
-    g.add_argument("--system", help="system prompt for templated rows")
-    g.add_argument("--max-tokens", type=int, help="max_tokens for templated rows")
-    g.add_argument("--id-field", help="row field that holds the custom_id (templated rows)")
-    g = p.add_argument_group("cost")
-    g.add_argument("--dry-run", action="store_true", help="validate and estimate cost; submit nothing")
-    g.add_argument("--max-cost", type=float, metavar="USD", help="submit no new batch past this spend")
-    g.add_argument("--prices", metavar="FILE", help="price table overriding the shipped one")
-    g.add_argument("--retry-cancelled", action="store_true", help="submit cancelled requests again")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,10 +74,6 @@ def parser() -> argparse.ArgumentParser:
         add_daemon_arguments(r)
         add_job_options(r)
     return p
-
-
-def flags_of(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if v is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,7 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.ledger import ChunkState, Ledger
 from batch_scheduler.core.logs import RedactFilter, add_secret, redact
+from batch_scheduler.core.options import JOB_OPTION_NAMES, REMEMBERED, coerce_option_file, flags_of
 from batch_scheduler.core.settings import RetryPolicy, Settings, load_environment
 from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
 from batch_scheduler.job.engine import Engine, JobResult
@@ -372,14 +373,6 @@ class Spool:
 
 # -- options, settings, the provider ----------------------------------------------------------------
 
-def option_names() -> frozenset[str]:
-    """The keys an options.json may hold: the job flags of `run`, in snake_case."""
-    from batch_scheduler.commands.cli import add_job_options
-    p = argparse.ArgumentParser(add_help=False)
-    add_job_options(p)
-    return frozenset(a.dest for a in p._actions) - {"dry_run"}
-
-
 def read_options(job_dir: str) -> dict[str, Any]:
     path = os.path.join(job_dir, OPTIONS_FILE)
     if not os.path.exists(path):
@@ -392,13 +385,7 @@ def read_options(job_dir: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise errors.UsageError(f'options: expected a JSON object such as {{"model": "...", "batch_size": 500}}, '
                                 f"got {type(doc).__name__}")
-    unknown = sorted(set(doc) - option_names())
-    if unknown:
-        raise errors.UsageError(f"options: unknown option(s) {', '.join(unknown)}; use the names of the "
-                                f"command-line flags in snake_case (e.g. batch_size)")
-    if isinstance(doc.get("header"), str):
-        doc["header"] = [doc["header"]]
-    return {k: v for k, v in doc.items() if v is not None}
+    return coerce_option_file(doc, "options")
 
 
 @dataclass
@@ -714,7 +701,6 @@ class Daemon:
             raise errors.UsageError(f"options: {err}") from None
         settings = self._keep_shaping(job, settings)
         add_secret(settings.api_key)
-        from batch_scheduler.commands.cli import REMEMBERED
         remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
         return Prepared(settings, remembered, settings.concurrency if "concurrency" in options else None)
 
@@ -1120,7 +1106,6 @@ def is_loopback(host: str) -> bool:
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:
     """The daemon's configuration from its flags; raises UsageError (exit 2) before anything starts."""
-    from batch_scheduler.commands.cli import flags_of
     listen = parse_listen(args.listen)
     token = args.token or env.get("BATCH_DAEMON_TOKEN") or None
     if not is_loopback(listen[0]) and not token:
@@ -1130,7 +1115,7 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
         raise errors.UsageError("--dry-run is for `run`; the daemon sends what it is given")
     if args.max_jobs < 1 or args.inbox_poll_s <= 0 or args.key_check_s <= 0:
         raise errors.UsageError("--max-jobs must be at least 1, --inbox-poll-s and --key-check-s above 0")
-    names = option_names()
+    names = JOB_OPTION_NAMES - {"dry_run"}  # refused above
     flags = {k: v for k, v in flags_of(args).items() if k in names}
     build_settings(flags, env)  # bad job flags stop the start, not every job
     return DaemonConfig(spool=args.spool, listen=listen, token=token, flags=flags, max_jobs=args.max_jobs,
