@@ -322,9 +322,9 @@ async def test_a_key_refused_mid_job_pauses_it_and_sighup_after_fixing_env_resum
         sim.config.valid_keys = {NEW_KEY}  # the provider rotated the key away
         await until(lambda: state(spool, "job") == "paused", "job paused")
         reason = summary(spool, "job")["reason"]
-        assert reason == ("the API refused the key (HTTP 401): fix ANTHROPIC_API_KEY / CLAUDE_API_KEY (or the "
-                          "provider's key) in .env and send SIGHUP; the key is checked again every 3600 s. Every "
-                          "batch in flight is kept in the ledger")
+        assert reason == ("the API refused the key (HTTP 401): check ANTHROPIC_API_KEY (or CLAUDE_API_KEY) in .env "
+                          "and send SIGHUP; the key is checked again every 3600 s. Every batch in flight is kept in "
+                          "the ledger")
         assert run.daemon.slots.in_use == 0, "a paused job holds no slot"
         (env_dir / ".env").write_text(f"ANTHROPIC_API_KEY={NEW_KEY}\n")
         run.daemon.handle_signal(signal.SIGHUP)

@@ -35,7 +35,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import re
 import signal
 import time
 from collections import Counter, deque
@@ -56,7 +55,13 @@ from batch_scheduler.core.settings import RetryPolicy, Settings, load_environmen
 from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.status import job_status
-from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
+from batch_scheduler.providers import (
+    build_settings,
+    headers_for,
+    key_refused_message,
+    make_provider,
+    missing_key_message,
+)
 
 log = logging.getLogger("batch_scheduler.daemon")
 
@@ -411,10 +416,8 @@ async def probe_key(settings: Settings) -> str:
     return "accepted"
 
 
-def key_refused_reason(message: str, key_check_s: float) -> str:
-    status = re.search(r"\(HTTP \d+\)", message)
-    return (f"the API refused the key{' ' + status.group(0) if status else ''}: fix ANTHROPIC_API_KEY / "
-            f"CLAUDE_API_KEY (or the provider's key) in .env and send SIGHUP; the key is checked again every "
+def key_refused_reason(settings: Settings, status: int | None, key_check_s: float) -> str:
+    return (f"{key_refused_message(settings, status)} in .env and send SIGHUP; the key is checked again every "
             f"{key_check_s:g} s. Every batch in flight is kept in the ledger")
 
 
@@ -772,7 +775,7 @@ class Daemon:
             log.info("job %s: done: %s", job.name, outcome_line(result.summary), extra={**extra, "state": "done"})
         elif code == ExitCode.AUTH:
             job.restarts = 0
-            self.pause(job, key_refused_reason(result.message, self.config.key_check_s))
+            self.pause(job, key_refused_reason(engine.settings, result.http_status, self.config.key_check_s))
         elif job.cancel_requested or engine.cancelled:
             self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
             log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),

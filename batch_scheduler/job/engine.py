@@ -51,6 +51,7 @@ class JobResult:
     message: str
     summary: dict[str, Any] = field(default_factory=dict)
     retry: bool = False  # unfinished for a reason that may pass: running it again later may finish it
+    http_status: int | None = None  # the HTTP status of a refusal (key refused), for the daemon
 
 
 @dataclass
@@ -268,7 +269,8 @@ class Engine:
     def _failure(self, err: BaseException, http: HttpClient) -> JobResult:
         """The one clear line for a run that stopped on an error; everything durable stays in the ledger."""
         if isinstance(err, errors.AuthRefused):
-            return JobResult(ExitCode.AUTH, auth_message(err, self.settings))
+            return JobResult(ExitCode.AUTH, auth_message(err, self.settings),
+                             http_status=getattr(err, "status", None))
         if isinstance(err, errors.JobMismatch):
             return JobResult(ExitCode.USAGE, str(err))
         if isinstance(err, errors.SchedulerError):
