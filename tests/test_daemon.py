@@ -22,12 +22,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batch_scheduler.commands.cli import main
+from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import JsonFormatter, add_secret
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.server import (
     Daemon,
     DaemonConfig,
-    DaemonExit,
     FairSlots,
     JobContextFilter,
     Spool,
@@ -260,7 +260,7 @@ def test_three_jobs_stopped_by_sigterm_finish_after_a_restart_each_request_exact
                 proc.kill()
                 proc.wait()
         print(f"SIGTERM -> exit: {stop_s:.2f} s")
-        assert code == DaemonExit.OK, log_path.read_text()
+        assert code == ExitCode.OK, log_path.read_text()
         assert stop_s < 10
         states = {name: state(spool, name) for name in ids}
         assert "queued" in states.values(), f"the stop did not land in the middle: {states}"
@@ -273,7 +273,7 @@ def test_three_jobs_stopped_by_sigterm_finish_after_a_restart_each_request_exact
         try:
             wait_until(lambda: all(state(spool, n) == "done" for n in ids), "all three jobs done")
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=15) == DaemonExit.OK
+            assert proc.wait(timeout=15) == ExitCode.OK
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -289,7 +289,7 @@ async def test_in_process_sigterm_stops_running_jobs_in_time_and_they_resume(sim
     async with running_daemon(spool, env_dir, job_flags(sim.url)) as run:
         ids = drop(spool, "job", 200)
         await until(lambda: sim.stats["creates"] >= 2, "batches created")
-        assert await run.stop() == DaemonExit.OK
+        assert await run.stop() == ExitCode.OK
     assert run.daemon.stop_took_s is not None and run.daemon.stop_took_s < 10
     assert state(spool, "job") == "queued"
     # restarted with another default batch size: the started job keeps the one it was cut with
@@ -439,7 +439,7 @@ def test_listening_beyond_loopback_without_a_token_refuses_to_start(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BATCH_DAEMON_TOKEN", raising=False)
     code = main(["daemon", "--spool", str(tmp_path / "spool"), "--listen", "0.0.0.0:8787"])
-    assert code == DaemonExit.USAGE
+    assert code == ExitCode.USAGE
     assert capsys.readouterr().err.strip() == (
         "batch-scheduler: --listen 0.0.0.0:8787: not a loopback address, so the HTTP API needs --token "
         "(or BATCH_DAEMON_TOKEN in .env); refusing to start")
@@ -498,7 +498,7 @@ async def test_a_second_daemon_on_the_same_spool_refuses_to_start(sim, env_dir, 
     async with running_daemon(spool, env_dir, job_flags(sim.url)):
         other = Daemon(DaemonConfig(spool=str(spool), listen=("127.0.0.1", 0), flags=job_flags(sim.url)),
                        load_env=lambda: load_environment(env_dir))
-        assert await other.serve() == DaemonExit.USAGE
+        assert await other.serve() == ExitCode.USAGE
 
 
 def test_json_log_lines_carry_fields_and_extras_and_never_the_key():

@@ -78,9 +78,6 @@ PROBE_RETRY = RetryPolicy(attempts=3, deadline_s=20.0, initial_wait_s=0.5, max_w
 CANCELLING = "cancel requested through the HTTP API; collecting what its batches finished"
 
 
-DaemonExit = ExitCode  # the daemon's exit statuses are ExitCode's (FORCED is its own)
-
-
 class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -527,10 +524,10 @@ class Daemon:
         except (errors.UsageError, OSError) as err:
             log.error("not starting: %s", err)
             self._unlock()
-            return DaemonExit.USAGE
+            return ExitCode.USAGE
         self._signals(install=True)
         self.started.set()
-        code = DaemonExit.OK
+        code = ExitCode.OK
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -538,7 +535,7 @@ class Daemon:
                 code = await self.shutdown()
         except Exception:  # a bug of ours: say so and exit FAILED (systemd restarts; jobs resume)
             log.critical("the daemon failed; every job resumes at the next start", exc_info=True)
-            code = DaemonExit.FAILED
+            code = ExitCode.FAILED
         finally:
             self._signals(install=False)
             await self.stop_http()
@@ -605,10 +602,10 @@ class Daemon:
                       len(pending), self.stop_took_s)
             await self.stop_http()
             self._unlock()
-            self._hard_exit(DaemonExit.FORCED)
-            return DaemonExit.FORCED
+            self._hard_exit(ExitCode.FORCED)
+            return ExitCode.FORCED
         log.info("stopped in %.2f s", self.stop_took_s)
-        return DaemonExit.OK
+        return ExitCode.OK
 
     # -- the main loop's steps ------------------------------------------------------------------
 
