@@ -25,14 +25,10 @@ from batch_scheduler.commands.cli import main
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import JsonFormatter, add_secret
 from batch_scheduler.core.settings import load_environment
-from batch_scheduler.daemon.server import (
-    Daemon,
-    DaemonConfig,
-    FairSlots,
-    JobContextFilter,
-    Spool,
-    current_job,
-)
+from batch_scheduler.daemon.logs import JobContextFilter, current_job
+from batch_scheduler.daemon.server import Daemon, DaemonConfig
+from batch_scheduler.daemon.slots import FairSlots
+from batch_scheduler.daemon.spool import Spool
 from batch_scheduler.job.status import job_status
 from batch_scheduler.simulator import SimConfig, Simulator
 from batch_scheduler.simulator.process import SimulatorProcess
