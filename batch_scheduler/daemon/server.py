@@ -67,6 +67,8 @@ def _hard_exit(code: int) -> None:  # pragma: no cover - only when a job ignores
 
 
 class Daemon:
+    """The spool's jobs (`jobs`), run by a JobRunner, shown by the Api; `serve` is the whole life."""
+
     def __init__(self, config: DaemonConfig, *, load_env: Callable[[], dict[str, str]] = load_environment,
                  hard_exit: Callable[[int], None] = _hard_exit):
         self.config = config
