@@ -1,0 +1,212 @@
+"""The daemon's HTTP API (aiohttp): GET /healthz, /jobs, /jobs/NAME, /metrics; POST /jobs/NAME/cancel.
+
+With a token, every path but /healthz needs `Authorization: Bearer TOKEN`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from batch_scheduler.daemon.jobs import Totals
+from batch_scheduler.daemon.logs import log
+from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
+from batch_scheduler.daemon.slots import FairSlots
+from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_json
+from batch_scheduler.job.status import job_status
+
+HTTP_STOP_S = 1.0  # open API connections get this long once the jobs have stopped
+
+
+class Service(Protocol):
+    """What the API shows of the daemon (server.Daemon), and the one thing it asks of it."""
+
+    jobs: dict[str, Job]
+    should_exit: bool
+    started_at: float
+
+    @property
+    def slots(self) -> FairSlots: ...
+
+    @property
+    def totals(self) -> Totals: ...
+
+    async def cancel(self, job: Job) -> dict[str, Any]: ...
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
+
+
+def _read_job_files(job_dir: str) -> tuple[dict[str, Any] | None, dict[str, Any], int]:
+    """(status.job_status or None, summary.json, bytes in result shards); runs off the loop."""
+    st = None
+    if os.path.exists(os.path.join(job_dir, "ledger.db")):
+        try:
+            st = job_status(job_dir)
+        except Exception as err:  # noqa: BLE001 - a ledger being created; the next look sees it
+            log.debug("%s: no status yet: %s", job_dir, err)
+    results = os.path.join(job_dir, "results")
+    size = 0
+    if os.path.isdir(results):
+        with os.scandir(results) as entries:
+            size = sum(e.stat().st_size for e in entries if e.name.endswith(".jsonl"))
+    return st, read_json(os.path.join(job_dir, SUMMARY_FILE)), size
+
+
+class Api:
+    def __init__(self, service: Service, token: str | None):
+        self.service = service
+        self._token = token.encode() if token else None
+        self._runner: web.AppRunner | None = None
+        self._described: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/jobs", self.list_jobs)
+        app.router.add_get("/jobs/{name}", self.get_job)
+        app.router.add_post("/jobs/{name}/cancel", self.cancel_job)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def start(self, host: str, port: int) -> str:
+        """Listen on HOST:PORT (port 0: any free one); the URL it answers on."""
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=HTTP_STOP_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as err:
+            await runner.cleanup()
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        self._runner = runner
+        bound = runner.addresses[0]
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        return f"http://{shown}:{bound[1]}"
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # -- the endpoints --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if self._token is not None and request.path != "/healthz":
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+                resp = _json({"error": "missing or wrong bearer token"}, 401)
+                resp.headers["WWW-Authenticate"] = "Bearer"
+                return resp
+        return await handler(request)
+
+    def _job(self, request: web.Request) -> Job:
+        job = self.service.jobs.get(request.match_info["name"])
+        if job is None:
+            raise web.HTTPNotFound(text=orjson.dumps({"error": f"no job {request.match_info['name']!r}"}).decode(),
+                                   content_type="application/json")
+        return job
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        d = self.service
+        counts = Counter(j.state.value for j in d.jobs.values())
+        return _json({"status": "stopping" if d.should_exit else "ok", "jobs": dict(counts),
+                      "uptime_s": round(time.time() - d.started_at, 1)})
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        jobs = sorted(self.service.jobs.values(), key=lambda j: (j.claimed_at, j.name))
+        return _json({"jobs": [{"name": j.name, "state": j.state.value, "reason": j.reason, "source": j.source,
+                                "claimed_at": j.claimed_at} for j in jobs]})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        return _json(await self.describe(self._job(request)))
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        if job.state in FINAL:
+            return _json({"error": f"job {job.name} is {job.state.value}: nothing to cancel"}, 409)
+        return _json(await self.service.cancel(job), 202)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = render(daemon_families(await self.metrics_view()))
+        return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+
+    # -- what they show -------------------------------------------------------------------------
+
+    async def describe(self, job: Job) -> dict[str, Any]:
+        """State, progress, batches in flight, spend and ETA of one job."""
+        st, summary, result_bytes = await asyncio.to_thread(_read_job_files, job.dir)
+        req, attempts = summary.get("requests", {}), summary.get("attempts", {})
+        live = job.engine.stats if job.engine is not None else None
+        rejects = getattr(job.engine, "rejects", None)
+        st_req = st.get("requests", {}) if st else {}
+        accepted = st_req.get("accepted")
+        if accepted is None:
+            accepted = live.accepted if live else req.get("accepted")
+        return {
+            "name": job.name, "state": job.state.value, "reason": job.reason, "source": job.source,
+            "claimed_at": job.claimed_at,
+            "progress": {
+                "read": live.lines_read if live else req.get("lines_read", 0),
+                "submitted": attempts.get("requests_sent", 0) + (live.submitted if live else 0),
+                "finished": st_req.get("finished", req.get("finished", 0)),
+                "accepted": accepted,
+                "rejected": rejects.count if rejects is not None else req.get("rejected", 0),
+                "waiting_retry": st_req.get("waiting_retry", 0),
+            },
+            "batches_in_flight": len(st.get("batches_in_flight", [])) if st else 0,
+            "results": st.get("results") if st else summary.get("results", {}),
+            "tokens": st.get("tokens") if st else summary.get("tokens", {}),
+            "spend_usd": st.get("cost_usd", 0.0) if st else summary.get("cost_usd", 0.0),
+            "eta_s": st.get("eta_s") if st and job.state is JobState.RUNNING else None,
+            "result_bytes": result_bytes,
+        }
+
+    async def described(self, job: Job) -> dict[str, Any]:
+        """`describe`, cached while the job does not run (nothing changes until its state does)."""
+        cached = self._described.get(job.name)
+        if job.engine is None and cached is not None and cached[0] == job.version:
+            return cached[1]
+        version = job.version
+        doc = await self.describe(job)
+        self._described[job.name] = (version, doc)
+        return doc
+
+    async def metrics_view(self) -> MetricsView:
+        d = self.service
+        by_state = {s.value: 0 for s in JobState}
+        requests: Counter = Counter()
+        tokens: Counter = Counter()
+        in_flight = result_bytes = 0
+        spend = 0.0
+        for job in list(d.jobs.values()):
+            by_state[job.state.value] += 1
+            doc = await self.described(job)
+            for k, v in doc["progress"].items():
+                requests[k] += v or 0
+            for k, v in (doc["results"] or {}).items():
+                requests[k] += v or 0
+            tokens.update({k: v or 0 for k, v in (doc["tokens"] or {}).items()})
+            in_flight += doc["batches_in_flight"]
+            result_bytes += doc["result_bytes"]
+            spend += doc["spend_usd"] or 0.0
+        live = Totals(Counter(d.totals.http_calls), Counter(d.totals.http_retries), d.totals.download_bytes,
+                      Counter(d.totals.polls), d.totals.key_checks)
+        for job in d.jobs.values():
+            if job.engine is not None:
+                live.add_engine(job.engine)
+        return MetricsView(
+            start_time_s=d.started_at, jobs_by_state=by_state, requests_by_state=dict(requests),
+            batches_in_flight=in_flight, slots_capacity=d.slots.capacity, slots_in_use=d.slots.in_use,
+            slots_waiting=d.slots.waiting, http_calls=dict(live.http_calls), http_retries=dict(live.http_retries),
+            http_download_bytes=live.download_bytes, poll_calls=dict(live.polls), result_bytes=result_bytes,
+            tokens=dict(tokens), spend_usd=spend, key_checks=dict(live.key_checks))

@@ -1,0 +1,308 @@
+"""One job in the daemon: its settings for a run, the run, what the run's result makes of it, and,
+while the key is refused, the key checks.
+
+    queued -> running -> done | failed | cancelled
+                 |  \\-> queued (the daemon stopped, or a run stopped on an error: tried again later)
+                 \\--> paused (the key was refused: checked every --key-check-s and at SIGHUP) -> queued
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.ledger import Ledger
+from batch_scheduler.core.logs import add_secret, redact
+from batch_scheduler.core.options import REMEMBERED
+from batch_scheduler.core.settings import RetryPolicy, Settings
+from batch_scheduler.daemon.logs import current_job, log
+from batch_scheduler.daemon.slots import FairSlots
+from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
+from batch_scheduler.job.cancel import cancel_batches
+from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.providers import (
+    build_settings,
+    headers_for,
+    key_refused_message,
+    make_provider,
+    missing_key_message,
+)
+
+RESTART_WAITS_S = (5.0, 30.0, 120.0, 600.0)  # runs that stop on an error are tried again after these
+PROBE_BATCH_ID = "msgbatch_daemon_key_check"  # no such batch: 404 means the key got through
+PROBE_RETRY = RetryPolicy(attempts=3, deadline_s=20.0, initial_wait_s=0.5, max_wait_s=5.0)
+CANCELLING = "cancel requested through the HTTP API; collecting what its batches finished"
+
+
+@dataclass
+class Prepared:
+    settings: Settings
+    remembered: dict[str, Any]
+    cap: int | None  # the job's own concurrency, within the shared budget
+
+
+@dataclass
+class Totals:
+    """Counters of finished runs (live runs are added when asked)."""
+
+    http_calls: Counter = field(default_factory=Counter)
+    http_retries: Counter = field(default_factory=Counter)
+    download_bytes: int = 0
+    polls: Counter = field(default_factory=Counter)
+    key_checks: Counter = field(default_factory=Counter)
+
+    def add_engine(self, engine: Engine) -> None:
+        if engine.http is not None:
+            for (endpoint, status), n in engine.http.stats.calls.items():
+                self.http_calls[(endpoint, str(status))] += n
+            self.http_retries.update(engine.http.stats.retries)
+            self.download_bytes += engine.http.stats.bytes_down
+        if engine.poller is not None:
+            self.polls["retrieve"] += engine.poller.stats.retrieves
+            self.polls["list"] += engine.poller.stats.lists
+
+
+async def probe_key(settings: Settings) -> str:
+    """"accepted", "refused" or "unknown": one cheap authenticated call (a batch that does not exist)."""
+    async with HttpClient(headers_for(settings), PROBE_RETRY, timeout_s=30.0, secret=settings.api_key,
+                          connections=2) as http:
+        try:
+            await make_provider(settings, http).get(PROBE_BATCH_ID)
+        except errors.AuthRefused:
+            return "refused"
+        except errors.FatalError:  # 404 and the like: past authentication
+            return "accepted"
+        except errors.TransientError as err:
+            log.info("key check: no answer (%s); trying again later", http.redact(str(err)))
+            return "unknown"
+    return "accepted"
+
+
+def key_refused_reason(settings: Settings, status: int | None, key_check_s: float) -> str:
+    return (f"{key_refused_message(settings, status)} in .env and send SIGHUP; the key is checked again every "
+            f"{key_check_s:g} s. Every batch in flight is kept in the ledger")
+
+
+def outcome_line(summary: Mapping[str, Any]) -> str:
+    req, res = summary.get("requests", {}), summary.get("results", {})
+    return (f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "
+            f"({res.get('succeeded', 0):,} succeeded, {res.get('errored', 0):,} errored, "
+            f"{res.get('expired', 0):,} expired), {req.get('rejected', 0):,} rejected; "
+            f"cost ${summary.get('cost_usd', 0):,.4f}")
+
+
+class JobRunner:
+    """Moves each job through its states; the daemon decides when (its main loop) and how many at once.
+
+    `flags` are the job options of the daemon's command line; `env` is the current reading of .env,
+    and `env_generation` counts the readings (a run started on an older one used an older key).
+    `wake` tells the daemon's main loop that a run or a key check has ended.
+    """
+
+    def __init__(self, flags: Mapping[str, Any], *, key_check_s: float, restart_waits_s: tuple[float, ...],
+                 wake: Callable[[], None]):
+        self.flags = flags
+        self.key_check_s = key_check_s
+        self.restart_waits_s = restart_waits_s
+        self._wake = wake
+        self.env: dict[str, str] = {}
+        self.env_generation = 0
+        self.slots = FairSlots(1)  # sized at startup, once the settings are known
+        self.totals = Totals()
+
+    def new_env(self, env: dict[str, str]) -> None:
+        """.env read again (SIGHUP): runs that start from now on use it."""
+        self.env = env
+        self.env_generation += 1
+
+    # -- states ---------------------------------------------------------------------------------
+
+    def set_state(self, job: Job, state: JobState, reason: str | None) -> None:
+        job.state, job.reason = state, reason
+        job.version += 1
+        try:
+            write_summary(job.dir, job.fields())
+        except OSError as err:
+            log.error("job %s: cannot write %s: %s", job.name, SUMMARY_FILE, err, extra={"job": job.name})
+
+    def fail(self, job: Job, reason: str) -> None:
+        reason = redact(reason)
+        self.set_state(job, JobState.FAILED, reason)
+        log.error("job %s: failed: %s", job.name, reason, extra={"job": job.name, "state": "failed"})
+
+    def pause(self, job: Job, reason: str) -> None:
+        now = time.monotonic()
+        # a run that started before the last SIGHUP used an older key: try the new one at once
+        job.next_key_check = now if job.env_generation != self.env_generation else now + self.key_check_s
+        self.set_state(job, JobState.PAUSED, reason)
+        log.warning("job %s: paused: %s", job.name, reason, extra={"job": job.name, "state": "paused"})
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def prepare(self, job: Job) -> Prepared:
+        """Settings for the job's next run: command-line flags, then its options.json, over .env."""
+        options = read_options(job.dir)
+        flags = {**self.flags, **options, "progress": False}
+        try:
+            settings = build_settings(flags, self.env)
+        except (TypeError, ValueError) as err:
+            raise errors.UsageError(f"options: {err}") from None
+        settings = self._keep_shaping(job, settings)
+        add_secret(settings.api_key)
+        remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
+        return Prepared(settings, remembered, settings.concurrency if "concurrency" in options else None)
+
+    @staticmethod
+    def _keep_shaping(job: Job, settings: Settings) -> Settings:
+        """A job that has started keeps the batch options it started with (the engine refuses others):
+        a restart with other defaults, or an edited options.json, must not fail it."""
+        path = os.path.join(job.dir, "ledger.db")
+        if not os.path.exists(path):
+            return settings
+        ledger = Ledger(path, readonly=True)
+        try:
+            was = ledger.read_meta().get("shaping") or {}
+        finally:
+            ledger.close()
+        now = settings.shaping()
+        changed = {k: v for k, v in was.items() if k in now and now[k] != v}
+        if not changed:
+            return settings
+        log.warning("job %s: keeps the batch options it started with (%s)", job.name,
+                    ", ".join(f"{k} {v!r}, not {now[k]!r}" for k, v in changed.items()), extra={"job": job.name})
+        return settings.replace(**changed)
+
+    # -- a run ----------------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> None:
+        current_job.set(job.name)  # this task's context, inherited by every task the engine starts
+        try:
+            await self._run(job)
+        finally:
+            job.task = None
+            self._wake()
+
+    async def _run(self, job: Job) -> None:
+        try:
+            prepared = self.prepare(job)
+        except errors.UsageError as err:
+            self.fail(job, str(err))
+            return
+        job.env_generation = self.env_generation
+        if not prepared.settings.api_key:
+            self.pause(job, f"{missing_key_message(prepared.settings)}; then send SIGHUP")
+            return
+        handle = self.slots.handle(job.name, prepared.cap)
+        engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
+                        remembered=prepared.remembered)
+        job.engine = engine
+        self.set_state(job, JobState.RUNNING, CANCELLING if job.cancel_requested else None)
+        log.info("job %s: running", job.name, extra={"job": job.name, "state": "running"})
+        try:
+            result = await engine.run()
+        except asyncio.CancelledError:
+            self.set_state(job, JobState.QUEUED, "the daemon stopped; the job resumes where it was at the next start")
+            raise
+        except Exception as err:  # what the engine does not turn into a result, e.g. an unreadable input
+            log.debug("job %s: engine error", job.name, exc_info=True)
+            self.fail(job, f"{type(err).__name__}: {err}")
+            return
+        finally:
+            handle.close()
+            self.totals.add_engine(engine)
+            job.engine = None
+        self.settle(job, engine, result)
+
+    def settle(self, job: Job, engine: Engine, result: JobResult) -> None:
+        """The daemon's state for what a run returned."""
+        code, extra = result.exit_code, {"job": job.name}
+        if code == ExitCode.OK:
+            job.restarts = 0
+            self.set_state(job, JobState.DONE, None)
+            log.info("job %s: done: %s", job.name, outcome_line(result.summary), extra={**extra, "state": "done"})
+        elif code == ExitCode.AUTH:
+            job.restarts = 0
+            self.pause(job, key_refused_reason(engine.settings, result.http_status, self.key_check_s))
+        elif job.cancel_requested or engine.cancelled:
+            self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
+            log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),
+                     extra={**extra, "state": "cancelled"})
+        elif code == ExitCode.FAILED and result.retry and job.restarts < len(self.restart_waits_s):
+            wait_s = self.restart_waits_s[job.restarts]
+            job.restarts += 1
+            job.not_before = time.monotonic() + wait_s
+            reason = (f"{redact(result.message)} (trying again in {wait_s:g} s, "
+                      f"{job.restarts} of {len(self.restart_waits_s)})")
+            self.set_state(job, JobState.QUEUED, reason)
+            log.warning("job %s: %s", job.name, reason, extra={**extra, "state": "queued"})
+        else:
+            self.fail(job, result.message)
+
+    # -- a paused job's key ---------------------------------------------------------------------
+
+    async def check_key(self, job: Job) -> None:
+        generation = self.env_generation
+        try:
+            try:
+                settings = self.prepare(job).settings
+            except errors.UsageError as err:
+                self.fail(job, str(err))
+                return
+            try:
+                outcome = await probe_key(settings) if settings.api_key else "refused"
+            except Exception as err:  # a check must never take the daemon down; it is tried again
+                log.warning("job %s: key check failed: %s", job.name, redact(str(err)), extra={"job": job.name})
+                outcome = "unknown"
+            self.totals.key_checks[outcome] += 1
+            if job.state is not JobState.PAUSED:
+                return  # cancelled meanwhile
+            if outcome == "accepted":
+                log.info("job %s: the key is accepted; resuming", job.name, extra={"job": job.name})
+                self.set_state(job, JobState.QUEUED, None)
+            elif self.env_generation != generation:
+                job.next_key_check = 0.0  # a SIGHUP came during the check: try the new .env at once
+            else:
+                job.next_key_check = time.monotonic() + self.key_check_s
+                log.info("job %s: key check: %s; next in %g s", job.name, outcome, self.key_check_s,
+                         extra={"job": job.name})
+        finally:
+            job.key_check = None
+            self._wake()
+
+    # -- cancel ---------------------------------------------------------------------------------
+
+    async def cancel(self, job: Job) -> dict[str, Any]:
+        """Cancel the job's batches at the provider (as `cancel DIR` does) and mark it cancelled."""
+        job.cancel_requested = True
+        cancelled, problems = 0, []
+        has_ledger = await asyncio.to_thread(os.path.exists, os.path.join(job.dir, "ledger.db"))
+        if has_ledger:
+            cancelled, problems = await self._cancel_batches(job)
+        if job.state in FINAL:
+            pass  # it ended while the batches were being cancelled
+        elif has_ledger and job.state in (JobState.RUNNING, JobState.QUEUED):
+            self.set_state(job, job.state, CANCELLING)  # a run collects what the batches finished
+        else:
+            self.set_state(job, JobState.CANCELLED, "cancelled through the HTTP API")
+        log.info("job %s: cancel requested through the HTTP API; %d batch(es) cancelled at the provider%s",
+                 job.name, cancelled, f", {len(problems)} could not be" if problems else "", extra={"job": job.name})
+        return {"name": job.name, "state": job.state.value, "reason": job.reason, "batches_cancelled": cancelled,
+                "errors": problems}
+
+    async def _cancel_batches(self, job: Job) -> tuple[int, list[str]]:
+        try:
+            settings = self.prepare(job).settings
+        except errors.UsageError as err:
+            settings, problems = None, [str(err)]
+        else:
+            problems = []
+        done = await cancel_batches(job.dir, settings, retry=PROBE_RETRY)
+        return len(done.requested), problems + done.problems

@@ -1,0 +1,236 @@
+"""The spool on disk, and the record of each job in it.
+
+    DIR/inbox/NAME.jsonl (.jsonl.gz, .csv)   a job arrives: renamed in (names starting with `.` are ignored)
+    DIR/inbox/NAME.options.json              its options (renamed in first): the flags' names in snake_case
+    DIR/jobs/NAME/                           a claimed job: input.*, options.json and what `run --out`
+                                             writes (results/, rejected.jsonl, ledger.db, summary.json)
+
+A job's state is the `state` field of its summary.json, which the daemon owns (written atomically);
+`jobs.JobRunner` moves it from one state to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from batch_scheduler.core import errors
+from batch_scheduler.core.options import coerce_option_file
+from batch_scheduler.daemon.logs import log
+
+if TYPE_CHECKING:
+    from batch_scheduler.job.engine import Engine
+
+INPUT_SUFFIXES = (".jsonl.gz", ".jsonl", ".csv")
+OPTIONS_SUFFIX = ".options.json"
+OPTIONS_FILE = "options.json"
+SUMMARY_FILE = "summary.json"
+CLAIM_SUFFIX = ".claim"  # jobs/.NAME.claim: a claim in progress (finished or undone at startup)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+def job_name(filename: str) -> str | None:
+    """`big.jsonl.gz` -> `big`; None for anything that is not a job's input."""
+    if filename.startswith("."):
+        return None
+    for suffix in INPUT_SUFFIXES:
+        if filename.endswith(suffix) and len(filename) > len(suffix):
+            return filename[: -len(suffix)]
+    return None
+
+
+def read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc = orjson.loads(f.read())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def write_summary(job_dir: str, fields: Mapping[str, Any]) -> None:
+    """Merge the daemon's fields into summary.json (the engine writes the rest), atomically."""
+    path = os.path.join(job_dir, SUMMARY_FILE)
+    doc = read_json(path)
+    doc.update(fields)
+    if fields.get("reason") is None:
+        doc.pop("reason", None)
+    tmp = path + ".daemon-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+@dataclass(eq=False)
+class Job:
+    name: str
+    dir: str
+    input_name: str  # the input's file name inside dir (input.jsonl, input.jsonl.gz, input.csv)
+    source: str  # the name it arrived under
+    claimed_at: float  # epoch; arrival order
+    state: JobState = JobState.QUEUED
+    reason: str | None = None
+    # while the daemon runs
+    task: asyncio.Task | None = None
+    engine: Engine | None = None
+    key_check: asyncio.Task | None = None
+    next_key_check: float = 0.0  # monotonic
+    not_before: float = 0.0  # monotonic: a run that stopped on an error waits until then
+    restarts: int = 0  # runs in a row that stopped on an error
+    cancel_requested: bool = False
+    env_generation: int = 0  # which reading of .env its last run started with
+    version: int = 0  # changes with every state change (cache key)
+
+    @property
+    def input(self) -> str:
+        return os.path.join(self.dir, self.input_name)
+
+    def fields(self) -> dict[str, Any]:
+        return {"job": self.name, "state": self.state.value, "reason": self.reason, "source": self.source,
+                "input": self.input_name, "claimed_at": self.claimed_at, "updated_at": time.time()}
+
+
+class Spool:
+    """DIR/inbox and DIR/jobs: arrivals, claims (crash-safe) and the jobs found at startup."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.inbox = os.path.join(self.root, "inbox")
+        self.jobs = os.path.join(self.root, "jobs")
+
+    def ensure(self) -> None:
+        for d in (self.root, self.inbox, self.jobs):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    def arrivals(self) -> list[str]:
+        """Inputs waiting in the inbox, first arrived first (a rename sets ctime)."""
+        found = []
+        with os.scandir(self.inbox) as entries:
+            for e in entries:
+                if job_name(e.name) is None:
+                    continue
+                try:
+                    if not e.is_file():
+                        continue
+                    found.append((e.stat().st_ctime_ns, e.name))
+                except FileNotFoundError:
+                    continue
+        return [name for _, name in sorted(found)]
+
+    def taken(self, name: str) -> bool:
+        return any(os.path.lexists(os.path.join(self.jobs, n)) for n in (name, f".{name}{CLAIM_SUFFIX}"))
+
+    def claim(self, filename: str, name: str) -> Job | None:
+        """Move inbox/FILENAME (and its options) into jobs/NAME; None if it vanished meanwhile.
+
+        Staged in jobs/.NAME.claim (summary first, then options, then input), renamed into place last,
+        so that a crash at any point leaves something `recover` can finish or undo.
+        """
+        base = job_name(filename)
+        assert base is not None
+        suffix = filename[len(base):]
+        stage = os.path.join(self.jobs, f".{name}{CLAIM_SUFFIX}")
+        os.mkdir(stage, 0o700)
+        job = Job(name, os.path.join(self.jobs, name), "input" + suffix, filename, time.time())
+        write_summary(stage, job.fields())
+        options = os.path.join(self.inbox, base + OPTIONS_SUFFIX)
+        if os.path.exists(options):
+            os.rename(options, os.path.join(stage, OPTIONS_FILE))
+        try:
+            os.rename(os.path.join(self.inbox, filename), os.path.join(stage, job.input_name))
+        except FileNotFoundError:
+            self._undo(stage)
+            return None
+        os.rename(stage, job.dir)
+        return job
+
+    def _undo(self, stage: str) -> None:
+        source = read_json(os.path.join(stage, SUMMARY_FILE)).get("source")
+        base = job_name(source) if isinstance(source, str) else None
+        options = os.path.join(stage, OPTIONS_FILE)
+        if base and os.path.exists(options):
+            back = os.path.join(self.inbox, base + OPTIONS_SUFFIX)
+            if not os.path.exists(back):
+                os.rename(options, back)
+        for leftover in os.listdir(stage):
+            os.unlink(os.path.join(stage, leftover))
+        os.rmdir(stage)
+
+    def recover(self) -> list[Job]:
+        """Every job in jobs/, after finishing (input moved) or undoing (not yet) interrupted claims."""
+        for entry in sorted(os.listdir(self.jobs)):
+            stage = os.path.join(self.jobs, entry)
+            if not (entry.startswith(".") and entry.endswith(CLAIM_SUFFIX) and os.path.isdir(stage)):
+                continue
+            name = entry[1:-len(CLAIM_SUFFIX)]
+            if any(f.startswith("input") for f in os.listdir(stage)) and not os.path.lexists(
+                    os.path.join(self.jobs, name)):
+                os.rename(stage, os.path.join(self.jobs, name))
+                log.info("job %s: finished its interrupted claim", name, extra={"job": name})
+            else:
+                self._undo(stage)
+                log.info("undid an interrupted claim (%s)", entry)
+        jobs = []
+        for entry in sorted(os.listdir(self.jobs)):
+            path = os.path.join(self.jobs, entry)
+            if entry.startswith(".") or not os.path.isdir(path):
+                continue
+            job = self._load(entry, path)
+            if job is None:
+                log.warning("jobs/%s: no input file in it; left alone", entry)
+            else:
+                jobs.append(job)
+        return sorted(jobs, key=lambda j: (j.claimed_at, j.name))
+
+    @staticmethod
+    def _load(name: str, path: str) -> Job | None:
+        doc = read_json(os.path.join(path, SUMMARY_FILE))
+        input_name = doc.get("input")
+        if not isinstance(input_name, str) or not os.path.exists(os.path.join(path, input_name)):
+            names = sorted(f for f in os.listdir(path) if f.startswith("input") and job_name(f) == "input")
+            if not names:
+                return None
+            input_name = names[0]
+        try:
+            state = JobState(doc.get("state"))
+        except ValueError:  # the engine's own word ("incomplete"), or nothing yet: take it up again
+            state = JobState.QUEUED
+        claimed = doc.get("claimed_at")
+        return Job(name, path, input_name, str(doc.get("source") or input_name),
+                   float(claimed) if isinstance(claimed, int | float) else os.stat(path).st_ctime,
+                   state=state, reason=doc.get("reason"))
+
+
+def read_options(job_dir: str) -> dict[str, Any]:
+    """The job's options.json, option -> value ({} without one); UsageError for one that cannot be used."""
+    path = os.path.join(job_dir, OPTIONS_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            doc = orjson.loads(f.read())
+    except (OSError, orjson.JSONDecodeError) as err:
+        raise errors.UsageError(f"options: cannot read {OPTIONS_FILE}: {err}") from None
+    if not isinstance(doc, dict):
+        raise errors.UsageError(f'options: expected a JSON object such as {{"model": "...", "batch_size": 500}}, '
+                                f"got {type(doc).__name__}")
+    return coerce_option_file(doc, "options")

@@ -1,0 +1,3 @@
+from batch_scheduler.commands.main import main
+
+raise SystemExit(main())

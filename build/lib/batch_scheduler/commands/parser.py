@@ -1,0 +1,72 @@
+"""The argument parser of `batch-scheduler`: every sub-command and its options.
+
+Job options come from the one table in core.options; the daemon and the simulator add their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from batch_scheduler import __version__
+from batch_scheduler.core.options import add_job_options
+from batch_scheduler.daemon.server import add_arguments as add_daemon_arguments
+from batch_scheduler.simulator import add_arguments as add_simulator_arguments
+
+DESCRIPTION = """Push very large LLM workloads through provider batch APIs, exactly once.
+
+Exit status: 0 every accepted request reached a final result; 1 anything else (resumable);
+2 usage errors; 3 the API refused the key.
+"""
+
+
+def _common(p: argparse.ArgumentParser, *, top: bool, log_json: bool = True) -> None:
+    """Options every sub-command takes, before or after its name (`-v run ...` or `run -v ...`)."""
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    if log_json:
+        p.add_argument("--log-json", action="store_true", default=default,
+                       help="log one JSON object per line (for journald, Loki, ...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="batch-scheduler", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, top=True)
+    p.add_argument("--version", action="version", version=f"batch-scheduler {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a job (resumes when --out already holds it)")
+    r.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="JSONL requests (.jsonl, .jsonl.gz, globs), or CSV/JSONL rows with --template")
+    r.add_argument("--out", required=True, metavar="DIR", help="output directory (the job's home)")
+    add_job_options(r)
+    _common(r, top=False)
+
+    r = sub.add_parser("resume", help="resume the job in DIR with the options it was started with")
+    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    add_job_options(r, only=("retry_cancelled", "concurrency"))
+    _common(r, top=False)
+
+    r = sub.add_parser("status", help="where the job in DIR stands (works while it runs)")
+    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    r.add_argument("--json", action="store_true", help="print the status as one JSON document")
+    _common(r, top=False)
+
+    r = sub.add_parser("cancel", help="cancel the job's batches in flight at the provider")
+    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    _common(r, top=False)
+
+    r = sub.add_parser("simulate", help="serve the batch APIs on loopback, faults and all")
+    add_simulator_arguments(r)
+    _common(r, top=False)
+
+    r = sub.add_parser("daemon", help="run jobs dropped into a spool directory, forever")
+    add_daemon_arguments(r)
+    add_job_options(r, only=_daemon_job_options())
+    _common(r, top=False, log_json=False)  # the daemon declares its own --log-json
+    return p
+
+
+def _daemon_job_options() -> list[str]:
+    from batch_scheduler.core.options import JOB_OPTIONS
+    return [o.name for o in JOB_OPTIONS if o.name != "dry_run"]

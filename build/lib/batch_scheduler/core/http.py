@@ -1,0 +1,179 @@
+"""HTTP calls with a retry policy, shared rate-limit gates and one place that maps failures.
+
+Every provider call goes through `HttpClient.call` (whole answer) or `HttpClient.lines` (a streamed
+JSONL download). Transient failures are retried here with exponential backoff and full jitter; the
+server's `retry-after` beats the computed wait, and a 429 closes the endpoint's gate so every caller
+of that endpoint waits, not just the one that was told. Calls that must not be repeated blindly
+(`idempotent=False`, i.e. batch creation) are not retried on a dropped connection or a timeout: the
+caller gets `OutcomeUnknown` and decides (see submitter: look for the batch before sending again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from batch_scheduler.core import errors
+from batch_scheduler.core.lines import split_lines
+from batch_scheduler.core.settings import RetryPolicy
+
+RetryHook = Callable[[str, int, BaseException, float], None]  # (endpoint, attempt, error, wait_s)
+
+
+@dataclass
+class HttpStats:
+    calls: Counter = field(default_factory=Counter)  # (endpoint, status or error name) -> n
+    retries: Counter = field(default_factory=Counter)  # endpoint -> n
+    bytes_down: int = 0
+
+
+class Gate:
+    """Per-endpoint 'not before' time shared by every caller; a 429 moves it forward."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self.not_before = 0.0
+
+    def close_for(self, seconds: float) -> None:
+        self.not_before = max(self.not_before, self._clock() + seconds)
+
+    async def wait(self) -> None:
+        while (delay := self.not_before - self._clock()) > 0:  # noqa: ASYNC110 - not_before moves
+            await asyncio.sleep(delay)
+
+
+def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter for attempt 1, 2, ..."""
+    ceiling = min(policy.max_wait_s, policy.initial_wait_s * (2 ** (attempt - 1)))
+    return rng.uniform(0, ceiling) if policy.jitter else ceiling
+
+
+class HttpClient:
+    def __init__(self, headers: dict[str, str], policy: RetryPolicy, *, timeout_s: float = 300.0,
+                 secret: str = "", connections: int = 32, clock: Callable[[], float] = time.monotonic,
+                 on_retry: list[RetryHook] | None = None, rng: random.Random | None = None):
+        self._headers = headers
+        self._policy = policy
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=timeout_s)
+        self._secret = secret
+        self._connections = connections
+        self._clock = clock
+        self._gates: dict[str, Gate] = {}
+        self._rng = rng or random.Random()
+        self.on_retry: list[RetryHook] = list(on_retry or [])
+        self.stats = HttpStats()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
+                                              connector=connector, auto_decompress=True)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "HttpClient used outside 'async with'"
+        return self._session
+
+    def gate(self, endpoint: str) -> Gate:
+        if endpoint not in self._gates:
+            self._gates[endpoint] = Gate(self._clock)
+        return self._gates[endpoint]
+
+    def redact(self, text: str) -> str:
+        """Never let the key out, whatever a server echoes back."""
+        return text.replace(self._secret, "[key]") if self._secret else text
+
+    async def call(self, method: str, url: str, endpoint: str, *, body: bytes | aiohttp.FormData | None = None,
+                   headers: dict[str, str] | None = None, idempotent: bool = True) -> bytes:
+        """One API call, retried by policy; the answer body on 2xx."""
+
+        async def once() -> bytes:
+            async with self.session.request(method, url, data=body, headers=headers) as resp:
+                data = await resp.read()
+                self.stats.calls[(endpoint, resp.status)] += 1
+                if resp.status >= 400:
+                    raise errors.from_status(resp.status, data, dict(resp.headers), what=f"{method} {endpoint}")
+                return data
+
+        return await self.retrying(endpoint, once, idempotent=idempotent, sent=body is not None)
+
+    async def retrying(self, endpoint: str, attempt_fn: Callable[[], Awaitable[Any]], *,
+                       idempotent: bool = True, sent: bool = False) -> Any:
+        policy = self._policy
+        gate = self.gate(endpoint)
+        started = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            await gate.wait()
+            try:
+                return await attempt_fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped right here, the one place
+                err = errors.from_exception(exc, what=endpoint, sent=sent and not idempotent)
+                if not isinstance(exc, errors.ProviderError):
+                    self.stats.calls[(endpoint, type(exc).__name__)] += 1
+                err.args = (self.redact(str(err)),)
+                if isinstance(err, errors.OutcomeUnknown | errors.TimeoutError_) and not idempotent:
+                    raise err from None
+                if not isinstance(err, errors.TransientError):
+                    raise err from None
+                if attempt >= policy.attempts or self._clock() - started > policy.deadline_s:
+                    raise err from None
+                wait = backoff_s(policy, attempt, self._rng)
+                if isinstance(err, errors.RateLimited):
+                    if err.retry_after_s is not None:
+                        wait = err.retry_after_s
+                    gate.close_for(wait)
+                self.stats.retries[endpoint] += 1
+                for hook in self.on_retry:
+                    hook(endpoint, attempt, err, wait)
+                await asyncio.sleep(wait)
+
+    async def line_blocks(self, url: str, endpoint: str, *, headers: dict[str, str] | None = None
+                          ) -> AsyncIterator[list[bytes]]:
+        """Stream a JSONL download as lists of lines (without newlines), one attempt.
+
+        A cut-off download raises a TransientError; the caller restarts from the first line, after
+        rolling back what it wrote (see collector).
+        """
+        await self.gate(endpoint).wait()
+        try:
+            async with self.session.get(url, headers=headers) as resp:
+                self.stats.calls[(endpoint, resp.status)] += 1
+                if resp.status >= 400:
+                    data = await resp.read()
+                    raise errors.from_status(resp.status, data, dict(resp.headers), what=f"GET {endpoint}")
+                tail = b""
+                async for block in resp.content.iter_chunked(1 << 18):
+                    self.stats.bytes_down += len(block)
+                    parts, tail = split_lines(tail + block if tail else block)
+                    if parts:
+                        yield parts
+                if tail.strip():
+                    yield [tail]
+        except asyncio.CancelledError:
+            raise
+        except errors.ProviderError as err:
+            if isinstance(err, errors.RateLimited):
+                self.gate(endpoint).close_for(err.retry_after_s or 1.0)
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.stats.calls[(endpoint, type(exc).__name__)] += 1
+            err = errors.from_exception(exc, what=endpoint)
+            err.args = (self.redact(str(err)),)
+            raise err from None

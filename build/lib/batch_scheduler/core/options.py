@@ -1,0 +1,273 @@
+"""Every job option, declared once.
+
+`JOB_OPTIONS` is the one table of what a job can be told: its flag, type, default, environment
+variables, help, whether the ledger remembers it (so `resume DIR` needs no flags) and whether it
+shapes batches (a different value under an existing `--out` is refused). From it come:
+- the argparse options of `run`, `resume` and `daemon` (`add_job_options`);
+- the remembered set (`REMEMBERED`) and the batch-shaping set (`SHAPING`);
+- the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`);
+- the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it).
+
+Adding a job option is one entry here; `Settings` (core.settings) is built from this table, so the
+new value reaches the job as `settings.<field>` with no other change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batch_scheduler.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # argparse dest, snake_case; the flag is --name-with-dashes
+    type: type | Callable[[str], Any]  # str, int, float, bool (a switch), list (repeatable str)
+    default: Any  # the value when nothing sets it (None: unset)
+    help: str
+    group: str
+    field: str = ""  # the Settings attribute (default: the same as name)
+    env: tuple[str, ...] = ()  # environment variables read when the flag is absent, first set wins
+    remembered: bool = True  # kept in the ledger: `resume DIR` runs with it
+    shapes: bool = False  # decides how input is cut into batches or what a request says
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None  # smallest accepted value (numbers)
+    maximum: float | None = None
+    default_text: str | None = None  # the default as README says it, when `default` alone would mislead
+    in_option_file: bool = True  # a daemon's NAME.options.json may set it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def attr(self) -> str:
+        return self.field or self.name
+
+
+_MB = 1_000_000
+
+
+def _float(text: str) -> float:
+    """A finite number: `nan` and `inf` are refused (they hang a poll loop or a timeout)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": _MB, "mb": _MB, "mib": 1 << 20,
+          "g": 1000 * _MB, "gb": 1000 * _MB, "gib": 1 << 30}
+
+
+def parse_size(text: str | int) -> int:
+    """'200MB', '256 MiB', '1048576' -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").lower() if m else None
+    if not m or unit not in _UNITS:
+        raise UsageError(f"cannot read size {text!r}: use a number of bytes or e.g. 200MB, 256MiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+PROVIDER, BATCHING, INPUT, COST = "provider", "batching", "input", "cost"
+
+JOB_OPTIONS: tuple[Option, ...] = (
+    # -- provider -------------------------------------------------------------------------------
+    Option("provider", str, "anthropic", "which batch API", PROVIDER, env=("BATCH_PROVIDER",), shapes=True,
+           choices=("anthropic", "openai", "inline")),
+    Option("base_url", str, "https://api.anthropic.com", "where the API is", PROVIDER, metavar="URL",
+           default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
+    Option("auth", str, "x-api-key", "how the key is sent; proxies often want bearer", PROVIDER,
+           choices=("x-api-key", "bearer"), default_text="x-api-key (bearer for openai and inline)"),
+    Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`)", PROVIDER,
+           field="headers", metavar="'Name: value'"),
+    Option("anthropic_version", str, "2023-06-01", "the `anthropic-version` header", PROVIDER, metavar="V",
+           env=("ANTHROPIC_VERSION",)),
+    Option("model", str, None, "fills the model where a request has none", PROVIDER, shapes=True, metavar="M",
+           default_text="`CLAUDE_MODEL`"),
+    Option("http_timeout", _float, 300.0, "read timeout per call, seconds", PROVIDER, field="http_timeout_s",
+           metavar="S", minimum=0.001),
+    Option("inline_create_path", str, "/v1/batches", "inline proxy: create path", PROVIDER, metavar="PATH",
+           env=("INLINE_CREATE_PATH",)),
+    Option("inline_status_path", str, "/v1/batches/{id}", "inline proxy: status path", PROVIDER, metavar="PATH",
+           env=("INLINE_STATUS_PATH",)),
+    Option("inline_results_path", str, "/v1/batches/{id}/results", "inline proxy: results path", PROVIDER, metavar="PATH",
+           env=("INLINE_RESULTS_PATH",)),
+    # -- batching -------------------------------------------------------------------------------
+    Option("batch_size", int, 10_000, "requests per batch", BATCHING, shapes=True, metavar="N", minimum=1,
+           default_text="the provider's (10,000; openai 50,000; inline 5,000)"),
+    Option("batch_bytes", parse_size, 200 * _MB, "body bytes per batch; a batch closes at whichever limit comes first",
+           BATCHING, shapes=True, metavar="SIZE", default_text="200MB (max 256MB; openai 200MB)"),
+    Option("concurrency", int, 8, "batches in flight at once", BATCHING, metavar="K", minimum=1),
+    Option("poll_min", _float, 5.0, "first poll interval of a batch, seconds; backs off 1.5x with jitter",
+           BATCHING, field="poll_min_s", metavar="S", minimum=0.001),
+    Option("poll_max", _float, 60.0, "longest poll interval, seconds", BATCHING, field="poll_max_s",
+           metavar="S", minimum=0.001),
+    Option("shards", int, 16, "result shard files", BATCHING, shapes=True, metavar="S", minimum=1, maximum=4096),
+    Option("max_attempts", int, 3, "attempts per request for transient errors and expiry", BATCHING,
+           metavar="N", minimum=1),
+    # -- input ----------------------------------------------------------------------------------
+    Option("strict", bool, False, "refuse the whole job, submitting nothing, if any line is bad", INPUT,
+           remembered=False),
+    Option("template", str, None, "prompt template (a string, or a path to a file) with {field} "
+           "placeholders: rows (CSV with a header, or JSONL objects) instead of ready requests", INPUT,
+           shapes=True, metavar="T"),
+    Option("system", str, None, "system prompt for templated rows", INPUT, shapes=True, metavar="S"),
+    Option("max_tokens", int, None, "max_tokens for templated rows", INPUT, shapes=True, metavar="N", minimum=1),
+    Option("id_field", str, None, "row field that holds the custom_id (templated rows)", INPUT, shapes=True,
+           metavar="F"),
+    # -- cost -----------------------------------------------------------------------------------
+    Option("dry_run", bool, False, "validate everything, print requests, batches, tokens and a cost range; "
+           "submit nothing", COST, remembered=False, in_option_file=False),
+    Option("max_cost", _float, None, "submit no new batch once spend + in-flight estimates would pass it; "
+           "the job stops resumable", COST, field="max_cost_usd", metavar="USD", minimum=0),
+    Option("prices", str, None, "price table overriding the shipped one (same shape as "
+           "`batch_scheduler/data/prices.json`)", COST, field="prices_file", env=("BATCH_PRICES_FILE",),
+           metavar="FILE", default_text="shipped table"),
+    Option("retry_cancelled", bool, False, "send requests of a cancelled job again", COST, remembered=False),
+)
+
+BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}
+JOB_OPTION_NAMES = frozenset(BY_NAME)
+REMEMBERED = frozenset(o.name for o in JOB_OPTIONS if o.remembered)
+SHAPING = frozenset(o.name for o in JOB_OPTIONS if o.shapes)
+OPTION_FILE_NAMES = frozenset(o.name for o in JOB_OPTIONS if o.in_option_file)
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any] | None:
+    if option.type in (bool, list, str):
+        return None
+    return option.type  # type: ignore[return-value]
+
+
+def add_job_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
+    """Add the job options (all, or those named in `only`) to `parser`, grouped as in the table.
+
+    Every default is None ("not given") so that a flag can be told apart from the table's default:
+    the flag beats the ledger, the ledger beats the environment, the environment beats the default.
+    """
+    wanted = set(only) if only is not None else None
+    groups: dict[str, Any] = {}
+    for o in JOB_OPTIONS:
+        if wanted is not None and o.name not in wanted:
+            continue
+        if o.group not in groups:
+            groups[o.group] = parser.add_argument_group(o.group)
+        g = groups[o.group]
+        text = o.help + (f" (default {_plain(o)})" if _plain(o) else "")
+        if o.type is bool:
+            g.add_argument(o.flag, action="store_true", default=None, help=text)
+        elif o.type is list:
+            g.add_argument(o.flag, action="append", metavar=o.metavar, help=text)
+        else:
+            g.add_argument(o.flag, type=_argparse_type(o), choices=o.choices, metavar=o.metavar, help=text)
+
+
+def _plain(o: Option) -> str:
+    text = o.default_text if o.default_text is not None else ("" if o.default in (None, (), False) else str(o.default))
+    return text.replace("`", "")
+
+
+def flags_of(values: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+    """The values actually given (None and absent switches left out)."""
+    items = vars(values).items() if isinstance(values, argparse.Namespace) else values.items()
+    return {k: v for k, v in items if v is not None}
+
+
+def check_value(option: Option, value: Any, where: str) -> Any:
+    """`value` converted to the option's type and range-checked; UsageError naming `where` and the flag."""
+    label = f"{where}{option.flag}" if where else option.flag
+    if option.type is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{label}: expected true or false, got {value!r}")
+        return value
+    if option.type is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise UsageError(f"{label}: expected a string or a list of strings, got {value!r}")
+        return list(items)
+    if option.type is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{label}: expected a string, got {value!r}")
+        converted: Any = value
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise UsageError(f"{label}: expected a number, got {value!r}")
+        try:
+            converted = option.type(value) if not isinstance(value, str) else option.type(value.strip())  # type: ignore[operator]
+        except (TypeError, ValueError):
+            raise UsageError(f"{label}: expected {'a whole number' if option.type is int else 'a number'}, "
+                             f"got {value!r}") from None
+        if option.type is int and isinstance(value, float) and value != int(value):
+            raise UsageError(f"{label}: expected a whole number, got {value!r}")
+        if option.minimum is not None and converted < option.minimum:
+            raise UsageError(f"{label} {converted}: must be at least {option.minimum:g}")
+        if option.maximum is not None and converted > option.maximum:
+            raise UsageError(f"{label} {converted}: must be at most {option.maximum:g}")
+    if option.choices and converted not in option.choices:
+        raise UsageError(f"{label} {converted!r}: choose one of {', '.join(option.choices)}")
+    return converted
+
+
+def coerce_option_file(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A daemon job's options document, checked key by key: dest -> value (None values dropped).
+
+    An unknown key or a value of the wrong type is a UsageError naming `where` and the key.
+    """
+    unknown = sorted(set(doc) - OPTION_FILE_NAMES)
+    if unknown:
+        raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}; use the names of the "
+                         f"command-line flags in snake_case (e.g. batch_size)")
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if value is None:
+            continue
+        out[key] = check_value(BY_NAME[key], value, f"{where}: ")
+    return out
+
+
+def markdown_table() -> str:
+    """The option table of README.md."""
+    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
+    for o in JOB_OPTIONS:
+        flag = o.flag
+        if o.choices:
+            flag += " {" + ",".join(o.choices) + "}"
+        elif o.type is not bool:
+            flag += f" {o.metavar or o.name.upper()}"
+        default = o.default_text if o.default_text is not None else (
+            "off" if o.type is bool else "" if o.default in (None, ()) else f"{o.default:,}"
+            if isinstance(o.default, int) else f"{o.default:g}" if isinstance(o.default, float) else str(o.default))
+        env = f" (env {', '.join('`' + e + '`' for e in o.env)})" if o.env else ""
+        notes = [n for n, on in (("remembered", o.remembered), ("shapes batches", o.shapes)) if on]
+        rows.append(f"| `{flag}` | {default}{env} | {o.help}{'; ' + ', '.join(notes) if notes else ''} |")
+    return "\n".join(rows)
+
+
+def rewrite_readme(path: str) -> bool:
+    """Put the current table between README's `<!-- options:start/end -->` markers; True if it changed."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = re.sub(r"(<!-- options:start -->\n).*?(<!-- options:end -->)",
+                 lambda m: m.group(1) + markdown_table() + "\n" + m.group(2), text, flags=re.S)
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return new != text
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m batch_scheduler.core.options [--readme FILE]`
+    import sys
+    if sys.argv[1:2] == ["--readme"]:
+        print("README.md option table " + ("rewritten" if rewrite_readme(sys.argv[2]) else "up to date"))
+    else:
+        print(markdown_table())

@@ -1,0 +1,163 @@
+"""Settings: one frozen dataclass, built once at the edge and passed down.
+
+Precedence: command-line flags, then the process environment, then a `.env` file in the working
+directory. Only `load_environment` reads `os.environ` and `.env`; nothing else in the package does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.options import JOB_OPTIONS, Option, check_value, parse_size
+
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """What a provider declares once, in its own module: limits, defaults, where its key and URL come from."""
+
+    name: str
+    max_requests: int  # per batch, the provider's hard limit
+    max_bytes: int
+    default_requests: int  # per batch when the user says nothing
+    default_bytes: int
+    key_env: tuple[str, ...]  # first set wins
+    base_url_env: tuple[str, ...]
+    default_base_url: str
+    default_auth: str  # "x-api-key" or "bearer"
+    model_env: tuple[str, ...] = ("CLAUDE_MODEL", "ANTHROPIC_MODEL")
+
+    @property
+    def key_hint(self) -> str:
+        """How to name this provider's key to a user: `ANTHROPIC_API_KEY (or CLAUDE_API_KEY)`."""
+        first, *rest = self.key_env
+        return first + (f" (or {' or '.join(rest)})" if rest else "")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How HTTP calls are retried: data, not code."""
+
+    attempts: int = 8
+    deadline_s: float = 600.0
+    initial_wait_s: float = 0.5
+    max_wait_s: float = 30.0
+    jitter: bool = True  # full jitter: wait uniformly in [0, computed]
+
+
+_RUN_FIELDS: list[tuple[str, Any, Any]] = [
+    ("api_key", str, field(default="", repr=False)),  # never in a repr, a log line or a file
+    ("retry", RetryPolicy, field(default=RetryPolicy())),
+    ("progress", bool, field(default=False)),  # a live progress line on a terminal
+    ("verbose", bool, field(default=False)),
+]
+
+
+def _settings_default(o: Option) -> Any:
+    if o.name == "header":
+        return ()
+    return o.default
+
+
+def _shaping(self: Any) -> dict[str, Any]:
+    """The options that decide how input is cut into batches and what each request says."""
+    return {o.name: getattr(self, o.attr) for o in JOB_OPTIONS if o.shapes}
+
+
+def _replace(self: Any, **changes: Any) -> Any:
+    return dataclasses.replace(self, **changes)
+
+
+# One frozen dataclass whose option fields come from the option table (core.options), plus the few a
+# run needs that are not options (the key, the retry policy, the terminal). Every field has a default,
+# so `Settings(model="m", batch_size=4)` works as for any dataclass; `Settings.__doc__` lists them.
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(o.attr, Any, field(default=_settings_default(o))) for o in JOB_OPTIONS] + _RUN_FIELDS,
+    frozen=True, namespace={"shaping": _shaping, "replace": _replace},
+)
+Settings.__module__ = __name__
+
+
+def load_environment(cwd: str | os.PathLike | None = None) -> dict[str, str]:
+    """The process environment over the `.env` file in `cwd`."""
+    env_file = Path(cwd or os.getcwd()) / ".env"
+    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.exists() else {}
+    values.update(os.environ)
+    return values
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise UsageError(f"--header {text!r}: expected 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _first(*values: Any) -> Any:
+    for v in values:
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def provider_name(flags: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    return flags.get("provider") or env.get("BATCH_PROVIDER") or "anthropic"
+
+
+def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: ProviderSpec) -> Settings:
+    """Combine flags (None = not given) with the environment, for the provider `spec` declares.
+
+    Each option is resolved generically from the table (flag, then its environment variables, then
+    its default, checked for type and range); what depends on the provider comes from `spec`.
+    Callers use `providers.build_settings`, which finds the spec. Raises UsageError.
+    """
+    values: dict[str, Any] = {}
+    for o in JOB_OPTIONS:
+        value = flags.get(o.name)
+        if value is None:
+            value = _first(*(env.get(n) for n in o.env))
+        values[o.attr] = check_value(o, value, "") if value is not None else _settings_default(o)
+    values["provider"] = spec.name
+    values["api_key"] = _first(flags.get("api_key"), *(env.get(n) for n in spec.key_env)) or ""
+    base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)
+    values["base_url"] = str(base).rstrip("/")
+    values["auth"] = flags.get("auth") or spec.default_auth
+    if flags.get("model") is None:
+        values["model"] = _first(*(env.get(n) for n in spec.model_env))
+    batch_size = values["batch_size"] = int(_first(flags.get("batch_size"), spec.default_requests))
+    batch_bytes = values["batch_bytes"] = parse_size(_first(flags.get("batch_bytes"), spec.default_bytes))
+    if not 1 <= batch_size <= spec.max_requests:
+        raise UsageError(f"--batch-size {batch_size}: must be 1..{spec.max_requests:,} for provider {spec.name}")
+    if not 1024 <= batch_bytes <= spec.max_bytes:
+        raise UsageError(f"--batch-bytes {batch_bytes}: must be 1KB..{spec.max_bytes // MB} MB for provider "
+                         f"{spec.name}")
+    if values["poll_max_s"] < values["poll_min_s"]:
+        raise UsageError("--poll-min must be > 0 and --poll-max at least --poll-min")
+    values["headers"] = tuple(parse_header(h) for h in values["headers"])
+    template = values["template"]
+    if template and os.path.isfile(template):
+        values["template"] = Path(template).read_text(encoding="utf-8")
+    values["progress"] = bool(flags.get("progress"))
+    values["verbose"] = bool(flags.get("verbose"))
+    for switch in ("strict", "dry_run", "retry_cancelled"):
+        values[switch] = bool(values[switch])
+    return Settings(**values)
+
+
+def join_url(base: str, path: str) -> str:
+    """Join a base URL and a path without doubling `/v1` (the article's base ends in /v1)."""
+    base = base.rstrip("/")
+    path = "/" + path.lstrip("/")
+    if base.endswith("/v1") and path.startswith("/v1/"):
+        path = path[3:]
+    return base + path

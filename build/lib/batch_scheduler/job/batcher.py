@@ -1,0 +1,92 @@
+"""Stage 2: cut validated lines into chunks, each the body of one batch.
+
+A chunk closes at `batch_size` requests or `batch_bytes` of body, whichever comes first. The cut
+depends only on the input and the batch-shaping options, so a resumed run cuts the same chunks and
+can match them to the ledger by sequence number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from batch_scheduler.job.reader import Block
+from batch_scheduler.job.validate import BLANK, Rejects, Validator
+
+BODY_WRAPPER_BYTES = 64  # '{"requests":[' ... ']}' and slack
+
+
+@dataclass
+class Chunk:
+    seq: int
+    start_file: int
+    start_pos: int
+    start_line: int
+    end_file: int = 0
+    end_pos: int = 0
+    lines: list[bytes] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    nbytes: int = BODY_WRAPPER_BYTES
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # (file, line) refused inside the span
+
+    @property
+    def n(self) -> int:
+        return len(self.lines)
+
+
+async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects: Rejects, *,
+                     batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
+                     unit_of: Callable[[int], str]) -> AsyncIterator[Chunk]:
+    """Validated chunks from a stream of blocks, in input order, numbered from 0."""
+    check = validator.check
+    reject = rejects.add
+    seq = 0
+    chunk: Chunk | None = None
+    per_line = overhead(0)
+    # The open chunk's lists and byte count live in locals (this loop runs once per input line);
+    # `room` is how many more requests it may take.
+    lines: list[bytes] = []
+    ids: list[str] = []
+    nbytes = BODY_WRAPPER_BYTES
+    room = batch_size
+    end_file = end_pos = 0  # just past the open chunk's last line
+    async with aclosing(blocks):  # closing us closes the reader (and its file) too
+        async for block in blocks:
+            fi = block.file_index
+            rows = unit_of(fi) == "rows"
+            pos = block.start_pos
+            line_no = block.first_line - 1
+            for raw in block.lines:
+                line_no += 1
+                line_start = pos
+                pos += 1 if rows else len(raw) + 1
+                cid, out, err = check(raw)
+                if err is not None:
+                    if err is not BLANK:
+                        reject(fi, line_no, cid, err)
+                        if chunk is not None:
+                            chunk.skipped.append((fi, line_no))
+                    continue
+                size = len(out) + per_line
+                if chunk is not None and nbytes + size > batch_bytes:
+                    chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
+                    yield chunk
+                    seq += 1
+                    chunk = None
+                if chunk is None:
+                    chunk = Chunk(seq, fi, line_start, line_no)
+                    lines, ids, nbytes, room = chunk.lines, chunk.ids, BODY_WRAPPER_BYTES, batch_size
+                lines.append(out)
+                ids.append(cid)
+                nbytes += size
+                end_file, end_pos = fi, pos
+                room -= 1
+                if room == 0:
+                    chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
+                    yield chunk
+                    seq += 1
+                    chunk = None
+    if chunk is not None:
+        chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
+        yield chunk

@@ -1,0 +1,121 @@
+"""`run --dry-run`: read and check every line exactly as a run would, count, estimate; send nothing.
+
+The same sources, provider `check_request`, validator and batch cut as the engine, so the numbers
+(requests, rejected lines, batches) are the ones a run would see. No HTTP client exists here: the
+provider is built with `http=None` and needs no key. Costs are estimates at batch prices, per model:
+low = estimated input tokens only, high = input plus every request's max_tokens as output. A model
+the price table does not know is listed as "unknown price", never guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import IO
+
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
+from batch_scheduler.job.engine import make_sources, span_blocks
+from batch_scheduler.job.pricing import ModelTotals, PriceTable, cost_range, tally
+from batch_scheduler.job.validate import Rejects, Validator
+from batch_scheduler.providers import make_provider
+
+SHOW_MODELS = 20
+
+
+@dataclass
+class Estimate:
+    requests: int = 0
+    batches: int = 0
+    rejected: int = 0
+    by_model: dict[str | None, ModelTotals] = field(default_factory=dict)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(t.input_tokens for t in self.by_model.values())
+
+
+def rejects_path(out: str | None) -> str | None:
+    """Where the dry run writes rejected lines: `out/rejected.jsonl`, unless `out` already holds a job
+    (then `rejected.dry-run.jsonl`, so the job's own list is not replaced)."""
+    if not out:
+        return None
+    os.makedirs(out, mode=0o700, exist_ok=True)
+    name = "rejected.dry-run.jsonl" if os.path.exists(os.path.join(out, "ledger.db")) else "rejected.jsonl"
+    return os.path.join(out, name)
+
+
+async def estimate(settings: Settings, inputs: list[str], rejects: Rejects) -> Estimate:
+    """Validate and cut every line as a run would; count and estimate what was accepted."""
+    provider = make_provider(settings, http=None)  # type: ignore[arg-type] - providers never call it here
+    sources = make_sources(inputs, settings)
+    validator = Validator(provider, settings.batch_bytes - BODY_WRAPPER_BYTES)
+    est = Estimate()
+    chunks = cut_chunks(span_blocks(sources, (0, 0, 1), None), validator, rejects,
+                        batch_size=settings.batch_size, batch_bytes=settings.batch_bytes,
+                        overhead=provider.body_overhead, unit_of=lambda fi: sources[fi].unit)
+    async with aclosing(chunks):  # closing the cut closes the reader and its files
+        async for chunk in chunks:
+            est.batches += 1
+            est.requests += chunk.n
+            tally(chunk.lines, provider.name, into=est.by_model)  # the estimator --max-cost uses too
+    est.rejected = rejects.count
+    return est
+
+
+def usd(x: float) -> str:
+    return f"${x:,.6f}" if x < 1 else f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
+
+
+def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str]) -> None:
+    """What a run would send and what it may cost, for the user (stdout)."""
+    def say(text: str) -> None:
+        print(text, file=stream)
+
+    say(f"dry run ({settings.provider}): nothing was submitted")
+    say(f"requests: {est.requests:,}")
+    say(f"rejected lines: {est.rejected:,}")
+    say(f"batches: {est.batches:,} (at most {settings.batch_size:,} requests and "
+        f"{settings.batch_bytes / 1e6:,.0f} MB each)")
+    say(f"estimated input tokens: {est.input_tokens:,} (about 3.5 characters a token)")
+    low = high = 0.0
+    unknown = 0
+    lines = []
+    models = sorted(est.by_model.items(), key=lambda kv: -kv[1].requests)
+    for model, t in models:
+        cost = cost_range(prices, model, t)
+        head = (f"  {model or '(no model)'}: {t.requests:,} request(s), ~{t.input_tokens:,} input tokens, "
+                f"up to {t.max_output_tokens:,} output tokens")
+        if cost is None:
+            unknown += t.requests
+            lines.append(f"{head}: unknown price")
+        else:
+            low, high = low + cost[0], high + cost[1]
+            lines.append(f"{head}: {usd(cost[0])} to {usd(cost[1])}")
+    total = f"{usd(low)} to {usd(high)}" if unknown < est.requests or not est.requests else "unknown price"
+    if unknown and unknown < est.requests:
+        total += f", plus {unknown:,} request(s) at unknown price"
+    say(f"estimated cost at batch prices: {total}")
+    for text in lines[:SHOW_MODELS]:
+        say(text)
+    if len(lines) > SHOW_MODELS:
+        say(f"  ... and {len(lines) - SHOW_MODELS} more model(s)")
+
+
+async def dry_run(settings: Settings, inputs: list[str], out: str | None) -> int:
+    """Exit status: 0; 2 with --strict when any line is bad."""
+    prices = PriceTable.load(settings.prices_file)
+    rejects = Rejects(rejects_path(out), inputs)
+    try:
+        est = await estimate(settings, inputs, rejects)
+    finally:
+        rejects.close()
+    report(est, settings, prices, sys.stdout)
+    rejects.report(sys.stderr)
+    if settings.strict and rejects.count:
+        print(f"batch-scheduler: --strict: {rejects.count:,} bad line(s); a run would refuse the whole job and "
+              f"submit nothing", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,118 @@
+"""Stage 1: read input files in big blocks and split them into lines ourselves.
+
+A source yields `Block`s: a list of raw lines (bytes, no newline) with the line number and position
+of the first one. Positions let a later stage read a range of the input again (to find the request
+behind a result that must be retried). For JSONL (plain or .gz) a position is a byte offset in the
+uncompressed stream; for row sources (CSV, templates; see `sources.py`) it is a row index.
+There is no await per line: one await per block of `BLOCK_BYTES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import gzip
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.lines import split_lines
+
+BLOCK_BYTES = 4 << 20
+
+
+@dataclass(slots=True)
+class Block:
+    file_index: int
+    lines: list  # bytes, or a str naming what is wrong with the line (row sources)
+    first_line: int
+    start_pos: int
+
+
+class LineTooLong:
+    """Marker in place of a line longer than the limit; the line itself was never held whole."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+class JsonlSource:
+    """A .jsonl file, or a .jsonl.gz streamed without unpacking to disk."""
+
+    unit = "bytes"
+
+    def __init__(self, path: str, index: int, max_line_bytes: int = 256 << 20):
+        self.path = path
+        self.index = index
+        self.max_line_bytes = max_line_bytes
+
+    def _open(self, pos: int) -> BinaryIO:
+        f: BinaryIO = gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
+        if pos:
+            f.seek(pos)  # gzip: decompresses forward to pos
+        return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)
+
+    async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
+        f = self._open(0)  # opened and closed on the loop: a cancelled thread hop would leak the file
+        try:
+            if start_pos:
+                await asyncio.to_thread(f.seek, start_pos)
+            pos, line_no, tail = start_pos, start_line, b""
+            skipping = 0  # bytes of an over-long line skipped so far
+            while data := await asyncio.to_thread(f.read, BLOCK_BYTES):
+                if skipping:
+                    nl = data.find(b"\n")
+                    if nl < 0:
+                        skipping += len(data)
+                        continue
+                    yield Block(self.index, [LineTooLong(skipping + nl)], line_no, pos)
+                    pos += skipping + nl + 1
+                    line_no += 1
+                    data, skipping = data[nl + 1:], 0
+                if tail:
+                    data = tail + data
+                lines, tail = split_lines(data)
+                if lines:
+                    yield Block(self.index, lines, line_no, pos)
+                    pos += len(data) - len(tail)
+                    line_no += len(lines)
+                if len(tail) > self.max_line_bytes:
+                    skipping, tail = len(tail), b""
+            if skipping:
+                yield Block(self.index, [LineTooLong(skipping)], line_no, pos)
+            elif tail:
+                yield Block(self.index, [tail], line_no, pos)
+        finally:
+            f.close()
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Globs and plain paths -> existing files, in the order given (each glob sorted)."""
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UsageError(f"{pattern}: no file matches")
+        for path in matches:
+            if not os.path.isfile(path):
+                raise UsageError(f"{path}: no such file")
+            if path not in files:
+                files.append(path)
+    return files
+
+
+def fingerprint(path: str, edge_bytes: int = 1 << 20) -> dict:
+    """Size and a checksum of the head and tail: enough to notice a changed input."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(edge_bytes))
+        if size > edge_bytes:
+            f.seek(max(edge_bytes, size - edge_bytes))
+            h.update(f.read(edge_bytes))
+    return {"path": os.path.abspath(path), "size": size, "sha256_edges": h.hexdigest()}

@@ -1,0 +1,234 @@
+"""Stage 3: turn a chunk into a batch at the provider, exactly once.
+
+Write-ahead: the intent is in the ledger before the create call is sent, and the batch id the moment
+it returns. When a create's outcome is unknown (the connection dropped after the body was sent, a
+timeout, or the process died there), a batch may exist that we would pay for twice: before sending
+again we look for it with the list endpoint and adopt it. What may be ours: a batch created after the
+intent that no chunk of this job claims and, where the provider keeps metadata (OpenAI), that carries
+this chunk's tag (`job-<token>-chunk-<id>`: the token is made once per job and kept in the ledger, so
+jobs sharing an account never take each other's batches and a restart still knows its own); where it
+keeps none (Anthropic), that has the same request count. The collector confirms ownership from the
+custom_ids of its results.
+
+Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
+rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from batch_scheduler.core import errors
+from batch_scheduler.core.ledger import ChunkState, Ledger
+from batch_scheduler.job.validate import Rejects
+from batch_scheduler.providers.base import BatchInfo, Provider
+
+log = logging.getLogger("batch_scheduler.submitter")
+
+ADOPT_WINDOW_S = 120.0  # created_at may be this much before our intent (clock skew)
+UNKNOWN_RESENDS = 6  # creates sent again after unknown outcomes before giving up
+JOB_TOKEN_KEY = "job_token"  # ledger meta: the job's tag token, and when it was made
+JOB_TOKEN_AT_KEY = "job_token_at"
+
+
+def job_token(ledger: Ledger, clock: Callable[[], float]) -> tuple[str, float]:
+    """The job's token and when it was made: random, made by the first run, read back by every later one."""
+    meta = ledger.read_meta()
+    token = meta.get(JOB_TOKEN_KEY)
+    if isinstance(token, str) and token:
+        return token, float(meta.get(JOB_TOKEN_AT_KEY) or 0.0)
+    token, made_at = secrets.token_hex(6), clock()
+    ledger.write_meta({JOB_TOKEN_KEY: token, JOB_TOKEN_AT_KEY: made_at})
+    return token, made_at
+
+
+@dataclass
+class Outgoing:
+    chunk_id: int
+    kind: str
+    root_seq: int | None
+    skip: int
+    lines: list[bytes]
+    ids: list[str]
+    attempt: int
+    intent_at: float
+    raw_index: list[int] | None = None  # input chunks: each line's index in its root chunk's lines
+    take: int | None = None  # how many of the root chunk's lines this chunk covers (refused ones too)
+
+    def __post_init__(self) -> None:
+        if self.raw_index is None:
+            self.raw_index = list(range(self.skip, self.skip + len(self.lines)))
+        if self.take is None:
+            self.take = len(self.lines)
+
+
+@dataclass
+class Submitted:
+    chunk_id: int
+    info: BatchInfo
+    n: int
+    kind: str
+    adopted: bool
+
+
+class Submitter:
+    def __init__(self, provider: Provider, ledger: Ledger, rejects: Rejects, *,
+                 overhead: Callable[[int], int], clock: Callable[[], float] = time.time):
+        self.provider = provider
+        self.ledger = ledger
+        self.rejects = rejects
+        self._overhead = overhead
+        self._clock = clock
+        self._adopt_lock = asyncio.Lock()
+        self._idle = asyncio.Condition()
+        self._creating = 0  # create calls in the air
+        self._adopting = False
+        self._claimed: set[str] = set()
+        self._token, self._token_at = job_token(ledger, clock)
+
+    def tag(self, chunk_id: int) -> str:
+        """What a create for this chunk is tagged with: unique across jobs, the same after a restart."""
+        return f"job-{self._token}-chunk-{chunk_id}"
+
+    def nbytes(self, lines: list[bytes]) -> int:
+        return sum(len(x) + self._overhead(len(x)) for x in lines) + 64
+
+    async def submit(self, out: Outgoing) -> list[Submitted]:
+        """Create the batch (two or more after a 413 split). Raises FatalError to stop the job."""
+        lines, ids, index = out.lines, out.ids, out.raw_index or []
+        resends = 0
+        while lines:
+            try:
+                info = await self._create(out.chunk_id, lines)
+            except (errors.OutcomeUnknown, errors.TimeoutError_) as err:
+                await self.ledger.add_counts({"creates_unknown": 1})
+                log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", out.chunk_id, err)
+                adopted = await self.adopt(out.chunk_id, len(lines), out.intent_at)
+                if adopted is not None:
+                    return [Submitted(out.chunk_id, adopted, len(lines), out.kind, True)]
+                resends += 1
+                if resends > UNKNOWN_RESENDS:
+                    raise
+                out.intent_at = await self._intent_again(out, lines)
+                continue
+            except errors.RequestTooLarge:
+                return await self._split(out, lines, ids, index)
+            except errors.RequestRejected as err:
+                idx = errors.rejected_request_index(str(err))
+                if idx is None or idx >= len(lines):
+                    raise
+                await self._reject_one(out, ids[idx], str(err))
+                lines, ids, index = lines[:idx] + lines[idx + 1:], ids[:idx] + ids[idx + 1:], index[:idx] + index[idx + 1:]
+                if lines:
+                    out.intent_at = await self._intent_again(out, lines)
+                continue
+            except errors.ProviderError:
+                # the API answered: no batch was created; the chunk waits for the next run
+                await self.ledger.set_state(out.chunk_id, ChunkState.PLANNED)
+                raise
+            await self.ledger.add_counts({"batches_created": 1, "requests_sent": len(lines)})
+            return [Submitted(out.chunk_id, info, len(lines), out.kind, False)]
+        await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "every request was refused")
+        return []
+
+    async def _create(self, chunk_id: int, lines: list[bytes]) -> BatchInfo:
+        """One create call, counted so that adoption never runs while a create of ours is in the air.
+
+        Otherwise a batch we just created (visible in the list, its id not yet recorded) could be
+        adopted by another chunk. The batch id is recorded before the count drops.
+        """
+        async with self._idle:
+            await self._idle.wait_for(lambda: not self._adopting)
+            self._creating += 1
+        try:
+            info = await self.provider.create(lines, tag=self.tag(chunk_id))
+            self._claimed.add(info.id)
+            await self.ledger.record_submitted(chunk_id, info.id)
+            return info
+        finally:
+            async with self._idle:
+                self._creating -= 1
+                self._idle.notify_all()
+
+    async def _intent_again(self, out: Outgoing, lines: list[bytes]) -> float:
+        await self.ledger.record_intent(kind=out.kind, take=len(lines), nbytes=self.nbytes(lines),
+                                        chunk_id=out.chunk_id)
+        return self._clock()
+
+    async def _reject_one(self, out: Outgoing, custom_id: str, message: str) -> None:
+        await self.ledger.record_api_rejected(out.root_seq, custom_id, message)
+        self.rejects.add(None, None, custom_id, f"refused by the API: {message}")
+        await self.ledger.add_counts({"api_rejected": 1})
+
+    async def _split(self, out: Outgoing, lines: list[bytes], ids: list[str], index: list[int]) -> list[Submitted]:
+        if len(lines) == 1:
+            await self._reject_one(out, ids[0], "request too large for a batch (413)")
+            await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "413 on a single request")
+            return []
+        half = len(lines) // 2
+        # the halves cover whole ranges of the root chunk's lines, refused lines included (they stay refused)
+        mid, end = index[half], out.skip + (out.take or len(lines))
+        specs = [(out.skip, mid - out.skip, self.nbytes(lines[:half]), ids[:half]),
+                 (mid, end - mid, self.nbytes(lines[half:]), ids[half:])]
+        child_ids = await self.ledger.record_split(out.chunk_id, specs)
+        log.info("chunk %s: 413 from the API, split into %s", out.chunk_id, child_ids)
+        done: list[Submitted] = []
+        for child_id, (a, b), (skip, take, nbytes, _) in zip(child_ids, [(0, half), (half, len(lines))], specs,
+                                                            strict=True):
+            await self.ledger.record_intent(kind=out.kind, take=take, nbytes=nbytes, chunk_id=child_id)
+            child = Outgoing(child_id, out.kind, out.root_seq, skip, lines[a:b], ids[a:b], out.attempt,
+                             self._clock(), index[a:b], take)
+            done += await self.submit(child)
+        return done
+
+    async def adopt(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
+        """A batch created after our intent that nobody claims and that may be this chunk's, or None."""
+        since = (intent_at or self._clock()) - ADOPT_WINDOW_S
+        async with self._adopt_lock:
+            async with self._idle:
+                self._adopting = True
+                await self._idle.wait_for(lambda: self._creating == 0)
+            try:
+                return await self._adopt(chunk_id, n, since, intent_at)
+            finally:
+                async with self._idle:
+                    self._adopting = False
+                    self._idle.notify_all()
+
+    async def _adopt(self, chunk_id: int, n: int, since: float, intent_at: float | None) -> BatchInfo | None:
+        recent = [info async for info in self.provider.recent(since)]
+        claimed = self._claimed | await self.ledger.claimed_batch_ids()
+        candidates = [info for info in recent
+                      if info.id not in claimed and self._may_be_ours(info, chunk_id, n, intent_at)]
+        if not candidates:
+            return None
+        # the right count first, then the one created nearest the intent: the most likely to be ours
+        candidates.sort(key=lambda i: (i.total != n, abs((i.created_at or 0) - (intent_at or 0))))
+        info = candidates[0]
+        await self.ledger.record_submitted(chunk_id, info.id, adopted=True)
+        self._claimed.add(info.id)
+        await self.ledger.add_counts({"batches_adopted": 1, "batches_created": 1, "requests_sent": n})
+        log.info("chunk %s: adopted batch %s (created while the answer was lost)", chunk_id, info.id)
+        return info
+
+    def _may_be_ours(self, info: BatchInfo, chunk_id: int, n: int, intent_at: float | None) -> bool:
+        """Whether a batch may be the one a lost create of this chunk made.
+
+        A provider that keeps metadata (it has `tag_of`) says whose a batch is: it must carry this chunk's
+        tag (or, for an intent made before this job had a token, the `chunk-<id>` tag of earlier versions),
+        and its count must not contradict ours (OpenAI counts 0 until it has validated the file).
+        Without metadata (Anthropic) the request count, with the time window, is all there is.
+        """
+        tag_of = getattr(self.provider, "tag_of", None)
+        if tag_of is None:
+            return info.total == n
+        tag = tag_of(info)
+        before_token = intent_at is not None and intent_at < self._token_at
+        if tag != self.tag(chunk_id) and not (before_token and tag == f"chunk-{chunk_id}"):
+            return False
+        return info.total in (n, 0, None)

@@ -1,0 +1,182 @@
+"""Every line is checked before it joins a batch; bad lines go to rejected.jsonl, never to the API.
+
+`Validator.check` is on the hot path: one orjson parse per line and a few dictionary looks. The
+custom_id duplicate check keeps 8 bytes per request (an open-addressing table of 64-bit string
+hashes, not a set of strings), so a million requests cost about 13 MiB, not a hundred.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from array import array
+from typing import IO
+
+import orjson
+
+from batch_scheduler.job.reader import LineTooLong
+
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+BLANK = "blank"
+RESERVE_MAX = 4_000_000  # requests the duplicate check is sized for before it has seen them
+
+
+class FingerprintSet:
+    """A set of 64-bit fingerprints in about 12 bytes each (open addressing, load at most 0.7).
+
+    The table is cut into 64 segments (by the top bits) that grow one at a time by 1.5x, so the
+    table stays close to what it holds and growing never holds two copies of the whole table.
+    """
+
+    SEGMENTS = 64
+    MAX_LOAD = 0.7
+
+    def __init__(self, slots: int = 1024):
+        self._segs = [array("q", bytes(8 * slots)) for _ in range(self.SEGMENTS)]
+        self._limits = [int(slots * self.MAX_LOAD)] * self.SEGMENTS
+        self._counts = [0] * self.SEGMENTS
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, h: int) -> bool:
+        """Add; False when it was there already."""
+        h = h or 1
+        k = (h >> 58) & 63
+        slots = self._segs[k]
+        size = len(slots)
+        i = h % size
+        while (v := slots[i]) != 0:
+            if v == h:
+                return False
+            i += 1
+            if i == size:
+                i = 0
+        slots[i] = h
+        self._n += 1
+        self._counts[k] += 1
+        if self._counts[k] > self._limits[k]:
+            self._grow(k)
+        return True
+
+    def reserve(self, n: int) -> None:
+        """Make room for about n fingerprints in all, now, so the table does not grow step by step."""
+        want = int(n / self.SEGMENTS / self.MAX_LOAD * 1.1) + 1
+        for k in range(self.SEGMENTS):
+            if len(self._segs[k]) < want:
+                self._grow(k, want)
+
+    def _grow(self, k: int, size: int = 0) -> None:
+        old = self._segs[k]
+        size = max(size, len(old) * 3 // 2)
+        slots = array("q", bytes(8 * size))
+        for v in old:
+            if v:
+                i = v % size
+                while slots[i] != 0:
+                    i = (i + 1) % size
+                slots[i] = v
+        self._segs[k] = slots
+        self._limits[k] = int(size * self.MAX_LOAD)
+
+
+class Validator:
+    """Checks one raw line: (custom_id, bytes to send, None) or (custom_id or None, None, error)."""
+
+    def __init__(self, provider, max_line_bytes: int):
+        self._check_request = provider.check_request
+        self._max_line = max_line_bytes
+        self._seen = FingerprintSet()
+
+    def expect(self, n: int) -> None:
+        """About n requests are coming (an estimate from the input's size and its first lines): size the
+        duplicate check once. At most RESERVE_MAX up front (~50 MB): an estimate from short first lines
+        can be far too high, and past that the table grows as usual."""
+        self._seen.reserve(min(n, RESERVE_MAX))
+
+    def check(self, raw) -> tuple[str | None, bytes | None, str | None]:
+        if type(raw) is not bytes:
+            if isinstance(raw, LineTooLong):
+                return None, None, f"line is {raw.size:,} bytes, larger than a batch may be ({self._max_line:,})"
+            return None, None, str(raw)  # a row source already said what is wrong
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return None, None, self._why_unparsable(raw, exc)
+        if type(obj) is not dict:
+            return None, None, f"not a JSON object (got {type(obj).__name__})"
+        cid = obj.get("custom_id")
+        if cid is None:
+            return None, None, "custom_id missing"
+        if type(cid) is not str:
+            return None, None, f"custom_id is not a string (got {type(cid).__name__})"
+        if not CUSTOM_ID.fullmatch(cid):
+            return None, None, f"custom_id {cid[:80]!r} must be 1-64 characters of a-z A-Z 0-9 _ -"
+        if len(raw) > self._max_line:
+            return cid, None, f"line is {len(raw):,} bytes, larger than a batch may be ({self._max_line:,})"
+        problem, out = self._check_request(obj, raw)
+        if problem:
+            return cid, None, problem
+        if not self._seen.add(hash(cid)):
+            return cid, None, f"duplicate custom_id {cid!r} (the first one is kept)"
+        return cid, out, None
+
+    @staticmethod
+    def _why_unparsable(raw: bytes, exc: Exception) -> str:
+        if not raw.strip():
+            return BLANK
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return f"bytes that are not UTF-8 at column {err.start + 1}"
+        return f"malformed JSON: {exc}"
+
+
+class Rejects:
+    """Writes rejected lines to DIR/rejected.jsonl and remembers the count and the first few."""
+
+    SHOW = 5
+
+    def __init__(self, path: str | None, files: list[str]):
+        self._files = files
+        self._f: IO[bytes] | None = None
+        if path:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._f = os.fdopen(fd, "wb", buffering=1 << 16)
+        self.count = 0
+        self.first: list[str] = []
+
+    def add(self, file_index: int | None, line: int | None, custom_id: str | None, error: str,
+            extra: dict | None = None) -> None:
+        self.count += 1
+        record: dict = {"file": self._files[file_index] if file_index is not None else None, "line": line}
+        if custom_id is not None:
+            record["custom_id"] = custom_id
+        record["error"] = error
+        if extra:
+            record.update(extra)
+        if self._f:
+            self._f.write(orjson.dumps(record) + b"\n")
+        if len(self.first) < self.SHOW:
+            where = f"{record['file']}:{line}" if line is not None else f"custom_id {custom_id}"
+            self.first.append(f"{where}: {error}")
+
+    def flush(self) -> None:
+        if self._f:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f:
+            self.flush()
+            self._f.close()
+            self._f = None
+
+    def report(self, stream: IO[str] = sys.stderr) -> None:
+        if not self.count:
+            return
+        print(f"{self.count:,} line(s) rejected (see rejected.jsonl); first ones:", file=stream)
+        for text in self.first:
+            print(f"  {text}", file=stream)

@@ -1,0 +1,101 @@
+"""Buffered shard writers: DIR/results/shard-NNNNN.jsonl.
+
+The shard of a request is `zlib.crc32(custom_id.encode("utf-8")) % shards` (CRC-32 as in zlib,
+gzip and PNG), so anyone can find a custom_id's shard:
+    python -c 'import zlib,sys; print(zlib.crc32(sys.argv[1].encode()) % 16)' my-id-42
+
+`add` is one append to the shard's list of lines; `account`, once per block of lines, joins each
+list into the shard's buffer (one copy), and the buffers are written in large writes once they hold
+FLUSH_BYTES; `commit` flushes and fsyncs and returns
+the durable offsets, which the ledger records; `rollback` truncates back to recorded offsets, so an
+interrupted download leaves no line behind.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+FLUSH_BYTES = 4 << 20
+
+
+def shard_of(custom_id: str, shards: int) -> int:
+    return zlib.crc32(custom_id.encode("utf-8")) % shards
+
+
+def shard_path(out_dir: str, idx: int) -> str:
+    return os.path.join(out_dir, "results", f"shard-{idx:05d}.jsonl")
+
+
+class ShardSet:
+    def __init__(self, out_dir: str, shards: int):
+        self.n = shards
+        os.makedirs(os.path.join(out_dir, "results"), mode=0o700, exist_ok=True)
+        self._fds = [os.open(shard_path(out_dir, i), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                     for i in range(shards)]
+        self._pending: list[list[bytes]] = [[] for _ in range(shards)]  # lines since the last `account`
+        self._bufs = [bytearray() for _ in range(shards)]
+        self._buffered = 0
+        self._dirty: set[int] = set()
+        self.offsets = [os.fstat(fd).st_size for fd in self._fds]  # bytes written (not yet durable)
+        self.bytes_written = 0
+
+    def add(self, idx: int, line: bytes) -> None:
+        """Buffer one line (without its newline); call `account` after each block of lines."""
+        self._pending[idx].append(line)
+
+    def account(self, nbytes: int) -> None:
+        """The lines added since the last call (nbytes with newlines) join their shard's buffer, so the line
+        objects are freed block by block; the buffers are written once they hold FLUSH_BYTES."""
+        self._gather()
+        self._buffered += nbytes
+        if self._buffered >= FLUSH_BYTES:
+            self.flush()
+
+    def _gather(self) -> None:
+        for i, lines in enumerate(self._pending):
+            if lines:
+                lines.append(b"")
+                self._bufs[i] += b"\n".join(lines)  # each line and its newline
+                lines.clear()
+
+    def flush(self) -> None:
+        self._gather()
+        for i, buf in enumerate(self._bufs):
+            if buf:
+                with memoryview(buf) as whole:
+                    view, fd = whole, self._fds[i]
+                    while view:
+                        view = view[os.write(fd, view):]
+                    del view
+                self.offsets[i] += len(buf)
+                self.bytes_written += len(buf)
+                self._dirty.add(i)
+                buf.clear()
+        self._buffered = 0
+
+    def commit(self) -> list[int]:
+        """Flush and fsync; the offsets returned are durable."""
+        self.flush()
+        for i in self._dirty:
+            os.fsync(self._fds[i])
+        self._dirty.clear()
+        return list(self.offsets)
+
+    def rollback(self, offsets: list[int]) -> None:
+        """Drop everything past `offsets` (buffered or written)."""
+        for lines in self._pending:
+            lines.clear()
+        for buf in self._bufs:
+            buf.clear()
+        self._buffered = 0
+        for i, off in enumerate(offsets):
+            if self.offsets[i] != off:
+                os.ftruncate(self._fds[i], off)
+                os.fsync(self._fds[i])
+                self.offsets[i] = off
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []

@@ -1,0 +1,102 @@
+"""Anthropic Message Batches (`--provider anthropic`, the default)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.providers.base import BatchInfo, BatchState, encode, parse_time, requests_body
+from batch_scheduler.providers.common import auth_headers, check_message_params, classify_result, same_origin
+
+_PATH = "/v1/messages/batches"
+
+
+SPEC = ProviderSpec(
+    name="anthropic", max_requests=100_000, max_bytes=256 * MB, default_requests=10_000, default_bytes=200 * MB,
+    key_env=("ANTHROPIC_API_KEY", "CLAUDE_API_KEY"), base_url_env=("ANTHROPIC_BASE_URL", "CLAUDE_BASE_URL"),
+    default_base_url="https://api.anthropic.com", default_auth="x-api-key")
+
+
+class AnthropicProvider:
+    name = "anthropic"
+    spec = SPEC
+
+    def __init__(self, settings: Settings, http: HttpClient):
+        self.settings = settings
+        self.http = http
+        self._url = join_url(settings.base_url, _PATH)
+        self._model_bytes = orjson.dumps(settings.model) if settings.model else None
+
+    @staticmethod
+    def headers(settings: Settings) -> dict[str, str]:
+        headers = auth_headers(settings)
+        headers["anthropic-version"] = settings.anthropic_version
+        return headers
+
+    def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
+        params = obj.get("params")
+        if (type(params) is dict and len(obj) == 2 and "model" in params and "max_tokens" in params
+                and "messages" in params and not params.get("stream")):
+            return None, raw  # the common case, sent as it came (the checks below, inlined)
+        problem = check_message_params(params, self.settings.model)
+        if problem:
+            return problem, None
+        if len(obj) != 2 or "model" not in params:  # extra keys, or the model to fill: re-encode
+            if "model" not in params:
+                params = {"model": self.settings.model, **params}
+            return None, encode({"custom_id": obj["custom_id"], "params": params})
+        return None, raw
+
+    def body_overhead(self, line_bytes: int) -> int:
+        return 1  # the comma between requests
+
+    async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
+        body = requests_body(lines)
+        data = await self.http.call("POST", self._url, "create", body=body, idempotent=False)
+        return self._info(orjson.loads(data))
+
+    async def get(self, batch_id: str) -> BatchInfo:
+        data = await self.http.call("GET", f"{self._url}/{batch_id}", "retrieve")
+        return self._info(orjson.loads(data))
+
+    async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
+        after: str | None = None
+        while True:
+            url = f"{self._url}?limit=1000" + (f"&after_id={after}" if after else "")
+            page = orjson.loads(await self.http.call("GET", url, "list"))
+            for item in page.get("data", []):
+                info = self._info(item)
+                if info.created_at is not None and info.created_at < since:
+                    return
+                yield info
+            if not page.get("has_more") or not page.get("last_id"):
+                return
+            after = page["last_id"]
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        data = await self.http.call("POST", f"{self._url}/{batch_id}/cancel", "cancel")
+        return self._info(orjson.loads(data))
+
+    async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
+        url = f"{self._url}/{info.id}/results"
+        given = info.results[0] if info.results else None
+        if given and same_origin(given, self._url):
+            url = given  # never send the key to another host than the one configured
+        async for block in self.http.line_blocks(url, "results"):
+            yield block
+
+    classify = staticmethod(classify_result)
+
+    def _info(self, doc: dict) -> BatchInfo:
+        status = doc.get("processing_status")
+        counts = doc.get("request_counts") or {}
+        state = BatchState.ENDED if status == "ended" else BatchState.IN_PROGRESS
+        url = doc.get("results_url")
+        return BatchInfo(
+            id=doc["id"], state=state, created_at=parse_time(doc.get("created_at")),
+            ended_at=parse_time(doc.get("ended_at")), total=sum(int(v or 0) for v in counts.values()),
+            counts=counts, results=[url] if url else [], raw=doc,
+        )

@@ -1,0 +1,69 @@
+"""What more than one provider shares: Messages-API auth headers, params checks and result lines.
+
+The Anthropic API and the inline proxy speak the same Messages request and result forms; OpenAI
+converts Message Batches lines to chat completions. Shared code lives here, not in a sibling.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import orjson
+
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, Outcome
+
+_REQUIRED = ("max_tokens", "messages")
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if settings.auth == "bearer":
+        headers["authorization"] = f"Bearer {settings.api_key}"
+    else:
+        headers["x-api-key"] = settings.api_key
+    headers.update(dict(settings.headers))
+    return headers
+
+
+def check_message_params(params: object, model: str | None, prefix: str = "params") -> str | None:
+    """The fields a Messages request cannot do without; None when it has them."""
+    if not isinstance(params, dict):
+        return f"{prefix} missing or not an object"
+    if "model" not in params and not model:
+        return f"{prefix}.model missing (give --model or CLAUDE_MODEL to fill it)"
+    for name in _REQUIRED:
+        if name not in params:
+            return f"{prefix}.{name} missing"
+    if params.get("stream"):
+        return f"{prefix}.stream is not allowed in a batch"
+    return None
+
+
+def same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
+
+
+def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int] | None, str | None]:
+    """Route and count one `{"custom_id", "result": {...}}` line (also the inline proxy's form)."""
+    doc = orjson.loads(line)
+    cid = doc["custom_id"]
+    result = doc["result"]
+    kind = result["type"]
+    if kind == "succeeded":
+        message = result["message"]
+        u = message.get("usage") or {}
+        usage = (u.get("input_tokens") or 0, u.get("output_tokens") or 0,  # a Usage, as a plain tuple
+                 u.get("cache_creation_input_tokens") or 0, u.get("cache_read_input_tokens") or 0)
+        return cid, Outcome.SUCCEEDED, usage, message.get("model")
+    if kind == "errored":
+        err = result.get("error") or {}
+        inner = err.get("error") if isinstance(err.get("error"), dict) else err
+        transient = inner.get("type") in TRANSIENT_ERROR_KINDS
+        return cid, (Outcome.ERRORED_TRANSIENT if transient else Outcome.ERRORED), None, None
+    if kind == "expired":
+        return cid, Outcome.EXPIRED, None, None
+    if kind == "canceled":
+        return cid, Outcome.CANCELED, None, None
+    raise ValueError(f"unknown result type {kind!r}")

@@ -1,0 +1,167 @@
+"""The article's inline proxy (`--provider inline`; API-NOTES §3): requests inline, Anthropic-style results.
+
+    create:  POST {base}{inline_create_path}   {"requests": [{custom_id, method, url, body}, ...]}
+    poll:    GET  {base}{inline_status_path}   {"status", "progress"}
+    results: GET  {base}{inline_results_path}  JSONL, the Message Batches result lines
+
+Paths are joined with `join_url`, so the article's base URL ending in `/v1` and its paths starting
+with `/v1` do not make `/v1/v1`. Input lines come in the Message Batches form `{custom_id, params}`
+or already as `{custom_id, method, url, body}`; the proxy refuses `system`, so it is folded into the
+first user message (prepended to its text, a blank line between).
+
+States: `completed` and `expired` are ENDED (an expired batch's results carry its unprocessed
+requests as `expired` lines, which are retried); `failed` is ENDED only when the status says some
+requests finished (`request_counts`), else FAILED with the proxy's reason; anything else is
+IN_PROGRESS.
+
+The proxy has no list call, so `recent` yields nothing. Consequence: a create whose answer was lost
+(the connection dropped after the body was sent) cannot be matched to the batch it may have made;
+the chunk is sent again. Results stay exactly-once (only the recorded batch is collected), but the
+lost batch, if it exists, is paid for and never read. Polling falls back to one retrieve per batch.
+The proxy has no cancel call either: `cancel` says so without calling it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from batch_scheduler.core import errors
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.providers.base import BatchInfo, BatchState, encode, parse_time, requests_body
+from batch_scheduler.providers.common import auth_headers, check_message_params, classify_result
+
+MESSAGES_URL = "/v1/messages"
+_LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
+
+
+def fold_system(body: dict, where: str) -> tuple[dict | None, str | None]:
+    """The body with `system` prepended to the first user message's text (the proxy refuses `system`)."""
+    system = body.get("system")
+    rest = {k: v for k, v in body.items() if k != "system"}
+    if not system:
+        return rest, None
+    if isinstance(system, list):
+        texts = [b.get("text") for b in system if isinstance(b, dict)]
+        if not all(isinstance(t, str) for t in texts) or len(texts) != len(system):
+            return None, f"{where}.system must be a string or a list of text blocks"
+        system = "\n\n".join(texts)
+    if not isinstance(system, str):
+        return None, f"{where}.system must be a string or a list of text blocks"
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None, f"{where}.messages must be a list"
+    for i, msg in enumerate(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                content = f"{system}\n\n{content}"
+            elif isinstance(content, list):
+                content = [{"type": "text", "text": system}, *content]
+            else:
+                return None, f"{where}.messages[{i}].content must be a string or a list of blocks"
+            rest["messages"] = [*messages[:i], {**msg, "content": content}, *messages[i + 1:]]
+            return rest, None
+    return None, f"{where}.system given but no user message to fold it into (the proxy refuses system)"
+
+
+SPEC = ProviderSpec(
+    name="inline", max_requests=10_000, max_bytes=256 * MB, default_requests=5_000, default_bytes=200 * MB,
+    key_env=("ANTHROPIC_API_KEY", "CLAUDE_API_KEY"), base_url_env=("ANTHROPIC_BASE_URL", "CLAUDE_BASE_URL"),
+    default_base_url="https://api.anthropic.com", default_auth="bearer")
+
+
+class InlineProvider:
+    name = "inline"
+    spec = SPEC
+
+    def __init__(self, settings: Settings, http: HttpClient):
+        self.settings = settings
+        self.http = http
+        self._create_url = join_url(settings.base_url, settings.inline_create_path)
+        self._status_url = join_url(settings.base_url, settings.inline_status_path)
+        self._results_url = join_url(settings.base_url, settings.inline_results_path)
+
+    @staticmethod
+    def headers(settings: Settings) -> dict[str, str]:
+        return auth_headers(settings)  # Bearer unless --auth x-api-key; plus --header (Bypass-Middleware)
+
+    # -- input lines ----------------------------------------------------------------------------
+
+    def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
+        if "params" in obj and "body" not in obj:
+            body, where = obj["params"], "params"
+        else:
+            if obj.get("method", "POST") != "POST":
+                return f"method must be POST (got {obj.get('method')!r})", None
+            if obj.get("url", MESSAGES_URL) != MESSAGES_URL:
+                return f"url {obj.get('url')!r}: the inline proxy takes only {MESSAGES_URL}", None
+            body, where = obj.get("body"), "body"
+        problem = check_message_params(body, self.settings.model, where)
+        if problem:
+            return problem, None
+        if where == "body" and "system" not in body and "model" in body and obj.keys() == _LINE_KEYS:
+            return None, raw
+        folded, problem = fold_system(body, where)
+        if problem:
+            return problem, None
+        assert folded is not None
+        if "model" not in folded:
+            folded = {"model": self.settings.model, **folded}
+        return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": MESSAGES_URL, "body": folded})
+
+    def body_overhead(self, line_bytes: int) -> int:
+        return 1  # the comma between requests
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def _url_of(self, template: str, batch_id: str) -> str:
+        return template.replace("{id}", batch_id)
+
+    async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
+        body = requests_body(lines)
+        data = await self.http.call("POST", self._create_url, "create", body=body, idempotent=False)
+        return self._info(orjson.loads(data))
+
+    async def get(self, batch_id: str) -> BatchInfo:
+        data = await self.http.call("GET", self._url_of(self._status_url, batch_id), "retrieve")
+        return self._info(orjson.loads(data))
+
+    async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
+        """Nothing: the proxy cannot list batches (see the module docstring for what that costs)."""
+        return
+        yield  # an async generator that yields nothing
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        raise errors.RequestRejected(f"the inline proxy has no cancel call: batch {batch_id} runs to its end "
+                                     f"(no new batch of the job is sent)")
+
+    async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
+        async for block in self.http.line_blocks(self._url_of(self._results_url, info.id), "results"):
+            lines = [line for line in block if line.strip()]
+            if lines:
+                yield lines
+
+    classify = staticmethod(classify_result)
+
+    def _info(self, doc: dict) -> BatchInfo:
+        status = doc.get("status")
+        counts = doc.get("request_counts") or {}
+        finished = sum(int(v or 0) for k, v in counts.items() if k != "processing")
+        if status in ("completed", "expired") or (status == "failed" and finished):
+            state = BatchState.ENDED
+        elif status == "failed":
+            state = BatchState.FAILED
+        else:
+            state = BatchState.IN_PROGRESS
+        error = None
+        if state is BatchState.FAILED:
+            err = doc.get("error") or doc.get("errors") or doc.get("message")
+            error = err.get("message", str(err)) if isinstance(err, dict) else str(err or "the proxy failed the batch")
+        return BatchInfo(
+            id=doc["id"], state=state, created_at=parse_time(doc.get("created_at")),
+            ended_at=parse_time(doc.get("ended_at")), total=sum(int(v or 0) for v in counts.values()) or None,
+            counts=counts, error=error, raw=doc,
+        )

@@ -1,0 +1,88 @@
+"""The inline proxy of the article (API-NOTES §3): requests sent inline, Anthropic-style results.
+
+`POST /v1/batches` with `{"requests": [...]}` is dispatched here by the server (OpenAI shares the
+path); `GET /v1/batches/{id}` and `.../results` come here for `ibatch_` ids.
+A batch ends `completed`, or `expired` when every request expired; results download either way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from batch_scheduler.simulator.anthropic import anthropic_counts, new_batch, parse_requests, result_lines
+from batch_scheduler.simulator.responses import Rejected, json_response, stream_jsonl
+from batch_scheduler.simulator.store import Batch, Outcome, rfc3339
+
+if TYPE_CHECKING:
+    from batch_scheduler.simulator.server import Simulator
+
+MESSAGES_URL = "/v1/messages"
+
+
+def check_inline(i: int, item: dict, body: dict) -> None:
+    if item.get("method", "POST") != "POST":
+        raise Rejected("invalid_request_error", f"requests.{i}.method: only POST is supported")
+    if item.get("url", MESSAGES_URL) != MESSAGES_URL:
+        raise Rejected("invalid_request_error", f"requests.{i}.url: must be {MESSAGES_URL}")
+    if "system" in body:
+        raise Rejected("invalid_request_error",
+                       f"requests.{i}.body.system: system is not supported in batch requests; "
+                       "fold it into messages")
+
+
+class InlineApi:
+    def __init__(self, sim: Simulator):
+        self.sim = sim
+
+    def routes(self) -> list[tuple[str, str, str, Any, bool]]:
+        # GET /v1/batches/{id} and .../cancel are OpenAI's routes, which hand ibatch_ ids over here.
+        return [("GET", "/v1/batches/{id}/results", "inline.results", self.results, False)]
+
+    def find(self, request: web.Request) -> Batch:
+        batch = self.sim.store.get(request.match_info["id"], "inline")
+        if batch is None:
+            raise Rejected("not_found_error", f"no batch with id '{request.match_info['id']}'")
+        return batch
+
+    def doc(self, batch: Batch, *, fresh: bool = False) -> dict[str, Any]:
+        now = self.sim.now()
+        ended = batch.ended(now) and not fresh
+        if not ended:
+            status = "in_progress"
+        elif batch.outcomes.count(Outcome.EXPIRED) == batch.n:
+            status = "expired"
+        else:
+            status = "completed"
+        progress = 100 if ended else (0 if fresh else batch.processed(now) * 100 // max(1, batch.n))
+        return {
+            "id": batch.id, "object": "batch", "status": status, "progress": progress,
+            "request_counts": anthropic_counts(batch, ended),
+            "created_at": rfc3339(batch.created_wall),
+            "ended_at": rfc3339(batch.wall(batch.ends_at)) if ended else None,
+        }
+
+    def create(self, items: list) -> web.Response:
+        """Create from the parsed `requests` (the server reads the body: OpenAI shares the path)."""
+        sim = self.sim
+        limit = sim.config.inline_max_requests
+        if len(items) > limit:
+            raise Rejected("batch_size_exceeded",
+                           f"batch has {len(items):,} requests; at most {limit:,} allowed per batch")
+        reqs = parse_requests(items, "body", check_inline)
+        now = sim.check_queue(len(items))
+        batch = new_batch(sim, "inline", "ibatch_", reqs, now)
+        sim.add_batch(batch)
+        return json_response(self.doc(batch, fresh=True))
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        self.sim.stats["retrieves"] += 1
+        return json_response(self.doc(self.find(request)))
+
+    async def results(self, request: web.Request) -> web.StreamResponse:
+        batch = self.find(request)
+        if not batch.ended(self.sim.now()):
+            raise Rejected("invalid_request_error", f"batch '{batch.id}' is still in progress")
+        order, cut_at = self.sim.download_plan(batch.n)
+        return await stream_jsonl(request, result_lines(batch, order), cut_at=cut_at)

@@ -1,0 +1,146 @@
+"""What the simulator answers with: JSON bodies, error bodies in each provider's shape, streamed JSONL.
+
+Error shapes:
+    anthropic / inline  {"type": "error", "error": {"type": KIND, "message": ...}, "request_id": ...}
+    openai              {"error": {"message": ..., "type": ..., "param": null, "code": ...}}
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from batch_scheduler.simulator.store import no_gc
+
+CHUNK_BYTES = 256 * 1024
+JSON = "application/json"
+_request_serial = itertools.count(1)
+_REQUEST_PREFIX = f"req_sim{random.getrandbits(32):08x}"
+
+
+class Style(enum.Enum):
+    ANTHROPIC = "anthropic"
+    OPENAI = "openai"
+    INLINE = "inline"
+
+
+STATUS = {
+    "invalid_request_error": 400, "batch_size_exceeded": 400, "authentication_error": 401,
+    "permission_error": 403, "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
+    "api_error": 500, "unavailable": 503, "overloaded_error": 529,
+}
+# Anthropic kind -> OpenAI (type, code).
+_OPENAI_KINDS = {
+    "authentication_error": ("invalid_request_error", "invalid_api_key"),
+    "permission_error": ("invalid_request_error", "permission_denied"),
+    "not_found_error": ("invalid_request_error", None),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
+    "rate_limit_error": ("requests", "rate_limit_exceeded"),
+    "api_error": ("server_error", None),
+    "unavailable": ("server_error", "service_unavailable"),
+    "overloaded_error": ("server_error", "overloaded"),
+}
+
+
+class Rejected(Exception):
+    """A call refused with an error answer; raised inside handlers, answered by the route wrapper."""
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status or STATUS.get(kind, 400)
+        self.headers = headers or {}
+
+
+def request_id() -> str:
+    return f"{_REQUEST_PREFIX}{next(_request_serial):012d}"
+
+
+def json_response(doc: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    headers = headers if headers is not None and "request-id" in headers else {"request-id": request_id(),
+                                                                               **(headers or {})}
+    return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON, headers=headers)
+
+
+def error_response(style: Style, exc: Rejected) -> web.Response:
+    rid = request_id()
+    if style is Style.OPENAI:
+        otype, code = _OPENAI_KINDS.get(exc.kind, (exc.kind, None))
+        doc: dict = {"error": {"message": exc.message, "type": otype, "param": None, "code": code}}
+    else:
+        doc = {"type": "error", "error": {"type": exc.kind, "message": exc.message}, "request_id": rid}
+    return json_response(doc, status=exc.status, headers={"request-id": rid, **exc.headers})
+
+
+def chunks(lines: Iterable[str], cut_at: int | None = None) -> Iterator[bytes]:
+    """Join lines into ~CHUNK_BYTES blocks. With `cut_at`, stop halfway through that line."""
+    block: list[str] = []
+    size = 0
+    for index, line in enumerate(lines):
+        if index == cut_at:
+            block.append(line[: max(1, len(line) // 2)])
+            break
+        block.append(line)
+        size += len(line)
+        if size >= CHUNK_BYTES:
+            yield "".join(block).encode()
+            block, size = [], 0
+    if block:
+        yield "".join(block).encode()
+
+
+async def stream_jsonl(request: web.Request, lines: Iterable[str], *, cut_at: int | None = None,
+                       content_type: str = "application/x-jsonl") -> web.StreamResponse:
+    """Stream lines in blocks; with `cut_at`, drop the connection in the middle of that line."""
+    return await stream_blocks(request, chunks(lines, cut_at), cut=cut_at is not None,
+                               content_type=content_type)
+
+
+async def stream_blocks(request: web.Request, blocks: Iterable[bytes], *, cut: bool = False,
+                        content_type: str = "application/octet-stream") -> web.StreamResponse:
+    """Stream blocks of bytes; with `cut`, drop the connection after the last one instead of ending."""
+    resp = web.StreamResponse(headers={"content-type": content_type, "request-id": request_id()})
+    await resp.prepare(request)
+    try:
+        for block in blocks:
+            await resp.write(block)
+        if cut:
+            drop(request)
+            return resp
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the client went away
+    return resp
+
+
+def drop(request: web.Request) -> None:
+    """Close the connection without (finishing) an answer."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        with no_gc():
+            return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Rejected("invalid_request_error", "request body is not valid JSON") from None
+
+
+def requests_of(doc: Any) -> list:
+    if not isinstance(doc, dict) or "requests" not in doc:
+        raise Rejected("invalid_request_error", "requests: Field required")
+    items = doc["requests"]
+    if not isinstance(items, list):
+        raise Rejected("invalid_request_error", "requests: Input should be a valid list")
+    if not items:
+        raise Rejected("invalid_request_error", "requests: List should have at least 1 item")
+    return items
