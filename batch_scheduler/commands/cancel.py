@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
+from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.ledger import Ledger
+from batch_scheduler.core.loop import run_loop
 from batch_scheduler.core.settings import load_environment
-from batch_scheduler.job.status import cancel_command
+from batch_scheduler.job.cancel import cancel_batches
+from batch_scheduler.providers import build_settings, missing_key_message
 
 
 def main(args: argparse.Namespace) -> int:
-    return cancel_command(args.dir, load_environment())
+    out_dir, env = args.dir, load_environment()
+    path = os.path.join(out_dir, "ledger.db")
+    if not os.path.exists(path):
+        raise errors.UsageError(f"{out_dir}: no job here (no ledger.db)")
+    ledger = Ledger(path, readonly=True)
+    try:
+        flags = dict(ledger.read_meta().get("flags", {}))
+    finally:
+        ledger.close()
+    settings = build_settings(flags, env)
+    if not settings.api_key:
+        raise errors.UsageError(missing_key_message(settings))
+    done = run_loop(cancel_batches(out_dir, settings))
+    for batch_id, status in done.requested:
+        print(f"{batch_id}: cancel requested ({status})")
+    for problem in done.problems[:-1] if done.refused else done.problems:
+        print(problem, file=sys.stderr)
+    if done.refused is not None:
+        print(f"batch-scheduler: the API refused the key (HTTP {done.refused.status}); nothing was cancelled",
+              file=sys.stderr)
+        return ExitCode.AUTH
+    print(f"cancelled {out_dir}: run `batch-scheduler run ... --out {out_dir}` (or `resume`) to collect what the "
+          f"batches finished; cancelled requests are not sent again unless --retry-cancelled is given")
+    return ExitCode.FAILED if done.problems else ExitCode.OK

@@ -3,9 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from batch_scheduler.job.status import status_command
+import orjson
+
+from batch_scheduler.core.ledger import ChunkState
+from batch_scheduler.job.status import job_status
 
 
 def main(args: argparse.Namespace) -> int:
-    return status_command(args.dir, as_json=args.json)
+    out_dir, as_json = args.dir, args.json
+    st = job_status(out_dir)
+    if as_json:
+        sys.stdout.write(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    req = st["requests"]
+    print(f"job {out_dir}: {st['state']}")
+    print("chunks: " + ", ".join(f"{k} {v}" for k, v in sorted(st["chunks_by_state"].items())))
+    acc = f"{req['accepted']:,}" if req["accepted"] is not None else "? (still reading)"
+    to_go = f"{req['to_go']:,}" if req["to_go"] is not None else "?"
+    print(f"requests: {acc} accepted, {req['finished']:,} finished, {to_go} to go, "
+          f"{req['waiting_retry']:,} waiting for another attempt")
+    res = st["results"]
+    print(f"results: {res['succeeded']:,} succeeded, {res['errored']:,} errored, {res['expired']:,} expired, "
+          f"{res['canceled']:,} canceled")
+    tok = st["tokens"]
+    print(f"tokens: {tok['input']:,} in, {tok['output']:,} out; spend ${st['cost_usd']:,.4f}")
+    if st["eta_s"] is not None:
+        print(f"eta: {st['eta_s']:,.0f}s")
+    if st["failed_batches"]:
+        last = st["failed_batches"][-1]
+        print(f"batches the provider failed as a whole: {st['chunks_by_state'].get(ChunkState.FAILED, 0)} "
+              f"(last: {last['reason']}); {req['in_failed_batches']:,} request(s) out of attempts there, sent "
+              f"again by the next run")
+    flights = st["batches_in_flight"]
+    print(f"batches in flight: {len(flights)}")
+    for b in flights[:50]:
+        print(f"  {b['batch_id']}  {b['requests']:,} requests  attempt {b['attempt']}  age {b['age_s']:,.0f}s")
+    return 0

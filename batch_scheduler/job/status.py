@@ -1,16 +1,12 @@
-"""`status DIR` (read-only, works while a run is going on) and `cancel DIR`."""
+"""What a job looks like from its ledger: `job_status(DIR)`, read-only, safe while a run is going on."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
-import orjson
-
 from batch_scheduler.core import errors
-from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import ChunkState, Ledger, RetryState
 from batch_scheduler.job.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
 
@@ -62,64 +58,3 @@ def job_status(out_dir: str) -> dict[str, Any]:
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "eta_s": round(eta, 1) if eta is not None else None,
     }
-
-
-def status_command(out_dir: str, *, as_json: bool) -> int:
-    st = job_status(out_dir)
-    if as_json:
-        sys.stdout.write(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 0
-    req = st["requests"]
-    print(f"job {out_dir}: {st['state']}")
-    print("chunks: " + ", ".join(f"{k} {v}" for k, v in sorted(st["chunks_by_state"].items())))
-    acc = f"{req['accepted']:,}" if req["accepted"] is not None else "? (still reading)"
-    to_go = f"{req['to_go']:,}" if req["to_go"] is not None else "?"
-    print(f"requests: {acc} accepted, {req['finished']:,} finished, {to_go} to go, "
-          f"{req['waiting_retry']:,} waiting for another attempt")
-    res = st["results"]
-    print(f"results: {res['succeeded']:,} succeeded, {res['errored']:,} errored, {res['expired']:,} expired, "
-          f"{res['canceled']:,} canceled")
-    tok = st["tokens"]
-    print(f"tokens: {tok['input']:,} in, {tok['output']:,} out; spend ${st['cost_usd']:,.4f}")
-    if st["eta_s"] is not None:
-        print(f"eta: {st['eta_s']:,.0f}s")
-    if st["failed_batches"]:
-        last = st["failed_batches"][-1]
-        print(f"batches the provider failed as a whole: {st['chunks_by_state'].get(ChunkState.FAILED, 0)} "
-              f"(last: {last['reason']}); {req['in_failed_batches']:,} request(s) out of attempts there, sent "
-              f"again by the next run")
-    flights = st["batches_in_flight"]
-    print(f"batches in flight: {len(flights)}")
-    for b in flights[:50]:
-        print(f"  {b['batch_id']}  {b['requests']:,} requests  attempt {b['attempt']}  age {b['age_s']:,.0f}s")
-    return 0
-
-
-def cancel_command(out_dir: str, env: dict[str, str]) -> int:
-    from batch_scheduler.core.loop import run_loop
-    from batch_scheduler.job.cancel import cancel_batches
-    from batch_scheduler.providers import build_settings, missing_key_message
-
-    path = os.path.join(out_dir, "ledger.db")
-    if not os.path.exists(path):
-        raise errors.UsageError(f"{out_dir}: no job here (no ledger.db)")
-    ledger = Ledger(path, readonly=True)
-    try:
-        flags = dict(ledger.read_meta().get("flags", {}))
-    finally:
-        ledger.close()
-    settings = build_settings(flags, env)
-    if not settings.api_key:
-        raise errors.UsageError(missing_key_message(settings))
-    done = run_loop(cancel_batches(out_dir, settings))
-    for batch_id, status in done.requested:
-        print(f"{batch_id}: cancel requested ({status})")
-    for problem in done.problems[:-1] if done.refused else done.problems:
-        print(problem, file=sys.stderr)
-    if done.refused is not None:
-        print(f"batch-scheduler: the API refused the key (HTTP {done.refused.status}); nothing was cancelled",
-              file=sys.stderr)
-        return ExitCode.AUTH
-    print(f"cancelled {out_dir}: run `batch-scheduler run ... --out {out_dir}` (or `resume`) to collect what the "
-          f"batches finished; cancelled requests are not sent again unless --retry-cancelled is given")
-    return ExitCode.FAILED if done.problems else ExitCode.OK
