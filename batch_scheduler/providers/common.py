@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, Outcome
 
@@ -22,8 +23,7 @@ def auth_headers(settings: Settings) -> dict[str, str]:
         headers["authorization"] = f"Bearer {settings.api_key}"
     else:
         headers["x-api-key"] = settings.api_key
-    headers.update(dict(settings.headers))
-    return headers
+    return merge_headers(headers, settings.headers)
 
 
 def check_message_params(params: object, model: str | None, prefix: str = "params") -> str | None:
