@@ -135,6 +135,9 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("prices", str, None, "price table overriding the shipped one (same shape as "
            "`batch_scheduler/data/prices.json`)", COST, field="prices_file", env=("BATCH_PRICES_FILE",),
            metavar="FILE", default_text="shipped table"),
+    Option("count_sample", int, 20, "requests counted exactly (Anthropic's free count_tokens when a key is set, "
+           "tiktoken for openai) to measure the token estimate, by --dry-run and by a run under --max-cost; 0: "
+           "the heuristic alone", COST, metavar="N", minimum=0, maximum=1000),
     Option("retry_cancelled", bool, False, "send requests of a cancelled job again", COST, remembered=False),
 )
 

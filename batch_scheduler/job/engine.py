@@ -28,8 +28,9 @@ from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.ledger import ChunkRow, ChunkState, Ledger
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks
-from batch_scheduler.job.budget import Budget
+from batch_scheduler.job.budget import Budget, unpriced_message, unpriced_models
 from batch_scheduler.job.collector import Collector, NotOurs
+from batch_scheduler.job.estimate import against_usage, measure, survey
 from batch_scheduler.job.poller import Poller
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats, show_progress
@@ -249,6 +250,8 @@ class Engine:
             self.rejects = rejects
             if s.strict and (refused := await self._strict_pass()):
                 return refused
+            if s.max_cost_usd is not None and (refused := await self._price_check()):
+                return refused
             try:
                 async with asyncio.TaskGroup() as tg:
                     self.tg = tg
@@ -289,6 +292,27 @@ class Engine:
         self.rejects.report()
         return JobResult(ExitCode.FAILED, f"--strict: {self.rejects.count:,} bad line(s), listed in "
                          f"{self.out_dir}/rejected.jsonl; nothing was submitted")
+
+    async def _price_check(self) -> JobResult | None:
+        """--max-cost fails closed: before the first create, every model of the accepted requests must have
+        a price. One pass over the input (as --strict's) finds them, with the job's token estimate and a
+        sample counted exactly (job.estimate); the ledger keeps both (meta `estimate`), so a resumed job
+        reads nothing twice and checks the models again against the prices of this run."""
+        assert self.ledger is not None
+        s = self.settings
+        found = self.ledger.read_meta().get("estimate")
+        if found is None:
+            validator = Validator(self.provider, s.batch_bytes - BODY_WRAPPER_BYTES)
+            chunks = cut_chunks(span_blocks(self.sources, (0, 0, 1), None), validator, Rejects(None, self.inputs),
+                                batch_size=s.batch_size, batch_bytes=s.batch_bytes,
+                                overhead=self.provider.body_overhead, unit_of=lambda fi: self.sources[fi].unit)
+            async with aclosing(chunks):
+                job = await survey(chunks, self.provider.name, s.count_sample)
+            found = job.record(await measure(s, job.sample, job.requests))
+            self.ledger.write_meta({"estimate": found})
+        self.budget.ratio = found["measured"]["ratio"]
+        missing = unpriced_models(self.prices, found["models"])
+        return JobResult(ExitCode.USAGE, unpriced_message(missing)) if missing else None
 
     async def _final_result(self) -> JobResult:
         assert self.ledger is not None
@@ -705,9 +729,11 @@ class Engine:
                 "failed": int(c.get("batches_failed", 0)),
                 "create_outcome_unknown": int(c.get("creates_unknown", 0)),
             },
-            "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in ("input", "output", "cache_write", "cache_read")},
+            "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in ("input", "output", "cache_write", "cache_read",
+                                                                   "cache_write_1h")},
             "cost_usd": round(c.get("cost_usd", 0.0), 6),
             "unknown_price_models": sorted(self.prices.unknown),
+            "estimate": against_usage(self.ledger.read_meta().get("estimate"), c),
             "wall_time_s": round(wall, 3),
             "throughput_rps": round(self.stats.finished / wall, 1) if wall > 0 else None,
             "time_to_first_submit_s": (round(self.stats.first_submit_s, 3)
