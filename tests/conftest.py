@@ -14,6 +14,19 @@ KEY = "sk-test-key-0123456789"
 FAST_RETRY = RetryPolicy(attempts=10, deadline_s=60, initial_wait_s=0.005, max_wait_s=0.05)
 
 
+# what the process environment may hold on a developer's machine and would change a test's calls
+AMBIENT = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+           "no_proxy", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_CUSTOM_HEADERS", "OPENAI_CUSTOM_HEADERS", "OPENAI_ORG_ID",
+           "OPENAI_PROJECT_ID")
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment(monkeypatch):
+    """Every HTTP client trusts the environment (proxies); tests set what they need, nothing else."""
+    for name in AMBIENT:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 async def sim():
     from batch_scheduler.simulator import SimConfig, Simulator

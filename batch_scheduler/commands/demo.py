@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({os.path.getsize(inp) / 1e6:,.1f} MB, {time.monotonic() - t:.1f}s)")
     print("demo: what it will cost (--dry-run: validates every row, sends nothing):")
     os.environ["ANTHROPIC_API_KEY"] = "sk-demo-simulator"  # the simulator accepts any key
-    if cli_main(["run", inp, "--out", os.path.join(args.out, "dry"), "--batch-size", "5000", *JOB, "--dry-run"]):
+    # --count-sample 0: the demo's key is the simulator's, which is not running yet; a dry run with a real key
+    # counts a sample exactly at the API (free) instead
+    if cli_main(["run", inp, "--out", os.path.join(args.out, "dry"), "--batch-size", "5000", *JOB, "--dry-run",
+                 "--count-sample", "0"]):
         return 1
     job = os.path.join(args.out, "job")
     if os.path.exists(os.path.join(job, "ledger.db")):

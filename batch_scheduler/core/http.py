@@ -6,6 +6,12 @@ server's `retry-after` beats the computed wait, and a 429 closes the endpoint's 
 of that endpoint waits, not just the one that was told. Calls that must not be repeated blindly
 (`idempotent=False`, i.e. batch creation) are not retried on a dropped connection or a timeout: the
 caller gets `OutcomeUnknown` and decides (see submitter: look for the batch before sending again).
+
+Proxies come from the process environment as in the official SDKs (`trust_env`: `HTTPS_PROXY`,
+`HTTP_PROXY`, `NO_PROXY`; aiohttp then reads `~/.netrc` too, and sends nothing from it to a host it
+does not name). The key never leaves in an error: `redact` blanks `secret` and the value of every
+header whose name says key, token, secret, password or authorization (a proxy's token in
+`ANTHROPIC_CUSTOM_HEADERS` included).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import aiohttp
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.lines import split_lines
+from batch_scheduler.core.logs import MIN_SECRET_CHARS, SECRET_NAME
 from batch_scheduler.core.settings import RetryPolicy
 
 RetryHook = Callable[[str, int, BaseException, float], None]  # (endpoint, attempt, error, wait_s)
@@ -55,14 +62,29 @@ def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
     return rng.uniform(0, ceiling) if policy.jitter else ceiling
 
 
+def secrets_in(headers: dict[str, str], secret: str = "") -> tuple[str, ...]:
+    """The values not to let out: `secret`, and every header value whose name says it is one (the part
+    after `Bearer ` too); longest first, so a key is blanked whole before any part of it."""
+    found = {secret}
+    for name, value in headers.items():
+        if SECRET_NAME.search(name):
+            found.add(value)
+            scheme, _, rest = value.partition(" ")
+            if scheme.lower() in ("bearer", "basic", "token") and rest:
+                found.add(rest.strip())
+    return tuple(sorted((s for s in found if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True))
+
+
 class HttpClient:
     def __init__(self, headers: dict[str, str], policy: RetryPolicy, *, timeout_s: float = 300.0,
                  secret: str = "", connections: int = 32, clock: Callable[[], float] = time.monotonic,
-                 on_retry: list[RetryHook] | None = None, rng: random.Random | None = None):
+                 on_retry: list[RetryHook] | None = None, rng: random.Random | None = None,
+                 trust_env: bool = True):
         self._headers = headers
         self._policy = policy
         self._timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=timeout_s)
-        self._secret = secret
+        self._secrets = secrets_in(headers, secret)
+        self._trust_env = trust_env
         self._connections = connections
         self._clock = clock
         self._gates: dict[str, Gate] = {}
@@ -74,7 +96,8 @@ class HttpClient:
     async def __aenter__(self) -> HttpClient:
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
-                                              connector=connector, auto_decompress=True)
+                                              connector=connector, auto_decompress=True,
+                                              trust_env=self._trust_env)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -94,7 +117,9 @@ class HttpClient:
 
     def redact(self, text: str) -> str:
         """Never let the key out, whatever a server echoes back."""
-        return text.replace(self._secret, "[key]") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "[key]")
+        return text
 
     async def call(self, method: str, url: str, endpoint: str, *, body: bytes | aiohttp.FormData | None = None,
                    headers: dict[str, str] | None = None, idempotent: bool = True) -> bytes:

@@ -23,7 +23,7 @@ MIN_SECRET_CHARS = 8  # shorter strings would blank out ordinary words; real key
 
 # LogRecord attributes that are not extras (LogRecord's own, plus what Formatter.format adds)
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
-_SECRET_NAME = re.compile(r"key|token|secret|passw|authori", re.IGNORECASE)
+SECRET_NAME = re.compile(r"key|token|secret|passw|authori", re.IGNORECASE)  # names whose values are secrets
 
 _secrets: set[str] = set()
 
@@ -66,7 +66,7 @@ class JsonFormatter(logging.Formatter):
         for name, value in vars(record).items():
             if name in _STANDARD or name.startswith("_") or name in doc:
                 continue
-            doc[name] = REDACTED if _SECRET_NAME.search(name) else _plain(value)
+            doc[name] = REDACTED if SECRET_NAME.search(name) else _plain(value)
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:

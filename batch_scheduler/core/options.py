@@ -88,8 +88,10 @@ JOB_OPTIONS: tuple[Option, ...] = (
            default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
     Option("auth", str, "x-api-key", "how the key is sent; proxies often want bearer", PROVIDER,
            choices=("x-api-key", "bearer"), default_text="x-api-key (bearer for openai and inline)"),
-    Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`)", PROVIDER,
-           field="headers", metavar="'Name: value'"),
+    Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`); beats the same "
+           "header from the environment. A secret header belongs in the variable: a flag shows in `ps` and is "
+           "remembered in the ledger", PROVIDER, field="headers", metavar="'Name: value'",
+           default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)"),
     Option("anthropic_version", str, "2023-06-01", "the `anthropic-version` header", PROVIDER, metavar="V",
            env=("ANTHROPIC_VERSION",)),
     Option("model", str, None, "fills the model where a request has none", PROVIDER, shapes=True, metavar="M",
@@ -133,6 +135,9 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("prices", str, None, "price table overriding the shipped one (same shape as "
            "`batch_scheduler/data/prices.json`)", COST, field="prices_file", env=("BATCH_PRICES_FILE",),
            metavar="FILE", default_text="shipped table"),
+    Option("count_sample", int, 20, "requests counted exactly (Anthropic's free count_tokens when a key is set, "
+           "tiktoken for openai) to measure the token estimate, by --dry-run and by a run under --max-cost; 0: "
+           "the heuristic alone", COST, metavar="N", minimum=0, maximum=1000),
     Option("retry_cancelled", bool, False, "send requests of a cancelled job again", COST, remembered=False),
 )
 

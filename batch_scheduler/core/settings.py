@@ -7,7 +7,9 @@ directory. Only `load_environment` reads `os.environ` and `.env`; nothing else i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +18,12 @@ from typing import Any
 from dotenv import dotenv_values
 
 from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.headers import parse_header, parse_header_lines
 from batch_scheduler.core.options import JOB_OPTIONS, Option, check_value, parse_size
 
 MB = 1_000_000
+log = logging.getLogger("batch_scheduler.settings")
+_WARNED_BOTH: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -35,12 +40,26 @@ class ProviderSpec:
     default_base_url: str
     default_auth: str  # "x-api-key" or "bearer"
     model_env: tuple[str, ...] = ("CLAUDE_MODEL", "ANTHROPIC_MODEL")
+    token_env: tuple[str, ...] = ()  # a bearer token used when no key is set (ANTHROPIC_AUTH_TOKEN)
+    custom_headers_env: tuple[str, ...] = ()  # newline-separated `Name: value` lines, the twin of --header
+    header_env: tuple[tuple[str, str], ...] = ()  # (variable, header) sent when the variable is set
+    custom_id: str = r"[a-zA-Z0-9_-]{1,64}"  # what a custom_id must fully match
+    custom_id_rule: str = "1-64 characters of a-z A-Z 0-9 _ -"  # the same, said to a user
 
     @property
     def key_hint(self) -> str:
         """How to name this provider's key to a user: `ANTHROPIC_API_KEY (or CLAUDE_API_KEY)`."""
         first, *rest = self.key_env
         return first + (f" (or {' or '.join(rest)})" if rest else "")
+
+    @property
+    def credential_hint(self) -> str:
+        """The key's names and the token's: `ANTHROPIC_API_KEY (or CLAUDE_API_KEY), or ANTHROPIC_AUTH_TOKEN`."""
+        return self.key_hint + "".join(f", or {t}" for t in self.token_env)
+
+    @property
+    def custom_id_re(self) -> re.Pattern[str]:
+        return re.compile(self.custom_id)
 
 
 @dataclass(frozen=True)
@@ -96,13 +115,6 @@ def load_environment(cwd: str | os.PathLike | None = None) -> dict[str, str]:
     return values
 
 
-def parse_header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip():
-        raise UsageError(f"--header {text!r}: expected 'Name: value'")
-    return name.strip(), value.strip()
-
-
 def _first(*values: Any) -> Any:
     for v in values:
         if v is not None and v != "":
@@ -128,10 +140,9 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
             value = _first(*(env.get(n) for n in o.env))
         values[o.attr] = check_value(o, value, "") if value is not None else _settings_default(o)
     values["provider"] = spec.name
-    values["api_key"] = _first(flags.get("api_key"), *(env.get(n) for n in spec.key_env)) or ""
+    values["api_key"], values["auth"] = _credential(flags, env, spec)
     base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)
     values["base_url"] = str(base).rstrip("/")
-    values["auth"] = flags.get("auth") or spec.default_auth
     if flags.get("model") is None:
         values["model"] = _first(*(env.get(n) for n in spec.model_env))
     batch_size = values["batch_size"] = int(_first(flags.get("batch_size"), spec.default_requests))
@@ -143,7 +154,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
                          f"{spec.name}")
     if values["poll_max_s"] < values["poll_min_s"]:
         raise UsageError("--poll-min must be > 0 and --poll-max at least --poll-min")
-    values["headers"] = tuple(parse_header(h) for h in values["headers"])
+    values["headers"] = _headers(values["headers"], env, spec)
     template = values["template"]
     if template and os.path.isfile(template):
         values["template"] = Path(template).read_text(encoding="utf-8")
@@ -152,6 +163,39 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
     for switch in ("strict", "dry_run", "retry_cancelled"):
         values[switch] = bool(values[switch])
     return Settings(**values)
+
+
+def _credential(flags: Mapping[str, Any], env: Mapping[str, str], spec: ProviderSpec) -> tuple[str, str]:
+    """(secret, how it is sent). The key wins; without one, the token (`ANTHROPIC_AUTH_TOKEN`) is sent
+    as `Authorization: Bearer` unless --auth says otherwise. Both set: the key, as the official SDK does."""
+    key = _first(flags.get("api_key"), *(env.get(n) for n in spec.key_env))
+    token = _first(*(env.get(n) for n in spec.token_env))
+    auth = flags.get("auth")
+    if key and token and spec.name not in _WARNED_BOTH:
+        _WARNED_BOTH.add(spec.name)  # once per process: the daemon builds settings for every job
+        log.warning("both %s and %s are set: the key is used", spec.key_hint, " / ".join(spec.token_env))
+    elif token:
+        key, auth = token, auth or "bearer"
+    secret = str(key or "")
+    if "\r" in secret or "\n" in secret:
+        raise UsageError(f"the API key holds a line break (CR or LF): check {spec.credential_hint} "
+                         f"(a .env file saved with Windows line endings?)")
+    return secret, auth or spec.default_auth
+
+
+def _headers(flag_headers: Any, env: Mapping[str, str], spec: ProviderSpec) -> tuple[tuple[str, str], ...]:
+    """Extra headers, later ones winning: those the environment names (`OPENAI_ORG_ID` ->
+    `OpenAI-Organization`), then `ANTHROPIC_CUSTOM_HEADERS` lines, then each --header (as in the SDKs,
+    where explicit headers beat the variable)."""
+    out: list[tuple[str, str]] = [(header, env[variable].strip()) for variable, header in spec.header_env
+                                  if env.get(variable, "").strip()]
+    if any("\r" in v or "\n" in v for _, v in out):
+        raise UsageError(f"{', '.join(v for v, _ in spec.header_env)}: a value holds a line break (CR or LF)")
+    for variable in spec.custom_headers_env:
+        if env.get(variable):
+            out += parse_header_lines(env[variable], variable)
+    out += [parse_header(h) for h in flag_headers]
+    return tuple(out)
 
 
 def join_url(base: str, path: str) -> str:

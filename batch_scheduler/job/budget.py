@@ -1,26 +1,46 @@
 """--max-cost: no new batch once spend so far plus the estimate for batches in flight would pass the cap.
 
 A batch's estimate is the top of the dry run's range for its lines, from the same estimator
-(`pricing.tally`, `pricing.cost_range`): estimated input tokens plus every request's most output
-tokens, at the batch price of the request's model. So a cap at the dry run's upper figure lets the
-whole job through, and a lower one stops it where the dry run says it would. A model without a price
-is "unknown price" in the dry run, never guessed: here its requests count nothing against the cap,
-and the run says so once per model.
+(`estimate.tally`, `pricing.cost_range`): estimated input tokens (scaled by the ratio the job measured
+on a sample, see estimate.measure) plus every request's most output tokens, at the batch price of the
+request's model. So a cap at the dry run's upper figure lets the whole job through, and a lower one
+stops it where the dry run says it would.
+
+The cap fails closed: a job under --max-cost in which any model has no price is refused before
+anything is sent (`unpriced_message`, checked by the engine over the models of every accepted
+request). Should a model without a price still reach `estimate` (it cannot, after that check), its
+requests count nothing against the cap, and the run says so once per model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from batch_scheduler.job.pricing import PriceTable, cost_range, tally
 
 log = logging.getLogger("batch_scheduler.budget")
 
 
+def unpriced_models(prices: PriceTable, models: Iterable[str | None]) -> list[str]:
+    """The models (sorted; "" for requests naming none) that the price table cannot price."""
+    return sorted({m or "" for m in models if prices.price(m or None) is None})
+
+
+def unpriced_message(models: list[str], requests: dict[str, int] | None = None) -> str:
+    """Why a job under --max-cost is refused, and what to do about it."""
+    names = ", ".join(f"{m or '(no model)'}" + (f" ({requests[m]:,} request(s))" if requests and m in requests
+                                                 else "") for m in models)
+    return (f"--max-cost cannot hold this job: the price table has no price for {names}. Give the price(s) "
+            f"with --prices FILE (the shape of batch_scheduler/data/prices.json), or run without --max-cost. "
+            f"Nothing was submitted")
+
+
 class Budget:
     def __init__(self, cap_usd: float | None, prices: PriceTable):
         self.cap_usd = cap_usd
         self.prices = prices
+        self.ratio = 1.0  # exact / heuristic input tokens, measured on a sample of the job (estimate.measure)
         self.in_flight: dict[int, float] = {}  # chunk id -> estimate
         self.stopped_at: str | None = None
         self.unpriced: set[str | None] = set()  # models whose requests the cap cannot count (said once)
@@ -31,7 +51,7 @@ class Budget:
             return 0.0
         high = 0.0
         for model, totals in tally(lines).items():
-            cost = cost_range(self.prices, model, totals)
+            cost = cost_range(self.prices, model, totals, self.ratio)
             if cost is not None:
                 high += cost[1]
             elif model not in self.unpriced:

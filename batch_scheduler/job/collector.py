@@ -97,7 +97,7 @@ class Collector:
         retry_attempts = await self._replay.attempts(row)  # empty for an input chunk: its first attempt
         owned: dict[str, bytes] | None = await self._replay.lookup(row) if row.adopted else None
         counts = [0] * len(Outcome)
-        usages: dict[str | None, list[tuple[int, int, int, int]]] = {}  # per model; summed and priced per batch
+        usages: dict[str | None, list[tuple[int, ...]]] = {}  # per model; summed and priced per batch
         model_seen: str | None = None
         model_usages = usages.setdefault(None, [])
         to_park: list[tuple[str, Outcome, bytes]] = []
@@ -147,7 +147,9 @@ class Collector:
                         "output_tokens": sum(u.output_tokens for u in by_model.values()),
                         "cache_write_tokens": sum(u.cache_write_tokens for u in by_model.values()),
                         "cache_read_tokens": sum(u.cache_read_tokens for u in by_model.values()),
-                        "cost_usd": sum(self._cost(m, u) for m, u in by_model.items()),
+                        "cache_write_1h_tokens": sum(u.cache_write_1h_tokens for u in by_model.values()),
+                        # each answer's usage, so a request past a long-context threshold is priced as one
+                        "cost_usd": sum(self._cost(m, usages[m]) for m in by_model),
                         "batches_collected": 1, "result_lines": n_lines})
         for a, c in final_attempts.items():
             if c:

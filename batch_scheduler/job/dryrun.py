@@ -1,14 +1,18 @@
 """`run --dry-run`: read and check every line exactly as a run would, count, estimate; send nothing.
 
 The same sources, provider `check_request`, validator and batch cut as the engine, so the numbers
-(requests, rejected lines, batches) are the ones a run would see. No HTTP client exists here: the
-provider is built with `http=None` and needs no key. Costs are estimates at batch prices, per model:
-low = estimated input tokens only, high = input plus every request's max_tokens as output. A model
-the price table does not know is listed as "unknown price", never guessed.
+(requests, rejected lines, batches) are the ones a run would see. The provider is built with
+`http=None` and needs no key; the one call a dry run may make is the free token count of a sample
+(`--count-sample`, Anthropic's count_tokens when a key is set; tiktoken for openai: job.estimate),
+which scales the heuristic estimate and reports its spread. Costs are estimates at batch prices,
+per model: low = estimated input tokens only, high = input plus every request's max_tokens as output.
+A model the price table does not know is listed as "unknown price", never guessed; with --max-cost
+the dry run says a run would refuse the job.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import aclosing
@@ -17,6 +21,8 @@ from typing import IO
 
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
+from batch_scheduler.job.budget import unpriced_models
+from batch_scheduler.job.estimate import Measured, Reservoir, measure
 from batch_scheduler.job.pricing import ModelTotals, PriceTable, cost_range, tally
 from batch_scheduler.job.reader import span_blocks
 from batch_scheduler.job.sources import make_sources
@@ -32,6 +38,7 @@ class Estimate:
     batches: int = 0
     rejected: int = 0
     by_model: dict[str | None, ModelTotals] = field(default_factory=dict)
+    sample: list[bytes] = field(default_factory=list)  # accepted request lines, to count exactly
 
     @property
     def input_tokens(self) -> int:
@@ -48,12 +55,14 @@ def rejects_path(out: str | None) -> str | None:
     return os.path.join(out, name)
 
 
-async def estimate(settings: Settings, inputs: list[str], rejects: Rejects) -> Estimate:
-    """Validate and cut every line as a run would; count and estimate what was accepted."""
+async def estimate(settings: Settings, inputs: list[str], rejects: Rejects, sample_size: int = 0) -> Estimate:
+    """Validate and cut every line as a run would; count and estimate what was accepted (and keep a
+    sample of `sample_size` accepted lines, the same a run would draw)."""
     provider = make_provider(settings, http=None)  # type: ignore[arg-type] - providers never call it here
     sources = make_sources(inputs, settings)
     validator = Validator(provider, settings.batch_bytes - BODY_WRAPPER_BYTES)
     est = Estimate()
+    reservoir = Reservoir(sample_size)
     chunks = cut_chunks(span_blocks(sources, (0, 0, 1), None), validator, rejects,
                         batch_size=settings.batch_size, batch_bytes=settings.batch_bytes,
                         overhead=provider.body_overhead, unit_of=lambda fi: sources[fi].unit)
@@ -62,7 +71,9 @@ async def estimate(settings: Settings, inputs: list[str], rejects: Rejects) -> E
             est.batches += 1
             est.requests += chunk.n
             tally(chunk.lines, provider.name, into=est.by_model)  # the estimator --max-cost uses too
+            reservoir.offer(chunk.lines)
     est.rejected = rejects.count
+    est.sample = reservoir.lines
     return est
 
 
@@ -70,8 +81,11 @@ def usd(x: float) -> str:
     return f"${x:,.6f}" if x < 1 else f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
 
 
-def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str]) -> None:
+def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str],
+           measured: Measured | None = None) -> None:
     """What a run would send and what it may cost, for the user (stdout)."""
+    measured = measured or Measured()
+    ratio = measured.ratio
     def say(text: str) -> None:
         print(text, file=stream)
 
@@ -80,14 +94,16 @@ def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str
     say(f"rejected lines: {est.rejected:,}")
     say(f"batches: {est.batches:,} (at most {settings.batch_size:,} requests and "
         f"{settings.batch_bytes / 1e6:,.0f} MB each)")
-    say(f"estimated input tokens: {est.input_tokens:,} (about 3.5 characters a token)")
+    say(f"estimated input tokens: {math.ceil(est.input_tokens * ratio):,} ({measured.describe()})")
+    if measured.note:
+        say(f"exact count: none ({measured.note})")
     low = high = 0.0
     unknown = 0
     lines = []
     models = sorted(est.by_model.items(), key=lambda kv: -kv[1].requests)
     for model, t in models:
-        cost = cost_range(prices, model, t)
-        head = (f"  {model or '(no model)'}: {t.requests:,} request(s), ~{t.input_tokens:,} input tokens, "
+        cost = cost_range(prices, model, t, ratio)
+        head = (f"  {model or '(no model)'}: {t.requests:,} request(s), ~{math.ceil(t.input_tokens * ratio):,} input tokens, "
                 f"up to {t.max_output_tokens:,} output tokens")
         if cost is None:
             unknown += t.requests
@@ -103,6 +119,10 @@ def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str
         say(text)
     if len(lines) > SHOW_MODELS:
         say(f"  ... and {len(lines) - SHOW_MODELS} more model(s)")
+    missing = unpriced_models(prices, est.by_model) if settings.max_cost_usd is not None else []
+    if missing:
+        say(f"--max-cost: a run would refuse this job (exit 2): no price for {', '.join(m or '(no model)' for m in missing)}; "
+            f"give it with --prices FILE")
 
 
 async def dry_run(settings: Settings, inputs: list[str], out: str | None) -> int:
@@ -110,10 +130,11 @@ async def dry_run(settings: Settings, inputs: list[str], out: str | None) -> int
     prices = PriceTable.load(settings.prices_file)
     rejects = Rejects(rejects_path(out), inputs)
     try:
-        est = await estimate(settings, inputs, rejects)
+        est = await estimate(settings, inputs, rejects, settings.count_sample)
     finally:
         rejects.close()
-    report(est, settings, prices, sys.stdout)
+    measured = await measure(settings, est.sample, est.requests) if settings.count_sample else None
+    report(est, settings, prices, sys.stdout, measured)
     rejects.report(sys.stderr)
     if settings.strict and rejects.count:
         print(f"batch-scheduler: --strict: {rejects.count:,} bad line(s); a run would refuse the whole job and "

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,9 @@ from batch_scheduler.core.ledger import RetryState
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.admission import Admission
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
-from batch_scheduler.job.budget import Budget
+from batch_scheduler.job.budget import Budget, unpriced_message, unpriced_models
 from batch_scheduler.job.collector import Collector
+from batch_scheduler.job.estimate import measure, survey
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.poller import Poller, PollStats
 from batch_scheduler.job.pricing import PriceTable
@@ -123,6 +125,8 @@ class Engine:
             provider = self._provider_factory(s, http)
             if s.strict and (refused := await self._strict_pass(job, provider)):
                 return refused
+            if s.max_cost_usd is not None and (refused := await self._price_check(job, provider, admission.budget)):
+                return refused
             replay = Replay(job.sources, provider.check_request, job.ledger)
             submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead)
             collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)
@@ -166,6 +170,26 @@ class Engine:
         return JobResult(ExitCode.FAILED, f"--strict: {job.rejects.count:,} bad line(s), listed in "
                          f"{self.out_dir}/rejected.jsonl; nothing was submitted")
 
+    async def _price_check(self, job: Job, provider: Provider, budget: Budget) -> JobResult | None:
+        """--max-cost fails closed: before the first create, every model of the accepted requests must have
+        a price. One pass over the input (as --strict's) finds them, with the job's token estimate and a
+        sample counted exactly (job.estimate); the ledger keeps both (meta `estimate`), so a resumed job
+        reads nothing twice and checks the models again against the prices of this run."""
+        s, sources = self.settings, job.sources
+        found = (await asyncio.to_thread(job.ledger.read_meta)).get("estimate")
+        if found is None:
+            validator = Validator(provider, s.batch_bytes - BODY_WRAPPER_BYTES)
+            chunks = cut_chunks(span_blocks(sources, (0, 0, 1), None), validator, Rejects(None, self.inputs),
+                                batch_size=s.batch_size, batch_bytes=s.batch_bytes,
+                                overhead=provider.body_overhead, unit_of=lambda fi: sources[fi].unit)
+            async with aclosing(chunks):
+                survey_ = await survey(chunks, provider.name, s.count_sample)
+            found = survey_.record(await measure(s, survey_.sample, survey_.requests))
+            await asyncio.to_thread(job.ledger.write_meta, {"estimate": found})
+        budget.ratio = found["measured"]["ratio"]
+        missing = unpriced_models(self.prices, found["models"])
+        return JobResult(ExitCode.USAGE, unpriced_message(missing)) if missing else None
+
     async def _final_result(self, job: Job, admission: Admission) -> JobResult:
         if admission.cancelled:
             return JobResult(ExitCode.FAILED, f"the job was cancelled; {admission.held_back:,} request(s) were not "
@@ -200,7 +224,8 @@ class Engine:
             retries=job.ledger.retry_counts(), unknown_price_models=self.prices.unknown,
             wall_s=time.time() - started, http_calls=self.http.stats.calls if self.http is not None else {},
             downloads_restarted=run.collector.downloads_restarted if run is not None else 0,
-            polls=run.poller.stats if run is not None else PollStats())
+            polls=run.poller.stats if run is not None else PollStats(),
+            estimate=job.ledger.read_meta().get("estimate"))
         write_summary(self.out_dir, summary)
         return summary
 

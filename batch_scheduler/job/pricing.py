@@ -1,22 +1,45 @@
 """Prices per model and what a job costs: tokens x price x batch discount, per token kind.
 
-The table ships in `scheduler/data/prices.json` (standard prices per million tokens and the batch
-discount); a user file given with --prices (same shape) overrides models one by one. A model the
-table does not know costs None ("unknown"), never a guess.
+The table ships in `batch_scheduler/data/prices.json` (standard prices per million tokens, the date
+they were taken, and the batch discount); a user file given with --prices (same shape) overrides
+models one by one. Per model: input, output, cache_write (5-minute TTL, 1.25x input), cache_write_1h
+(1-hour TTL, 2x input), cache_read (0.1x on most models); optionally `long_context` (every token of a
+request whose prompt is above `above_input_tokens` costs those prices) and `batch` (a batch price that
+is not the discount times the standard one). A model id matches a key exactly, or as the key plus a
+snapshot date or `-latest`; a model the table does not know costs None ("unknown"), never a guess,
+and a job under --max-cost with such a model is refused before anything is sent (see budget).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import orjson
-
 from batch_scheduler.core.errors import UsageError
+from batch_scheduler.job.estimate import (  # noqa: F401 - the estimator's names, where they were before
+    CHARS_PER_TOKEN,
+    ModelTotals,
+    estimate_input_tokens,
+    estimate_request,
+    tally,
+)
+
+KINDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
+_SNAPSHOT = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8}|-latest)$")
+
+
+@dataclass(frozen=True)
+class Tier:
+    above_input_tokens: int
+    input: float
+    output: float
+    cache_write: float
+    cache_write_1h: float
+    cache_read: float
 
 
 @dataclass(frozen=True)
@@ -25,172 +48,118 @@ class Price:
     output: float
     cache_write: float
     cache_read: float
+    cache_write_1h: float | None = None  # None: 2x input, the providers' rule for the 1-hour TTL
+    long_context: Tier | None = None
+    batch: dict[str, float] = field(default_factory=dict)  # kind -> batch price, where not discount x standard
+
+    def rate(self, kind: str, discount: float, long: bool = False) -> float:
+        """USD per million tokens of `kind` in a batch."""
+        if long and self.long_context is not None:
+            return getattr(self.long_context, kind) * discount
+        if kind in self.batch:
+            return self.batch[kind]
+        if kind == "cache_write_1h" and self.cache_write_1h is None:
+            return 2 * self.input * discount
+        return getattr(self, kind) * discount
+
+
+def price_of(doc: dict, where: str) -> Price:
+    """One model's entry of a price table; UsageError naming `where` when it is not one."""
+    try:
+        tier = doc.get("long_context")
+        if tier is not None:
+            tier = Tier(**{"cache_write": tier["input"] * 1.25, "cache_write_1h": tier["input"] * 2,
+                           "cache_read": tier["input"], **tier})
+        batch = {str(k): float(v) for k, v in (doc.get("batch") or {}).items()}
+        unknown = set(batch) - set(KINDS)
+        if unknown:
+            raise ValueError(f"batch: unknown kind(s) {', '.join(sorted(unknown))}")
+        values = {k: float(doc[k]) for k in ("input", "output", "cache_write", "cache_read")}
+        one_hour = doc.get("cache_write_1h")
+        return Price(**values, cache_write_1h=None if one_hour is None else float(one_hour), long_context=tier,
+                     batch=batch)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{where}: not a price ({type(exc).__name__}: {exc})") from None
 
 
 class PriceTable:
-    def __init__(self, models: dict[str, Price], batch_discount: float):
+    def __init__(self, models: dict[str, Price], batch_discount: float, taken: str | None = None):
         self.models = models
         self.batch_discount = batch_discount
+        self.taken = taken
         self._cache: dict[str | None, Price | None] = {}
         self.unknown: set[str] = set()
 
     @classmethod
     def load(cls, user_file: str | None = None) -> PriceTable:
         doc = json.loads(resources.files("batch_scheduler").joinpath("data/prices.json").read_text("utf-8"))
-        models = {k: Price(**v) for k, v in doc["models"].items()}
+        models = {k: price_of(v, f"prices.json: {k}") for k, v in doc["models"].items()}
         discount = float(doc.get("batch_discount", 0.5))
+        taken = doc.get("taken")
         if user_file:
             try:
                 with open(user_file, encoding="utf-8") as f:
                     user = json.load(f)
-                models.update({k: Price(**v) for k, v in user.get("models", {}).items()})
+                models.update({k: price_of(v, f"--prices {user_file}: {k}") for k, v in user.get("models", {}).items()})
                 discount = float(user.get("batch_discount", discount))
-            except (OSError, ValueError, TypeError) as exc:
+                taken = user.get("taken", taken)
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
                 raise UsageError(f"--prices {user_file}: {exc}") from None
-        return cls(models, discount)
+        return cls(models, discount, taken)
 
     def price(self, model: str | None) -> Price | None:
         if model in self._cache:
             return self._cache[model]
         found = None
         if model:
-            best = max((k for k in self.models if model == k or model.startswith(k + "-")),
-                       key=len, default=None)
-            found = self.models.get(best) if best else None
+            found = self.models.get(model)
+            if found is None:
+                found = self.models.get(_SNAPSHOT.sub("", model))  # claude-sonnet-4-5-20250929, gpt-4o-2024-08-06
             if found is None:
                 self.unknown.add(model)
         self._cache[model] = found
         return found
 
-    def cost(self, model: str | None, usage) -> float:
-        """USD for one answer's usage at batch prices; 0.0 for an unknown model (listed in .unknown)."""
+    def cost(self, model: str | None, usage: Any) -> float:
+        """USD at batch prices for one answer's usage, or for a list of answers' usages (then a request
+        whose prompt reaches the model's long-context tier is priced at it); 0.0 for an unknown model
+        (listed in .unknown)."""
         p = self.price(model)
         if p is None or usage is None:
             return 0.0
-        return (usage.input_tokens * p.input + usage.output_tokens * p.output
-                + usage.cache_write_tokens * p.cache_write
-                + usage.cache_read_tokens * p.cache_read) * self.batch_discount / 1e6
+        if not isinstance(usage, list):  # one Usage
+            return self._priced(p, usage, self._is_long(p, usage))
+        if not usage:
+            return 0.0
+        if p.long_context is None:
+            return self._priced(p, [sum(col) for col in zip(*usage, strict=True)], False)
+        return sum(self._priced(p, u, self._is_long(p, u)) for u in usage)
+
+    @staticmethod
+    def _is_long(p: Price, u: Sequence[int]) -> bool:
+        # input + cache writes + cache reads: the prompt, as the providers measure it for the tier
+        return p.long_context is not None and u[0] + u[2] + u[3] > p.long_context.above_input_tokens
+
+    def _priced(self, p: Price, u: Sequence[int], long: bool) -> float:
+        d = self.batch_discount
+        one_hour = u[4] if len(u) > 4 else 0
+        return (u[0] * p.rate("input", d, long) + u[1] * p.rate("output", d, long)
+                + (u[2] - one_hour) * p.rate("cache_write", d, long)
+                + one_hour * p.rate("cache_write_1h", d, long) + u[3] * p.rate("cache_read", d, long)) / 1e6
 
 
-# -- estimates before anything is sent (dry run, --max-cost) ------------------------------------
-#
-# One estimator for both: the dry run prints its per-model totals as a range, and --max-cost holds the
-# top of that range for each batch in flight against the cap, so the two never disagree. --max-cost runs
-# it over every batch's lines on the event loop, so the common shapes (a string, a text block, a
-# {role, content} message) are read where they are met instead of through another call, to the same result.
-
-CHARS_PER_TOKEN = 3.5
-_TEXT_FIELDS = ("system", "messages", "input", "prompt")
-
-
-def _chars(content: Any) -> int:
-    """Characters of text in a message content, a system prompt or an input: strings and text blocks
-    count their text; any other block (image, tool use or result, ...) counts its JSON, which overstates
-    images (their base64) but keeps the estimate from ignoring them."""
-    kind = type(content)
-    if kind is str:
-        return len(content)
-    if kind is list or (kind is not dict and isinstance(content, list)):
-        n = 0
-        for item in content:
-            if type(item) is str:
-                n += len(item)
-            else:
-                text = item.get("text") if type(item) is dict else None  # a text block: its text, directly
-                n += len(text) if type(text) is str else _chars(item)
-        return n
-    if isinstance(content, dict):
-        text = content.get("text")
-        if isinstance(text, str):
-            return len(text)
-        if "content" in content and "role" in content:  # an OpenAI or Anthropic message
-            return _chars(content["content"])
-    elif content is None:
-        return 0
-    elif isinstance(content, str):
-        return len(content)
-    return len(json.dumps(content, ensure_ascii=False))
-
-
-def estimate_input_tokens(params: dict) -> int:
-    """Input tokens of one request, estimated without a tokenizer.
-
-    The heuristic: characters of text in `system`, every message's content, the OpenAI `input` /
-    `prompt` fields and the tools' JSON, divided by 3.5 and rounded up. English prose runs about 4
-    characters a token, code and other languages fewer, so 3.5 leans high; the true count comes back
-    in each result's usage.
-    """
-    chars = 0
-    for name in _TEXT_FIELDS:
-        value = params.get(name)
-        if value is None:
-            continue
-        if type(value) is str:
-            chars += len(value)
-        elif name == "messages" and type(value) is list:
-            for msg in value:  # _chars of each message; a {role, content} one's content taken directly
-                is_message = type(msg) is dict and "role" in msg and "content" in msg and "text" not in msg
-                content = msg["content"] if is_message else msg
-                chars += len(content) if type(content) is str else _chars(content)
-        else:
-            chars += _chars(value)
-    if params.get("tools"):
-        chars += len(json.dumps(params["tools"], ensure_ascii=False))
-    return math.ceil(chars / CHARS_PER_TOKEN)
-
-
-def estimate_request(obj: dict, provider_name: str | None = None) -> tuple[str | None, int, int]:
-    """(model, estimated input tokens, most output tokens) of one request line, parsed.
-
-    Understands the Message Batches form (`params`) and the `{method, url, body}` form of OpenAI and
-    the inline proxy (`provider_name` says which to read first when a line has both; a line a provider
-    accepted has only its own); the output bound is `max_tokens`, else `max_completion_tokens` /
-    `max_output_tokens` (0 when the request sets none, e.g. embeddings).
-    """
-    first, second = ("body", "params") if provider_name in ("openai", "inline") else ("params", "body")
-    params = obj.get(first)
-    if not isinstance(params, dict):
-        params = obj.get(second)
-        if not isinstance(params, dict):
-            params = {}
-    out = params.get("max_tokens") or params.get("max_completion_tokens") or params.get("max_output_tokens") or 0
-    model = params.get("model")
-    return (model if isinstance(model, str) else None), estimate_input_tokens(params), int(out)
-
-
-@dataclass(slots=True)
-class ModelTotals:
-    requests: int = 0
-    input_tokens: int = 0
-    max_output_tokens: int = 0
-
-
-def tally(lines: Iterable[bytes], provider_name: str | None = None,
-          into: dict[str | None, ModelTotals] | None = None) -> dict[str | None, ModelTotals]:
-    """Per model (None: the request names none), the request lines' counts and token estimates."""
-    sums: dict[str | None, list[int]] = {}  # model -> [requests, input tokens, max output tokens]
-    for obj in map(orjson.loads, lines):
-        model, input_tokens, max_out = estimate_request(obj, provider_name)
-        row = sums.get(model)
-        if row is None:
-            sums[model] = row = [0, 0, 0]
-        row[0] += 1
-        row[1] += input_tokens
-        row[2] += max_out
-    by_model: dict[str | None, ModelTotals] = {} if into is None else into
-    for model, (requests, input_tokens, max_out) in sums.items():
-        totals = by_model.setdefault(model, ModelTotals())
-        totals.requests += requests
-        totals.input_tokens += input_tokens
-        totals.max_output_tokens += max_out
-    return by_model
-
-
-def cost_range(prices: PriceTable, model: str | None, totals: ModelTotals) -> tuple[float, float] | None:
-    """(low, high) USD at batch prices: estimated input only, then plus every request's most output.
-    None when the model has no price: never guessed (the dry run says "unknown price")."""
+def cost_range(prices: PriceTable, model: str | None, totals: ModelTotals, ratio: float = 1.0
+               ) -> tuple[float, float] | None:
+    """(low, high) USD at batch prices: estimated input only (times `ratio`, the job's measured exact /
+    heuristic), then plus every request's most output. The high end takes the long-context prices when
+    the largest request may reach them. None when the model has no price: never guessed (the dry run
+    says "unknown price")."""
     p = prices.price(model)
     if p is None:
         return None
-    low = totals.input_tokens * p.input * prices.batch_discount / 1e6
-    return low, low + totals.max_output_tokens * p.output * prices.batch_discount / 1e6
+    d = prices.batch_discount
+    input_tokens = totals.input_tokens * ratio
+    low = input_tokens * p.rate("input", d) / 1e6
+    long = p.long_context is not None and totals.largest_input * ratio > p.long_context.above_input_tokens
+    high = (input_tokens * p.rate("input", d, long) + totals.max_output_tokens * p.rate("output", d, long)) / 1e6
+    return low, high

@@ -17,11 +17,12 @@ import orjson
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import RetryState
 from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.estimate import against_usage
 from batch_scheduler.job.poller import PollStats
 from batch_scheduler.job.progress import JobStats
 
 RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")  # final lines, by result type (the API's spelling)
-TOKEN_KINDS = ("input", "output", "cache_write", "cache_read")
+TOKEN_KINDS = ("input", "output", "cache_write", "cache_read", "cache_write_1h")
 
 
 def finished(counters: Mapping[str, float]) -> int:
@@ -45,7 +46,8 @@ def state_of(exit_code: int, cancelled: bool) -> str:
 def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Settings, inputs: list[str],
                   stats: JobStats, rejected: int, counters: Mapping[str, float], retries: Mapping[RetryState, int],
                   unknown_price_models: set[str], wall_s: float, http_calls: Mapping[tuple[str, Any], int],
-                  downloads_restarted: int, polls: PollStats) -> dict[str, Any]:
+                  downloads_restarted: int, polls: PollStats, estimate: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """The summary of a run: the ledger's counters for the whole job, the run's own figures."""
     c = counters
     calls: dict[str, int] = {}
@@ -83,6 +85,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
             "create_outcome_unknown": int(c.get("creates_unknown", 0)),
         },
         "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in TOKEN_KINDS},
+        "estimate": against_usage(estimate, c),
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "unknown_price_models": sorted(unknown_price_models),
         "wall_time_s": round(wall_s, 3),

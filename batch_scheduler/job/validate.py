@@ -17,7 +17,8 @@ import orjson
 
 from batch_scheduler.job.reader import LineTooLong
 
-CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's; each provider declares its own (ProviderSpec)
+CUSTOM_ID_RULE = "1-64 characters of a-z A-Z 0-9 _ -"
 BLANK = "blank"
 RESERVE_MAX = 4_000_000  # requests the duplicate check is sized for before it has seen them
 
@@ -87,6 +88,9 @@ class Validator:
 
     def __init__(self, provider, max_line_bytes: int):
         self._check_request = provider.check_request
+        spec = getattr(provider, "spec", None)
+        self._custom_id = spec.custom_id_re if spec is not None else CUSTOM_ID
+        self._custom_id_rule = spec.custom_id_rule if spec is not None else CUSTOM_ID_RULE
         self._max_line = max_line_bytes
         self._seen = FingerprintSet()
 
@@ -112,8 +116,8 @@ class Validator:
             return None, None, "custom_id missing"
         if type(cid) is not str:
             return None, None, f"custom_id is not a string (got {type(cid).__name__})"
-        if not CUSTOM_ID.fullmatch(cid):
-            return None, None, f"custom_id {cid[:80]!r} must be 1-64 characters of a-z A-Z 0-9 _ -"
+        if not self._custom_id.fullmatch(cid):
+            return None, None, f"custom_id {cid[:80]!r} must be {self._custom_id_rule}"
         if len(raw) > self._max_line:
             return cid, None, f"line is {len(raw):,} bytes, larger than a batch may be ({self._max_line:,})"
         problem, out = self._check_request(obj, raw)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from batch_scheduler import __version__  # the package's own __init__: defined before anything is imported
 from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import ProviderSpec, Settings, provider_name, settings_from
 from batch_scheduler.providers.anthropic import AnthropicProvider
@@ -23,6 +25,7 @@ REGISTRY: dict[str, Any] = {
     "inline": InlineProvider,
 }
 NAMES = tuple(REGISTRY)
+USER_AGENT = f"batch-scheduler/{__version__}"  # who is calling, for the providers' and proxies' support
 
 
 def _cls(name: str) -> Any:
@@ -42,8 +45,8 @@ def build_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings
 
 
 def headers_for(settings: Settings) -> dict[str, str]:
-    """The headers every call of this provider carries (auth included)."""
-    return _cls(settings.provider).headers(settings)
+    """The headers every call of this provider carries (auth included); a --header User-Agent wins."""
+    return merge_headers({"User-Agent": USER_AGENT}, _cls(settings.provider).headers(settings))
 
 
 def make_provider(settings: Settings, http: HttpClient) -> Provider:
@@ -51,7 +54,7 @@ def make_provider(settings: Settings, http: HttpClient) -> Provider:
 
 
 def missing_key_message(settings: Settings) -> str:
-    return f"no API key: set {spec_of(settings.provider).key_hint} in the environment or in .env"
+    return f"no API key: set {spec_of(settings.provider).credential_hint} in the environment or in .env"
 
 
 def key_refused_message(settings: Settings, status: int | None) -> str:

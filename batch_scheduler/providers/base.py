@@ -57,13 +57,14 @@ TRANSIENT_ERROR_KINDS = frozenset({"api_error", "overloaded_error", "rate_limit_
 
 
 class Usage(NamedTuple):
-    """Tokens of one answer (or a sum). `classify` may return a plain 4-tuple in this order: it is one
+    """Tokens of one answer (or a sum). `classify` may return a plain 5-tuple in this order: it is one
     per result line, and a tuple is cheaper to build than any class."""
 
     input_tokens: int = 0
     output_tokens: int = 0
-    cache_write_tokens: int = 0
+    cache_write_tokens: int = 0  # every cache write, both TTLs
     cache_read_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # the part of cache_write_tokens written for the 1-hour TTL (2x input)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, Outcome
 
@@ -22,8 +23,7 @@ def auth_headers(settings: Settings) -> dict[str, str]:
         headers["authorization"] = f"Bearer {settings.api_key}"
     else:
         headers["x-api-key"] = settings.api_key
-    headers.update(dict(settings.headers))
-    return headers
+    return merge_headers(headers, settings.headers)
 
 
 def check_message_params(params: object, model: str | None, prefix: str = "params") -> str | None:
@@ -45,7 +45,7 @@ def same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
 
 
-def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int] | None, str | None]:
+def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int, int] | None, str | None]:
     """Route and count one `{"custom_id", "result": {...}}` line (also the inline proxy's form)."""
     doc = orjson.loads(line)
     cid = doc["custom_id"]
@@ -54,8 +54,10 @@ def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int
     if kind == "succeeded":
         message = result["message"]
         u = message.get("usage") or {}
+        ttl = u.get("cache_creation")  # {"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
         usage = (u.get("input_tokens") or 0, u.get("output_tokens") or 0,  # a Usage, as a plain tuple
-                 u.get("cache_creation_input_tokens") or 0, u.get("cache_read_input_tokens") or 0)
+                 u.get("cache_creation_input_tokens") or 0, u.get("cache_read_input_tokens") or 0,
+                 (ttl.get("ephemeral_1h_input_tokens") or 0) if type(ttl) is dict else 0)
         return cid, Outcome.SUCCEEDED, usage, message.get("model")
     if kind == "errored":
         err = result.get("error") or {}

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
 from batch_scheduler.providers.base import (
@@ -180,7 +181,11 @@ def failure_text(doc: dict) -> str:
 SPEC = ProviderSpec(
     name="openai", max_requests=50_000, max_bytes=200 * MB, default_requests=50_000, default_bytes=200 * MB,
     key_env=("OPENAI_API_KEY",), base_url_env=("OPENAI_BASE_URL",), default_base_url="https://api.openai.com",
-    default_auth="bearer", model_env=("CLAUDE_MODEL", "ANTHROPIC_MODEL", "OPENAI_MODEL"))
+    default_auth="bearer", model_env=("CLAUDE_MODEL", "ANTHROPIC_MODEL", "OPENAI_MODEL"),
+    custom_headers_env=("OPENAI_CUSTOM_HEADERS",),
+    header_env=(("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")),
+    # OpenAI documents uniqueness only; the length bound keeps ids sane for files, shards and the ledger
+    custom_id=r"[^\x00-\x1f\x7f]{1,512}", custom_id_rule="1-512 characters, no control characters")
 
 
 class OpenAIProvider:
@@ -202,8 +207,7 @@ class OpenAIProvider:
             headers = {"x-api-key": settings.api_key}
         else:
             headers = {"authorization": f"Bearer {settings.api_key}"}
-        headers.update(dict(settings.headers))
-        return headers
+        return merge_headers(headers, settings.headers)
 
     # -- input lines ----------------------------------------------------------------------------
 

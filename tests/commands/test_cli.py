@@ -57,7 +57,8 @@ def test_no_key_is_a_usage_error(sim, env, monkeypatch, capsys):
     write_requests(env / "in.jsonl", 5)
     assert main(run_args(sim, env / "in.jsonl", env / "out")) == 2
     assert capsys.readouterr().err.strip() == (
-        "batch-scheduler: no API key: set ANTHROPIC_API_KEY (or CLAUDE_API_KEY) in the environment or in .env")
+        "batch-scheduler: no API key: set ANTHROPIC_API_KEY (or CLAUDE_API_KEY), or ANTHROPIC_AUTH_TOKEN in the "
+        "environment or in .env")
 
 
 def test_dotenv_supplies_the_key_and_the_environment_wins(sim, env, monkeypatch):

@@ -38,7 +38,8 @@ async def test_a_known_model_gets_a_cost_range_from_input_only_to_input_plus_eve
         "requests: 10",
         "rejected lines: 0",
         "batches: 3 (at most 4 requests and 200 MB each)",
-        "estimated input tokens: 100 (about 3.5 characters a token)",
+        "estimated input tokens: 100 (heuristic: about 3.5 characters a token, a CJK character one token)",
+        "exact count: none (no API key to call count_tokens with)",
         "estimated cost at batch prices: $0.000150 to $0.007650",
         "  claude-sonnet-4-5: 10 request(s), ~100 input tokens, up to 1,000 output tokens: $0.000150 to $0.007650",
     ]
