@@ -58,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def print_outcome(result: JobResult) -> None:
+    if result.exit_code == ExitCode.USAGE:  # refused before anything was sent: no counts worth a line
+        print(f"batch-scheduler: {result.message}", file=sys.stderr)
+        return
     s = result.summary
     req = s.get("requests", {})
     res = s.get("results", {})
