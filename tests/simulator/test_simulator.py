@@ -98,14 +98,16 @@ async def test_round_trip_answers_every_request_with_its_own_answer_and_usage(si
     assert set(got) == {r["custom_id"] for r in reqs}
     for r in reqs:
         message = got[r["custom_id"]]["message"]
-        assert message["content"] == [{"type": "text", "text": "answer:" + r["custom_id"]}]
+        assert message["content"] == [{"type": "text", "text": "answer:" + r["custom_id"], "citations": None}]
         assert message["model"] == MODEL
-        in_tokens = max(1, len(orjson.dumps(r["params"]["messages"])) // 4)
+        in_tokens = (len(orjson.dumps(r["params"]["messages"])) + 3) // 4
         if "system" in r["params"]:
-            in_tokens += len(orjson.dumps(r["params"]["system"])) // 4
+            in_tokens += (len(orjson.dumps(r["params"]["system"])) + 3) // 4
         assert message["usage"] == {
             "input_tokens": in_tokens, "output_tokens": 16 + zlib.crc32(r["custom_id"].encode()) % 64,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "service_tier": "batch"}
     assert sim.stats["creates"] == 1 and sim.stats["requests_created"] == 50
 
 
@@ -193,10 +195,12 @@ async def test_missing_anthropic_version_is_400(sim, http):
     assert status == 400 and "anthropic-version" in body["error"]["message"]
 
 
-async def test_over_the_request_or_byte_limit_is_413(sim, http):
+async def test_over_the_request_count_is_400_and_over_the_byte_limit_413(sim, http):
     sim.config.max_requests = 3
     status, body = await create(http, sim, requests_for(4))
-    assert status == 413 and body["error"]["type"] == "request_too_large"
+    assert status == 400 and body["error"] == {
+        "type": "invalid_request_error",
+        "message": "requests: List should have at most 3 items after validation, not 4"}
     sim.config.max_requests = 100
     sim.config.max_body_bytes = 1000
     status, body = await create(http, sim, requests_for(20))
@@ -210,7 +214,6 @@ async def test_over_the_request_or_byte_limit_is_413(sim, http):
     (1, {"custom_id": "x" * 65}, "requests.1.custom_id: "),
     (4, {"params": None}, "requests.4.params: Field required"),
     (0, {"params": [1]}, "requests.0.params: Input should be a valid dictionary"),
-    (7, {"params": params(stream=True)}, "requests.7.params.stream: streaming is not supported in batches"),
 ])
 async def test_bad_request_is_400_naming_it(sim, http, index, change, message):
     reqs = requests_for(10)
@@ -228,36 +231,55 @@ async def test_create_without_requests_is_400(sim, http, body):
         assert orjson.loads(await r.read())["error"]["type"] == "invalid_request_error"
 
 
-async def test_queue_limit_gives_429_with_retry_after(sim, http, clock):
+async def test_queue_limit_gives_a_queue_full_429_with_whole_second_retry_after(sim, http, clock):
     sim.config.processing_s = 10
     sim.config.queue_limit = 5
     assert (await create(http, sim, requests_for(3)))[0] == 200
     async with http.post(sim.url + BATCHES, data=orjson.dumps({"requests": requests_for(3)}),
                          headers=HEADERS) as r:
-        assert r.status == 429 and r.headers["retry-after"] == "0.05"
+        body = orjson.loads(await r.read())
+        assert r.status == 429 and r.headers["retry-after"] == "1"
+    assert body["error"]["type"] == "rate_limit_error"
+    assert body["error"]["message"].startswith(
+        "This request would exceed your organization's limit of 5 message batch requests in the processing "
+        "queue (3 queued, 3 in this batch).")
     clock.advance(10)
     assert (await create(http, sim, requests_for(3)))[0] == 200
+    assert sim.stats["queue_full"] == 1 and sim.stats["peak_queued_requests"] == 3
 
 
-async def test_fault_mix_produces_every_kind_and_creates_nothing(sim, http):
+async def test_fault_mix_produces_every_documented_kind_and_creates_nothing(sim, http):
     sim.config.fail_rate = 1.0
-    seen: dict[str, int] = {}
-    for _ in range(60):
+    seen: dict[str, str | None] = {}
+    for _ in range(80):
         try:
             async with http.post(sim.url + BATCHES, data=orjson.dumps({"requests": requests_for(2)}),
                                  headers=HEADERS) as r:
-                kind = str(r.status)
-                if r.status == 429:
-                    assert float(r.headers["retry-after"]) == pytest.approx(0.05)
-                await r.read()
+                body = orjson.loads(await r.read())
+                seen[str(r.status)] = body["error"]["type"]
+                assert r.headers.get("retry-after") == ("1" if r.status == 429 else None)
         except aiohttp.ClientError:
-            kind = "dropped"
-        seen[kind] = seen.get(kind, 0) + 1
-    assert set(seen) == {"429", "500", "503", "529", "dropped"}
+            seen["dropped"] = None
+    assert seen == {"429": "rate_limit_error", "500": "api_error", "504": "timeout_error",
+                    "409": "conflict_error", "529": "overloaded_error", "dropped": None}
     assert sim.stats["creates"] == 0
-    assert sum(sim.stats["faults"].values()) == 60
-    assert set(sim.stats["faults"]) == {"rate_limit_error", "api_error", "overloaded_error", "unavailable",
-                                        "dropped"}
+    assert sum(sim.stats["faults"].values()) == 80
+    assert set(sim.stats["faults"]) == {"rate_limit_error", "api_error", "timeout_error", "conflict_error",
+                                        "overloaded_error", "dropped"}
+
+
+async def test_openai_paths_never_answer_529(sim, http):
+    sim.config.fail_rate = 1.0
+    statuses = set()
+    for _ in range(80):
+        try:
+            async with http.get(f"{sim.url}/v1/batches", headers=BEARER) as r:
+                body = orjson.loads(await r.read())
+                statuses.add(r.status)
+                assert set(body["error"]) == {"message", "type", "param", "code"}
+        except aiohttp.ClientError:
+            statuses.add("dropped")
+    assert statuses == {429, 500, 503, 504, 409, "dropped"}
 
 
 async def test_result_rates_draw_each_outcome_the_same_on_every_download(sim, http):
@@ -384,14 +406,24 @@ async def test_openai_flow_output_and_error_files(sim, http, clock):
     bad = openai_line("bad", model="gpt-4o-mini")  # no messages: a 400 in the error file
     batch = await openai_batch(http, sim, [*good, bad])
     assert batch["id"].startswith("batch_") and batch["status"] == "validating"
-    assert batch["metadata"] == {"job": "j1"} and batch["request_counts"]["total"] == 6
+    assert batch["metadata"] == {"job": "j1"}
+    assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}  # not validated yet
     url = f"{sim.url}/v1/batches/{batch['id']}"
+    _, validating = await get(http, url, headers=BEARER)
+    assert validating["status"] == "validating" and validating["request_counts"]["total"] == 0
+    clock.advance(1)
     _, polled = await get(http, url, headers=BEARER)
     assert polled["status"] == "in_progress" and polled["output_file_id"] is None
-    clock.advance(10)
+    assert polled["request_counts"]["total"] == 6
+    clock.advance(8)
+    _, finalizing = await get(http, url, headers=BEARER)
+    assert finalizing["status"] == "finalizing" and finalizing["finalizing_at"]
+    clock.advance(1)
     _, done = await get(http, url, headers=BEARER)
     assert done["status"] == "completed" and done["completed_at"]
     assert done["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
+    assert done["usage"]["input_tokens"] > 0 and done["usage"]["total_tokens"] == (
+        done["usage"]["input_tokens"] + done["usage"]["output_tokens"])
     output = {x["custom_id"]: x for x in await file_lines(http, sim, done["output_file_id"])}
     assert set(output) == {f"c{i}" for i in range(5)}
     line = output["c3"]
@@ -531,6 +563,10 @@ def test_faults_flag_turns_every_fault_on_and_explicit_rates_win():
     preset = SimConfig.all_faults()
     assert (preset.fail_rate, preset.errored_rate, preset.expired_rate, preset.cut_rate,
             preset.lost_create_rate) == (0.05, 0.03, 0.01, 0.10, 0.02)
+    assert "conflict_error" not in preset.fail_kinds and preset.ghost_404_s == 0
+    assert config == SimConfig.real_faults(cut_rate=0.0, valid_keys={"a", "b"}, seed=3)
+    assert (config.ghost_404_s, config.missing_rate, config.request_timeout_rate, config.spend_cap,
+            config.fail_kinds) == (1.0, 0.005, 0.01, None, None)
     assert config.fail_rate == 0.05 and config.cut_rate == 0.0
     assert config.valid_keys == {"a", "b"} and config.seed == 3
     assert config_from(parser.parse_args([])) == SimConfig()
