@@ -24,8 +24,17 @@ from anthropic.types import MessageTokensCount
 from anthropic.types.messages import DeletedMessageBatch, MessageBatch, MessageBatchIndividualResponse
 from anthropic.types.shared import ErrorResponse as AnthropicErrorResponse
 from anthropic.types.shared.error_details import ErrorDetails
-from openai.types import Batch, BatchError, Completion, CreateEmbeddingResponse, FileDeleted, FileObject
-from openai.types import ImagesResponse, ModerationCreateResponse, Video
+from openai.types import (
+    Batch,
+    BatchError,
+    Completion,
+    CreateEmbeddingResponse,
+    FileDeleted,
+    FileObject,
+    ImagesResponse,
+    ModerationCreateResponse,
+    Video,
+)
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from openai.types.shared import ErrorObject as OpenAIErrorObject
