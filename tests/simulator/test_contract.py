@@ -41,21 +41,11 @@ from openai.types.shared import ErrorObject as OpenAIErrorObject
 
 from batch_scheduler.simulator import SimConfig, Simulator
 
+from .helpers import FakeClock
 from .strict import problems
 
 KEY = "sk-contract"
 MODEL = "claude-sonnet-4-5"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 5000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class AnthropicErrorObject(pydantic.BaseModel):
