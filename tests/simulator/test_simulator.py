@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 import zlib
 
 import aiohttp
@@ -288,12 +287,12 @@ async def test_sim_endpoints_need_no_key_and_set_config(sim, http):
     assert status == 200 and stats["creates"] == 0
 
 
-async def test_10k_request_create_is_fast(sim, http):
+async def test_a_streamed_10k_request_create_is_taken_whole(sim, http):
+    # speed is the bench's to measure (no wall-clock assertion here)
     body = orjson.dumps({"requests": requests_for(10_000)})
-    started = time.perf_counter()
     async with http.post(sim.url + BATCHES, data=io.BytesIO(body), headers=HEADERS) as r:
         assert r.status == 200
-    assert time.perf_counter() - started < 1.0  # well under 0.1 s on a quiet machine
+        assert orjson.loads(await r.read())["request_counts"]["processing"] == 10_000
 
 
 # -- the simulator in its own process -----------------------------------------------------------
