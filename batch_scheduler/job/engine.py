@@ -184,6 +184,9 @@ class Engine:
                                 overhead=provider.body_overhead, unit_of=lambda fi: sources[fi].unit)
             async with aclosing(chunks):
                 survey_ = await survey(chunks, provider.name, s.count_sample)
+            # refused before any call, count_tokens included: nothing of an unpriced job leaves the machine
+            if missing := unpriced_models(self.prices, survey_.by_model):
+                return JobResult(ExitCode.USAGE, unpriced_message(missing))
             found = survey_.record(await measure(s, survey_.sample, survey_.requests))
             await asyncio.to_thread(job.ledger.write_meta, {"estimate": found})
         budget.ratio = found["measured"]["ratio"]

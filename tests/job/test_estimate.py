@@ -14,8 +14,8 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.estimate import Reservoir, estimate_input_tokens, measure
 
-from .conftest import KEY
-from .helpers import request
+from ..conftest import KEY
+from ..helpers import request
 
 
 def user(text: str) -> dict:

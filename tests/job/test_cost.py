@@ -22,8 +22,8 @@ from batch_scheduler.job.validate import Rejects
 from batch_scheduler.providers.base import Usage
 from batch_scheduler.providers.common import classify_result
 
-from .conftest import KEY, fast_settings
-from .helpers import request
+from ..conftest import KEY, fast_settings
+from ..helpers import request
 
 PRICES = PriceTable.load()
 

@@ -20,8 +20,8 @@ from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers import build_settings, headers_for
 from batch_scheduler.simulator import SimConfig, Simulator
 
-from .conftest import FAST_RETRY, KEY
-from .helpers import read_results, write_requests
+from ..conftest import FAST_RETRY, KEY
+from ..helpers import read_results, write_requests
 
 TOKEN = "sk-ant-oat-token-0123456789"
 

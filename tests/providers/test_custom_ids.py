@@ -11,8 +11,8 @@ from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.job.validate import Validator
 from batch_scheduler.providers import make_provider
 
-from .conftest import fast_settings
-from .helpers import read_results, request
+from ..conftest import fast_settings
+from ..helpers import read_results, request
 
 OPENAI_ONLY = ["doc/42:part 1", "user@example.com", "über-äpfel", "x" * 65, "a.b.c"]
 
