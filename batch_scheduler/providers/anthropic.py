@@ -9,7 +9,13 @@ import orjson
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
 from batch_scheduler.providers.base import BatchInfo, BatchState, encode, parse_time, requests_body
-from batch_scheduler.providers.common import auth_headers, check_message_params, classify_result, same_origin
+from batch_scheduler.providers.common import (
+    auth_headers,
+    check_message_params,
+    classify_result,
+    list_since,
+    same_origin,
+)
 
 _PATH = "/v1/messages/batches"
 
@@ -63,19 +69,8 @@ class AnthropicProvider:
         data = await self.http.call("GET", f"{self._url}/{batch_id}", "retrieve")
         return self._info(orjson.loads(data))
 
-    async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
-        after: str | None = None
-        while True:
-            url = f"{self._url}?limit=1000" + (f"&after_id={after}" if after else "")
-            page = orjson.loads(await self.http.call("GET", url, "list"))
-            for item in page.get("data", []):
-                info = self._info(item)
-                if info.created_at is not None and info.created_at < since:
-                    return
-                yield info
-            if not page.get("has_more") or not page.get("last_id"):
-                return
-            after = page["last_id"]
+    def recent(self, since: float) -> AsyncIterator[BatchInfo]:
+        return list_since(self.http, self._url, limit=1000, cursor="after_id", since=since, info_of=self._info)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
         data = await self.http.call("POST", f"{self._url}/{batch_id}/cancel", "cancel")

@@ -6,13 +6,15 @@ converts Message Batches lines to chat completions. Shared code lives here, not 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import orjson
 
 from batch_scheduler.core.headers import merge_headers
+from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, Outcome
+from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, BatchInfo, Outcome
 
 _REQUIRED = ("max_tokens", "messages")
 
@@ -69,3 +71,21 @@ def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int
     if kind == "canceled":
         return cid, Outcome.CANCELED, None, None
     raise ValueError(f"unknown result type {kind!r}")
+
+
+async def list_since(http: HttpClient, url: str, *, limit: int, cursor: str, since: float,
+                     info_of: Callable[[dict], BatchInfo]) -> AsyncIterator[BatchInfo]:
+    """Batches created at or after `since`, newest first, page by page (`?limit=&{cursor}=last_id`):
+    the list endpoints of Message Batches (`after_id`) and of OpenAI (`after`) page the same way."""
+    after: str | None = None
+    while True:
+        page = orjson.loads(await http.call("GET", f"{url}?limit={limit}" + (f"&{cursor}={after}" if after else ""),
+                                            "list"))
+        for item in page.get("data") or []:
+            info = info_of(item)
+            if info.created_at is not None and info.created_at < since:
+                return
+            yield info
+        if not page.get("has_more") or not page.get("last_id"):
+            return
+        after = page["last_id"]

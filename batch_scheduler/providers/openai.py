@@ -38,7 +38,7 @@ from batch_scheduler.providers.base import (
     encode,
     parse_time,
 )
-from batch_scheduler.providers.common import check_message_params
+from batch_scheduler.providers.common import check_message_params, list_since
 
 _FILES = "/v1/files"
 _BATCHES = "/v1/batches"
@@ -283,19 +283,8 @@ class OpenAIProvider:
         data = await self.http.call("GET", f"{self._url}/{batch_id}", "retrieve")
         return self._info(orjson.loads(data))
 
-    async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
-        after: str | None = None
-        while True:
-            url = f"{self._url}?limit={LIST_LIMIT}" + (f"&after={after}" if after else "")
-            page = orjson.loads(await self.http.call("GET", url, "list"))
-            for item in page.get("data") or []:
-                info = self._info(item)
-                if info.created_at is not None and info.created_at < since:
-                    return
-                yield info
-            if not page.get("has_more") or not page.get("last_id"):
-                return
-            after = page["last_id"]
+    def recent(self, since: float) -> AsyncIterator[BatchInfo]:
+        return list_since(self.http, self._url, limit=LIST_LIMIT, cursor="after", since=since, info_of=self._info)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
         data = await self.http.call("POST", f"{self._url}/{batch_id}/cancel", "cancel")
