@@ -28,6 +28,14 @@ def _common(p: argparse.ArgumentParser, *, top: bool, log_json: bool = True) -> 
                        help="log one JSON object per line (for journald, Loki, ...)")
 
 
+def _run_only(p: argparse.ArgumentParser) -> None:
+    """Flags of one run that are no job option: the ledger does not remember them, the daemon has /metrics."""
+    g = p.add_argument_group("this run")
+    g.add_argument("--metrics-file", metavar="PATH",
+                   help="at the end, write Prometheus metrics (text format) to PATH, e.g. for node_exporter's "
+                        "textfile collector")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="batch-scheduler", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL requests (.jsonl, .jsonl.gz, globs), or CSV/JSONL rows with --template")
     r.add_argument("--out", required=True, metavar="DIR", help="output directory (the job's home)")
     add_job_options(r)
+    _run_only(r)
     _common(r, top=False)
 
     r = sub.add_parser("resume", help="resume the job in DIR with the options it was started with")
     r.add_argument("dir", metavar="DIR", help="the job's output directory")
     add_job_options(r, only=("retry_cancelled", "concurrency"))
+    _run_only(r)
     _common(r, top=False)
 
     r = sub.add_parser("status", help="where the job in DIR stands (works while it runs)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
@@ -12,6 +13,7 @@ from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
 from batch_scheduler.core.options import REMEMBERED, flags_of
 from batch_scheduler.core.settings import Settings, load_environment
+from batch_scheduler.daemon.metrics import Metrics, run_view
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.reader import expand_inputs
@@ -51,10 +53,30 @@ def main(args: argparse.Namespace) -> int:
     if not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
     remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
-    engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered)
+    metrics_file = getattr(args, "metrics_file", None)
+    metrics = Metrics() if metrics_file else None
+    if metrics_file:
+        check_writable_dir(metrics_file)
+    engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered, observer=metrics)
+    started = time.time()
     result: JobResult = run_loop(engine.run())
     print_outcome(result)
+    if metrics is not None and metrics_file:
+        try:
+            metrics.write_textfile(metrics_file, run_view(engine, result, started))
+        except OSError as err:  # the job's work is safe; say why the file is missing
+            print(f"batch-scheduler: --metrics-file {metrics_file}: cannot write: {err.strerror or err}",
+                  file=sys.stderr)
     return result.exit_code
+
+
+def check_writable_dir(path: str) -> None:
+    """Refuse at once a --metrics-file that could not be written at the end of a long run."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise errors.UsageError(f"--metrics-file {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK):
+        raise errors.UsageError(f"--metrics-file {path}: the directory {folder} is not writable")
 
 
 def print_outcome(result: JobResult) -> None:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from batch_scheduler.daemon.jobs import Totals
 from batch_scheduler.daemon.logs import log
-from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
+from batch_scheduler.daemon.metrics import CONTENT_TYPE, Metrics, MetricsView
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_json
 from batch_scheduler.job.status import job_status
@@ -32,6 +32,7 @@ class Service(Protocol):
     jobs: dict[str, Job]
     should_exit: bool
     started_at: float
+    metrics: Metrics
 
     @property
     def slots(self) -> FairSlots: ...
@@ -137,8 +138,8 @@ class Api:
         return _json(await self.service.cancel(job), 202)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        text = render(daemon_families(await self.metrics_view()))
-        return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+        body = self.service.metrics.render(await self.metrics_view())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     # -- what they show -------------------------------------------------------------------------
 

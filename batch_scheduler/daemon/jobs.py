@@ -28,6 +28,7 @@ from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.observe import Observer
 from batch_scheduler.providers import (
     build_settings,
     headers_for,
@@ -108,8 +109,9 @@ class JobRunner:
     """
 
     def __init__(self, flags: Mapping[str, Any], *, key_check_s: float, restart_waits_s: tuple[float, ...],
-                 wake: Callable[[], None]):
+                 wake: Callable[[], None], observer: Observer | None = None):
         self.flags = flags
+        self.observer = observer  # every engine's HTTP latencies and batch timings (daemon.metrics)
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
         self._wake = wake
@@ -202,7 +204,7 @@ class JobRunner:
             return
         handle = self.slots.handle(job.name, prepared.cap)
         engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
-                        remembered=prepared.remembered)
+                        remembered=prepared.remembered, observer=self.observer)
         job.engine = engine
         self.set_state(job, JobState.RUNNING, CANCELLING if job.cancel_requested else None)
         log.info("job %s: running", job.name, extra={"job": job.name, "state": "running"})

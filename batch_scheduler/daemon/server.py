@@ -39,6 +39,7 @@ from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.api import Api
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
+from batch_scheduler.daemon.metrics import Metrics
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.providers import build_settings
@@ -86,8 +87,9 @@ class Daemon:
         self._wake = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._lock_fd: int | None = None
+        self.metrics = Metrics()
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
-                                restart_waits_s=config.restart_waits_s, wake=self._wake.set)
+                                restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics)
         self.api = Api(self, config.token)
 
     @property
