@@ -40,6 +40,7 @@ from batch_scheduler.daemon.api import Api
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.metrics import Metrics
+from batch_scheduler.daemon.notify import Notifier, watchdog_interval_s
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.providers import build_settings
@@ -60,6 +61,8 @@ class DaemonConfig:
     restart_waits_s: tuple[float, ...] = RESTART_WAITS_S
     progress_every_s: float = 60.0
     install_signals: bool = False  # True in the real process; tests call handle_signal
+    notify_socket: str | None = None  # $NOTIFY_SOCKET: systemd's Type=notify (daemon.notify)
+    watchdog_s: float | None = None  # send WATCHDOG=1 this often (half of $WATCHDOG_USEC)
 
 
 def _hard_exit(code: int) -> None:  # pragma: no cover - only when a job ignores cancellation
@@ -91,6 +94,8 @@ class Daemon:
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
                                 restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics)
         self.api = Api(self, config.token)
+        self.notifier = Notifier(config.notify_socket)
+        self._status_sent: str | None = None
 
     @property
     def slots(self) -> FairSlots:
@@ -136,6 +141,8 @@ class Daemon:
             return ExitCode.USAGE
         self._signals(install=True)
         self.started.set()
+        self.notifier.send("READY=1", f"STATUS={self.status_line()}")  # locked, and the port is bound
+        self._status_sent = self.status_line()
         code = ExitCode.OK
         try:
             async with asyncio.TaskGroup() as tg:
@@ -149,6 +156,7 @@ class Daemon:
             self._signals(install=False)
             await self.api.stop()
             self._unlock()
+            self.notifier.close()
         return code
 
     def startup(self) -> None:
@@ -178,9 +186,14 @@ class Daemon:
     async def main_loop(self) -> None:
         next_scan = 0.0
         next_progress = time.monotonic() + self.config.progress_every_s
+        watchdog_s = self.config.watchdog_s
+        next_watchdog = 0.0
         while not self.should_exit:
             self._wake.clear()
             now = time.monotonic()
+            if watchdog_s and now >= next_watchdog:
+                self.notifier.send("WATCHDOG=1")  # from here: a loop that hangs stops sending it
+                next_watchdog = now + watchdog_s
             if self.reload_requested:
                 self.reload()
             if now >= next_scan:
@@ -191,14 +204,17 @@ class Daemon:
             if now >= next_progress:
                 self.log_progress()
                 next_progress = now + self.config.progress_every_s
+            self.send_status()
+            wake_at = min(next_scan, next_watchdog) if watchdog_s else next_scan
             try:
-                async with asyncio.timeout(max(0.0, next_scan - time.monotonic())):
+                async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
                     await self._wake.wait()
             except TimeoutError:
                 pass
 
     async def shutdown(self) -> int:
         t0 = time.monotonic()
+        self.notifier.send("STOPPING=1", "STATUS=stopping: running jobs stop now and resume at the next start")
         running = sum(1 for j in self.jobs.values() if j.task is not None)
         pending = {t for j in self.jobs.values() for t in (j.task, j.key_check) if t is not None}
         log.info("stopping: %d running job(s) stop now and resume at the next start", running)
@@ -274,6 +290,20 @@ class Daemon:
             if job.state is JobState.PAUSED and job.key_check is None and job.next_key_check <= now:
                 job.key_check = self._tg.create_task(self.runner.check_key(job), name=f"key check {job.name}")
 
+    def status_line(self) -> str:
+        """The job counts, as systemctl status shows them: "2 running, 5 queued, 40 done"."""
+        counts = Counter(j.state.value for j in self.jobs.values())
+        shown = [f"{counts[s.value]} {s.value}" for s in JobState if counts[s.value]]
+        return ", ".join(shown) if shown else "no jobs"
+
+    def send_status(self) -> None:
+        if self.notifier.address is None:
+            return
+        line = self.status_line()
+        if line != self._status_sent:
+            self._status_sent = line
+            self.notifier.send(f"STATUS={line}")
+
     def log_progress(self) -> None:
         for job in self.jobs.values():
             if job.engine is not None:
@@ -346,7 +376,9 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
     flags = {k: v for k, v in flags_of(args).items() if k in names}
     build_settings(flags, env)  # bad job flags stop the start, not every job
     return DaemonConfig(spool=args.spool, listen=listen, token=token, flags=flags, max_jobs=args.max_jobs,
-                        inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True)
+                        inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True,
+                        notify_socket=env.get("NOTIFY_SOCKET") or None,
+                        watchdog_s=watchdog_interval_s(env, os.getpid()))
 
 
 def run(args: argparse.Namespace) -> int:
