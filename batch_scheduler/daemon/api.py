@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from batch_scheduler.daemon.hooks import Hooks
 from batch_scheduler.daemon.jobs import Totals
 from batch_scheduler.daemon.logs import log
 from batch_scheduler.daemon.metrics import CONTENT_TYPE, Metrics, MetricsView
@@ -33,6 +34,7 @@ class Service(Protocol):
     should_exit: bool
     started_at: float
     metrics: Metrics
+    hooks: Hooks
 
     @property
     def slots(self) -> FairSlots: ...
@@ -210,4 +212,5 @@ class Api:
             batches_in_flight=in_flight, slots_capacity=d.slots.capacity, slots_in_use=d.slots.in_use,
             slots_waiting=d.slots.waiting, http_calls=dict(live.http_calls), http_retries=dict(live.http_retries),
             http_download_bytes=live.download_bytes, poll_calls=dict(live.polls), result_bytes=result_bytes,
-            tokens=dict(tokens), spend_usd=spend, key_checks=dict(live.key_checks))
+            tokens=dict(tokens), spend_usd=spend, key_checks=dict(live.key_checks),
+            notifications=dict(d.hooks.counts))

@@ -119,6 +119,7 @@ class JobRunner:
         self.env_generation = 0
         self.slots = FairSlots(1)  # sized at startup, once the settings are known
         self.totals = Totals()
+        self.on_state: list[Callable[[Job, JobState], None]] = []  # (job, state before): e.g. daemon.hooks
 
     def new_env(self, env: dict[str, str]) -> None:
         """.env read again (SIGHUP): runs that start from now on use it."""
@@ -128,12 +129,15 @@ class JobRunner:
     # -- states ---------------------------------------------------------------------------------
 
     def set_state(self, job: Job, state: JobState, reason: str | None) -> None:
+        before = job.state
         job.state, job.reason = state, reason
         job.version += 1
         try:
             write_summary(job.dir, job.fields())
         except OSError as err:
             log.error("job %s: cannot write %s: %s", job.name, SUMMARY_FILE, err, extra={"job": job.name})
+        for hook in self.on_state:
+            hook(job, before)
 
     def fail(self, job: Job, reason: str) -> None:
         reason = redact(reason)

@@ -37,6 +37,7 @@ from batch_scheduler.core.logs import RedactFilter, add_secret
 from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.api import Api
+from batch_scheduler.daemon.hooks import SECRET_ENV, HookConfig, Hooks, check_webhook
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.metrics import Metrics
@@ -46,6 +47,7 @@ from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.providers import build_settings
 
 STOP_DEADLINE_S = 8.0  # SIGTERM -> exit: under the 10 s promised, and systemd's TimeoutStopSec=15
+HOOKS_STOP_S = 2.0  # then notifications being delivered get this long
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class DaemonConfig:
     install_signals: bool = False  # True in the real process; tests call handle_signal
     notify_socket: str | None = None  # $NOTIFY_SOCKET: systemd's Type=notify (daemon.notify)
     watchdog_s: float | None = None  # send WATCHDOG=1 this often (half of $WATCHDOG_USEC)
+    hooks: HookConfig = field(default_factory=HookConfig)  # --on-done, --webhook
 
 
 def _hard_exit(code: int) -> None:  # pragma: no cover - only when a job ignores cancellation
@@ -95,6 +98,8 @@ class Daemon:
                                 restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics)
         self.api = Api(self, config.token)
         self.notifier = Notifier(config.notify_socket)
+        self.hooks = Hooks(config.hooks)
+        self.runner.on_state.append(self.hooks.job_changed)
         self._status_sent: str | None = None
 
     @property
@@ -140,6 +145,7 @@ class Daemon:
             self._unlock()
             return ExitCode.USAGE
         self._signals(install=True)
+        await self.hooks.start()
         self.started.set()
         self.notifier.send("READY=1", f"STATUS={self.status_line()}")  # locked, and the port is bound
         self._status_sent = self.status_line()
@@ -154,6 +160,8 @@ class Daemon:
             code = ExitCode.FAILED
         finally:
             self._signals(install=False)
+            left_s = self.config.stop_deadline_s - (self.stop_took_s or 0.0)
+            await self.hooks.stop(min(HOOKS_STOP_S, max(0.1, left_s)))
             await self.api.stop()
             self._unlock()
             self.notifier.close()
@@ -343,6 +351,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inbox-poll-s", type=float, default=0.5, metavar="S", help="inbox look interval (default 0.5)")
     g.add_argument("--key-check-s", type=float, default=60.0, metavar="S",
                    help="how often a paused job checks a refused key again (default 60)")
+    n = p.add_argument_group("notifications")
+    n.add_argument("--on-done", metavar="CMD",
+                   help="shell command run when a job is done, failed or cancelled; BATCH_JOB_NAME, "
+                        "BATCH_JOB_STATE and BATCH_JOB_SUMMARY (its summary.json) are in its environment")
+    n.add_argument("--webhook", metavar="URL",
+                   help=f"POST a JSON event when a job is done, failed, cancelled or paused, signed with "
+                        f"HMAC-SHA256 under {SECRET_ENV} (environment or .env); retried, never holds a job")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -375,10 +390,13 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
     names = JOB_OPTION_NAMES - {"dry_run"}  # refused above
     flags = {k: v for k, v in flags_of(args).items() if k in names}
     build_settings(flags, env)  # bad job flags stop the start, not every job
+    secret = env.get(SECRET_ENV) or None
+    check_webhook(args.webhook, secret)
+    hooks = HookConfig(on_done=args.on_done or None, webhook=args.webhook, secret=secret, env=env)
     return DaemonConfig(spool=args.spool, listen=listen, token=token, flags=flags, max_jobs=args.max_jobs,
                         inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True,
                         notify_socket=env.get("NOTIFY_SOCKET") or None,
-                        watchdog_s=watchdog_interval_s(env, os.getpid()))
+                        watchdog_s=watchdog_interval_s(env, os.getpid()), hooks=hooks)
 
 
 def run(args: argparse.Namespace) -> int:
