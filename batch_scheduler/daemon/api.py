@@ -1,4 +1,5 @@
-"""The daemon's HTTP API (aiohttp): GET /healthz, /jobs, /jobs/NAME, /metrics; POST /jobs/NAME/cancel.
+"""The daemon's HTTP API (aiohttp): GET /healthz, /jobs, /jobs/NAME, /metrics; POST /jobs/NAME/cancel;
+and the status page for people, GET / and /job/NAME (daemon.page).
 
 With a token, every path but /healthz needs `Authorization: Bearer TOKEN`.
 """
@@ -20,6 +21,7 @@ from batch_scheduler.daemon.hooks import Hooks
 from batch_scheduler.daemon.jobs import Totals
 from batch_scheduler.daemon.logs import log
 from batch_scheduler.daemon.metrics import CONTENT_TYPE, Metrics, MetricsView
+from batch_scheduler.daemon.page import History, Pages
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_json
 from batch_scheduler.job.status import job_status
@@ -35,12 +37,16 @@ class Service(Protocol):
     started_at: float
     metrics: Metrics
     hooks: Hooks
+    history: History
 
     @property
     def slots(self) -> FairSlots: ...
 
     @property
     def totals(self) -> Totals: ...
+
+    @property
+    def job_flags(self) -> dict[str, Any]: ...
 
     async def cancel(self, job: Job) -> dict[str, Any]: ...
 
@@ -71,6 +77,7 @@ class Api:
         self._token = token.encode() if token else None
         self._runner: web.AppRunner | None = None
         self._described: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.pages = Pages(service)  # the status page for people (daemon.page)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -79,6 +86,8 @@ class Api:
         app.router.add_get("/jobs/{name}", self.get_job)
         app.router.add_post("/jobs/{name}/cancel", self.cancel_job)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/", self.pages.overview)
+        app.router.add_get("/job/{name}", self.pages.job)
         return app
 
     async def start(self, host: str, port: int) -> str:

@@ -42,6 +42,7 @@ from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.metrics import Metrics
 from batch_scheduler.daemon.notify import Notifier, watchdog_interval_s
+from batch_scheduler.daemon.page import History
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.providers import build_settings
@@ -66,6 +67,7 @@ class DaemonConfig:
     notify_socket: str | None = None  # $NOTIFY_SOCKET: systemd's Type=notify (daemon.notify)
     watchdog_s: float | None = None  # send WATCHDOG=1 this often (half of $WATCHDOG_USEC)
     hooks: HookConfig = field(default_factory=HookConfig)  # --on-done, --webhook
+    history_every_s: float = 60.0  # a point of the status page's chart this often
 
 
 def _hard_exit(code: int) -> None:  # pragma: no cover - only when a job ignores cancellation
@@ -94,6 +96,7 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._lock_fd: int | None = None
         self.metrics = Metrics()
+        self.history = History(config.history_every_s)
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
                                 restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics)
         self.api = Api(self, config.token)
@@ -109,6 +112,10 @@ class Daemon:
     @property
     def totals(self) -> Totals:
         return self.runner.totals
+
+    @property
+    def job_flags(self) -> Mapping[str, Any]:
+        return self.config.flags
 
     async def cancel(self, job: Job) -> dict[str, Any]:
         return await self.runner.cancel(job)
@@ -195,7 +202,7 @@ class Daemon:
         next_scan = 0.0
         next_progress = time.monotonic() + self.config.progress_every_s
         watchdog_s = self.config.watchdog_s
-        next_watchdog = 0.0
+        next_watchdog = next_sample = 0.0
         while not self.should_exit:
             self._wake.clear()
             now = time.monotonic()
@@ -213,6 +220,10 @@ class Daemon:
                 self.log_progress()
                 next_progress = now + self.config.progress_every_s
             self.send_status()
+            if now >= next_sample:
+                assert self._tg is not None
+                self._tg.create_task(self.api.pages.sample(), name="history sample")
+                next_sample = now + self.config.history_every_s
             wake_at = min(next_scan, next_watchdog) if watchdog_s else next_scan
             try:
                 async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):

@@ -24,6 +24,7 @@ class JobStats:
     in_flight: int = 0  # batches
     retries: int = 0  # HTTP retries
     reading_done: bool = False
+    expected_lines: int | None = None  # an estimate of the input's lines (plain files), until reading is done
     first_submit_s: float | None = None
 
     def rate(self) -> float:

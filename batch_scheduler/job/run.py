@@ -155,7 +155,8 @@ class Run:
         plain = [src.path for src in sources if src.unit == "bytes" and not src.path.endswith(".gz")]
         if raw and plain and len(plain) == len(sources):
             total = sum(os.path.getsize(p) for p in plain)
-            self.validator.expect(int(total / (sum(raw) / len(raw))))
+            self.stats.expected_lines = int(total / (sum(raw) / len(raw)))
+            self.validator.expect(self.stats.expected_lines)
 
     async def _input_chunk(self, chunk: Chunk) -> None:
         ledger, admission = self.ledger, self.admission
