@@ -133,7 +133,9 @@ class Engine:
                 async with asyncio.TaskGroup() as tg:
                     run = self._run = Run(job, provider, replay, submitter, collector, admission, tg,
                                           pending_retries=start.pending_retries, observer=self.observer)
-                    progress = tg.create_task(show_progress(self.stats, tty=self._tty)) if not self._quiet else None
+                    progress = tg.create_task(show_progress(
+                        self.stats, tty=self._tty, spent=lambda: admission.spent_usd,
+                        max_cost_usd=s.max_cost_usd)) if not self._quiet else None
                     try:
                         await run.go()
                     finally:
