@@ -19,13 +19,13 @@ Exit status: 0 every accepted request reached a final result; 1 anything else (r
 """
 
 
-def _common(p: argparse.ArgumentParser, *, top: bool, log_json: bool = True) -> None:
-    """Options every sub-command takes, before or after its name (`-v run ...` or `run -v ...`)."""
+def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options every sub-command takes, before or after its name (`-v run ...` or `run -v ...`): a
+    sub-command's default is SUPPRESS, so a flag given before the name is not reset by it."""
     default = False if top else argparse.SUPPRESS
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
-    if log_json:
-        p.add_argument("--log-json", action="store_true", default=default,
-                       help="log one JSON object per line (for journald, Loki, ...)")
+    p.add_argument("--log-json", action="store_true", default=default,
+                   help="log one JSON object per line (for journald, Loki, ...)")
 
 
 def _run_only(p: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("daemon", help="run jobs dropped into a spool directory, forever")
     add_daemon_arguments(r)
     add_job_options(r, only=_daemon_job_options())
-    _common(r, top=False, log_json=False)  # the daemon declares its own --log-json
+    _common(r, top=False)
     return p
 
 

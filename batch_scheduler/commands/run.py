@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -20,6 +21,8 @@ from batch_scheduler.job.reader import expand_inputs
 from batch_scheduler.providers import build_settings, missing_key_message
 
 RESUME_OVERRIDES = ("retry_cancelled", "concurrency")  # what `resume DIR` may change
+
+log = logging.getLogger("batch_scheduler.run")
 
 
 def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Settings, str, list[str]]:
@@ -60,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered, observer=metrics)
     started = time.time()
     result: JobResult = run_loop(engine.run())
-    print_outcome(result)
+    print_outcome(result, json_lines=getattr(args, "log_json", False))
     if metrics is not None and metrics_file:
         try:
             metrics.write_textfile(metrics_file, run_view(engine, result, started))
@@ -79,13 +82,26 @@ def check_writable_dir(path: str) -> None:
         raise errors.UsageError(f"--metrics-file {path}: the directory {folder} is not writable")
 
 
-def print_outcome(result: JobResult) -> None:
+def outcome_line(result: JobResult) -> str:
     s = result.summary
     req = s.get("requests", {})
     res = s.get("results", {})
-    print(f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "
-          f"({res.get('succeeded', 0):,} succeeded, {res.get('errored', 0):,} errored, "
-          f"{res.get('expired', 0):,} expired), {req.get('rejected', 0):,} rejected; "
-          f"{s.get('throughput_rps') or 0:,.0f} req/s; cost ${s.get('cost_usd', 0):,.4f}", file=sys.stderr)
+    return (f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "
+            f"({res.get('succeeded', 0):,} succeeded, {res.get('errored', 0):,} errored, "
+            f"{res.get('expired', 0):,} expired), {req.get('rejected', 0):,} rejected; "
+            f"{s.get('throughput_rps') or 0:,.0f} req/s; cost ${s.get('cost_usd', 0):,.4f}")
+
+
+def print_outcome(result: JobResult, *, json_lines: bool = False) -> None:
+    """The run's outcome on stderr: two plain lines, or with --log-json one log record (nothing else on
+    stderr is then not JSON)."""
+    if json_lines:
+        s = result.summary
+        level = logging.INFO if result.exit_code == ExitCode.OK else logging.ERROR
+        log.log(level, "%s%s", outcome_line(result), "" if result.exit_code == ExitCode.OK else f"; {result.message}",
+                extra={"state": s.get("state"), "exit_code": int(result.exit_code), "requests": s.get("requests", {}),
+                       "results": s.get("results", {}), "cost_usd": s.get("cost_usd")})
+        return
+    print(outcome_line(result), file=sys.stderr)
     if result.exit_code != ExitCode.OK:
         print(f"batch-scheduler: {result.message}", file=sys.stderr)

@@ -357,7 +357,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--listen", default="127.0.0.1:8787", metavar="HOST:PORT",
                    help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token)")
     g.add_argument("--token", help="bearer token the HTTP API requires (or BATCH_DAEMON_TOKEN in .env)")
-    g.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     g.add_argument("--max-jobs", type=int, default=4, metavar="N", help="jobs running at once (default 4)")
     g.add_argument("--inbox-poll-s", type=float, default=0.5, metavar="S", help="inbox look interval (default 0.5)")
     g.add_argument("--key-check-s", type=float, default=60.0, metavar="S",

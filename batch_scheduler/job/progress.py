@@ -138,7 +138,10 @@ async def show_progress(stats: JobStats, *, tty: bool, stream: IO[str] = sys.std
                 stream.write("\r\x1b[2K" + text)
                 stream.flush()
             else:
-                log.info("progress: %s", stats.line())
+                total, _ = stats.total()
+                log.info("progress: %s", stats.line(), extra={
+                    "finished": stats.finished + stats.finished_before, "total": total,
+                    "batches_in_flight": stats.in_flight, "retries": stats.retries, "rejected": stats.rejected})
     finally:
         if tty:
             stream.write("\r\x1b[2K")
