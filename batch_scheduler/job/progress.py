@@ -2,8 +2,8 @@
 
 On a terminal, one line redrawn in place every half second, cut to the terminal's width:
 
-    [██████████░░░░░░░░░░░░░░]  41%  49,200/120,000  eta 3m12s | 8 batches, queued 80,000/200,000 |
-    $1.2300 of $5.00 | retries 3, rejected 12 | 5,900 req/s
+    [█████████░░░░░░░░░░░░░░░]  41%  49,200/120,000  eta 12s | 8 batches, queued 80,000/200,000 |
+    $1.2300 of $5.0000 | retries 3, rejected 12 | 5,900 req/s
 
 The total is the accepted requests once the input is read, and an estimate from the input's size
 ("~120,000") before. `queued` shows the requests waiting at the provider against the current limit
