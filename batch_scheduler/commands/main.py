@@ -15,13 +15,14 @@ from batch_scheduler.commands import cancel, daemon, run, simulate, status
 from batch_scheduler.commands.parser import build_parser
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.job.progress import BarAwareHandler
 
 COMMANDS = {"run": run.main, "resume": run.main, "status": status.main, "cancel": cancel.main,
             "simulate": simulate.main, "daemon": daemon.main}
 
 
 def setup_logging(verbose: bool, json_lines: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarAwareHandler(sys.stderr)  # a log line while the progress bar is drawn goes above it
     if json_lines:
         from batch_scheduler.core.logs import JsonFormatter
         handler.setFormatter(JsonFormatter())

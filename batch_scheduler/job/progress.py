@@ -26,6 +26,9 @@ from typing import IO
 log = logging.getLogger("batch_scheduler.progress")
 
 BAR_CELLS = 24
+CLEAR = "\r\x1b[2K"  # to the start of the line, and erase it
+
+_drawn: dict[int, str] = {}  # id(stream) -> the bar now on that terminal (BarAwareHandler redraws it)
 
 
 @dataclass
@@ -135,7 +138,8 @@ async def show_progress(stats: JobStats, *, tty: bool, stream: IO[str] = sys.std
             if tty:
                 text = bar_line(stats, spent_usd=spent() if spent else None, max_cost_usd=max_cost_usd,
                                 width=columns(), unicode=unicode)
-                stream.write("\r\x1b[2K" + text)
+                _drawn[id(stream)] = text
+                stream.write(CLEAR + text)
                 stream.flush()
             else:
                 total, _ = stats.total()
@@ -144,5 +148,24 @@ async def show_progress(stats: JobStats, *, tty: bool, stream: IO[str] = sys.std
                     "batches_in_flight": stats.in_flight, "retries": stats.retries, "rejected": stats.rejected})
     finally:
         if tty:
-            stream.write("\r\x1b[2K")
+            _drawn.pop(id(stream), None)
+            stream.write(CLEAR)
             stream.flush()
+
+
+class BarAwareHandler(logging.StreamHandler):
+    """A log handler for the terminal a bar is drawn on: a record is written on a line of its own
+    (the bar is erased first, and drawn again below it), never glued to the end of the bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bar = _drawn.get(id(self.stream))
+        if bar is None:
+            super().emit(record)
+            return
+        try:
+            self.stream.write(CLEAR)
+            super().emit(record)  # the record and its newline
+            self.stream.write(bar)
+            self.flush()
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler does
+            self.handleError(record)

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from batch_scheduler.job.progress import JobStats, bar_line, show_progress
+from batch_scheduler.job.progress import BarAwareHandler, JobStats, bar_line, show_progress
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -111,3 +111,28 @@ async def test_elsewhere_the_plain_line_is_logged(caplog):
     msg = caplog.records[0].getMessage()
     assert msg.startswith("progress: read 120,000  submitted 80,000  finished 48,000/120,000  batches in flight 8  "
                           "rejected 12  retries 3  ")
+
+
+async def test_a_log_line_while_the_bar_is_drawn_goes_above_it_and_the_bar_comes_back():
+    term = FakeTerminal()
+    handler = BarAwareHandler(term)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("test.progress.bar")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        task = asyncio.create_task(show_progress(stats(started=0.0), tty=True, stream=term, every_s=0.001,
+                                                 width=lambda: 200))
+        while "\r\x1b[2K[" not in term.getvalue():
+            await asyncio.sleep(0.001)
+        logger.warning("stopped at --max-cost $1.00")
+        lines = term.getvalue().split("\n")
+        assert lines[-2].rsplit("\r\x1b[2K", 1)[-1] == "WARNING stopped at --max-cost $1.00"  # a line of its own
+        assert lines[-1].startswith("[█████████░░░░░░░░░░░░░░░]  40%")  # and the bar below it
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        logger.warning("after")  # no bar any more: written as is
+        assert term.getvalue().endswith("\r\x1b[2KWARNING after\n")
+    finally:
+        logger.removeHandler(handler)
