@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,7 +109,7 @@ def job_row(j: Mapping[str, Any]) -> str:
     return (f'<tr class="job {esc(st)}" data-job="{esc(name)}" data-state="{esc(st)}" data-final="{j["final"]}" '
             f'data-total="{j["total"] if j["total"] is not None else ""}" '
             f'data-estimated="{"true" if j.get("estimated") else "false"}">'
-            f'<td class="name"><a href="/job/{esc(name)}">{esc(name)}</a></td>'
+            f'<td class="name"><a href="/job/{esc(urllib.parse.quote(name, safe=""))}">{esc(name)}</a></td>'
             f'<td><span class="state {esc(st)}">{esc(st)}</span></td>'
             f'<td>{bar(j["final"], j["total"], j.get("estimated", False))}</td>'
             f'<td class="num">{j["batches_in_flight"]:,}</td><td class="num">{j["requests_in_flight"]:,}</td>'

@@ -106,5 +106,9 @@ async def test_a_job_name_is_shown_as_text_never_as_markup(sim, env_dir, tmp_pat
         await until(lambda: state(spool, "<i>x&y") == "done", "the job done")
         async with http.get(run.daemon.url + "/") as r:
             text = await r.text()
+        async with http.get(run.daemon.url + "/job/%3Ci%3Ex%26y") as r:
+            assert r.status == 200
+            assert 'data-job="&lt;i&gt;x&amp;y"' in await r.text()
     assert "<i>x" not in text
     assert 'data-job="&lt;i&gt;x&amp;y"' in text
+    assert 'href="/job/%3Ci%3Ex%26y"' in text  # and its link is a path that finds it
