@@ -52,7 +52,7 @@ a { color:var(--run); text-decoration:none; } a:hover { text-decoration:underlin
   vertical-align:middle; }
 .empty { color:var(--muted); padding:8px; }
 dl { display:grid; grid-template-columns:max-content 1fr; gap:4px 18px; margin:0; }
-dt { color:var(--muted); } dd { margin:0; }
+dt { color:var(--muted); } dd { margin:0; } dd .bar { max-width:480px; }
 """
 
 
