@@ -15,13 +15,14 @@ from batch_scheduler.commands import cancel, daemon, run, simulate, status
 from batch_scheduler.commands.parser import build_parser
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.job.progress import BarAwareHandler
 
 COMMANDS = {"run": run.main, "resume": run.main, "status": status.main, "cancel": cancel.main,
             "simulate": simulate.main, "daemon": daemon.main}
 
 
 def setup_logging(verbose: bool, json_lines: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarAwareHandler(sys.stderr)  # a log line while the progress bar is drawn goes above it
     if json_lines:
         from batch_scheduler.core.logs import JsonFormatter
         handler.setFormatter(JsonFormatter())
@@ -37,14 +38,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.log_json)
     os.umask(0o077)  # files the job writes are its owner's only
+    say = _say_json if args.log_json else _say
     try:
         return COMMANDS[args.command](args)
     except (errors.UsageError, errors.JobMismatch) as err:
-        print(f"batch-scheduler: {err}", file=sys.stderr)
-        return ExitCode.USAGE
+        return say(str(err), ExitCode.USAGE)
     except errors.SchedulerError as err:
-        print(f"batch-scheduler: {err}", file=sys.stderr)
-        return ExitCode.FAILED
+        return say(str(err), ExitCode.FAILED)
     except KeyboardInterrupt:
-        print("batch-scheduler: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return say("interrupted; run the same command again to resume", 130)
+
+
+def _say(message: str, code: int) -> int:
+    print(f"batch-scheduler: {message}", file=sys.stderr)
+    return code
+
+
+def _say_json(message: str, code: int) -> int:
+    """With --log-json the last word is a log record too: every line on stderr is JSON."""
+    logging.getLogger("batch_scheduler").error("%s", message, extra={"exit_code": int(code)})
+    return code

@@ -19,13 +19,21 @@ Exit status: 0 every accepted request reached a final result; 1 anything else (r
 """
 
 
-def _common(p: argparse.ArgumentParser, *, top: bool, log_json: bool = True) -> None:
-    """Options every sub-command takes, before or after its name (`-v run ...` or `run -v ...`)."""
+def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options every sub-command takes, before or after its name (`-v run ...` or `run -v ...`): a
+    sub-command's default is SUPPRESS, so a flag given before the name is not reset by it."""
     default = False if top else argparse.SUPPRESS
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
-    if log_json:
-        p.add_argument("--log-json", action="store_true", default=default,
-                       help="log one JSON object per line (for journald, Loki, ...)")
+    p.add_argument("--log-json", action="store_true", default=default,
+                   help="log one JSON object per line (for journald, Loki, ...)")
+
+
+def _run_only(p: argparse.ArgumentParser) -> None:
+    """Flags of one run that are no job option: the ledger does not remember them, the daemon has /metrics."""
+    g = p.add_argument_group("this run")
+    g.add_argument("--metrics-file", metavar="PATH",
+                   help="at the end, write Prometheus metrics (text format) to PATH, e.g. for node_exporter's "
+                        "textfile collector")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL requests (.jsonl, .jsonl.gz, globs), or CSV/JSONL rows with --template")
     r.add_argument("--out", required=True, metavar="DIR", help="output directory (the job's home)")
     add_job_options(r)
+    _run_only(r)
     _common(r, top=False)
 
     r = sub.add_parser("resume", help="resume the job in DIR with the options it was started with")
     r.add_argument("dir", metavar="DIR", help="the job's output directory")
     add_job_options(r, only=("retry_cancelled", "concurrency"))
+    _run_only(r)
     _common(r, top=False)
 
     r = sub.add_parser("status", help="where the job in DIR stands (works while it runs)")
@@ -63,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("daemon", help="run jobs dropped into a spool directory, forever")
     add_daemon_arguments(r)
     add_job_options(r, only=_daemon_job_options())
-    _common(r, top=False, log_json=False)  # the daemon declares its own --log-json
+    _common(r, top=False)
     return p
 
 

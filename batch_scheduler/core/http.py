@@ -32,6 +32,7 @@ from batch_scheduler.core.logs import MIN_SECRET_CHARS, SECRET_NAME
 from batch_scheduler.core.settings import RetryPolicy
 
 RetryHook = Callable[[str, int, BaseException, float], None]  # (endpoint, attempt, error, wait_s)
+CallHook = Callable[[str, str, float], None]  # (endpoint, status or error name, seconds): once per HTTP call
 
 
 @dataclass
@@ -90,6 +91,7 @@ class HttpClient:
         self._gates: dict[str, Gate] = {}
         self._rng = rng or random.Random()
         self.on_retry: list[RetryHook] = list(on_retry or [])
+        self.on_call: list[CallHook] = []  # e.g. a latency histogram (daemon.metrics)
         self.stats = HttpStats()
         self._session: aiohttp.ClientSession | None = None
 
@@ -126,14 +128,26 @@ class HttpClient:
         """One API call, retried by policy; the answer body on 2xx."""
 
         async def once() -> bytes:
-            async with self.session.request(method, url, data=body, headers=headers) as resp:
-                data = await resp.read()
-                self.stats.calls[(endpoint, resp.status)] += 1
-                if resp.status >= 400:
-                    raise errors.from_status(resp.status, data, dict(resp.headers), what=f"{method} {endpoint}")
-                return data
+            t0 = self._clock()
+            try:
+                async with self.session.request(method, url, data=body, headers=headers) as resp:
+                    data = await resp.read()
+            except Exception as exc:
+                self._called(endpoint, type(exc).__name__, t0)
+                raise
+            self.stats.calls[(endpoint, resp.status)] += 1
+            self._called(endpoint, str(resp.status), t0)
+            if resp.status >= 400:
+                raise errors.from_status(resp.status, data, dict(resp.headers), what=f"{method} {endpoint}")
+            return data
 
         return await self.retrying(endpoint, once, idempotent=idempotent, sent=body is not None)
+
+    def _called(self, endpoint: str, status: str, t0: float) -> None:
+        if self.on_call:
+            seconds = self._clock() - t0
+            for hook in self.on_call:
+                hook(endpoint, status, seconds)
 
     async def retrying(self, endpoint: str, attempt_fn: Callable[[], Awaitable[Any]], *,
                        idempotent: bool = True, sent: bool = False) -> Any:
@@ -177,9 +191,11 @@ class HttpClient:
         rolling back what it wrote (see collector).
         """
         await self.gate(endpoint).wait()
+        t0 = self._clock()
         try:
             async with self.session.get(url, headers=headers) as resp:
                 self.stats.calls[(endpoint, resp.status)] += 1
+                self._called(endpoint, str(resp.status), t0)  # the time to the answer's head, not the download
                 if resp.status >= 400:
                     data = await resp.read()
                     raise errors.from_status(resp.status, data, dict(resp.headers), what=f"GET {endpoint}")
@@ -199,6 +215,7 @@ class HttpClient:
             raise
         except Exception as exc:  # noqa: BLE001
             self.stats.calls[(endpoint, type(exc).__name__)] += 1
+            self._called(endpoint, type(exc).__name__, t0)
             err = errors.from_exception(exc, what=endpoint)
             err.args = (self.redact(str(err)),)
             raise err from None

@@ -1,4 +1,5 @@
-"""The daemon's HTTP API (aiohttp): GET /healthz, /jobs, /jobs/NAME, /metrics; POST /jobs/NAME/cancel.
+"""The daemon's HTTP API (aiohttp): GET /healthz, /jobs, /jobs/NAME, /metrics; POST /jobs/NAME/cancel;
+and the status page for people, GET / and /job/NAME (daemon.page).
 
 With a token, every path but /healthz needs `Authorization: Bearer TOKEN`.
 """
@@ -16,9 +17,11 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from batch_scheduler.daemon.hooks import Hooks
 from batch_scheduler.daemon.jobs import Totals
 from batch_scheduler.daemon.logs import log
-from batch_scheduler.daemon.metrics import CONTENT_TYPE, MetricsView, daemon_families, render
+from batch_scheduler.daemon.metrics import CONTENT_TYPE, Metrics, MetricsView
+from batch_scheduler.daemon.page import History, Pages
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_json
 from batch_scheduler.job.status import job_status
@@ -32,12 +35,18 @@ class Service(Protocol):
     jobs: dict[str, Job]
     should_exit: bool
     started_at: float
+    metrics: Metrics
+    hooks: Hooks
+    history: History
 
     @property
     def slots(self) -> FairSlots: ...
 
     @property
     def totals(self) -> Totals: ...
+
+    @property
+    def job_flags(self) -> dict[str, Any]: ...
 
     async def cancel(self, job: Job) -> dict[str, Any]: ...
 
@@ -68,6 +77,7 @@ class Api:
         self._token = token.encode() if token else None
         self._runner: web.AppRunner | None = None
         self._described: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.pages = Pages(service)  # the status page for people (daemon.page)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -76,6 +86,8 @@ class Api:
         app.router.add_get("/jobs/{name}", self.get_job)
         app.router.add_post("/jobs/{name}/cancel", self.cancel_job)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/", self.pages.overview)
+        app.router.add_get("/job/{name}", self.pages.job)
         return app
 
     async def start(self, host: str, port: int) -> str:
@@ -137,8 +149,8 @@ class Api:
         return _json(await self.service.cancel(job), 202)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        text = render(daemon_families(await self.metrics_view()))
-        return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+        body = self.service.metrics.render(await self.metrics_view())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     # -- what they show -------------------------------------------------------------------------
 
@@ -209,4 +221,5 @@ class Api:
             batches_in_flight=in_flight, slots_capacity=d.slots.capacity, slots_in_use=d.slots.in_use,
             slots_waiting=d.slots.waiting, http_calls=dict(live.http_calls), http_retries=dict(live.http_retries),
             http_download_bytes=live.download_bytes, poll_calls=dict(live.polls), result_bytes=result_bytes,
-            tokens=dict(tokens), spend_usd=spend, key_checks=dict(live.key_checks))
+            tokens=dict(tokens), spend_usd=spend, key_checks=dict(live.key_checks),
+            notifications=dict(d.hooks.counts))

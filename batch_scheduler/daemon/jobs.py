@@ -28,6 +28,7 @@ from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.observe import Observer
 from batch_scheduler.providers import (
     build_settings,
     headers_for,
@@ -108,8 +109,9 @@ class JobRunner:
     """
 
     def __init__(self, flags: Mapping[str, Any], *, key_check_s: float, restart_waits_s: tuple[float, ...],
-                 wake: Callable[[], None]):
+                 wake: Callable[[], None], observer: Observer | None = None):
         self.flags = flags
+        self.observer = observer  # every engine's HTTP latencies and batch timings (daemon.metrics)
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
         self._wake = wake
@@ -117,6 +119,7 @@ class JobRunner:
         self.env_generation = 0
         self.slots = FairSlots(1)  # sized at startup, once the settings are known
         self.totals = Totals()
+        self.on_state: list[Callable[[Job, JobState], None]] = []  # (job, state before): e.g. daemon.hooks
 
     def new_env(self, env: dict[str, str]) -> None:
         """.env read again (SIGHUP): runs that start from now on use it."""
@@ -126,12 +129,15 @@ class JobRunner:
     # -- states ---------------------------------------------------------------------------------
 
     def set_state(self, job: Job, state: JobState, reason: str | None) -> None:
+        before = job.state
         job.state, job.reason = state, reason
         job.version += 1
         try:
             write_summary(job.dir, job.fields())
         except OSError as err:
             log.error("job %s: cannot write %s: %s", job.name, SUMMARY_FILE, err, extra={"job": job.name})
+        for hook in self.on_state:
+            hook(job, before)
 
     def fail(self, job: Job, reason: str) -> None:
         reason = redact(reason)
@@ -202,7 +208,7 @@ class JobRunner:
             return
         handle = self.slots.handle(job.name, prepared.cap)
         engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
-                        remembered=prepared.remembered)
+                        remembered=prepared.remembered, observer=self.observer)
         job.engine = engine
         self.set_state(job, JobState.RUNNING, CANCELLING if job.cancel_requested else None)
         log.info("job %s: running", job.name, extra={"job": job.name, "state": "running"})

@@ -1,86 +1,53 @@
-"""`GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
+"""`GET /metrics` and `run --metrics-file PATH`: Prometheus metrics through `prometheus_client`.
 
-    # HELP batch_scheduler_jobs Jobs in the spool by state.
-    # TYPE batch_scheduler_jobs gauge
-    batch_scheduler_jobs{state="running"} 2
+Three kinds, in one registry per daemon (or run):
+- gauges and counters of the spool at the instant of a scrape, from a custom collector over a plain
+  `MetricsView` that the daemon fills from its jobs, engines and slot pool: nothing on the hot path;
+- histograms observed as things happen (`Metrics` is the engines' `job.observe.Observer`): batch
+  turnaround (create -> ended at the provider), results-durable delay (ended -> fsync'd in the shards),
+  and the latency of each provider HTTP call by endpoint and status: one observation per call or batch,
+  never per request line;
+- the client's own process metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`,
+  `process_open_fds`, ...), `python_info` and the garbage collector's.
 
-`render` turns families into text; `daemon_families` builds the daemon's families from a plain
-`MetricsView` (the daemon fills it from its jobs, engines and slot pool). Counters count since the
-daemon started (`_total`); gauges describe the spool as it is (totals over its jobs).
+Counters count since the daemon started (`_total`); gauges describe the spool as it is (totals over
+its jobs). `Metrics.write_textfile` writes the same text for node_exporter's textfile collector.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    write_to_textfile,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from batch_scheduler.job.observe import Observer
+
+if TYPE_CHECKING:
+    from batch_scheduler.job.engine import Engine, JobResult
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 PREFIX = "batch_scheduler_"
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
-
-@dataclass
-class Family:
-    name: str
-    kind: str  # "counter" (name ends in _total) or "gauge"
-    help: str
-    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ValueError(f"bad metric name {self.name!r}")
-        if self.kind not in ("counter", "gauge"):
-            raise ValueError(f"unsupported metric type {self.kind!r}")
-        if self.kind == "counter" and not self.name.endswith("_total"):
-            raise ValueError(f"counter {self.name!r} must end in _total")
-
-    def add(self, value: float, **labels: object) -> Family:
-        for name in labels:
-            if not _LABEL.match(name) or name.startswith("__"):
-                raise ValueError(f"bad label name {name!r}")
-        self.samples.append(({k: str(v) for k, v in labels.items()}, value))
-        return self
-
-
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-def render(families: Iterable[Family]) -> str:
-    lines: list[str] = []
-    for f in families:
-        lines.append(f"# HELP {f.name} {escape_help(f.help)}")
-        lines.append(f"# TYPE {f.name} {f.kind}")
-        for labels, value in f.samples:
-            text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-            lines.append(f"{f.name}{{{text}}} {format_value(value)}" if text else f"{f.name} {format_value(value)}")
-    return "\n".join(lines) + "\n"
+TURNAROUND_BUCKETS_S = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, float("inf"))
+DURABLE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 
 
 @dataclass
 class MetricsView:
-    """What the daemon knows at one instant, as plain numbers."""
+    """What the daemon (or a run) knows at one instant, as plain numbers."""
 
     start_time_s: float = 0.0  # epoch
     jobs_by_state: Mapping[str, int] = field(default_factory=dict)
@@ -97,50 +64,120 @@ class MetricsView:
     tokens: Mapping[str, int] = field(default_factory=dict)  # input, output, cache_write, cache_read
     spend_usd: float = 0.0
     key_checks: Mapping[str, int] = field(default_factory=dict)  # "accepted" / "refused" / "unknown" -> n
+    notifications: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (kind, outcome) -> n
+    daemon: bool = True  # False: one `run` (no slots, no key checks; its exit code and end time instead)
+    run_exit_code: int | None = None
+    end_time_s: float | None = None
 
 
-def daemon_families(v: MetricsView) -> list[Family]:
+def _labelled(metric: Metric, items: Mapping[Any, float]) -> Metric:
+    for labels, value in sorted(items.items()):
+        metric.add_metric([str(x) for x in (labels if isinstance(labels, tuple) else (labels,))], value)
+    return metric
+
+
+def view_families(v: MetricsView) -> Iterator[Metric]:
+    """The gauges and counters of one view."""
     p = PREFIX
-    fams = [
-        Family(p + "up", "gauge", "1 while the daemon runs.").add(1),
-        Family(p + "start_time_seconds", "gauge", "When the daemon started (epoch seconds).").add(v.start_time_s),
-    ]
-    jobs = Family(p + "jobs", "gauge", "Jobs in the spool by state.")
-    for state, n in sorted(v.jobs_by_state.items()):
-        jobs.add(n, state=state)
-    reqs = Family(p + "requests", "gauge", "Requests of the spool's jobs by state (totals over jobs).")
-    for state, n in sorted(v.requests_by_state.items()):
-        reqs.add(n, state=state)
-    fams += [jobs, reqs]
-    fams.append(Family(p + "batches_in_flight", "gauge", "Batches at the provider that jobs wait for.")
-                .add(v.batches_in_flight))
-    slots = Family(p + "slots", "gauge", "The daemon-wide budget of batches in flight (--concurrency).")
-    slots.add(v.slots_capacity, kind="capacity").add(v.slots_in_use, kind="in_use").add(v.slots_waiting,
-                                                                                         kind="waiting")
-    fams.append(slots)
-    calls = Family(p + "http_calls_total", "counter", "Provider HTTP calls by endpoint and status (or error).")
-    for (endpoint, status), n in sorted(v.http_calls.items()):
-        calls.add(n, endpoint=endpoint, status=status)
-    retries = Family(p + "http_retries_total", "counter", "Provider HTTP calls retried, by endpoint.")
-    for endpoint, n in sorted(v.http_retries.items()):
-        retries.add(n, endpoint=endpoint)
-    fams += [calls, retries]
-    fams.append(Family(p + "http_download_bytes_total", "counter", "Bytes of results downloaded.")
-                .add(v.http_download_bytes))
-    polls = Family(p + "poll_calls_total", "counter", "Poll calls: one batch retrieved, or a page of batches listed.")
-    for kind in ("retrieve", "list"):
-        polls.add(v.poll_calls.get(kind, 0), kind=kind)
-    fams.append(polls)
-    fams.append(Family(p + "result_bytes", "gauge", "Bytes in the result shards of the spool's jobs.")
-                .add(v.result_bytes))
-    tokens = Family(p + "tokens", "gauge", "Tokens billed to the spool's jobs, by kind.")
-    for kind in ("input", "output", "cache_write", "cache_read"):
-        tokens.add(v.tokens.get(kind, 0), kind=kind)
-    fams.append(tokens)
-    fams.append(Family(p + "spend_usd", "gauge", "Spend of the spool's jobs in US dollars (batch prices).")
-                .add(v.spend_usd))
-    checks = Family(p + "key_checks_total", "counter", "Checks of a refused key by paused jobs, by outcome.")
-    for outcome in ("accepted", "refused", "unknown"):
-        checks.add(v.key_checks.get(outcome, 0), outcome=outcome)
-    fams.append(checks)
-    return fams
+    g, c = GaugeMetricFamily, CounterMetricFamily
+    if v.daemon:
+        yield g(p + "up", "1 while the daemon runs.", value=1)
+    yield g(p + "start_time_seconds", "When the daemon (or the run) started, epoch seconds.", value=v.start_time_s)
+    if v.run_exit_code is not None:
+        yield g(p + "run_exit_code", "The run's exit status (0: every accepted request finished).",
+                value=v.run_exit_code)
+    if v.end_time_s is not None:
+        yield g(p + "run_end_time_seconds", "When the run ended, epoch seconds.", value=v.end_time_s)
+    yield _labelled(g(p + "jobs", "Jobs in the spool by state.", labels=["state"]), v.jobs_by_state)
+    yield _labelled(g(p + "requests", "Requests of the spool's jobs by state (totals over jobs).",
+                      labels=["state"]), v.requests_by_state)
+    yield g(p + "batches_in_flight", "Batches at the provider that jobs wait for.", value=v.batches_in_flight)
+    if v.daemon:
+        yield _labelled(g(p + "slots", "The daemon-wide budget of batches in flight (--concurrency).",
+                          labels=["kind"]),
+                        {"capacity": v.slots_capacity, "in_use": v.slots_in_use, "waiting": v.slots_waiting})
+    yield _labelled(c(p + "http_calls", "Provider HTTP calls by endpoint and status (or error).",
+                      labels=["endpoint", "status"]), v.http_calls)
+    yield _labelled(c(p + "http_retries", "Provider HTTP calls retried, by endpoint.", labels=["endpoint"]),
+                    v.http_retries)
+    yield c(p + "http_download_bytes", "Bytes of results downloaded.", value=v.http_download_bytes)
+    yield _labelled(c(p + "poll_calls", "Poll calls: one batch retrieved, or a page of batches listed.",
+                      labels=["kind"]), {k: v.poll_calls.get(k, 0) for k in ("retrieve", "list")})
+    yield g(p + "result_bytes", "Bytes in the result shards of the spool's jobs.", value=v.result_bytes)
+    yield _labelled(g(p + "tokens", "Tokens billed to the spool's jobs, by kind.", labels=["kind"]),
+                    {k: v.tokens.get(k, 0) for k in ("input", "output", "cache_write", "cache_read")})
+    yield g(p + "spend_usd", "Spend of the spool's jobs in US dollars (batch prices).", value=v.spend_usd)
+    if v.daemon:
+        yield _labelled(c(p + "key_checks", "Checks of a refused key by paused jobs, by outcome.",
+                          labels=["outcome"]),
+                        {k: v.key_checks.get(k, 0) for k in ("accepted", "refused", "unknown")})
+        yield _labelled(c(p + "notifications", "--on-done commands and --webhook deliveries, by outcome.",
+                          labels=["kind", "outcome"]), v.notifications)
+
+
+class _ViewCollector:
+    """A custom collector: the families of the view set just before the registry is read."""
+
+    def __init__(self) -> None:
+        self.view = MetricsView()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from view_families(self.view)
+
+
+class Metrics(Observer):
+    """One registry: the view's families, the histograms, and the process metrics."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        p = PREFIX
+        self.turnaround = Histogram(p + "batch_turnaround_seconds", "Batch create -> ended at the provider.",
+                                    buckets=TURNAROUND_BUCKETS_S, registry=r)
+        self.durable = Histogram(p + "results_durable_delay_seconds",
+                                 "Batch ended at the provider -> its results fsync'd in the shards.",
+                                 buckets=DURABLE_BUCKETS_S, registry=r)
+        self.http_latency = Histogram(p + "http_call_duration_seconds",
+                                      "Provider HTTP call latency (a download: to its head), by endpoint and status.",
+                                      ["endpoint", "status"], buckets=HTTP_BUCKETS_S, registry=r)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self._view = _ViewCollector()
+        r.register(self._view)
+
+    # -- job.observe.Observer -------------------------------------------------------------------
+
+    def http_call(self, endpoint: str, status: str, seconds: float) -> None:
+        self.http_latency.labels(endpoint, status).observe(seconds)
+
+    def batch_collected(self, turnaround_s: float | None, durable_s: float | None) -> None:
+        if turnaround_s is not None:
+            self.turnaround.observe(turnaround_s)
+        if durable_s is not None:
+            self.durable.observe(durable_s)
+
+    # -- exposition -----------------------------------------------------------------------------
+
+    def render(self, view: MetricsView) -> bytes:
+        self._view.view = view  # read at once, on the loop: no scrape sees another's view
+        return generate_latest(self.registry)
+
+    def write_textfile(self, path: str, view: MetricsView) -> None:
+        """The text format to PATH, written aside and renamed in (node_exporter never reads half a file)."""
+        self._view.view = view
+        write_to_textfile(path, self.registry)
+
+
+def run_view(engine: Engine, result: JobResult, started_at: float) -> MetricsView:
+    """One finished run as a view (`run --metrics-file`): the job's totals from its summary, the run's calls."""
+    s = result.summary
+    requests: dict[str, int] = {k: int(v or 0) for k, v in s.get("requests", {}).items()}
+    requests.update({k: int(v or 0) for k, v in s.get("results", {}).items()})
+    http, poller = engine.http, engine.poller
+    return MetricsView(
+        start_time_s=started_at, jobs_by_state={s.get("state", "incomplete"): 1}, requests_by_state=requests,
+        http_calls={(e, str(st)): n for (e, st), n in http.stats.calls.items()} if http else {},
+        http_retries=dict(http.stats.retries) if http else {}, http_download_bytes=http.stats.bytes_down if http else 0,
+        poll_calls={"retrieve": poller.stats.retrieves, "list": poller.stats.lists} if poller else {},
+        tokens=s.get("tokens", {}), spend_usd=s.get("cost_usd", 0.0), daemon=False,
+        run_exit_code=int(result.exit_code), end_time_s=time.time())

@@ -37,13 +37,18 @@ from batch_scheduler.core.logs import RedactFilter, add_secret
 from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.api import Api
+from batch_scheduler.daemon.hooks import SECRET_ENV, HookConfig, Hooks, check_webhook
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
+from batch_scheduler.daemon.metrics import Metrics
+from batch_scheduler.daemon.notify import Notifier, watchdog_interval_s
+from batch_scheduler.daemon.page import History
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.providers import build_settings
 
 STOP_DEADLINE_S = 8.0  # SIGTERM -> exit: under the 10 s promised, and systemd's TimeoutStopSec=15
+HOOKS_STOP_S = 2.0  # then notifications being delivered get this long
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class DaemonConfig:
     restart_waits_s: tuple[float, ...] = RESTART_WAITS_S
     progress_every_s: float = 60.0
     install_signals: bool = False  # True in the real process; tests call handle_signal
+    notify_socket: str | None = None  # $NOTIFY_SOCKET: systemd's Type=notify (daemon.notify)
+    watchdog_s: float | None = None  # send WATCHDOG=1 this often (half of $WATCHDOG_USEC)
+    hooks: HookConfig = field(default_factory=HookConfig)  # --on-done, --webhook
+    history_every_s: float = 60.0  # a point of the status page's chart this often
 
 
 def _hard_exit(code: int) -> None:  # pragma: no cover - only when a job ignores cancellation
@@ -86,9 +95,15 @@ class Daemon:
         self._wake = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._lock_fd: int | None = None
+        self.metrics = Metrics()
+        self.history = History(config.history_every_s)
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
-                                restart_waits_s=config.restart_waits_s, wake=self._wake.set)
+                                restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics)
         self.api = Api(self, config.token)
+        self.notifier = Notifier(config.notify_socket)
+        self.hooks = Hooks(config.hooks)
+        self.runner.on_state.append(self.hooks.job_changed)
+        self._status_sent: str | None = None
 
     @property
     def slots(self) -> FairSlots:
@@ -97,6 +112,10 @@ class Daemon:
     @property
     def totals(self) -> Totals:
         return self.runner.totals
+
+    @property
+    def job_flags(self) -> Mapping[str, Any]:
+        return self.config.flags
 
     async def cancel(self, job: Job) -> dict[str, Any]:
         return await self.runner.cancel(job)
@@ -133,7 +152,10 @@ class Daemon:
             self._unlock()
             return ExitCode.USAGE
         self._signals(install=True)
+        await self.hooks.start()
         self.started.set()
+        self.notifier.send("READY=1", f"STATUS={self.status_line()}")  # locked, and the port is bound
+        self._status_sent = self.status_line()
         code = ExitCode.OK
         try:
             async with asyncio.TaskGroup() as tg:
@@ -145,8 +167,11 @@ class Daemon:
             code = ExitCode.FAILED
         finally:
             self._signals(install=False)
+            left_s = self.config.stop_deadline_s - (self.stop_took_s or 0.0)
+            await self.hooks.stop(min(HOOKS_STOP_S, max(0.1, left_s)))
             await self.api.stop()
             self._unlock()
+            self.notifier.close()
         return code
 
     def startup(self) -> None:
@@ -176,9 +201,14 @@ class Daemon:
     async def main_loop(self) -> None:
         next_scan = 0.0
         next_progress = time.monotonic() + self.config.progress_every_s
+        watchdog_s = self.config.watchdog_s
+        next_watchdog = next_sample = 0.0
         while not self.should_exit:
             self._wake.clear()
             now = time.monotonic()
+            if watchdog_s and now >= next_watchdog:
+                self.notifier.send("WATCHDOG=1")  # from here: a loop that hangs stops sending it
+                next_watchdog = now + watchdog_s
             if self.reload_requested:
                 self.reload()
             if now >= next_scan:
@@ -189,14 +219,21 @@ class Daemon:
             if now >= next_progress:
                 self.log_progress()
                 next_progress = now + self.config.progress_every_s
+            self.send_status()
+            if now >= next_sample:
+                assert self._tg is not None
+                self._tg.create_task(self.api.pages.sample(), name="history sample")
+                next_sample = now + self.config.history_every_s
+            wake_at = min(next_scan, next_watchdog) if watchdog_s else next_scan
             try:
-                async with asyncio.timeout(max(0.0, next_scan - time.monotonic())):
+                async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
                     await self._wake.wait()
             except TimeoutError:
                 pass
 
     async def shutdown(self) -> int:
         t0 = time.monotonic()
+        self.notifier.send("STOPPING=1", "STATUS=stopping: running jobs stop now and resume at the next start")
         running = sum(1 for j in self.jobs.values() if j.task is not None)
         pending = {t for j in self.jobs.values() for t in (j.task, j.key_check) if t is not None}
         log.info("stopping: %d running job(s) stop now and resume at the next start", running)
@@ -272,6 +309,20 @@ class Daemon:
             if job.state is JobState.PAUSED and job.key_check is None and job.next_key_check <= now:
                 job.key_check = self._tg.create_task(self.runner.check_key(job), name=f"key check {job.name}")
 
+    def status_line(self) -> str:
+        """The job counts, as systemctl status shows them: "2 running, 5 queued, 40 done"."""
+        counts = Counter(j.state.value for j in self.jobs.values())
+        shown = [f"{counts[s.value]} {s.value}" for s in JobState if counts[s.value]]
+        return ", ".join(shown) if shown else "no jobs"
+
+    def send_status(self) -> None:
+        if self.notifier.address is None:
+            return
+        line = self.status_line()
+        if line != self._status_sent:
+            self._status_sent = line
+            self.notifier.send(f"STATUS={line}")
+
     def log_progress(self) -> None:
         for job in self.jobs.values():
             if job.engine is not None:
@@ -306,11 +357,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--listen", default="127.0.0.1:8787", metavar="HOST:PORT",
                    help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token)")
     g.add_argument("--token", help="bearer token the HTTP API requires (or BATCH_DAEMON_TOKEN in .env)")
-    g.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     g.add_argument("--max-jobs", type=int, default=4, metavar="N", help="jobs running at once (default 4)")
     g.add_argument("--inbox-poll-s", type=float, default=0.5, metavar="S", help="inbox look interval (default 0.5)")
     g.add_argument("--key-check-s", type=float, default=60.0, metavar="S",
                    help="how often a paused job checks a refused key again (default 60)")
+    n = p.add_argument_group("notifications")
+    n.add_argument("--on-done", metavar="CMD",
+                   help="shell command run when a job is done, failed or cancelled; BATCH_JOB_NAME, "
+                        "BATCH_JOB_STATE and BATCH_JOB_SUMMARY (its summary.json) are in its environment")
+    n.add_argument("--webhook", metavar="URL",
+                   help=f"POST a JSON event when a job is done, failed, cancelled or paused, signed with "
+                        f"HMAC-SHA256 under {SECRET_ENV} (environment or .env); retried, never holds a job")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -343,8 +400,13 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
     names = JOB_OPTION_NAMES - {"dry_run"}  # refused above
     flags = {k: v for k, v in flags_of(args).items() if k in names}
     build_settings(flags, env)  # bad job flags stop the start, not every job
+    secret = env.get(SECRET_ENV) or None
+    check_webhook(args.webhook, secret)
+    hooks = HookConfig(on_done=args.on_done or None, webhook=args.webhook, secret=secret, env=env)
     return DaemonConfig(spool=args.spool, listen=listen, token=token, flags=flags, max_jobs=args.max_jobs,
-                        inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True)
+                        inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True,
+                        notify_socket=env.get("NOTIFY_SOCKET") or None,
+                        watchdog_s=watchdog_interval_s(env, os.getpid()), hooks=hooks)
 
 
 def run(args: argparse.Namespace) -> int:

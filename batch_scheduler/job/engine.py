@@ -27,6 +27,7 @@ from batch_scheduler.job.budget import Budget, unpriced_message, unpriced_models
 from batch_scheduler.job.collector import Collector
 from batch_scheduler.job.estimate import measure, survey
 from batch_scheduler.job.job import Job
+from batch_scheduler.job.observe import Observer
 from batch_scheduler.job.poller import Poller, PollStats
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats, show_progress
@@ -60,7 +61,7 @@ class Engine:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
-                 slots: Any = None):
+                 slots: Any = None, observer: Observer | None = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -69,6 +70,7 @@ class Engine:
         self._quiet = quiet
         self._remembered = remembered or {}
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
+        self.observer = observer or Observer()  # HTTP latencies and batch timings (metrics)
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
@@ -122,6 +124,7 @@ class Engine:
                               connections=max(16, s.concurrency * 2)) as http:
             self.http = http
             http.on_retry.append(self._count_retry)
+            http.on_call.append(self.observer.http_call)
             provider = self._provider_factory(s, http)
             if s.strict and (refused := await self._strict_pass(job, provider)):
                 return refused
@@ -133,8 +136,10 @@ class Engine:
             try:
                 async with asyncio.TaskGroup() as tg:
                     run = self._run = Run(job, provider, replay, submitter, collector, admission, tg,
-                                          pending_retries=start.pending_retries)
-                    progress = tg.create_task(show_progress(self.stats, tty=self._tty)) if not self._quiet else None
+                                          pending_retries=start.pending_retries, observer=self.observer)
+                    progress = tg.create_task(show_progress(
+                        self.stats, tty=self._tty, spent=lambda: admission.spent_usd,
+                        max_cost_usd=s.max_cost_usd)) if not self._quiet else None
                     try:
                         await run.go()
                     finally:

@@ -29,6 +29,7 @@ from batch_scheduler.job.admission import Admission
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks
 from batch_scheduler.job.collector import Collector, NotOurs
 from batch_scheduler.job.job import Job
+from batch_scheduler.job.observe import Observer, batch_times
 from batch_scheduler.job.poller import Poller
 from batch_scheduler.job.reader import Block, span_blocks
 from batch_scheduler.job.replay import Part, Replay
@@ -56,7 +57,8 @@ class Tracked:
 
 class Run:
     def __init__(self, job: Job, provider: Provider, replay: Replay, submitter: Submitter, collector: Collector,
-                 admission: Admission, tg: asyncio.TaskGroup, *, pending_retries: int):
+                 admission: Admission, tg: asyncio.TaskGroup, *, pending_retries: int,
+                 observer: Observer | None = None):
         self.job = job
         self.settings = s = job.settings
         self.ledger = job.ledger
@@ -67,6 +69,7 @@ class Run:
         self.collector = collector
         self.admission = admission
         self._tg = tg
+        self.observer = observer or Observer()
         self.validator = Validator(provider, s.batch_bytes - BODY_WRAPPER_BYTES)
         self.poller = Poller(provider, self._on_ended, poll_min_s=s.poll_min_s, poll_max_s=s.poll_max_s)
         self._pending_retries = pending_retries
@@ -152,7 +155,8 @@ class Run:
         plain = [src.path for src in sources if src.unit == "bytes" and not src.path.endswith(".gz")]
         if raw and plain and len(plain) == len(sources):
             total = sum(os.path.getsize(p) for p in plain)
-            self.validator.expect(int(total / (sum(raw) / len(raw))))
+            self.stats.expected_lines = int(total / (sum(raw) / len(raw)))
+            self.validator.expect(self.stats.expected_lines)
 
     async def _input_chunk(self, chunk: Chunk) -> None:
         ledger, admission = self.ledger, self.admission
@@ -305,6 +309,7 @@ class Run:
                     await self._not_ours(row, info, flight, exc)
                     return
                 self.stats.finished += got.finals
+                self.observer.batch_collected(*batch_times(row.submitted_at, info.ended_at, time.time()))
                 self.admission.settled(row.id, got.counts.get("cost_usd", 0.0))
                 if got.parked:
                     self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)

@@ -89,8 +89,8 @@ class Running:
 
 @asynccontextmanager
 async def running_daemon(spool: Path, env_dir: Path, flags: dict, **config) -> AsyncIterator[Running]:
-    daemon = Daemon(DaemonConfig(spool=str(spool), listen=("127.0.0.1", 0), flags=flags, inbox_poll_s=0.02,
-                                 **config),
+    daemon = Daemon(DaemonConfig(spool=str(spool), listen=("127.0.0.1", 0), flags=flags,
+                                 **{"inbox_poll_s": 0.02, **config}),
                     load_env=lambda: load_environment(env_dir))
     run = Running(daemon, asyncio.create_task(daemon.serve()))
     await until(lambda: daemon.started.is_set() or run.task.done(), "daemon started")
