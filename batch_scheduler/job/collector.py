@@ -22,6 +22,7 @@ from batch_scheduler.core.http import backoff_s
 from batch_scheduler.core.ledger import ChunkRow, Ledger, RetryState
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.replay import Replay
+from batch_scheduler.job.summary import model_counters
 from batch_scheduler.job.writer import ShardSet
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
 
@@ -149,6 +150,7 @@ class Collector:
                         "cache_read_tokens": sum(u.cache_read_tokens for u in by_model.values()),
                         "cost_usd": sum(self._cost(m, u) for m, u in by_model.items()),
                         "batches_collected": 1, "result_lines": n_lines})
+        summary.update(model_counters(usages, by_model, self._cost))
         for a, c in final_attempts.items():
             if c:
                 summary[f"final_after_{a}_attempts"] = c
