@@ -227,6 +227,28 @@ class TemplateSource:
         finally:
             f.close()
 
+    def entries(self) -> Iterator[tuple[int, dict | None, Item]]:
+        """Every row from the top, in the caller's thread (export: no event loop): (line number, the row as
+        read or None when it is not one, its item: the request line, or what is wrong)."""
+        f = self._open()
+        try:
+            for _, line_no, row, row_no in self._items(f):
+                yield (line_no, row, self.render(row, row_no)) if type(row) is dict else (line_no, None, row)
+        finally:
+            f.close()
+
+    def header(self) -> list[str] | None:
+        """A CSV file's column names (None for JSONL rows, whose keys are their own)."""
+        if not self.csv:
+            return None
+        f = self._open()
+        try:
+            return next(csv.reader(f), [])
+        except UnicodeDecodeError:
+            raise InputError(self.path, 1, "not UTF-8 at or after this line; save the file as UTF-8") from None
+        finally:
+            f.close()
+
     def _block(self, items: Iterator[Entry]) -> Block | None:
         """Read and render the next block (in a thread); None at the end of the file."""
         lines: list[Item] = []
