@@ -146,6 +146,8 @@ class JobView:
 
     def attempts_of(self, cid: str) -> int:
         """Attempts a request with a final line took (1 unless it was sent again)."""
+        if not len(self.attempts):
+            return 1
         return 1 + next(iter(self.attempts.find(cid)), (0,))[0]
 
     def sources(self) -> list[Source]:

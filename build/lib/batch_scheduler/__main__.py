@@ -1,3 +1,0 @@
-from batch_scheduler.commands.main import main
-
-raise SystemExit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from batch_scheduler.simulator.cli import main
-
-sys.exit(main())
