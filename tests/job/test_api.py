@@ -17,7 +17,6 @@ import batch_scheduler
 from batch_scheduler.commands.main import main
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.simulator.process import SimulatorProcess
-from batch_scheduler.testing import simulator
 
 from ..helpers import ids_of, read_results, request, write_requests
 
@@ -167,19 +166,14 @@ async def test_no_key_is_the_clis_usage_error(lib_env):
         await batch_scheduler.arun([request("a")], lib_env / "out")
 
 
-async def test_testing_simulator_serves_faults_and_keys_for_users_tests(lib_env):
-    ids = [f"t-{i}" for i in range(60)]
-    async with simulator(all_faults=True, seed=3, valid_keys=["sk-mine"]) as url:
-        assert url.startswith("http://127.0.0.1:")
-        refused = await batch_scheduler.arun([request(c) for c in ids], lib_env / "a", base_url=url, **FAST)
-        assert refused.exit_code == 3
-        done = await batch_scheduler.arun([request(c) for c in ids], lib_env / "b", base_url=url, max_attempts=8,
-                                          **{**FAST, "api_key": "sk-mine"})
-    assert done.ok, done.message
-    assert sorted(ids_of(read_results(str(lib_env / "b")))) == sorted(ids)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'fial_rate'"):
-        async with simulator(fial_rate=0.1):
-            pass
+async def test_a_dry_run_sends_nothing_and_says_what_a_run_would(sim, lib_env):
+    write_requests(lib_env / "in.jsonl", 130)
+    result = await batch_scheduler.arun(lib_env / "in.jsonl", lib_env / "out", dry_run=True, batch_size=50)
+    assert (result.ok, result.message) == (True, "dry run: nothing was submitted")
+    assert (result.summary["requests"], result.summary["batches"], result.summary["rejected"]) == (130, 3, 0)
+    low, high = (result.summary["models"]["claude-sonnet-4-5"]["cost_usd"][k] for k in ("low", "high"))
+    assert 0 < low < high
+    assert sim.stats["creates"] == 0
 
 
 def test_importing_the_package_loads_no_pipeline():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import sys
 
 import orjson
 import pyarrow.parquet as pq
@@ -153,23 +152,6 @@ async def test_jsonl_rows_give_every_key_in_the_order_first_met(sim, tmp_path):
         ("first", "1", "", "input-1"), ("second", "", '{"deep":[1,2]}', "input-2"), ("third", "3", "", "input-3")]
 
 
-def test_parquet_without_pyarrow_is_one_line_saying_how_to_install(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without the extra meets
-    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    assert main(["export", str(tmp_path), "-o", str(tmp_path / "x.parquet")]) == 2
-    assert capsys.readouterr().err == ("batch-scheduler: --format parquet needs pyarrow: "
-                                       "pip install 'batch-scheduler[parquet]'\n")
-    assert not (tmp_path / "x.parquet").exists()
-
-
-def test_export_refuses_what_it_cannot_do_with_one_line(tmp_path, capsys):
-    assert main(["export", str(tmp_path), "-o", str(tmp_path / "x.csv")]) == 2
-    assert capsys.readouterr().err == f"batch-scheduler: {tmp_path}: no job here (no ledger.db)\n"
-    assert main(["export", str(tmp_path), "-o", str(tmp_path / "x.txt")]) == 2
-    assert capsys.readouterr().err == (f"batch-scheduler: -o {tmp_path / 'x.txt'}: say which format with --format "
-                                       f"{{jsonl,csv,parquet}} (or name the file .jsonl, .csv or .parquet)\n")
-
-
 async def test_export_needs_the_input_as_it_was(rows_job, capsys):
     tmp, _, go = rows_job
     assert (await go()).ok
@@ -181,6 +163,21 @@ async def test_export_needs_the_input_as_it_was(rows_job, capsys):
                                        f"content differs): its rows would not match the results\n")
     assert not (tmp / "x.csv").exists() and not (tmp / "x.csv.tmp").exists()
     assert main(["export", str(tmp / "out"), "-o", str(tmp / "x.jsonl"), "--order", "shard"]) == 0  # shards alone
+
+
+async def test_an_openai_job_exports_its_answers_and_models(sim, tmp_path):
+    rows = [{"q": "one", "model": "gpt-4o-mini"}, {"q": "two", "model": "gpt-4.1-nano"}, {"q": "three", "model": ""}]
+    result = await batch_scheduler.arun(rows, tmp_path / "out", base_url=sim.url, provider="openai", template="{q}",
+                                        model="gpt-4o-mini", model_field="model", max_tokens=20, **FAST)
+    assert result.ok, result.message
+    assert main(["export", str(tmp_path / "out"), "-o", str(tmp_path / "t.csv")]) == 0
+    got = read_csv(tmp_path / "t.csv")
+    assert list(got[0])[:4] == ["q", "model", "custom_id", "status"]  # the row's own `model` keeps its name
+    assert [(r["q"], r["model"], r["custom_id"], r["status"], r["text"], r["result_model"]) for r in got] == [
+        ("one", "gpt-4o-mini", "input-1", "succeeded", "answer:input-1", "gpt-4o-mini"),
+        ("two", "gpt-4.1-nano", "input-2", "succeeded", "answer:input-2", "gpt-4.1-nano"),
+        ("three", "", "input-3", "succeeded", "answer:input-3", "gpt-4o-mini")]
+    assert all(int(r["output_tokens"]) > 0 for r in got)
 
 
 def test_answer_and_error_columns_read_both_providers_forms():

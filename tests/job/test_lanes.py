@@ -89,7 +89,7 @@ async def test_each_chunk_holds_one_model_the_cut_is_the_same_every_time_and_rep
                                                   span=(c.start_file, c.start_pos, c.start_line, c.end_file,
                                                         c.end_pos), skipped=c.skipped)
             parts = await replay.parts(await ledger.chunk(chunk_id))
-            assert [(p[0], p[1], p[2]) for p in parts] == [(x, i, n) for n, (x, i) in enumerate(zip(c.lines, c.ids))]
+            assert parts == [(x, i, n) for n, (x, i) in enumerate(zip(c.lines, c.ids, strict=True))]
     finally:
         ledger.close()
 
