@@ -43,7 +43,7 @@ def process_state() -> dict:
     old_umask = os.umask(0o022)
     os.umask(old_umask)
     root = logging.getLogger()
-    return {"gc": gc.get_threshold(), "frozen": gc.get_freeze_count(), "umask": old_umask,
+    return {"gc": gc.get_threshold(), "umask": old_umask,
             "sigint": signal.getsignal(signal.SIGINT), "sigterm": signal.getsignal(signal.SIGTERM),
             "policy": type(asyncio.get_event_loop_policy()), "log_handlers": list(root.handlers),
             "log_level": root.level}
@@ -51,13 +51,14 @@ def process_state() -> dict:
 
 def test_run_changes_nothing_process_wide(sim_process, lib_env):
     os.umask(0o022)
-    before = process_state()
+    before, frozen = process_state(), gc.get_freeze_count()
     ids = write_requests(lib_env / "in.jsonl", 120)
     result = batch_scheduler.run(lib_env / "in.jsonl", lib_env / "out", base_url=sim_process.url, **FAST)
     assert (result.exit_code, result.ok, result.message) == (0, True, "done")
     assert result.summary["results"]["succeeded"] == 120
     assert sorted(ids_of(read_results(str(lib_env / "out")))) == ids
     assert process_state() == before
+    assert gc.get_freeze_count() <= frozen  # nothing frozen (frozen objects of earlier tests may have died)
     for root, dirs, files in os.walk(lib_env / "out"):  # owner-only by the files' own modes, umask 022 or not
         for name in dirs + files:
             assert os.stat(os.path.join(root, name)).st_mode & 0o077 == 0, name
