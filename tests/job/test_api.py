@@ -52,11 +52,12 @@ def process_state() -> dict:
 def test_run_changes_nothing_process_wide(sim_process, lib_env):
     os.umask(0o022)
     before, frozen = process_state(), gc.get_freeze_count()
-    ids = write_requests(lib_env / "in.jsonl", 120)
-    result = batch_scheduler.run(lib_env / "in.jsonl", lib_env / "out", base_url=sim_process.url, **FAST)
+    (lib_env / "rows.csv").write_text("id,question\n" + "".join(f"q{i},what is {i}?\n" for i in range(120)))
+    result = batch_scheduler.run(lib_env / "rows.csv", lib_env / "out", base_url=sim_process.url, template=(
+        "Answer: {question}"), model="claude-haiku-4-5", max_tokens=20, id_field="id", **FAST)
     assert (result.exit_code, result.ok, result.message) == (0, True, "done")
     assert result.summary["results"]["succeeded"] == 120
-    assert sorted(ids_of(read_results(str(lib_env / "out")))) == ids
+    assert [r["custom_id"] for r in batch_scheduler.read_results(lib_env / "out")] == [f"q{i}" for i in range(120)]
     assert process_state() == before
     assert gc.get_freeze_count() <= frozen  # nothing frozen (frozen objects of earlier tests may have died)
     for root, dirs, files in os.walk(lib_env / "out"):  # owner-only by the files' own modes, umask 022 or not
