@@ -66,8 +66,7 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
     flags = job_flags(options)
     settings = build_settings(flags, load_environment())
     paths = input_paths(inputs)
-    if paths is not None:
-        make_sources(paths, settings)  # option problems (a template without --max-tokens, ...) raise here
+    make_sources(paths or [], settings)  # option problems (a template without max_tokens, ...) raise here
     if not settings.dry_run and not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
     if paths is None:
@@ -75,7 +74,6 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
             paths = [await asyncio.to_thread(spool_iterable, inputs, out_dir)]  # type: ignore[arg-type]
         except errors.JobMismatch as err:
             return JobResult(ExitCode.USAGE, str(err))
-        make_sources(paths, settings)
     if settings.dry_run:
         return await _dry_run(settings, paths, out_dir)
     remembered = {k: v for k, v in flags.items() if k in REMEMBERED}

@@ -183,3 +183,14 @@ def test_importing_the_package_loads_no_pipeline():
             "batch_scheduler.run; print(before, 'batch_scheduler.job.engine' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['batch_scheduler'] True"
+
+
+async def test_options_that_cannot_make_requests_refuse_before_the_iterable_is_read(lib_env):
+    consumed = []
+
+    def rows():
+        consumed.append(True)
+        yield {"q": "x"}
+    with pytest.raises(UsageError, match=r"^--max-tokens is required with --template"):
+        await batch_scheduler.arun(rows(), lib_env / "out", template="{q}", model="m", api_key="k")
+    assert consumed == [] and not (lib_env / "out").exists()
