@@ -205,7 +205,7 @@ class Engine:
             retries=job.ledger.retry_counts(), unknown_price_models=self.prices.unknown,
             wall_s=time.time() - started, http_calls=self.http.stats.calls if self.http is not None else {},
             downloads_restarted=run.collector.downloads_restarted if run is not None else 0,
-            polls=run.poller.stats if run is not None else PollStats(), batch_discount=self.prices.batch_discount)
+            polls=run.poller.stats if run is not None else PollStats())
         write_summary(self.out_dir, summary)
         return summary
 
