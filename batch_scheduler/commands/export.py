@@ -8,6 +8,7 @@ import sys
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.loop import tune_gc
 from batch_scheduler.job.export import FORMATS, export
 
 SUFFIXES = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -18,6 +19,7 @@ def main(args: argparse.Namespace) -> int:
     if fmt is None:
         raise errors.UsageError(f"-o {args.output}: say which format with --format {{{','.join(FORMATS)}}} "
                                 f"(or name the file .jsonl, .csv or .parquet)")
+    tune_gc()  # the CLI's process: a row's dicts die young by the million (~13% of an export's time)
     done = export(args.dir, fmt, args.output, args.order)
     what = "result lines" if fmt == "jsonl" else "rows"
     parts = [f"{done.results:,} with a result"] + ([f"{done.rejected:,} rejected"] if fmt != "jsonl" else [])
