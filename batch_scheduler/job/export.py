@@ -151,7 +151,7 @@ def row_columns(sources: list[Source]) -> list[str] | None:
         if header is not None:
             names.update(dict.fromkeys(header))
             continue
-        for _, row, _ in src.entries():
+        for _, row, _ in src.entries(render=False):
             if row is not None:
                 names.update(dict.fromkeys(row))
     return list(names)

@@ -227,13 +227,16 @@ class TemplateSource:
         finally:
             f.close()
 
-    def entries(self) -> Iterator[tuple[int, dict | None, Item]]:
+    def entries(self, *, render: bool = True) -> Iterator[tuple[int, dict | None, Item | None]]:
         """Every row from the top, in the caller's thread (export: no event loop): (line number, the row as
-        read or None when it is not one, its item: the request line, or what is wrong)."""
+        read or None when it is not one, its item: the request line, or what is wrong; None unless `render`)."""
         f = self._open()
         try:
             for _, line_no, row, row_no in self._items(f):
-                yield (line_no, row, self.render(row, row_no)) if type(row) is dict else (line_no, None, row)
+                if type(row) is not dict:
+                    yield line_no, None, row
+                else:
+                    yield line_no, row, self.render(row, row_no) if render else None
         finally:
             f.close()
 
