@@ -141,8 +141,13 @@ class JobView:
             ledger.each_retried_final(lambda cid, n: attempts.add(cid, n))
         finally:
             ledger.close()
+        try:
+            prices = PriceTable.load(settings.prices_file)
+        except UsageError as err:
+            raise UsageError(f"{err}: the job's price table, which the cost of each answer needs (a relative path "
+                             f"is read from the directory the job ran in)") from None
         return cls(out_dir, settings, meta.get("inputs", []), offsets, refused, attempts, finished(counters),
-                   meta.get("accepted_total"), PriceTable.load(settings.prices_file))
+                   meta.get("accepted_total"), prices)
 
     def attempts_of(self, cid: str) -> int:
         """Attempts a request with a final line took (1 unless it was sent again)."""
