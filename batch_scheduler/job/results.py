@@ -145,7 +145,7 @@ class JobView:
             prices = PriceTable.load(settings.prices_file)
         except UsageError as err:
             raise UsageError(f"{err}: the job's price table, which the cost of each answer needs (a relative path "
-                             f"is read from the directory the job ran in)") from None
+                             f"is read from the current directory: export from where the job ran)") from None
         return cls(out_dir, settings, meta.get("inputs", []), offsets, refused, attempts, finished(counters),
                    meta.get("accepted_total"), prices)
 
