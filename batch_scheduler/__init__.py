@@ -1,3 +1,47 @@
-"""batch-scheduler: very large LLM workloads through provider batch APIs, exactly once."""
+"""batch-scheduler: very large LLM workloads through provider batch APIs, exactly once.
+
+    import batch_scheduler
+
+    result = batch_scheduler.run(inputs, out, **options)          # blocking
+    result = await batch_scheduler.arun(inputs, out, **options)   # inside a running loop (Jupyter, apps)
+    for line in batch_scheduler.read_results(out, order="input"):  # or order="shard" (fastest)
+        ...
+    batch_scheduler.job_status(out)                                # what `status DIR --json` prints
+
+`result` is a `JobResult` (exit_code, ok, message, summary). The names are imported when first used,
+so `import batch_scheduler.core.ledger` (or the CLI's start) does not load the whole pipeline.
+`batch_scheduler.testing.simulator()` serves the built-in simulator for your own tests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["JobResult", "__version__", "arun", "job_status", "read_results", "run"]
+
+if TYPE_CHECKING:
+    from batch_scheduler.job.api import arun, run
+    from batch_scheduler.job.engine import JobResult
+    from batch_scheduler.job.results import read_results
+    from batch_scheduler.job.status import job_status
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "arun"):
+        from batch_scheduler.job import api
+        value = getattr(api, name)
+    elif name == "JobResult":
+        from batch_scheduler.job.engine import JobResult as value
+    elif name == "read_results":
+        from batch_scheduler.job.results import read_results as value
+    elif name == "job_status":
+        from batch_scheduler.job.status import job_status as value
+    else:
+        raise AttributeError(f"module 'batch_scheduler' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dir", metavar="DIR", help="the job's output directory")
     _common(r, top=False)
 
+    r = sub.add_parser("export", help="the job in DIR as one table: a row per input request, in input order")
+    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    r.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write (replaced whole)")
+    r.add_argument("--format", choices=("jsonl", "csv", "parquet"),
+                   help="jsonl: the result lines verbatim; csv, parquet: the row's columns, then custom_id, status, "
+                        "text, model, tokens, cost_usd, error, attempts (default: from FILE's suffix)")
+    r.add_argument("--order", choices=("input", "shard"), default="input",
+                   help="input: as the input lists the requests (default); shard: as the shards hold them (fastest)")
+    _common(r, top=False)
+
     r = sub.add_parser("simulate", help="serve the batch APIs on loopback, faults and all")
     add_simulator_arguments(r)
     _common(r, top=False)

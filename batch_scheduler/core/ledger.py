@@ -337,6 +337,10 @@ class Ledger:
         return await self._run(lambda db: dict(db.execute(
             "SELECT custom_id, message FROM api_rejected WHERE root_seq=?", (root_seq,))))
 
+    def read_api_rejected(self) -> dict[str, str]:
+        """`api_rejected()` for a reader without an event loop (export), blocking."""
+        return self._pool.submit(lambda: dict(self._db.execute("SELECT custom_id, message FROM api_rejected"))).result()
+
     # -- retries --------------------------------------------------------------------------------
 
     async def retry_requests(self, chunk_id: int) -> list[tuple[str, bytes, int]]:
@@ -361,11 +365,17 @@ class Ledger:
 
     # -- collection -----------------------------------------------------------------------------
 
+    @staticmethod
+    def _offsets(db: sqlite3.Connection, shards: int) -> list[int]:
+        got = dict(db.execute("SELECT idx, offset FROM shards"))
+        return [int(got.get(i, 0)) for i in range(shards)]
+
     async def shard_offsets(self, shards: int) -> list[int]:
-        def q(db: sqlite3.Connection) -> list[int]:
-            got = dict(db.execute("SELECT idx, offset FROM shards"))
-            return [int(got.get(i, 0)) for i in range(shards)]
-        return await self._run(q)
+        return await self._run(lambda db: self._offsets(db, shards))
+
+    def read_shard_offsets(self, shards: int) -> list[int]:
+        """`shard_offsets()` for a reader without an event loop (export), blocking."""
+        return self._pool.submit(self._offsets, self._db, shards).result()
 
     @staticmethod
     def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, RetryState, bytes]]) -> None:
@@ -418,6 +428,15 @@ class Ledger:
 
     async def acounters(self) -> dict[str, float]:
         return await self._run(lambda db: dict(db.execute("SELECT name, value FROM counters")))
+
+    def each_retried_final(self, fn: Callable[[str, int], None]) -> None:
+        """fn(custom_id, attempts before the final one) for each request that was sent again and is final
+        now, blocking (export counts attempts; no list of them is held here)."""
+        def q() -> None:
+            for cid, attempts in self._db.execute("SELECT custom_id, attempts FROM retries WHERE state=?",
+                                                  (RetryState.DONE,)):
+                fn(cid, attempts)
+        self._pool.submit(q).result()
 
     def retry_counts(self) -> dict[RetryState, int]:
         """Parked requests by state; a ledger opened read-only may still spell CANCELLED the old way."""

@@ -15,6 +15,7 @@ new value reaches the job as `settings.<field>` with no other change.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +28,7 @@ from batch_scheduler.core.errors import UsageError
 @dataclass(frozen=True)
 class Option:
     name: str  # argparse dest, snake_case; the flag is --name-with-dashes
-    type: type | Callable[[str], Any]  # str, int, float, bool (a switch), list (repeatable str)
+    type: type | Callable[[str], Any]  # str, int, float, bool (a switch), list (repeatable str), dict (JSON object)
     default: Any  # the value when nothing sets it (None: unset)
     help: str
     group: str
@@ -127,6 +128,15 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("max_tokens", int, None, "max_tokens for templated rows", INPUT, shapes=True, metavar="N", minimum=1),
     Option("id_field", str, None, "row field that holds the custom_id (templated rows)", INPUT, shapes=True,
            metavar="F"),
+    Option("params", dict, None, "fields merged into every templated request's params (a JSON object, or a file "
+           "holding one: temperature, stop sequences, tools, tool_choice, an output schema, metadata, thinking, "
+           "...); checked before anything is sent", INPUT, shapes=True, metavar="FILE.json"),
+    Option("cache_system", bool, False, "send --system as a block with cache_control, so the requests of a batch "
+           "share one cached prompt (anthropic, inline)", INPUT, shapes=True),
+    Option("model_field", str, None, "row field naming that row's model (empty: --model); OpenAI batches each "
+           "model apart", INPUT, shapes=True, metavar="COL"),
+    Option("params_field", str, None, "row field holding a JSON object merged into that row's params, over "
+           "--params", INPUT, shapes=True, metavar="COL"),
     # -- cost -----------------------------------------------------------------------------------
     Option("dry_run", bool, False, "validate everything, print requests, batches, tokens and a cost range; "
            "submit nothing", COST, remembered=False, in_option_file=False),
@@ -149,7 +159,7 @@ OPTION_FILE_NAMES = frozenset(o.name for o in JOB_OPTIONS if o.in_option_file)
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any] | None:
-    if option.type in (bool, list, str):
+    if option.type in (bool, list, str, dict):
         return None
     return option.type  # type: ignore[return-value]
 
@@ -200,6 +210,8 @@ def check_value(option: Option, value: Any, where: str) -> Any:
         if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
             raise UsageError(f"{label}: expected a string or a list of strings, got {value!r}")
         return list(items)
+    if option.type is dict:
+        return json_object(value, label)
     if option.type is str:
         if not isinstance(value, str):
             raise UsageError(f"{label}: expected a string, got {value!r}")
@@ -221,6 +233,23 @@ def check_value(option: Option, value: Any, where: str) -> Any:
     if option.choices and converted not in option.choices:
         raise UsageError(f"{label} {converted!r}: choose one of {', '.join(option.choices)}")
     return converted
+
+
+def json_object(value: Any, label: str) -> dict:
+    """A JSON object given as a mapping, or as the path of a file holding one; UsageError naming `label`."""
+    if isinstance(value, str):
+        try:
+            with open(value, "rb") as f:
+                value = json.load(f)
+        except OSError as exc:
+            raise UsageError(f"{label} {value}: cannot read it ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise UsageError(f"{label} {value}: not JSON ({exc})") from None
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{label}: expected a JSON object (or a file holding one), got {value!r}"[:300])
+    if not all(isinstance(k, str) for k in value):
+        raise UsageError(f"{label}: the object's keys must be strings")
+    return dict(value)
 
 
 def coerce_option_file(doc: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -160,7 +160,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
         values["template"] = Path(template).read_text(encoding="utf-8")
     values["progress"] = bool(flags.get("progress"))
     values["verbose"] = bool(flags.get("verbose"))
-    for switch in ("strict", "dry_run", "retry_cancelled"):
+    for switch in (o.attr for o in JOB_OPTIONS if o.type is bool):
         values[switch] = bool(values[switch])
     return Settings(**values)
 

@@ -3,18 +3,29 @@
 A chunk closes at `batch_size` requests or `batch_bytes` of body, whichever comes first. The cut
 depends only on the input and the batch-shaping options, so a resumed run cuts the same chunks and
 can match them to the ledger by sequence number.
+
+Lanes. A provider whose batch may hold one model only (OpenAI) gives each accepted line a lane (the
+validator's `lane`), and the cut keeps one open chunk per lane: a chunk holds the lines of one lane,
+its span running from its first line to just past its last. Spans of different lanes overlap; a
+chunk's own lines in its span are those of the lane of its first line (`replay` reads them back so).
+Chunks are numbered as they close, which depends on the input alone, so the cut stays deterministic.
+Memory stays bounded: when the open chunks together hold more than LANE_HOLD batches' worth (requests
+or bytes), the fullest closes early. A rejected line is listed in every open chunk's `skipped`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+
+import orjson
 
 from batch_scheduler.job.reader import Block
 from batch_scheduler.job.validate import BLANK, Rejects, Validator
 
 BODY_WRAPPER_BYTES = 64  # '{"requests":[' ... ']}' and slack
+LANE_HOLD = 2  # batches' worth the open chunks of all lanes may hold together
 
 
 @dataclass
@@ -39,6 +50,12 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
                      batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
                      unit_of: Callable[[int], str]) -> AsyncIterator[Chunk]:
     """Validated chunks from a stream of blocks, in input order, numbered from 0."""
+    if validator.lanes:
+        async with aclosing(_cut_lanes(blocks, validator, rejects, batch_size=batch_size, batch_bytes=batch_bytes,
+                                       overhead=overhead, unit_of=unit_of)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        return
     check = validator.check
     reject = rejects.add
     seq = 0
@@ -90,3 +107,74 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
     if chunk is not None:
         chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
         yield chunk
+
+
+async def _cut_lanes(blocks: AsyncIterator[Block], validator: Validator, rejects: Rejects, *,
+                     batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
+                     unit_of: Callable[[int], str]) -> AsyncIterator[Chunk]:
+    """The cut with one open chunk per lane (see the module docstring); numbered as they close."""
+    check = validator.check
+    reject = rejects.add
+    per_line = overhead(0)
+    lanes: dict[str | None, Chunk] = {}  # open chunks, in the order they were opened
+    held = [0, 0]  # requests and bytes in the open chunks
+    seq = 0
+
+    def close(lane: str | None) -> Chunk:
+        nonlocal seq
+        chunk = lanes.pop(lane)
+        chunk.seq = seq
+        seq += 1
+        held[0] -= chunk.n
+        held[1] -= chunk.nbytes
+        return chunk
+
+    async with aclosing(blocks):
+        async for block in blocks:
+            fi = block.file_index
+            rows = unit_of(fi) == "rows"
+            pos = block.start_pos
+            line_no = block.first_line - 1
+            for raw in block.lines:
+                line_no += 1
+                line_start = pos
+                pos += 1 if rows else len(raw) + 1
+                cid, out, err = check(raw)
+                if err is not None:
+                    if err is not BLANK:
+                        reject(fi, line_no, cid, err)
+                        for open_chunk in lanes.values():
+                            open_chunk.skipped.append((fi, line_no))
+                    continue
+                assert out is not None and cid is not None
+                lane = validator.lane
+                size = len(out) + per_line
+                chunk = lanes.get(lane)
+                if chunk is not None and chunk.nbytes + size > batch_bytes:
+                    yield close(lane)
+                    chunk = None
+                if chunk is None:
+                    chunk = lanes[lane] = Chunk(-1, fi, line_start, line_no)
+                    held[1] += chunk.nbytes
+                chunk.lines.append(out)
+                chunk.ids.append(cid)
+                chunk.nbytes += size
+                chunk.end_file, chunk.end_pos = fi, pos
+                held[0] += 1
+                held[1] += size
+                if chunk.n >= batch_size:
+                    yield close(lane)
+                elif held[0] > LANE_HOLD * batch_size or held[1] > LANE_HOLD * batch_bytes:
+                    yield close(max(lanes, key=lambda k: lanes[k].nbytes))
+    for lane in list(lanes):
+        yield close(lane)
+
+
+def one_lane(pending: Sequence[tuple[str, bytes, int]], lane_of: Callable[[dict], str] | None
+             ) -> list[tuple[str, bytes, int]]:
+    """Requests parked for another attempt that may share a batch: those in the lane of the first
+    (all of them for a provider without lanes). The others wait for the next retry batch."""
+    if lane_of is None or not pending:
+        return list(pending)
+    lanes = [lane_of(orjson.loads(request)) for _, request, _ in pending]
+    return [p for p, lane in zip(pending, lanes, strict=True) if lane == lanes[0]]

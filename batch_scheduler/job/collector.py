@@ -22,6 +22,7 @@ from batch_scheduler.core.http import backoff_s
 from batch_scheduler.core.ledger import ChunkRow, Ledger, RetryState
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.replay import Replay
+from batch_scheduler.job.summary import model_counters
 from batch_scheduler.job.writer import ShardSet
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
 
@@ -151,6 +152,7 @@ class Collector:
                         # each answer's usage, so a request past a long-context threshold is priced as one
                         "cost_usd": sum(self._cost(m, usages[m]) for m in by_model),
                         "batches_collected": 1, "result_lines": n_lines})
+        summary.update(model_counters(usages, by_model, self._cost))
         for a, c in final_attempts.items():
             if c:
                 summary[f"final_after_{a}_attempts"] = c

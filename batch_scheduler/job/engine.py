@@ -53,6 +53,11 @@ class JobResult:
     retry: bool = False  # unfinished for a reason that may pass: running it again later may finish it
     http_status: int | None = None  # the HTTP status of a refusal (key refused), for the daemon
 
+    @property
+    def ok(self) -> bool:
+        """Every accepted request reached a final result (exit status 0)."""
+        return self.exit_code == ExitCode.OK
+
 
 class Engine:
     """One job, run once. While and after it runs, `stats`, `http`, `poller`, `rejects` and `cancelled`
@@ -130,7 +135,7 @@ class Engine:
                 return refused
             if s.max_cost_usd is not None and (refused := await self._price_check(job, provider, admission.budget)):
                 return refused
-            replay = Replay(job.sources, provider.check_request, job.ledger)
+            replay = Replay(job.sources, provider.check_request, job.ledger, lane_of=getattr(provider, "lane_of", None))
             submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead)
             collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)
             try:

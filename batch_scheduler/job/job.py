@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import Ledger, RetryState
+from batch_scheduler.core.options import BY_NAME
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats
@@ -114,10 +115,12 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
             ledger.close()
             raise errors.JobMismatch(f"input {new['path']} changed since the job started "
                                      f"(size or content differs); {how}")
-    changed = [k for k in shaping if meta["shaping"].get(k) != shaping[k]]
+    # an option newer than the job's ledger counts as its default there (such a job resumes after an upgrade)
+    before = {k: meta["shaping"].get(k, BY_NAME[k].default) for k in shaping}
+    changed = [k for k in shaping if before[k] != shaping[k]]
     if changed:
         ledger.close()
-        detail = ", ".join(f"{k}: was {meta['shaping'].get(k)!r}, now {shaping[k]!r}" for k in changed)
+        detail = ", ".join(f"{k}: was {before[k]!r}, now {shaping[k]!r}" for k in changed)
         raise errors.JobMismatch(f"{out_dir} was started with other batch options ({detail}); "
                                  f"run again with the same options, or {how}")
     return ledger

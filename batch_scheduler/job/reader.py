@@ -14,7 +14,7 @@ import glob
 import gzip
 import hashlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -73,33 +73,47 @@ class JsonlSource:
         try:
             if start_pos:
                 await asyncio.to_thread(f.seek, start_pos)
-            pos, line_no, tail = start_pos, start_line, b""
-            skipping = 0  # bytes of an over-long line skipped so far
-            while data := await asyncio.to_thread(f.read, BLOCK_BYTES):
-                if skipping:
-                    nl = data.find(b"\n")
-                    if nl < 0:
-                        skipping += len(data)
-                        continue
-                    yield Block(self.index, [LineTooLong(skipping + nl)], line_no, pos)
-                    pos += skipping + nl + 1
-                    line_no += 1
-                    data, skipping = data[nl + 1:], 0
-                if tail:
-                    data = tail + data
-                lines, tail = split_lines(data)
-                if lines:
-                    yield Block(self.index, lines, line_no, pos)
-                    pos += len(data) - len(tail)
-                    line_no += len(lines)
-                if len(tail) > self.max_line_bytes:
-                    skipping, tail = len(tail), b""
-            if skipping:
-                yield Block(self.index, [LineTooLong(skipping)], line_no, pos)
-            elif tail:
-                yield Block(self.index, [tail], line_no, pos)
+            read = self.read_blocks(f, start_pos, start_line)
+            while (block := await asyncio.to_thread(next, read, None)) is not None:
+                yield block  # one thread hop a block: the read and the split of BLOCK_BYTES
         finally:
             f.close()
+
+    def sync_blocks(self) -> Iterator[Block]:
+        """Every block from the start, read in the caller's thread (export, read_results: no event loop)."""
+        f = self._open(0)
+        try:
+            yield from self.read_blocks(f, 0, 1)
+        finally:
+            f.close()
+
+    def read_blocks(self, f: BinaryIO, pos: int, line_no: int) -> Iterator[Block]:
+        """The blocks of `f` from its current position `pos` (line `line_no`), in reads of BLOCK_BYTES."""
+        tail = b""
+        skipping = 0  # bytes of an over-long line skipped so far
+        while data := f.read(BLOCK_BYTES):
+            if skipping:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    skipping += len(data)
+                    continue
+                yield Block(self.index, [LineTooLong(skipping + nl)], line_no, pos)
+                pos += skipping + nl + 1
+                line_no += 1
+                data, skipping = data[nl + 1:], 0
+            if tail:
+                data = tail + data
+            lines, tail = split_lines(data)
+            if lines:
+                yield Block(self.index, lines, line_no, pos)
+                pos += len(data) - len(tail)
+                line_no += len(lines)
+            if len(tail) > self.max_line_bytes:
+                skipping, tail = len(tail), b""
+        if skipping:
+            yield Block(self.index, [LineTooLong(skipping)], line_no, pos)
+        elif tail:
+            yield Block(self.index, [tail], line_no, pos)
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None

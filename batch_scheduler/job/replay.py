@@ -22,10 +22,15 @@ Part = tuple[bytes, str, int]  # (request line, custom_id, index in the root chu
 
 
 class Replay:
-    def __init__(self, sources: Sequence[Source], check_request: CheckRequest, ledger: Ledger):
+    """`lane_of`: the provider's, when its batches keep lanes apart (see `batcher`): an input chunk's
+    requests are then the lines of its span in the lane of its first line."""
+
+    def __init__(self, sources: Sequence[Source], check_request: CheckRequest, ledger: Ledger, *,
+                 lane_of: Callable[[dict], str] | None = None):
         self._sources = sources
         self._check_request = check_request
         self._ledger = ledger
+        self._lane_of = lane_of
 
     @staticmethod
     def from_input(row: ChunkRow) -> bool:
@@ -60,7 +65,8 @@ class Replay:
 
     async def _read_span(self, row: ChunkRow) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        check_request = self._check_request
+        check_request, lane_of = self._check_request, self._lane_of
+        lane: str | None = None  # the chunk's lane: that of its first line
         assert row.start_file is not None and row.end_file is not None
         span = span_blocks(self._sources, (row.start_file, row.start_pos or 0, row.start_line or 1),
                            (row.end_file, row.end_pos or 0))
@@ -80,5 +86,11 @@ class Replay:
                         continue
                     problem, line = check_request(obj, raw)
                     if problem is None and line is not None:
+                        if lane_of is not None:
+                            mine = lane_of(obj)
+                            if lane is None:
+                                lane = mine
+                            elif mine != lane:
+                                continue  # another lane's line inside the span: its own chunk's
                         out[cid] = line
         return out

@@ -26,7 +26,7 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, RetryState
 from batch_scheduler.job.admission import Admission
-from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks
+from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks, one_lane
 from batch_scheduler.job.collector import Collector, NotOurs
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.observe import Observer, batch_times
@@ -194,7 +194,7 @@ class Run:
     async def _retry_chunk(self) -> None:
         """Send one batch of requests parked for another attempt."""
         s = self.settings
-        pending = await self.ledger.pending_retries(s.batch_size)
+        pending = one_lane(await self.ledger.pending_retries(s.batch_size), getattr(self.provider, "lane_of", None))
         if not pending:
             self._pending_retries = 0
             return

@@ -34,6 +34,7 @@ import orjson
 
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.params import check_params
 from batch_scheduler.job.reader import BLOCK_BYTES, Block, JsonlSource, Source
 from batch_scheduler.job.validate import BLANK
 from batch_scheduler.providers.base import encode
@@ -97,14 +98,26 @@ def stem_of(path: str) -> str:
 
 
 class Renderer:
-    """Turns one row (a dict) into a request line for the job's provider."""
+    """Turns one row (a dict) into a request line for the job's provider.
+
+    What the request says, later entries winning: the template's prompt, --model and --max-tokens,
+    --system (a block with cache_control under --cache-system), --params, the row's --params-field
+    object, the row's --model-field model. The options are checked once (`template_sources`); a row's
+    own fields are checked with it, and a bad one makes the row a rejected line naming the field.
+    """
 
     def __init__(self, settings: Settings, stem: str):
         self.template = settings.template or ""
-        self.system = settings.system
+        self.system: str | list | None = settings.system
+        if settings.system and settings.cache_system:
+            self.system = [{"type": "text", "text": settings.system, "cache_control": {"type": "ephemeral"}}]
         self.model = settings.model
         self.max_tokens = settings.max_tokens
         self.id_field = settings.id_field
+        self.params: dict = settings.params or {}
+        self.model_field = settings.model_field
+        self.params_field = settings.params_field
+        self.version = settings.anthropic_version
         self.stem = stem
         self.openai = settings.provider == "openai"
 
@@ -121,7 +134,45 @@ class Renderer:
         if fields.missing:
             names = ", ".join(repr(n) for n in dict.fromkeys(fields.missing))
             return f"missing field{'s' if len(set(fields.missing)) > 1 else ''} {names} for the template"
-        return encode(self._request(cid, text))
+        model, params = self.model, self.params
+        if self.model_field:
+            model, problem = self._model_of(row)
+            if problem:
+                return problem
+        if self.params_field:
+            params = self._params_of(row)
+            if type(params) is str:
+                return params
+        return encode(self._request(cid, text, model, params))
+
+    def _model_of(self, row: dict) -> tuple[str | None, str | None]:
+        """(the row's model: its --model-field, else --model; None) or (None, what is wrong)."""
+        value = row.get(self.model_field)
+        if value is None or value == "":
+            if self.model:
+                return self.model, None
+            return None, f"field {self.model_field!r} is empty and no --model is given"
+        if type(value) is not str:
+            return None, f"field {self.model_field!r} must name a model (got {type(value).__name__})"
+        return value, None
+
+    def _params_of(self, row: dict) -> dict | str:
+        """--params with the row's own object over it, checked; or what is wrong with the row's object."""
+        cell = row.get(self.params_field)
+        if cell is None or cell == "":
+            return self.params
+        name = self.params_field
+        if type(cell) is str:
+            try:
+                cell = orjson.loads(cell)
+            except orjson.JSONDecodeError as exc:
+                return f"field {name!r} is not JSON: {exc}"
+        if type(cell) is not dict:
+            return f"field {name!r} must hold a JSON object (got {type(cell).__name__})"
+        merged = {**self.params, **cell}
+        problem = check_params(merged, openai=self.openai, anthropic_version=self.version,
+                               max_tokens=self.max_tokens, where=f"field {name!r}: params")
+        return problem or merged
 
     def _custom_id(self, row: dict, row_number: int) -> str | None:
         if not self.id_field:
@@ -131,15 +182,18 @@ class Renderer:
             return None
         return value if type(value) is str else orjson.dumps(value).decode()
 
-    def _request(self, cid: str, text: str) -> dict:
+    def _request(self, cid: str, text: str, model: str | None, extra: dict) -> dict:
         user = {"role": "user", "content": text}
         if self.openai:
             messages = [{"role": "system", "content": self.system}, user] if self.system else [user]
-            return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": self.model, "max_tokens": self.max_tokens, "messages": messages}}
-        params: dict = {"model": self.model, "max_tokens": self.max_tokens}
+            body: dict = {"model": model, "max_tokens": self.max_tokens, **extra, "messages": messages}
+            if "max_completion_tokens" in extra and "max_tokens" not in extra:
+                del body["max_tokens"]  # the newer models take max_completion_tokens alone
+            return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+        params: dict = {"model": model, "max_tokens": self.max_tokens}
         if self.system:
             params["system"] = self.system
+        params.update(extra)
         params["messages"] = [user]
         return {"custom_id": cid, "params": params}
 
@@ -170,6 +224,31 @@ class TemplateSource:
                 await asyncio.to_thread(skip, items, start_pos)
             while block := await asyncio.to_thread(self._block, items):
                 yield block
+        finally:
+            f.close()
+
+    def entries(self, *, render: bool = True) -> Iterator[tuple[int, dict | None, Item | None]]:
+        """Every row from the top, in the caller's thread (export: no event loop): (line number, the row as
+        read or None when it is not one, its item: the request line, or what is wrong; None unless `render`)."""
+        f = self._open()
+        try:
+            for _, line_no, row, row_no in self._items(f):
+                if type(row) is not dict:
+                    yield line_no, None, row
+                else:
+                    yield line_no, row, self.render(row, row_no) if render else None
+        finally:
+            f.close()
+
+    def header(self) -> list[str] | None:
+        """A CSV file's column names (None for JSONL rows, whose keys are their own)."""
+        if not self.csv:
+            return None
+        f = self._open()
+        try:
+            return next(csv.reader(f), [])
+        except UnicodeDecodeError:
+            raise InputError(self.path, 1, "not UTF-8 at or after this line; save the file as UTF-8") from None
         finally:
             f.close()
 
@@ -250,10 +329,18 @@ def skip(items: Iterator[Entry], n: int) -> None:
         pass
 
 
+ROW_OPTIONS = ("params", "cache_system", "model_field", "params_field")  # what shapes templated rows only
+
+
 def make_sources(paths: list[str], settings: Settings) -> list[Source]:
     """The job's inputs: rows through --template, or JSONL request lines."""
     if settings.template:
         return list(template_sources(paths, settings))
+    given = [name for name in ROW_OPTIONS if getattr(settings, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{flags} shape{'s' if len(given) == 1 else ''} requests made from rows: give --template "
+                         f"too (ready request lines carry their own params)")
     return [JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
 
 
@@ -263,10 +350,28 @@ def template_sources(paths: list[str], settings: Settings) -> list[TemplateSourc
         raise UsageError("--template is required to read rows")
     if settings.max_tokens is None:
         raise UsageError("--max-tokens is required with --template (the answer length of each request)")
-    if not settings.model:
-        raise UsageError("--model (or CLAUDE_MODEL / OPENAI_MODEL) is required with --template")
+    if not settings.model and not settings.model_field:
+        raise UsageError("--model (or CLAUDE_MODEL / OPENAI_MODEL) is required with --template, unless "
+                         "--model-field names each row's")
     check_template(settings.template)
+    check_row_options(settings)
     for path in paths:
         if not path.lower().endswith(ROW_SUFFIXES):
             raise UsageError(f"{path}: rows for --template must be {', '.join(ROW_SUFFIXES)} files")
     return [TemplateSource(p, i, settings) for i, p in enumerate(paths)]
+
+
+def check_row_options(settings: Settings) -> None:
+    """--params, --cache-system: UsageError naming what is wrong, before anything is read or sent."""
+    openai = settings.provider == "openai"
+    if settings.cache_system:
+        if openai:
+            raise UsageError("--cache-system: OpenAI caches a shared prompt prefix by itself (no cache_control); "
+                             "drop the flag")
+        if not settings.system:
+            raise UsageError("--cache-system caches the --system prompt: give --system too")
+    if settings.params:
+        problem = check_params(settings.params, openai=openai, anthropic_version=settings.anthropic_version,
+                               max_tokens=settings.max_tokens)
+        if problem:
+            raise UsageError(f"--params: {problem}")

@@ -1,5 +1,8 @@
 """DIR/summary.json, the account of a job's last run, and what counts as a finished request.
 
+Per model (`models`): answers, tokens by kind, cost at batch prices and at standard prices, and the
+saving; kept as ledger counters `model/<kind>/<model>` that the collector adds with each batch.
+
 A request is finished once its final line is in the shards: a result of type succeeded, errored or
 expired (or canceled, as the API spells the type). `status`, the progress line and the summary all
 count it so. The summary is written whole to a temporary file and renamed over the old one, so a
@@ -9,17 +12,19 @@ reader sees the last run's account or the one before, never half of one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.errors import ExitCode, UsageError
 from batch_scheduler.core.ledger import RetryState
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.estimate import against_usage
 from batch_scheduler.job.poller import PollStats
+from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats
+from batch_scheduler.providers.base import Usage
 
 RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")  # final lines, by result type (the API's spelling)
 TOKEN_KINDS = ("input", "output", "cache_write", "cache_read", "cache_write_1h")
@@ -50,6 +55,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
                   ) -> dict[str, Any]:
     """The summary of a run: the ledger's counters for the whole job, the run's own figures."""
     c = counters
+    discount = batch_discount_of(settings)
     calls: dict[str, int] = {}
     for (endpoint, status), n in http_calls.items():
         calls[f"{endpoint} {status}"] = calls.get(f"{endpoint} {status}", 0) + n
@@ -88,6 +94,8 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
         "estimate": against_usage(estimate, c),
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "unknown_price_models": sorted(unknown_price_models),
+        **standard_and_saving(c.get("cost_usd", 0.0), discount),
+        "models": per_model(c, discount),
         "wall_time_s": round(wall_s, 3),
         "throughput_rps": round(stats.finished / wall_s, 1) if wall_s > 0 else None,
         "time_to_first_submit_s": round(stats.first_submit_s, 3) if stats.first_submit_s is not None else None,
@@ -103,3 +111,56 @@ def write_summary(out_dir: str, summary: dict[str, Any]) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     os.replace(tmp, path)
+
+
+# -- per model ------------------------------------------------------------------------------------
+
+MODEL_PREFIX = "model/"  # ledger counters per model: model/<kind>/<model> (a model name may hold any character)
+UNNAMED = "(unnamed)"  # answers whose line names no model
+
+
+def model_counters(usages: Mapping[str | None, Sequence[Any]], by_model: Mapping[str | None, Usage],
+                   cost: Callable[[str | None, Usage], float]) -> dict[str, float]:
+    """One batch's answers per model, as ledger counters; they join the batch's other counts, so they are
+    added in the same transaction that records it collected (exactly once, like every other count)."""
+    out: dict[str, float] = {}
+    for model, usage in by_model.items():
+        name = model or UNNAMED
+        out[f"{MODEL_PREFIX}requests/{name}"] = len(usages[model])
+        for kind in TOKEN_KINDS:
+            out[f"{MODEL_PREFIX}{kind}_tokens/{name}"] = getattr(usage, f"{kind}_tokens")
+        out[f"{MODEL_PREFIX}cost_usd/{name}"] = cost(model, usage)
+    return out
+
+
+def per_model(counters: Mapping[str, float], batch_discount: float) -> dict[str, dict[str, Any]]:
+    """summary.json's `models`: answers, tokens by kind, cost at batch prices, the same at standard prices
+    and the saving. (Usage is counted from answers: a request that failed names no model.)"""
+    found: dict[str, dict[str, float]] = {}
+    for key, value in counters.items():
+        if key.startswith(MODEL_PREFIX):
+            _, kind, model = key.split("/", 2)
+            found.setdefault(model, {})[kind] = value
+    out: dict[str, dict[str, Any]] = {}
+    for model in sorted(found):
+        c = found[model]
+        out[model] = {"requests": int(c.get("requests", 0)),
+                      "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in TOKEN_KINDS},
+                      "cost_usd": round(c.get("cost_usd", 0.0), 6),
+                      **standard_and_saving(c.get("cost_usd", 0.0), batch_discount)}
+    return out
+
+
+def standard_and_saving(cost_usd: float, batch_discount: float) -> dict[str, float]:
+    """The same tokens at standard (not batch) prices, and what the batch price saved."""
+    standard = cost_usd / batch_discount if batch_discount > 0 else cost_usd
+    return {"standard_cost_usd": round(standard, 6), "saving_usd": round(standard - cost_usd, 6)}
+
+
+def batch_discount_of(settings: Settings) -> float:
+    """The batch discount the job's costs were counted at (its price table's; the shipped one's if that
+    file is gone since the run started)."""
+    try:
+        return PriceTable.load(settings.prices_file).batch_discount
+    except UsageError:
+        return PriceTable.load().batch_discount

@@ -84,7 +84,12 @@ class FingerprintSet:
 
 
 class Validator:
-    """Checks one raw line: (custom_id, bytes to send, None) or (custom_id or None, None, error)."""
+    """Checks one raw line: (custom_id, bytes to send, None) or (custom_id or None, None, error).
+
+    A provider whose batches must keep requests apart (OpenAI: one model and one endpoint per batch file)
+    has `lane_of(obj)`; then `lanes` is True and, after each line `check` accepts, `lane` names the lane
+    the batcher must put it in (`lanes.py`).
+    """
 
     def __init__(self, provider, max_line_bytes: int):
         self._check_request = provider.check_request
@@ -93,6 +98,9 @@ class Validator:
         self._custom_id_rule = spec.custom_id_rule if spec is not None else CUSTOM_ID_RULE
         self._max_line = max_line_bytes
         self._seen = FingerprintSet()
+        self._lane_of = getattr(provider, "lane_of", None)
+        self.lanes = self._lane_of is not None
+        self.lane: str | None = None
 
     def expect(self, n: int) -> None:
         """About n requests are coming (an estimate from the input's size and its first lines): size the
@@ -125,6 +133,8 @@ class Validator:
             return cid, None, problem
         if not self._seen.add(hash(cid)):
             return cid, None, f"duplicate custom_id {cid!r} (the first one is kept)"
+        if self._lane_of is not None:
+            self.lane = self._lane_of(obj)
         return cid, out, None
 
     @staticmethod

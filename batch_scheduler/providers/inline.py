@@ -7,7 +7,8 @@
 Paths are joined with `join_url`, so the article's base URL ending in `/v1` and its paths starting
 with `/v1` do not make `/v1/v1`. Input lines come in the Message Batches form `{custom_id, params}`
 or already as `{custom_id, method, url, body}`; the proxy refuses `system`, so it is folded into the
-first user message (prepended to its text, a blank line between).
+first user message (prepended to its text, a blank line between; system blocks that carry
+`cache_control` are kept as blocks, put first in that message's content).
 
 States: `completed` and `expired` are ENDED (an expired batch's results carry its unprocessed
 requests as `expired` lines, which are retried); `failed` is ENDED only when the status says some
@@ -47,6 +48,8 @@ def fold_system(body: dict, where: str) -> tuple[dict | None, str | None]:
         texts = [b.get("text") for b in system if isinstance(b, dict)]
         if not all(isinstance(t, str) for t in texts) or len(texts) != len(system):
             return None, f"{where}.system must be a string or a list of text blocks"
+        if any("cache_control" in b for b in system):
+            return _prepend(rest, system, where)  # blocks kept, so their cache_control still applies
         system = "\n\n".join(texts)
     if not isinstance(system, str):
         return None, f"{where}.system must be a string or a list of text blocks"
@@ -64,6 +67,22 @@ def fold_system(body: dict, where: str) -> tuple[dict | None, str | None]:
                 return None, f"{where}.messages[{i}].content must be a string or a list of blocks"
             rest["messages"] = [*messages[:i], {**msg, "content": content}, *messages[i + 1:]]
             return rest, None
+    return None, f"{where}.system given but no user message to fold it into (the proxy refuses system)"
+
+
+def _prepend(body: dict, blocks: list, where: str) -> tuple[dict | None, str | None]:
+    """The system blocks put first in the first user message's content (a list of blocks)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None, f"{where}.messages must be a list"
+    for i, msg in enumerate(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            if not isinstance(content, list):
+                return None, f"{where}.messages[{i}].content must be a string or a list of blocks"
+            return {**body, "messages": [*messages[:i], {**msg, "content": [*blocks, *content]}, *messages[i + 1:]]}, None
     return None, f"{where}.system given but no user message to fold it into (the proxy refuses system)"
 
 

@@ -6,9 +6,9 @@
 
 Input lines are `{custom_id, method: "POST", url, body}`; lines in the Message Batches form
 `{custom_id, params}` are converted to chat-completions lines (system first, a list of text blocks
-joined with blank lines; params without an equivalent, or non-text blocks, are refused by name). One batch has one endpoint and one
-model, so a job does too: the first line seen sets both, and a line that differs is rejected
-locally rather than failing a whole batch at the provider hours later.
+joined with blank lines; params without an equivalent, or non-text blocks, are refused by name). One
+batch file has one endpoint and one model: `lane_of` names a line's pair, and the batcher keeps one
+open batch per pair (`job.batcher`), so a job may mix models and endpoints and no batch does.
 
 The upload is safe to repeat (an orphan file costs nothing and is deleted when the create is
 refused outright); the create is not (`idempotent=False`: a lost answer is an unknown outcome). The
@@ -197,8 +197,6 @@ class OpenAIProvider:
         self.http = http
         self._files_url = join_url(settings.base_url, _FILES)
         self._url = join_url(settings.base_url, _BATCHES)
-        self._endpoint: str | None = None  # the job's endpoint: the url of the first good line
-        self._model: str | None = None  # the job's model: one model per batch file
 
     @staticmethod
     def headers(settings: Settings) -> dict[str, str]:
@@ -218,9 +216,6 @@ class OpenAIProvider:
         if problem:
             return problem, None
         assert body is not None
-        problem = self._same_as_job(obj["url"], body["model"])
-        if problem:
-            return problem, None
         if body is not obj["body"] or obj.keys() != _LINE_KEYS:  # model filled or extra keys: re-encode
             return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": obj["url"], "body": body})
         return None, raw
@@ -235,19 +230,14 @@ class OpenAIProvider:
         if problem:
             return problem, None
         assert body is not None
-        problem = self._same_as_job(CHAT_URL, body["model"])
-        if problem:
-            return problem, None
         return None, encode({"custom_id": obj["custom_id"], "method": "POST", "url": CHAT_URL, "body": body})
 
-    def _same_as_job(self, url: str, model: str) -> str | None:
-        if self._endpoint is None:
-            self._endpoint, self._model = url, model
-        if url != self._endpoint:
-            return f"url {url} differs from the job's endpoint {self._endpoint}: one endpoint per job"
-        if model != self._model:
-            return f"model {model} differs from the job's model {self._model}: one model per OpenAI batch"
-        return None
+    def lane_of(self, obj: dict) -> str:
+        """The batch file an accepted line belongs in: one endpoint and one model each. `obj` is a line
+        `check_request` accepted, in either form (its own, or the Message Batches form it converts)."""
+        if "params" in obj and "body" not in obj:
+            return f"{CHAT_URL} {obj['params'].get('model') or self.settings.model}"
+        return f"{obj['url']} {obj['body'].get('model') or self.settings.model}"
 
     def body_overhead(self, line_bytes: int) -> int:
         return 1  # the newline

@@ -248,13 +248,14 @@ def test_a_bad_line_is_refused_naming_the_field(provider, obj, message):
     assert out is None and problem.startswith(message), problem
 
 
-def test_a_line_for_another_endpoint_or_model_than_the_jobs_is_refused(provider):
-    assert check(provider, orjson.loads(chat_line("a")))[0] is None
-    problem, _ = check(provider, orjson.loads(chat_line("b", url="/v1/embeddings", input="x")))
-    assert problem == ("url /v1/embeddings differs from the job's endpoint /v1/chat/completions: "
-                       "one endpoint per job")
-    problem, _ = check(provider, orjson.loads(chat_line("c", model="gpt-4o")))
-    assert problem == "model gpt-4o differs from the job's model gpt-4o-mini: one model per OpenAI batch"
+def test_lines_for_other_endpoints_and_models_are_accepted_each_in_its_own_lane(provider):
+    lines = [orjson.loads(chat_line("a")), orjson.loads(chat_line("b", url="/v1/embeddings", input="x")),
+             orjson.loads(chat_line("c", model="gpt-4o")), {"custom_id": "d", "params": {
+                 "model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}}]
+    assert [check(provider, obj)[0] for obj in lines] == [None] * 4
+    assert [provider.lane_of(obj) for obj in lines] == [
+        "/v1/chat/completions gpt-4o-mini", "/v1/embeddings gpt-4o-mini", "/v1/chat/completions gpt-4o",
+        "/v1/chat/completions gpt-4o"]
 
 
 # -- end to end through the simulator -------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""The library API behind `batch_scheduler.run` and `batch_scheduler.arun` (the package re-exports them).
+
+    result = batch_scheduler.run(inputs, out, **options)          # blocking
+    result = await batch_scheduler.arun(inputs, out, **options)   # inside a running loop (Jupyter, apps)
+
+`inputs`: a path, a list of paths and globs (as `run` takes them), or an iterable of dicts: request
+lines in the provider's form, or rows when `template=` is given. An iterable is consumed once, as it
+comes, into OUT/input.jsonl (never held whole), and that file is the job's input from then on; a
+resumed run must be given the same iterable again: one that yields anything else is refused (exit 2)
+and OUT/input.jsonl is left as it was.
+
+`options`: the `run` command's long options with dashes as underscores (core.options, the one table),
+plus `api_key=`; what is not given comes from the environment and `.env`, as for the CLI. An unknown
+option is a TypeError naming it; a bad value is the CLI's UsageError, raised before anything runs.
+What the job itself meets comes back as a `JobResult` (the CLI's exit status and last line).
+
+Nothing process-wide changes: no GC thresholds, umask, event-loop policy, logging configuration or
+signal handler (`run` runs on a fresh loop of its own; while it runs, asyncio's own Ctrl-C handler
+stands in the main thread, put back after). The job's files are written owner-only by their modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.loop import new_event_loop
+from batch_scheduler.core.options import JOB_OPTION_NAMES, REMEMBERED
+from batch_scheduler.core.settings import Settings, load_environment
+from batch_scheduler.job.dryrun import estimate, rejects_path
+from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.pricing import PriceTable, cost_range
+from batch_scheduler.job.reader import expand_inputs
+from batch_scheduler.job.sources import make_sources
+from batch_scheduler.job.validate import Rejects
+from batch_scheduler.providers import build_settings, missing_key_message
+
+SPOOL = "input.jsonl"  # where an iterable of dicts is written, in OUT
+_COMPARE_BYTES = 1 << 20
+
+Inputs = str | os.PathLike | Iterable[Any]
+
+
+def run(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
+    """Run (or resume) the job until its input is done; blocking. See the module docstring."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("batch_scheduler.run() was called inside a running event loop (Jupyter, an async "
+                           "app): use `await batch_scheduler.arun(...)` there")
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(arun(inputs, out, **options))
+
+
+async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
+    """`run`, awaited in the caller's event loop."""
+    out_dir = os.fspath(out)
+    flags = job_flags(options)
+    settings = build_settings(flags, load_environment())
+    paths = input_paths(inputs)
+    make_sources(paths or [], settings)  # option problems (a template without max_tokens, ...) raise here
+    if not settings.dry_run and not settings.api_key:
+        raise errors.UsageError(missing_key_message(settings))
+    if paths is None:
+        try:
+            paths = [await asyncio.to_thread(spool_iterable, inputs, out_dir)]  # type: ignore[arg-type]
+        except errors.JobMismatch as err:
+            return JobResult(ExitCode.USAGE, str(err))
+    if settings.dry_run:
+        return await _dry_run(settings, paths, out_dir)
+    remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
+    engine = Engine(settings, out_dir, paths, remembered=remembered)
+    try:
+        return await engine.run()
+    except errors.UsageError:
+        raise
+    except errors.SchedulerError as err:  # what the CLI prints with exit 1 (an unreadable input, ...)
+        return JobResult(ExitCode.FAILED, str(err))
+
+
+def job_flags(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options given (None: not given), by the option table's names; TypeError for any other."""
+    unknown = sorted(set(options) - JOB_OPTION_NAMES - {"api_key"})
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        raise TypeError(f"run() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} {names}: the options "
+                        f"are the `run` command's long options with dashes as underscores (e.g. batch_size), "
+                        f"and api_key")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def input_paths(inputs: Inputs) -> list[str] | None:
+    """The input files of a path or a list of paths and globs; None for an iterable of dicts."""
+    if isinstance(inputs, str | os.PathLike):
+        return expand_inputs([os.fspath(inputs)])
+    if isinstance(inputs, bytes | Mapping):
+        raise TypeError(f"inputs: expected a path, a list of paths, or an iterable of dicts, not a "
+                        f"{type(inputs).__name__} (a single request goes in a list: [request])")
+    if isinstance(inputs, list | tuple) and inputs and all(isinstance(i, str | os.PathLike) for i in inputs):
+        return expand_inputs([os.fspath(i) for i in inputs])
+    try:
+        iter(inputs)
+    except TypeError:
+        raise TypeError(f"inputs: expected a path, a list of paths, or an iterable of dicts, not a "
+                        f"{type(inputs).__name__}") from None
+    return None
+
+
+def spool_iterable(items: Iterable[Any], out_dir: str) -> str:
+    """Write `items` to OUT/input.jsonl, one JSON line each, as they come; its path.
+
+    A job already in OUT keeps its input.jsonl: the new items must be the same bytes (the job is resumed
+    over them), or JobMismatch says so and nothing changes."""
+    os.makedirs(out_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(out_dir, SPOOL)
+    new = path + ".new"
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            for i, item in enumerate(items):
+                try:
+                    f.write(orjson.dumps(item) + b"\n")
+                except TypeError as exc:
+                    raise errors.UsageError(f"inputs item {i} cannot be written as JSON: {exc}") from None
+            f.flush()
+            os.fsync(f.fileno())
+        if not os.path.exists(path) or not os.path.exists(os.path.join(out_dir, "ledger.db")):
+            os.replace(new, path)
+            return path
+        if not same_bytes(path, new):
+            raise errors.JobMismatch(f"{out_dir} holds a job over other requests: the iterable given yields "
+                                     f"something else than the one the job started with ({path}); give that "
+                                     f"one again to resume the job, or use another out")
+    finally:
+        if os.path.exists(new):
+            os.unlink(new)
+    return path
+
+
+def same_bytes(a: str, b: str) -> bool:
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while block := fa.read(_COMPARE_BYTES):
+            if block != fb.read(_COMPARE_BYTES):
+                return False
+    return True
+
+
+async def _dry_run(settings: Settings, paths: list[str], out_dir: str) -> JobResult:
+    """`dry_run=True`: what a run would send and may cost, as the summary (nothing is printed)."""
+    prices = PriceTable.load(settings.prices_file)
+    rejects = Rejects(rejects_path(out_dir), paths)
+    try:
+        est = await estimate(settings, paths, rejects)
+    finally:
+        rejects.close()
+    models = {}
+    for model, totals in est.by_model.items():
+        cost = cost_range(prices, model, totals)
+        models[model or "(no model)"] = {"requests": totals.requests, "input_tokens": totals.input_tokens,
+                                         "max_output_tokens": totals.max_output_tokens,
+                                         "cost_usd": None if cost is None else {"low": cost[0], "high": cost[1]}}
+    summary = {"dry_run": True, "requests": est.requests, "batches": est.batches, "rejected": est.rejected,
+               "input_tokens": est.input_tokens, "models": models}
+    if settings.strict and est.rejected:
+        return JobResult(ExitCode.USAGE, f"--strict: {est.rejected:,} bad line(s); a run would refuse the whole "
+                                         f"job and submit nothing", summary)
+    return JobResult(ExitCode.OK, "dry run: nothing was submitted", summary)
