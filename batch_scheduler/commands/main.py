@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # files the job writes are its owner's only
     try:
         return COMMANDS[args.command](args)
-    except (errors.UsageError, errors.JobMismatch) as err:
+    except (errors.UsageError, errors.JobMismatch, errors.JobBusy) as err:
         print(f"batch-scheduler: {err}", file=sys.stderr)
         return ExitCode.USAGE
     except errors.SchedulerError as err:

@@ -51,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
     if not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
     remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
-    engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered)
+    engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered,
+                    owner=f"batch-scheduler {args.command}")
     result: JobResult = run_loop(engine.run())
     print_outcome(result)
     return result.exit_code
@@ -59,6 +60,9 @@ def main(args: argparse.Namespace) -> int:
 
 def print_outcome(result: JobResult) -> None:
     s = result.summary
+    if not s:  # refused before it ran (another job's directory, or one in use): the reason only
+        print(f"batch-scheduler: {result.message}", file=sys.stderr)
+        return
     req = s.get("requests", {})
     res = s.get("results", {})
     print(f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "

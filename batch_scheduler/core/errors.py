@@ -4,6 +4,8 @@
     ├── UsageError                      bad flags or configuration (exit 2)
     ├── InputError                      bad input; carries file and line
     ├── JobMismatch                     an --out that belongs to another job or other options
+    ├── JobBusy                         another process holds the job's lock (exit 2)
+    ├── DiskFull                        no room to write the shards, the ledger or a job file
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
@@ -49,6 +51,21 @@ class InputError(SchedulerError):
 
 class JobMismatch(SchedulerError):
     """The output directory belongs to another input or other batch-shaping options."""
+
+
+class JobBusy(SchedulerError):
+    """Another process (a run, resume, cancel or daemon job) holds the job directory's lock."""
+
+    def __init__(self, job_dir: str, holder: str, owner: str | None = None):
+        super().__init__(f"{job_dir} is in use: {holder} holds it; wait for that to end (or stop it), "
+                         f"then run again")
+        self.job_dir = job_dir
+        self.holder = holder  # who, in words
+        self.owner = owner  # the holder's command ("batch-scheduler run"), None if its record is unreadable
+
+
+class DiskFull(SchedulerError):
+    """No room to write (ENOSPC, EDQUOT, EFBIG, SQLite's "database or disk is full"): free space, run again."""
 
 
 class ProviderError(SchedulerError):

@@ -202,7 +202,7 @@ class JobRunner:
             return
         handle = self.slots.handle(job.name, prepared.cap)
         engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
-                        remembered=prepared.remembered)
+                        remembered=prepared.remembered, owner=f"batch-scheduler daemon (job {job.name})")
         job.engine = engine
         self.set_state(job, JobState.RUNNING, CANCELLING if job.cancel_requested else None)
         log.info("job %s: running", job.name, extra={"job": job.name, "state": "running"})
@@ -231,6 +231,11 @@ class JobRunner:
         elif code == ExitCode.AUTH:
             job.restarts = 0
             self.pause(job, key_refused_reason(engine.settings, result.http_status, self.key_check_s))
+        elif result.busy:  # another process (`resume`, `cancel`) has the job: not a failure, wait for it
+            job.not_before = time.monotonic() + self.key_check_s
+            reason = f"{result.message} (trying again in {self.key_check_s:g} s)"
+            self.set_state(job, JobState.QUEUED, reason)
+            log.warning("job %s: %s", job.name, reason, extra={**extra, "state": "queued"})
         elif job.cancel_requested or engine.cancelled:
             self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
             log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),

@@ -49,6 +49,7 @@ class JobResult:
     summary: dict[str, Any] = field(default_factory=dict)
     retry: bool = False  # unfinished for a reason that may pass: running it again later may finish it
     http_status: int | None = None  # the HTTP status of a refusal (key refused), for the daemon
+    busy: bool = False  # another process holds the job (a daemon tries again later)
 
 
 class Engine:
@@ -58,7 +59,7 @@ class Engine:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
-                 slots: Any = None):
+                 slots: Any = None, owner: str = "batch-scheduler run"):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -67,6 +68,7 @@ class Engine:
         self._quiet = quiet
         self._remembered = remembered or {}
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
+        self._owner = owner  # who holds the job's lock, as a process refused by it is told
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
@@ -90,24 +92,26 @@ class Engine:
         started = time.time()
         try:
             job = self._job = await Job.open(self.settings, self.out_dir, self.inputs, remembered=self._remembered,
-                                             stats=self.stats, prices=self.prices)
+                                             stats=self.stats, prices=self.prices, owner=self._owner)
         except errors.JobMismatch as err:  # another job's directory: write nothing into it
             return JobResult(ExitCode.USAGE, str(err))
+        except errors.JobBusy as err:  # another process has the job: touch nothing
+            return JobResult(ExitCode.USAGE, str(err), busy=True)
         try:
             result = await self._run_once(job)
         except asyncio.CancelledError:
             # stopped from outside (daemon shutdown): everything durable is in the ledger already
             job.close_files()
             self._write_summary(job, JobResult(ExitCode.FAILED, "stopped; resumes where it was"), started)
-            job.ledger.close()
+            job.close()
             raise
         except BaseException:  # an error not turned into a result (e.g. an unreadable input): close what we opened
             job.close_files()
-            job.ledger.close()
+            job.close()
             raise
         job.close_files()
         result.summary = self._write_summary(job, result, started)
-        job.ledger.close()
+        job.close()
         return result
 
     async def _run_once(self, job: Job) -> JobResult:

@@ -5,6 +5,9 @@ batches, recorded in the ledger by the first run. A later run over the same dire
 same inputs and options, and find the shards at least as long as the ledger records; otherwise it is
 another job's directory and nothing is written into it. A run starts from what the job holds: spend
 so far, requests waiting for another attempt, whether it was cancelled.
+
+One process at a time: `Job.open` takes the directory's lock (`core.joblock`) before it opens
+anything, and `Job.close` gives it back; a second run, resume or daemon job is refused at once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.ledger import Ledger, RetryState
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.pricing import PriceTable
@@ -39,10 +43,11 @@ class Start:
 
 class Job:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], ledger: Ledger, shards: ShardSet,
-                 rejects: Rejects, *, stats: JobStats, prices: PriceTable):
+                 rejects: Rejects, *, stats: JobStats, prices: PriceTable, lock: JobLock | None = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
+        self.lock = lock
         self.ledger = ledger
         self.shards = shards
         self.rejects = rejects
@@ -52,23 +57,32 @@ class Job:
 
     @classmethod
     async def open(cls, settings: Settings, out_dir: str, inputs: list[str], *, remembered: dict,
-                   stats: JobStats, prices: PriceTable) -> Job:
-        """The job in out_dir (made by the first run); JobMismatch, with nothing written, if it is another's."""
-        ledger = open_ledger(settings, out_dir, inputs, remembered)
+                   stats: JobStats, prices: PriceTable, owner: str = "batch-scheduler run") -> Job:
+        """The job in out_dir (made by the first run); JobMismatch, with nothing written, if it is another's;
+        JobBusy if another process holds it (`owner` names this one to a process refused in turn)."""
+        os.makedirs(out_dir, mode=0o700, exist_ok=True)
+        lock = JobLock.take(out_dir, owner)
+        try:
+            ledger = open_ledger(settings, out_dir, inputs, remembered)
+        except BaseException:
+            lock.release()
+            raise
         try:
             shards = open_shards(out_dir, settings.shards, await ledger.shard_offsets(settings.shards))
         except BaseException:
             ledger.close()
+            lock.release()
             raise
         rejects = Rejects(os.path.join(out_dir, "rejected.jsonl"), inputs)
         try:
             for cid, msg in (await ledger.api_rejected()).items():
                 rejects.add(None, None, cid, f"refused by the API: {msg}")
-            return cls(settings, out_dir, inputs, ledger, shards, rejects, stats=stats, prices=prices)
+            return cls(settings, out_dir, inputs, ledger, shards, rejects, stats=stats, prices=prices, lock=lock)
         except BaseException:
             rejects.close()
             shards.close()
             ledger.close()
+            lock.release()
             raise
 
     async def start(self) -> Start:
@@ -93,9 +107,16 @@ class Job:
         self.rejects.close()
         self.shards.close()
 
+    def close(self) -> None:
+        """The ledger, then the lock: the next process may have the job."""
+        try:
+            self.ledger.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
 
 def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered: dict) -> Ledger:
-    os.makedirs(out_dir, mode=0o700, exist_ok=True)
     prints = [fingerprint(p) for p in inputs]  # before the ledger opens: an unreadable input leaks nothing
     ledger = Ledger(os.path.join(out_dir, "ledger.db"))
     meta = ledger.read_meta()
