@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from batch_scheduler.core import errors
+
 T = TypeVar("T")
 
 SCHEMA = """
@@ -131,12 +133,30 @@ class ChunkRow:
 _CHUNK_COLS = ", ".join(ChunkRow.__dataclass_fields__)
 
 
+def explain(err: sqlite3.Error, path: str) -> errors.SchedulerError | None:
+    """What an SQLite error means to the user, as one of our errors; None for one we do not expect."""
+    text = str(err)
+    if isinstance(err, sqlite3.OperationalError) and "full" in text:
+        return errors.DiskFull(f"no room to write {path} ({text}): free some space, then run the same command "
+                               f"again; nothing is lost")
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return errors.UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a "
+                                 f"copy, or start the job afresh in another directory")
+    if "readonly" in text or "unable to open" in text:
+        return errors.UsageError(f"cannot write {path} ({text}): check that its directory is writable")
+    return None
+
+
 class Ledger:
     def __init__(self, path: str, *, readonly: bool = False):
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._readonly = readonly
-        self._db: sqlite3.Connection = self._pool.submit(self._connect).result()
+        try:
+            self._db: sqlite3.Connection = self._pool.submit(self._connect).result()
+        except sqlite3.Error as err:
+            self._pool.shutdown(wait=False)
+            raise explain(err, path) or err from None
 
     def _connect(self) -> sqlite3.Connection:
         if self._readonly:
@@ -173,12 +193,19 @@ class Ledger:
         return await asyncio.shield(fut)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return self._tx_once(fn)
+        except sqlite3.Error as err:
+            raise explain(err, self.path) or err from None
+
+    def _tx_once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             out = fn(db)
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         if isinstance(out, sqlite3.Cursor):
@@ -192,12 +219,19 @@ class Ledger:
         """Blocking form, for commands that run outside an event loop."""
         return self._pool.submit(self._tx, fn).result()
 
+    def _read(self, fn: Callable[[], T]) -> T:
+        """A read outside a transaction, on the ledger thread (blocking)."""
+        def q() -> T:
+            try:
+                return fn()
+            except sqlite3.Error as err:
+                raise explain(err, self.path) or err from None
+        return self._pool.submit(q).result()
+
     # -- job identity ---------------------------------------------------------------------------
 
     def read_meta(self) -> dict[str, Any]:
-        def q(db: sqlite3.Connection) -> dict[str, Any]:
-            return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-        return self._pool.submit(q, self._db).result()
+        return self._read(lambda: {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")})
 
     @staticmethod
     def _write_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
@@ -241,8 +275,7 @@ class Ledger:
             f"SELECT {_CHUNK_COLS} FROM chunks WHERE id=?", (chunk_id,)))[0])
 
     def all_chunks(self) -> list[ChunkRow]:
-        return self._pool.submit(lambda: self._rows(self._db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks ORDER BY id"))).result()
+        return self._read(lambda: self._rows(self._db.execute(f"SELECT {_CHUNK_COLS} FROM chunks ORDER BY id")))
 
     async def claimed_batch_ids(self) -> set[str]:
         return await self._run(lambda db: {r[0] for r in db.execute(
@@ -414,7 +447,7 @@ class Ledger:
             list(counts.items())))
 
     def counters(self) -> dict[str, float]:
-        return self._pool.submit(lambda: dict(self._db.execute("SELECT name, value FROM counters"))).result()
+        return self._read(lambda: dict(self._db.execute("SELECT name, value FROM counters")))
 
     async def acounters(self) -> dict[str, float]:
         return await self._run(lambda db: dict(db.execute("SELECT name, value FROM counters")))
@@ -427,4 +460,4 @@ class Ledger:
                 key = RetryState.CANCELLED if state == _OLD_CANCELLED else RetryState(state)
                 out[key] = out.get(key, 0) + n
             return out
-        return self._pool.submit(q).result()
+        return self._read(q)

@@ -93,7 +93,7 @@ class Engine:
         try:
             job = self._job = await Job.open(self.settings, self.out_dir, self.inputs, remembered=self._remembered,
                                              stats=self.stats, prices=self.prices, owner=self._owner)
-        except errors.JobMismatch as err:  # another job's directory: write nothing into it
+        except (errors.JobMismatch, errors.UsageError) as err:  # another job's directory, or a damaged one
             return JobResult(ExitCode.USAGE, str(err))
         except errors.JobBusy as err:  # another process has the job: touch nothing
             return JobResult(ExitCode.USAGE, str(err), busy=True)
