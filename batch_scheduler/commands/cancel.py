@@ -2,7 +2,8 @@
 
 It takes the job's lock (`core.joblock`), so no run starts while it cancels. A run, resume or daemon
 job that holds the job is the one thing it goes along with: cancelling is how such a run is told (the
-mark in the ledger, which it reads before each batch); a second cancel is refused.
+mark in the ledger, which it reads before each batch); a second cancel is refused. The key goes to the
+ledger's base URL only as `resume` lets it (`run.ledger_flags`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import argparse
 import os
 import sys
 
+from batch_scheduler.commands.run import ledger_flags
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
+from batch_scheduler.core.options import flags_of
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.providers import build_settings, missing_key_message
@@ -36,19 +39,21 @@ def main(args: argparse.Namespace) -> int:
             raise
         lock, running = None, busy.holder  # a run holds the job: the mark in the ledger tells it
     try:
-        return _cancel(out_dir, path, env, running)
+        return _cancel(args, path, env, running)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _cancel(out_dir: str, path: str, env: dict[str, str], running: str | None) -> int:
+def _cancel(args: argparse.Namespace, path: str, env: dict[str, str], running: str | None) -> int:
+    out_dir = args.dir
     ledger = Ledger(path, readonly=True)
     try:
-        flags = dict(ledger.read_meta().get("flags", {}))
+        meta_flags = dict(ledger.read_meta().get("flags", {}))
     finally:
         ledger.close()
-    settings = build_settings(flags, env)
+    given = {k: v for k, v in flags_of(args).items() if k == "base_url"}
+    settings = build_settings(ledger_flags(out_dir, meta_flags, given, env, trust_url=args.trust_ledger_url), env)
     if not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
     done = run_loop(cancel_batches(out_dir, settings))

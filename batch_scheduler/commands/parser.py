@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="resume the job in DIR with the options it was started with")
     r.add_argument("dir", metavar="DIR", help="the job's output directory")
-    add_job_options(r, only=("retry_cancelled", "concurrency"))
+    add_job_options(r, only=("retry_cancelled", "concurrency", "base_url"))
+    _trust_ledger_url(r)
     _common(r, top=False)
 
     r = sub.add_parser("status", help="where the job in DIR stands (works while it runs)")
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("cancel", help="cancel the job's batches in flight at the provider")
     r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    add_job_options(r, only=("base_url",))
+    _trust_ledger_url(r)
     _common(r, top=False)
 
     r = sub.add_parser("simulate", help="serve the batch APIs on loopback, faults and all")
@@ -65,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_options(r, only=_daemon_job_options())
     _common(r, top=False, log_json=False)  # the daemon declares its own --log-json
     return p
+
+
+def _trust_ledger_url(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-ledger-url", action="store_true",
+                   help="send the key to the base URL the job's ledger names even when it is not the configured "
+                        "one (ANTHROPIC_BASE_URL, OPENAI_BASE_URL, ... or the public API)")
 
 
 def _daemon_job_options() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
@@ -15,9 +16,28 @@ from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.reader import expand_inputs
-from batch_scheduler.providers import build_settings, missing_key_message
+from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 
-RESUME_OVERRIDES = ("retry_cancelled", "concurrency")  # what `resume DIR` may change
+RESUME_OVERRIDES = ("retry_cancelled", "concurrency", "base_url")  # what `resume DIR` may change
+
+
+def ledger_flags(job_dir: str, meta_flags: dict[str, Any], given: dict[str, Any], env: dict[str, str], *,
+                 trust_url: bool) -> dict[str, Any]:
+    """The options a job was started with, as `resume DIR` and `cancel DIR` use them: the ledger's, `given`
+    on top. The ledger is a file, not an instruction: its base URL is used only when it is where the key is
+    configured to go (the environment, or the provider's public API), when `--base-url` says so, or when
+    the user passes `--trust-ledger-url`; otherwise UsageError, and nothing is sent anywhere."""
+    flags = {**meta_flags, **given}
+    url = meta_flags.get("base_url")
+    if url and "base_url" not in given and not trust_url:
+        configured = build_settings({"provider": flags.get("provider")}, env)
+        if str(url).rstrip("/") != configured.base_url:
+            where = spec_of(configured.provider).base_url_env[0]
+            raise errors.UsageError(
+                f"{job_dir} was run against {url}, but the key is configured for {configured.base_url}; it is "
+                f"only sent where it is configured to go. If {url} is right, set {where} to it, give "
+                f"--base-url {url}, or add --trust-ledger-url")
+    return flags
 
 
 def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Settings, str, list[str]]:
@@ -26,11 +46,15 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
         path = os.path.join(args.dir, "ledger.db")
         if not os.path.exists(path):
             raise errors.UsageError(f"{args.dir}: no job here (no ledger.db)")
-        ledger = Ledger(path)
-        meta = ledger.read_meta()
-        ledger.close()
-        flags = dict(meta.get("flags", {}))
-        flags.update({k: v for k, v in flags_of(args).items() if k in RESUME_OVERRIDES})
+        ledger = Ledger(path, readonly=True)
+        try:
+            meta = ledger.read_meta()
+        finally:
+            ledger.close()
+        if not meta.get("inputs"):
+            raise errors.UsageError(f"{args.dir}: its ledger.db knows no job (empty, or written by hand)")
+        given = {k: v for k, v in flags_of(args).items() if k in RESUME_OVERRIDES}
+        flags = ledger_flags(args.dir, dict(meta.get("flags", {})), given, env, trust_url=args.trust_ledger_url)
         inputs = [p["path"] for p in meta["inputs"]]
         out = args.dir
     else:

@@ -5,7 +5,9 @@ variables, help, whether the ledger remembers it (so `resume DIR` needs no flags
 shapes batches (a different value under an existing `--out` is refused). From it come:
 - the argparse options of `run`, `resume` and `daemon` (`add_job_options`);
 - the remembered set (`REMEMBERED`) and the batch-shaping set (`SHAPING`);
-- the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`);
+- the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`):
+  what shapes a job's batches and prompts, never what decides where the daemon's key goes or which
+  files it reads (`daemon_side`: provider, base URL, auth, headers, version, paths, prices, polling);
 - the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it).
 
 Adding a job option is one entry here; `Settings` (core.settings) is built from this table, so the
@@ -40,7 +42,9 @@ class Option:
     minimum: float | None = None  # smallest accepted value (numbers)
     maximum: float | None = None
     default_text: str | None = None  # the default as README says it, when `default` alone would mislead
-    in_option_file: bool = True  # a daemon's NAME.options.json may set it
+    in_option_file: bool = True  # a known key of a daemon's NAME.options.json (else "unknown option")
+    daemon_side: bool = False  # where the key goes, which files are read, how hard the key is used: only the
+    #                            daemon's command line and environment set it, never a dropped options file
 
     @property
     def flag(self) -> str:
@@ -83,25 +87,26 @@ PROVIDER, BATCHING, INPUT, COST = "provider", "batching", "input", "cost"
 JOB_OPTIONS: tuple[Option, ...] = (
     # -- provider -------------------------------------------------------------------------------
     Option("provider", str, "anthropic", "which batch API", PROVIDER, env=("BATCH_PROVIDER",), shapes=True,
-           choices=("anthropic", "openai", "inline")),
+           choices=("anthropic", "openai", "inline"), daemon_side=True),
     Option("base_url", str, "https://api.anthropic.com", "where the API is", PROVIDER, metavar="URL",
-           default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
+           daemon_side=True, default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
     Option("auth", str, "x-api-key", "how the key is sent; proxies often want bearer", PROVIDER,
-           choices=("x-api-key", "bearer"), default_text="x-api-key (bearer for openai and inline)"),
+           choices=("x-api-key", "bearer"), default_text="x-api-key (bearer for openai and inline)",
+           daemon_side=True),
     Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`)", PROVIDER,
-           field="headers", metavar="'Name: value'"),
+           field="headers", metavar="'Name: value'", daemon_side=True),
     Option("anthropic_version", str, "2023-06-01", "the `anthropic-version` header", PROVIDER, metavar="V",
-           env=("ANTHROPIC_VERSION",)),
+           env=("ANTHROPIC_VERSION",), daemon_side=True),
     Option("model", str, None, "fills the model where a request has none", PROVIDER, shapes=True, metavar="M",
            default_text="`CLAUDE_MODEL`"),
     Option("http_timeout", _float, 300.0, "read timeout per call, seconds", PROVIDER, field="http_timeout_s",
-           metavar="S", minimum=0.001),
+           metavar="S", minimum=0.001, daemon_side=True),
     Option("inline_create_path", str, "/v1/batches", "inline proxy: create path", PROVIDER, metavar="PATH",
-           env=("INLINE_CREATE_PATH",)),
+           env=("INLINE_CREATE_PATH",), daemon_side=True),
     Option("inline_status_path", str, "/v1/batches/{id}", "inline proxy: status path", PROVIDER, metavar="PATH",
-           env=("INLINE_STATUS_PATH",)),
+           env=("INLINE_STATUS_PATH",), daemon_side=True),
     Option("inline_results_path", str, "/v1/batches/{id}/results", "inline proxy: results path", PROVIDER, metavar="PATH",
-           env=("INLINE_RESULTS_PATH",)),
+           env=("INLINE_RESULTS_PATH",), daemon_side=True),
     # -- batching -------------------------------------------------------------------------------
     Option("batch_size", int, 10_000, "requests per batch", BATCHING, shapes=True, metavar="N", minimum=1,
            default_text="the provider's (10,000; openai 50,000; inline 5,000)"),
@@ -109,9 +114,9 @@ JOB_OPTIONS: tuple[Option, ...] = (
            BATCHING, shapes=True, metavar="SIZE", default_text="200MB (max 256MB; openai 200MB)"),
     Option("concurrency", int, 8, "batches in flight at once", BATCHING, metavar="K", minimum=1),
     Option("poll_min", _float, 5.0, "first poll interval of a batch, seconds; backs off 1.5x with jitter",
-           BATCHING, field="poll_min_s", metavar="S", minimum=0.001),
+           BATCHING, field="poll_min_s", metavar="S", minimum=0.001, daemon_side=True),
     Option("poll_max", _float, 60.0, "longest poll interval, seconds", BATCHING, field="poll_max_s",
-           metavar="S", minimum=0.001),
+           metavar="S", minimum=0.001, daemon_side=True),
     Option("shards", int, 16, "result shard files", BATCHING, shapes=True, metavar="S", minimum=1, maximum=4096),
     Option("max_attempts", int, 3, "attempts per request for transient errors and expiry", BATCHING,
            metavar="N", minimum=1),
@@ -132,7 +137,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "the job stops resumable", COST, field="max_cost_usd", metavar="USD", minimum=0),
     Option("prices", str, None, "price table overriding the shipped one (same shape as "
            "`batch_scheduler/data/prices.json`)", COST, field="prices_file", env=("BATCH_PRICES_FILE",),
-           metavar="FILE", default_text="shipped table"),
+           metavar="FILE", default_text="shipped table", daemon_side=True),
     Option("retry_cancelled", bool, False, "send requests of a cancelled job again", COST, remembered=False),
 )
 
@@ -141,6 +146,7 @@ JOB_OPTION_NAMES = frozenset(BY_NAME)
 REMEMBERED = frozenset(o.name for o in JOB_OPTIONS if o.remembered)
 SHAPING = frozenset(o.name for o in JOB_OPTIONS if o.shapes)
 OPTION_FILE_NAMES = frozenset(o.name for o in JOB_OPTIONS if o.in_option_file)
+DAEMON_SIDE = frozenset(o.name for o in JOB_OPTIONS if o.daemon_side)
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any] | None:
@@ -221,12 +227,19 @@ def check_value(option: Option, value: Any, where: str) -> Any:
 def coerce_option_file(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A daemon job's options document, checked key by key: dest -> value (None values dropped).
 
-    An unknown key or a value of the wrong type is a UsageError naming `where` and the key.
+    An unknown key, one that is the daemon's to set (`daemon_side`) or a value of the wrong type is a
+    UsageError naming `where` and the key. A `template` here is the template itself, never a file name
+    (the caller builds the settings with `template_file=False`).
     """
     unknown = sorted(set(doc) - OPTION_FILE_NAMES)
     if unknown:
         raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}; use the names of the "
                          f"command-line flags in snake_case (e.g. batch_size)")
+    theirs = sorted(set(doc) & DAEMON_SIDE)
+    if theirs:
+        raise UsageError(f"{where}: {', '.join(theirs)} may not be set by a job's options file: where the daemon "
+                         f"sends its key, which files it reads and how it polls are set on the daemon's command "
+                         f"line or in its .env; a job's options shape its batches and prompts only")
     out: dict[str, Any] = {}
     for key, value in doc.items():
         if value is None:

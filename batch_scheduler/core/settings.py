@@ -114,11 +114,14 @@ def provider_name(flags: Mapping[str, Any], env: Mapping[str, str]) -> str:
     return flags.get("provider") or env.get("BATCH_PROVIDER") or "anthropic"
 
 
-def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: ProviderSpec) -> Settings:
+def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: ProviderSpec, *,
+                  template_file: bool = True) -> Settings:
     """Combine flags (None = not given) with the environment, for the provider `spec` declares.
 
     Each option is resolved generically from the table (flag, then its environment variables, then
     its default, checked for type and range); what depends on the provider comes from `spec`.
+    A `template` naming an existing file is read from it, unless `template_file` is False (a daemon
+    job's options file gives the template itself, and never makes the daemon read a file).
     Callers use `providers.build_settings`, which finds the spec. Raises UsageError.
     """
     values: dict[str, Any] = {}
@@ -145,7 +148,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
         raise UsageError("--poll-min must be > 0 and --poll-max at least --poll-min")
     values["headers"] = tuple(parse_header(h) for h in values["headers"])
     template = values["template"]
-    if template and os.path.isfile(template):
+    if template and template_file and os.path.isfile(template):
         values["template"] = Path(template).read_text(encoding="utf-8")
     values["progress"] = bool(flags.get("progress"))
     values["verbose"] = bool(flags.get("verbose"))

@@ -148,11 +148,23 @@ class JobRunner:
     # -- settings -------------------------------------------------------------------------------
 
     def prepare(self, job: Job) -> Prepared:
-        """Settings for the job's next run: command-line flags, then its options.json, over .env."""
+        """Settings for the job's next run: command-line flags, then its options.json, over .env.
+
+        Whatever the job's own options or directory make go wrong is a UsageError for that job, never an
+        error of the daemon. A template in options.json is the template itself, never a file to read.
+        """
+        try:
+            return self._prepare(job)
+        except errors.UsageError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the job's, not the daemon's: it fails that job only
+            raise errors.UsageError(f"options: {type(err).__name__}: {redact(str(err))}") from None
+
+    def _prepare(self, job: Job) -> Prepared:
         options = read_options(job.dir)
         flags = {**self.flags, **options, "progress": False}
         try:
-            settings = build_settings(flags, self.env)
+            settings = build_settings(flags, self.env, template_file="template" not in options)
         except (TypeError, ValueError) as err:
             raise errors.UsageError(f"options: {err}") from None
         settings = self._keep_shaping(job, settings)
@@ -201,8 +213,13 @@ class JobRunner:
             self.pause(job, f"{missing_key_message(prepared.settings)}; then send SIGHUP")
             return
         handle = self.slots.handle(job.name, prepared.cap)
-        engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
-                        remembered=prepared.remembered, owner=f"batch-scheduler daemon (job {job.name})")
+        try:
+            engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
+                            remembered=prepared.remembered, owner=f"batch-scheduler daemon (job {job.name})")
+        except Exception as err:  # noqa: BLE001 - e.g. a price table that cannot be read: this job's failure
+            handle.close()
+            self.fail(job, str(err) if isinstance(err, errors.SchedulerError) else f"{type(err).__name__}: {err}")
+            return
         job.engine = engine
         self.set_state(job, JobState.RUNNING, CANCELLING if job.cancel_requested else None)
         log.info("job %s: running", job.name, extra={"job": job.name, "state": "running"})

@@ -41,6 +41,7 @@ from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
+from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.providers import build_settings
 
 STOP_DEADLINE_S = 8.0  # SIGTERM -> exit: under the 10 s promised, and systemd's TimeoutStopSec=15
@@ -342,7 +343,8 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
         raise errors.UsageError("--max-jobs must be at least 1, --inbox-poll-s and --key-check-s above 0")
     names = JOB_OPTION_NAMES - {"dry_run"}  # refused above
     flags = {k: v for k, v in flags_of(args).items() if k in names}
-    build_settings(flags, env)  # bad job flags stop the start, not every job
+    settings = build_settings(flags, env)  # bad job flags stop the start, not every job
+    PriceTable.load(settings.prices_file)  # so does a price table that cannot be read
     return DaemonConfig(spool=args.spool, listen=listen, token=token, flags=flags, max_jobs=args.max_jobs,
                         inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True)
 

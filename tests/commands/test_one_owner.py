@@ -55,7 +55,7 @@ def test_a_second_run_or_resume_is_refused_while_one_runs_and_a_killed_one_block
             err = capsys.readouterr().err.strip()
             assert re.fullmatch(rf"batch-scheduler: {re.escape(str(out))} is in use: {holder} holds it; wait for "
                                 rf"that to end \(or stop it\), then run again", err), err
-            assert main(["resume", str(out)]) == 2
+            assert main(["resume", str(out), "--trust-ledger-url"]) == 2
             assert "is in use: batch-scheduler run (pid " in capsys.readouterr().err
             assert sim.stats()["creates"] == 2, "the refused ones sent nothing"
             assert not (out / "summary.json").exists(), "and wrote nothing"
