@@ -135,15 +135,23 @@ class Validator:
 
 
 class Rejects:
-    """Writes rejected lines to DIR/rejected.jsonl and remembers the count and the first few."""
+    """Writes rejected lines to DIR/rejected.jsonl and remembers the count and the first few.
+
+    A run writes the list afresh to `rejected.jsonl.partial`, which replaces rejected.jsonl only once the
+    run has read its whole input (`close(complete=True)`): an interrupted or refused run leaves the list of
+    the last run that read everything, and then `count` is what that list holds.
+    """
 
     SHOW = 5
 
     def __init__(self, path: str | None, files: list[str]):
         self._files = files
         self._f: IO[bytes] | None = None
+        self._path = path
+        self.kept = 0  # lines of the rejected.jsonl this run found (what stands if it does not read everything)
         if path:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.kept = _count_lines(path)
+            fd = os.open(path + PARTIAL, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             self._f = os.fdopen(fd, "wb", buffering=1 << 16)
         self.count = 0
         self.first: list[str] = []
@@ -168,11 +176,23 @@ class Rejects:
             self._f.flush()
             os.fsync(self._f.fileno())
 
-    def close(self) -> None:
-        if self._f:
-            self.flush()
-            self._f.close()
-            self._f = None
+    def close(self, *, complete: bool = True) -> None:
+        """The list done: it becomes rejected.jsonl if it is `complete`, else it is dropped (the old one stays)."""
+        if not self._f:
+            return
+        f, self._f = self._f, None
+        assert self._path is not None
+        try:
+            if complete:
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            f.close()
+        if complete:
+            os.replace(self._path + PARTIAL, self._path)
+        else:
+            os.unlink(self._path + PARTIAL)
+            self.count = self.kept
 
     def report(self, stream: IO[str] = sys.stderr) -> None:
         if not self.count:
@@ -180,3 +200,14 @@ class Rejects:
         print(f"{self.count:,} line(s) rejected (see rejected.jsonl); first ones:", file=stream)
         for text in self.first:
             print(f"  {text}", file=stream)
+
+
+PARTIAL = ".partial"  # rejected.jsonl.partial: the list a run is writing
+
+
+def _count_lines(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
