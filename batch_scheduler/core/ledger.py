@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     intent_at REAL, submitted_at REAL, ended_at REAL, collected_at REAL,
     est_cost REAL NOT NULL DEFAULT 0,
     note TEXT,
-    skipped TEXT                        -- input kind: JSON [[file, line], ...] of rejected lines inside the span
+    skipped TEXT,                       -- input kind: JSON [[file, line], ...] of rejected lines inside the span
+    digest TEXT                         -- input kind: sha256 of the root chunk's request lines, as cut
 );
 CREATE INDEX IF NOT EXISTS chunks_root ON chunks(root_seq);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
@@ -121,6 +122,7 @@ class ChunkRow:
     est_cost: float
     note: str | None
     skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
+    digest: str | None = None  # input chunks: sha256 of the root chunk's request lines when cut (None: older ledger)
 
     def __post_init__(self) -> None:
         self.kind = ChunkKind(self.kind)
@@ -130,7 +132,7 @@ class ChunkRow:
         return {(f, n) for f, n in json.loads(self.skipped)} if self.skipped else set()
 
 
-_CHUNK_COLS = ", ".join(ChunkRow.__dataclass_fields__)
+ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT"}  # chunks columns later versions added: migrated on open
 
 
 def explain(err: sqlite3.Error, path: str) -> errors.SchedulerError | None:
@@ -142,6 +144,9 @@ def explain(err: sqlite3.Error, path: str) -> errors.SchedulerError | None:
     if "not a database" in text or "malformed" in text or "file is encrypted" in text:
         return errors.UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a "
                                  f"copy, or start the job afresh in another directory")
+    if "no such table" in text:
+        return errors.UsageError(f"{path} holds no ledger (an empty or foreign file); restore the job's ledger.db "
+                                 f"from a copy, or start the job afresh in another directory")
     if "readonly" in text or "unable to open" in text:
         return errors.UsageError(f"cannot write {path} ({text}): check that its directory is writable")
     return None
@@ -162,6 +167,7 @@ class Ledger:
         if self._readonly:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                  check_same_thread=False, timeout=30)
+            self._select_columns(db)
             return db
         fresh = not os.path.exists(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -171,14 +177,21 @@ class Ledger:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
-        if "skipped" not in columns:  # a ledger made before the column existed (a job resumed after an upgrade)
-            db.execute("ALTER TABLE chunks ADD COLUMN skipped TEXT")
+        for name, kind in ADDED_COLUMNS.items():  # a ledger made before the column (a job resumed after an upgrade)
+            if name not in columns:
+                db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {kind}")
+        self._select_columns(db)
         # a ledger made before RetryState had one spelling (one statement: atomic, and a no-op once done)
         db.execute("UPDATE retries SET state=? WHERE state=?", (RetryState.CANCELLED, _OLD_CANCELLED))
         for side in ("-wal", "-shm"):  # owner only, whatever the umask
             if os.path.exists(self.path + side):
                 os.chmod(self.path + side, 0o600)
         return db
+
+    def _select_columns(self, db: sqlite3.Connection) -> None:
+        """What a SELECT of a chunk row names: a column an older ledger lacks (read-only: not migrated) is NULL."""
+        have = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+        self._cols = ", ".join(c if c in have or not have else f"NULL AS {c}" for c in ChunkRow.__dataclass_fields__)
 
     def close(self) -> None:
         self._pool.submit(self._db.close).result()
@@ -263,30 +276,37 @@ class Ledger:
 
     async def chunks_of_root(self, seq: int) -> list[ChunkRow]:
         return await self._run(lambda db: self._rows(db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks WHERE root_seq = ? ORDER BY skip, id", (seq,))))
+            f"SELECT {self._cols} FROM chunks WHERE root_seq = ? ORDER BY skip, id", (seq,))))
 
     async def chunks_in(self, *states: str) -> list[ChunkRow]:
         marks = ",".join("?" * len(states))
         return await self._run(lambda db: self._rows(db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks WHERE state IN ({marks}) ORDER BY id", states)))
+            f"SELECT {self._cols} FROM chunks WHERE state IN ({marks}) ORDER BY id", states)))
 
     async def chunk(self, chunk_id: int) -> ChunkRow:
         return await self._run(lambda db: self._rows(db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks WHERE id=?", (chunk_id,)))[0])
+            f"SELECT {self._cols} FROM chunks WHERE id=?", (chunk_id,)))[0])
 
     def all_chunks(self) -> list[ChunkRow]:
-        return self._read(lambda: self._rows(self._db.execute(f"SELECT {_CHUNK_COLS} FROM chunks ORDER BY id")))
+        return self._read(lambda: self._rows(self._db.execute(f"SELECT {self._cols} FROM chunks ORDER BY id")))
 
     async def claimed_batch_ids(self) -> set[str]:
         return await self._run(lambda db: {r[0] for r in db.execute(
             "SELECT batch_id FROM chunks WHERE batch_id IS NOT NULL")})
 
+    def batch_ids_since(self, since: float) -> set[str]:
+        """Batch ids this job recorded at or after `since` (blocking; another job's adoption asks)."""
+        return self._read(lambda: {r[0] for r in self._db.execute(
+            "SELECT batch_id FROM chunks WHERE batch_id IS NOT NULL AND submitted_at >= ?", (since,))})
+
     async def record_intent(self, *, kind: ChunkKind, take: int, nbytes: int, root_seq: int | None = None,
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
-                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
-                            ) -> int:
-        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting."""
+                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
+                            digest: str | None = None) -> int:
+        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting.
+
+        digest: an input chunk's `batcher.chunk_digest` as cut, checked whenever the chunk is read again."""
         now = time.time()
 
         def q(db: sqlite3.Connection) -> int:
@@ -298,10 +318,10 @@ class Ledger:
             sf, sp, sl, ef, ep = span or (None, None, None, None, None)
             cur = db.execute(
                 "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line, end_file,"
-                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped, digest)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (kind, root_seq, skip, take, sf, sp, sl, ef, ep, nbytes, ChunkState.SUBMITTING, attempt, now,
-                 est_cost, json.dumps(skipped) if skipped else None))
+                 est_cost, json.dumps(skipped) if skipped else None, digest))
             new_id = int(cur.lastrowid or 0)
             if retry_ids:
                 db.executemany("UPDATE retries SET chunk_id=?, state=? WHERE custom_id=?",
@@ -339,17 +359,18 @@ class Ledger:
         skip/take place an input chunk's part in its root chunk; a retry chunk's requests move by custom_id.
         """
         def q(db: sqlite3.Connection) -> list[int]:
-            row = db.execute(f"SELECT {_CHUNK_COLS} FROM chunks WHERE id=?", (chunk_id,)).fetchone()
+            row = db.execute(f"SELECT {self._cols} FROM chunks WHERE id=?", (chunk_id,)).fetchone()
             parent = ChunkRow(*row)
             db.execute("UPDATE chunks SET state=? WHERE id=?", (ChunkState.SPLIT, chunk_id))
             new_ids: list[int] = []
             for skip, take, nbytes, ids in halves:
                 cur = db.execute(
                     "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line,"
-                    " end_file, end_pos, nbytes, state, attempt, note, skipped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " end_file, end_pos, nbytes, state, attempt, note, skipped, digest)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (parent.kind, parent.root_seq, skip, take, parent.start_file, parent.start_pos,
                      parent.start_line, parent.end_file, parent.end_pos, nbytes, ChunkState.PLANNED,
-                     parent.attempt, f"split from {chunk_id}", parent.skipped))
+                     parent.attempt, f"split from {chunk_id}", parent.skipped, parent.digest))
                 new_ids.append(int(cur.lastrowid or 0))
                 if parent.kind == ChunkKind.RETRY:
                     db.executemany("UPDATE retries SET chunk_id=? WHERE custom_id=?", [(new_ids[-1], c) for c in ids])

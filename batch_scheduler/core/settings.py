@@ -58,6 +58,7 @@ _RUN_FIELDS: list[tuple[str, Any, Any]] = [
     ("api_key", str, field(default="", repr=False)),  # never in a repr, a log line or a file
     ("retry", RetryPolicy, field(default=RetryPolicy())),
     ("progress", bool, field(default=False)),  # a live progress line on a terminal
+    ("job_name", str, field(default="")),  # a daemon job's name: generated custom_ids carry it (sources.safe_id)
     ("verbose", bool, field(default=False)),
 ]
 

@@ -27,6 +27,7 @@ from batch_scheduler.daemon.logs import current_job, log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
 from batch_scheduler.job.cancel import cancel_batches
+from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.providers import (
     build_settings,
@@ -108,8 +109,9 @@ class JobRunner:
     """
 
     def __init__(self, flags: Mapping[str, Any], *, key_check_s: float, restart_waits_s: tuple[float, ...],
-                 wake: Callable[[], None]):
+                 wake: Callable[[], None], claims: Claims | None = None):
         self.flags = flags
+        self.claims = claims or Claims()  # whose batch is whose, shared by every job (see job.claims)
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
         self._wake = wake
@@ -167,7 +169,7 @@ class JobRunner:
             settings = build_settings(flags, self.env, template_file="template" not in options)
         except (TypeError, ValueError) as err:
             raise errors.UsageError(f"options: {err}") from None
-        settings = self._keep_shaping(job, settings)
+        settings = self._keep_shaping(job, settings).replace(job_name=job.name)
         add_secret(settings.api_key)
         remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
         return Prepared(settings, remembered, settings.concurrency if "concurrency" in options else None)
@@ -215,7 +217,8 @@ class JobRunner:
         handle = self.slots.handle(job.name, prepared.cap)
         try:
             engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
-                            remembered=prepared.remembered, owner=f"batch-scheduler daemon (job {job.name})")
+                            remembered=prepared.remembered, owner=f"batch-scheduler daemon (job {job.name})",
+                            claims=self.claims)
         except Exception as err:  # noqa: BLE001 - e.g. a price table that cannot be read: this job's failure
             handle.close()
             self.fail(job, str(err) if isinstance(err, errors.SchedulerError) else f"{type(err).__name__}: {err}")

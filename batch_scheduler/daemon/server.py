@@ -41,6 +41,7 @@ from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
+from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.providers import build_settings
 
@@ -88,7 +89,8 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._lock_fd: int | None = None
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
-                                restart_waits_s=config.restart_waits_s, wake=self._wake.set)
+                                restart_waits_s=config.restart_waits_s, wake=self._wake.set,
+                                claims=Claims(elsewhere=self.spool.batches_since))
         self.api = Api(self, config.token)
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.options import coerce_option_file
 from batch_scheduler.daemon.logs import log
 
@@ -136,6 +138,28 @@ class Spool:
                     continue
         return [name for _, name in sorted(found)]
 
+    def batches_since(self, job_dir: str, since: float) -> set[str]:
+        """Batch ids the ledgers of the spool's other jobs recorded at or after `since` (epoch): what a lost
+        create of the job in `job_dir` must never adopt. Blocking; only ledgers written since are opened."""
+        held: set[str] = set()
+        with os.scandir(self.jobs) as entries:
+            dirs = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+        for d in dirs:
+            path = os.path.join(d, "ledger.db")
+            if os.path.abspath(d) == job_dir or not _written_since(path, since):
+                continue
+            try:
+                ledger = Ledger(path, readonly=True)
+            except (errors.SchedulerError, sqlite3.Error):
+                continue  # a damaged ledger fails its own job; it claims nothing
+            try:
+                held |= ledger.batch_ids_since(since)
+            except (errors.SchedulerError, sqlite3.Error):
+                pass
+            finally:
+                ledger.close()
+        return held
+
     def taken(self, name: str) -> bool:
         return any(os.path.lexists(os.path.join(self.jobs, n)) for n in (name, f".{name}{CLAIM_SUFFIX}"))
 
@@ -218,6 +242,16 @@ class Spool:
         return Job(name, path, input_name, str(doc.get("source") or input_name),
                    float(claimed) if isinstance(claimed, int | float) else os.stat(path).st_ctime,
                    state=state, reason=doc.get("reason"))
+
+
+def _written_since(ledger_path: str, since: float) -> bool:
+    for path in (ledger_path, ledger_path + "-wal"):
+        try:
+            if os.stat(path).st_mtime >= since:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def read_options(job_dir: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.admission import Admission
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
 from batch_scheduler.job.budget import Budget
+from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.collector import Collector
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.poller import Poller, PollStats
@@ -59,7 +61,7 @@ class Engine:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
-                 slots: Any = None, owner: str = "batch-scheduler run"):
+                 slots: Any = None, owner: str = "batch-scheduler run", claims: Claims | None = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -69,12 +71,15 @@ class Engine:
         self._remembered = remembered or {}
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
         self._owner = owner  # who holds the job's lock, as a process refused by it is told
+        self._claims = claims  # whose batch is whose, shared by the jobs of a daemon (see job.claims)
+        self._where = os.path.abspath(out_dir)  # this job, as the claims know it
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
         self._job: Job | None = None
         self._admission: Admission | None = None
         self._run: Run | None = None
+        self._strict_read = False  # --strict read everything before sending
 
     @property
     def poller(self) -> Poller | None:
@@ -101,18 +106,28 @@ class Engine:
             result = await self._run_once(job)
         except asyncio.CancelledError:
             # stopped from outside (daemon shutdown): everything durable is in the ledger already
-            job.close_files()
+            job.close_files(read_all=self._read_all)
             self._write_summary(job, JobResult(ExitCode.FAILED, "stopped; resumes where it was"), started)
             job.close()
             raise
         except BaseException:  # an error not turned into a result (e.g. an unreadable input): close what we opened
-            job.close_files()
+            job.close_files(read_all=False)
             job.close()
             raise
-        job.close_files()
-        result.summary = self._write_summary(job, result, started)
+        finally:
+            if self._claims is not None:
+                self._claims.release(self._where)  # what it holds is in its ledger now, where others look
+        refused = result.exit_code == ExitCode.USAGE  # e.g. the input changed: the job's files stay as they were
+        job.close_files(read_all=self._read_all and not refused)
+        if not refused:
+            result.summary = self._write_summary(job, result, started)
         job.close()
         return result
+
+    @property
+    def _read_all(self) -> bool:
+        """Whether this run read every input line (so its list of rejected lines is the whole one)."""
+        return self.stats.reading_done or self._strict_read
 
     async def _run_once(self, job: Job) -> JobResult:
         s = self.settings
@@ -128,7 +143,8 @@ class Engine:
             if s.strict and (refused := await self._strict_pass(job, provider)):
                 return refused
             replay = Replay(job.sources, provider.check_request, job.ledger)
-            submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead)
+            submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead,
+                                  claims=self._claims, owner=self._where)
             collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -164,6 +180,7 @@ class Engine:
                                   batch_size=s.batch_size, batch_bytes=s.batch_bytes,
                                   overhead=provider.body_overhead, unit_of=lambda fi: sources[fi].unit):
             pass
+        self._strict_read = True
         if not job.rejects.count:
             return None
         job.rejects.report()

@@ -67,6 +67,7 @@ class Job:
         except BaseException:
             lock.release()
             raise
+        settings = as_started(settings, ledger.read_meta())
         try:
             shards = open_shards(out_dir, settings.shards, await ledger.shard_offsets(settings.shards))
         except BaseException:
@@ -102,10 +103,13 @@ class Job:
         self.stats.finished_before = finished(counters)
         return Start(cancelled, counters.get("cost_usd", 0.0), await ledger.count_retries(RetryState.PENDING))
 
-    def close_files(self) -> None:
-        """The rejected list and the shards; the ledger stays open for the summary."""
-        self.rejects.close()
-        self.shards.close()
+    def close_files(self, *, read_all: bool) -> None:
+        """The rejected list (it replaces the last one only if this run read the whole input) and the shards;
+        the ledger stays open for the summary."""
+        try:
+            self.rejects.close(complete=read_all)
+        finally:
+            self.shards.close()
 
     def close(self) -> None:
         """The ledger, then the lock: the next process may have the job."""
@@ -123,7 +127,7 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
     shaping = settings.shaping()
     if not meta:
         ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
-                           "flags": remembered})
+                           "flags": remembered, "job_name": settings.job_name})
         return ledger
     how = f"to start fresh, use another --out or delete {out_dir}"
     if [p["path"] for p in meta["inputs"]] != [p["path"] for p in prints]:
@@ -142,6 +146,13 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
         raise errors.JobMismatch(f"{out_dir} was started with other batch options ({detail}); "
                                  f"run again with the same options, or {how}")
     return ledger
+
+
+def as_started(settings: Settings, meta: dict) -> Settings:
+    """The settings with what the job's first run fixed: the name its generated custom_ids carry (none for a
+    job started before ids carried one, so its ids stay what they were)."""
+    name = meta.get("job_name", "")
+    return settings if name == settings.job_name else settings.replace(job_name=name)
 
 
 def open_shards(out_dir: str, n: int, offsets: list[int]) -> ShardSet:

@@ -26,12 +26,12 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, RetryState
 from batch_scheduler.job.admission import Admission
-from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks
+from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, chunk_digest, cut_chunks
 from batch_scheduler.job.collector import Collector, NotOurs
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.poller import Poller
 from batch_scheduler.job.reader import Block, span_blocks
-from batch_scheduler.job.replay import Part, Replay
+from batch_scheduler.job.replay import Part, Replay, changed_message
 from batch_scheduler.job.submitter import Outgoing, Submitter
 from batch_scheduler.job.validate import Validator
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
@@ -167,8 +167,10 @@ class Run:
             if est is None:
                 admission.held_back += chunk.n
                 return
+            digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself (no await: the order stays)
             chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
-                                                  nbytes=chunk.nbytes, span=span, est_cost=est, skipped=chunk.skipped)
+                                                  nbytes=chunk.nbytes, span=span, est_cost=est, skipped=chunk.skipped,
+                                                  digest=digest)
             admission.sent(chunk_id, est)
             out = Outgoing(chunk_id, ChunkKind.INPUT, chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
             await self._spawn_submit(out, None)
@@ -178,6 +180,9 @@ class Run:
                 and first.skip == 0:
             raise errors.JobMismatch(f"chunk {chunk.seq} of the input no longer matches the ledger; the input "
                                      f"or the options changed. Start fresh with another --out")
+        known = next((r.digest for r in rows if r.digest), None)
+        if known is not None and chunk_digest(chunk.lines) != known:
+            raise errors.JobMismatch(changed_message(self.job.sources[chunk.start_file].path, chunk.start_line))
         refused = await ledger.api_rejected(chunk.seq)
         for row in rows:
             if row.id in self._live_rows or row.state not in (ChunkState.SUBMITTING, ChunkState.PLANNED):

@@ -80,6 +80,9 @@ def check_template(template: str) -> None:
 def safe_id(stem: str, row_number: int) -> str:
     """`<file stem>-<row number>` in custom_id characters, at most 64 (the stem is cut, not the number).
 
+    A daemon job's stem is the job's name (its input is always `input.csv`): jobs sharing an account
+    then never share custom_ids, which is what tells one job's batch from another's.
+
     The row number counts data rows from 1 (`articles-1` is the first row after the header); blank
     lines and the extra lines of multi-line fields do not count; bad rows do (fixing one later does not
     move the ids after it).
@@ -153,7 +156,7 @@ class TemplateSource:
         self.path = path
         self.index = index
         self.csv = path.lower().endswith((".csv", ".csv.gz"))
-        self.render = Renderer(settings, stem_of(path))
+        self.render = Renderer(settings, settings.job_name or stem_of(path))
 
     def _open(self) -> Any:
         """Bytes for JSONL; text for CSV (UTF-8, a spreadsheet's BOM dropped, newlines left to csv)."""
