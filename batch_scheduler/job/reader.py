@@ -34,12 +34,17 @@ class Block:
 
 
 class LineTooLong:
-    """Marker in place of a line longer than the limit; the line itself was never held whole."""
+    """Marker in place of a line longer than the limit; the line itself was never held whole.
+
+    Its `len` is the line's (newline excluded), so positions move past it as past any line."""
 
     __slots__ = ("size",)
 
     def __init__(self, size: int):
         self.size = size
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class Source(Protocol):
@@ -69,35 +74,48 @@ class JsonlSource:
         return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)
 
     async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
+        """Blocks of lines from `start_pos`. A line longer than `max_line_bytes` comes as a `LineTooLong`, at
+        most that much of it ever held (a file with no newline at all, like /dev/zero, is one such line)."""
         f = self._open(0)  # opened and closed on the loop: a cancelled thread hop would leak the file
         try:
             if start_pos:
                 await asyncio.to_thread(f.seek, start_pos)
-            pos, line_no, tail = start_pos, start_line, b""
-            skipping = 0  # bytes of an over-long line skipped so far
+            pos, line_no, limit = start_pos, start_line, self.max_line_bytes
+            tail: list[bytes] = []  # the unfinished line, in the pieces read (joined once it ends)
+            tail_bytes = 0
+            skipping = 0  # bytes of an over-long line passed over so far (none of it kept)
             while data := await asyncio.to_thread(f.read, BLOCK_BYTES):
-                if skipping:
+                if skipping or tail:
                     nl = data.find(b"\n")
-                    if nl < 0:
-                        skipping += len(data)
+                    size = skipping + tail_bytes + (len(data) if nl < 0 else nl)  # of the unfinished line
+                    if nl < 0:  # the line goes on past this block
+                        if skipping or size > limit:
+                            skipping, tail, tail_bytes = size, [], 0
+                        else:
+                            tail.append(data)
+                            tail_bytes = size
                         continue
-                    yield Block(self.index, [LineTooLong(skipping + nl)], line_no, pos)
-                    pos += skipping + nl + 1
-                    line_no += 1
-                    data, skipping = data[nl + 1:], 0
-                if tail:
-                    data = tail + data
-                lines, tail = split_lines(data)
+                    if skipping or size > limit:
+                        yield Block(self.index, [LineTooLong(size)], line_no, pos)
+                        pos += size + 1
+                        line_no += 1
+                        data = data[nl + 1:]
+                    else:
+                        data = b"".join([*tail, data])
+                    skipping, tail, tail_bytes = 0, [], 0
+                lines, rest = split_lines(data)
                 if lines:
                     yield Block(self.index, lines, line_no, pos)
-                    pos += len(data) - len(tail)
+                    pos += len(data) - len(rest)
                     line_no += len(lines)
-                if len(tail) > self.max_line_bytes:
-                    skipping, tail = len(tail), b""
+                if len(rest) > limit:
+                    skipping = len(rest)
+                elif rest:
+                    tail, tail_bytes = [rest], len(rest)
             if skipping:
                 yield Block(self.index, [LineTooLong(skipping)], line_no, pos)
             elif tail:
-                yield Block(self.index, [tail], line_no, pos)
+                yield Block(self.index, [b"".join(tail)], line_no, pos)
         finally:
             f.close()
 
