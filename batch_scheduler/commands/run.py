@@ -15,6 +15,7 @@ from batch_scheduler.core.options import REMEMBERED, flags_of
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.job import results_here, unknown_results
 from batch_scheduler.job.reader import expand_inputs
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 
@@ -44,15 +45,18 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
     """Settings, output dir and inputs for run / resume (resume reads them back from the ledger)."""
     if args.command == "resume":
         path = os.path.join(args.dir, "ledger.db")
-        if not os.path.exists(path):
-            raise errors.UsageError(f"{args.dir}: no job here (no ledger.db)")
+        here = results_here(args.dir)
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            raise errors.UsageError(unknown_results(args.dir, here) if here else f"{args.dir}: no job here "
+                                    f"(no ledger.db)")
         ledger = Ledger(path, readonly=True)
         try:
             meta = ledger.read_meta()
         finally:
             ledger.close()
         if not meta.get("inputs"):
-            raise errors.UsageError(f"{args.dir}: its ledger.db knows no job (empty, or written by hand)")
+            raise errors.UsageError(unknown_results(args.dir, here) if here else f"{args.dir}: its ledger.db knows "
+                                    f"no job")
         given = {k: v for k, v in flags_of(args).items() if k in RESUME_OVERRIDES}
         flags = ledger_flags(args.dir, dict(meta.get("flags", {})), given, env, trust_url=args.trust_ledger_url)
         inputs = [p["path"] for p in meta["inputs"]]

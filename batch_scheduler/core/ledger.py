@@ -10,7 +10,9 @@ A crash between 3's two halves leaves lines past the recorded offsets: the next 
 
 Per-request rows exist only for the few requests that need another attempt (`retries`) or were
 refused by the API (`api_rejected`). Every method is one transaction, run on the ledger's own
-thread and shielded from cancellation, so a cancelled task cannot tear a state change.
+thread and shielded from cancellation, so a cancelled task cannot tear a state change. The job's
+creation, every batch id and every collection are checkpointed into ledger.db at once, so the main
+file alone knows the job: a lost ledger.db-wal loses no batch and no result of it.
 """
 
 from __future__ import annotations
@@ -199,15 +201,19 @@ class Ledger:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, checkpoint: bool = False) -> T:
         """Run one transaction on the ledger thread; a cancelled caller cannot tear it."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self._tx, fn)
+        fut = loop.run_in_executor(self._pool, self._tx, fn, checkpoint)
         return await asyncio.shield(fut)
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], checkpoint: bool = False) -> T:
+        """One transaction; with `checkpoint`, then copied from the WAL into ledger.db (as far as readers let)."""
         try:
-            return self._tx_once(fn)
+            out = self._tx_once(fn)
+            if checkpoint:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+            return out
         except sqlite3.Error as err:
             raise explain(err, self.path) or err from None
 
@@ -228,9 +234,9 @@ class Ledger:
             return None  # type: ignore[return-value]
         return out
 
-    def sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def sync(self, fn: Callable[[sqlite3.Connection], T], *, checkpoint: bool = False) -> T:
         """Blocking form, for commands that run outside an event loop."""
-        return self._pool.submit(self._tx, fn).result()
+        return self._pool.submit(self._tx, fn, checkpoint).result()
 
     def _read(self, fn: Callable[[], T]) -> T:
         """A read outside a transaction, on the ledger thread (blocking)."""
@@ -251,7 +257,7 @@ class Ledger:
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
 
     def write_meta(self, values: dict[str, Any]) -> None:
-        self.sync(lambda db: self._write_meta(db, values))
+        self.sync(lambda db: self._write_meta(db, values), checkpoint=True)
 
     async def is_cancelled(self) -> bool:
         """Whether `cancel` marked the job (read by every run before it sends a batch: off the loop)."""
@@ -333,7 +339,7 @@ class Ledger:
         """Write-ahead step 2: the batch id, the moment create returned (or the batch was adopted)."""
         await self._run(lambda db: db.execute(
             "UPDATE chunks SET state=?, batch_id=?, adopted=?, submitted_at=? WHERE id=?",
-            (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), chunk_id)))
+            (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), chunk_id)), checkpoint=True)
 
     async def set_state(self, chunk_id: int, state: ChunkState, note: str | None = None) -> None:
         await self._run(lambda db: db.execute(
@@ -448,7 +454,7 @@ class Ledger:
                 list(counts.items()))
             db.execute("UPDATE chunks SET state=?, collected_at=?, ended_at=COALESCE(ended_at, ?) WHERE id=?",
                        (ChunkState.COLLECTED, now, now, chunk_id))
-        await self._run(q)
+        await self._run(q, checkpoint=True)
 
     async def record_failed(self, chunk_id: int, *, park: list[tuple[str, bytes, int, RetryState, bytes]],
                             note: str | None) -> None:

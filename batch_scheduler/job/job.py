@@ -17,6 +17,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import orjson
+
 from batch_scheduler.core import errors
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.ledger import Ledger, RetryState
@@ -122,13 +124,25 @@ class Job:
 
 def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered: dict) -> Ledger:
     prints = [fingerprint(p) for p in inputs]  # before the ledger opens: an unreadable input leaks nothing
-    ledger = Ledger(os.path.join(out_dir, "ledger.db"))
+    path = os.path.join(out_dir, "ledger.db")
+    here = results_here(out_dir)
+    if here and (not os.path.exists(path) or os.path.getsize(path) == 0):
+        raise errors.JobMismatch(unknown_results(out_dir, here))  # and no ledger.db is made where none was
+    ledger = Ledger(path)
     meta = ledger.read_meta()
     shaping = settings.shaping()
     if not meta:
+        if here:  # a ledger that lost its -wal file before it knew the job
+            ledger.close()
+            raise errors.JobMismatch(unknown_results(out_dir, here))
         ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
                            "flags": remembered, "job_name": settings.job_name})
         return ledger
+    summarised, known = summary_finished(out_dir), finished(ledger.counters())
+    if summarised > known:  # the ledger is older than the results it wrote
+        ledger.close()
+        raise errors.JobMismatch(unknown_results(out_dir, f"summary.json counts {summarised:,} finished requests, "
+                                                          f"the ledger {known:,}"))
     how = f"to start fresh, use another --out or delete {out_dir}"
     if [p["path"] for p in meta["inputs"]] != [p["path"] for p in prints]:
         ledger.close()
@@ -146,6 +160,33 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
         raise errors.JobMismatch(f"{out_dir} was started with other batch options ({detail}); "
                                  f"run again with the same options, or {how}")
     return ledger
+
+
+def results_here(out_dir: str) -> str:
+    """What out_dir holds of a job's results ("" for nothing): bytes in the shards, finished requests counted."""
+    results = os.path.join(out_dir, "results")
+    size = 0
+    if os.path.isdir(results):
+        with os.scandir(results) as entries:
+            size = sum(e.stat().st_size for e in entries if e.name.endswith(".jsonl") and e.is_file())
+    counted = summary_finished(out_dir)
+    return ", ".join(part for part in (f"{size:,} bytes of results" if size else "",
+                                       f"a summary of {counted:,} finished requests" if counted else "") if part)
+
+
+def summary_finished(out_dir: str) -> int:
+    try:
+        with open(os.path.join(out_dir, "summary.json"), "rb") as f:
+            n = orjson.loads(f.read()).get("requests", {}).get("finished", 0)
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return 0
+    return n if isinstance(n, int) else 0
+
+
+def unknown_results(out_dir: str, here: str) -> str:
+    return (f"{out_dir} holds results its ledger.db does not know ({here}): the ledger is missing, empty, or "
+            f"lost its ledger.db-wal file. Running would send everything again and pay for it twice; put the "
+            f"job's ledger.db (and ledger.db-wal) back, or move results/ and summary.json away to start afresh")
 
 
 def as_started(settings: Settings, meta: dict) -> Settings:
