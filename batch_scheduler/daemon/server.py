@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
-import ipaddress
 import logging
 import os
 import signal
@@ -36,7 +35,7 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import RedactFilter, add_secret
 from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
 from batch_scheduler.core.settings import load_environment
-from batch_scheduler.daemon.api import Api
+from batch_scheduler.daemon.api import Api, is_loopback
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.slots import FairSlots
@@ -52,6 +51,7 @@ STOP_DEADLINE_S = 8.0  # SIGTERM -> exit: under the 10 s promised, and systemd's
 class DaemonConfig:
     spool: str
     listen: tuple[str, int] = ("127.0.0.1", 8787)
+    unix_socket: str | None = None  # `--listen unix:PATH`: the API on a unix socket instead
     token: str | None = None
     flags: Mapping[str, Any] = field(default_factory=dict)  # job options given on the command line
     max_jobs: int = 4
@@ -173,8 +173,10 @@ class Daemon:
                  base.concurrency, self.config.max_jobs)
 
     async def start_http(self) -> None:
-        self.url = await self.api.start(*self.config.listen)
+        self.url = await self.api.start(*self.config.listen, unix=self.config.unix_socket)
         log.info("listening on %s%s", self.url, " (bearer token required)" if self.config.token else "")
+        if (warning := listen_warning(self.config, self.url)) is not None:
+            log.warning("%s", warning)
 
     async def main_loop(self) -> None:
         next_scan = 0.0
@@ -307,13 +309,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("daemon")
     g.add_argument("--spool", required=True, metavar="DIR", help="spool directory: DIR/inbox, DIR/jobs")
     g.add_argument("--listen", default="127.0.0.1:8787", metavar="HOST:PORT",
-                   help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token)")
+                   help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token), or "
+                        "unix:PATH for a unix socket (mode 0600)")
     g.add_argument("--token", help="bearer token the HTTP API requires (or BATCH_DAEMON_TOKEN in .env)")
     g.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     g.add_argument("--max-jobs", type=int, default=4, metavar="N", help="jobs running at once (default 4)")
     g.add_argument("--inbox-poll-s", type=float, default=0.5, metavar="S", help="inbox look interval (default 0.5)")
     g.add_argument("--key-check-s", type=float, default=60.0, metavar="S",
                    help="how often a paused job checks a refused key again (default 60)")
+
+
+def listen_warning(config: DaemonConfig, url: str) -> str | None:
+    """What an operator must hear about where the API listens: beyond loopback it is plain HTTP."""
+    if config.unix_socket is not None or is_loopback(config.listen[0]):
+        return None
+    return (f"the HTTP API on {url} is plain HTTP: the token and every answer cross the network in clear; put a "
+            f"TLS proxy in front of it, or listen on loopback or a unix socket")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -323,20 +334,12 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:
     """The daemon's configuration from its flags; raises UsageError (exit 2) before anything starts."""
-    listen = parse_listen(args.listen)
+    unix = os.path.abspath(args.listen[len("unix:"):]) if args.listen.startswith("unix:") else None
+    listen = parse_listen(args.listen) if unix is None else DaemonConfig.listen
     token = args.token or env.get("BATCH_DAEMON_TOKEN") or None
-    if not is_loopback(listen[0]) and not token:
+    if unix is None and not is_loopback(listen[0]) and not token:
         raise errors.UsageError(f"--listen {args.listen}: not a loopback address, so the HTTP API needs --token "
                                 f"(or BATCH_DAEMON_TOKEN in .env); refusing to start")
     if getattr(args, "dry_run", False):
@@ -347,7 +350,8 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
     flags = {k: v for k, v in flags_of(args).items() if k in names}
     settings = build_settings(flags, env)  # bad job flags stop the start, not every job
     PriceTable.load(settings.prices_file)  # so does a price table that cannot be read
-    return DaemonConfig(spool=args.spool, listen=listen, token=token, flags=flags, max_jobs=args.max_jobs,
+    return DaemonConfig(spool=args.spool, listen=listen, unix_socket=unix, token=token, flags=flags,
+                        max_jobs=args.max_jobs,
                         inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True)
 
 
