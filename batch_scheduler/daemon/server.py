@@ -88,6 +88,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._lock_fd: int | None = None
+        self._claim_errors: dict[str, str] = {}  # inbox file -> why its last claim failed (logged once)
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
                                 restart_waits_s=config.restart_waits_s, wake=self._wake.set,
                                 claims=Claims(elsewhere=self.spool.batches_since))
@@ -251,9 +252,12 @@ class Daemon:
                 name = f"{base}-{n}"
             try:
                 job = self.spool.claim(filename, name)
-            except OSError as err:
-                log.error("cannot claim %s: %s", filename, err)
+            except OSError as err:  # a full disk, say: said once, tried again at every look, under the same name
+                if self._claim_errors.get(filename) != str(err):
+                    self._claim_errors[filename] = str(err)
+                    log.error("cannot claim %s: %s; trying again at every look at the inbox", filename, err)
                 continue
+            self._claim_errors.pop(filename, None)
             if job is None:
                 continue
             self.jobs[name] = job
