@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (errors.UsageError, errors.JobMismatch, errors.JobBusy) as err:
         print(f"batch-scheduler: {err}", file=sys.stderr)
         return ExitCode.USAGE
+    except errors.DiskFull as err:
+        print(f"batch-scheduler: {err}: free some space, then run the same command again; nothing is lost",
+              file=sys.stderr)
+        return ExitCode.FAILED
     except errors.SchedulerError as err:
         print(f"batch-scheduler: {err}", file=sys.stderr)
         return ExitCode.FAILED

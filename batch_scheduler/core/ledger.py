@@ -140,9 +140,8 @@ ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT"}  # chunks columns later ve
 def explain(err: sqlite3.Error, path: str) -> errors.SchedulerError | None:
     """What an SQLite error means to the user, as one of our errors; None for one we do not expect."""
     text = str(err)
-    if isinstance(err, sqlite3.OperationalError) and "full" in text:
-        return errors.DiskFull(f"no room to write {path} ({text}): free some space, then run the same command "
-                               f"again; nothing is lost")
+    if isinstance(err, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
+        return errors.DiskFull(f"no room left to write {path} ({text})")
     if "not a database" in text or "malformed" in text or "file is encrypted" in text:
         return errors.UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a "
                                  f"copy, or start the job afresh in another directory")

@@ -3,7 +3,8 @@ while the key is refused, the key checks.
 
     queued -> running -> done | failed | cancelled
                  |  \\-> queued (the daemon stopped, or a run stopped on an error: tried again later)
-                 \\--> paused (the key was refused: checked every --key-check-s and at SIGHUP) -> queued
+                 \\--> paused (the key was refused: checked every --key-check-s and at SIGHUP; or the disk
+                          is full: tried again every --key-check-s) -> queued
 """
 
 from __future__ import annotations
@@ -147,6 +148,12 @@ class JobRunner:
         self.set_state(job, JobState.PAUSED, reason)
         log.warning("job %s: paused: %s", job.name, reason, extra={"job": job.name, "state": "paused"})
 
+    def pause_for_room(self, job: Job, what: str) -> None:
+        job.resume_at = time.monotonic() + self.key_check_s
+        self.set_state(job, JobState.PAUSED, f"{redact(what)}: free some space; the job is tried again every "
+                                             f"{self.key_check_s:g} s and nothing is lost")
+        log.warning("job %s: paused: %s", job.name, job.reason, extra={"job": job.name, "state": "paused"})
+
     # -- settings -------------------------------------------------------------------------------
 
     def prepare(self, job: Job) -> Prepared:
@@ -251,6 +258,9 @@ class JobRunner:
         elif code == ExitCode.AUTH:
             job.restarts = 0
             self.pause(job, key_refused_reason(engine.settings, result.http_status, self.key_check_s))
+        elif result.disk_full is not None:  # not the job's fault: it waits for room, never fails for it
+            job.restarts = 0
+            self.pause_for_room(job, result.disk_full)
         elif result.busy:  # another process (`resume`, `cancel`) has the job: not a failure, wait for it
             job.not_before = time.monotonic() + self.key_check_s
             reason = f"{result.message} (trying again in {self.key_check_s:g} s)"

@@ -191,6 +191,7 @@ class Daemon:
                 self.claim_arrivals()
                 next_scan = now + self.config.inbox_poll_s
             self.check_keys(now)
+            self.resume_paused(now)
             self.start_jobs(now)
             if now >= next_progress:
                 self.log_progress()
@@ -278,8 +279,16 @@ class Daemon:
     def check_keys(self, now: float) -> None:
         assert self._tg is not None
         for job in self.jobs.values():
-            if job.state is JobState.PAUSED and job.key_check is None and job.next_key_check <= now:
+            if job.state is JobState.PAUSED and not job.resume_at and job.key_check is None \
+                    and job.next_key_check <= now:
                 job.key_check = self._tg.create_task(self.runner.check_key(job), name=f"key check {job.name}")
+
+    def resume_paused(self, now: float) -> None:
+        """Jobs paused for want of disk space are queued again once their wait is over."""
+        for job in self.jobs.values():
+            if job.state is JobState.PAUSED and job.resume_at and job.resume_at <= now:
+                job.resume_at = 0.0
+                self.runner.set_state(job, JobState.QUEUED, None)
 
     def log_progress(self) -> None:
         for job in self.jobs.values():

@@ -98,6 +98,7 @@ class Job:
     engine: Engine | None = None
     key_check: asyncio.Task | None = None
     next_key_check: float = 0.0  # monotonic
+    resume_at: float = 0.0  # monotonic: a job paused for want of disk space is queued again then (0: not so)
     not_before: float = 0.0  # monotonic: a run that stopped on an error waits until then
     restarts: int = 0  # runs in a row that stopped on an error
     cancel_requested: bool = False

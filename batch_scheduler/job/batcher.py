@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from batch_scheduler.core.errors import InputError
 from batch_scheduler.job.reader import Block
 from batch_scheduler.job.validate import BLANK, Rejects, Validator
 
@@ -53,8 +54,9 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
     nbytes = BODY_WRAPPER_BYTES
     room = batch_size
     end_file = end_pos = 0  # just past the open chunk's last line
-    async with aclosing(blocks):  # closing us closes the reader (and its file) too
-        async for block in blocks:
+    unreadable: list[InputError] = []  # the input could not be read on: the chunk so far still goes, then this
+    async with aclosing(blocks), aclosing(_until_unreadable(blocks, unreadable)) as readable:
+        async for block in readable:  # closing us closes the reader (and its file) too
             fi = block.file_index
             rows = unit_of(fi) == "rows"
             pos = block.start_pos
@@ -92,6 +94,17 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
     if chunk is not None:
         chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
         yield chunk
+    if unreadable:
+        raise unreadable[0]
+
+
+async def _until_unreadable(blocks: AsyncIterator[Block], unreadable: list[InputError]) -> AsyncIterator[Block]:
+    """The blocks, ending (not failing) where the input cannot be read on; the error goes to `unreadable`."""
+    try:
+        async for block in blocks:
+            yield block
+    except InputError as err:
+        unreadable.append(err)
 
 
 def chunk_digest(lines: list[bytes]) -> str:

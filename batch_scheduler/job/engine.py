@@ -9,6 +9,7 @@ The CLI's `run` and the daemon both use it, so a run and a daemon job behave ali
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -52,6 +53,7 @@ class JobResult:
     retry: bool = False  # unfinished for a reason that may pass: running it again later may finish it
     http_status: int | None = None  # the HTTP status of a refusal (key refused), for the daemon
     busy: bool = False  # another process holds the job (a daemon tries again later)
+    disk_full: str | None = None  # what could not be written for want of room (a daemon pauses the job)
 
 
 class Engine:
@@ -102,6 +104,10 @@ class Engine:
             return JobResult(ExitCode.USAGE, str(err))
         except errors.JobBusy as err:  # another process has the job: touch nothing
             return JobResult(ExitCode.USAGE, str(err), busy=True)
+        except (errors.DiskFull, OSError) as err:
+            if (full := disk_full(err)) is None:
+                raise
+            return full
         try:
             result = await self._run_once(job)
         except asyncio.CancelledError:
@@ -167,6 +173,10 @@ class Engine:
             return JobResult(ExitCode.AUTH, auth_message(self.settings, status), http_status=status)
         if isinstance(err, errors.JobMismatch):
             return JobResult(ExitCode.USAGE, str(err))
+        if (full := disk_full(err)) is not None:
+            return full
+        if isinstance(err, errors.InputError):  # the input cannot be read on: running again cannot help
+            return JobResult(ExitCode.FAILED, f"{err}; what was sent before it is kept")
         if isinstance(err, errors.SchedulerError):
             return JobResult(ExitCode.FAILED, f"stopped: {http.redact(str(err))}. Nothing is lost: run the same "
                              f"command again to resume", retry=True)
@@ -188,6 +198,9 @@ class Engine:
                          f"{self.out_dir}/rejected.jsonl; nothing was submitted")
 
     async def _final_result(self, job: Job, admission: Admission) -> JobResult:
+        if self._run is not None and self._run.input_error is not None:
+            return JobResult(ExitCode.FAILED, f"{self._run.input_error}; the requests before it were sent and "
+                             f"their results collected")
         if admission.cancelled:
             return JobResult(ExitCode.FAILED, f"the job was cancelled; {admission.held_back:,} request(s) were not "
                              f"sent. Run again with --retry-cancelled to carry on")
@@ -214,6 +227,13 @@ class Engine:
         log.debug("retry %s #%d in %.2fs: %s", endpoint, attempt, wait_s, err)
 
     def _write_summary(self, job: Job, result: JobResult, started: float) -> dict[str, Any]:
+        try:
+            return self._write_summary_file(job, result, started)
+        except OSError as err:  # a full disk: the ledger holds everything the summary would say
+            log.error("cannot write %s/summary.json (%s); `status` shows the job from its ledger", self.out_dir, err)
+            return {}
+
+    def _write_summary_file(self, job: Job, result: JobResult, started: float) -> dict[str, Any]:
         run = self._run
         summary = build_summary(
             result.exit_code, result.message, cancelled=self.cancelled, settings=self.settings, inputs=self.inputs,
@@ -224,6 +244,18 @@ class Engine:
             polls=run.poller.stats if run is not None else PollStats())
         write_summary(self.out_dir, summary)
         return summary
+
+
+def disk_full(err: BaseException) -> JobResult | None:
+    """The result of a run stopped for want of room to write (a full disk or quota, a file size limit)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = f"no room left to write {err.filename or 'the job'} ({err.strerror})"
+    elif isinstance(err, errors.DiskFull):
+        what = str(err)
+    else:
+        return None
+    return JobResult(ExitCode.FAILED, f"stopped: {what}: free some space, then run the same command again; "
+                     f"nothing is lost", retry=True, disk_full=what)
 
 
 def first_error(eg: BaseExceptionGroup) -> BaseException:

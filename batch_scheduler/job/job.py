@@ -12,6 +12,7 @@ anything, and `Job.close` gives it back; a second run, resume or daemon job is r
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -62,8 +63,15 @@ class Job:
                    stats: JobStats, prices: PriceTable, owner: str = "batch-scheduler run") -> Job:
         """The job in out_dir (made by the first run); JobMismatch, with nothing written, if it is another's;
         JobBusy if another process holds it (`owner` names this one to a process refused in turn)."""
-        os.makedirs(out_dir, mode=0o700, exist_ok=True)
-        lock = JobLock.take(out_dir, owner)
+        try:
+            os.makedirs(out_dir, mode=0o700, exist_ok=True)
+            lock = JobLock.take(out_dir, owner)
+        except (FileExistsError, NotADirectoryError):
+            raise errors.UsageError(f"--out {out_dir}: not a directory") from None
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise errors.UsageError(f"--out {out_dir}: cannot write there ({err.strerror})") from None
         try:
             ledger = open_ledger(settings, out_dir, inputs, remembered)
         except BaseException:
@@ -110,6 +118,8 @@ class Job:
         the ledger stays open for the summary."""
         try:
             self.rejects.close(complete=read_all)
+        except OSError as err:  # a full disk: the list of the last complete read stays
+            log.error("cannot write %s/rejected.jsonl (%s); the previous list stays", self.out_dir, err)
         finally:
             self.shards.close()
 

@@ -14,12 +14,13 @@ import glob
 import gzip
 import hashlib
 import os
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.lines import split_lines
 
 BLOCK_BYTES = 4 << 20
@@ -79,12 +80,12 @@ class JsonlSource:
         f = self._open(0)  # opened and closed on the loop: a cancelled thread hop would leak the file
         try:
             if start_pos:
-                await asyncio.to_thread(f.seek, start_pos)
+                await self._read(f, start_line, seek=start_pos)
             pos, line_no, limit = start_pos, start_line, self.max_line_bytes
             tail: list[bytes] = []  # the unfinished line, in the pieces read (joined once it ends)
             tail_bytes = 0
             skipping = 0  # bytes of an over-long line passed over so far (none of it kept)
-            while data := await asyncio.to_thread(f.read, BLOCK_BYTES):
+            while data := await self._read(f, line_no):
                 if skipping or tail:
                     nl = data.find(b"\n")
                     size = skipping + tail_bytes + (len(data) if nl < 0 else nl)  # of the unfinished line
@@ -118,6 +119,28 @@ class JsonlSource:
                 yield Block(self.index, [b"".join(tail)], line_no, pos)
         finally:
             f.close()
+
+
+    async def _read(self, f: BinaryIO, line_no: int, seek: int | None = None) -> bytes:
+        """The next block (or, with `seek`, a move there), in a thread; a bad .gz is an InputError at `line_no`."""
+        try:
+            if seek is not None:
+                await asyncio.to_thread(f.seek, seek)
+                return b""
+            return await asyncio.to_thread(f.read, BLOCK_BYTES)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise InputError(self.path, line_no, compressed_problem(err)) from None
+
+
+def compressed_problem(err: BaseException) -> str:
+    """What a gzip error means, and what to do (the job's input cannot change under it)."""
+    if isinstance(err, EOFError):
+        what = "the compressed data ends early (a truncated or partly copied file?)"
+    elif isinstance(err, gzip.BadGzipFile):
+        what = f"not a gzip file ({err})"
+    else:
+        what = f"the compressed data is damaged ({err})"
+    return f"{what}: start afresh with a complete copy in another --out"
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None

@@ -75,6 +75,7 @@ class Run:
         self._collecting = 0  # ended batches being collected
         self._collect_idle = asyncio.Event()
         self._collect_idle.set()
+        self.input_error: errors.InputError | None = None  # why reading stopped before the end of the input
 
     async def go(self) -> None:
         """Send every chunk, and collect every batch, this run can."""
@@ -91,19 +92,23 @@ class Run:
         ledger, s, job, admission = self.ledger, self.settings, self.job, self.admission
         await self._left_by_earlier_runs()
         counting = self._count_lines(span_blocks(job.sources, (0, 0, 1), None))
-        async with aclosing(cut_chunks(counting, self.validator, job.rejects, batch_size=s.batch_size,
-                                       batch_bytes=s.batch_bytes, overhead=self.provider.body_overhead,
-                                       unit_of=lambda fi: job.sources[fi].unit)) as chunks:
-            async for chunk in chunks:
-                self.stats.accepted += chunk.n
-                self.stats.rejected = job.rejects.count
-                await self._input_chunk(chunk)
-                while self._pending_retries >= s.batch_size and not admission.hold:
-                    await self._retry_chunk()
-        self.stats.reading_done = True
+        try:
+            async with aclosing(cut_chunks(counting, self.validator, job.rejects, batch_size=s.batch_size,
+                                           batch_bytes=s.batch_bytes, overhead=self.provider.body_overhead,
+                                           unit_of=lambda fi: job.sources[fi].unit)) as chunks:
+                async for chunk in chunks:
+                    self.stats.accepted += chunk.n
+                    self.stats.rejected = job.rejects.count
+                    await self._input_chunk(chunk)
+                    while self._pending_retries >= s.batch_size and not admission.hold:
+                        await self._retry_chunk()
+        except errors.InputError as err:  # the input cannot be read on (a cut .gz): what was sent is collected
+            self.input_error = err
+        else:
+            self.stats.reading_done = True
+            await ledger.record_accepted_total(self.stats.accepted)
         self.stats.rejected = job.rejects.count
         job.rejects.flush()
-        await ledger.record_accepted_total(self.stats.accepted)
         while True:
             admission.check()
             if self._pending_retries > 0 and not admission.hold:

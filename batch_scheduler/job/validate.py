@@ -7,6 +7,7 @@ hashes, not a set of strings), so a million requests cost about 13 MiB, not a hu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -166,7 +167,10 @@ class Rejects:
         if extra:
             record.update(extra)
         if self._f:
-            self._f.write(orjson.dumps(record) + b"\n")
+            try:
+                self._f.write(orjson.dumps(record) + b"\n")
+            except OSError as err:  # a full disk: say which file
+                raise OSError(err.errno, err.strerror, self._path) from None
         if len(self.first) < self.SHOW:
             where = f"{record['file']}:{line}" if line is not None else f"custom_id {custom_id}"
             self.first.append(f"{where}: {error}")
@@ -182,17 +186,28 @@ class Rejects:
             return
         f, self._f = self._f, None
         assert self._path is not None
+        partial = self._path + PARTIAL
         try:
+            try:
+                if complete:
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                try:
+                    f.close()
+                except OSError:
+                    if complete:
+                        raise
             if complete:
-                f.flush()
-                os.fsync(f.fileno())
+                os.replace(partial, self._path)
+        except OSError as err:  # a full disk: the list of the last complete read stays
+            complete = False
+            raise OSError(err.errno, err.strerror, self._path) from None
         finally:
-            f.close()
-        if complete:
-            os.replace(self._path + PARTIAL, self._path)
-        else:
-            os.unlink(self._path + PARTIAL)
-            self.count = self.kept
+            if not complete:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(partial)
+                self.count = self.kept
 
     def report(self, stream: IO[str] = sys.stderr) -> None:
         if not self.count:
