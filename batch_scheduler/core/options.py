@@ -66,6 +66,9 @@ def _float(text: str) -> float:
     return value
 
 
+_float.__name__ = "finite number"  # argparse: "invalid finite number value: 'nan'"
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": _MB, "mb": _MB, "mib": 1 << 20,
           "g": 1000 * _MB, "gb": 1000 * _MB, "gib": 1 << 30}
@@ -150,9 +153,18 @@ DAEMON_SIDE = frozenset(o.name for o in JOB_OPTIONS if o.daemon_side)
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any] | None:
+    """The option's converter, its UsageError told as argparse's own (a usage line, exit 2, no traceback)."""
     if option.type in (bool, list, str):
         return None
-    return option.type  # type: ignore[return-value]
+    convert_to = option.type
+
+    def convert(text: str) -> Any:
+        try:
+            return convert_to(text)  # type: ignore[call-arg]
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = getattr(convert_to, "__name__", "value")
+    return convert
 
 
 def add_job_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:

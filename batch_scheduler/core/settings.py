@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -97,11 +99,26 @@ def load_environment(cwd: str | os.PathLike | None = None) -> dict[str, str]:
     return values
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: CR, LF and the like (a tab is fine)
+
+
 def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
         raise UsageError(f"--header {text!r}: expected 'Name: value'")
+    if not _TOKEN.fullmatch(name.strip()):
+        raise UsageError(f"--header {text!r}: {name.strip()!r} is not a header name (letters, digits, - and the like)")
+    if _CONTROL.search(value):
+        raise UsageError(f"--header {name.strip()}: the value holds a line break or another control character")
     return name.strip(), value.strip()
+
+
+def check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or _CONTROL.search(url) or " " in url:
+        raise UsageError(f"--base-url {url!r}: expected http:// or https:// and a host, e.g. https://api.anthropic.com")
+    return url
 
 
 def _first(*values: Any) -> Any:
@@ -134,7 +151,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
     values["provider"] = spec.name
     values["api_key"] = _first(flags.get("api_key"), *(env.get(n) for n in spec.key_env)) or ""
     base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)
-    values["base_url"] = str(base).rstrip("/")
+    values["base_url"] = check_base_url(str(base).rstrip("/"))
     values["auth"] = flags.get("auth") or spec.default_auth
     if flags.get("model") is None:
         values["model"] = _first(*(env.get(n) for n in spec.model_env))
@@ -148,6 +165,9 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
     if values["poll_max_s"] < values["poll_min_s"]:
         raise UsageError("--poll-min must be > 0 and --poll-max at least --poll-min")
     values["headers"] = tuple(parse_header(h) for h in values["headers"])
+    for name in ("anthropic_version", "inline_create_path", "inline_status_path", "inline_results_path"):
+        if _CONTROL.search(values[name] or ""):
+            raise UsageError(f"--{name.replace('_', '-')}: the value holds a line break or another control character")
     template = values["template"]
     if template and template_file and os.path.isfile(template):
         values["template"] = Path(template).read_text(encoding="utf-8")
