@@ -52,7 +52,7 @@ def _cancel(args: argparse.Namespace, path: str, env: dict[str, str], running: s
         meta_flags = dict(ledger.read_meta().get("flags", {}))
     finally:
         ledger.close()
-    given = {k: v for k, v in flags_of(args).items() if k == "base_url"}
+    given = {k: v for k, v in flags_of(args).items() if k in ("base_url", "header")}
     settings = build_settings(ledger_flags(out_dir, meta_flags, given, env, trust_url=args.trust_ledger_url), env)
     if not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))

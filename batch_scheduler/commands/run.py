@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
 from typing import Any
+
+import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
-from batch_scheduler.core.options import REMEMBERED, flags_of
+from batch_scheduler.core.options import REMEMBERED, flags_of, unkept_headers
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
@@ -19,7 +23,7 @@ from batch_scheduler.job.job import results_here, unknown_results
 from batch_scheduler.job.reader import expand_inputs
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 
-RESUME_OVERRIDES = ("retry_cancelled", "concurrency", "base_url")  # what `resume DIR` may change
+RESUME_OVERRIDES = ("retry_cancelled", "concurrency", "base_url", "header")  # what `resume DIR` may change
 
 
 def ledger_flags(job_dir: str, meta_flags: dict[str, Any], given: dict[str, Any], env: dict[str, str], *,
@@ -29,6 +33,10 @@ def ledger_flags(job_dir: str, meta_flags: dict[str, Any], given: dict[str, Any]
     configured to go (the environment, or the provider's public API), when `--base-url` says so, or when
     the user passes `--trust-ledger-url`; otherwise UsageError, and nothing is sent anywhere."""
     flags = {**meta_flags, **given}
+    unkept = unkept_headers(meta_flags) if "header" not in given else []
+    if unkept:
+        raise errors.UsageError(f"{job_dir} was run with the header(s) {', '.join(unkept)}, whose values the ledger "
+                                f"does not keep: give them again, e.g. --header '{unkept[0]}: VALUE'")
     url = meta_flags.get("base_url")
     if url and "base_url" not in given and not trust_url:
         configured = build_settings({"provider": flags.get("provider")}, env)
@@ -81,9 +89,51 @@ def main(args: argparse.Namespace) -> int:
     remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
     engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered,
                     owner=f"batch-scheduler {args.command}")
-    result: JobResult = run_loop(engine.run())
-    print_outcome(result)
-    return result.exit_code
+    outcome = run_loop(until_signalled(engine))
+    if isinstance(outcome, signal.Signals):
+        code = STOPPED_BY[outcome]
+        outcome = JobResult(code, f"stopped by {outcome.name} (exit {int(code)}); nothing is lost: run the same "
+                                  f"command again to resume", read_summary(out))
+    print_outcome(outcome)
+    return outcome.exit_code
+
+
+STOPPED_BY = {signal.SIGHUP: ExitCode.HANGUP, signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+
+
+async def until_signalled(engine: Engine) -> JobResult | signal.Signals:
+    """The engine's run. SIGINT, SIGTERM and SIGHUP each stop it as Ctrl-C does (the engine keeps everything
+    and writes the summary): the signal comes back in place of a result. A second signal is ignored."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    got: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if not got:
+            got.append(sig)
+            task.cancel()
+    for sig in STOPPED_BY:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await engine.run()
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        task.uncancel()
+        return got[0]
+    finally:
+        for sig in STOPPED_BY:
+            loop.remove_signal_handler(sig)
+
+
+def read_summary(out: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(out, "summary.json"), "rb") as f:
+            doc = orjson.loads(f.read())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def print_outcome(result: JobResult) -> None:

@@ -207,3 +207,6 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad flags or input that refuses the job; nothing was sent
     AUTH = 3  # the API refused the key; nothing in flight is lost
     FORCED = 4  # daemon only: jobs did not stop within the shutdown deadline, exited anyway
+    HANGUP = 129  # run/resume: stopped by SIGHUP (128 + its number); everything is kept, the same command resumes
+    INTERRUPTED = 130  # run/resume: stopped by SIGINT (Ctrl-C); likewise
+    TERMINATED = 143  # run/resume: stopped by SIGTERM; likewise

@@ -201,6 +201,22 @@ def flags_of(values: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in items if v is not None}
 
 
+NOT_KEPT = "[not kept]"  # a header's value, as the ledger remembers it
+
+
+def kept_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The remembered flags as a ledger keeps them: header values left out (a proxy's token is one)."""
+    out = dict(flags)
+    if out.get("header"):
+        out["header"] = [f"{h.partition(':')[0].strip()}: {NOT_KEPT}" for h in out["header"]]
+    return out
+
+
+def unkept_headers(flags: Mapping[str, Any]) -> list[str]:
+    """Names of the headers whose values a ledger did not keep (they must be given again)."""
+    return [h.partition(":")[0].strip() for h in flags.get("header") or () if h.endswith(f": {NOT_KEPT}")]
+
+
 def check_value(option: Option, value: Any, where: str) -> Any:
     """`value` converted to the option's type and range-checked; UsageError naming `where` and the flag."""
     label = f"{where}{option.flag}" if where else option.flag

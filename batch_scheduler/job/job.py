@@ -23,6 +23,7 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.ledger import Ledger, RetryState
+from batch_scheduler.core.options import kept_flags
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats
@@ -146,7 +147,7 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
             ledger.close()
             raise errors.JobMismatch(unknown_results(out_dir, here))
         ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
-                           "flags": remembered, "job_name": settings.job_name})
+                           "flags": kept_flags(remembered), "job_name": settings.job_name})
         return ledger
     summarised, known = summary_finished(out_dir), finished(ledger.counters())
     if summarised > known:  # the ledger is older than the results it wrote

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from batch_scheduler.commands.main import main
@@ -49,3 +51,23 @@ def test_a_base_url_read_from_the_ledger_needs_the_configuration_or_a_flag(env, 
         assert main(["cancel", out]) == 0
         monkeypatch.delenv("ANTHROPIC_BASE_URL")
         assert main(["cancel", out, "--trust-ledger-url"]) == 0
+
+
+def test_header_values_are_not_kept_in_the_ledger_and_resume_asks_for_them(env, monkeypatch, capsys):
+    secret = "s3cret-proxy-token-000111"
+    write_requests(env / "in.jsonl", 20)
+    out = str(env / "out")
+    with SimulatorProcess() as sim:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)
+        assert main(["run", str(env / "in.jsonl"), "--out", out, "--header", f"X-Proxy-Token: {secret}",
+                     "--header", "Bypass-Middleware: true", "--poll-min", "0.02", "--poll-max", "0.1"]) == 0
+        for root, _, files in os.walk(out):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    assert secret.encode() not in f.read(), name
+        capsys.readouterr()
+        assert main(["resume", out]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"batch-scheduler: {out} was run with the header(s) X-Proxy-Token, Bypass-Middleware, whose values the "
+            f"ledger does not keep: give them again, e.g. --header 'X-Proxy-Token: VALUE'")
+        assert main(["resume", out, "--header", f"X-Proxy-Token: {secret}", "--header", "Bypass-Middleware: true"]) == 0
