@@ -289,7 +289,8 @@ def markdown_table() -> str:
             "off" if o.type is bool else "" if o.default in (None, ()) else f"{o.default:,}"
             if isinstance(o.default, int) else f"{o.default:g}" if isinstance(o.default, float) else str(o.default))
         env = f" (env {', '.join('`' + e + '`' for e in o.env)})" if o.env else ""
-        notes = [n for n, on in (("remembered", o.remembered), ("shapes batches", o.shapes)) if on]
+        notes = [n for n, on in (("remembered", o.remembered), ("shapes batches", o.shapes),
+                                 ("daemon-side", o.daemon_side)) if on]
         rows.append(f"| `{flag}` | {default}{env} | {o.help}{'; ' + ', '.join(notes) if notes else ''} |")
     return "\n".join(rows)
 
