@@ -78,20 +78,26 @@ class Job:
         except BaseException:
             lock.release()
             raise
-        settings = as_started(settings, ledger.read_meta())
         try:
+            settings = as_started(settings, ledger.read_meta())
             shards = open_shards(out_dir, settings.shards, await ledger.shard_offsets(settings.shards))
         except BaseException:
             ledger.close()
             lock.release()
             raise
-        rejects = Rejects(os.path.join(out_dir, "rejected.jsonl"), inputs)
+        try:
+            rejects = Rejects(os.path.join(out_dir, "rejected.jsonl"), inputs)
+        except BaseException:
+            shards.close()
+            ledger.close()
+            lock.release()
+            raise
         try:
             for cid, msg in (await ledger.api_rejected()).items():
                 rejects.add(None, None, cid, f"refused by the API: {msg}")
             return cls(settings, out_dir, inputs, ledger, shards, rejects, stats=stats, prices=prices, lock=lock)
         except BaseException:
-            rejects.close()
+            rejects.close(complete=False)
             shards.close()
             ledger.close()
             lock.release()

@@ -42,7 +42,7 @@ def wait_until(condition, timeout_s: float = 20.0) -> None:
 def test_a_second_run_or_resume_is_refused_while_one_runs_and_a_killed_one_blocks_nothing(env, capsys):
     ids = write_requests(env / "in.jsonl", 200)
     out = env / "out"
-    with SimulatorProcess(["--processing-s", "8"]) as sim:  # ends while the test runs, not before it checks
+    with SimulatorProcess(["--processing-s", "5"]) as sim:  # ends while the test runs, not before it checks
         args = ["run", str(env / "in.jsonl"), "--out", str(out), "--base-url", sim.url, "--poll-min", "0.02",
                 "--poll-max", "0.1", "--batch-size", "50", "--concurrency", "2"]
         first = subprocess.Popen([sys.executable, "-m", "batch_scheduler", *args], stdout=subprocess.DEVNULL,
