@@ -20,7 +20,7 @@
             └── ProtocolError           an answer we cannot read
 
 `from_status` and `from_exception` are the only places where HTTP statuses and aiohttp
-exceptions become these errors.
+exceptions become these errors; `from_sqlite` does the same for the ledger's SQLite errors.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+import sqlite3
 
 import aiohttp
 import orjson
@@ -199,12 +200,28 @@ def from_exception(exc: BaseException, *, what: str = "", sent: bool = False) ->
     return ProtocolError(f"{what}: {name}: {exc}")
 
 
+def from_sqlite(err: sqlite3.Error, path: str) -> SchedulerError | None:
+    """What an SQLite error of the ledger at `path` means to a user, as one of ours; None for an unexpected one."""
+    text = str(err)
+    if isinstance(err, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
+        return DiskFull(f"no room left to write {path} ({text})")
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a copy, "
+                          f"or start the job afresh in another directory")
+    if "no such table" in text:
+        return UsageError(f"{path} holds no ledger (an empty or foreign file); restore the job's ledger.db from "
+                          f"a copy, or start the job afresh in another directory")
+    if "readonly" in text or "unable to open" in text:
+        return UsageError(f"cannot write {path} ({text}): check that its directory is writable")
+    return None
+
+
 class ExitCode(enum.IntEnum):
     """Exit statuses shared by `run`, `resume`, `cancel` and the daemon (README's exit-status table)."""
 
     OK = 0  # every accepted request reached a final result (daemon: stopped on SIGTERM/SIGINT)
     FAILED = 1  # anything else; the job is resumable (daemon: it failed itself, systemd restarts it)
-    USAGE = 2  # bad flags or input that refuses the job; nothing was sent
+    USAGE = 2  # bad flags or input that refuses the job, or a refusal (the job in use, unknown results); nothing sent
     AUTH = 3  # the API refused the key; nothing in flight is lost
     FORCED = 4  # daemon only: jobs did not stop within the shutdown deadline, exited anyway
     HANGUP = 129  # run/resume: stopped by SIGHUP (128 + its number); everything is kept, the same command resumes

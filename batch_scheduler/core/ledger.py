@@ -137,22 +137,6 @@ class ChunkRow:
 ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT"}  # chunks columns later versions added: migrated on open
 
 
-def explain(err: sqlite3.Error, path: str) -> errors.SchedulerError | None:
-    """What an SQLite error means to the user, as one of our errors; None for one we do not expect."""
-    text = str(err)
-    if isinstance(err, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
-        return errors.DiskFull(f"no room left to write {path} ({text})")
-    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
-        return errors.UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a "
-                                 f"copy, or start the job afresh in another directory")
-    if "no such table" in text:
-        return errors.UsageError(f"{path} holds no ledger (an empty or foreign file); restore the job's ledger.db "
-                                 f"from a copy, or start the job afresh in another directory")
-    if "readonly" in text or "unable to open" in text:
-        return errors.UsageError(f"cannot write {path} ({text}): check that its directory is writable")
-    return None
-
-
 class Ledger:
     def __init__(self, path: str, *, readonly: bool = False):
         self.path = path
@@ -162,7 +146,7 @@ class Ledger:
             self._db: sqlite3.Connection = self._pool.submit(self._connect).result()
         except sqlite3.Error as err:
             self._pool.shutdown(wait=False)
-            raise explain(err, path) or err from None
+            raise errors.from_sqlite(err, path) or err from None
 
     def _connect(self) -> sqlite3.Connection:
         if self._readonly:
@@ -214,7 +198,7 @@ class Ledger:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
             return out
         except sqlite3.Error as err:
-            raise explain(err, self.path) or err from None
+            raise errors.from_sqlite(err, self.path) or err from None
 
     def _tx_once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
@@ -243,7 +227,7 @@ class Ledger:
             try:
                 return fn()
             except sqlite3.Error as err:
-                raise explain(err, self.path) or err from None
+                raise errors.from_sqlite(err, self.path) or err from None
         return self._pool.submit(q).result()
 
     # -- job identity ---------------------------------------------------------------------------
