@@ -41,8 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = _say_json if args.log_json else _say
     try:
         return COMMANDS[args.command](args)
-    except (errors.UsageError, errors.JobMismatch) as err:
+    except (errors.UsageError, errors.JobMismatch, errors.JobBusy) as err:
         return say(str(err), ExitCode.USAGE)
+    except errors.DiskFull as err:
+        return say(f"{err}: free some space, then run the same command again; nothing is lost", ExitCode.FAILED)
     except errors.SchedulerError as err:
         return say(str(err), ExitCode.FAILED)
     except KeyboardInterrupt:

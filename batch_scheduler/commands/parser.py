@@ -15,7 +15,9 @@ from batch_scheduler.simulator import add_arguments as add_simulator_arguments
 DESCRIPTION = """Push very large LLM workloads through provider batch APIs, exactly once.
 
 Exit status: 0 every accepted request reached a final result; 1 anything else (resumable);
-2 usage errors; 3 the API refused the key.
+2 usage errors and refusals (another process holds the job, results its ledger does not know, an
+input changed under the job); 3 the API refused the key; 129, 130, 143 stopped by SIGHUP, SIGINT,
+SIGTERM (resumable).
 """
 
 
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="resume the job in DIR with the options it was started with")
     r.add_argument("dir", metavar="DIR", help="the job's output directory")
-    add_job_options(r, only=("retry_cancelled", "concurrency"))
+    add_job_options(r, only=("retry_cancelled", "concurrency", "base_url", "header"))
+    _trust_ledger_url(r)
     _run_only(r)
     _common(r, top=False)
 
@@ -64,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("cancel", help="cancel the job's batches in flight at the provider")
     r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    add_job_options(r, only=("base_url", "header"))
+    _trust_ledger_url(r)
     _common(r, top=False)
 
     r = sub.add_parser("export", help="the job in DIR as one table: a row per input request, in input order")
@@ -85,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_options(r, only=_daemon_job_options())
     _common(r, top=False)
     return p
+
+
+def _trust_ledger_url(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-ledger-url", action="store_true",
+                   help="send the key to the base URL the job's ledger names even when it is not the configured "
+                        "one (ANTHROPIC_BASE_URL, OPENAI_BASE_URL, ... or the public API)")
 
 
 def _daemon_job_options() -> list[str]:

@@ -3,24 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 import time
+from typing import Any
+
+import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
-from batch_scheduler.core.options import REMEMBERED, flags_of
+from batch_scheduler.core.options import REMEMBERED, flags_of, unkept_headers
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.daemon.metrics import Metrics, run_view
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.job import results_here, unknown_results
 from batch_scheduler.job.reader import expand_inputs
-from batch_scheduler.providers import build_settings, missing_key_message
+from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 
-RESUME_OVERRIDES = ("retry_cancelled", "concurrency")  # what `resume DIR` may change
+RESUME_OVERRIDES = ("retry_cancelled", "concurrency", "base_url", "header")  # what `resume DIR` may change
+
+
+def ledger_flags(job_dir: str, meta_flags: dict[str, Any], given: dict[str, Any], env: dict[str, str], *,
+                 trust_url: bool) -> dict[str, Any]:
+    """The options a job was started with, as `resume DIR` and `cancel DIR` use them: the ledger's, `given`
+    on top. The ledger is a file, not an instruction: its base URL is used only when it is where the key is
+    configured to go (the environment, or the provider's public API), when `--base-url` says so, or when
+    the user passes `--trust-ledger-url`; otherwise UsageError, and nothing is sent anywhere."""
+    flags = {**meta_flags, **given}
+    unkept = unkept_headers(meta_flags) if "header" not in given else []
+    if unkept:
+        raise errors.UsageError(f"{job_dir} was run with the header(s) {', '.join(unkept)}, whose values the ledger "
+                                f"does not keep: give them again, e.g. --header '{unkept[0]}: VALUE'")
+    url = meta_flags.get("base_url")
+    if url and "base_url" not in given and not trust_url:
+        configured = build_settings({"provider": flags.get("provider")}, env)
+        if str(url).rstrip("/") != configured.base_url:
+            where = spec_of(configured.provider).base_url_env[0]
+            raise errors.UsageError(
+                f"{job_dir} was run against {url}, but the key is configured for {configured.base_url}; it is "
+                f"only sent where it is configured to go. If {url} is right, set {where} to it, give "
+                f"--base-url {url}, or add --trust-ledger-url")
+    return flags
 
 log = logging.getLogger("batch_scheduler.run")
 
@@ -29,13 +58,20 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
     """Settings, output dir and inputs for run / resume (resume reads them back from the ledger)."""
     if args.command == "resume":
         path = os.path.join(args.dir, "ledger.db")
-        if not os.path.exists(path):
-            raise errors.UsageError(f"{args.dir}: no job here (no ledger.db)")
-        ledger = Ledger(path)
-        meta = ledger.read_meta()
-        ledger.close()
-        flags = dict(meta.get("flags", {}))
-        flags.update({k: v for k, v in flags_of(args).items() if k in RESUME_OVERRIDES})
+        here = results_here(args.dir)
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            raise errors.UsageError(unknown_results(args.dir, here) if here else f"{args.dir}: no job here "
+                                    f"(no ledger.db)")
+        ledger = Ledger(path, readonly=True)
+        try:
+            meta = ledger.read_meta()
+        finally:
+            ledger.close()
+        if not meta.get("inputs"):
+            raise errors.UsageError(unknown_results(args.dir, here) if here else f"{args.dir}: its ledger.db knows "
+                                    f"no job")
+        given = {k: v for k, v in flags_of(args).items() if k in RESUME_OVERRIDES}
+        flags = ledger_flags(args.dir, dict(meta.get("flags", {})), given, env, trust_url=args.trust_ledger_url)
         inputs = [p["path"] for p in meta["inputs"]]
         out = args.dir
     else:
@@ -60,17 +96,60 @@ def main(args: argparse.Namespace) -> int:
     metrics = Metrics() if metrics_file else None
     if metrics_file:
         check_writable_dir(metrics_file)
-    engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered, observer=metrics)
+    engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered, observer=metrics,
+                    owner=f"batch-scheduler {args.command}")
     started = time.time()
-    result: JobResult = run_loop(engine.run())
-    print_outcome(result, json_lines=getattr(args, "log_json", False))
+    outcome = run_loop(until_signalled(engine))
+    if isinstance(outcome, signal.Signals):
+        code = STOPPED_BY[outcome]
+        outcome = JobResult(code, f"stopped by {outcome.name} (exit {int(code)}); nothing is lost: run the same "
+                                  f"command again to resume", read_summary(out))
+    print_outcome(outcome, json_lines=getattr(args, "log_json", False))
     if metrics is not None and metrics_file:
         try:
-            metrics.write_textfile(metrics_file, run_view(engine, result, started))
+            metrics.write_textfile(metrics_file, run_view(engine, outcome, started))
         except OSError as err:  # the job's work is safe; say why the file is missing
             print(f"batch-scheduler: --metrics-file {metrics_file}: cannot write: {err.strerror or err}",
                   file=sys.stderr)
-    return result.exit_code
+    return outcome.exit_code
+
+
+STOPPED_BY = {signal.SIGHUP: ExitCode.HANGUP, signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+
+
+async def until_signalled(engine: Engine) -> JobResult | signal.Signals:
+    """The engine's run. SIGINT, SIGTERM and SIGHUP each stop it as Ctrl-C does (the engine keeps everything
+    and writes the summary): the signal comes back in place of a result. A second signal is ignored."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    got: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if not got:
+            got.append(sig)
+            task.cancel()
+    for sig in STOPPED_BY:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await engine.run()
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        task.uncancel()
+        return got[0]
+    finally:
+        for sig in STOPPED_BY:
+            loop.remove_signal_handler(sig)
+
+
+def read_summary(out: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(out, "summary.json"), "rb") as f:
+            doc = orjson.loads(f.read())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def check_writable_dir(path: str) -> None:
@@ -84,6 +163,9 @@ def check_writable_dir(path: str) -> None:
 
 def outcome_line(result: JobResult) -> str:
     s = result.summary
+    if not s:  # refused before it ran (another job's directory, or one in use): the reason only
+        print(f"batch-scheduler: {result.message}", file=sys.stderr)
+        return
     req = s.get("requests", {})
     res = s.get("results", {})
     return (f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "

@@ -4,6 +4,8 @@
     ├── UsageError                      bad flags or configuration (exit 2)
     ├── InputError                      bad input; carries file and line
     ├── JobMismatch                     an --out that belongs to another job or other options
+    ├── JobBusy                         another process holds the job's lock (exit 2)
+    ├── DiskFull                        no room to write the shards, the ledger or a job file
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
@@ -18,7 +20,7 @@
             └── ProtocolError           an answer we cannot read
 
 `from_status` and `from_exception` are the only places where HTTP statuses and aiohttp
-exceptions become these errors.
+exceptions become these errors; `from_sqlite` does the same for the ledger's SQLite errors.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+import sqlite3
 
 import aiohttp
 import orjson
@@ -49,6 +52,21 @@ class InputError(SchedulerError):
 
 class JobMismatch(SchedulerError):
     """The output directory belongs to another input or other batch-shaping options."""
+
+
+class JobBusy(SchedulerError):
+    """Another process (a run, resume, cancel or daemon job) holds the job directory's lock."""
+
+    def __init__(self, job_dir: str, holder: str, owner: str | None = None):
+        super().__init__(f"{job_dir} is in use: {holder} holds it; wait for that to end (or stop it), "
+                         f"then run again")
+        self.job_dir = job_dir
+        self.holder = holder  # who, in words
+        self.owner = owner  # the holder's command ("batch-scheduler run"), None if its record is unreadable
+
+
+class DiskFull(SchedulerError):
+    """No room to write (ENOSPC, EDQUOT, EFBIG, SQLite's "database or disk is full"): free space, run again."""
 
 
 class ProviderError(SchedulerError):
@@ -182,11 +200,30 @@ def from_exception(exc: BaseException, *, what: str = "", sent: bool = False) ->
     return ProtocolError(f"{what}: {name}: {exc}")
 
 
+def from_sqlite(err: sqlite3.Error, path: str) -> SchedulerError | None:
+    """What an SQLite error of the ledger at `path` means to a user, as one of ours; None for an unexpected one."""
+    text = str(err)
+    if isinstance(err, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
+        return DiskFull(f"no room left to write {path} ({text})")
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a copy, "
+                          f"or start the job afresh in another directory")
+    if "no such table" in text:
+        return UsageError(f"{path} holds no ledger (an empty or foreign file); restore the job's ledger.db from "
+                          f"a copy, or start the job afresh in another directory")
+    if "readonly" in text or "unable to open" in text:
+        return UsageError(f"cannot write {path} ({text}): check that its directory is writable")
+    return None
+
+
 class ExitCode(enum.IntEnum):
     """Exit statuses shared by `run`, `resume`, `cancel` and the daemon (README's exit-status table)."""
 
     OK = 0  # every accepted request reached a final result (daemon: stopped on SIGTERM/SIGINT)
     FAILED = 1  # anything else; the job is resumable (daemon: it failed itself, systemd restarts it)
-    USAGE = 2  # bad flags or input that refuses the job; nothing was sent
+    USAGE = 2  # bad flags or input that refuses the job, or a refusal (the job in use, unknown results); nothing sent
     AUTH = 3  # the API refused the key; nothing in flight is lost
     FORCED = 4  # daemon only: jobs did not stop within the shutdown deadline, exited anyway
+    HANGUP = 129  # run/resume: stopped by SIGHUP (128 + its number); everything is kept, the same command resumes
+    INTERRUPTED = 130  # run/resume: stopped by SIGINT (Ctrl-C); likewise
+    TERMINATED = 143  # run/resume: stopped by SIGTERM; likewise

@@ -10,7 +10,9 @@ A crash between 3's two halves leaves lines past the recorded offsets: the next 
 
 Per-request rows exist only for the few requests that need another attempt (`retries`) or were
 refused by the API (`api_rejected`). Every method is one transaction, run on the ledger's own
-thread and shielded from cancellation, so a cancelled task cannot tear a state change.
+thread and shielded from cancellation, so a cancelled task cannot tear a state change. The job's
+creation, every batch id and every collection are checkpointed into ledger.db at once, so the main
+file alone knows the job: a lost ledger.db-wal loses no batch and no result of it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from batch_scheduler.core import errors
 
 T = TypeVar("T")
 
@@ -45,7 +49,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     intent_at REAL, submitted_at REAL, ended_at REAL, collected_at REAL,
     est_cost REAL NOT NULL DEFAULT 0,
     note TEXT,
-    skipped TEXT                        -- input kind: JSON [[file, line], ...] of rejected lines inside the span
+    skipped TEXT,                       -- input kind: JSON [[file, line], ...] of rejected lines inside the span
+    digest TEXT                         -- input kind: sha256 of the root chunk's request lines, as cut
 );
 CREATE INDEX IF NOT EXISTS chunks_root ON chunks(root_seq);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
@@ -119,6 +124,7 @@ class ChunkRow:
     est_cost: float
     note: str | None
     skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
+    digest: str | None = None  # input chunks: sha256 of the root chunk's request lines when cut (None: older ledger)
 
     def __post_init__(self) -> None:
         self.kind = ChunkKind(self.kind)
@@ -128,7 +134,7 @@ class ChunkRow:
         return {(f, n) for f, n in json.loads(self.skipped)} if self.skipped else set()
 
 
-_CHUNK_COLS = ", ".join(ChunkRow.__dataclass_fields__)
+ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT"}  # chunks columns later versions added: migrated on open
 
 
 class Ledger:
@@ -136,12 +142,17 @@ class Ledger:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._readonly = readonly
-        self._db: sqlite3.Connection = self._pool.submit(self._connect).result()
+        try:
+            self._db: sqlite3.Connection = self._pool.submit(self._connect).result()
+        except sqlite3.Error as err:
+            self._pool.shutdown(wait=False)
+            raise errors.from_sqlite(err, path) or err from None
 
     def _connect(self) -> sqlite3.Connection:
         if self._readonly:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                  check_same_thread=False, timeout=30)
+            self._select_columns(db)
             return db
         fresh = not os.path.exists(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -151,8 +162,10 @@ class Ledger:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
-        if "skipped" not in columns:  # a ledger made before the column existed (a job resumed after an upgrade)
-            db.execute("ALTER TABLE chunks ADD COLUMN skipped TEXT")
+        for name, kind in ADDED_COLUMNS.items():  # a ledger made before the column (a job resumed after an upgrade)
+            if name not in columns:
+                db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {kind}")
+        self._select_columns(db)
         # a ledger made before RetryState had one spelling (one statement: atomic, and a no-op once done)
         db.execute("UPDATE retries SET state=? WHERE state=?", (RetryState.CANCELLED, _OLD_CANCELLED))
         for side in ("-wal", "-shm"):  # owner only, whatever the umask
@@ -160,25 +173,41 @@ class Ledger:
                 os.chmod(self.path + side, 0o600)
         return db
 
+    def _select_columns(self, db: sqlite3.Connection) -> None:
+        """What a SELECT of a chunk row names: a column an older ledger lacks (read-only: not migrated) is NULL."""
+        have = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+        self._cols = ", ".join(c if c in have or not have else f"NULL AS {c}" for c in ChunkRow.__dataclass_fields__)
+
     def close(self) -> None:
         self._pool.submit(self._db.close).result()
         self._pool.shutdown(wait=True)
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, checkpoint: bool = False) -> T:
         """Run one transaction on the ledger thread; a cancelled caller cannot tear it."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self._tx, fn)
+        fut = loop.run_in_executor(self._pool, self._tx, fn, checkpoint)
         return await asyncio.shield(fut)
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], checkpoint: bool = False) -> T:
+        """One transaction; with `checkpoint`, then copied from the WAL into ledger.db (as far as readers let)."""
+        try:
+            out = self._tx_once(fn)
+            if checkpoint:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+            return out
+        except sqlite3.Error as err:
+            raise errors.from_sqlite(err, self.path) or err from None
+
+    def _tx_once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             out = fn(db)
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         if isinstance(out, sqlite3.Cursor):
@@ -188,23 +217,30 @@ class Ledger:
             return None  # type: ignore[return-value]
         return out
 
-    def sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def sync(self, fn: Callable[[sqlite3.Connection], T], *, checkpoint: bool = False) -> T:
         """Blocking form, for commands that run outside an event loop."""
-        return self._pool.submit(self._tx, fn).result()
+        return self._pool.submit(self._tx, fn, checkpoint).result()
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        """A read outside a transaction, on the ledger thread (blocking)."""
+        def q() -> T:
+            try:
+                return fn()
+            except sqlite3.Error as err:
+                raise errors.from_sqlite(err, self.path) or err from None
+        return self._pool.submit(q).result()
 
     # -- job identity ---------------------------------------------------------------------------
 
     def read_meta(self) -> dict[str, Any]:
-        def q(db: sqlite3.Connection) -> dict[str, Any]:
-            return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-        return self._pool.submit(q, self._db).result()
+        return self._read(lambda: {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")})
 
     @staticmethod
     def _write_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
 
     def write_meta(self, values: dict[str, Any]) -> None:
-        self.sync(lambda db: self._write_meta(db, values))
+        self.sync(lambda db: self._write_meta(db, values), checkpoint=True)
 
     async def is_cancelled(self) -> bool:
         """Whether `cancel` marked the job (read by every run before it sends a batch: off the loop)."""
@@ -229,31 +265,37 @@ class Ledger:
 
     async def chunks_of_root(self, seq: int) -> list[ChunkRow]:
         return await self._run(lambda db: self._rows(db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks WHERE root_seq = ? ORDER BY skip, id", (seq,))))
+            f"SELECT {self._cols} FROM chunks WHERE root_seq = ? ORDER BY skip, id", (seq,))))
 
     async def chunks_in(self, *states: str) -> list[ChunkRow]:
         marks = ",".join("?" * len(states))
         return await self._run(lambda db: self._rows(db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks WHERE state IN ({marks}) ORDER BY id", states)))
+            f"SELECT {self._cols} FROM chunks WHERE state IN ({marks}) ORDER BY id", states)))
 
     async def chunk(self, chunk_id: int) -> ChunkRow:
         return await self._run(lambda db: self._rows(db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks WHERE id=?", (chunk_id,)))[0])
+            f"SELECT {self._cols} FROM chunks WHERE id=?", (chunk_id,)))[0])
 
     def all_chunks(self) -> list[ChunkRow]:
-        return self._pool.submit(lambda: self._rows(self._db.execute(
-            f"SELECT {_CHUNK_COLS} FROM chunks ORDER BY id"))).result()
+        return self._read(lambda: self._rows(self._db.execute(f"SELECT {self._cols} FROM chunks ORDER BY id")))
 
     async def claimed_batch_ids(self) -> set[str]:
         return await self._run(lambda db: {r[0] for r in db.execute(
             "SELECT batch_id FROM chunks WHERE batch_id IS NOT NULL")})
 
+    def batch_ids_since(self, since: float) -> set[str]:
+        """Batch ids this job recorded at or after `since` (blocking; another job's adoption asks)."""
+        return self._read(lambda: {r[0] for r in self._db.execute(
+            "SELECT batch_id FROM chunks WHERE batch_id IS NOT NULL AND submitted_at >= ?", (since,))})
+
     async def record_intent(self, *, kind: ChunkKind, take: int, nbytes: int, root_seq: int | None = None,
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
-                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
-                            ) -> int:
-        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting."""
+                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
+                            digest: str | None = None) -> int:
+        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting.
+
+        digest: an input chunk's `batcher.chunk_digest` as cut, checked whenever the chunk is read again."""
         now = time.time()
 
         def q(db: sqlite3.Connection) -> int:
@@ -265,10 +307,10 @@ class Ledger:
             sf, sp, sl, ef, ep = span or (None, None, None, None, None)
             cur = db.execute(
                 "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line, end_file,"
-                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped, digest)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (kind, root_seq, skip, take, sf, sp, sl, ef, ep, nbytes, ChunkState.SUBMITTING, attempt, now,
-                 est_cost, json.dumps(skipped) if skipped else None))
+                 est_cost, json.dumps(skipped) if skipped else None, digest))
             new_id = int(cur.lastrowid or 0)
             if retry_ids:
                 db.executemany("UPDATE retries SET chunk_id=?, state=? WHERE custom_id=?",
@@ -280,7 +322,7 @@ class Ledger:
         """Write-ahead step 2: the batch id, the moment create returned (or the batch was adopted)."""
         await self._run(lambda db: db.execute(
             "UPDATE chunks SET state=?, batch_id=?, adopted=?, submitted_at=? WHERE id=?",
-            (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), chunk_id)))
+            (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), chunk_id)), checkpoint=True)
 
     async def set_state(self, chunk_id: int, state: ChunkState, note: str | None = None) -> None:
         await self._run(lambda db: db.execute(
@@ -306,17 +348,18 @@ class Ledger:
         skip/take place an input chunk's part in its root chunk; a retry chunk's requests move by custom_id.
         """
         def q(db: sqlite3.Connection) -> list[int]:
-            row = db.execute(f"SELECT {_CHUNK_COLS} FROM chunks WHERE id=?", (chunk_id,)).fetchone()
+            row = db.execute(f"SELECT {self._cols} FROM chunks WHERE id=?", (chunk_id,)).fetchone()
             parent = ChunkRow(*row)
             db.execute("UPDATE chunks SET state=? WHERE id=?", (ChunkState.SPLIT, chunk_id))
             new_ids: list[int] = []
             for skip, take, nbytes, ids in halves:
                 cur = db.execute(
                     "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line,"
-                    " end_file, end_pos, nbytes, state, attempt, note, skipped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " end_file, end_pos, nbytes, state, attempt, note, skipped, digest)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (parent.kind, parent.root_seq, skip, take, parent.start_file, parent.start_pos,
                      parent.start_line, parent.end_file, parent.end_pos, nbytes, ChunkState.PLANNED,
-                     parent.attempt, f"split from {chunk_id}", parent.skipped))
+                     parent.attempt, f"split from {chunk_id}", parent.skipped, parent.digest))
                 new_ids.append(int(cur.lastrowid or 0))
                 if parent.kind == ChunkKind.RETRY:
                     db.executemany("UPDATE retries SET chunk_id=? WHERE custom_id=?", [(new_ids[-1], c) for c in ids])
@@ -404,7 +447,7 @@ class Ledger:
                 list(counts.items()))
             db.execute("UPDATE chunks SET state=?, collected_at=?, ended_at=COALESCE(ended_at, ?) WHERE id=?",
                        (ChunkState.COLLECTED, now, now, chunk_id))
-        await self._run(q)
+        await self._run(q, checkpoint=True)
 
     async def record_failed(self, chunk_id: int, *, park: list[tuple[str, bytes, int, RetryState, bytes]],
                             note: str | None) -> None:
@@ -424,7 +467,7 @@ class Ledger:
             list(counts.items())))
 
     def counters(self) -> dict[str, float]:
-        return self._pool.submit(lambda: dict(self._db.execute("SELECT name, value FROM counters"))).result()
+        return self._read(lambda: dict(self._db.execute("SELECT name, value FROM counters")))
 
     async def acounters(self) -> dict[str, float]:
         return await self._run(lambda db: dict(db.execute("SELECT name, value FROM counters")))
@@ -446,4 +489,4 @@ class Ledger:
                 key = RetryState.CANCELLED if state == _OLD_CANCELLED else RetryState(state)
                 out[key] = out.get(key, 0) + n
             return out
-        return self._pool.submit(q).result()
+        return self._read(q)

@@ -5,7 +5,9 @@ variables, help, whether the ledger remembers it (so `resume DIR` needs no flags
 shapes batches (a different value under an existing `--out` is refused). From it come:
 - the argparse options of `run`, `resume` and `daemon` (`add_job_options`);
 - the remembered set (`REMEMBERED`) and the batch-shaping set (`SHAPING`);
-- the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`);
+- the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`):
+  what shapes a job's batches and prompts, never what decides where the daemon's key goes or which
+  files it reads (`daemon_side`: provider, base URL, auth, headers, version, paths, prices, polling);
 - the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it).
 
 Adding a job option is one entry here; `Settings` (core.settings) is built from this table, so the
@@ -41,7 +43,9 @@ class Option:
     minimum: float | None = None  # smallest accepted value (numbers)
     maximum: float | None = None
     default_text: str | None = None  # the default as README says it, when `default` alone would mislead
-    in_option_file: bool = True  # a daemon's NAME.options.json may set it
+    in_option_file: bool = True  # a known key of a daemon's NAME.options.json (else "unknown option")
+    daemon_side: bool = False  # where the key goes, which files are read, how hard the key is used: only the
+    #                            daemon's command line and environment set it, never a dropped options file
 
     @property
     def flag(self) -> str:
@@ -61,6 +65,9 @@ def _float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text!r} is not a finite number")
     return value
+
+
+_float.__name__ = "finite number"  # argparse: "invalid finite number value: 'nan'"
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*$", re.IGNORECASE)
@@ -84,27 +91,28 @@ PROVIDER, BATCHING, INPUT, COST = "provider", "batching", "input", "cost"
 JOB_OPTIONS: tuple[Option, ...] = (
     # -- provider -------------------------------------------------------------------------------
     Option("provider", str, "anthropic", "which batch API", PROVIDER, env=("BATCH_PROVIDER",), shapes=True,
-           choices=("anthropic", "openai", "inline")),
+           choices=("anthropic", "openai", "inline"), daemon_side=True),
     Option("base_url", str, "https://api.anthropic.com", "where the API is", PROVIDER, metavar="URL",
-           default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
+           daemon_side=True, default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
     Option("auth", str, "x-api-key", "how the key is sent; proxies often want bearer", PROVIDER,
-           choices=("x-api-key", "bearer"), default_text="x-api-key (bearer for openai and inline)"),
+           choices=("x-api-key", "bearer"), default_text="x-api-key (bearer for openai and inline)",
+           daemon_side=True),
     Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`); beats the same "
            "header from the environment. A secret header belongs in the variable: a flag shows in `ps` and is "
            "remembered in the ledger", PROVIDER, field="headers", metavar="'Name: value'",
-           default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)"),
+           default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)", daemon_side=True),
     Option("anthropic_version", str, "2023-06-01", "the `anthropic-version` header", PROVIDER, metavar="V",
-           env=("ANTHROPIC_VERSION",)),
+           env=("ANTHROPIC_VERSION",), daemon_side=True),
     Option("model", str, None, "fills the model where a request has none", PROVIDER, shapes=True, metavar="M",
            default_text="`CLAUDE_MODEL`"),
     Option("http_timeout", _float, 300.0, "read timeout per call, seconds", PROVIDER, field="http_timeout_s",
-           metavar="S", minimum=0.001),
+           metavar="S", minimum=0.001, daemon_side=True),
     Option("inline_create_path", str, "/v1/batches", "inline proxy: create path", PROVIDER, metavar="PATH",
-           env=("INLINE_CREATE_PATH",)),
+           env=("INLINE_CREATE_PATH",), daemon_side=True),
     Option("inline_status_path", str, "/v1/batches/{id}", "inline proxy: status path", PROVIDER, metavar="PATH",
-           env=("INLINE_STATUS_PATH",)),
+           env=("INLINE_STATUS_PATH",), daemon_side=True),
     Option("inline_results_path", str, "/v1/batches/{id}/results", "inline proxy: results path", PROVIDER, metavar="PATH",
-           env=("INLINE_RESULTS_PATH",)),
+           env=("INLINE_RESULTS_PATH",), daemon_side=True),
     # -- batching -------------------------------------------------------------------------------
     Option("batch_size", int, 10_000, "requests per batch", BATCHING, shapes=True, metavar="N", minimum=1,
            default_text="the provider's (10,000; openai 50,000; inline 5,000)"),
@@ -112,9 +120,9 @@ JOB_OPTIONS: tuple[Option, ...] = (
            BATCHING, shapes=True, metavar="SIZE", default_text="200MB (max 256MB; openai 200MB)"),
     Option("concurrency", int, 8, "batches in flight at once", BATCHING, metavar="K", minimum=1),
     Option("poll_min", _float, 5.0, "first poll interval of a batch, seconds; backs off 1.5x with jitter",
-           BATCHING, field="poll_min_s", metavar="S", minimum=0.001),
+           BATCHING, field="poll_min_s", metavar="S", minimum=0.001, daemon_side=True),
     Option("poll_max", _float, 60.0, "longest poll interval, seconds", BATCHING, field="poll_max_s",
-           metavar="S", minimum=0.001),
+           metavar="S", minimum=0.001, daemon_side=True),
     Option("shards", int, 16, "result shard files", BATCHING, shapes=True, metavar="S", minimum=1, maximum=4096),
     Option("max_attempts", int, 3, "attempts per request for transient errors and expiry", BATCHING,
            metavar="N", minimum=1),
@@ -144,7 +152,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "the job stops resumable", COST, field="max_cost_usd", metavar="USD", minimum=0),
     Option("prices", str, None, "price table overriding the shipped one (same shape as "
            "`batch_scheduler/data/prices.json`)", COST, field="prices_file", env=("BATCH_PRICES_FILE",),
-           metavar="FILE", default_text="shipped table"),
+           metavar="FILE", default_text="shipped table", daemon_side=True),
     Option("count_sample", int, 20, "requests counted exactly (Anthropic's free count_tokens when a key is set, "
            "tiktoken for openai) to measure the token estimate, by --dry-run and by a run under --max-cost; 0: "
            "the heuristic alone", COST, metavar="N", minimum=0, maximum=1000),
@@ -156,12 +164,22 @@ JOB_OPTION_NAMES = frozenset(BY_NAME)
 REMEMBERED = frozenset(o.name for o in JOB_OPTIONS if o.remembered)
 SHAPING = frozenset(o.name for o in JOB_OPTIONS if o.shapes)
 OPTION_FILE_NAMES = frozenset(o.name for o in JOB_OPTIONS if o.in_option_file)
+DAEMON_SIDE = frozenset(o.name for o in JOB_OPTIONS if o.daemon_side)
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any] | None:
+    """The option's converter, its UsageError told as argparse's own (a usage line, exit 2, no traceback)."""
     if option.type in (bool, list, str, dict):
         return None
-    return option.type  # type: ignore[return-value]
+    convert_to = option.type
+
+    def convert(text: str) -> Any:
+        try:
+            return convert_to(text)  # type: ignore[call-arg]
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = getattr(convert_to, "__name__", "value")
+    return convert
 
 
 def add_job_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
@@ -196,6 +214,22 @@ def flags_of(values: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
     """The values actually given (None and absent switches left out)."""
     items = vars(values).items() if isinstance(values, argparse.Namespace) else values.items()
     return {k: v for k, v in items if v is not None}
+
+
+NOT_KEPT = "[not kept]"  # a header's value, as the ledger remembers it
+
+
+def kept_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The remembered flags as a ledger keeps them: header values left out (a proxy's token is one)."""
+    out = dict(flags)
+    if out.get("header"):
+        out["header"] = [f"{h.partition(':')[0].strip()}: {NOT_KEPT}" for h in out["header"]]
+    return out
+
+
+def unkept_headers(flags: Mapping[str, Any]) -> list[str]:
+    """Names of the headers whose values a ledger did not keep (they must be given again)."""
+    return [h.partition(":")[0].strip() for h in flags.get("header") or () if h.endswith(f": {NOT_KEPT}")]
 
 
 def check_value(option: Option, value: Any, where: str) -> Any:
@@ -255,12 +289,21 @@ def json_object(value: Any, label: str) -> dict:
 def coerce_option_file(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A daemon job's options document, checked key by key: dest -> value (None values dropped).
 
-    An unknown key or a value of the wrong type is a UsageError naming `where` and the key.
+    An unknown key, one that is the daemon's to set (`daemon_side`) or a value of the wrong type is a
+    UsageError naming `where` and the key. A `template` here is the template itself, never a file name
+    (the caller builds the settings with `template_file=False`), and `params` the object, never a path.
     """
     unknown = sorted(set(doc) - OPTION_FILE_NAMES)
     if unknown:
         raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}; use the names of the "
                          f"command-line flags in snake_case (e.g. batch_size)")
+    theirs = sorted(set(doc) & DAEMON_SIDE)
+    if theirs:
+        raise UsageError(f"{where}: {', '.join(theirs)} may not be set by a job's options file: where the daemon "
+                         f"sends its key, which files it reads and how it polls are set on the daemon's command "
+                         f"line or in its .env; a job's options shape its batches and prompts only")
+    if isinstance(doc.get("params"), str):  # a path: a dropped file must not make the daemon read files
+        raise UsageError(f"{where}: params must be the JSON object itself here, not the name of a file")
     out: dict[str, Any] = {}
     for key, value in doc.items():
         if value is None:
@@ -282,7 +325,8 @@ def markdown_table() -> str:
             "off" if o.type is bool else "" if o.default in (None, ()) else f"{o.default:,}"
             if isinstance(o.default, int) else f"{o.default:g}" if isinstance(o.default, float) else str(o.default))
         env = f" (env {', '.join('`' + e + '`' for e in o.env)})" if o.env else ""
-        notes = [n for n, on in (("remembered", o.remembered), ("shapes batches", o.shapes)) if on]
+        notes = [n for n, on in (("remembered", o.remembered), ("shapes batches", o.shapes),
+                                 ("daemon-side", o.daemon_side)) if on]
         rows.append(f"| `{flag}` | {default}{env} | {o.help}{'; ' + ', '.join(notes) if notes else ''} |")
     return "\n".join(rows)
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -77,6 +78,7 @@ _RUN_FIELDS: list[tuple[str, Any, Any]] = [
     ("api_key", str, field(default="", repr=False)),  # never in a repr, a log line or a file
     ("retry", RetryPolicy, field(default=RetryPolicy())),
     ("progress", bool, field(default=False)),  # a live progress line on a terminal
+    ("job_name", str, field(default="")),  # a daemon job's name: generated custom_ids carry it (sources.safe_id)
     ("verbose", bool, field(default=False)),
 ]
 
@@ -115,6 +117,16 @@ def load_environment(cwd: str | os.PathLike | None = None) -> dict[str, str]:
     return values
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF and the like (a tab is fine)
+
+
+def check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or _CONTROL.search(url) or " " in url:
+        raise UsageError(f"--base-url {url!r}: expected http:// or https:// and a host, e.g. https://api.anthropic.com")
+    return url
+
+
 def _first(*values: Any) -> Any:
     for v in values:
         if v is not None and v != "":
@@ -126,11 +138,14 @@ def provider_name(flags: Mapping[str, Any], env: Mapping[str, str]) -> str:
     return flags.get("provider") or env.get("BATCH_PROVIDER") or "anthropic"
 
 
-def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: ProviderSpec) -> Settings:
+def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: ProviderSpec, *,
+                  template_file: bool = True) -> Settings:
     """Combine flags (None = not given) with the environment, for the provider `spec` declares.
 
     Each option is resolved generically from the table (flag, then its environment variables, then
     its default, checked for type and range); what depends on the provider comes from `spec`.
+    A `template` naming an existing file is read from it, unless `template_file` is False (a daemon
+    job's options file gives the template itself, and never makes the daemon read a file).
     Callers use `providers.build_settings`, which finds the spec. Raises UsageError.
     """
     values: dict[str, Any] = {}
@@ -142,7 +157,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
     values["provider"] = spec.name
     values["api_key"], values["auth"] = _credential(flags, env, spec)
     base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)
-    values["base_url"] = str(base).rstrip("/")
+    values["base_url"] = check_base_url(str(base).rstrip("/"))
     if flags.get("model") is None:
         values["model"] = _first(*(env.get(n) for n in spec.model_env))
     batch_size = values["batch_size"] = int(_first(flags.get("batch_size"), spec.default_requests))
@@ -155,8 +170,11 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
     if values["poll_max_s"] < values["poll_min_s"]:
         raise UsageError("--poll-min must be > 0 and --poll-max at least --poll-min")
     values["headers"] = _headers(values["headers"], env, spec)
+    for name in ("anthropic_version", "inline_create_path", "inline_status_path", "inline_results_path"):
+        if _CONTROL.search(values[name] or ""):
+            raise UsageError(f"--{name.replace('_', '-')}: the value holds a line break or another control character")
     template = values["template"]
-    if template and os.path.isfile(template):
+    if template and template_file and os.path.isfile(template):
         values["template"] = Path(template).read_text(encoding="utf-8")
     values["progress"] = bool(flags.get("progress"))
     values["verbose"] = bool(flags.get("verbose"))

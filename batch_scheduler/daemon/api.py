@@ -1,14 +1,31 @@
 """The daemon's HTTP API (aiohttp): GET /healthz, /jobs, /jobs/NAME, /metrics; POST /jobs/NAME/cancel;
 and the status page for people, GET / and /job/NAME (daemon.page).
 
-With a token, every path but /healthz needs `Authorization: Bearer TOKEN`.
+Who may call what is decided in one place, `Access`, the middleware of every route (a new route, the
+status page included, gets the same rules without a line of its own). In this order:
+
+1. Host: on a loopback listener the `Host` header must name it (localhost, 127.0.0.1 or [::1], with its
+   port): a web page under another name that resolves to 127.0.0.1 (DNS rebinding) is refused, 403.
+2. Origin: a request that carries one (a browser's fetch or form post) must come from this listener's
+   own origin, `http://` + its Host (the status page it serves); any other page is refused, 403.
+3. The token (`Authorization: Bearer TOKEN`): with one, every path but /healthz needs it (beyond loopback
+   the daemon does not start without one). A call that changes state (any method but GET and HEAD:
+   POST /jobs/NAME/cancel and whatever comes) needs it in any case: without a token configured such a
+   call is refused 403 (start the daemon with --token); with a wrong or missing bearer, 401.
+4. A call that changes state must say `Content-Type: application/json` (a form or `text/plain` post, which
+   a page may send anywhere, is refused, 415).
+
+The API also listens on a unix socket (`--listen unix:PATH`, mode 0600): no browser reaches one, so the
+Host is not checked there; the token rules are the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,16 +88,94 @@ def _read_job_files(job_dir: str) -> tuple[dict[str, Any] | None, dict[str, Any]
     return st, read_json(os.path.join(job_dir, SUMMARY_FILE)), size
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})  # every other method changes state
+OPEN_PATHS = frozenset({"/healthz"})  # answer without the token
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _refuse(status: int, error: str) -> web.Response:
+    resp = _json({"error": error}, status)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+class Access:
+    """The access rules of every route (the module docstring): `middleware` applies them, `bind` tells them
+    where the API listens."""
+
+    def __init__(self, token: str | None):
+        self._token = token.encode() if token else None
+        self._hosts: frozenset[str] | None = None  # the Host values that name the listener; None: any
+        self._name = ""  # the listener as the refusal names it
+
+    def bind(self, host: str | None, port: int) -> None:
+        """The API listens on host:port (host None: a unix socket)."""
+        if host is None or not is_loopback(host):
+            self._hosts = None  # a unix socket, or beyond loopback (the token guards it)
+            return
+        own = f"[{host}]" if ":" in host else host
+        names = {*LOOPBACK_NAMES, own}
+        self._hosts = frozenset({f"{n}:{port}" for n in names} | (names if port == 80 else set()))
+        self._name = f"{own}:{port}"
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        refusal = self.refusal(request)
+        return refusal if refusal is not None else await handler(request)
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """Why `request` may not go on (a response to send instead), or None."""
+        host = (request.host or "").lower()
+        if self._hosts is not None and host not in self._hosts:
+            return _refuse(403, f"Host {request.host!r} does not name this daemon; call it as {self._name}")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() != f"http://{host}":
+            return _refuse(403, f"requests from another origin ({origin}) are refused")
+        changes = request.method not in READ_METHODS
+        if changes and self._token is None:
+            return _refuse(403, "this call changes state and needs the daemon's token: start the daemon with "
+                                "--token (or BATCH_DAEMON_TOKEN) and send Authorization: Bearer TOKEN")
+        if (changes or (self._token is not None and request.path not in OPEN_PATHS)) and not self._bearer(request):
+            return _refuse(401, "missing or wrong bearer token")
+        if changes and request.content_type != "application/json":
+            return _refuse(415, "a call that changes state must send Content-Type: application/json")
+        return None
+
+    def _bearer(self, request: web.Request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return (self._token is not None and scheme.lower() == "bearer"
+                and hmac.compare_digest(given.strip().encode(), self._token))
+
+
+def _clear_stale_socket(path: str) -> None:
+    """A socket left at `path` by a daemon that died (the spool's lock says none runs now) goes."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Api:
     def __init__(self, service: Service, token: str | None):
         self.service = service
-        self._token = token.encode() if token else None
+        self.access = Access(token)
         self._runner: web.AppRunner | None = None
         self._described: dict[str, tuple[int, dict[str, Any]]] = {}
         self.pages = Pages(service)  # the status page for people (daemon.page)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self.access.middleware])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/jobs", self.list_jobs)
         app.router.add_get("/jobs/{name}", self.get_job)
@@ -90,17 +185,26 @@ class Api:
         app.router.add_get("/job/{name}", self.pages.job)
         return app
 
-    async def start(self, host: str, port: int) -> str:
-        """Listen on HOST:PORT (port 0: any free one); the URL it answers on."""
+    async def start(self, host: str, port: int, *, unix: str | None = None) -> str:
+        """Listen on HOST:PORT (port 0: any free one), or on the unix socket `unix`; the URL it answers on."""
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=HTTP_STOP_S)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            if unix is not None:
+                _clear_stale_socket(unix)
+                await web.UnixSite(runner, unix).start()
+                os.chmod(unix, 0o600)  # its owner's only, whatever the umask
+            else:
+                await web.TCPSite(runner, host, port).start()
         except OSError as err:
             await runner.cleanup()
-            raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+            raise OSError(f"cannot listen on {unix or f'{host}:{port}'}: {err.strerror or err}") from None
         self._runner = runner
+        if unix is not None:
+            self.access.bind(None, 0)
+            return f"unix:{unix}"
         bound = runner.addresses[0]
+        self.access.bind(host, bound[1])
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         return f"http://{shown}:{bound[1]}"
 
@@ -110,16 +214,6 @@ class Api:
             await runner.cleanup()
 
     # -- the endpoints --------------------------------------------------------------------------
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        if self._token is not None and request.path != "/healthz":
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
-                resp = _json({"error": "missing or wrong bearer token"}, 401)
-                resp.headers["WWW-Authenticate"] = "Bearer"
-                return resp
-        return await handler(request)
 
     def _job(self, request: web.Request) -> Job:
         job = self.service.jobs.get(request.match_info["name"])

@@ -3,7 +3,8 @@ while the key is refused, the key checks.
 
     queued -> running -> done | failed | cancelled
                  |  \\-> queued (the daemon stopped, or a run stopped on an error: tried again later)
-                 \\--> paused (the key was refused: checked every --key-check-s and at SIGHUP) -> queued
+                 \\--> paused (the key was refused: checked every --key-check-s and at SIGHUP; or the disk
+                          is full: tried again every --key-check-s) -> queued
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from batch_scheduler.daemon.logs import current_job, log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
 from batch_scheduler.job.cancel import cancel_batches
+from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.observe import Observer
 from batch_scheduler.providers import (
@@ -109,9 +111,10 @@ class JobRunner:
     """
 
     def __init__(self, flags: Mapping[str, Any], *, key_check_s: float, restart_waits_s: tuple[float, ...],
-                 wake: Callable[[], None], observer: Observer | None = None):
+                 wake: Callable[[], None], observer: Observer | None = None, claims: Claims | None = None):
         self.flags = flags
         self.observer = observer  # every engine's HTTP latencies and batch timings (daemon.metrics)
+        self.claims = claims or Claims()  # whose batch is whose, shared by every job (see job.claims)
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
         self._wake = wake
@@ -151,17 +154,35 @@ class JobRunner:
         self.set_state(job, JobState.PAUSED, reason)
         log.warning("job %s: paused: %s", job.name, reason, extra={"job": job.name, "state": "paused"})
 
+    def pause_for_room(self, job: Job, what: str) -> None:
+        job.resume_at = time.monotonic() + self.key_check_s
+        self.set_state(job, JobState.PAUSED, f"{redact(what)}: free some space; the job is tried again every "
+                                             f"{self.key_check_s:g} s and nothing is lost")
+        log.warning("job %s: paused: %s", job.name, job.reason, extra={"job": job.name, "state": "paused"})
+
     # -- settings -------------------------------------------------------------------------------
 
     def prepare(self, job: Job) -> Prepared:
-        """Settings for the job's next run: command-line flags, then its options.json, over .env."""
+        """Settings for the job's next run: command-line flags, then its options.json, over .env.
+
+        Whatever the job's own options or directory make go wrong is a UsageError for that job, never an
+        error of the daemon. A template in options.json is the template itself, never a file to read.
+        """
+        try:
+            return self._prepare(job)
+        except errors.UsageError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the job's, not the daemon's: it fails that job only
+            raise errors.UsageError(f"options: {type(err).__name__}: {redact(str(err))}") from None
+
+    def _prepare(self, job: Job) -> Prepared:
         options = read_options(job.dir)
         flags = {**self.flags, **options, "progress": False}
         try:
-            settings = build_settings(flags, self.env)
+            settings = build_settings(flags, self.env, template_file="template" not in options)
         except (TypeError, ValueError) as err:
             raise errors.UsageError(f"options: {err}") from None
-        settings = self._keep_shaping(job, settings)
+        settings = self._keep_shaping(job, settings).replace(job_name=job.name)
         add_secret(settings.api_key)
         remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
         return Prepared(settings, remembered, settings.concurrency if "concurrency" in options else None)
@@ -207,8 +228,14 @@ class JobRunner:
             self.pause(job, f"{missing_key_message(prepared.settings)}; then send SIGHUP")
             return
         handle = self.slots.handle(job.name, prepared.cap)
-        engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
-                        remembered=prepared.remembered, observer=self.observer)
+        try:
+            engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
+                            remembered=prepared.remembered, observer=self.observer,
+                            owner=f"batch-scheduler daemon (job {job.name})", claims=self.claims)
+        except Exception as err:  # noqa: BLE001 - e.g. a price table that cannot be read: this job's failure
+            handle.close()
+            self.fail(job, str(err) if isinstance(err, errors.SchedulerError) else f"{type(err).__name__}: {err}")
+            return
         job.engine = engine
         self.set_state(job, JobState.RUNNING, CANCELLING if job.cancel_requested else None)
         log.info("job %s: running", job.name, extra={"job": job.name, "state": "running"})
@@ -237,6 +264,14 @@ class JobRunner:
         elif code == ExitCode.AUTH:
             job.restarts = 0
             self.pause(job, key_refused_reason(engine.settings, result.http_status, self.key_check_s))
+        elif result.disk_full is not None:  # not the job's fault: it waits for room, never fails for it
+            job.restarts = 0
+            self.pause_for_room(job, result.disk_full)
+        elif result.busy:  # another process (`resume`, `cancel`) has the job: not a failure, wait for it
+            job.not_before = time.monotonic() + self.key_check_s
+            reason = f"{result.message} (trying again in {self.key_check_s:g} s)"
+            self.set_state(job, JobState.QUEUED, reason)
+            log.warning("job %s: %s", job.name, reason, extra={**extra, "state": "queued"})
         elif job.cancel_requested or engine.cancelled:
             self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
             log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
-import ipaddress
 import logging
 import os
 import signal
@@ -36,7 +35,7 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import RedactFilter, add_secret
 from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
 from batch_scheduler.core.settings import load_environment
-from batch_scheduler.daemon.api import Api
+from batch_scheduler.daemon.api import Api, is_loopback
 from batch_scheduler.daemon.hooks import SECRET_ENV, HookConfig, Hooks, check_webhook
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
@@ -45,6 +44,8 @@ from batch_scheduler.daemon.notify import Notifier, watchdog_interval_s
 from batch_scheduler.daemon.page import History
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
+from batch_scheduler.job.claims import Claims
+from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.providers import build_settings
 
 STOP_DEADLINE_S = 8.0  # SIGTERM -> exit: under the 10 s promised, and systemd's TimeoutStopSec=15
@@ -55,6 +56,7 @@ HOOKS_STOP_S = 2.0  # then notifications being delivered get this long
 class DaemonConfig:
     spool: str
     listen: tuple[str, int] = ("127.0.0.1", 8787)
+    unix_socket: str | None = None  # `--listen unix:PATH`: the API on a unix socket instead
     token: str | None = None
     flags: Mapping[str, Any] = field(default_factory=dict)  # job options given on the command line
     max_jobs: int = 4
@@ -97,8 +99,10 @@ class Daemon:
         self._lock_fd: int | None = None
         self.metrics = Metrics()
         self.history = History(config.history_every_s)
+        self._claim_errors: dict[str, str] = {}  # inbox file -> why its last claim failed (logged once)
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
-                                restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics)
+                                restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics,
+                                claims=Claims(elsewhere=self.spool.batches_since))
         self.api = Api(self, config.token)
         self.notifier = Notifier(config.notify_socket)
         self.hooks = Hooks(config.hooks)
@@ -195,8 +199,10 @@ class Daemon:
                  base.concurrency, self.config.max_jobs)
 
     async def start_http(self) -> None:
-        self.url = await self.api.start(*self.config.listen)
+        self.url = await self.api.start(*self.config.listen, unix=self.config.unix_socket)
         log.info("listening on %s%s", self.url, " (bearer token required)" if self.config.token else "")
+        if (warning := listen_warning(self.config, self.url)) is not None:
+            log.warning("%s", warning)
 
     async def main_loop(self) -> None:
         next_scan = 0.0
@@ -215,6 +221,7 @@ class Daemon:
                 self.claim_arrivals()
                 next_scan = now + self.config.inbox_poll_s
             self.check_keys(now)
+            self.resume_paused(now)
             self.start_jobs(now)
             if now >= next_progress:
                 self.log_progress()
@@ -283,9 +290,12 @@ class Daemon:
                 name = f"{base}-{n}"
             try:
                 job = self.spool.claim(filename, name)
-            except OSError as err:
-                log.error("cannot claim %s: %s", filename, err)
+            except OSError as err:  # a full disk, say: said once, tried again at every look, under the same name
+                if self._claim_errors.get(filename) != str(err):
+                    self._claim_errors[filename] = str(err)
+                    log.error("cannot claim %s: %s; trying again at every look at the inbox", filename, err)
                 continue
+            self._claim_errors.pop(filename, None)
             if job is None:
                 continue
             self.jobs[name] = job
@@ -306,7 +316,8 @@ class Daemon:
     def check_keys(self, now: float) -> None:
         assert self._tg is not None
         for job in self.jobs.values():
-            if job.state is JobState.PAUSED and job.key_check is None and job.next_key_check <= now:
+            if job.state is JobState.PAUSED and not job.resume_at and job.key_check is None \
+                    and job.next_key_check <= now:
                 job.key_check = self._tg.create_task(self.runner.check_key(job), name=f"key check {job.name}")
 
     def status_line(self) -> str:
@@ -322,6 +333,12 @@ class Daemon:
         if line != self._status_sent:
             self._status_sent = line
             self.notifier.send(f"STATUS={line}")
+    def resume_paused(self, now: float) -> None:
+        """Jobs paused for want of disk space are queued again once their wait is over."""
+        for job in self.jobs.values():
+            if job.state is JobState.PAUSED and job.resume_at and job.resume_at <= now:
+                job.resume_at = 0.0
+                self.runner.set_state(job, JobState.QUEUED, None)
 
     def log_progress(self) -> None:
         for job in self.jobs.values():
@@ -355,7 +372,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("daemon")
     g.add_argument("--spool", required=True, metavar="DIR", help="spool directory: DIR/inbox, DIR/jobs")
     g.add_argument("--listen", default="127.0.0.1:8787", metavar="HOST:PORT",
-                   help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token)")
+                   help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token), or "
+                        "unix:PATH for a unix socket (mode 0600)")
     g.add_argument("--token", help="bearer token the HTTP API requires (or BATCH_DAEMON_TOKEN in .env)")
     g.add_argument("--max-jobs", type=int, default=4, metavar="N", help="jobs running at once (default 4)")
     g.add_argument("--inbox-poll-s", type=float, default=0.5, metavar="S", help="inbox look interval (default 0.5)")
@@ -370,6 +388,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"HMAC-SHA256 under {SECRET_ENV} (environment or .env); retried, never holds a job")
 
 
+def listen_warning(config: DaemonConfig, url: str) -> str | None:
+    """What an operator must hear about where the API listens: beyond loopback it is plain HTTP."""
+    if config.unix_socket is not None or is_loopback(config.listen[0]):
+        return None
+    return (f"the HTTP API on {url} is plain HTTP: the token and every answer cross the network in clear; put a "
+            f"TLS proxy in front of it, or listen on loopback or a unix socket")
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -377,20 +403,12 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:
     """The daemon's configuration from its flags; raises UsageError (exit 2) before anything starts."""
-    listen = parse_listen(args.listen)
+    unix = os.path.abspath(args.listen[len("unix:"):]) if args.listen.startswith("unix:") else None
+    listen = parse_listen(args.listen) if unix is None else DaemonConfig.listen
     token = args.token or env.get("BATCH_DAEMON_TOKEN") or None
-    if not is_loopback(listen[0]) and not token:
+    if unix is None and not is_loopback(listen[0]) and not token:
         raise errors.UsageError(f"--listen {args.listen}: not a loopback address, so the HTTP API needs --token "
                                 f"(or BATCH_DAEMON_TOKEN in .env); refusing to start")
     if getattr(args, "dry_run", False):
@@ -399,13 +417,14 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfi
         raise errors.UsageError("--max-jobs must be at least 1, --inbox-poll-s and --key-check-s above 0")
     names = JOB_OPTION_NAMES - {"dry_run"}  # refused above
     flags = {k: v for k, v in flags_of(args).items() if k in names}
-    build_settings(flags, env)  # bad job flags stop the start, not every job
+    settings = build_settings(flags, env)  # bad job flags stop the start, not every job
+    PriceTable.load(settings.prices_file)  # so does a price table that cannot be read
     secret = env.get(SECRET_ENV) or None
     check_webhook(args.webhook, secret)
     hooks = HookConfig(on_done=args.on_done or None, webhook=args.webhook, secret=secret, env=env)
-    return DaemonConfig(spool=args.spool, listen=listen, token=token, flags=flags, max_jobs=args.max_jobs,
-                        inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s, install_signals=True,
-                        notify_socket=env.get("NOTIFY_SOCKET") or None,
+    return DaemonConfig(spool=args.spool, listen=listen, unix_socket=unix, token=token, flags=flags,
+                        max_jobs=args.max_jobs, inbox_poll_s=args.inbox_poll_s, key_check_s=args.key_check_s,
+                        install_signals=True, notify_socket=env.get("NOTIFY_SOCKET") or None,
                         watchdog_s=watchdog_interval_s(env, os.getpid()), hooks=hooks)
 
 

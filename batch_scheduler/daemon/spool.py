@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import os
+import sqlite3
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.options import coerce_option_file
 from batch_scheduler.daemon.logs import log
 
@@ -94,6 +98,7 @@ class Job:
     engine: Engine | None = None
     key_check: asyncio.Task | None = None
     next_key_check: float = 0.0  # monotonic
+    resume_at: float = 0.0  # monotonic: a job paused for want of disk space is queued again then (0: not so)
     not_before: float = 0.0  # monotonic: a run that stopped on an error waits until then
     restarts: int = 0  # runs in a row that stopped on an error
     cancel_requested: bool = False
@@ -116,25 +121,55 @@ class Spool:
         self.root = os.path.abspath(root)
         self.inbox = os.path.join(self.root, "inbox")
         self.jobs = os.path.join(self.root, "jobs")
+        self._passed_over: set[str] = set()  # inbox names not claimed (links, not files), said once each
 
     def ensure(self) -> None:
         for d in (self.root, self.inbox, self.jobs):
             os.makedirs(d, mode=0o700, exist_ok=True)
 
     def arrivals(self) -> list[str]:
-        """Inputs waiting in the inbox, first arrived first (a rename sets ctime)."""
+        """Inputs waiting in the inbox, first arrived first (a rename sets ctime). Regular files only: a symbolic
+        link (to another user's file, say) is never claimed, nor followed."""
         found = []
         with os.scandir(self.inbox) as entries:
             for e in entries:
                 if job_name(e.name) is None:
                     continue
                 try:
-                    if not e.is_file():
+                    if not e.is_file(follow_symlinks=False):
+                        self._pass_over(e.name, "a symbolic link" if e.is_symlink() else "not a regular file")
                         continue
-                    found.append((e.stat().st_ctime_ns, e.name))
+                    found.append((e.stat(follow_symlinks=False).st_ctime_ns, e.name))
                 except FileNotFoundError:
                     continue
         return [name for _, name in sorted(found)]
+
+    def _pass_over(self, filename: str, why: str) -> None:
+        if filename not in self._passed_over:
+            self._passed_over.add(filename)
+            log.warning("inbox/%s is %s: not claimed (rename the file itself into the inbox)", filename, why)
+
+    def batches_since(self, job_dir: str, since: float) -> set[str]:
+        """Batch ids the ledgers of the spool's other jobs recorded at or after `since` (epoch): what a lost
+        create of the job in `job_dir` must never adopt. Blocking; only ledgers written since are opened."""
+        held: set[str] = set()
+        with os.scandir(self.jobs) as entries:
+            dirs = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+        for d in dirs:
+            path = os.path.join(d, "ledger.db")
+            if os.path.abspath(d) == job_dir or not _written_since(path, since):
+                continue
+            try:
+                ledger = Ledger(path, readonly=True)
+            except (errors.SchedulerError, sqlite3.Error):
+                continue  # a damaged ledger fails its own job; it claims nothing
+            try:
+                held |= ledger.batch_ids_since(since)
+            except (errors.SchedulerError, sqlite3.Error):
+                pass
+            finally:
+                ledger.close()
+        return held
 
     def taken(self, name: str) -> bool:
         return any(os.path.lexists(os.path.join(self.jobs, n)) for n in (name, f".{name}{CLAIM_SUFFIX}"))
@@ -149,27 +184,46 @@ class Spool:
         assert base is not None
         suffix = filename[len(base):]
         stage = os.path.join(self.jobs, f".{name}{CLAIM_SUFFIX}")
+        arrived = os.path.join(self.inbox, filename)
+        try:
+            if not stat.S_ISREG(os.lstat(arrived).st_mode):
+                return None
+        except FileNotFoundError:
+            return None
         os.mkdir(stage, 0o700)
         job = Job(name, os.path.join(self.jobs, name), "input" + suffix, filename, time.time())
-        write_summary(stage, job.fields())
-        options = os.path.join(self.inbox, base + OPTIONS_SUFFIX)
-        if os.path.exists(options):
-            os.rename(options, os.path.join(stage, OPTIONS_FILE))
+        staged = os.path.join(stage, job.input_name)
         try:
-            os.rename(os.path.join(self.inbox, filename), os.path.join(stage, job.input_name))
-        except FileNotFoundError:
+            write_summary(stage, job.fields())
+            options = os.path.join(self.inbox, base + OPTIONS_SUFFIX)
+            if os.path.lexists(options):
+                os.rename(options, os.path.join(stage, OPTIONS_FILE))
+                owner_only(os.path.join(stage, OPTIONS_FILE))  # a link stays one: read_options refuses it
+            try:
+                os.rename(arrived, staged)
+            except FileNotFoundError:
+                self._undo(stage)
+                return None
+            if not owner_only(staged):  # replaced by a link since it was looked at: back where it came from
+                os.rename(staged, arrived)
+                self._pass_over(filename, "a symbolic link")
+                self._undo(stage)
+                return None
+            os.rename(stage, job.dir)
+        except OSError:  # a full disk, say: nothing half-claimed stays behind, the next look tries again
+            if os.path.lexists(staged) and not os.path.lexists(arrived):
+                os.rename(staged, arrived)
             self._undo(stage)
-            return None
-        os.rename(stage, job.dir)
+            raise
         return job
 
     def _undo(self, stage: str) -> None:
         source = read_json(os.path.join(stage, SUMMARY_FILE)).get("source")
         base = job_name(source) if isinstance(source, str) else None
         options = os.path.join(stage, OPTIONS_FILE)
-        if base and os.path.exists(options):
+        if base and os.path.lexists(options):
             back = os.path.join(self.inbox, base + OPTIONS_SUFFIX)
-            if not os.path.exists(back):
+            if not os.path.lexists(back):
                 os.rename(options, back)
         for leftover in os.listdir(stage):
             os.unlink(os.path.join(stage, leftover))
@@ -220,15 +274,49 @@ class Spool:
                    state=state, reason=doc.get("reason"))
 
 
+def _written_since(ledger_path: str, since: float) -> bool:
+    for path in (ledger_path, ledger_path + "-wal"):
+        try:
+            if os.stat(path).st_mtime >= since:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def owner_only(path: str) -> bool:
+    """Make the regular file at `path` its owner's only (0600), never following a link; False if it is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False  # a symbolic link (ELOOP), or gone
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.fchmod(fd, 0o600)
+        return True
+    finally:
+        os.close(fd)
+
+
 def read_options(job_dir: str) -> dict[str, Any]:
-    """The job's options.json, option -> value ({} without one); UsageError for one that cannot be used."""
+    """The job's options.json, option -> value ({} without one); UsageError for one that cannot be used
+    (a symbolic link among them: the daemon reads no file a job's options point at)."""
     path = os.path.join(job_dir, OPTIONS_FILE)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return {}
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise errors.UsageError(f"options: {OPTIONS_FILE} is not a regular file")
             doc = orjson.loads(f.read())
-    except (OSError, orjson.JSONDecodeError) as err:
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise errors.UsageError(f"options: {OPTIONS_FILE} is a symbolic link; a job's options must be a file "
+                                    f"of its own") from None
+        raise errors.UsageError(f"options: cannot read {OPTIONS_FILE}: {err}") from None
+    except orjson.JSONDecodeError as err:
         raise errors.UsageError(f"options: cannot read {OPTIONS_FILE}: {err}") from None
     if not isinstance(doc, dict):
         raise errors.UsageError(f'options: expected a JSON object such as {{"model": "...", "batch_size": 500}}, '

@@ -9,7 +9,9 @@ The CLI's `run` and the daemon both use it, so a run and a daemon job behave ali
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import aclosing
@@ -24,6 +26,7 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.admission import Admission
 from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
 from batch_scheduler.job.budget import Budget, unpriced_message, unpriced_models
+from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.collector import Collector
 from batch_scheduler.job.estimate import measure, survey
 from batch_scheduler.job.job import Job
@@ -52,6 +55,8 @@ class JobResult:
     summary: dict[str, Any] = field(default_factory=dict)
     retry: bool = False  # unfinished for a reason that may pass: running it again later may finish it
     http_status: int | None = None  # the HTTP status of a refusal (key refused), for the daemon
+    busy: bool = False  # another process holds the job (a daemon tries again later)
+    disk_full: str | None = None  # what could not be written for want of room (a daemon pauses the job)
 
     @property
     def ok(self) -> bool:
@@ -66,7 +71,8 @@ class Engine:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
-                 slots: Any = None, observer: Observer | None = None):
+                 slots: Any = None, observer: Observer | None = None, owner: str = "batch-scheduler run",
+                 claims: Claims | None = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -76,12 +82,16 @@ class Engine:
         self._remembered = remembered or {}
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
         self.observer = observer or Observer()  # HTTP latencies and batch timings (metrics)
+        self._owner = owner  # who holds the job's lock, as a process refused by it is told
+        self._claims = claims  # whose batch is whose, shared by the jobs of a daemon (see job.claims)
+        self._where = os.path.abspath(out_dir)  # this job, as the claims know it
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
         self._job: Job | None = None
         self._admission: Admission | None = None
         self._run: Run | None = None
+        self._strict_read = False  # --strict read everything before sending
 
     @property
     def poller(self) -> Poller | None:
@@ -99,25 +109,41 @@ class Engine:
         started = time.time()
         try:
             job = self._job = await Job.open(self.settings, self.out_dir, self.inputs, remembered=self._remembered,
-                                             stats=self.stats, prices=self.prices)
-        except errors.JobMismatch as err:  # another job's directory: write nothing into it
+                                             stats=self.stats, prices=self.prices, owner=self._owner)
+        except (errors.JobMismatch, errors.UsageError) as err:  # another job's directory, or a damaged one
             return JobResult(ExitCode.USAGE, str(err))
+        except errors.JobBusy as err:  # another process has the job: touch nothing
+            return JobResult(ExitCode.USAGE, str(err), busy=True)
+        except (errors.DiskFull, OSError) as err:
+            if (full := disk_full(err)) is None:
+                raise
+            return full
         try:
             result = await self._run_once(job)
         except asyncio.CancelledError:
             # stopped from outside (daemon shutdown): everything durable is in the ledger already
-            job.close_files()
+            job.close_files(read_all=self._read_all)
             self._write_summary(job, JobResult(ExitCode.FAILED, "stopped; resumes where it was"), started)
-            job.ledger.close()
+            job.close()
             raise
         except BaseException:  # an error not turned into a result (e.g. an unreadable input): close what we opened
-            job.close_files()
-            job.ledger.close()
+            job.close_files(read_all=False)
+            job.close()
             raise
-        job.close_files()
-        result.summary = self._write_summary(job, result, started)
-        job.ledger.close()
+        finally:
+            if self._claims is not None:
+                self._claims.release(self._where)  # what it holds is in its ledger now, where others look
+        refused = result.exit_code == ExitCode.USAGE  # e.g. the input changed: the job's files stay as they were
+        job.close_files(read_all=self._read_all and not refused)
+        if not refused:
+            result.summary = self._write_summary(job, result, started)
+        job.close()
         return result
+
+    @property
+    def _read_all(self) -> bool:
+        """Whether this run read every input line (so its list of rejected lines is the whole one)."""
+        return self.stats.reading_done or self._strict_read
 
     async def _run_once(self, job: Job) -> JobResult:
         s = self.settings
@@ -136,7 +162,8 @@ class Engine:
             if s.max_cost_usd is not None and (refused := await self._price_check(job, provider, admission.budget)):
                 return refused
             replay = Replay(job.sources, provider.check_request, job.ledger, lane_of=getattr(provider, "lane_of", None))
-            submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead)
+            submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead,
+                                  claims=self._claims, owner=self._where)
             collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -161,6 +188,10 @@ class Engine:
             return JobResult(ExitCode.AUTH, auth_message(self.settings, status), http_status=status)
         if isinstance(err, errors.JobMismatch):
             return JobResult(ExitCode.USAGE, str(err))
+        if (full := disk_full(err)) is not None:
+            return full
+        if isinstance(err, errors.InputError):  # the input cannot be read on: running again cannot help
+            return JobResult(ExitCode.FAILED, f"{err}; what was sent before it is kept")
         if isinstance(err, errors.SchedulerError):
             return JobResult(ExitCode.FAILED, f"stopped: {http.redact(str(err))}. Nothing is lost: run the same "
                              f"command again to resume", retry=True)
@@ -174,6 +205,7 @@ class Engine:
                                   batch_size=s.batch_size, batch_bytes=s.batch_bytes,
                                   overhead=provider.body_overhead, unit_of=lambda fi: sources[fi].unit):
             pass
+        self._strict_read = True
         if not job.rejects.count:
             return None
         job.rejects.report()
@@ -204,6 +236,9 @@ class Engine:
         return JobResult(ExitCode.USAGE, unpriced_message(missing)) if missing else None
 
     async def _final_result(self, job: Job, admission: Admission) -> JobResult:
+        if self._run is not None and self._run.input_error is not None:
+            return JobResult(ExitCode.FAILED, f"{self._run.input_error}; the requests before it were sent and "
+                             f"their results collected")
         if admission.cancelled:
             return JobResult(ExitCode.FAILED, f"the job was cancelled; {admission.held_back:,} request(s) were not "
                              f"sent. Run again with --retry-cancelled to carry on")
@@ -230,6 +265,13 @@ class Engine:
         log.debug("retry %s #%d in %.2fs: %s", endpoint, attempt, wait_s, err)
 
     def _write_summary(self, job: Job, result: JobResult, started: float) -> dict[str, Any]:
+        try:
+            return self._write_summary_file(job, result, started)
+        except OSError as err:  # a full disk: the ledger holds everything the summary would say
+            log.error("cannot write %s/summary.json (%s); `status` shows the job from its ledger", self.out_dir, err)
+            return {}
+
+    def _write_summary_file(self, job: Job, result: JobResult, started: float) -> dict[str, Any]:
         run = self._run
         summary = build_summary(
             result.exit_code, result.message, cancelled=self.cancelled, settings=self.settings, inputs=self.inputs,
@@ -241,6 +283,18 @@ class Engine:
             estimate=job.ledger.read_meta().get("estimate"))
         write_summary(self.out_dir, summary)
         return summary
+
+
+def disk_full(err: BaseException) -> JobResult | None:
+    """The result of a run stopped for want of room to write (a full disk or quota, a file size limit)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = f"no room left to write {err.filename or 'the job'} ({err.strerror})"
+    elif isinstance(err, errors.DiskFull):
+        what = str(err)
+    else:
+        return None
+    return JobResult(ExitCode.FAILED, f"stopped: {what}: free some space, then run the same command again; "
+                     f"nothing is lost", retry=True, disk_full=what)
 
 
 def first_error(eg: BaseExceptionGroup) -> BaseException:

@@ -100,6 +100,9 @@ class PriceTable:
             try:
                 with open(user_file, encoding="utf-8") as f:
                     user = json.load(f)
+                if not isinstance(user, dict) or not isinstance(user.get("models", {}), dict):
+                    raise ValueError('expected {"models": {"MODEL": {"input": ..., "output": ..., '
+                                     '"cache_write": ..., "cache_read": ...}}, "batch_discount": 0.5}')
                 models.update({k: price_of(v, f"--prices {user_file}: {k}") for k, v in user.get("models", {}).items()})
                 discount = float(user.get("batch_discount", discount))
                 taken = user.get("taken", taken)

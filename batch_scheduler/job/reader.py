@@ -14,12 +14,13 @@ import glob
 import gzip
 import hashlib
 import os
+import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.lines import split_lines
 
 BLOCK_BYTES = 4 << 20
@@ -34,12 +35,17 @@ class Block:
 
 
 class LineTooLong:
-    """Marker in place of a line longer than the limit; the line itself was never held whole."""
+    """Marker in place of a line longer than the limit; the line itself was never held whole.
+
+    Its `len` is the line's (newline excluded), so positions move past it as past any line."""
 
     __slots__ = ("size",)
 
     def __init__(self, size: int):
         self.size = size
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class Source(Protocol):
@@ -69,10 +75,12 @@ class JsonlSource:
         return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)
 
     async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
+        """Blocks of lines from `start_pos`. A line longer than `max_line_bytes` comes as a `LineTooLong`, at
+        most that much of it ever held (a file with no newline at all, like /dev/zero, is one such line)."""
         f = self._open(0)  # opened and closed on the loop: a cancelled thread hop would leak the file
         try:
             if start_pos:
-                await asyncio.to_thread(f.seek, start_pos)
+                await asyncio.to_thread(self._read, f, start_line, start_pos)
             read = self.read_blocks(f, start_pos, start_line)
             while (block := await asyncio.to_thread(next, read, None)) is not None:
                 yield block  # one thread hop a block: the read and the split of BLOCK_BYTES
@@ -88,32 +96,68 @@ class JsonlSource:
             f.close()
 
     def read_blocks(self, f: BinaryIO, pos: int, line_no: int) -> Iterator[Block]:
-        """The blocks of `f` from its current position `pos` (line `line_no`), in reads of BLOCK_BYTES."""
-        tail = b""
-        skipping = 0  # bytes of an over-long line skipped so far
-        while data := f.read(BLOCK_BYTES):
-            if skipping:
+        """The blocks of `f` from its current position `pos` (line `line_no`), in reads of BLOCK_BYTES.
+
+        A line longer than `max_line_bytes` comes as a `LineTooLong`, at most that much of it ever held,
+        across any number of reads (a file with no newline at all, like /dev/zero, is one such line)."""
+        limit = self.max_line_bytes
+        tail: list[bytes] = []  # the unfinished line, in the pieces read (joined once it ends)
+        tail_bytes = 0
+        skipping = 0  # bytes of an over-long line passed over so far (none of it kept)
+        while data := self._read(f, line_no):
+            if skipping or tail:
                 nl = data.find(b"\n")
-                if nl < 0:
-                    skipping += len(data)
+                size = skipping + tail_bytes + (len(data) if nl < 0 else nl)  # of the unfinished line
+                if nl < 0:  # the line goes on past this block
+                    if skipping or size > limit:
+                        skipping, tail, tail_bytes = size, [], 0
+                    else:
+                        tail.append(data)
+                        tail_bytes = size
                     continue
-                yield Block(self.index, [LineTooLong(skipping + nl)], line_no, pos)
-                pos += skipping + nl + 1
-                line_no += 1
-                data, skipping = data[nl + 1:], 0
-            if tail:
-                data = tail + data
-            lines, tail = split_lines(data)
+                if skipping or size > limit:
+                    yield Block(self.index, [LineTooLong(size)], line_no, pos)
+                    pos += size + 1
+                    line_no += 1
+                    data = data[nl + 1:]
+                else:
+                    data = b"".join([*tail, data])
+                skipping, tail, tail_bytes = 0, [], 0
+            lines, rest = split_lines(data)
             if lines:
                 yield Block(self.index, lines, line_no, pos)
-                pos += len(data) - len(tail)
+                pos += len(data) - len(rest)
                 line_no += len(lines)
-            if len(tail) > self.max_line_bytes:
-                skipping, tail = len(tail), b""
+            if len(rest) > limit:
+                skipping = len(rest)
+            elif rest:
+                tail, tail_bytes = [rest], len(rest)
         if skipping:
             yield Block(self.index, [LineTooLong(skipping)], line_no, pos)
         elif tail:
-            yield Block(self.index, [tail], line_no, pos)
+            yield Block(self.index, [b"".join(tail)], line_no, pos)
+
+
+    def _read(self, f: BinaryIO, line_no: int, seek: int | None = None) -> bytes:
+        """The next block (or, with `seek`, a move there); a bad .gz is an InputError at `line_no`."""
+        try:
+            if seek is not None:
+                f.seek(seek)
+                return b""
+            return f.read(BLOCK_BYTES)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise InputError(self.path, line_no, compressed_problem(err)) from None
+
+
+def compressed_problem(err: BaseException) -> str:
+    """What a gzip error means, and what to do (the job's input cannot change under it)."""
+    if isinstance(err, EOFError):
+        what = "the compressed data ends early (a truncated or partly copied file?)"
+    elif isinstance(err, gzip.BadGzipFile):
+        what = f"not a gzip file ({err})"
+    else:
+        what = f"the compressed data is damaged ({err})"
+    return f"{what}: start afresh with a complete copy in another --out"
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None

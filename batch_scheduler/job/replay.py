@@ -2,7 +2,8 @@
 
 An input chunk is a span of the input files: its request lines are read again from there, exactly
 the lines the validator accepted when the chunk was cut (the ledger lists the lines it refused inside
-the span, and the requests the API refused since). A retry chunk's requests are rows of the ledger's
+the span, and the requests the API refused since), and they must hash as they did then (the chunk's
+digest): an input changed under the job, even to the same size, is refused, never sent mixed. A retry chunk's requests are rows of the ledger's
 `retries` table, with the attempts each has made. Everything that sends a chunk again, checks that an
 adopted batch is ours, or parks a request for another attempt asks here.
 """
@@ -14,7 +15,9 @@ from contextlib import aclosing
 
 import orjson
 
+from batch_scheduler.core.errors import JobMismatch
 from batch_scheduler.core.ledger import ChunkKind, ChunkRow, Ledger
+from batch_scheduler.job.batcher import chunk_digest
 from batch_scheduler.job.reader import Source, span_blocks
 
 CheckRequest = Callable[[dict, bytes], tuple[str | None, bytes | None]]  # Provider.check_request
@@ -93,4 +96,12 @@ class Replay:
                             elif mine != lane:
                                 continue  # another lane's line inside the span: its own chunk's
                         out[cid] = line
+        if row.digest is not None and chunk_digest(list(out.values())) != row.digest:
+            raise JobMismatch(changed_message(self._sources[row.start_file].path, row.start_line or 1))
         return out
+
+
+def changed_message(path: str, line: int) -> str:
+    return (f"input {path} changed since the job started: its requests from line {line:,} read differently "
+            f"now (the same size or not); nothing of it is sent mixed. Put the original input back to carry on, "
+            f"or start afresh with another --out")

@@ -26,13 +26,13 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, RetryState
 from batch_scheduler.job.admission import Admission
-from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks, one_lane
+from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, chunk_digest, cut_chunks, one_lane
 from batch_scheduler.job.collector import Collector, NotOurs
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.observe import Observer, batch_times
 from batch_scheduler.job.poller import Poller
 from batch_scheduler.job.reader import Block, span_blocks
-from batch_scheduler.job.replay import Part, Replay
+from batch_scheduler.job.replay import Part, Replay, changed_message
 from batch_scheduler.job.submitter import Outgoing, Submitter
 from batch_scheduler.job.validate import Validator
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
@@ -78,6 +78,7 @@ class Run:
         self._collecting = 0  # ended batches being collected
         self._collect_idle = asyncio.Event()
         self._collect_idle.set()
+        self.input_error: errors.InputError | None = None  # why reading stopped before the end of the input
 
     async def go(self) -> None:
         """Send every chunk, and collect every batch, this run can."""
@@ -94,19 +95,23 @@ class Run:
         ledger, s, job, admission = self.ledger, self.settings, self.job, self.admission
         await self._left_by_earlier_runs()
         counting = self._count_lines(span_blocks(job.sources, (0, 0, 1), None))
-        async with aclosing(cut_chunks(counting, self.validator, job.rejects, batch_size=s.batch_size,
-                                       batch_bytes=s.batch_bytes, overhead=self.provider.body_overhead,
-                                       unit_of=lambda fi: job.sources[fi].unit)) as chunks:
-            async for chunk in chunks:
-                self.stats.accepted += chunk.n
-                self.stats.rejected = job.rejects.count
-                await self._input_chunk(chunk)
-                while self._pending_retries >= s.batch_size and not admission.hold:
-                    await self._retry_chunk()
-        self.stats.reading_done = True
+        try:
+            async with aclosing(cut_chunks(counting, self.validator, job.rejects, batch_size=s.batch_size,
+                                           batch_bytes=s.batch_bytes, overhead=self.provider.body_overhead,
+                                           unit_of=lambda fi: job.sources[fi].unit)) as chunks:
+                async for chunk in chunks:
+                    self.stats.accepted += chunk.n
+                    self.stats.rejected = job.rejects.count
+                    await self._input_chunk(chunk)
+                    while self._pending_retries >= s.batch_size and not admission.hold:
+                        await self._retry_chunk()
+        except errors.InputError as err:  # the input cannot be read on (a cut .gz): what was sent is collected
+            self.input_error = err
+        else:
+            self.stats.reading_done = True
+            await ledger.record_accepted_total(self.stats.accepted)
         self.stats.rejected = job.rejects.count
         job.rejects.flush()
-        await ledger.record_accepted_total(self.stats.accepted)
         while True:
             admission.check()
             if self._pending_retries > 0 and not admission.hold:
@@ -171,8 +176,10 @@ class Run:
             if est is None:
                 admission.held_back += chunk.n
                 return
+            digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself (no await: the order stays)
             chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
-                                                  nbytes=chunk.nbytes, span=span, est_cost=est, skipped=chunk.skipped)
+                                                  nbytes=chunk.nbytes, span=span, est_cost=est, skipped=chunk.skipped,
+                                                  digest=digest)
             admission.sent(chunk_id, est)
             out = Outgoing(chunk_id, ChunkKind.INPUT, chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
             await self._spawn_submit(out, None)
@@ -182,6 +189,9 @@ class Run:
                 and first.skip == 0:
             raise errors.JobMismatch(f"chunk {chunk.seq} of the input no longer matches the ledger; the input "
                                      f"or the options changed. Start fresh with another --out")
+        known = next((r.digest for r in rows if r.digest), None)
+        if known is not None and chunk_digest(chunk.lines) != known:
+            raise errors.JobMismatch(changed_message(self.job.sources[chunk.start_file].path, chunk.start_line))
         refused = await ledger.api_rejected(chunk.seq)
         for row in rows:
             if row.id in self._live_rows or row.state not in (ChunkState.SUBMITTING, ChunkState.PLANNED):

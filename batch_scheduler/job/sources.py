@@ -27,6 +27,7 @@ import itertools
 import os
 import re
 import string
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ import orjson
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.params import check_params
-from batch_scheduler.job.reader import BLOCK_BYTES, Block, JsonlSource, Source
+from batch_scheduler.job.reader import BLOCK_BYTES, Block, JsonlSource, Source, compressed_problem
 from batch_scheduler.job.validate import BLANK
 from batch_scheduler.providers.base import encode
 
@@ -80,6 +81,9 @@ def check_template(template: str) -> None:
 
 def safe_id(stem: str, row_number: int) -> str:
     """`<file stem>-<row number>` in custom_id characters, at most 64 (the stem is cut, not the number).
+
+    A daemon job's stem is the job's name (its input is always `input.csv`): jobs sharing an account
+    then never share custom_ids, which is what tells one job's batch from another's.
 
     The row number counts data rows from 1 (`articles-1` is the first row after the header); blank
     lines and the extra lines of multi-line fields do not count; bad rows do (fixing one later does not
@@ -207,23 +211,29 @@ class TemplateSource:
         self.path = path
         self.index = index
         self.csv = path.lower().endswith((".csv", ".csv.gz"))
-        self.render = Renderer(settings, stem_of(path))
+        self.render = Renderer(settings, settings.job_name or stem_of(path))
 
     def _open(self) -> Any:
-        """Bytes for JSONL; text for CSV (UTF-8, a spreadsheet's BOM dropped, newlines left to csv)."""
+        """Bytes for JSONL; text for CSV (UTF-8, a spreadsheet's BOM dropped, newlines left to csv; bytes that
+        are not UTF-8 kept as surrogates, so the row holding them is rejected with its own line number)."""
         gz = self.path.lower().endswith(".gz")
         raw = gzip.open(self.path, "rb") if gz else open(self.path, "rb")  # noqa: SIM115
-        return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") if self.csv else raw
+        return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") if self.csv else raw
 
     async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
         """Blocks of items from position `start_pos` (its line number is read from the file itself)."""
         f = self._open()  # opened and closed on the loop: a cancelled thread hop would leak the file
+        line = start_line
         try:
             items = self._items(f)
-            if start_pos:
-                await asyncio.to_thread(skip, items, start_pos)
-            while block := await asyncio.to_thread(self._block, items):
-                yield block
+            try:
+                if start_pos:
+                    await asyncio.to_thread(skip, items, start_pos)
+                while block := await asyncio.to_thread(self._block, items):
+                    line = block.first_line + len(block.lines)
+                    yield block
+            except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+                raise InputError(self.path, line, compressed_problem(err)) from None
         finally:
             f.close()
 
@@ -273,29 +283,28 @@ class TemplateSource:
     def _csv_items(self, f: Any) -> Iterator[Entry]:
         reader = csv.reader(f)
         row_no = 0
-        try:
-            header = next(reader, None)
-            if header is None:
+        header = next(reader, None)
+        if header is None:
+            return
+        if not_utf8(header) is not None:
+            raise InputError(self.path, reader.line_num, "the header row holds bytes that are not UTF-8; save the "
+                                                         "file as UTF-8")
+        base = reader.line_num + 1  # the line number of position 0
+        while True:
+            before = reader.line_num
+            try:
+                row = next(reader, None)
+            except csv.Error as exc:
+                row = f"unreadable CSV row: {exc}"
+            if row is None:
                 return
-            base = reader.line_num + 1  # the line number of position 0
-            while True:
-                before = reader.line_num
-                try:
-                    row = next(reader, None)
-                except csv.Error as exc:
-                    row = f"unreadable CSV row: {exc}"
-                if row is None:
-                    return
-                if type(row) is list:
-                    row = self._csv_row(header, row)
-                if row is not BLANK:
-                    row_no += 1
-                yield before + 1 - base, before + 1, row, row_no
-                for extra in range(before + 2, reader.line_num + 1):  # the other lines of a multi-line row
-                    yield extra - base, extra, BLANK, row_no
-        except UnicodeDecodeError as exc:
-            raise InputError(self.path, reader.line_num + 1,
-                             f"not UTF-8 at or after this line ({exc.reason}); save the file as UTF-8") from None
+            if type(row) is list:
+                row = self._csv_row(header, row)
+            if row is not BLANK:
+                row_no += 1
+            yield before + 1 - base, before + 1, row, row_no
+            for extra in range(before + 2, reader.line_num + 1):  # the other lines of a multi-line row
+                yield extra - base, extra, BLANK, row_no
 
     @staticmethod
     def _csv_row(header: list[str], row: list[str]) -> dict | str:
@@ -304,6 +313,9 @@ class TemplateSource:
             return BLANK
         if len(row) > len(header):
             return f"row has {len(row)} fields, the header has {len(header)} (a quote missing?)"
+        if (bad := not_utf8(row)) is not None:
+            name = header[bad] if bad < len(header) else str(bad + 1)
+            return f"bytes that are not UTF-8 in field {name!r}; save the file as UTF-8"
         return dict(zip(header, row, strict=False))
 
     def _jsonl_items(self, f: Any) -> Iterator[Entry]:
@@ -321,6 +333,17 @@ class TemplateSource:
                 if type(row) is not dict:
                     row = f"row is not a JSON object (got {type(row).__name__})"
             yield pos, pos + 1, row, row_no
+
+
+def not_utf8(fields: list[str]) -> int | None:
+    """The index of the first field that held bytes that are not UTF-8 (read as surrogates), or None."""
+    for i, text in enumerate(fields):
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return i
+    return None
 
 
 def skip(items: Iterator[Entry], n: int) -> None:

@@ -7,8 +7,9 @@ again we look for it with the list endpoint and adopt it. What may be ours: a ba
 intent that no chunk of this job claims and, where the provider keeps metadata (OpenAI), that carries
 this chunk's tag (`job-<token>-chunk-<id>`: the token is made once per job and kept in the ledger, so
 jobs sharing an account never take each other's batches and a restart still knows its own); where it
-keeps none (Anthropic), that has the same request count. The collector confirms ownership from the
-custom_ids of its results.
+keeps none (Anthropic), that has the same request count and that no other job holds (`claims`: the
+batches other jobs of this process created or adopted, and those their ledgers record). The collector
+confirms ownership from the custom_ids of its results.
 
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
 rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable).
@@ -16,7 +17,6 @@ rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resuma
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger
+from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.validate import Rejects
 from batch_scheduler.providers.base import BatchInfo, Provider
 
@@ -76,16 +77,15 @@ class Submitted:
 
 class Submitter:
     def __init__(self, provider: Provider, ledger: Ledger, rejects: Rejects, *,
-                 overhead: Callable[[int], int], clock: Callable[[], float] = time.time):
+                 overhead: Callable[[int], int], clock: Callable[[], float] = time.time,
+                 claims: Claims | None = None, owner: str = ""):
         self.provider = provider
         self.ledger = ledger
         self.rejects = rejects
         self._overhead = overhead
         self._clock = clock
-        self._adopt_lock = asyncio.Lock()
-        self._idle = asyncio.Condition()
-        self._creating = 0  # create calls in the air
-        self._adopting = False
+        self.claims = claims or Claims()  # shared by the jobs of a daemon
+        self._owner = owner  # this job, as `claims` knows it (its directory)
         self._claimed: set[str] = set()
         self._token, self._token_at = job_token(ledger, clock)
 
@@ -135,23 +135,18 @@ class Submitter:
         return []
 
     async def _create(self, chunk_id: int, lines: list[bytes]) -> BatchInfo:
-        """One create call, counted so that adoption never runs while a create of ours is in the air.
+        """One create call, counted so that adoption never runs while a create (of any job sharing the
+        claims) is in the air.
 
-        Otherwise a batch we just created (visible in the list, its id not yet recorded) could be
-        adopted by another chunk. The batch id is recorded before the count drops.
+        Otherwise a batch just created (visible in the list, its id not yet recorded) could be adopted by
+        another chunk, or another job. The batch id is recorded before the count drops.
         """
-        async with self._idle:
-            await self._idle.wait_for(lambda: not self._adopting)
-            self._creating += 1
-        try:
+        async with self.claims.creating():
             info = await self.provider.create(lines, tag=self.tag(chunk_id))
             self._claimed.add(info.id)
+            self.claims.claim(info.id, self._owner)
             await self.ledger.record_submitted(chunk_id, info.id)
             return info
-        finally:
-            async with self._idle:
-                self._creating -= 1
-                self._idle.notify_all()
 
     async def _intent_again(self, out: Outgoing, lines: list[bytes]) -> float:
         await self.ledger.record_intent(kind=out.kind, take=len(lines), nbytes=self.nbytes(lines),
@@ -187,20 +182,13 @@ class Submitter:
     async def adopt(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
         """A batch created after our intent that nobody claims and that may be this chunk's, or None."""
         since = (intent_at or self._clock()) - ADOPT_WINDOW_S
-        async with self._adopt_lock:
-            async with self._idle:
-                self._adopting = True
-                await self._idle.wait_for(lambda: self._creating == 0)
-            try:
-                return await self._adopt(chunk_id, n, since, intent_at)
-            finally:
-                async with self._idle:
-                    self._adopting = False
-                    self._idle.notify_all()
+        async with self.claims.adopting():
+            return await self._adopt(chunk_id, n, since, intent_at)
 
     async def _adopt(self, chunk_id: int, n: int, since: float, intent_at: float | None) -> BatchInfo | None:
         recent = [info async for info in self.provider.recent(since)]
-        claimed = self._claimed | await self.ledger.claimed_batch_ids()
+        claimed = (self._claimed | await self.ledger.claimed_batch_ids()
+                   | await self.claims.held_by_others(self._owner, since))
         candidates = [info for info in recent
                       if info.id not in claimed and self._may_be_ours(info, chunk_id, n, intent_at)]
         if not candidates:
@@ -210,6 +198,7 @@ class Submitter:
         info = candidates[0]
         await self.ledger.record_submitted(chunk_id, info.id, adopted=True)
         self._claimed.add(info.id)
+        self.claims.claim(info.id, self._owner)
         await self.ledger.add_counts({"batches_adopted": 1, "batches_created": 1, "requests_sent": n})
         log.info("chunk %s: adopted batch %s (created while the answer was lost)", chunk_id, info.id)
         return info

@@ -7,6 +7,7 @@ hashes, not a set of strings), so a million requests cost about 13 MiB, not a hu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -149,15 +150,23 @@ class Validator:
 
 
 class Rejects:
-    """Writes rejected lines to DIR/rejected.jsonl and remembers the count and the first few."""
+    """Writes rejected lines to DIR/rejected.jsonl and remembers the count and the first few.
+
+    A run writes the list afresh to `rejected.jsonl.partial`, which replaces rejected.jsonl only once the
+    run has read its whole input (`close(complete=True)`): an interrupted or refused run leaves the list of
+    the last run that read everything, and then `count` is what that list holds.
+    """
 
     SHOW = 5
 
     def __init__(self, path: str | None, files: list[str]):
         self._files = files
         self._f: IO[bytes] | None = None
+        self._path = path
+        self.kept = 0  # lines of the rejected.jsonl this run found (what stands if it does not read everything)
         if path:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.kept = _count_lines(path)
+            fd = os.open(path + PARTIAL, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             self._f = os.fdopen(fd, "wb", buffering=1 << 16)
         self.count = 0
         self.first: list[str] = []
@@ -172,7 +181,10 @@ class Rejects:
         if extra:
             record.update(extra)
         if self._f:
-            self._f.write(orjson.dumps(record) + b"\n")
+            try:
+                self._f.write(orjson.dumps(record) + b"\n")
+            except OSError as err:  # a full disk: say which file
+                raise OSError(err.errno, err.strerror, self._path) from None
         if len(self.first) < self.SHOW:
             where = f"{record['file']}:{line}" if line is not None else f"custom_id {custom_id}"
             self.first.append(f"{where}: {error}")
@@ -182,11 +194,34 @@ class Rejects:
             self._f.flush()
             os.fsync(self._f.fileno())
 
-    def close(self) -> None:
-        if self._f:
-            self.flush()
-            self._f.close()
-            self._f = None
+    def close(self, *, complete: bool = True) -> None:
+        """The list done: it becomes rejected.jsonl if it is `complete`, else it is dropped (the old one stays)."""
+        if not self._f:
+            return
+        f, self._f = self._f, None
+        assert self._path is not None
+        partial = self._path + PARTIAL
+        try:
+            try:
+                if complete:
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                try:
+                    f.close()
+                except OSError:
+                    if complete:
+                        raise
+            if complete:
+                os.replace(partial, self._path)
+        except OSError as err:  # a full disk: the list of the last complete read stays
+            complete = False
+            raise OSError(err.errno, err.strerror, self._path) from None
+        finally:
+            if not complete:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(partial)
+                self.count = self.kept
 
     def report(self, stream: IO[str] = sys.stderr) -> None:
         if not self.count:
@@ -194,3 +229,14 @@ class Rejects:
         print(f"{self.count:,} line(s) rejected (see rejected.jsonl); first ones:", file=stream)
         for text in self.first:
             print(f"  {text}", file=stream)
+
+
+PARTIAL = ".partial"  # rejected.jsonl.partial: the list a run is writing
+
+
+def _count_lines(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0

@@ -30,6 +30,7 @@ def shard_path(out_dir: str, idx: int) -> str:
 class ShardSet:
     def __init__(self, out_dir: str, shards: int):
         self.n = shards
+        self._out = out_dir
         os.makedirs(os.path.join(out_dir, "results"), mode=0o700, exist_ok=True)
         self._fds = [os.open(shard_path(out_dir, i), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                      for i in range(shards)]
@@ -64,9 +65,13 @@ class ShardSet:
             if buf:
                 with memoryview(buf) as whole:
                     view, fd = whole, self._fds[i]
-                    while view:
-                        view = view[os.write(fd, view):]
-                    del view
+                    try:
+                        while view:
+                            view = view[os.write(fd, view):]
+                    except OSError as err:  # a full disk: say which file (rollback drops what got written)
+                        raise OSError(err.errno, err.strerror, shard_path(self._out, i)) from None
+                    finally:
+                        del view
                 self.offsets[i] += len(buf)
                 self._dirty.add(i)
                 buf.clear()
@@ -88,7 +93,7 @@ class ShardSet:
             buf.clear()
         self._buffered = 0
         for i, off in enumerate(offsets):
-            if self.offsets[i] != off:
+            if self.offsets[i] != off or os.fstat(self._fds[i]).st_size != off:  # (a write cut short counts too)
                 os.ftruncate(self._fds[i], off)
                 os.fsync(self._fds[i])
                 self.offsets[i] = off

@@ -39,9 +39,10 @@ def spec_of(name: str) -> ProviderSpec:
     return _cls(name).spec
 
 
-def build_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    """Settings from flags (None = not given) and the environment, for the provider they name."""
-    return settings_from(flags, env, spec_of(provider_name(flags, env)))
+def build_settings(flags: Mapping[str, Any], env: Mapping[str, str], *, template_file: bool = True) -> Settings:
+    """Settings from flags (None = not given) and the environment, for the provider they name
+    (`template_file=False`: a template is never read from a file; see `settings_from`)."""
+    return settings_from(flags, env, spec_of(provider_name(flags, env)), template_file=template_file)
 
 
 def headers_for(settings: Settings) -> dict[str, str]:

@@ -102,7 +102,8 @@ def test_status_reports_the_job(sim, env, capsys):
     assert "requests: 75 accepted, 75 finished, 0 to go" in capsys.readouterr().out
 
 
-def test_resume_needs_only_the_directory(sim, env):
+def test_resume_needs_only_the_directory(sim, env, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)  # where the key is configured to go: the ledger agrees
     ids = write_requests(env / "in.jsonl", 80)
     assert main(run_args(sim, env / "in.jsonl", env / "out", "--shards", "3")) == 0
     assert main(["resume", str(env / "out")]) == 0
@@ -118,9 +119,10 @@ def test_files_the_job_writes_are_owner_only(sim, env):
             assert os.stat(os.path.join(root, name)).st_mode & 0o077 == 0, name
 
 
-def test_cancel_stops_new_batches_and_retry_cancelled_finishes(env):
+def test_cancel_stops_new_batches_and_retry_cancelled_finishes(env, monkeypatch):
     ids = write_requests(env / "in.jsonl", 600)
     with SimulatorProcess(["--processing-s", "30"]) as slow:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", slow.url)  # `cancel DIR` sends the key where it is configured
         args = run_args(slow, env / "in.jsonl", env / "out", "--concurrency", "2")
         proc = subprocess.Popen([sys.executable, "-m", "batch_scheduler", *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, env={**os.environ})

@@ -11,6 +11,7 @@ import pytest
 
 from batch_scheduler.commands.main import main
 from batch_scheduler.commands.parser import build_parser
+from batch_scheduler.core.options import BY_NAME
 from batch_scheduler.daemon.server import config_from
 from batch_scheduler.simulator.process import SimulatorProcess
 
@@ -65,7 +66,8 @@ def sample_value(action: argparse.Action, tmp_path) -> list[str]:
     flag = action.option_strings[-1]
     if flag in by_flag:
         return [by_flag[flag]]
-    if action.type is int:
+    option = BY_NAME.get(action.dest)
+    if action.type is int or (option is not None and option.type is int):
         return ["3"]
     if action.type is not None:
         return ["2.5"]
@@ -77,6 +79,7 @@ TEMPLATE_ONLY = {"--params", "--cache-system", "--model-field", "--params-field"
 
 def test_every_option_daemon_help_lists_is_one_the_daemon_accepts(tmp_path, capsys):
     (tmp_path / "params.json").write_text('{"temperature": 0.2}')
+    (tmp_path / "prices.json").write_text('{"models": {}}')
     daemon = subparsers(build_parser())["daemon"]
     listed = [a for a in arguments(daemon) if a.option_strings]
     with pytest.raises(SystemExit):

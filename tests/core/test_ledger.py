@@ -1,5 +1,6 @@
 """Ledgers written by earlier versions open, and resume, on this one."""
 
+import re
 import sqlite3
 
 from batch_scheduler.core.ledger import SCHEMA, Ledger, RetryState
@@ -40,3 +41,28 @@ async def test_a_ledger_from_before_one_spelling_of_cancelled_reads_and_requeues
         assert await ledger.count_retries(RetryState.PENDING) == 3
     finally:
         ledger.close()
+
+
+def test_a_ledger_from_before_the_digest_column_reads_read_only_and_gains_it_on_open(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    old = sqlite3.connect(path)  # what an earlier version made: chunks without the digest column
+    old.executescript(re.sub(r",(\s+-- input kind: JSON[^\n]*)\n\s+digest TEXT[^\n]*", r"\1", SCHEMA))
+    assert "digest" not in {r[1] for r in old.execute("PRAGMA table_info(chunks)")}
+    old.execute("INSERT INTO chunks (kind, take, state, batch_id) VALUES ('input', 5, 'submitted', 'b1')")
+    old.commit()
+    old.close()
+    readonly = Ledger(path, readonly=True)  # `status` while the earlier version still runs the job
+    try:
+        (row,) = readonly.all_chunks()
+        assert row.batch_id == "b1" and row.digest is None
+    finally:
+        readonly.close()
+    ledger = Ledger(path)
+    try:
+        (row,) = ledger.all_chunks()
+        assert row.digest is None  # nothing to check it against: read again as before
+    finally:
+        ledger.close()
+    db = sqlite3.connect(path)
+    assert "digest" in {r[1] for r in db.execute("PRAGMA table_info(chunks)")}
+    db.close()

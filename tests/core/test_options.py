@@ -56,11 +56,13 @@ def test_a_value_reaches_settings_through_the_table():
 @pytest.mark.parametrize(("doc", "message"), [
     ({"batchsize": 5}, "NAME.options.json: unknown option(s) batchsize; use the names of the command-line flags "
                        "in snake_case (e.g. batch_size)"),
-    ({"header": [5]}, "NAME.options.json: --header: expected a string or a list of strings, got [5]"),
+    ({"header": [5]}, "NAME.options.json: header may not be set by a job's options file: where the daemon sends "
+                      "its key, which files it reads and how it polls are set on the daemon's command line or in its "
+                      ".env; a job's options shape its batches and prompts only"),
     ({"batch_size": "many"}, "NAME.options.json: --batch-size: expected a whole number, got 'many'"),
     ({"batch_size": 2.5}, "NAME.options.json: --batch-size: expected a whole number, got 2.5"),
     ({"concurrency": 0}, "NAME.options.json: --concurrency 0: must be at least 1"),
-    ({"poll_min": "nan"}, "NAME.options.json: --poll-min: expected a number, got 'nan'"),
+    ({"max_cost": "nan"}, "NAME.options.json: --max-cost: expected a number, got 'nan'"),
     ({"strict": "yes"}, "NAME.options.json: --strict: expected true or false, got 'yes'"),
     ({"dry_run": True}, "NAME.options.json: unknown option(s) dry_run; use the names of the command-line flags "
                         "in snake_case (e.g. batch_size)"),
@@ -71,9 +73,8 @@ def test_option_file_values_are_checked_by_name(doc, message):
     assert str(err.value) == message
 
 
-def test_option_file_accepts_a_single_header_and_drops_nulls():
-    assert coerce_option_file({"header": "A: b", "model": None, "batch_size": 10}, "x") == {
-        "header": ["A: b"], "batch_size": 10}
+def test_option_file_drops_nulls():
+    assert coerce_option_file({"model": None, "batch_size": 10}, "x") == {"batch_size": 10}
 
 
 @pytest.mark.parametrize("flag", ["--poll-min", "--http-timeout", "--max-cost"])

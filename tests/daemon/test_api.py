@@ -77,8 +77,9 @@ async def test_with_a_token_a_bad_or_missing_bearer_gets_401_and_healthz_stays_o
 async def test_cancel_through_the_api_cancels_the_batches_at_the_provider(sim, env_dir, tmp_path):
     sim.config.processing_s = 60.0  # batches would not end by themselves
     spool = tmp_path / "spool"
-    async with running_daemon(spool, env_dir, job_flags(sim.url, concurrency=4)) as run, \
-            aiohttp.ClientSession() as http:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}  # a call that changes state
+    async with running_daemon(spool, env_dir, job_flags(sim.url, concurrency=4), token=TOKEN) as run, \
+            aiohttp.ClientSession(headers=headers) as http:
         drop(spool, "long", 60)
         await until(lambda: sim.stats["creates"] == 3 and run.daemon.slots.in_use == 3, "three batches in flight")
         await until(lambda: len(job_status(str(spool / "jobs" / "long"))["batches_in_flight"]) == 3,

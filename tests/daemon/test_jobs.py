@@ -76,7 +76,8 @@ async def test_bad_options_and_an_unreadable_input_fail_their_jobs_and_the_daemo
         assert summary(spool, "opts")["reason"] == ("options: unknown option(s) colour; use the names of the "
                                                     "command-line flags in snake_case (e.g. batch_size)")
         assert state(spool, "broken") == "failed"
-        assert summary(spool, "broken")["reason"].startswith("BadGzipFile: ")
+        assert summary(spool, "broken")["reason"].startswith(
+            f"{spool / 'jobs' / 'broken' / 'input.jsonl.gz'}:1: not a gzip file (Not a gzipped file")
     assert_exactly_once(spool, "good", good)
     assert sim.stats["creates"] == 3, "good was cut by its own batch_size (10)"
 

@@ -30,3 +30,34 @@ async def test_reading_again_from_a_position_resumes_at_that_line(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"one\ntwo\nthree\n")
     assert await all_lines(JsonlSource(str(path), 0), start_pos=4, start_line=2) == [(2, b"two"), (3, b"three")]
+
+
+async def test_a_line_longer_than_the_limit_over_many_reads_comes_as_one_marker_and_the_rest_in_step(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 7)
+    long = b"L" * 40  # over the limit of 10, over six reads
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"short\n" + long + b"\nafter\nabcdefghi\n" + long + b"x")
+    src = JsonlSource(str(path), 0, max_line_bytes=10)
+    got = [(n, raw if type(raw) is bytes else ("too long", raw.size)) for n, raw in await all_lines(src)]
+    assert got == [(1, b"short"), (2, ("too long", 40)), (3, b"after"), (4, b"abcdefghi"), (5, ("too long", 41))]
+    assert len(reader.LineTooLong(40)) == 40
+    after = len(b"short\n") + len(long) + 1  # the position just past the long line
+    again = await all_lines(src, start_pos=after, start_line=3)
+    assert [(n, raw) for n, raw in again[:2]] == [(3, b"after"), (4, b"abcdefghi")]
+    assert [(n, len(raw)) for n, raw in again[2:]] == [(5, 41)]
+
+
+async def test_an_input_without_newlines_is_one_rejected_line_read_in_bounded_memory(tmp_path):
+    import tracemalloc
+    path = tmp_path / "zeros.jsonl"
+    with open(path, "wb") as f:
+        f.truncate(160 << 20)  # 160 MiB of zero bytes, like /dev/zero: no newline anywhere
+    tracemalloc.start()
+    try:
+        got = await all_lines(JsonlSource(str(path), 0, max_line_bytes=2048))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(n, type(raw).__name__, len(raw)) for n, raw in got] == [(1, "LineTooLong", 160 << 20)]
+    assert peak < 5 * reader.BLOCK_BYTES, f"{peak:,} bytes held for a 160 MiB line"  # a few reads, not the line
