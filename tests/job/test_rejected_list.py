@@ -29,7 +29,7 @@ async def until(condition, what: str, timeout_s: float = 20.0) -> None:
 
 
 async def test_an_interrupted_rerun_keeps_the_list_and_the_summary_counts_it(sim, tmp_path):
-    sim.config.processing_s = 3.0
+    sim.config.processing_s = 4.0  # the batches outlast both runs below
     inp, out = tmp_path / "in.jsonl", tmp_path / "out"
     write_requests(inp, 300)
     with open(inp, "ab") as f:
