@@ -4,7 +4,8 @@ A job is known by its inputs (path, size and edge hashes of each) and the option
 batches, recorded in the ledger by the first run. A later run over the same directory must bring the
 same inputs and options, and find the shards at least as long as the ledger records; otherwise it is
 another job's directory and nothing is written into it. A run starts from what the job holds: spend
-so far, requests waiting for another attempt, whether it was cancelled.
+so far, requests waiting for another attempt, whether it was cancelled, and the `anthropic-version`
+it was started with (a resumed job keeps its own, unless this command line names another).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import Ledger, RetryState
+from batch_scheduler.core.options import BY_NAME
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats
@@ -26,6 +28,9 @@ from batch_scheduler.job.validate import Rejects
 from batch_scheduler.job.writer import ShardSet
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
+
+VERSION_KEY = "anthropic_version"  # ledger meta: the version the job's requests are sent (and checked) under
+EARLIER_DEFAULT_VERSION = "2023-06-01"  # what versions of this program before the key sent by default
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Job:
         """The job in out_dir (made by the first run); JobMismatch, with nothing written, if it is another's."""
         ledger = open_ledger(settings, out_dir, inputs, remembered)
         try:
+            settings = keep_version(settings, ledger, remembered)
             shards = open_shards(out_dir, settings.shards, await ledger.shard_offsets(settings.shards))
         except BaseException:
             ledger.close()
@@ -94,6 +100,28 @@ class Job:
         self.shards.close()
 
 
+def keep_version(settings: Settings, ledger: Ledger, remembered: dict) -> Settings:
+    """Settings with the job's own `anthropic-version`: the one in the ledger, unless this command line
+    names one (which is kept from then on). A job from before the ledger kept it ran with what its flags
+    said, else the environment's, else the earlier default."""
+    meta = ledger.read_meta()
+    given = settings.anthropic_version
+    if "anthropic_version" in remembered:
+        version = given
+    elif VERSION_KEY in meta:
+        version = meta[VERSION_KEY]
+    else:
+        from_flags = (meta.get("flags") or {}).get("anthropic_version")
+        version = from_flags or (given if given != BY_NAME["anthropic_version"].default else EARLIER_DEFAULT_VERSION)
+    if meta.get(VERSION_KEY) != version:
+        if VERSION_KEY in meta:
+            log.info("anthropic-version %s from now on (the job started with %s)", version, meta[VERSION_KEY])
+        ledger.write_meta({VERSION_KEY: version})
+    elif version != given and settings.provider == "anthropic":
+        log.info("anthropic-version %s, the one the job started with (not %s)", version, given)
+    return settings if version == given else settings.replace(anthropic_version=version)
+
+
 def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered: dict) -> Ledger:
     os.makedirs(out_dir, mode=0o700, exist_ok=True)
     prints = [fingerprint(p) for p in inputs]  # before the ledger opens: an unreadable input leaks nothing
@@ -102,7 +130,7 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
     shaping = settings.shaping()
     if not meta:
         ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
-                           "flags": remembered})
+                           "flags": remembered, VERSION_KEY: settings.anthropic_version})
         return ledger
     how = f"to start fresh, use another --out or delete {out_dir}"
     if [p["path"] for p in meta["inputs"]] != [p["path"] for p in prints]:
