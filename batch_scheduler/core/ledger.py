@@ -8,8 +8,8 @@ Write-ahead order, which every caller keeps:
 A crash between 1 and 2 leaves `submitting`: the next run looks for the batch before sending again.
 A crash between 3's two halves leaves lines past the recorded offsets: the next run truncates them.
 
-Per-request rows exist only for the few requests that need another attempt (`retries`) or were
-refused by the API (`api_rejected`). Every method is one transaction, run on the ledger's own
+Per-request rows exist only for the few requests that need another attempt (`retries`, each with
+the time before which it is not sent again) or were refused by the API (`api_rejected`). Every method is one transaction, run on the ledger's own
 thread and shielded from cancellation, so a cancelled task cannot tear a state change.
 """
 
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS retries (
     attempts INTEGER NOT NULL,          -- attempts made so far
     chunk_id INTEGER,                   -- retry chunk it is assigned to, NULL while pending
     state TEXT NOT NULL,                -- a RetryState: 'pending', 'assigned', 'cancelled', 'failed', 'done'
-    last_line BLOB
+    last_line BLOB,                     -- its last result line; NULL when the results left it out
+    not_before REAL NOT NULL DEFAULT 0  -- epoch seconds: a pending request is not sent again earlier
 );
 CREATE INDEX IF NOT EXISTS retries_state ON retries(state, chunk_id);
 CREATE TABLE IF NOT EXISTS api_rejected (
@@ -88,11 +89,23 @@ class RetryState(enum.StrEnum):
     PENDING = "pending"  # waits for a retry chunk
     ASSIGNED = "assigned"  # in a retry chunk (chunk_id)
     CANCELLED = "cancelled"  # its batch was cancelled; waits for `run --retry-cancelled`
-    FAILED = "failed"  # out of attempts in batches the provider failed as a whole; the next run tries once more
+    FAILED = "failed"  # out of attempts with no answer (batches failed as a whole, or left out of the results);
+    #                    the next run tries once more
     DONE = "done"  # its final line is in the shards, or the API refused it
 
 
 _OLD_CANCELLED = "canceled"  # RetryState.CANCELLED as earlier versions stored it
+
+
+class RetryWait(NamedTuple):
+    """How long a parked request waits before it is sent again: first_s after its first attempt,
+    doubling with each further attempt, never more than max_s."""
+
+    first_s: float = 0.0
+    max_s: float = 0.0
+
+    def after(self, attempts: int) -> float:
+        return min(self.max_s, self.first_s * 2 ** max(0, attempts - 1))
 
 
 @dataclass
@@ -153,6 +166,8 @@ class Ledger:
         columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
         if "skipped" not in columns:  # a ledger made before the column existed (a job resumed after an upgrade)
             db.execute("ALTER TABLE chunks ADD COLUMN skipped TEXT")
+        if "not_before" not in {row[1] for row in db.execute("PRAGMA table_info(retries)")}:
+            db.execute("ALTER TABLE retries ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
         # a ledger made before RetryState had one spelling (one statement: atomic, and a no-op once done)
         db.execute("UPDATE retries SET state=? WHERE state=?", (RetryState.CANCELLED, _OLD_CANCELLED))
         for side in ("-wal", "-shm"):  # owner only, whatever the umask
@@ -345,10 +360,17 @@ class Ledger:
             "SELECT custom_id, request, attempts FROM retries WHERE chunk_id=? ORDER BY custom_id",
             (chunk_id,))])
 
-    async def pending_retries(self, limit: int) -> list[tuple[str, bytes, int]]:
+    async def pending_retries(self, limit: int, now: float | None = None) -> list[tuple[str, bytes, int]]:
+        """Up to `limit` pending requests whose wait is over (fewest attempts first)."""
+        at = time.time() if now is None else now
         return await self._run(lambda db: [(c, bytes(r), a) for c, r, a in db.execute(
-            "SELECT custom_id, request, attempts FROM retries WHERE state=? ORDER BY attempts, custom_id"
-            " LIMIT ?", (RetryState.PENDING, limit))])
+            "SELECT custom_id, request, attempts FROM retries WHERE state=? AND not_before <= ?"
+            " ORDER BY attempts, custom_id LIMIT ?", (RetryState.PENDING, at, limit))])
+
+    async def next_retry_at(self) -> float | None:
+        """When the next pending request's wait is over (epoch seconds), or None when none is pending."""
+        return await self._run(lambda db: db.execute(
+            "SELECT MIN(not_before) FROM retries WHERE state=?", (RetryState.PENDING,)).fetchone()[0])
 
     async def count_retries(self, state: RetryState) -> int:
         return await self._run(lambda db: db.execute(
@@ -368,25 +390,30 @@ class Ledger:
         return await self._run(q)
 
     @staticmethod
-    def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, RetryState, bytes]]) -> None:
+    def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, RetryState, bytes | None]],
+              wait: RetryWait | None = None, now: float = 0.0) -> None:
+        wait = wait or RetryWait()
         db.executemany(
-            "INSERT INTO retries (custom_id, request, attempts, chunk_id, state, last_line)"
-            " VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(custom_id) DO UPDATE SET"
+            "INSERT INTO retries (custom_id, request, attempts, chunk_id, state, last_line, not_before)"
+            " VALUES (?, ?, ?, NULL, ?, ?, ?) ON CONFLICT(custom_id) DO UPDATE SET"
             " request=excluded.request, attempts=excluded.attempts, chunk_id=NULL,"
-            " state=excluded.state, last_line=excluded.last_line", park)
+            " state=excluded.state, last_line=excluded.last_line, not_before=excluded.not_before",
+            [(*p, now + wait.after(p[2]) if wait.first_s else 0.0) for p in park])
 
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
-                               park: list[tuple[str, bytes, int, RetryState, bytes]], finals: list[str]) -> None:
+                               park: list[tuple[str, bytes, int, RetryState, bytes | None]], finals: list[str],
+                               wait: RetryWait | None = None, now: float | None = None) -> None:
         """Write-ahead step 3 (after the shard fsync): collected, offsets, counts, parked requests.
 
-        park: (custom_id, request, attempts, state PENDING or CANCELLED, last result line).
+        park: (custom_id, request, attempts, state PENDING, CANCELLED or FAILED, last result line or None when
+        the results left the request out); each waits `wait.after(attempts)` before it is sent again.
         finals: custom_ids of retried requests whose final line is now in the shards.
         """
-        now = time.time()
+        now = time.time() if now is None else now
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(enumerate(offsets)))
-            self._park(db, park)
+            self._park(db, park, wait, now)
             db.executemany("UPDATE retries SET state=?, chunk_id=NULL WHERE custom_id=?",
                            [(RetryState.DONE, c) for c in finals])
             db.executemany(

@@ -1,9 +1,14 @@
 """One job in the daemon: its settings for a run, the run, what the run's result makes of it, and,
-while the key is refused, the key checks.
+while the key is refused or the spend limit reached, the checks that resume it.
 
     queued -> running -> done | failed | cancelled
                  |  \\-> queued (the daemon stopped, or a run stopped on an error: tried again later)
-                 \\--> paused (the key was refused: checked every --key-check-s and at SIGHUP) -> queued
+                 \\--> paused (the key was refused, or the provider's spend limit is reached: checked every
+                            --key-check-s and at SIGHUP) -> queued
+
+A spend-limit pause is checked like a refused key (one cheap call); when the call gets through, the
+job runs again, and its first create tells whether access is back (if not, it pauses again at once,
+having sent nothing).
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ async def probe_key(settings: Settings) -> str:
             await make_provider(settings, http).get(PROBE_BATCH_ID)
         except errors.AuthRefused:
             return "refused"
+        except errors.SpendLimited:
+            return "spend_limited"
         except errors.FatalError:  # 404 and the like: past authentication
             return "accepted"
         except errors.TransientError as err:
@@ -89,6 +96,10 @@ async def probe_key(settings: Settings) -> str:
 def key_refused_reason(settings: Settings, status: int | None, key_check_s: float) -> str:
     return (f"{key_refused_message(settings, status)} in .env and send SIGHUP; the key is checked again every "
             f"{key_check_s:g} s. Every batch in flight is kept in the ledger")
+
+
+def spend_limit_reason(message: str, key_check_s: float) -> str:
+    return f"{message}; the job tries again every {key_check_s:g} s and at SIGHUP"
 
 
 def outcome_line(summary: Mapping[str, Any]) -> str:
@@ -231,6 +242,9 @@ class JobRunner:
         elif code == ExitCode.AUTH:
             job.restarts = 0
             self.pause(job, key_refused_reason(engine.settings, result.http_status, self.key_check_s))
+        elif code == ExitCode.SPEND_LIMIT:
+            job.restarts = 0
+            self.pause(job, spend_limit_reason(redact(result.message), self.key_check_s))
         elif job.cancel_requested or engine.cancelled:
             self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
             log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),
