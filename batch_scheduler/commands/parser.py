@@ -15,7 +15,7 @@ from batch_scheduler.simulator import add_arguments as add_simulator_arguments
 DESCRIPTION = """Push very large LLM workloads through provider batch APIs, exactly once.
 
 Exit status: 0 every accepted request reached a final result; 1 anything else (resumable);
-2 usage errors; 3 the API refused the key.
+2 usage errors; 3 the API refused the key; 5 the provider's spend limit is reached (resumable).
 """
 
 

@@ -9,7 +9,8 @@ A crash between 1 and 2 leaves `submitting`: the next run looks for the batch be
 A crash between 3's two halves leaves lines past the recorded offsets: the next run truncates them.
 
 Per-request rows exist only for the few requests that need another attempt (`retries`, each with
-the time before which it is not sent again) or were refused by the API (`api_rejected`). Every method is one transaction, run on the ledger's own
+the time before which it is not sent again) or were refused by the API (`api_rejected`); each input
+chunk keeps the list of its custom_ids (`chunk_ids`, read back one batch at a time by the collector). Every method is one transaction, run on the ledger's own
 thread and shielded from cancellation, so a cancelled task cannot tear a state change.
 """
 
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
+
+import orjson
 
 T = TypeVar("T")
 
@@ -61,6 +64,9 @@ CREATE TABLE IF NOT EXISTS retries (
 CREATE INDEX IF NOT EXISTS retries_state ON retries(state, chunk_id);
 CREATE TABLE IF NOT EXISTS api_rejected (
     custom_id TEXT PRIMARY KEY, root_seq INTEGER, message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunk_ids (    -- the custom_ids an input chunk carries (JSON list), for completeness
+    chunk_id INTEGER PRIMARY KEY, ids BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
@@ -266,9 +272,11 @@ class Ledger:
     async def record_intent(self, *, kind: ChunkKind, take: int, nbytes: int, root_seq: int | None = None,
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
-                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
-                            ) -> int:
-        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting."""
+                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
+                            ids: list[str] | None = None) -> int:
+        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting.
+
+        ids: the custom_ids of a new input chunk, kept for the collector's completeness check."""
         now = time.time()
 
         def q(db: sqlite3.Connection) -> int:
@@ -288,7 +296,16 @@ class Ledger:
             if retry_ids:
                 db.executemany("UPDATE retries SET chunk_id=?, state=? WHERE custom_id=?",
                                [(new_id, RetryState.ASSIGNED, cid) for cid in retry_ids])
+            if ids is not None:
+                db.execute("INSERT OR REPLACE INTO chunk_ids VALUES (?, ?)", (new_id, orjson.dumps(ids)))
             return new_id
+        return await self._run(q)
+
+    async def chunk_ids(self, chunk_id: int) -> list[str] | None:
+        """The custom_ids an input chunk carries; None for a chunk recorded without them (an earlier version)."""
+        def q(db: sqlite3.Connection) -> list[str] | None:
+            row = db.execute("SELECT ids FROM chunk_ids WHERE chunk_id=?", (chunk_id,)).fetchone()
+            return orjson.loads(row[0]) if row else None
         return await self._run(q)
 
     async def record_submitted(self, chunk_id: int, batch_id: str, *, adopted: bool = False) -> None:
@@ -335,6 +352,8 @@ class Ledger:
                 new_ids.append(int(cur.lastrowid or 0))
                 if parent.kind == ChunkKind.RETRY:
                     db.executemany("UPDATE retries SET chunk_id=? WHERE custom_id=?", [(new_ids[-1], c) for c in ids])
+                else:
+                    db.execute("INSERT OR REPLACE INTO chunk_ids VALUES (?, ?)", (new_ids[-1], orjson.dumps(ids)))
             return new_ids
         return await self._run(q)
 

@@ -119,7 +119,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("max_unbilled_attempts", int, 8, "attempts per request while its answers were not billed (transient "
            "errors, expired, timed out, missing from the results); never fewer than --max-attempts", BATCHING,
            metavar="N", minimum=1),
-    Option("retry_wait", _float, 30.0, "seconds a request waits after a transient answer before it is sent "
+    Option("retry_wait", _float, 10.0, "seconds a request waits after a transient answer before it is sent "
            "again; doubles with each attempt, up to 10 minutes", BATCHING, field="retry_wait_s", metavar="S",
            minimum=0),
     Option("not_found_grace", _float, 300.0, "seconds a batch this job created may answer 404 (retrieve or "

@@ -139,13 +139,8 @@ class Collector:
         billed_limit = self.settings.max_attempts
         free_limit = unbilled_limit(self.settings)
 
-        # what the batch carried: custom_id -> request line, and attempts made before (retry chunks)
-        sent: dict[str, bytes] = {}
-        before: dict[str, int] = {}
-        for cid, request, attempts_before in await self._replay.requests(row):
-            sent[cid] = request
-            if attempts_before:
-                before[cid] = attempts_before
+        # what the batch carried (custom_ids, at most one batch's worth), and attempts made before
+        expected, sent, before = await self._carried(row)
         retry = not self._replay.from_input(row)
         seen: set[str] = set()
         repeated = foreign = 0
@@ -164,7 +159,7 @@ class Collector:
                     cid, outcome, usage, model = classify(line)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise errors.ProtocolError(f"unreadable results line in batch {info.id}: {exc}") from None
-                if cid not in sent:
+                if cid not in expected:
                     if row.adopted:
                         raise NotOurs(cid)
                     foreign += 1  # an answer to a request this batch did not carry: never written
@@ -193,9 +188,12 @@ class Collector:
             shards.account(sum(map(len, block)) + len(block))
         if not retry:
             final_attempts[1] = sum(counts)
-        missing = [cid for cid in sent if cid not in seen]
-        park = self._park(to_park, missing, sent, before)
-        del sent, seen
+        missing = [cid for cid in expected if cid not in seen]
+        del expected, seen
+        if (to_park or missing) and sent is None:
+            sent = await self._replay.lookup(row)  # the request lines, read again only when some go back
+        park = self._park(to_park, missing, sent or {}, before)
+        del sent
         if missing:
             log.warning("batch %s: %s of its requests are missing from its results; they are sent again",
                         info.id, f"{len(missing):,}")
@@ -232,17 +230,44 @@ class Collector:
         offsets[:] = new_offsets
         return Collected(sum(counts), len(park), summary)
 
+    async def _carried(self, row: ChunkRow) -> tuple[set[str] | dict[str, bytes], dict[str, bytes] | None,
+                                                     dict[str, int]]:
+        """(custom_ids the batch carried, their request lines if at hand, attempts made before each).
+
+        A retry chunk's requests are in the ledger. An input chunk's custom_ids are too (minus those the API
+        refused at create); its request lines are read again from the input only if some must be parked.
+        An adopted batch, or a chunk an earlier version recorded without its ids, is read in full.
+        """
+        if self._replay.from_input(row) and not row.adopted:
+            ids = await self.ledger.chunk_ids(row.id)
+            if ids is not None:
+                refused = await self.ledger.api_rejected(row.root_seq)
+                return set(ids).difference(refused), None, {}
+        sent: dict[str, bytes] = {}
+        before: dict[str, int] = {}
+        for cid, request, attempts_before in await self._replay.requests(row):
+            sent[cid] = request
+            if attempts_before:
+                before[cid] = attempts_before
+        return sent, sent, before
+
     def _park(self, to_park: list[tuple[str, Outcome, bytes]], missing: list[str], sent: dict[str, bytes],
               before: dict[str, int]) -> list[Park]:
         """What the ledger keeps for another attempt: transient and cancelled answers, and the requests the
         results left out (an unbilled attempt each; out of attempts they wait FAILED for the next run)."""
         park: list[Park] = []
+        def request(cid: str) -> bytes:
+            line = sent.get(cid)
+            if line is None:
+                raise errors.ProtocolError(f"batch result names {cid!r}, which is no longer in its chunk")
+            return line
+
         for cid, outcome, line in to_park:
             state = RetryState.CANCELLED if outcome is Outcome.CANCELED else RetryState.PENDING
-            park.append((cid, sent[cid], before.get(cid, 0) + 1, state, line))
+            park.append((cid, request(cid), before.get(cid, 0) + 1, state, line))
         free_limit = unbilled_limit(self.settings)
         for cid in missing:
             attempts = before.get(cid, 0) + 1
-            park.append((cid, sent[cid], attempts, RetryState.PENDING if attempts < free_limit else RetryState.FAILED,
-                         None))
+            park.append((cid, request(cid), attempts,
+                         RetryState.PENDING if attempts < free_limit else RetryState.FAILED, None))
         return park

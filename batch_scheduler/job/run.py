@@ -188,7 +188,8 @@ class Run:
                 admission.held_back += chunk.n
                 return
             chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
-                                                  nbytes=chunk.nbytes, span=span, est_cost=est, skipped=chunk.skipped)
+                                                  nbytes=chunk.nbytes, span=span, est_cost=est, skipped=chunk.skipped,
+                                                  ids=chunk.ids)
             admission.sent(chunk_id, est)
             out = Outgoing(chunk_id, ChunkKind.INPUT, chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
             await self._spawn_submit(out, None)

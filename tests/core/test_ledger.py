@@ -74,3 +74,16 @@ async def test_a_parked_request_waits_longer_after_each_attempt_before_it_is_due
         assert await ledger.count_retries(RetryState.PENDING) == 3  # waiting or due, all pending
     finally:
         ledger.close()
+
+
+async def test_an_input_chunk_keeps_its_custom_ids_and_so_do_the_halves_of_a_split(tmp_path):
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    try:
+        chunk = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=4, nbytes=1, ids=["a", "b", "c", "d"])
+        retry = await ledger.record_intent(kind=ChunkKind.RETRY, take=1, nbytes=1, retry_ids=["x"])
+        assert await ledger.chunk_ids(chunk) == ["a", "b", "c", "d"]
+        assert await ledger.chunk_ids(retry) is None  # a retry chunk's requests are rows of `retries`
+        left, right = await ledger.record_split(chunk, [(0, 2, 1, ["a", "b"]), (2, 2, 1, ["c", "d"])])
+        assert (await ledger.chunk_ids(left), await ledger.chunk_ids(right)) == (["a", "b"], ["c", "d"])
+    finally:
+        ledger.close()

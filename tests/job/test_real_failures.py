@@ -74,6 +74,30 @@ async def test_requests_missing_from_their_results_are_sent_again_and_counted(si
     assert summary["results"]["succeeded"] == 2_000
 
 
+async def test_a_batch_recorded_by_an_earlier_version_is_checked_against_its_input(sim, tmp_path):
+    import asyncio
+    import time
+    sim.config.processing_s = 3600
+    sim.config.missing_rate = 0.05
+    ids = write_requests(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out"
+    task = asyncio.create_task(run_job(fast_settings(sim.url), out, [tmp_path / "in.jsonl"]))
+    while sim.stats["creates"] < 3:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    ledger = Ledger(str(out / "ledger.db"))
+    ledger.sync(lambda db: db.execute("DELETE FROM chunk_ids"))  # as a version without the table left them
+    ledger.close()
+    sim.clock = lambda: time.monotonic() + 7200  # the batches in flight have ended meanwhile
+    sim.config.processing_s = 0
+    result = await run_job(fast_settings(sim.url), out, [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(out, ids)
+    assert summary_of(out)["requests"]["missing_from_results"] == sim.stats["missing_results"] > 0
+
+
 async def test_openai_request_timeout_lines_get_another_attempt(sim, tmp_path):
     sim.config.request_timeout_rate = 0.2
     ids = write_requests(tmp_path / "in.jsonl", 300)
