@@ -40,7 +40,7 @@ async def sim():
 
 def fast_settings(url: str, **changes) -> Settings:
     base = dict(api_key=KEY, base_url=url, batch_size=100, concurrency=4, poll_min_s=0.01, poll_max_s=0.05,
-                shards=4, retry=FAST_RETRY, model=None)
+                shards=4, retry=FAST_RETRY, model=None, retry_wait_s=0.0)
     base.update(changes)
     return Settings(**base)
 

@@ -16,8 +16,8 @@ DESCRIPTION = """Push very large LLM workloads through provider batch APIs, exac
 
 Exit status: 0 every accepted request reached a final result; 1 anything else (resumable);
 2 usage errors and refusals (another process holds the job, results its ledger does not know, an
-input changed under the job); 3 the API refused the key; 129, 130, 143 stopped by SIGHUP, SIGINT,
-SIGTERM (resumable).
+input changed under the job); 3 the API refused the key; 5 the provider's spend limit is reached
+(resumable); 129, 130, 143 stopped by SIGHUP, SIGINT, SIGTERM (resumable).
 """
 
 

@@ -9,26 +9,38 @@
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
-        │   ├── ServerError             500, 502, 503, 504, 529 (overloaded)
+        │   ├── ServerError             500, 502, 503, 529 (overloaded), other 5xx
+        │   ├── Conflict                409 conflict_error (a concurrent change; the SDKs retry it)
         │   ├── NetworkError            connection refused, reset or dropped
         │   │   └── OutcomeUnknown      dropped after the body was sent: a batch may exist
-        │   └── TimeoutError_           no answer in time (also an unknown outcome on create)
+        │   └── TimeoutError_           408, 504 timeout_error, no answer in time (an unknown outcome on create)
+        ├── SpendLimited                a spend limit (429 enforced_spend_limit_reached, 402 billing_error,
+        │                               OpenAI insufficient_quota): a pause until the date the message names
+        │                               (exit 5), never retried
         └── FatalError                  another try cannot help
             ├── AuthRefused             401 / 403: stop everything, exit 3
-            ├── RequestRejected         400 / 404 / 409 / 422: the call itself is wrong
+            ├── RequestRejected         400 / 422 / other 4xx: the call itself is wrong
+            │   ├── NotFound            404 (for a batch just created: a ghost, see job.poller)
             │   └── RequestTooLarge     413: the batch must be split
             └── ProtocolError           an answer we cannot read
 
 `from_status` and `from_exception` are the only places where HTTP statuses and aiohttp
-exceptions become these errors; `from_sqlite` does the same for the ledger's SQLite errors.
+exceptions become these errors; `from_sqlite` does the same for the ledger's SQLite errors. `from_status`
+decides as the official SDKs do: an `x-should-retry: true|false` header beats the status (except for a
+refused key and a spend limit, which pause the job whatever the header says); without it 408, 409, 429
+and 5xx are transient.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import enum
+import math
 import re
 import sqlite3
+import time
+from collections.abc import Mapping
 
 import aiohttp
 import orjson
@@ -99,8 +111,17 @@ class OutcomeUnknown(NetworkError):
     """The connection dropped after the request was sent: the call may have taken effect."""
 
 
+class Conflict(TransientError):
+    """409 conflict_error: another operation on the resource was in progress."""
+
+
 class TimeoutError_(TransientError):
     pass
+
+
+class SpendLimited(ProviderError):
+    """The organisation's spend limit (or its credit) is used up: no call that costs money can succeed
+    until the date the provider's message names. Neither retried nor fatal: the job pauses."""
 
 
 class FatalError(ProviderError):
@@ -115,31 +136,70 @@ class RequestRejected(FatalError):
     pass
 
 
+class NotFound(RequestRejected):
+    """404. For a batch this job was just given, the real API has answered so for a while (job.poller)."""
+
+
 class RequestTooLarge(RequestRejected):
     pass
+
+
+class BatchVanished(FatalError):
+    """A batch this job recorded kept answering 404 for longer than --not-found-grace."""
+
+    @classmethod
+    def of(cls, batch_id: str, what: str, grace_s: float) -> BatchVanished:
+        return cls(f"batch {batch_id}: {what} answered 404 not_found_error for more than {grace_s:g} s "
+                   f"(--not-found-grace) since its create or its last answer; the ledger keeps the batch: run "
+                   f"the same command again to look for it again")
 
 
 class ProtocolError(FatalError):
     pass
 
 
-_TRANSIENT_STATUSES = {500, 502, 503, 504, 529}
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
+# `error.details.error_code` of a 429 that is a spend limit, not a rate (anthropic 2.15's
+# EnforcedSpendLimitReachedError, ContractSpendLimitReachedError); OpenAI says `insufficient_quota`
+SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached", "contract_spend_limit_reached"})
+OPENAI_QUOTA_CODE = "insufficient_quota"
 
 
-def error_message(body: bytes) -> tuple[str | None, str]:
-    """(kind, message) out of an error body in the Anthropic or OpenAI shape."""
+def _error_doc(body: bytes) -> tuple[dict | None, str | None]:
+    """The `error` object of an error body, or (None, the body's first bytes as text)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None, body[:200].decode("utf-8", "replace").strip()
     err = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(err, dict):
-        kind = err.get("type") or err.get("code")
-        return (str(kind) if kind else None), str(err.get("message", ""))
+        return err, None
     if isinstance(doc, dict) and "message" in doc:
         return None, str(doc["message"])
     return None, body[:200].decode("utf-8", "replace").strip()
+
+
+def error_message(body: bytes) -> tuple[str | None, str]:
+    """(kind, message) out of an error body in the Anthropic or OpenAI shape."""
+    err, text = _error_doc(body)
+    if err is None:
+        return None, text or ""
+    kind = err.get("type") or err.get("code")
+    return (str(kind) if kind else None), str(err.get("message", ""))
+
+
+def _is_spend_limit(status: int, body: bytes) -> bool:
+    """A 429 whose details name a spend limit, OpenAI's exhausted quota, or 402 billing_error."""
+    if status == 402:
+        return True
+    if status != 429:
+        return False
+    err, _ = _error_doc(body)
+    if err is None:
+        return False
+    details = err.get("details")
+    code = details.get("error_code") if isinstance(details, dict) else None
+    return code in SPEND_LIMIT_CODES or OPENAI_QUOTA_CODE in (err.get("code"), err.get("type"))
 
 
 def rejected_request_index(message: str) -> int | None:
@@ -148,31 +208,65 @@ def rejected_request_index(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+def parse_retry_after(value: str | None, *, ms: str | None = None, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` (which the SDKs read first), else `retry-after` in seconds
+    or as an HTTP date; None when neither says."""
+    for text, scale in ((ms, 0.001), (value, 1.0)):
+        if not text:
+            continue
+        try:
+            seconds = float(text) * scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    if value:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is not None:
+            return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return None
 
 
-def from_status(status: int, body: bytes, headers: dict | None = None, *, what: str = "") -> ProviderError:
-    """Map an HTTP error status (and its body) to the error tree."""
+def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = None, *,
+                what: str = "") -> ProviderError:
+    """Map an HTTP error status (its body and headers) to the error tree, as the official SDKs decide."""
     kind, message = error_message(body)
     text = f"{what}: HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
+    h = {k.lower(): v for k, v in (headers or {}).items()}
     if status in (401, 403):
         return AuthRefused(text, status=status, kind=kind)
+    if _is_spend_limit(status, body):
+        return SpendLimited(text, status=status, kind=kind)
+    cls = _class_of(status)
+    should_retry = h.get("x-should-retry", "").strip().lower()
+    if should_retry == "true" and not issubclass(cls, TransientError):
+        cls = ServerError
+    elif should_retry == "false" and issubclass(cls, TransientError):
+        cls = RequestRejected
+    if cls is RateLimited:
+        return RateLimited(text, status=status, kind=kind,
+                           retry_after_s=parse_retry_after(h.get("retry-after"), ms=h.get("retry-after-ms")))
+    return cls(text, status=status, kind=kind)
+
+
+def _class_of(status: int) -> type[ProviderError]:
+    """The error class of a status without headers (the SDKs retry 408, 409, 429 and 5xx)."""
     if status == 429:
-        retry_after = parse_retry_after((headers or {}).get("retry-after"))
-        return RateLimited(text, status=status, kind=kind, retry_after_s=retry_after)
+        return RateLimited
+    if status in (408, 504):
+        return TimeoutError_
+    if status == 409:
+        return Conflict
+    if status >= 500:
+        return ServerError
+    if status == 404:
+        return NotFound
     if status == 413:
-        return RequestTooLarge(text, status=status, kind=kind)
-    if status in _TRANSIENT_STATUSES or status >= 500:
-        return ServerError(text, status=status, kind=kind)
-    if status == 408:
-        return TimeoutError_(text, status=status, kind=kind)
-    return RequestRejected(text, status=status, kind=kind)
+        return RequestTooLarge
+    return RequestRejected
 
 
 def from_exception(exc: BaseException, *, what: str = "", sent: bool = False) -> ProviderError:
@@ -224,6 +318,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad flags or input that refuses the job, or a refusal (the job in use, unknown results); nothing sent
     AUTH = 3  # the API refused the key; nothing in flight is lost
     FORCED = 4  # daemon only: jobs did not stop within the shutdown deadline, exited anyway
+    SPEND_LIMIT = 5  # the provider's spend limit is reached; batches in flight were collected, resumable
     HANGUP = 129  # run/resume: stopped by SIGHUP (128 + its number); everything is kept, the same command resumes
     INTERRUPTED = 130  # run/resume: stopped by SIGINT (Ctrl-C); likewise
     TERMINATED = 143  # run/resume: stopped by SIGTERM; likewise

@@ -8,133 +8,41 @@ Write-ahead order, which every caller keeps:
 A crash between 1 and 2 leaves `submitting`: the next run looks for the batch before sending again.
 A crash between 3's two halves leaves lines past the recorded offsets: the next run truncates them.
 
-Per-request rows exist only for the few requests that need another attempt (`retries`) or were
-refused by the API (`api_rejected`). Every method is one transaction, run on the ledger's own
-thread and shielded from cancellation, so a cancelled task cannot tear a state change. The job's
-creation, every batch id and every collection are checkpointed into ledger.db at once, so the main
-file alone knows the job: a lost ledger.db-wal loses no batch and no result of it.
+Per-request rows exist only for the few requests that need another attempt (`retries`, each with
+the time before which it is not sent again) or were refused by the API (`api_rejected`); each input
+chunk keeps the list of its custom_ids (`chunk_ids`, read back one batch at a time by the collector).
+Every method is one transaction, run on the ledger's own thread and shielded from cancellation, so a
+cancelled task cannot tear a state change. The job's creation, every batch id and every collection
+are checkpointed into ledger.db at once, so the main file alone knows the job: a lost ledger.db-wal
+loses no batch and no result of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from batch_scheduler.core import errors
+from batch_scheduler.core.ledger_rows import (  # noqa: F401 - the ledger's names, re-exported
+    _OLD_CANCELLED,
+    ADDED_COLUMNS,
+    SCHEMA,
+    ChunkKind,
+    ChunkRow,
+    ChunkState,
+    RetryState,
+    RetryWait,
+)
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,                 -- a ChunkKind: 'input' or 'retry'
-    root_seq INTEGER,                   -- input chunk number (input kind)
-    skip INTEGER NOT NULL DEFAULT 0,    -- this chunk is lines [skip, skip+take) of the root chunk
-    take INTEGER NOT NULL,
-    start_file INTEGER, start_pos INTEGER, start_line INTEGER, end_file INTEGER, end_pos INTEGER,
-    nbytes INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    batch_id TEXT UNIQUE,
-    adopted INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1, -- request attempt (retry chunks: attempt of its requests)
-    intent_at REAL, submitted_at REAL, ended_at REAL, collected_at REAL,
-    est_cost REAL NOT NULL DEFAULT 0,
-    note TEXT,
-    skipped TEXT,                       -- input kind: JSON [[file, line], ...] of rejected lines inside the span
-    digest TEXT                         -- input kind: sha256 of the root chunk's request lines, as cut
-);
-CREATE INDEX IF NOT EXISTS chunks_root ON chunks(root_seq);
-CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
-CREATE TABLE IF NOT EXISTS retries (
-    custom_id TEXT PRIMARY KEY,
-    request BLOB NOT NULL,
-    attempts INTEGER NOT NULL,          -- attempts made so far
-    chunk_id INTEGER,                   -- retry chunk it is assigned to, NULL while pending
-    state TEXT NOT NULL,                -- a RetryState: 'pending', 'assigned', 'cancelled', 'failed', 'done'
-    last_line BLOB
-);
-CREATE INDEX IF NOT EXISTS retries_state ON retries(state, chunk_id);
-CREATE TABLE IF NOT EXISTS api_rejected (
-    custom_id TEXT PRIMARY KEY, root_seq INTEGER, message TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, offset INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
-"""
-
-
-class ChunkKind(enum.StrEnum):
-    INPUT = "input"  # a span of the input files, read again from there when it is sent again
-    RETRY = "retry"  # requests parked in `retries` for another attempt, sent again from the ledger
-
-
-class ChunkState(enum.StrEnum):
-    SUBMITTING = "submitting"  # intent recorded; outcome of create not known yet
-    PLANNED = "planned"  # known not to exist at the provider (create refused); to send again
-    SUBMITTED = "submitted"  # batch id known
-    COLLECTED = "collected"  # results durable in the shards
-    SPLIT = "split"  # replaced by two smaller chunks
-    DROPPED = "dropped"  # nothing left to send (every request refused)
-    FAILED = "failed"  # the provider failed the batch as a whole; requests parked for retry
-
-
-class RetryState(enum.StrEnum):
-    """A request parked in `retries`. Earlier versions stored CANCELLED as `canceled` (the result type's
-    spelling): opening such a ledger for writing migrates it, and `retry_counts` reads either."""
-
-    PENDING = "pending"  # waits for a retry chunk
-    ASSIGNED = "assigned"  # in a retry chunk (chunk_id)
-    CANCELLED = "cancelled"  # its batch was cancelled; waits for `run --retry-cancelled`
-    FAILED = "failed"  # out of attempts in batches the provider failed as a whole; the next run tries once more
-    DONE = "done"  # its final line is in the shards, or the API refused it
-
-
-_OLD_CANCELLED = "canceled"  # RetryState.CANCELLED as earlier versions stored it
-
-
-@dataclass
-class ChunkRow:
-    id: int
-    kind: ChunkKind
-    root_seq: int | None
-    skip: int
-    take: int
-    start_file: int | None
-    start_pos: int | None
-    start_line: int | None
-    end_file: int | None
-    end_pos: int | None
-    nbytes: int
-    state: ChunkState
-    batch_id: str | None
-    adopted: int
-    attempt: int
-    intent_at: float | None
-    submitted_at: float | None
-    ended_at: float | None
-    collected_at: float | None
-    est_cost: float
-    note: str | None
-    skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
-    digest: str | None = None  # input chunks: sha256 of the root chunk's request lines when cut (None: older ledger)
-
-    def __post_init__(self) -> None:
-        self.kind = ChunkKind(self.kind)
-        self.state = ChunkState(self.state)
-
-    def skipped_lines(self) -> set[tuple[int, int]]:
-        return {(f, n) for f, n in json.loads(self.skipped)} if self.skipped else set()
-
-
-ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT"}  # chunks columns later versions added: migrated on open
 
 
 class Ledger:
@@ -165,6 +73,8 @@ class Ledger:
         for name, kind in ADDED_COLUMNS.items():  # a ledger made before the column (a job resumed after an upgrade)
             if name not in columns:
                 db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {kind}")
+        if "not_before" not in {row[1] for row in db.execute("PRAGMA table_info(retries)")}:
+            db.execute("ALTER TABLE retries ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
         self._select_columns(db)
         # a ledger made before RetryState had one spelling (one statement: atomic, and a no-op once done)
         db.execute("UPDATE retries SET state=? WHERE state=?", (RetryState.CANCELLED, _OLD_CANCELLED))
@@ -292,10 +202,11 @@ class Ledger:
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
                             retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
-                            digest: str | None = None) -> int:
+                            digest: str | None = None, ids: list[str] | None = None) -> int:
         """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting.
 
-        digest: an input chunk's `batcher.chunk_digest` as cut, checked whenever the chunk is read again."""
+        digest: an input chunk's `batcher.chunk_digest` as cut, checked whenever the chunk is read again.
+        ids: the custom_ids of a new input chunk, kept for the collector's completeness check."""
         now = time.time()
 
         def q(db: sqlite3.Connection) -> int:
@@ -315,7 +226,16 @@ class Ledger:
             if retry_ids:
                 db.executemany("UPDATE retries SET chunk_id=?, state=? WHERE custom_id=?",
                                [(new_id, RetryState.ASSIGNED, cid) for cid in retry_ids])
+            if ids is not None:
+                db.execute("INSERT OR REPLACE INTO chunk_ids VALUES (?, ?)", (new_id, orjson.dumps(ids)))
             return new_id
+        return await self._run(q)
+
+    async def chunk_ids(self, chunk_id: int) -> list[str] | None:
+        """The custom_ids an input chunk carries; None for a chunk recorded without them (an earlier version)."""
+        def q(db: sqlite3.Connection) -> list[str] | None:
+            row = db.execute("SELECT ids FROM chunk_ids WHERE chunk_id=?", (chunk_id,)).fetchone()
+            return orjson.loads(row[0]) if row else None
         return await self._run(q)
 
     async def record_submitted(self, chunk_id: int, batch_id: str, *, adopted: bool = False) -> None:
@@ -363,6 +283,8 @@ class Ledger:
                 new_ids.append(int(cur.lastrowid or 0))
                 if parent.kind == ChunkKind.RETRY:
                     db.executemany("UPDATE retries SET chunk_id=? WHERE custom_id=?", [(new_ids[-1], c) for c in ids])
+                else:
+                    db.execute("INSERT OR REPLACE INTO chunk_ids VALUES (?, ?)", (new_ids[-1], orjson.dumps(ids)))
             return new_ids
         return await self._run(q)
 
@@ -392,10 +314,17 @@ class Ledger:
             "SELECT custom_id, request, attempts FROM retries WHERE chunk_id=? ORDER BY custom_id",
             (chunk_id,))])
 
-    async def pending_retries(self, limit: int) -> list[tuple[str, bytes, int]]:
+    async def pending_retries(self, limit: int, now: float | None = None) -> list[tuple[str, bytes, int]]:
+        """Up to `limit` pending requests whose wait is over (fewest attempts first)."""
+        at = time.time() if now is None else now
         return await self._run(lambda db: [(c, bytes(r), a) for c, r, a in db.execute(
-            "SELECT custom_id, request, attempts FROM retries WHERE state=? ORDER BY attempts, custom_id"
-            " LIMIT ?", (RetryState.PENDING, limit))])
+            "SELECT custom_id, request, attempts FROM retries WHERE state=? AND not_before <= ?"
+            " ORDER BY attempts, custom_id LIMIT ?", (RetryState.PENDING, at, limit))])
+
+    async def next_retry_at(self) -> float | None:
+        """When the next pending request's wait is over (epoch seconds), or None when none is pending."""
+        return await self._run(lambda db: db.execute(
+            "SELECT MIN(not_before) FROM retries WHERE state=?", (RetryState.PENDING,)).fetchone()[0])
 
     async def count_retries(self, state: RetryState) -> int:
         return await self._run(lambda db: db.execute(
@@ -421,25 +350,30 @@ class Ledger:
         return self._pool.submit(self._offsets, self._db, shards).result()
 
     @staticmethod
-    def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, RetryState, bytes]]) -> None:
+    def _park(db: sqlite3.Connection, park: list[tuple[str, bytes, int, RetryState, bytes | None]],
+              wait: RetryWait | None = None, now: float = 0.0) -> None:
+        wait = wait or RetryWait()
         db.executemany(
-            "INSERT INTO retries (custom_id, request, attempts, chunk_id, state, last_line)"
-            " VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(custom_id) DO UPDATE SET"
+            "INSERT INTO retries (custom_id, request, attempts, chunk_id, state, last_line, not_before)"
+            " VALUES (?, ?, ?, NULL, ?, ?, ?) ON CONFLICT(custom_id) DO UPDATE SET"
             " request=excluded.request, attempts=excluded.attempts, chunk_id=NULL,"
-            " state=excluded.state, last_line=excluded.last_line", park)
+            " state=excluded.state, last_line=excluded.last_line, not_before=excluded.not_before",
+            [(*p, now + wait.after(p[2]) if wait.first_s else 0.0) for p in park])
 
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
-                               park: list[tuple[str, bytes, int, RetryState, bytes]], finals: list[str]) -> None:
+                               park: list[tuple[str, bytes, int, RetryState, bytes | None]], finals: list[str],
+                               wait: RetryWait | None = None, now: float | None = None) -> None:
         """Write-ahead step 3 (after the shard fsync): collected, offsets, counts, parked requests.
 
-        park: (custom_id, request, attempts, state PENDING or CANCELLED, last result line).
+        park: (custom_id, request, attempts, state PENDING, CANCELLED or FAILED, last result line or None when
+        the results left the request out); each waits `wait.after(attempts)` before it is sent again.
         finals: custom_ids of retried requests whose final line is now in the shards.
         """
-        now = time.time()
+        now = time.time() if now is None else now
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(enumerate(offsets)))
-            self._park(db, park)
+            self._park(db, park, wait, now)
             db.executemany("UPDATE retries SET state=?, chunk_id=NULL WHERE custom_id=?",
                            [(RetryState.DONE, c) for c in finals])
             db.executemany(

@@ -98,11 +98,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
            choices=("x-api-key", "bearer"), default_text="x-api-key (bearer for openai and inline)",
            daemon_side=True),
     Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`); beats the same "
-           "header from the environment. A secret header belongs in the variable: a flag shows in `ps` and is "
-           "remembered in the ledger", PROVIDER, field="headers", metavar="'Name: value'",
+           "header from the environment. A secret header belongs in the variable: a flag shows in `ps`; values are never "
+           "kept in the ledger (resume and cancel take --header again)", PROVIDER, field="headers", metavar="'Name: value'",
            default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)", daemon_side=True),
-    Option("anthropic_version", str, "2023-06-01", "the `anthropic-version` header", PROVIDER, metavar="V",
-           env=("ANTHROPIC_VERSION",), daemon_side=True),
+    Option("anthropic_version", str, "2026-10-21", "the `anthropic-version` header (what anthropic 2.15 sends); "
+           "lines this version would refuse are rejected locally; a job keeps the version it started with",
+           PROVIDER, metavar="V", env=("ANTHROPIC_VERSION",), daemon_side=True),
     Option("model", str, None, "fills the model where a request has none", PROVIDER, shapes=True, metavar="M",
            default_text="`CLAUDE_MODEL`"),
     Option("http_timeout", _float, 300.0, "read timeout per call, seconds", PROVIDER, field="http_timeout_s",
@@ -124,8 +125,17 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("poll_max", _float, 60.0, "longest poll interval, seconds", BATCHING, field="poll_max_s",
            metavar="S", minimum=0.001, daemon_side=True),
     Option("shards", int, 16, "result shard files", BATCHING, shapes=True, metavar="S", minimum=1, maximum=4096),
-    Option("max_attempts", int, 3, "attempts per request for transient errors and expiry", BATCHING,
+    Option("max_attempts", int, 3, "attempts per request whose transient answers were billed (they report usage)",
+           BATCHING, metavar="N", minimum=1),
+    Option("max_unbilled_attempts", int, 8, "attempts per request while its answers were not billed (transient "
+           "errors, expired, timed out, missing from the results); never fewer than --max-attempts", BATCHING,
            metavar="N", minimum=1),
+    Option("retry_wait", _float, 10.0, "seconds a request waits after a transient answer before it is sent "
+           "again; doubles with each attempt, up to 10 minutes", BATCHING, field="retry_wait_s", metavar="S",
+           minimum=0),
+    Option("not_found_grace", _float, 300.0, "seconds a batch this job created may answer 404 (retrieve or "
+           "results) since its create or its last answer before the run stops, resumable", BATCHING,
+           field="not_found_grace_s", metavar="S", minimum=0),
     # -- input ----------------------------------------------------------------------------------
     Option("strict", bool, False, "refuse the whole job, submitting nothing, if any line is bad", INPUT,
            remembered=False),

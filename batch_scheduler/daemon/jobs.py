@@ -1,10 +1,15 @@
 """One job in the daemon: its settings for a run, the run, what the run's result makes of it, and,
-while the key is refused, the key checks.
+while the key is refused or the spend limit reached, the checks that resume it.
 
     queued -> running -> done | failed | cancelled
                  |  \\-> queued (the daemon stopped, or a run stopped on an error: tried again later)
-                 \\--> paused (the key was refused: checked every --key-check-s and at SIGHUP; or the disk
-                          is full: tried again every --key-check-s) -> queued
+                 \\--> paused (the key was refused, or the provider's spend limit is reached: checked every
+                          --key-check-s and at SIGHUP; or the disk is full: tried again every --key-check-s)
+                          -> queued
+
+A spend-limit pause is checked like a refused key (one cheap call); when the call gets through, the
+job runs again, and its first create tells whether access is back (if not, it pauses again at once,
+having sent nothing).
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ async def probe_key(settings: Settings) -> str:
             await make_provider(settings, http).get(PROBE_BATCH_ID)
         except errors.AuthRefused:
             return "refused"
+        except errors.SpendLimited:
+            return "spend_limited"
         except errors.FatalError:  # 404 and the like: past authentication
             return "accepted"
         except errors.TransientError as err:
@@ -92,6 +99,10 @@ async def probe_key(settings: Settings) -> str:
 def key_refused_reason(settings: Settings, status: int | None, key_check_s: float) -> str:
     return (f"{key_refused_message(settings, status)} in .env and send SIGHUP; the key is checked again every "
             f"{key_check_s:g} s. Every batch in flight is kept in the ledger")
+
+
+def spend_limit_reason(message: str, key_check_s: float) -> str:
+    return f"{message}; the job tries again every {key_check_s:g} s and at SIGHUP"
 
 
 def outcome_line(summary: Mapping[str, Any]) -> str:
@@ -272,6 +283,9 @@ class JobRunner:
             reason = f"{result.message} (trying again in {self.key_check_s:g} s)"
             self.set_state(job, JobState.QUEUED, reason)
             log.warning("job %s: %s", job.name, reason, extra={**extra, "state": "queued"})
+        elif code == ExitCode.SPEND_LIMIT:
+            job.restarts = 0
+            self.pause(job, spend_limit_reason(redact(result.message), self.key_check_s))
         elif job.cancel_requested or engine.cancelled:
             self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
             log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),

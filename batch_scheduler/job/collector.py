@@ -1,10 +1,26 @@
-"""Stage 5: stream an ended batch's results into the shards, exactly once.
+"""Stage 5: stream an ended batch's results into the shards, exactly once, and account for every request.
 
 One batch is written at a time (the lock), so a failure can roll the shards back to the offsets the
 ledger holds. A results line is parsed once, only as far as routing and counting need. Final lines go
-to the shards as they came; a request that deserves another attempt (transient error, expired) is
-parked in the ledger with its request line instead, until `max_attempts` is reached, when its last
-line becomes final. Cancelled requests are parked as `cancelled` (see `run --retry-cancelled`).
+to the shards as they came; a request that deserves another attempt (a transient error, expired) is
+parked in the ledger with its request line instead, until its attempts run out, when its last line
+becomes final. Cancelled requests are parked as `cancelled` (see `run --retry-cancelled`).
+
+Completeness: the collector knows the custom_ids the batch carried (at most one batch's worth,
+100,000 ids, never the job's). Each gets exactly one final line or is parked for another attempt: a
+repeated line and a line for a custom_id the batch did not carry are ignored and counted, never
+written; a request the results leave out is parked for a new attempt (`missing_from_results`). The
+parking happens in the same ledger transaction that marks the batch collected, so a kill -9 at any
+point leaves the batch either uncollected (collected again from the start) or collected with its
+missing requests queued.
+
+Attempts: an answer that reports no usage was not billed (errored before processing, expired, timed
+out, missing); such a request gets up to `--max-unbilled-attempts`, one whose answer was billed up to
+`--max-attempts`. Parked requests wait `--retry-wait` (doubling per attempt) before they are sent again.
+
+A 404 for the results of a batch this job recorded is a ghost (the real API has answered so for a
+while after create): the download is tried again with backoff, the lock given up meanwhile, for up to
+`--not-found-grace` since the poll that saw the batch ended; past it the run stops naming the batch.
 After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3).
 """
 
@@ -13,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import crc32
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import backoff_s
-from batch_scheduler.core.ledger import ChunkRow, Ledger, RetryState
+from batch_scheduler.core.ledger import ChunkRow, Ledger, RetryState, RetryWait
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.summary import model_counters
@@ -29,6 +46,7 @@ from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Pr
 log = logging.getLogger("batch_scheduler.collector")
 
 CostFn = Callable[[str | None, object], float]
+Park = tuple[str, bytes, int, RetryState, bytes | None]  # (custom_id, request, attempts, state, last line)
 
 
 class NotOurs(Exception):
@@ -42,9 +60,22 @@ class Collected:
     counts: dict[str, float]
 
 
+def unbilled_limit(settings: Settings) -> int:
+    """Attempts a request gets while no answer of it was billed (never fewer than --max-attempts)."""
+    return max(settings.max_attempts, settings.max_unbilled_attempts)
+
+
+RETRY_WAIT_MAX_S = 600.0  # the longest wait between attempts of one request (unless --retry-wait is longer)
+
+
+def retry_wait(settings: Settings) -> RetryWait:
+    return RetryWait(settings.retry_wait_s, max(settings.retry_wait_s, RETRY_WAIT_MAX_S))
+
+
 class Collector:
     def __init__(self, provider: Provider, ledger: Ledger, shards: ShardSet, settings: Settings,
-                 replay: Replay, cost: CostFn, *, rng: random.Random | None = None):
+                 replay: Replay, cost: CostFn, *, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.provider = provider
         self.ledger = ledger
         self.shards = shards
@@ -52,29 +83,41 @@ class Collector:
         self._replay = replay
         self._cost = cost
         self._rng = rng or random.Random()
+        self._clock = clock
         self.lock = asyncio.Lock()
         self.downloads_restarted = 0
+        self.results_not_found = 0  # results downloads that answered 404 and were tried again
         self._committing = False
 
     async def collect(self, row: ChunkRow, info: BatchInfo) -> Collected:
-        async with self.lock:
-            offsets = await self.ledger.shard_offsets(self.shards.n)
-            policy = self.settings.retry
-            attempt = 0
-            while True:
-                attempt += 1
+        policy = self.settings.retry
+        started = self._clock()  # the poll that saw the batch ended: its last good answer
+        attempt = ghosts = 0
+        while True:
+            async with self.lock:
+                offsets = await self.ledger.shard_offsets(self.shards.n)
                 try:
                     return await self._collect_once(row, info, offsets)
+                except errors.NotFound:
+                    self.shards.rollback(offsets)
+                    grace = self.settings.not_found_grace_s
+                    if self._clock() - started > grace:
+                        raise errors.BatchVanished.of(info.id, "its results", grace) from None
+                    ghosts += 1
+                    self.results_not_found += 1
+                    wait = backoff_s(policy, ghosts, self._rng)
+                    log.info("results of %s: 404 (a batch just made or ended may answer so for a while); "
+                             "trying again in %.2fs", info.id, wait)
                 except errors.TransientError as err:
                     if self._committing:
                         raise
                     self.shards.rollback(offsets)
+                    attempt += 1
                     if attempt >= policy.attempts:
                         raise
                     self.downloads_restarted += 1
                     wait = backoff_s(policy, attempt, self._rng)
                     log.warning("results download of %s failed (%s); fetching it again in %.2fs", info.id, err, wait)
-                    await asyncio.sleep(wait)
                 except BaseException:
                     # Before the commit began, nothing of this batch counts: drop its lines. Once it began
                     # (fsync, then the ledger), the ledger decides: a cancelled commit may still land, and
@@ -84,19 +127,24 @@ class Collector:
                     raise
                 finally:
                     self._committing = False
+            await asyncio.sleep(wait)  # the lock is free meanwhile: other batches are collected
 
     async def _collect_once(self, row: ChunkRow, info: BatchInfo, offsets: list[int]) -> Collected:
         # This loop runs once per answer: the common case (a final answer of a first attempt) is a
-        # parse, an append to a shard buffer and an append of the usage tuple; the rest is per batch.
+        # parse, two set/dict looks, an append to a shard buffer and an append of the usage tuple.
         shards = self.shards
         nshards = shards.n
         add = shards.add
         classify = self.provider.classify
         first_retryable = Outcome.ERRORED_TRANSIENT  # this and above: may be parked (see Outcome)
+        billed_limit = self.settings.max_attempts
+        free_limit = unbilled_limit(self.settings)
 
-        max_attempts = self.settings.max_attempts
-        retry_attempts = await self._replay.attempts(row)  # empty for an input chunk: its first attempt
-        owned: dict[str, bytes] | None = await self._replay.lookup(row) if row.adopted else None
+        # what the batch carried (custom_ids, at most one batch's worth), and attempts made before
+        expected, sent, before = await self._carried(row)
+        retry = not self._replay.from_input(row)
+        seen: set[str] = set()
+        repeated = foreign = 0
         counts = [0] * len(Outcome)
         usages: dict[str | None, list[tuple[int, ...]]] = {}  # per model; summed and priced per batch
         model_seen: str | None = None
@@ -112,18 +160,25 @@ class Collector:
                     cid, outcome, usage, model = classify(line)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise errors.ProtocolError(f"unreadable results line in batch {info.id}: {exc}") from None
-                if owned is not None and cid not in owned:
-                    raise NotOurs(cid)
-                if retry_attempts:
-                    attempts = retry_attempts.get(cid, 0) + 1
-                    if outcome is Outcome.CANCELED or (outcome >= first_retryable and attempts < max_attempts):
+                if cid not in expected:
+                    if row.adopted:
+                        raise NotOurs(cid)
+                    foreign += 1  # an answer to a request this batch did not carry: never written
+                    continue
+                if cid in seen:
+                    repeated += 1  # the request was answered already in this download
+                    continue
+                seen.add(cid)
+                if outcome >= first_retryable:
+                    # an answer that reports usage was billed: it gets fewer attempts than one that was not
+                    limit = billed_limit if usage is not None else free_limit
+                    if outcome is Outcome.CANCELED or before.get(cid, 0) + 1 < limit:
                         to_park.append((cid, outcome, line))
                         continue
+                if retry:
+                    attempts = before.get(cid, 0) + 1
                     finals_retried.append(cid)
                     final_attempts[attempts] = final_attempts.get(attempts, 0) + 1
-                elif outcome >= first_retryable and (outcome is Outcome.CANCELED or max_attempts > 1):
-                    to_park.append((cid, outcome, line))
-                    continue
                 add(crc32(cid.encode()) % nshards, line)  # writer.shard_of, inlined
                 counts[outcome] += 1
                 if usage is not None:
@@ -132,10 +187,21 @@ class Collector:
                         model_usages = usages.setdefault(model, [])
                     model_usages.append(usage)
             shards.account(sum(map(len, block)) + len(block))
-        if not retry_attempts:
+        if not retry:
             final_attempts[1] = sum(counts)
+        missing = [cid for cid in expected if cid not in seen]
+        del expected, seen
+        if (to_park or missing) and sent is None:
+            sent = await self._replay.lookup(row)  # the request lines, read again only when some go back
+        park = self._park(to_park, missing, sent or {}, before)
+        del sent
+        if missing:
+            log.warning("batch %s: %s of its requests are missing from its results; they are sent again",
+                        info.id, f"{len(missing):,}")
+        if repeated or foreign:
+            log.warning("batch %s: ignored %s repeated result line(s) and %s for custom_ids it did not carry",
+                        info.id, f"{repeated:,}", f"{foreign:,}")
         by_model = {m: Usage(*map(sum, zip(*us, strict=True))) for m, us in usages.items() if us}
-        park = await self._park(row, to_park, retry_attempts)
         self._committing = True
         new_offsets = await asyncio.to_thread(shards.commit)
         summary: dict[str, float] = {}
@@ -156,25 +222,56 @@ class Collector:
         for a, c in final_attempts.items():
             if c:
                 summary[f"final_after_{a}_attempts"] = c
+        for name, n in (("missing_from_results", len(missing)), ("results_repeated", repeated),
+                        ("results_foreign", foreign)):
+            if n:
+                summary[name] = n
         parked_retry = sum(1 for p in park if p[3] == RetryState.PENDING)
         if parked_retry:
             summary["retried"] = parked_retry
         await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
-                                           finals=finals_retried)
+                                           finals=finals_retried, wait=retry_wait(self.settings))
         offsets[:] = new_offsets
         return Collected(sum(counts), len(park), summary)
 
-    async def _park(self, row: ChunkRow, to_park: list[tuple[str, Outcome, bytes]],
-                    retry_attempts: dict[str, int]) -> list[tuple[str, bytes, int, RetryState, bytes]]:
-        if not to_park:
-            return []
-        requests = await self._replay.lookup(row)
-        park = []
+    async def _carried(self, row: ChunkRow) -> tuple[set[str] | dict[str, bytes], dict[str, bytes] | None,
+                                                     dict[str, int]]:
+        """(custom_ids the batch carried, their request lines if at hand, attempts made before each).
+
+        A retry chunk's requests are in the ledger. An input chunk's custom_ids are too (minus those the API
+        refused at create); its request lines are read again from the input only if some must be parked.
+        An adopted batch, or a chunk an earlier version recorded without its ids, is read in full.
+        """
+        if self._replay.from_input(row) and not row.adopted:
+            ids = await self.ledger.chunk_ids(row.id)
+            if ids is not None:
+                refused = await self.ledger.api_rejected(row.root_seq)
+                return set(ids).difference(refused), None, {}
+        sent: dict[str, bytes] = {}
+        before: dict[str, int] = {}
+        for cid, request, attempts_before in await self._replay.requests(row):
+            sent[cid] = request
+            if attempts_before:
+                before[cid] = attempts_before
+        return sent, sent, before
+
+    def _park(self, to_park: list[tuple[str, Outcome, bytes]], missing: list[str], sent: dict[str, bytes],
+              before: dict[str, int]) -> list[Park]:
+        """What the ledger keeps for another attempt: transient and cancelled answers, and the requests the
+        results left out (an unbilled attempt each; out of attempts they wait FAILED for the next run)."""
+        park: list[Park] = []
+        def request(cid: str) -> bytes:
+            line = sent.get(cid)
+            if line is None:
+                raise errors.ProtocolError(f"batch result names {cid!r}, which is no longer in its chunk")
+            return line
+
         for cid, outcome, line in to_park:
-            request = requests.get(cid)
-            if request is None:
-                raise errors.ProtocolError(f"batch result names {cid!r}, which is not in its chunk")
-            attempts = retry_attempts.get(cid, 0) + 1 if retry_attempts else 1
             state = RetryState.CANCELLED if outcome is Outcome.CANCELED else RetryState.PENDING
-            park.append((cid, request, attempts, state, line))
+            park.append((cid, request(cid), before.get(cid, 0) + 1, state, line))
+        free_limit = unbilled_limit(self.settings)
+        for cid in missing:
+            attempts = before.get(cid, 0) + 1
+            park.append((cid, request(cid), attempts,
+                         RetryState.PENDING if attempts < free_limit else RetryState.FAILED, None))
         return park

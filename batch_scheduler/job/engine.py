@@ -118,6 +118,7 @@ class Engine:
             if (full := disk_full(err)) is None:
                 raise
             return full
+        self.settings = job.settings  # what the job keeps of its own (its anthropic-version)
         try:
             result = await self._run_once(job)
         except asyncio.CancelledError:
@@ -192,6 +193,8 @@ class Engine:
             return full
         if isinstance(err, errors.InputError):  # the input cannot be read on: running again cannot help
             return JobResult(ExitCode.FAILED, f"{err}; what was sent before it is kept")
+        if isinstance(err, errors.SpendLimited):
+            return JobResult(ExitCode.SPEND_LIMIT, spend_limit_message(http.redact(str(err))), http_status=err.status)
         if isinstance(err, errors.SchedulerError):
             return JobResult(ExitCode.FAILED, f"stopped: {http.redact(str(err))}. Nothing is lost: run the same "
                              f"command again to resume", retry=True)
@@ -239,6 +242,9 @@ class Engine:
         if self._run is not None and self._run.input_error is not None:
             return JobResult(ExitCode.FAILED, f"{self._run.input_error}; the requests before it were sent and "
                              f"their results collected")
+        if self._run is not None and self._run.spend_limit:
+            return JobResult(ExitCode.SPEND_LIMIT, f"{spend_limit_message(self._run.spend_limit)} "
+                             f"({admission.held_back:,} request(s) not sent; every batch in flight was collected)")
         if admission.cancelled:
             return JobResult(ExitCode.FAILED, f"the job was cancelled; {admission.held_back:,} request(s) were not "
                              f"sent. Run again with --retry-cancelled to carry on")
@@ -249,9 +255,9 @@ class Engine:
         pending = await ledger.count_retries(RetryState.PENDING)
         failed = await ledger.count_retries(RetryState.FAILED)
         if failed:
-            return JobResult(ExitCode.FAILED, f"{failed:,} request(s) are in batches the provider failed as a whole "
-                             f"{self.settings.max_attempts} times (`status` shows why); run the same command "
-                             f"again to give them one more attempt", retry=True)
+            return JobResult(ExitCode.FAILED, f"{failed:,} request(s) got no answer in any of their attempts (their "
+                             f"batches failed as a whole, or their results left them out; `status` shows why); "
+                             f"run the same command again to give them one more attempt", retry=True)
         if cancelled:
             return JobResult(ExitCode.FAILED, f"{cancelled:,} request(s) were cancelled; run again with "
                              f"--retry-cancelled to submit them")
@@ -280,7 +286,8 @@ class Engine:
             wall_s=time.time() - started, http_calls=self.http.stats.calls if self.http is not None else {},
             downloads_restarted=run.collector.downloads_restarted if run is not None else 0,
             polls=run.poller.stats if run is not None else PollStats(),
-            estimate=job.ledger.read_meta().get("estimate"))
+            estimate=job.ledger.read_meta().get("estimate"),
+            results_not_found=run.collector.results_not_found if run is not None else 0)
         write_summary(self.out_dir, summary)
         return summary
 
@@ -305,6 +312,11 @@ def first_error(eg: BaseExceptionGroup) -> BaseException:
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return eg.exceptions[0]
+
+
+def spend_limit_message(provider_message: str) -> str:
+    return (f"the provider's spend limit is reached: {provider_message}. Nothing is lost: run the same command "
+            f"again once access resumes")
 
 
 def auth_message(settings: Settings, status: int | None) -> str:

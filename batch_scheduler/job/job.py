@@ -4,7 +4,8 @@ A job is known by its inputs (path, size and edge hashes of each) and the option
 batches, recorded in the ledger by the first run. A later run over the same directory must bring the
 same inputs and options, and find the shards at least as long as the ledger records; otherwise it is
 another job's directory and nothing is written into it. A run starts from what the job holds: spend
-so far, requests waiting for another attempt, whether it was cancelled.
+so far, requests waiting for another attempt, whether it was cancelled, and the `anthropic-version`
+it was started with (a resumed job keeps its own, unless this command line names another).
 
 One process at a time: `Job.open` takes the directory's lock (`core.joblock`) before it opens
 anything, and `Job.close` gives it back; a second run, resume or daemon job is refused at once.
@@ -34,6 +35,9 @@ from batch_scheduler.job.validate import Rejects
 from batch_scheduler.job.writer import ShardSet
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
+
+VERSION_KEY = "anthropic_version"  # ledger meta: the version the job's requests are sent (and checked) under
+EARLIER_DEFAULT_VERSION = "2023-06-01"  # what versions of this program before the key sent by default
 
 
 @dataclass
@@ -79,7 +83,7 @@ class Job:
             lock.release()
             raise
         try:
-            settings = as_started(settings, ledger.read_meta())
+            settings = keep_version(as_started(settings, ledger.read_meta()), ledger, remembered)
             shards = open_shards(out_dir, settings.shards, await ledger.shard_offsets(settings.shards))
         except BaseException:
             ledger.close()
@@ -139,6 +143,28 @@ class Job:
                 self.lock.release()
 
 
+def keep_version(settings: Settings, ledger: Ledger, remembered: dict) -> Settings:
+    """Settings with the job's own `anthropic-version`: the one in the ledger, unless this command line
+    names one (which is kept from then on). A job from before the ledger kept it ran with what its flags
+    said, else the environment's, else the earlier default."""
+    meta = ledger.read_meta()
+    given = settings.anthropic_version
+    if "anthropic_version" in remembered:
+        version = given
+    elif VERSION_KEY in meta:
+        version = meta[VERSION_KEY]
+    else:
+        from_flags = (meta.get("flags") or {}).get("anthropic_version")
+        version = from_flags or (given if given != BY_NAME["anthropic_version"].default else EARLIER_DEFAULT_VERSION)
+    if meta.get(VERSION_KEY) != version:
+        if VERSION_KEY in meta:
+            log.info("anthropic-version %s from now on (the job started with %s)", version, meta[VERSION_KEY])
+        ledger.write_meta({VERSION_KEY: version})
+    elif version != given and settings.provider == "anthropic":
+        log.info("anthropic-version %s, the one the job started with (not %s)", version, given)
+    return settings if version == given else settings.replace(anthropic_version=version)
+
+
 def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered: dict) -> Ledger:
     prints = [fingerprint(p) for p in inputs]  # before the ledger opens: an unreadable input leaks nothing
     path = os.path.join(out_dir, "ledger.db")
@@ -153,7 +179,8 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
             ledger.close()
             raise errors.JobMismatch(unknown_results(out_dir, here))
         ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
-                           "flags": kept_flags(remembered), "job_name": settings.job_name})
+                           "flags": kept_flags(remembered), "job_name": settings.job_name,
+                           VERSION_KEY: settings.anthropic_version})
         return ledger
     summarised, known = summary_finished(out_dir), finished(ledger.counters())
     if summarised > known:  # the ledger is older than the results it wrote

@@ -4,6 +4,11 @@ Each batch is polled on its own interval: it starts at poll_min and backs off by
 poll_max, with +-20% jitter so that batches created together do not poll together. When several
 batches are due at once, one list call (up to 1,000 batches a page) stands for their retrieve calls.
 Ended batches are handed to `on_ended`; the loop itself never downloads.
+
+A 404 for a batch this job recorded is a ghost for a while: the real API has answered so for a
+second or so after a successful create, and again briefly mid-run (anthropic-sdk-python#1432). It is
+polled again on its schedule (backing off as usual) for up to `not_found_grace_s` since it was
+tracked or last answered; past that the run stops (`BatchVanished`, resumable) naming the batch.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Tracked:
     payload: Any  # what on_ended gets back (the engine's flight record)
     created_at: float | None
     interval_s: float
+    last_answer: float  # clock time it was tracked, or last seen by a retrieve or a list
     polls: int = 0
 
 
@@ -39,16 +45,18 @@ class Tracked:
 class PollStats:
     retrieves: int = 0
     lists: int = 0
+    not_found: int = 0  # 404s for a batch of ours, polled again within the grace
 
 
 class Poller:
     def __init__(self, provider: Provider, on_ended: Callable[[Any, BatchInfo], Awaitable[None]], *,
-                 poll_min_s: float, poll_max_s: float, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None):
+                 poll_min_s: float, poll_max_s: float, not_found_grace_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
         self.provider = provider
         self._on_ended = on_ended
         self._min = poll_min_s
         self._max = poll_max_s
+        self._grace = not_found_grace_s
         self._clock = clock
         self._rng = rng or random.Random()
         self._heap: list[tuple[float, int, str]] = []
@@ -62,7 +70,7 @@ class Poller:
         return len(self._tracked)
 
     def track(self, batch_id: str, payload: Any, created_at: float | None = None, *, now: bool = False) -> None:
-        t = Tracked(batch_id, payload, created_at, self._min)
+        t = Tracked(batch_id, payload, created_at, self._min, self._clock())
         self._tracked[batch_id] = t
         self._schedule(t, 0.0 if now else self._min)
 
@@ -100,12 +108,16 @@ class Poller:
             infos = await self._list(due)
         rest = [t for t in due if t.batch_id not in infos]
         sem = asyncio.Semaphore(RETRIEVES_AT_ONCE)
+        vanished: list[errors.BatchVanished] = []
 
         async def one(t: Tracked) -> None:
             async with sem:
                 self.stats.retrieves += 1
                 try:
                     infos[t.batch_id] = await self.provider.get(t.batch_id)
+                except errors.NotFound:
+                    if (gone := self._not_found(t)) is not None:
+                        vanished.append(gone)
                 except errors.TransientError as err:
                     log.warning("poll %s: %s; will poll again", t.batch_id, err)
 
@@ -113,15 +125,30 @@ class Poller:
             async with asyncio.TaskGroup() as tg:
                 for t in rest:
                     tg.create_task(one(t))
+        if vanished:
+            raise vanished[0]
+        now = self._clock()
         for t in due:
             t.polls += 1
             info = infos.get(t.batch_id)
+            if info is not None:
+                t.last_answer = now
             if info is not None and info.state is not BatchState.IN_PROGRESS:
                 del self._tracked[t.batch_id]
                 await self._on_ended(t.payload, info)
             else:
                 t.interval_s = min(self._max, t.interval_s * 1.5) if t.polls > 1 else t.interval_s
                 self._schedule(t, t.interval_s)
+
+    def _not_found(self, t: Tracked) -> errors.BatchVanished | None:
+        """A 404 for one of our batches: a ghost within the grace (None), else what stops the run."""
+        silent = self._clock() - t.last_answer
+        if silent > self._grace:
+            return errors.BatchVanished.of(t.batch_id, "retrieve", self._grace)
+        self.stats.not_found += 1
+        log.info("poll %s: 404 %.1f s after its last answer (a batch just made may answer so for a while); "
+                 "will poll again", t.batch_id, silent)
+        return None
 
     async def _list(self, due: list[Tracked]) -> dict[str, BatchInfo]:
         wanted = {t.batch_id for t in due}

@@ -8,6 +8,10 @@ A slot is taken before a chunk is sent and given back once its results are durab
 resumed run reads it again from the start (the cut is deterministic) and skips every chunk the ledger
 already knows. What a previous run left is picked up first: its batches in flight are polled again,
 and its chunks whose create may not have happened are sent again (after looking for the batch).
+Requests parked for another attempt are sent once their wait is over (the ledger knows when).
+
+A spend limit at create is a pause, not a failure: nothing new is sent from then on, the batches in
+flight are still polled and collected, and the run ends with the provider's message (`spend_limit`).
 """
 
 from __future__ import annotations
@@ -71,8 +75,10 @@ class Run:
         self._tg = tg
         self.observer = observer or Observer()
         self.validator = Validator(provider, s.batch_bytes - BODY_WRAPPER_BYTES)
-        self.poller = Poller(provider, self._on_ended, poll_min_s=s.poll_min_s, poll_max_s=s.poll_max_s)
+        self.poller = Poller(provider, self._on_ended, poll_min_s=s.poll_min_s, poll_max_s=s.poll_max_s,
+                             not_found_grace_s=s.not_found_grace_s)
         self._pending_retries = pending_retries
+        self.spend_limit: str | None = None  # the provider's message, once a create met the spend limit
         self._live_rows: set[int] = set()  # chunks this run is sending or tracking
         self._uploads = asyncio.Semaphore(UPLOADS)
         self._collecting = 0  # ended batches being collected
@@ -104,7 +110,8 @@ class Run:
                     self.stats.rejected = job.rejects.count
                     await self._input_chunk(chunk)
                     while self._pending_retries >= s.batch_size and not admission.hold:
-                        await self._retry_chunk()
+                        if not await self._retry_chunk(full_only=True):
+                            break
         except errors.InputError as err:  # the input cannot be read on (a cut .gz): what was sent is collected
             self.input_error = err
         else:
@@ -114,13 +121,26 @@ class Run:
         job.rejects.flush()
         while True:
             admission.check()
+            wait_s: float | None = None
             if self._pending_retries > 0 and not admission.hold:
-                await self._retry_chunk()
-                continue
-            if admission.in_flight == 0:
+                if await self._retry_chunk():
+                    continue
+                wait_s = await self._until_next_retry()
+            if admission.in_flight == 0 and wait_s is None:
                 return
             admission.changed.clear()
-            await admission.changed.wait()
+            try:
+                await asyncio.wait_for(admission.changed.wait(), wait_s)
+            except TimeoutError:
+                pass  # the next parked request's wait is over
+
+    async def _until_next_retry(self) -> float | None:
+        """Seconds until the next parked request may go; None when none is pending any more."""
+        at = await self.ledger.next_retry_at()
+        if at is None:
+            self._pending_retries = 0
+            return None
+        return max(0.0, at - time.time()) + 0.01
 
     async def _left_by_earlier_runs(self) -> None:
         """Batches in flight are polled again; retry chunks whose create may not have happened are sent
@@ -179,7 +199,7 @@ class Run:
             digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself (no await: the order stays)
             chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                                   nbytes=chunk.nbytes, span=span, est_cost=est, skipped=chunk.skipped,
-                                                  digest=digest)
+                                                  digest=digest, ids=chunk.ids)
             admission.sent(chunk_id, est)
             out = Outgoing(chunk_id, ChunkKind.INPUT, chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
             await self._spawn_submit(out, None)
@@ -201,31 +221,38 @@ class Run:
             await admission.take_slot()
             self._spawn_resend(row, parts)
 
-    async def _retry_chunk(self) -> None:
-        """Send one batch of requests parked for another attempt."""
+    async def _retry_chunk(self, *, full_only: bool = False) -> bool:
+        """Send one batch of the parked requests whose wait is over; whether one was sent.
+
+        full_only: only a full batch (while input is still being read, small ones wait for the end)."""
         s = self.settings
         pending = one_lane(await self.ledger.pending_retries(s.batch_size), getattr(self.provider, "lane_of", None))
         if not pending:
-            self._pending_retries = 0
-            return
+            self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
+            return False
         lines, ids, nbytes = [], [], BODY_WRAPPER_BYTES
         attempt = 1
+        full = len(pending) == s.batch_size
         for cid, request, attempts in pending:
             size = len(request) + self.provider.body_overhead(len(request))
             if lines and nbytes + size > s.batch_bytes:
+                full = True
                 break
             lines.append(request)
             ids.append(cid)
             nbytes += size
             attempt = max(attempt, attempts + 1)
+        if full_only and not full:
+            return False
         est = await self.admission.admit(lines)
         if est is None:
-            return
+            return False
         chunk_id = await self.ledger.record_intent(kind=ChunkKind.RETRY, take=len(lines), nbytes=nbytes,
                                                    attempt=attempt, retry_ids=ids, est_cost=est)
         self.admission.sent(chunk_id, est)
         self._pending_retries = max(0, self._pending_retries - len(lines))
         await self._spawn_submit(Outgoing(chunk_id, ChunkKind.RETRY, None, 0, lines, ids, attempt, time.time()), None)
+        return True
 
     # -- submitting -----------------------------------------------------------------------------
 
@@ -271,6 +298,9 @@ class Run:
         try:
             try:
                 done = await self.submitter.submit(out)
+            except errors.SpendLimited as err:
+                self._spend_limited(out, err)  # the chunk is PLANNED again: the next run sends it
+                done = []
             finally:
                 if permit:
                     self._uploads.release()
@@ -287,6 +317,15 @@ class Run:
         except BaseException as exc:
             self.admission.fail(exc)
             raise
+
+    def _spend_limited(self, out: Outgoing, err: errors.SpendLimited) -> None:
+        """Stop sending at once; what is in flight is still polled and collected."""
+        self.admission.held_back += len(out.lines)
+        if self.spend_limit is None:
+            self.spend_limit = self.provider.http.redact(str(err))
+            self.admission.hold = f"the provider's spend limit is reached ({self.spend_limit})"
+            log.error("%s: no new batch is sent; the %s batch(es) in flight are still collected",
+                      self.admission.hold, f"{max(0, self.admission.in_flight - 1):,}")
 
     def _track(self, flight: Flight, row: ChunkRow, batch_id: str, created_at: float | None, *,
                now: bool = False) -> None:

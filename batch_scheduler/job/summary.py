@@ -45,14 +45,14 @@ def state_of(exit_code: int, cancelled: bool) -> str:
         return "done"
     if cancelled:
         return "cancelled"
-    return "paused" if exit_code == ExitCode.AUTH else "incomplete"
+    return "paused" if exit_code in (ExitCode.AUTH, ExitCode.SPEND_LIMIT) else "incomplete"
 
 
 def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Settings, inputs: list[str],
                   stats: JobStats, rejected: int, counters: Mapping[str, float], retries: Mapping[RetryState, int],
                   unknown_price_models: set[str], wall_s: float, http_calls: Mapping[tuple[str, Any], int],
-                  downloads_restarted: int, polls: PollStats, estimate: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  downloads_restarted: int, polls: PollStats, estimate: Mapping[str, Any] | None = None,
+                  results_not_found: int = 0) -> dict[str, Any]:
     """The summary of a run: the ledger's counters for the whole job, the run's own figures."""
     c = counters
     discount = batch_discount_of(settings)
@@ -74,13 +74,18 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
             "waiting_retry": waiting_retry(retries),
             "canceled_parked": retries.get(RetryState.CANCELLED, 0),
             "in_failed_batches": retries.get(RetryState.FAILED, 0),
+            "missing_from_results": int(c.get("missing_from_results", 0)),
         },
         "results": {k: int(c.get(k, 0)) for k in RESULT_TYPES},
         "errored_after_all_attempts": int(c.get("errored_transient_final", 0)),
+        # result lines the API should not have sent: never written
+        "ignored_result_lines": {"repeated": int(c.get("results_repeated", 0)),
+                                 "foreign": int(c.get("results_foreign", 0))},
         "attempts": {
             "requests_sent": int(c.get("requests_sent", 0)),
             "requests_retried": int(c.get("retried", 0)),
             "max_attempts": settings.max_attempts,
+            "max_unbilled_attempts": max(settings.max_attempts, settings.max_unbilled_attempts),
             **{k.removeprefix("final_"): int(v) for k, v in sorted(c.items()) if k.startswith("final_after_")},
         },
         "batches": {
@@ -99,8 +104,9 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
         "wall_time_s": round(wall_s, 3),
         "throughput_rps": round(stats.finished / wall_s, 1) if wall_s > 0 else None,
         "time_to_first_submit_s": round(stats.first_submit_s, 3) if stats.first_submit_s is not None else None,
-        "http": {"calls": calls, "retries": stats.retries, "results_downloads_restarted": downloads_restarted},
-        "polls": {"retrieve": polls.retrieves, "list": polls.lists},
+        "http": {"calls": calls, "retries": stats.retries, "results_downloads_restarted": downloads_restarted,
+                 "results_not_found": results_not_found},
+        "polls": {"retrieve": polls.retrieves, "list": polls.lists, "not_found": polls.not_found},
     }
 
 

@@ -1,13 +1,19 @@
-"""Anthropic Message Batches (`--provider anthropic`, the default)."""
+"""Anthropic Message Batches (`--provider anthropic`, the default).
+
+A request line is checked against what its job's `anthropic-version` accepts (anthropic_versions)
+before it joins a batch: the API itself checks params only while processing, hours later.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import orjson
 
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.providers.anthropic_versions import KNOWN_VERSIONS, params_check
 from batch_scheduler.providers.base import BatchInfo, BatchState, encode, parse_time, requests_body
 from batch_scheduler.providers.common import (
     auth_headers,
@@ -16,6 +22,8 @@ from batch_scheduler.providers.common import (
     list_since,
     same_origin,
 )
+
+log = logging.getLogger("batch_scheduler.providers")
 
 _PATH = "/v1/messages/batches"
 
@@ -36,6 +44,10 @@ class AnthropicProvider:
         self.http = http
         self._url = join_url(settings.base_url, _PATH)
         self._model_bytes = orjson.dumps(settings.model) if settings.model else None
+        self._params_problem = params_check(settings.anthropic_version)
+        if settings.anthropic_version not in KNOWN_VERSIONS:
+            log.warning("anthropic-version %s is not one this program knows (%s): its lines are checked only for "
+                        "what every version requires", settings.anthropic_version, ", ".join(KNOWN_VERSIONS))
 
     @staticmethod
     def headers(settings: Settings) -> dict[str, str]:
@@ -47,8 +59,9 @@ class AnthropicProvider:
         params = obj.get("params")
         if (type(params) is dict and len(obj) == 2 and "model" in params and "max_tokens" in params
                 and "messages" in params and not params.get("stream")):
-            return None, raw  # the common case, sent as it came (the checks below, inlined)
-        problem = check_message_params(params, self.settings.model)
+            problem = self._params_problem(params)
+            return (problem, None) if problem else (None, raw)  # the common case, sent as it came
+        problem = check_message_params(params, self.settings.model) or self._params_problem(params)
         if problem:
             return problem, None
         if len(obj) != 2 or "model" not in params:  # extra keys, or the model to fill: re-encode

@@ -52,8 +52,10 @@ class Outcome(enum.IntEnum):
 # the result types users see (a transient error that ran out of attempts is an `errored` result)
 OUTCOME_NAMES = {Outcome.SUCCEEDED: "succeeded", Outcome.ERRORED: "errored", Outcome.ERRORED_TRANSIENT: "errored",
                  Outcome.EXPIRED: "expired", Outcome.CANCELED: "canceled"}
+# Error kinds (Anthropic `error.type`, OpenAI error-file `code`) of an answer worth another attempt; OpenAI's
+# `request_timeout` is "the underlying call to the model timed out". Anything else errored is final.
 TRANSIENT_ERROR_KINDS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error",
-                                   "server_error", "rate_limit_exceeded", "internal_error"})
+                                   "server_error", "rate_limit_exceeded", "internal_error", "request_timeout"})
 
 
 class Usage(NamedTuple):
@@ -120,4 +122,7 @@ class Provider(Protocol):
         """Every result line of an ended batch, in blocks; one attempt (restart on failure)."""
 
     def classify(self, line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
-        """(custom_id, outcome, usage, model) of one result line. Raises ValueError if unreadable."""
+        """(custom_id, outcome, usage, model) of one result line. Raises ValueError if unreadable.
+
+        usage is None for an answer that reports none: for a transient outcome that means it was not
+        billed, and it gets the larger attempt budget (see job.collector)."""

@@ -159,7 +159,8 @@ def classify_line(line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
         body = response.get("body") or {}
         return cid, Outcome.SUCCEEDED, _usage(body.get("usage") or {}), body.get("model")
     if status == 429 or status >= 500:
-        return cid, Outcome.ERRORED_TRANSIENT, None, None
+        usage = (response.get("body") or {}).get("usage") if isinstance(response.get("body"), dict) else None
+        return cid, Outcome.ERRORED_TRANSIENT, _usage(usage) if usage else None, None  # usage: it was billed
     return cid, Outcome.ERRORED, None, None
 
 
@@ -252,7 +253,7 @@ class OpenAIProvider:
         try:
             data = await self.http.call("POST", self._url, "create", body=body, idempotent=False,
                                         headers={"content-type": "application/json"})
-        except errors.RequestRejected:
+        except (errors.RequestRejected, errors.SpendLimited):
             await self._delete_file(file_id)  # the API answered no: surely no batch uses the file
             raise
         return self._info(orjson.loads(data))

@@ -1,6 +1,17 @@
 """Kill -9 at random points, at least 20 times, then finish: exactly once, nothing partial, paid once."""
 
-from tests.soak import soak
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.soak import KEY, check_shards, soak, write_input
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_twenty_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
@@ -11,3 +22,52 @@ def test_twenty_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
     assert r.duplicates == 0
     assert r.partial_lines == 0
     assert r.overpaid <= 0.05, (r.paid, r.retried)
+
+
+# A kill -9 at the one point where a batch is collected but its missing requests are not yet queued:
+# the shard lines are fsync'd and the ledger transaction that records the batch (and parks the requests
+# its results left out) has not run, or has just run. The kill is placed there exactly by wrapping that
+# one ledger call in the child process; nothing else about the run is changed.
+KILLER = """
+import os, signal, sys
+from batch_scheduler.core.ledger import Ledger
+record_collected = Ledger.record_collected
+
+async def killing(self, chunk_id, **kw):
+    missing = any(p[4] is None for p in kw["park"])  # a request the results left out is parked here
+    if missing and sys.argv[1] == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    await record_collected(self, chunk_id, **kw)
+    if missing and sys.argv[1] == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Ledger.record_collected = killing
+from batch_scheduler.commands.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_between_collecting_a_batch_and_queueing_its_missing_requests_loses_nothing(tmp_path, when):
+    from batch_scheduler.simulator.process import SimulatorProcess
+
+    inp, out = str(tmp_path / "in.jsonl"), str(tmp_path / "out")
+    write_input(inp, 300)
+    (tmp_path / "killer.py").write_text(KILLER)
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
+    with SimulatorProcess(["--missing-rate", "0.05", "--seed", "3"]) as sim:
+        args = ["run", inp, "--out", out, "--base-url", str(sim.url), "--batch-size", "100", "--poll-min", "0.01",
+                "--poll-max", "0.05", "--retry-wait", "0", "--shards", "4"]
+        killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), when, *args], env=env,
+                                capture_output=True, timeout=120)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+        done = subprocess.run([sys.executable, "-m", "batch_scheduler", *args], env=env, capture_output=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        stats = sim.stats()
+    seen, dups, partial = check_shards(out)
+    assert (len(seen), dups, partial) == (300, 0, 0)
+    assert seen == {f"soak-{i:07d}" for i in range(300)}
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["state"] == "done" and summary["requests"]["missing_from_results"] > 0
+    assert stats["missing_results"] >= summary["requests"]["missing_from_results"]

@@ -186,7 +186,7 @@ async def test_custom_headers_from_the_environment_and_flags_reach_the_api_with_
     for _, _, h in rec.seen:
         assert (h["x-team"], h["bypass-middleware"]) == ("ml", "true")  # --header beats the variable
         assert h["user-agent"] == f"batch-scheduler/{__version__}"
-        assert h["anthropic-version"] == "2023-06-01"
+        assert h["anthropic-version"] == "2026-10-21"
 
 
 async def test_openai_organisation_and_project_go_with_every_call(rec, tmp_path):

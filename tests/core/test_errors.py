@@ -2,6 +2,7 @@
 
 
 import aiohttp
+import orjson
 import pytest
 
 from batch_scheduler.core import errors
@@ -9,23 +10,83 @@ from batch_scheduler.core import errors
 BODY = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
 
 
-@pytest.mark.parametrize(("status", "cls"), [
-    (400, errors.RequestRejected), (401, errors.AuthRefused), (403, errors.AuthRefused),
-    (404, errors.RequestRejected), (408, errors.TimeoutError_), (413, errors.RequestTooLarge),
-    (429, errors.RateLimited), (500, errors.ServerError), (502, errors.ServerError),
-    (503, errors.ServerError), (504, errors.ServerError), (529, errors.ServerError),
-])
-def test_every_status_maps(status, cls):
-    err = errors.from_status(status, BODY, {"retry-after": "7"}, what="create")
+def body(kind: str, message: str = "slow down", **extra) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message, **extra}})
+
+
+SPEND = body("rate_limit_error", "You will regain access on 2027-01-01 at 00:00 UTC.",
+             details={"error_code": "enforced_spend_limit_reached"})
+CONTRACT = body("rate_limit_error", "contract limit", details={"error_code": "contract_spend_limit_reached"})
+QUOTA = orjson.dumps({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                                "param": None, "code": "insufficient_quota"}})
+
+# (status, body, headers, class): every status and header the providers' references and the SDKs know
+CASES = [
+    (400, BODY, {}, errors.RequestRejected), (401, BODY, {}, errors.AuthRefused),
+    (402, body("billing_error", "credit balance too low"), {}, errors.SpendLimited),
+    (403, BODY, {}, errors.AuthRefused), (404, BODY, {}, errors.NotFound),
+    (408, BODY, {}, errors.TimeoutError_), (409, body("conflict_error"), {}, errors.Conflict),
+    (413, BODY, {}, errors.RequestTooLarge), (422, BODY, {}, errors.RequestRejected),
+    (429, BODY, {"retry-after": "7"}, errors.RateLimited),
+    (429, SPEND, {}, errors.SpendLimited), (429, CONTRACT, {}, errors.SpendLimited), (429, QUOTA, {}, errors.SpendLimited),
+    (500, BODY, {}, errors.ServerError), (502, BODY, {}, errors.ServerError), (503, BODY, {}, errors.ServerError),
+    (504, body("timeout_error"), {}, errors.TimeoutError_), (529, body("overloaded_error"), {}, errors.ServerError),
+    (599, BODY, {}, errors.ServerError),
+    # x-should-retry beats the status, as in the SDKs' _should_retry ...
+    (400, BODY, {"x-should-retry": "true"}, errors.ServerError),
+    (404, BODY, {"X-Should-Retry": "true"}, errors.ServerError),
+    (500, BODY, {"x-should-retry": "false"}, errors.RequestRejected),
+    (409, BODY, {"x-should-retry": "false"}, errors.RequestRejected),
+    (429, BODY, {"x-should-retry": "false"}, errors.RequestRejected),
+    (408, BODY, {"x-should-retry": "true"}, errors.TimeoutError_),
+    # ... except where the job must pause: a refused key and a spend limit stay what they are
+    (401, BODY, {"x-should-retry": "true"}, errors.AuthRefused),
+    (429, SPEND, {"x-should-retry": "true"}, errors.SpendLimited),
+]
+
+
+@pytest.mark.parametrize(("status", "data", "headers", "cls"), CASES)
+def test_every_status_and_header_maps(status, data, headers, cls):
+    err = errors.from_status(status, data, headers, what="create")
     assert type(err) is cls
     assert err.status == status
-    assert "rate_limit_error" in str(err) and "slow down" in str(err)
+    assert str(err).startswith(f"create: HTTP {status} ")
+
+
+@pytest.mark.parametrize("status", range(400, 600))
+def test_every_error_status_is_either_transient_or_not(status):
+    err = errors.from_status(status, BODY, {})
+    transient = status in (408, 409, 429) or status >= 500
+    assert isinstance(err, errors.TransientError) is transient
+
+
+def test_the_message_keeps_kind_and_text():
+    err = errors.from_status(429, BODY, {"retry-after": "7"}, what="create")
+    assert str(err) == "create: HTTP 429 rate_limit_error: slow down"
+
+
+def test_a_spend_limit_is_neither_transient_nor_fatal_and_keeps_the_providers_message():
+    err = errors.from_status(429, SPEND, {}, what="POST create")
+    assert not isinstance(err, errors.TransientError | errors.FatalError)
+    assert str(err) == ("POST create: HTTP 429 rate_limit_error: You will regain access on 2027-01-01 "
+                        "at 00:00 UTC.")
 
 
 def test_429_carries_retry_after_seconds():
     err = errors.from_status(429, BODY, {"retry-after": "2.5"})
     assert isinstance(err, errors.TransientError)
     assert err.retry_after_s == 2.5
+
+
+def test_retry_after_header_names_are_case_insensitive():
+    assert errors.from_status(429, BODY, {"Retry-After": "3"}).retry_after_s == 3.0
+
+
+def test_retry_after_ms_wins_and_an_http_date_is_read():
+    assert errors.from_status(429, BODY, {"retry-after": "9", "retry-after-ms": "1500"}).retry_after_s == 1.5
+    assert errors.parse_retry_after("Wed, 21 Oct 2026 07:28:10 GMT", now=1792567680.0) == 10.0
+    assert errors.parse_retry_after("soon") is None
+    assert errors.parse_retry_after("nan") is None
 
 
 def test_fatal_and_transient_are_disjoint():

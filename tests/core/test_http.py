@@ -62,6 +62,48 @@ async def test_create_is_retried_when_the_server_answered_with_an_error(client):
         assert await client.call("POST", URL, "create", body=b"{}", idempotent=False) == b'{"id":"b1"}'
 
 
+async def test_409_conflict_and_504_timeout_are_retried_as_the_sdks_do(client):
+    with aioresponses() as m:
+        m.get(URL, status=409, body=b'{"type":"error","error":{"type":"conflict_error","message":"busy"}}')
+        m.get(URL, status=504, body=b'{"type":"error","error":{"type":"timeout_error","message":"slow"}}')
+        m.get(URL, status=408, body=b"{}")
+        m.get(URL, status=200, body=b'{"ok":1}')
+        assert await client.call("GET", URL, "retrieve") == b'{"ok":1}'
+    assert client.stats.retries["retrieve"] == 3
+
+
+async def test_a_504_on_create_is_an_unknown_outcome_not_a_blind_resend(client):
+    with aioresponses() as m:
+        m.post(URL, status=504, body=b'{"type":"error","error":{"type":"timeout_error","message":"slow"}}')
+        with pytest.raises(errors.TimeoutError_) as info:
+            await client.call("POST", URL, "create", body=b"{}", idempotent=False)
+    assert str(info.value) == "POST create: HTTP 504 timeout_error: slow"
+
+
+async def test_x_should_retry_beats_the_status(client):
+    with aioresponses() as m:
+        m.get(URL, status=400, body=b"{}", headers={"x-should-retry": "true"})
+        m.get(URL, status=200, body=b'{"ok":1}')
+        assert await client.call("GET", URL, "retrieve") == b'{"ok":1}'
+        m.get(URL, status=503, body=b"{}", headers={"x-should-retry": "false"})
+        with pytest.raises(errors.RequestRejected):
+            await client.call("GET", URL, "list")
+    assert client.stats.retries == {"retrieve": 1}
+
+
+async def test_a_spend_limit_is_not_retried_and_keeps_the_providers_message(client):
+    body = (b'{"type":"error","error":{"type":"rate_limit_error","message":"You will regain access on 2027-01-01 '
+            b'at 00:00 UTC.","details":{"error_code":"enforced_spend_limit_reached"}}}')
+    with aioresponses() as m:
+        m.post(URL, status=429, body=body)
+        with pytest.raises(errors.SpendLimited) as info:
+            await client.call("POST", URL, "create", body=b"{}", idempotent=False)
+    assert str(info.value) == ("POST create: HTTP 429 rate_limit_error: You will regain access on 2027-01-01 at "
+                               "00:00 UTC.")
+    assert client.stats.retries["create"] == 0
+    assert client.gate("create").not_before == 0  # not a rate limit: no gate closes
+
+
 async def test_retries_stop_at_the_policy_attempts(client):
     with aioresponses() as m:
         for _ in range(5):

@@ -60,6 +60,28 @@ async def test_a_paused_job_checks_the_key_every_interval_and_resumes_by_itself(
     assert_exactly_once(spool, "job", ids)
 
 
+# -- the provider's spend limit pauses; the periodic check runs the job again -----------------------
+
+async def test_a_spend_limit_pauses_the_job_with_the_providers_message_and_it_resumes_when_access_does(
+        sim, env_dir, tmp_path):
+    spool = tmp_path / "spool"
+    sim.config.spend_cap = 40  # two batches of 20, then every create gets the spend-limit 429
+    async with running_daemon(spool, env_dir, job_flags(sim.url), key_check_s=0.1) as run:
+        ids = drop(spool, "job", 100)
+        await until(lambda: state(spool, "job") == "paused", "job paused")
+        reason = summary(spool, "job")["reason"]
+        assert reason.startswith("the provider's spend limit is reached: POST create: HTTP 429 rate_limit_error: "
+                                 "You have reached your specified API usage limits. You will regain access on ")
+        assert reason.endswith("; the job tries again every 0.1 s and at SIGHUP")
+        assert run.daemon.slots.in_use == 0, "a paused job holds no slot"
+        await until(lambda: sim.stats["spend_limited"] >= 3, "the job tried again, still over the limit")
+        assert state(spool, "job") in ("paused", "queued", "running")
+        sim.config.spend_cap = None  # the month turned
+        await until(lambda: state(spool, "job") == "done", "job done once access is back")
+    assert_exactly_once(spool, "job", ids)
+    assert sim.stats["requests_created"] == 100
+
+
 # -- failures stay with their job ------------------------------------------------------------------
 
 async def test_bad_options_and_an_unreadable_input_fail_their_jobs_and_the_daemon_goes_on(sim, env_dir, tmp_path):

@@ -6,10 +6,14 @@ to the simulator and collected as a run would.
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 
 import orjson
+import pytest
+from aioresponses import aioresponses
 
+from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, Ledger, RetryState
 from batch_scheduler.job.collector import Collector
@@ -48,7 +52,7 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(sim, tmp_path, **changes):
+async def harness(sim, tmp_path, clock=time.monotonic, **changes):
     settings = fast_settings(sim.url, **changes)
     tmp_path.mkdir(exist_ok=True)
     ledger = Ledger(str(tmp_path / "ledger.db"))
@@ -57,7 +61,7 @@ async def harness(sim, tmp_path, **changes):
         async with HttpClient(AnthropicProvider.headers(settings), settings.retry, secret=settings.api_key) as http:
             provider = AnthropicProvider(settings, http)
             collector = Collector(provider, ledger, shards, settings, Replay([], provider.check_request, ledger),
-                                  lambda model, usage: 0.0)
+                                  lambda model, usage: 0.0, clock=clock)
             yield Harness(provider, ledger, collector, settings.shards)
     finally:
         shards.close()
@@ -76,15 +80,15 @@ async def test_a_results_download_cut_short_is_fetched_again_and_each_line_is_wr
 
 
 async def test_transient_errors_are_parked_until_the_last_attempt_whose_line_is_final(sim, tmp_path):
-    sim.config.errored_rate = 1.0
-    async with harness(sim, tmp_path / "second", max_attempts=3) as b:
+    sim.config.errored_rate = 1.0  # unbilled answers (no usage): --max-unbilled-attempts decides
+    async with harness(sim, tmp_path / "second", max_attempts=2, max_unbilled_attempts=3) as b:
         row, info = await b.retry_batch(20, 1)  # the second attempt of three
         got = await b.collector.collect(row, info)
         assert (got.finals, got.parked) == (0, 20)
         assert await b.ledger.count_retries(RetryState.PENDING) == 20
         assert (await b.ledger.chunk(row.id)).state == ChunkState.COLLECTED
     assert read_results(str(tmp_path / "second")) == []
-    async with harness(sim, tmp_path / "last", max_attempts=3) as b:
+    async with harness(sim, tmp_path / "last", max_attempts=2, max_unbilled_attempts=3) as b:
         row, info = await b.retry_batch(20, 2)  # the last
         got = await b.collector.collect(row, info)
         assert (got.finals, got.parked) == (20, 0)
@@ -101,3 +105,107 @@ async def test_the_requests_of_a_cancelled_batch_are_parked_as_cancelled_not_wri
         assert (got.finals, got.parked) == (0, 15) and "canceled" not in got.counts
         assert await b.ledger.count_retries(RetryState.CANCELLED) == 15
     assert read_results(str(tmp_path)) == []
+
+
+# -- completeness: one final line per request the batch carried ------------------------------------
+
+def succeeded(cid: str, text: str) -> bytes:
+    return orjson.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 2}}}})
+
+
+def overloaded(cid: str) -> bytes:
+    return orjson.dumps({"custom_id": cid, "result": {"type": "errored", "error": {
+        "type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}}})
+
+
+async def test_repeated_and_foreign_result_lines_are_ignored_and_counted_and_a_missing_request_is_parked(
+        sim, tmp_path):
+    async with harness(sim, tmp_path) as b:
+        row, info = await b.retry_batch(5, 1)  # r0..r4, their second attempt
+        answers = [succeeded("r0", "first"), succeeded("r1", "one"), succeeded("r0", "again"),
+                   succeeded("someone-else", "not ours"), succeeded("r2", "two"), overloaded("r3")]  # r4: none
+        with aioresponses() as m:  # answers the simulator cannot give: a gateway's bugs
+            m.get(f"{sim.url}/v1/messages/batches/{info.id}/results", status=200, body=b"\n".join(answers) + b"\n")
+            got = await b.collector.collect(row, info)
+        assert (got.finals, got.parked) == (3, 2)
+        assert got.counts["results_repeated"] == 1 and got.counts["results_foreign"] == 1
+        assert got.counts["missing_from_results"] == 1 and got.counts["retried"] == 2
+        parked = b.ledger.sync(lambda db: db.execute(
+            "SELECT custom_id, attempts, state, last_line IS NULL FROM retries WHERE custom_id IN ('r3', 'r4')"
+            " ORDER BY custom_id").fetchall())
+        assert parked == [("r3", 2, "pending", 0), ("r4", 2, "pending", 1)]
+    results = read_results(str(tmp_path))
+    assert sorted(ids_of(results)) == ["r0", "r1", "r2"]
+    assert [r["result"]["message"]["content"][0]["text"] for r in results if r["custom_id"] == "r0"] == ["first"]
+
+
+async def test_a_request_missing_on_its_last_unbilled_attempt_waits_failed_for_the_next_run(sim, tmp_path):
+    async with harness(sim, tmp_path, max_attempts=2, max_unbilled_attempts=2) as b:
+        row, info = await b.retry_batch(2, 1)  # the second and last attempt
+        with aioresponses() as m:
+            m.get(f"{sim.url}/v1/messages/batches/{info.id}/results", status=200, body=succeeded("r0", "x") + b"\n")
+            got = await b.collector.collect(row, info)
+        assert (got.finals, got.parked) == (1, 1)
+        assert await b.ledger.count_retries(RetryState.FAILED) == 1  # never written: there is no line for it
+
+
+async def test_a_results_404_right_after_the_batch_ended_is_tried_again(sim, tmp_path):
+    async with harness(sim, tmp_path) as b:
+        row, info = await b.retry_batch(10, 1)
+        url = f"{sim.url}/v1/messages/batches/{info.id}/results"
+        with aioresponses() as m:
+            m.get(url, status=404, body=b'{"type":"error","error":{"type":"not_found_error","message":"no"}}')
+            m.get(url, status=404, body=b'{"type":"error","error":{"type":"not_found_error","message":"no"}}')
+            m.get(url, status=200, body=b"\n".join(succeeded(f"r{i}", "x") for i in range(10)) + b"\n")
+            got = await b.collector.collect(row, info)
+        assert got.finals == 10 and b.collector.results_not_found == 2
+
+
+async def test_results_answering_404_past_the_grace_stop_the_run_naming_the_batch(sim, tmp_path):
+    async with harness(sim, tmp_path, clock=iter(range(1000)).__next__, not_found_grace_s=2) as b:  # 1 s a look
+        row, info = await b.retry_batch(10, 1)
+        url = f"{sim.url}/v1/messages/batches/{info.id}/results"
+        with aioresponses() as m:
+            m.get(url, status=404, body=b"{}", repeat=True)
+            with pytest.raises(errors.BatchVanished) as err:
+                await b.collector.collect(row, info)
+    assert str(err.value) == (f"batch {info.id}: its results answered 404 not_found_error for more than 2 s "
+                              f"(--not-found-grace) since its create or its last answer; the ledger keeps the batch: "
+                              f"run the same command again to look for it again")
+    assert read_results(str(tmp_path)) == []
+
+
+async def test_a_billed_transient_answer_is_final_at_max_attempts_an_unbilled_one_gets_more(tmp_path):
+    from batch_scheduler.providers.openai import OpenAIProvider
+    settings = fast_settings("http://openai.test", provider="openai", auth="bearer", max_attempts=2,
+                             max_unbilled_attempts=5)
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    shards = ShardSet(str(tmp_path), settings.shards)
+    try:
+        ids = ["billed", "free"]
+        earlier = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=2, nbytes=1)
+        await ledger.record_collected(earlier, offsets=[0] * settings.shards, counts={}, finals=[],
+                                      park=[(cid, b"{}", 1, RetryState.PENDING, b"{}") for cid in ids])
+        chunk_id = await ledger.record_intent(kind=ChunkKind.RETRY, take=2, nbytes=1, attempt=2, retry_ids=ids)
+        await ledger.record_submitted(chunk_id, "batch_1")
+        lines = [orjson.dumps({"id": "1", "custom_id": "billed", "error": None, "response": {
+                     "status_code": 500, "request_id": "r", "body": {"usage": {"prompt_tokens": 5}}}}),
+                 orjson.dumps({"id": "2", "custom_id": "free", "response": None, "error": {
+                     "code": "request_timeout", "message": "The underlying call to the model timed out."}})]
+        async with HttpClient(OpenAIProvider.headers(settings), settings.retry, secret=settings.api_key) as http:
+            provider = OpenAIProvider(settings, http)
+            collector = Collector(provider, ledger, shards, settings, Replay([], provider.check_request, ledger),
+                                  lambda model, usage: 0.0)
+            with aioresponses() as m:
+                m.get("http://openai.test/v1/files/file-err/content", status=200, body=b"\n".join(lines) + b"\n")
+                got = await collector.collect(await ledger.chunk(chunk_id),
+                                              BatchInfo("batch_1", BatchState.ENDED, results=["file-err"]))
+        assert (got.finals, got.parked) == (1, 1)
+        assert [c for c, _, _ in await ledger.pending_retries(10)] == ["free"]
+    finally:
+        shards.close()
+        ledger.close()
+    assert ids_of(read_results(str(tmp_path))) == ["billed"]

@@ -102,7 +102,7 @@ async def test_the_dry_run_counts_a_sample_exactly_and_reports_its_size_and_spre
     assert len(calls) == 10
     body, headers = calls[0]
     assert set(body) == {"model", "messages"}  # count_tokens refuses max_tokens
-    assert (headers["x-api-key"], headers["anthropic-version"]) == (KEY, "2023-06-01")
+    assert (headers["x-api-key"], headers["anthropic-version"]) == (KEY, "2026-10-21")
 
 
 async def test_a_smaller_sample_says_of_how_many(count_tokens, tmp_path, capsys):

@@ -76,7 +76,8 @@ async def test_params_cache_system_and_the_rows_own_fields_reach_the_api(recordi
     result = await batch_scheduler.arun(
         tmp_path / "rows.csv", tmp_path / "out", base_url=recording.url, template="Summarise: {text}",
         system="You are terse.", cache_system=True, params=str(tmp_path / "params.json"), model=MODEL,
-        max_tokens=100, id_field="id", model_field="model", params_field="opts", **FAST)
+        max_tokens=100, id_field="id", model_field="model", params_field="opts",
+        anthropic_version="2023-06-01", **FAST)  # the version that still takes temperature and top_k
     assert result.ok, result.message
     got = {r["custom_id"]: r["params"] for r in recording.received}
     shared = {"max_tokens": 100, "system": [{"type": "text", "text": "You are terse.",
@@ -103,7 +104,7 @@ async def test_a_row_with_bad_params_or_no_model_is_a_rejected_line_naming_the_f
     ])
     result = await batch_scheduler.arun(tmp_path / "rows.csv", tmp_path / "out", base_url=recording.url,
                                         template="{text}", max_tokens=10, id_field="id", model_field="model",
-                                        params_field="opts", **FAST)
+                                        params_field="opts", anthropic_version="2023-06-01", **FAST)
     assert result.ok, result.message
     assert [r["custom_id"] for r in recording.received] == ["ok"]
     rejected = [orjson.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_bytes().splitlines()]

@@ -62,7 +62,8 @@ async def test_every_request_is_answered_exactly_once_with_its_own_answer(sim, p
 async def test_retries_stop_at_max_attempts_and_the_last_errored_line_is_final(sim, tmp_path):
     sim.config.errored_rate = 1.0
     ids = write_requests(tmp_path / "in.jsonl", 50)
-    result = await run_job(fast_settings(sim.url, max_attempts=2), tmp_path / "out", [tmp_path / "in.jsonl"])
+    settings = fast_settings(sim.url, max_attempts=1, max_unbilled_attempts=2)  # errored answers are not billed
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
     assert result.exit_code == ExitCode.OK, result.message
     results = assert_exactly_once(tmp_path / "out", ids)
     assert {r["result"]["error"]["error"]["type"] for r in results} <= TRANSIENT
@@ -203,8 +204,8 @@ async def test_a_run_stopped_midway_resumes_without_losing_or_repeating(sim, tmp
 async def test_a_400_naming_one_request_rejects_it_and_sends_the_rest(sim, tmp_path):
     sim.config.params_at_create = True  # the real API answers bad params as errored results; proxies may not
     ids = write_requests(tmp_path / "in.jsonl", 150)
-    bad = request("hot-1")
-    bad["params"]["temperature"] = 1.5
+    bad = request("hot-1")  # a role no version accepts: not checked here, refused by the API at create
+    bad["params"]["messages"] = [{"role": "system", "content": "hi"}]
     with open(tmp_path / "in.jsonl", "ab") as f:
         f.write(orjson.dumps(bad) + b"\n")
     result = await run_job(fast_settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])
@@ -212,7 +213,7 @@ async def test_a_400_naming_one_request_rejects_it_and_sends_the_rest(sim, tmp_p
     assert_exactly_once(tmp_path / "out", ids)
     rejected = [orjson.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_bytes().splitlines()]
     assert len(rejected) == 1 and rejected[0]["custom_id"] == "hot-1"
-    assert "refused by the API" in rejected[0]["error"] and "temperature" in rejected[0]["error"]
+    assert "refused by the API" in rejected[0]["error"] and "messages.0.role" in rejected[0]["error"]
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
     assert summary["requests"]["refused_by_api"] == 1
     # a second run reports the refusal again and sends nothing

@@ -178,10 +178,17 @@ def result(status: int | None = None, error: dict | None = None, body: dict | No
     (result(error={"code": "batch_cancelled", "message": "x"}), Outcome.CANCELED),
     (result(error={"code": "server_error", "message": "x"}), Outcome.ERRORED_TRANSIENT),
     (result(error={"code": "invalid_request", "message": "x"}), Outcome.ERRORED),
-], ids=["500", "503", "429", "400", "404", "expired", "cancelled", "error-server", "error-invalid"])
+    (result(error={"code": "request_timeout", "message": "The underlying call to the model timed out."}),
+     Outcome.ERRORED_TRANSIENT),
+], ids=["500", "503", "429", "400", "404", "expired", "cancelled", "error-server", "error-invalid", "request-timeout"])
 def test_classify_maps_each_kind_of_result(line, outcome):
     cid, got, usage, model = OpenAIProvider.classify(line)
     assert (cid, got, usage, model) == ("c1", outcome, None, None)
+
+
+def test_a_transient_answer_that_reports_usage_was_billed_and_says_so():
+    line = result(500, body={"error": {"message": "boom"}, "usage": {"prompt_tokens": 12, "completion_tokens": 3}})
+    assert OpenAIProvider.classify(line) == ("c1", Outcome.ERRORED_TRANSIENT, Usage(12, 3, 0, 0), None)
 
 
 def test_a_success_counts_usage_with_cached_prompt_tokens_apart():
@@ -273,7 +280,7 @@ async def test_a_refused_key_names_the_openai_key_variable(sim, tmp_path):
 async def test_batches_failed_as_a_whole_are_sent_again_and_every_request_answered_once(sim, tmp_path):
     sim.config = SimConfig(seed=5, batch_fail_rate=0.3)  # enqueued token limit: the batch fails, nothing runs
     ids = write_requests(tmp_path / "in.jsonl", 2_000)
-    # 20 batches: that none fails (0.7^20) or that one fails 8 times (20 x 0.3^8) are both ~1 in 1,000
+    # 20 batches: with 30% failing, at least one fails whatever order the simulator's draws come in
     s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=100, max_attempts=8)
     result = await Engine(s, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
     assert result.exit_code == ExitCode.OK, result.message
@@ -297,7 +304,8 @@ async def test_a_request_out_of_attempts_in_failed_batches_ends_the_job_unfinish
     s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=10, max_attempts=2)
     first = await Engine(s, out, [str(tmp_path / "in.jsonl")], quiet=True).run()
     assert first.exit_code == ExitCode.FAILED
-    assert "30 request(s) are in batches the provider failed as a whole 2 times" in first.message
+    assert first.message.startswith("30 request(s) got no answer in any of their attempts (their batches failed "
+                                    "as a whole, or their results left them out;")
     assert first.summary["requests"]["in_failed_batches"] == 30 and first.summary["state"] == "incomplete"
     assert read_results(out) == []
     st = job_status(out)
