@@ -5,8 +5,12 @@
     add_arguments(parser), run(args) the `simulate` command (cli.py)
     process.SimulatorProcess         the simulator in a subprocess (benchmark, kill -9 tests)
 
-Providers: Anthropic Message Batches (anthropic.py), OpenAI files + batches (openai.py), the
-article's inline proxy (inline.py). Batches live in store.py; answers are built in responses.py.
+Providers: Anthropic Message Batches and count_tokens (anthropic.py), OpenAI files + batches
+(openai.py, the answer bodies of each endpoint in openai_bodies.py), the article's inline proxy
+(inline.py). A create's requests are read in batches.py, their params checked per `anthropic-version`
+in validation.py, their tokens counted (cache included) in counting.py; batches live in store.py;
+the faults of calls (failing answers, ghost 404s, spend and billing limits) are in faults.py; answers
+and error bodies in each provider's shape are built in responses.py.
 """
 
 from batch_scheduler.simulator.cli import add_arguments, run

@@ -1,6 +1,8 @@
 """Token counts: one deterministic estimate for billing (`usage`) and for `count_tokens`, and prompt caching.
 
     text_tokens(s)        CJK characters count 1 token each, everything else 4 characters a token
+                          ("CJK" is every character of 3 or 4 bytes in UTF-8, U+0800 up: CJK, kana,
+                          Hangul, and likewise most non-Latin scripts and emoji; counted on the bytes)
     json_tokens(value)    text_tokens of the value's JSON text (keys and punctuation count too)
     prompt_tokens(params) the whole prompt: tools + system + messages, the same for every caller
     cache_split(...)      the cached prefix of a prompt with `cache_control`: (5m write, 1h write, read)
@@ -18,30 +20,29 @@ the simulator clock is read instead. No minimum cacheable length is applied.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
 import orjson
 
 TTL_S = {"5m": 300.0, "1h": 3600.0}
-_CJK = re.compile(
-    "[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3190-\u31ff\u3200-\u9fff"
-    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f]")
 _CACHE_MARK = b'"cache_control"'
+# bytes.translate deletes all but: the lead bytes of 3- and 4-byte characters / UTF-8 continuation bytes
+_ALL_BUT_WIDE_LEADS = bytes(b for b in range(256) if not 0xE0 <= b <= 0xF7)
+_ALL_BUT_CONTINUATIONS = bytes(b for b in range(256) if not 0x80 <= b <= 0xBF)
+
+
+def _encoded_tokens(data: bytes) -> int:
+    """Tokens of UTF-8 text: a token per wide (3- or 4-byte) character, 4 other characters a token."""
+    if data.isascii():
+        return (len(data) + 3) // 4
+    wide = len(data.translate(None, _ALL_BUT_WIDE_LEADS))
+    chars = len(data) - len(data.translate(None, _ALL_BUT_CONTINUATIONS))
+    return wide + (chars - wide + 3) // 4
 
 
 def text_tokens(text: str) -> int:
     """~1 token per CJK character, ~4 characters per token for the rest (rounded up)."""
-    if text.isascii():
-        return (len(text) + 3) // 4
-    cjk = len(_CJK.findall(text))
-    return cjk + (len(text) - cjk + 3) // 4
-
-
-def _encoded_tokens(data: bytes) -> int:
-    if data.isascii():
-        return (len(data) + 3) // 4
-    return text_tokens(data.decode())
+    return _encoded_tokens(text.encode())
 
 
 def json_tokens(value: Any) -> int:

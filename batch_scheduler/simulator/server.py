@@ -40,7 +40,6 @@ from batch_scheduler.simulator.store import Batch, Outcome, Store, no_gc, output
 from batch_scheduler.simulator.validation import version_problem
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAULT_KINDS = faults.FAULT_KINDS
 
 
 def new_stats() -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 import zlib
 
 import aiohttp
@@ -288,12 +287,12 @@ async def test_sim_endpoints_need_no_key_and_set_config(sim, http):
     assert status == 200 and stats["creates"] == 0
 
 
-async def test_10k_request_create_is_fast(sim, http):
+async def test_a_streamed_10k_request_create_is_taken_whole(sim, http):
+    # speed is the bench's to measure (no wall-clock assertion here)
     body = orjson.dumps({"requests": requests_for(10_000)})
-    started = time.perf_counter()
     async with http.post(sim.url + BATCHES, data=io.BytesIO(body), headers=HEADERS) as r:
         assert r.status == 200
-    assert time.perf_counter() - started < 1.0  # well under 0.1 s on a quiet machine
+        assert orjson.loads(await r.read())["request_counts"]["processing"] == 10_000
 
 
 # -- the simulator in its own process -----------------------------------------------------------
@@ -343,3 +342,24 @@ def test_faults_flag_turns_every_fault_on_and_explicit_rates_win():
     assert config.fail_rate == 0.05 and config.cut_rate == 0.0
     assert config.valid_keys == {"a", "b"} and config.seed == 3
     assert config_from(parser.parse_args([])) == SimConfig()
+
+
+def test_faults_classic_and_the_new_fault_flags_parse():
+    import argparse
+
+    from batch_scheduler.simulator import add_arguments
+    from batch_scheduler.simulator.cli import config_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from(parser.parse_args(["--faults=classic"])) == SimConfig.all_faults()
+    config = config_from(parser.parse_args([
+        "--ghost-404-s", "2", "--missing-rate", "0.01", "--request-timeout-rate", "0.02", "--spend-cap", "500",
+        "--enqueued-token-limit", "2000000", "--processing-s", "8", "--processing-jitter", "0.5",
+        "--fail-kinds", "conflict_error,timeout_error", "--billing-error", "--params-at-create"]))
+    assert (config.ghost_404_s, config.missing_rate, config.request_timeout_rate, config.spend_cap,
+            config.enqueued_token_limit, config.processing_s, config.processing_jitter, config.fail_kinds,
+            config.billing_error, config.params_at_create) == (
+        2.0, 0.01, 0.02, 500, 2_000_000, 8.0, 0.5, ["conflict_error", "timeout_error"], True, True)
+    with pytest.raises(SystemExit, match="unknown kind"):
+        config_from(parser.parse_args(["--fail-kinds", "unavailable"]))
