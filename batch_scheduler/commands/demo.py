@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     sim_args = ["--processing-s", "0.5"] + ([] if args.no_faults else ["--faults", "--seed", "1"])
     with SimulatorProcess(sim_args) as sim:
         print(f"demo: simulator at {sim.url}" + ("" if args.no_faults else
-              " with every fault on (5% calls failing, 3% transient errors, 1% expired, 10% downloads cut, "
-              "2% create answers lost)"))
+              " with the real faults on (5% calls failing incl. 409/504, 3% transient errors, 1% expired, 10% "
+              "downloads cut, 2% create answers lost, 1 s of ghost 404s after create, 0.5% of requests missing "
+              "from results)"))
         code = cli_main(["run", inp, "--out", job, "--base-url", sim.url, "--poll-min", "0.2",
                          "--poll-max", "2", "--batch-size", "5000", "--concurrency", "8", *JOB])
         stats = sim.stats()
