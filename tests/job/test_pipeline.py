@@ -48,7 +48,9 @@ async def test_every_request_is_answered_exactly_once_with_its_own_answer(sim, p
         assert summary["attempts"]["requests_retried"] > 0
         assert summary["http"]["retries"] + summary["http"]["results_downloads_restarted"] > 0
         paid = sim.stats["requests_created"]
-        assert paid <= 1.05 * 2_000 + summary["attempts"]["requests_retried"], (paid, summary["attempts"])
+        # the inline proxy cannot list batches: a batch whose create answer was lost is paid and sent again
+        lost = sim.stats["lost_creates"] * 100 if provider.name == "inline" else 0
+        assert paid <= 1.05 * 2_000 + summary["attempts"]["requests_retried"] + lost, (paid, summary["attempts"])
     else:
         assert summary["batches"]["created"] == 20
     provider.batches_check(sim)
