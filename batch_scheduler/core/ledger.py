@@ -301,13 +301,15 @@ class Ledger:
             "UPDATE chunks SET state=?, batch_id=NULL, adopted=0, note=? WHERE id=?",
             (ChunkState.PLANNED, note, chunk_id)))
 
-    async def record_queue_full(self, chunk_id: int, note: str, *, counter: str) -> None:
+    async def record_queue_full(self, chunk_id: int, note: str, *, counter: str, limits: dict[str, Any]) -> None:
         """The provider's queue was full for this chunk's batch (a 429 at create, or a batch it failed for its
-        token limit): the chunk waits to be sent again and none of its requests has used an attempt."""
+        token limit): the chunk waits to be sent again and none of its requests has used an attempt; the
+        answer is counted and what admission learned from it kept, in one transaction."""
         def q(db: sqlite3.Connection) -> None:
             db.execute("UPDATE chunks SET state=?, note=? WHERE id=?", (ChunkState.PLANNED, note, chunk_id))
             db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
                        (counter,))
+            self._write_meta(db, {"queue_limits": limits})
         await self._run(q)
 
     async def record_queue_limits(self, doc: dict[str, Any]) -> None:

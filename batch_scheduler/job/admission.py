@@ -68,9 +68,10 @@ class Admission:
         self._slots.release()
         self.changed.set()
 
-    async def admit(self, lines: list[bytes], weight: Weight) -> Pass | None:
+    async def admit(self, lines: list[bytes], weight: Weight, *, splittable: bool = False) -> Pass | None:
         """Take a slot, ask the hold and the budget, then wait for room in the queue: a Pass, or None
-        (slot given back)."""
+        (slot given back). A splittable batch over what the queue holds at all raises TooHeavy (slot given
+        back): it is to go in parts."""
         await self.take_slot()
         if not self.cancelled and await self._ledger.is_cancelled():
             self.cancelled = True  # `cancel DIR` ran while we were going: send nothing new
@@ -85,17 +86,17 @@ class Admission:
             log.warning("%s", self.hold)
             return None
         try:
-            ticket = await self.room(weight)
+            ticket = await self.room(weight, splittable=splittable)
         except BaseException:
             self.give_slot()
             raise
         return Pass(est, ticket, weight)
 
-    async def room(self, weight: Weight) -> Ticket:
+    async def room(self, weight: Weight, *, splittable: bool = False) -> Ticket:
         """Wait for room in the queue (the slot is already held); a background failure ends the wait."""
         if self.fatal is not None:
             self.check()
-        waiter = asyncio.ensure_future(self.queues.reserve(weight))
+        waiter = asyncio.ensure_future(self.queues.reserve(weight, splittable=splittable))
         failed = asyncio.ensure_future(self._failed.wait())
         try:
             await asyncio.wait([waiter, failed], return_when=asyncio.FIRST_COMPLETED)

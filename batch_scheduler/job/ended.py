@@ -72,11 +72,16 @@ class Endings:
             if info.state is BatchState.FAILED:
                 ticket, flight.ticket = flight.ticket, None
                 alone = ticket is None or ticket.queue.in_flight == ticket.units  # nothing else of ours queued
+                requeue = info.queue_full and not (alone and row.take <= 1)
+                note = f"batch {info.id}: {info.error}"
                 if ticket is not None and info.queue_full:
-                    await self.queues.refused(ticket, info.stated_limit, token_limit=True)
+                    await self.queues.refused(ticket, info.stated_limit, token_limit=True, chunk_id=row.id, note=note)
+                elif info.queue_full:
+                    await self.ledger.record_queue_full(row.id, note, counter="token_limit_failures",
+                                                        limits=self.queues.learned)
                 elif ticket is not None:
                     self.queues.ended(ticket, validated=False)
-                if info.queue_full and not (alone and row.take <= 1):
+                if requeue:
                     await self._token_limited(row, info, flight)
                     return
                 await self._batch_failed(row, info)
@@ -117,7 +122,6 @@ class Endings:
         """OpenAI failed the batch for its model's enqueued-token limit: its requests come back without an
         attempt; nothing more of the model goes until one of its batches in flight has ended (the queue
         holds it), and the limit the message names is learned. The chunk goes again, in parts if it must."""
-        await self.ledger.record_queue_full(row.id, f"batch {info.id}: {info.error}", counter="token_limit_failures")
         self.submitter.claim(info.id)
         self.admission.settled(row.id)
         flight.remaining -= 1

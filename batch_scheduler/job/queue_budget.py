@@ -15,7 +15,8 @@ it than each of them, so room goes to whoever holds least; a job alone, or whose
 nothing to send, may use all of it (work-conserving).
 
 `Measure` says what a batch weighs in the provider's unit: its request count, or its estimated input
-tokens (`pricing.estimate_input_tokens`, scaled by what the provider's answers reported so far).
+tokens (`pricing.estimate_request` plus each message's few, scaled by what the provider's answers
+reported so far).
 """
 
 from __future__ import annotations
@@ -28,12 +29,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
+
 from batch_scheduler.core.settings import ProviderSpec, Settings
-from batch_scheduler.job.pricing import tally
+from batch_scheduler.job.pricing import estimate_request
 from batch_scheduler.job.queue_limit import BACKOFF_S, LimitLearner, Verdict
 
 TOKEN_MARGIN = 0.95  # of a stated token limit, for units we only estimate
 REQUESTS = "requests"  # the one queue of a provider that counts requests
+
+
+class TooHeavy(Exception):
+    """The batch is over what the queue holds at all (the limit the provider stated, or the ceiling found):
+    it can only go in parts."""
 
 
 @dataclass(eq=False)
@@ -84,11 +92,22 @@ class Queue:
         self.probing = self.probing or probe
         return Ticket(self, job, units, self.in_flight, probe)
 
-    async def reserve(self, job: str, units: int, clock: Callable[[], float] = time.time) -> Ticket:
-        """Wait until a batch of `units` may go for `job` (a change in the queue, or a backoff, wakes it)."""
+    def too_heavy(self, units: int) -> bool:
+        """Whether a batch of `units` is over what the queue is known to hold at all."""
+        known = self.learner.stated is not None or self.learner.ceiling is not None
+        return known and units > self.learner.part_limit(1)
+
+    async def reserve(self, job: str, units: int, clock: Callable[[], float] = time.time, *,
+                      splittable: bool = False) -> Ticket:
+        """Wait until a batch of `units` may go for `job` (a change in the queue, or a backoff, wakes it).
+        A splittable batch over what the queue holds at all raises TooHeavy (it is to go in parts)."""
         self.waiting[job] += 1
         try:
-            while (ticket := self.try_reserve(job, units)) is None:
+            while True:
+                if splittable and self.too_heavy(units):
+                    raise TooHeavy(f"{units:,} {self.unit} is more than the queue holds")
+                if (ticket := self.try_reserve(job, units)) is not None:
+                    break
                 if self._signal is None or self._signal.done():
                     self._signal = asyncio.get_running_loop().create_future()
                 wait_s = self.learner.backoff_until - clock()
@@ -179,6 +198,20 @@ class QueuePool:
         return q
 
 
+PER_REQUEST_TOKENS = 3  # what a chat request adds to its messages' text (the reply's priming)
+PER_MESSAGE_TOKENS = 4  # and each message (its role and separators), as OpenAI's own counting guide has it
+
+
+def request_tokens(obj: dict, provider: str) -> tuple[str | None, int]:
+    """(model, input tokens the provider will count) of one request line, estimated: the text's tokens
+    (`pricing.estimate_request`) plus the few each message and the request add."""
+    model, tokens, _ = estimate_request(obj, provider)
+    params = obj.get("body") if isinstance(obj.get("body"), dict) else obj.get("params")
+    messages = params.get("messages") if isinstance(params, dict) else None
+    overhead = PER_REQUEST_TOKENS + PER_MESSAGE_TOKENS * len(messages) if isinstance(messages, list) else 0
+    return model, tokens + overhead
+
+
 class Measure:
     """What a batch weighs in its provider's unit, and in which of its queues."""
 
@@ -199,9 +232,12 @@ class Measure:
         """(queue key, units, our raw estimate) of a batch of request lines."""
         if self.unit != "tokens":
             return REQUESTS, len(lines), len(lines)
-        by_model = tally(lines, self._provider)
-        model = max(by_model, key=lambda m: by_model[m].input_tokens) if by_model else None
-        estimate = sum(t.input_tokens for t in by_model.values())
+        by_model: dict[str | None, int] = {}
+        for line in lines:
+            model, tokens = request_tokens(orjson.loads(line), self._provider)
+            by_model[model] = by_model.get(model, 0) + tokens
+        model = max(by_model, key=by_model.__getitem__) if by_model else None
+        estimate = sum(by_model.values())
         return model or "(no model)", max(1, math.ceil(estimate * self.ratio)), estimate
 
     def observe(self, estimate: int, requests: int, answered: int, input_tokens: float) -> None:

@@ -74,7 +74,10 @@ class LimitLearner:
         """The highest level a probe may reach now: the hard cap, or under a ceiling still remembered."""
         if self.ceiling is not None and self.refused_at is not None:
             if self._clock() - self.refused_at < self.reprobe_s:
-                return max(1, min(self.cap, self.ceiling - 1))
+                top = min(self.cap, self.ceiling - 1)
+                if self.stated is not None:  # the provider's own figure, less the margin of our estimates
+                    top = min(top, math.floor(self.stated * self.margin))
+                return max(1, top)
             self.ceiling = None  # long enough ago: find out again
         return self.cap
 
@@ -129,7 +132,7 @@ class LimitLearner:
         if in_flight <= 0:
             if allowed is not None and units > allowed:  # the batch alone is over the limit: split it
                 self._ceiling_at(min(level, stated + 1) if stated else level, now)
-                self.confirmed = min(self.confirmed, allowed)
+                self.confirmed = min(allowed, self.cap)  # the provider's own figure: that much fits
             else:  # the queue is full of others' work (or we cannot tell): wait, learn nothing
                 first, longest = self.backoff_s
                 self._backoff_s = min(longest, max(first, self._backoff_s * 2))

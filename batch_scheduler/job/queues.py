@@ -35,6 +35,7 @@ class Weight:
     key: str  # which queue: "requests", or the model
     units: int  # in the provider's unit
     estimate: int  # our own estimate (tokens; the request count for requests)
+    requests: int
 
 
 class JobQueues:
@@ -57,6 +58,11 @@ class JobQueues:
         stats.queue_unit = spec.queue_unit
         stats.queue_limit = self.queue(REQUESTS).limit if spec.queue_unit == "requests" else None
 
+    @property
+    def learned(self) -> dict[str, Any]:
+        """What the job's queues learned, as the ledger keeps it."""
+        return self._learned
+
     def queue(self, key: str) -> Queue:
         q = self._used.get(key)
         if q is None:
@@ -66,14 +72,16 @@ class JobQueues:
 
     def weigh(self, lines: list[bytes]) -> Weight:
         key, units, estimate = self.measure.of(lines)
-        return Weight(key, units, estimate)
+        return Weight(key, units, estimate, len(lines))
 
     def part_limit(self, key: str) -> int:
         """Units a batch should stay under, so that about OVERLAP_BATCHES fill the queue."""
         return self.queue(key).learner.part_limit(OVERLAP_BATCHES)
 
-    async def reserve(self, weight: Weight) -> Ticket:
-        ticket = await self.queue(weight.key).reserve(self._job, weight.units, self._pool.clock)
+    async def reserve(self, weight: Weight, *, splittable: bool = False) -> Ticket:
+        """Wait for room for a batch; a splittable one over what the queue holds at all raises TooHeavy."""
+        ticket = await self.queue(weight.key).reserve(self._job, weight.units, self._pool.clock,
+                                                      splittable=splittable and weight.requests > 1)
         self._show(ticket.queue)
         return ticket
 
@@ -89,7 +97,10 @@ class JobQueues:
             await self._keep(ticket.queue)
         self._show(ticket.queue)
 
-    async def refused(self, ticket: Ticket, stated: int | None, *, token_limit: bool) -> None:
+    async def refused(self, ticket: Ticket, stated: int | None, *, token_limit: bool, chunk_id: int,
+                      note: str) -> None:
+        """A queue-full answer for the chunk's batch: the learner is told, the chunk waits to be sent again
+        (no attempt used), and both are in the ledger in one step."""
         q = ticket.queue
         in_flight = q.in_flight - ticket.units
         q.refused(ticket, stated)
@@ -100,7 +111,9 @@ class JobQueues:
         log.warning("%s at the provider (%s %s of ours queued, this batch %s%s): admitting up to %s %s; "
                     "the batch is sent again, no attempt used", what, f"{in_flight:,}", q.unit,
                     f"{ticket.units:,}", f", stated limit {stated:,}" if stated else "", f"{q.limit:,}", q.unit)
-        await self._keep(q)
+        self._learned[q.key] = q.learner.to_doc()
+        await self._ledger.record_queue_full(chunk_id, note, limits=self._learned,
+                                             counter="token_limit_failures" if token_limit else "queue_full")
         self._show(q)
         if q.learner.alone >= ALONE_MAX:
             raise QueueStuck(f"the provider's queue ({q.key}) stayed full with nothing of this job in it: "

@@ -36,6 +36,7 @@ from batch_scheduler.job.ended import Endings, Flight, Tracked, Watched
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.parts import bounds, parts_needed, split_specs
 from batch_scheduler.job.poller import Poller
+from batch_scheduler.job.queue_budget import TooHeavy
 from batch_scheduler.job.queues import Weight
 from batch_scheduler.job.reader import Block, span_blocks
 from batch_scheduler.job.replay import Part, Replay
@@ -148,9 +149,9 @@ class Run(Endings):
     async def _weight_of(self, row: ChunkRow) -> Weight:
         """What a chunk an earlier run sent weighs in the queue (as it recorded; weighed again if it did not)."""
         if row.units is not None and row.queue_key:
-            return Weight(row.queue_key, row.units, row.units)
+            return Weight(row.queue_key, row.units, row.units, row.take)
         if self.queues.measure.unit == "requests":
-            return Weight("requests", row.take, row.take)
+            return Weight("requests", row.take, row.take, row.take)
         return self.queues.weigh([r for _, r, _ in await self.replay.requests(row)])
 
     async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
@@ -188,7 +189,11 @@ class Run(Endings):
             if weight.units > limit and chunk.n > 1:
                 await self._input_parts(chunk, span, parts_needed(weight.units, limit))
                 return
-            ticket = await admission.admit(chunk.lines, weight)
+            try:
+                ticket = await admission.admit(chunk.lines, weight, splittable=True)
+            except TooHeavy:  # the queue turned out smaller while it waited
+                await self._input_parts(chunk, span, parts_needed(weight.units, self.queues.part_limit(weight.key)))
+                return
             if ticket is None:
                 admission.held_back += chunk.n
                 return
@@ -263,7 +268,10 @@ class Run(Endings):
             lines, ids = lines[:keep], ids[:keep]
             nbytes = BODY_WRAPPER_BYTES + sum(len(x) + self.provider.body_overhead(len(x)) for x in lines)
             weight = self.queues.weigh(lines)
-        ticket = await self.admission.admit(lines, weight)
+        try:
+            ticket = await self.admission.admit(lines, weight, splittable=True)
+        except TooHeavy:
+            return  # the queue turned out smaller while it waited: the next call takes fewer
         if ticket is None:
             return
         chunk_id = await self.ledger.record_intent(kind=ChunkKind.RETRY, take=len(lines), nbytes=nbytes,
@@ -315,7 +323,12 @@ class Run(Endings):
                 await self._resend_parts(row, parts, parts_needed(weight.units, limit), flight)
                 return
             flight = flight or Flight()
-            flight.ticket, flight.weight = await self.admission.room(weight), weight
+            try:
+                flight.ticket, flight.weight = await self.admission.room(weight, splittable=True), weight
+            except TooHeavy:  # the queue turned out smaller while it waited
+                await self._resend_parts(row, parts, parts_needed(weight.units, self.queues.part_limit(weight.key)),
+                                         flight)
+                return
             await self.ledger.record_intent(kind=row.kind, take=row.take, nbytes=self.submitter.nbytes(lines),
                                             chunk_id=row.id, est_cost=row.est_cost, units=weight.units,
                                             queue_key=weight.key)
@@ -356,7 +369,10 @@ class Run(Endings):
                             permit = False
                 except errors.QueueFull as err:
                     done = getattr(err, "sent", None) or []
-                    if not await self._queue_full_at_create(out, flight, err, split=bool(done)):
+                    then = await self._queue_full_at_create(out, flight, err, split=bool(done))
+                    if then == "sent in parts":
+                        return
+                    if then == "swept":
                         break
                     await self._uploads.acquire()
                     permit = True
@@ -385,25 +401,32 @@ class Run(Endings):
             await self.queues.accepted(flight.ticket)
 
     async def _queue_full_at_create(self, out: Outgoing, flight: Flight, err: errors.QueueFull, *, split: bool
-                                    ) -> bool:
-        """A 429 for the queue: no batch was made and no attempt used. The room comes back, the learner is
-        told, and once there is room again the same chunk is sent again (True). After a 413 split the
-        halves that went are tracked and the rest is sent by the sweep at the end (False)."""
-        ticket = flight.ticket
+                                    ) -> str:
+        """A 429 for the queue: no batch was made and no attempt used. The room comes back and the learner
+        is told; once there is room again the same chunk is sent again ("again"), or in parts if it is now
+        known to be over what the queue holds ("sent in parts"). After a 413 split the halves that went are
+        tracked and the rest is sent by the sweep at the end ("swept")."""
+        ticket, flight.ticket = flight.ticket, None
+        note = f"queue full at create: {err}"
         if ticket is not None:
-            await self.queues.refused(ticket, err.stated_limit, token_limit=False)
-        await self.ledger.record_queue_full(out.chunk_id, f"queue full at create: {err}", counter="queue_full")
+            await self.queues.refused(ticket, err.stated_limit, token_limit=False, chunk_id=out.chunk_id, note=note)
+        else:
+            await self.ledger.set_state(out.chunk_id, ChunkState.PLANNED, note)
         if split:
-            flight.ticket = None
-            return False
+            return "swept"
         assert flight.weight is not None
-        flight.ticket = await self.admission.room(flight.weight)
         row = await self.ledger.chunk(out.chunk_id)
+        try:
+            flight.ticket = await self.admission.room(flight.weight, splittable=True)
+        except TooHeavy:
+            parts = list(zip(out.lines, out.ids, out.raw_index or [], strict=True))
+            await self._resend(row, parts, flight)
+            return "sent in parts"
         await self.ledger.record_intent(kind=out.kind, take=row.take, nbytes=self.submitter.nbytes(out.lines),
                                         chunk_id=out.chunk_id, est_cost=row.est_cost, units=flight.weight.units,
                                         queue_key=flight.weight.key)
         out.intent_at = time.time()
-        return True
+        return "again"
 
     def _track(self, flight: Flight, row: ChunkRow, batch_id: str, created_at: float | None, *,
                now: bool = False) -> None:

@@ -89,6 +89,6 @@ def test_a_batch_weighs_its_requests_or_its_estimated_tokens_scaled_by_what_answ
                 for i in range(10)]
     assert Measure(ANTHROPIC).of(requests) == ("requests", 10, 10)
     tokens = Measure(OPENAI)
-    assert tokens.of(requests) == ("gpt-4o-mini", 1_000, 1_000)  # 350 characters: ~100 tokens each
-    tokens.observe(1_000, requests=10, answered=5, input_tokens=600)  # the provider counted 120 each
-    assert tokens.of(requests) == ("gpt-4o-mini", 1_200, 1_000)
+    assert tokens.of(requests) == ("gpt-4o-mini", 1_070, 1_070)  # 350 characters ~100 tokens, and 7 for the message
+    tokens.observe(1_070, requests=10, answered=5, input_tokens=642)  # the provider counted 128.4 each
+    assert tokens.of(requests) == ("gpt-4o-mini", 1_284, 1_070)

@@ -109,7 +109,7 @@ def test_a_refusal_with_nothing_of_ours_queued_learns_nothing_and_backs_off(cloc
 def test_a_batch_alone_over_the_stated_limit_is_to_be_split(clock):
     lr = learner(clock, start=2_000_000, cap=15_000_000_000, margin=0.95)
     lr.refused(0, 12_000_000, stated=2_000_000)
-    assert lr.ceiling == 2_000_001 and lr.backoff_until == 0
+    assert lr.ceiling == 2_000_001 and lr.backoff_until == 0 and lr.limit == 1_900_000
     assert lr.part_limit(8) == 237_500  # an eighth of 95% of the stated limit
 
 
