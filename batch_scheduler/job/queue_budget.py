@@ -197,6 +197,11 @@ class QueuePool:
             q = self._queues[(account, key)] = Queue(key, spec.queue_unit, learner)
         return q
 
+    def snapshot(self) -> list[dict[str, object]]:
+        """Every queue in use: its key, unit, what is in flight, the limit, and what each job holds."""
+        return [{"key": q.key, "unit": q.unit, "in_flight": q.in_flight, "limit": q.limit, "held": dict(q.held)}
+                for q in self._queues.values()]
+
 
 PER_REQUEST_TOKENS = 3  # what a chat request adds to its messages' text (the reply's priming)
 PER_MESSAGE_TOKENS = 4  # and each message (its role and separators), as OpenAI's own counting guide has it
