@@ -114,11 +114,17 @@ class Engine:
         return result
 
     async def _run_once(self, job: Job) -> JobResult:
-        s = self.settings
         start = await job.start()
+        queues = JobQueues(self._pool, self.settings, spec_of(self.settings.provider), job.ledger, self.stats,
+                           job=self.out_dir, learned=learned_from(job.ledger.read_meta()))
+        try:
+            return await self._run_with(job, start, queues)
+        finally:
+            queues.close()  # what the run still holds in a shared pool goes back (the next run holds it again)
+
+    async def _run_with(self, job: Job, start: Any, queues: JobQueues) -> JobResult:
+        s = self.settings
         slots = self._shared_slots or asyncio.Semaphore(s.concurrency)
-        queues = JobQueues(self._pool, s, spec_of(s.provider), job.ledger, self.stats, job=self.out_dir,
-                           learned=learned_from(job.ledger.read_meta()))
         admission = self._admission = Admission(slots, Budget(s.max_cost_usd, self.prices), job.ledger, self.stats,
                                                 queues, cancelled=start.cancelled, spent_usd=start.spent_usd)
         async with HttpClient(headers_for(s), s.retry, timeout_s=s.http_timeout_s, secret=s.api_key,

@@ -52,6 +52,7 @@ class JobQueues:
         self._backoff_s = (settings.poll_min_s, max(settings.poll_min_s, 5 * settings.poll_max_s))
         self._learned: dict[str, Any] = dict(learned) if isinstance(learned, dict) else {}
         self._used: dict[str, Queue] = {}
+        self._tickets: set[Ticket] = set()  # what this run holds in the queues (given back by `close`)
         self.measure = Measure(spec)
         self.queue_full = 0  # 429s at create for a full queue, this run
         self.token_limit_failures = 0
@@ -82,6 +83,7 @@ class JobQueues:
         """Wait for room for a batch; a splittable one over what the queue holds at all raises TooHeavy."""
         ticket = await self.queue(weight.key).reserve(self._job, weight.units, self._pool.clock,
                                                       splittable=splittable and weight.requests > 1)
+        self._tickets.add(ticket)
         self._show(ticket.queue)
         return ticket
 
@@ -89,6 +91,7 @@ class JobQueues:
         """A batch an earlier run left at the provider: it holds its room at once."""
         q = self.queue(key)
         ticket = q.restore(units, self._job)
+        self._tickets.add(ticket)
         self._show(q)
         return ticket
 
@@ -104,6 +107,7 @@ class JobQueues:
         q = ticket.queue
         in_flight = q.in_flight - ticket.units
         q.refused(ticket, stated)
+        self._tickets.discard(ticket)
         self.queue_full += int(not token_limit)
         self.token_limit_failures += int(token_limit)
         self._stats.queue_full = self.queue_full + self.token_limit_failures
@@ -124,7 +128,15 @@ class JobQueues:
         if validated:
             q.accepted(ticket)  # it ran: the provider held it (OpenAI: past validating unseen)
         q.ended(ticket)
+        self._tickets.discard(ticket)
         self._show(q)
+
+    def close(self) -> None:
+        """The run is over: what it still holds in the queues is given back (a shared pool outlives it; the
+        next run of the job holds its batches in flight again from the ledger)."""
+        for ticket in list(self._tickets):
+            ticket.queue.ended(ticket)
+        self._tickets.clear()
 
     def observed(self, weight_estimate: int, requests: int, answered: int, input_tokens: float) -> None:
         self.measure.observe(weight_estimate, requests, answered, input_tokens)
