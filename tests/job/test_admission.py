@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.job.engine import Engine
 from batch_scheduler.job.queue_budget import QueuePool
@@ -84,8 +86,8 @@ async def test_a_resumed_run_starts_from_the_limit_the_first_learned(sim, tmp_pa
     ids = write_requests(tmp_path / "in.jsonl", 3_000)
     out = tmp_path / "out"
     first = asyncio.ensure_future(run(settings(sim), out, tmp_path / "in.jsonl"))
-    while sim.stats["queue_full"] == 0:  # the first run learns the limit ...
-        await asyncio.sleep(0.01)
+    while not (out / "ledger.db").exists() or not job_status(str(out))["queue"]["queue_full_answers"]:
+        await asyncio.sleep(0.01)  # the first run learns the limit (its ledger says so) ...
     sim.config.valid_keys = {"sk-another"}  # ... and stops on a refused key
     assert (await first).exit_code == ExitCode.AUTH
     status = job_status(str(out))["queue"]
@@ -108,3 +110,23 @@ async def test_a_spend_limit_429_is_not_taken_for_a_small_queue(sim, tmp_path):
     queue = result.summary["queue"]
     assert queue["queue_full_answers"] == 0
     assert queue["limits"]["requests"]["ceiling"] is None and queue["limits"]["requests"]["limit"] == 200_000
+
+
+async def test_a_queue_full_of_others_work_teaches_nothing_and_a_run_that_never_gets_in_stops_resumable(
+        sim, tmp_path):
+    sim.config = SimConfig(seed=3, queue_limit=500, processing_s=60)
+    others = {"requests": [{"custom_id": f"o{i}", "params": {"model": "m", "max_tokens": 8, "messages": [
+        {"role": "user", "content": "theirs"}]}} for i in range(500)]}
+    async with aiohttp.ClientSession() as http:  # another user of the account fills its queue
+        async with http.post(f"{sim.url}/v1/messages/batches", json=others,
+                             headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"}) as resp:
+            assert resp.status == 200
+    write_requests(tmp_path / "in.jsonl", 300)
+    result = await run(settings(sim), tmp_path / "out", tmp_path / "in.jsonl")
+    assert result.exit_code == ExitCode.FAILED and result.retry
+    assert result.message == ("stopped: the provider's queue (requests) stayed full with nothing of this job in "
+                              "it: 10 queue-full answers in a row. Nothing is lost: run the same command again to "
+                              "resume")
+    limits = result.summary["queue"]["limits"]["requests"]
+    assert limits["ceiling"] is None and limits["limit"] == 200_000  # not mistaken for a small queue
+    assert sim.stats["queue_full"] == 10
