@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from . import measure, metrics
-from .harness import KEY, ROOT, child_env, machine_info, say, warm
+from .harness import KEY, ROOT, child_env, machine_info, process_cpu_s, say, warm
 from .inputs import ensure_input
 
 OPENAI_BATCH = 50_000  # the scheduler's default batch size for openai
@@ -58,6 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--work", default=str(ROOT / "bench" / "work"))
     ap.add_argument("--keep", action="store_true", help="keep each run's output directory")
+    ap.add_argument("--scheduler-flag", action="append", default=[], metavar="FLAG",
+                    help="an extra flag for `batch-scheduler run` (repeatable; for experiments: the scenario is "
+                         "defined with none)")
     a = ap.parse_args(argv)
     a.limits = [int(x.replace("_", "")) for x in a.limits.split(",") if x.strip()]
     a.poll_max = a.poll_max if a.poll_max is not None else a.batch_s / 8
@@ -113,13 +116,16 @@ def run_scenario(a: argparse.Namespace, sc: Scenario, inp: str) -> dict[str, Any
                 "--poll-min", repr(a.poll_min), "--poll-max", repr(a.poll_max)]
         if sc.provider != "anthropic":
             argv += ["--provider", sc.provider]
-        load_before = os.getloadavg()
+        argv += a.scheduler_flag
+        load_before, sim_cpu = os.getloadavg(), process_cpu_s(sim.pid)
         m = measure.run(argv, env=env, cwd=run_dir, log_dir=run_dir, name="log", timeout_s=3 * 3600)
         stats = sim.stats()
+        sim_cpu_after = process_cpu_s(sim.pid)
     rec: dict[str, Any] = {
         "scenario": sc.name, "provider": sc.provider, "requests": sc.n, "limit": sc.limit, "unit": sc.unit,
         "holds_requests": round(sc.holds_requests), "returncode": m.returncode, "wall_s": round(m.wall_s, 2),
         "ideal_s": round(sc.ideal_s(a.batch_s), 2), "cpu_s": round(m.cpu_s, 1), "peak_rss_bytes": m.peak_rss_bytes,
+        "sim_cpu_s": round(sim_cpu_after - sim_cpu, 1) if sim_cpu is not None and sim_cpu_after is not None else None,
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "sim": {k: stats.get(k) for k in ("creates", "requests_created", "queue_full", "token_limit_failures",
                                           "peak_queued_requests", "peak_enqueued_tokens", "retrieves", "lists")},
@@ -169,16 +175,16 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def table(runs: list[dict[str, Any]]) -> str:
     lines = ["| scenario | requests | limit | makespan s | ideal s | makespan / ideal | peak queued / limit "
-             "| queue-full / min | token-limit failures | batches | CPU s | peak RSS MiB | exact |",
-             "|" + "---|" * 13]
+             "| queue-full / min | token-limit failures | batches | CPU s (sim) | peak RSS MiB | load | exact |",
+             "|" + "---|" * 14]
     for r in runs:
         batches = (r.get("summary") or {}).get("batches") or {}
         lines.append(
             f"| {r['scenario']} | {r['requests']:,} | {r['limit']:,} {r['unit']} | {r['wall_s']:.1f} | "
             f"{r['ideal_s']:.1f} | {r['makespan_x_ideal']:.2f}x | {r['peak_x_limit']:.2f} | "
             f"{r['queue_full_per_min']:.2f} ({r['sim']['queue_full']}) | {r['token_limit_failures']} | "
-            f"{batches.get('created', '-')} | {r['cpu_s']:.1f} | {r['peak_rss_bytes'] / MIB:,.0f} | "
-            f"{'yes' if r['ok'] else 'NO'} |")
+            f"{batches.get('created', '-')} | {r['cpu_s']:.1f} ({r.get('sim_cpu_s') or '-'}) | "
+            f"{r['peak_rss_bytes'] / MIB:,.0f} | {r['load_before'][0]:.1f} | {'yes' if r['ok'] else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -203,7 +209,7 @@ def main(argv: list[str]) -> int:
     data = {"date": dt.date.today().isoformat(), "started_at": dt.datetime.now().isoformat(timespec="seconds"),
             "machine": machine_info(), "measured_by": measure.METHOD, "wall_s": round(time.time() - started, 1),
             "options": {"batch_s": a.batch_s, "jitter": a.jitter, "poll_min_s": a.poll_min, "poll_max_s": a.poll_max,
-                        "scheduler_flags": "defaults but --poll-min/--poll-max"},
+                        "scheduler_flags": ["--poll-min", a.poll_min, "--poll-max", a.poll_max, *a.scheduler_flag]},
             "runs": runs}
     data["targets"] = targets(runs)
     os.makedirs(a.out, exist_ok=True)

@@ -70,8 +70,8 @@ class Admission:
 
     async def admit(self, lines: list[bytes], weight: Weight, *, splittable: bool = False) -> Pass | None:
         """Take a slot, ask the hold and the budget, then wait for room in the queue: a Pass, or None
-        (slot given back). A splittable batch over what the queue holds at all raises TooHeavy (slot given
-        back): it is to go in parts."""
+        (slot given back). A splittable batch heavier than a batch of the queue should be, once its limit is
+        known, raises TooHeavy (slot given back): it is to go in parts."""
         await self.take_slot()
         if not self.cancelled and await self._ledger.is_cancelled():
             self.cancelled = True  # `cancel DIR` ran while we were going: send nothing new

@@ -8,6 +8,7 @@ and who waits. A run has a pool of its own; the daemon gives every job the same 
     queue.accepted(ticket)                     the provider took the batch into its queue
     queue.refused(ticket, stated)              it said the queue is full: the units come back, and
                                                nothing more goes until a batch of ours there ends
+                                               (unless the limit it stated explains the answer)
     queue.ended(ticket)                        the batch ended (or was never created): units come back
 
 Fair shares: while other jobs wait for the same queue, a job takes room only if it holds no more of
@@ -40,8 +41,8 @@ REQUESTS = "requests"  # the one queue of a provider that counts requests
 
 
 class TooHeavy(Exception):
-    """The batch is over what the queue holds at all (the limit the provider stated, or the ceiling found):
-    it can only go in parts."""
+    """The batch is heavier than a batch of this queue should be, now that its limit is known (the limit the
+    provider stated, or the ceiling found): it is to go in parts."""
 
 
 @dataclass(eq=False)
@@ -92,19 +93,20 @@ class Queue:
         self.probing = self.probing or probe
         return Ticket(self, job, units, self.in_flight, probe)
 
-    def too_heavy(self, units: int) -> bool:
-        """Whether a batch of `units` is over what the queue is known to hold at all."""
+    def too_heavy(self, units: int, batches: int) -> bool:
+        """Whether a batch of `units` is over 1/`batches` of what the queue is known to hold."""
         known = self.learner.stated is not None or self.learner.ceiling is not None
-        return known and units > self.learner.part_limit(1)
+        return known and units > self.learner.part_limit(batches)
 
     async def reserve(self, job: str, units: int, clock: Callable[[], float] = time.time, *,
-                      splittable: bool = False) -> Ticket:
+                      split_into: int | None = None) -> Ticket:
         """Wait until a batch of `units` may go for `job` (a change in the queue, or a backoff, wakes it).
-        A splittable batch over what the queue holds at all raises TooHeavy (it is to go in parts)."""
+        With `split_into`, a batch over that share of what the queue is known to hold raises TooHeavy (it is
+        to go in parts), also when the limit becomes known while it waits."""
         self.waiting[job] += 1
         try:
             while True:
-                if splittable and self.too_heavy(units):
+                if split_into and self.too_heavy(units, split_into):
                     raise TooHeavy(f"{units:,} {self.unit} is more than the queue holds")
                 if (ticket := self.try_reserve(job, units)) is not None:
                     break
@@ -144,12 +146,15 @@ class Queue:
         return grew
 
     def refused(self, ticket: Ticket, stated: int | None) -> None:
-        """A queue-full answer for the ticket's batch: its units come back and the learner is told."""
+        """A queue-full answer for the ticket's batch: its units come back and the learner is told. Unless
+        the provider stated its limit and ours passed it (then the learner knows exactly what fits), nothing
+        more goes until a batch of ours in the queue has ended."""
         if ticket.done:
             return
         self._release(ticket)
         self.learner.refused(self.in_flight, ticket.units, stated)
-        self.hold_until_end = self.in_flight > 0
+        explained = stated is not None and self.in_flight + ticket.units > stated
+        self.hold_until_end = self.in_flight > 0 and not explained
         self._wake()
 
     def ended(self, ticket: Ticket) -> None:

@@ -53,6 +53,7 @@ class JobQueues:
         self._learned: dict[str, Any] = dict(learned) if isinstance(learned, dict) else {}
         self._used: dict[str, Queue] = {}
         self._tickets: set[Ticket] = set()  # what this run holds in the queues (given back by `close`)
+        self._last_units = 1
         self.measure = Measure(spec)
         self.queue_full = 0  # 429s at create for a full queue, this run
         self.token_limit_failures = 0
@@ -71,8 +72,13 @@ class JobQueues:
                                                    backoff_s=self._backoff_s)
         return q
 
+    def has_room(self) -> bool:
+        """Whether a queue of the job's has room for another batch now (what a batch weighed last)."""
+        return any(q.in_flight + self._last_units <= q.limit for q in self._used.values())
+
     def weigh(self, lines: list[bytes]) -> Weight:
         key, units, estimate = self.measure.of(lines)
+        self._last_units = units
         return Weight(key, units, estimate, len(lines))
 
     def part_limit(self, key: str) -> int:
@@ -80,9 +86,11 @@ class JobQueues:
         return self.queue(key).learner.part_limit(OVERLAP_BATCHES)
 
     async def reserve(self, weight: Weight, *, splittable: bool = False) -> Ticket:
-        """Wait for room for a batch; a splittable one over what the queue holds at all raises TooHeavy."""
-        ticket = await self.queue(weight.key).reserve(self._job, weight.units, self._pool.clock,
-                                                      splittable=splittable and weight.requests > 1)
+        """Wait for room for a batch; a splittable one heavier than `part_limit` (once the queue's limit is
+        known) raises TooHeavy."""
+        ticket = await self.queue(weight.key).reserve(
+            self._job, weight.units, self._pool.clock,
+            split_into=OVERLAP_BATCHES if splittable and weight.requests > 1 else None)
         self._tickets.add(ticket)
         self._show(ticket.queue)
         return ticket

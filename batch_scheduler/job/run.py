@@ -157,9 +157,10 @@ class Run(Endings):
     async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async with aclosing(blocks):
             async for b in blocks:
-                if self._collecting:
-                    # Ended batches first: results made durable before more input is read and sent, so
-                    # a batch's delay to disk is its own download, not a queue behind new work.
+                if self._collecting and not self.queues.has_room():
+                    # Ended batches first while the provider's queue is full anyway: results made durable
+                    # before more input is read, so a batch's delay to disk is its own download, not a queue
+                    # behind new work. With room in the queue, refilling it comes first.
                     await self._collect_idle.wait()
                 if not self.stats.lines_read and b.lines:
                     self._expect_lines(b)

@@ -53,6 +53,17 @@ async def test_after_a_queue_full_answer_nothing_goes_until_a_batch_of_ours_ends
     assert (await asyncio.wait_for(waiter, 5)).units == 50
 
 
+def test_a_queue_full_answer_the_stated_limit_explains_lets_what_fits_under_it_go_at_once():
+    q = QueuePool().queue("acct", "gpt-4o-mini", OPENAI, None)
+    first = q.try_reserve("job", 13_000_000)
+    q.accepted(first)
+    second = q.try_reserve("job", 13_000_000)  # 26,000,000 of ours: over the model's 20,000,000
+    q.refused(second, stated=20_000_000)
+    assert not q.hold_until_end and q.limit == 19_000_000  # 95% of the stated limit (our tokens are estimates)
+    assert q.try_reserve("job", 2_000_000) is not None  # a part that fits goes without waiting for an end
+    assert q.try_reserve("job", 5_000_000) is None
+
+
 async def test_room_goes_to_the_job_holding_least_and_a_job_alone_uses_all_of_it():
     q = queue(cap=400)
     held = []
