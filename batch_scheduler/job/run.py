@@ -157,15 +157,18 @@ class Run(Endings):
     async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async with aclosing(blocks):
             async for b in blocks:
-                if self._collecting and not self.queues.has_room():
-                    # Ended batches first while the provider's queue is full anyway: results made durable
+                if self._collecting and not self._could_send_now():
+                    # Ended batches first while the next batch would wait anyway: results made durable
                     # before more input is read, so a batch's delay to disk is its own download, not a queue
-                    # behind new work. With room in the queue, refilling it comes first.
+                    # behind new work. With room in the provider's queue and a slot free, refilling comes first.
                     await self._collect_idle.wait()
                 if not self.stats.lines_read and b.lines:
                     self._expect_lines(b)
                 self.stats.lines_read += len(b.lines)
                 yield b
+
+    def _could_send_now(self) -> bool:
+        return self.admission.in_flight < self.settings.concurrency and self.queues.has_room()
 
     def _expect_lines(self, first: Block) -> None:
         """From the first block's line length and the inputs' sizes, about how many lines are coming."""
