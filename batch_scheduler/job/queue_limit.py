@@ -19,14 +19,16 @@ The rules:
 - A queue-full answer makes a ceiling: the stated limit when the provider names one, else the level
   it refused. What may go drops to the stated limit (times `margin`, for units we only estimate) if
   ours passed it, else to what the provider holds of ours now (multiplicative decrease to the knee,
-  not a blind halving). No probe goes above the ceiling for `reprobe_s`; then it is forgotten and
-  growth resumes (a tier may have been raised, another user of the account may have finished).
+  not a blind halving). No probe goes above the ceiling (nor above the stated limit times `margin`)
+  for `reprobe_s`; then it is forgotten and growth resumes (a tier may have been raised, another
+  user of the account may have finished).
 - A queue-full answer while nothing of ours is queued says nothing about our share (the account's
   queue is full of others' work): nothing is learned, unless the batch alone is over the stated limit
-  (it must be split). The next try waits a backoff (`backoff_s`: by default 5 s doubling to 5
-  minutes), since no batch of ours will end to wake it; `alone` counts such answers in a row.
+  (then the stated limit is what fits, and the batch must be split: `part_limit`). The next try waits
+  a backoff (`backoff_s`: by default 5 s doubling to 5 minutes), since no batch of ours will end to
+  wake it; `alone` counts such answers in a row.
 - `start` (the documented lowest tier, or the hard cap the user gave) is the limit reported until a
-  ceiling is found; what was learned is kept (`to_doc` / `from_doc`, in the ledger) for a resumed run.
+  ceiling is found; what was learned is kept (`to_doc` / `restore`, in the ledger) for a resumed run.
 """
 
 from __future__ import annotations
