@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from batch_scheduler.cluster import pg
+from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import Ledger
@@ -16,6 +18,8 @@ from batch_scheduler.providers import build_settings, missing_key_message
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.ledger:
+        return cluster_cancel(args)
     out_dir, env = args.dir, load_environment()
     path = os.path.join(out_dir, "ledger.db")
     if not os.path.exists(path):
@@ -40,3 +44,22 @@ def main(args: argparse.Namespace) -> int:
     print(f"cancelled {out_dir}: run `batch-scheduler run ... --out {out_dir}` (or `resume`) to collect what the "
           f"batches finished; cancelled requests are not sent again unless --retry-cancelled is given")
     return ExitCode.FAILED if done.problems else ExitCode.OK
+
+
+def cluster_cancel(args: argparse.Namespace) -> int:
+    """`cancel --ledger URL NAME`: the job sends nothing new; the node running it cancels its batches."""
+    url = pg.check_url(args.ledger)
+    pg.ensure_schema(url)
+    queue = Queue(url)
+    try:
+        state = queue.cancel(args.dir)
+    finally:
+        queue.close()
+    if state == "cancelled":
+        print(f"job {args.dir}: cancelled")
+    elif state in ("done", "failed"):
+        print(f"job {args.dir}: already {state}; nothing to cancel")
+    else:
+        print(f"job {args.dir}: cancel requested; the node that runs it cancels its batches and collects what "
+              f"they finished")
+    return ExitCode.OK

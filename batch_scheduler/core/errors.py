@@ -4,6 +4,8 @@
     ├── UsageError                      bad flags or configuration (exit 2)
     ├── InputError                      bad input; carries file and line
     ├── JobMismatch                     an --out that belongs to another job or other options
+    ├── LeaseLost                       cluster: this node's claim on the job is gone (another node has it)
+    ├── LedgerUnavailable               cluster: PostgreSQL cannot be reached (names host and port)
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
@@ -49,6 +51,16 @@ class InputError(SchedulerError):
 
 class JobMismatch(SchedulerError):
     """The output directory belongs to another input or other batch-shaping options."""
+
+
+class LeaseLost(SchedulerError):
+    """The node's claim on a cluster job is gone: its lease ran out or another node claimed the job.
+    Nothing more is written for the job; the node drops it at once."""
+
+
+class LedgerUnavailable(SchedulerError):
+    """PostgreSQL cannot be reached (refused, timed out, dropped). The message names host and port,
+    never the password."""
 
 
 class ProviderError(SchedulerError):

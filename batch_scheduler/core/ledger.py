@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS api_rejected (
 );
 CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS result_objects (  -- results as write-once objects (--out s3://...)
+    key TEXT PRIMARY KEY, chunk_id INTEGER NOT NULL, shard INTEGER NOT NULL, nbytes INTEGER NOT NULL,
+    lines INTEGER NOT NULL
+);
 """
 
 
@@ -376,16 +380,21 @@ class Ledger:
             " state=excluded.state, last_line=excluded.last_line", park)
 
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
-                               park: list[tuple[str, bytes, int, RetryState, bytes]], finals: list[str]) -> None:
+                               park: list[tuple[str, bytes, int, RetryState, bytes]], finals: list[str],
+                               objects: list[tuple[str, int, int, int]] | None = None) -> None:
         """Write-ahead step 3 (after the shard fsync): collected, offsets, counts, parked requests.
 
         park: (custom_id, request, attempts, state PENDING or CANCELLED, last result line).
         finals: custom_ids of retried requests whose final line is now in the shards.
+        objects: result objects uploaded for this batch, (key, shard, bytes, lines): listed here, they count.
         """
         now = time.time()
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(enumerate(offsets)))
+            if objects:
+                db.executemany("INSERT INTO result_objects VALUES (?, ?, ?, ?, ?)",
+                               [(k, chunk_id, shard, nbytes, lines) for k, shard, nbytes, lines in objects])
             self._park(db, park)
             db.executemany("UPDATE retries SET state=?, chunk_id=NULL WHERE custom_id=?",
                            [(RetryState.DONE, c) for c in finals])
@@ -412,6 +421,11 @@ class Ledger:
         await self._run(lambda db: db.executemany(
             "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             list(counts.items())))
+
+    def result_objects(self) -> list[str]:
+        """Keys of the result objects the ledger lists (the committed ones), in order."""
+        return self._pool.submit(lambda: [k for (k,) in self._db.execute(
+            "SELECT key FROM result_objects ORDER BY key")]).result()
 
     def counters(self) -> dict[str, float]:
         return self._pool.submit(lambda: dict(self._db.execute("SELECT name, value FROM counters"))).result()

@@ -43,6 +43,7 @@ from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.providers import build_settings
 
+DEFAULT_LISTEN = "127.0.0.1:8787"
 STOP_DEADLINE_S = 8.0  # SIGTERM -> exit: under the 10 s promised, and systemd's TimeoutStopSec=15
 
 
@@ -302,8 +303,8 @@ class Daemon:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("daemon")
-    g.add_argument("--spool", required=True, metavar="DIR", help="spool directory: DIR/inbox, DIR/jobs")
-    g.add_argument("--listen", default="127.0.0.1:8787", metavar="HOST:PORT",
+    g.add_argument("--spool", metavar="DIR", help="spool directory: DIR/inbox, DIR/jobs (or --ledger: a cluster node)")
+    g.add_argument("--listen", default=None, metavar="HOST:PORT",
                    help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token)")
     g.add_argument("--token", help="bearer token the HTTP API requires (or BATCH_DAEMON_TOKEN in .env)")
     g.add_argument("--log-json", action="store_true", help="log one JSON object per line")
@@ -331,7 +332,7 @@ def is_loopback(host: str) -> bool:
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:
     """The daemon's configuration from its flags; raises UsageError (exit 2) before anything starts."""
-    listen = parse_listen(args.listen)
+    listen = parse_listen(args.listen or DEFAULT_LISTEN)
     token = args.token or env.get("BATCH_DAEMON_TOKEN") or None
     if not is_loopback(listen[0]) and not token:
         raise errors.UsageError(f"--listen {args.listen}: not a loopback address, so the HTTP API needs --token "

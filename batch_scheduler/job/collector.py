@@ -5,7 +5,9 @@ ledger holds. A results line is parsed once, only as far as routing and counting
 to the shards as they came; a request that deserves another attempt (transient error, expired) is
 parked in the ledger with its request line instead, until `max_attempts` is reached, when its last
 line becomes final. Cancelled requests are parked as `cancelled` (see `run --retry-cancelled`).
-After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3).
+After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3). A
+cluster job's shards are write-once objects instead: uploaded first, then listed in the same
+`record_collected`, which is their commit point.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class Collector:
         by_model = {m: Usage(*map(sum, zip(*us, strict=True))) for m, us in usages.items() if us}
         park = await self._park(row, to_park, retry_attempts)
         self._committing = True
-        new_offsets = await asyncio.to_thread(shards.commit)
+        new_offsets = await shards.durable()
         summary: dict[str, float] = {}
         for o, c in enumerate(counts):
             if c:
@@ -156,7 +158,7 @@ class Collector:
         if parked_retry:
             summary["retried"] = parked_retry
         await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
-                                           finals=finals_retried)
+                                           finals=finals_retried, objects=shards.uploaded)
         offsets[:] = new_offsets
         return Collected(sum(counts), len(park), summary)
 

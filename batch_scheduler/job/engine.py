@@ -32,7 +32,7 @@ from batch_scheduler.job.reader import span_blocks
 from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.run import Run
 from batch_scheduler.job.submitter import Submitter
-from batch_scheduler.job.summary import build_summary, write_summary
+from batch_scheduler.job.summary import build_summary
 from batch_scheduler.job.validate import Rejects, Validator
 from batch_scheduler.providers import headers_for, key_refused_message, make_provider
 from batch_scheduler.providers.base import Provider
@@ -58,7 +58,7 @@ class Engine:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
-                 slots: Any = None):
+                 slots: Any = None, store: Any = None, lease: Any = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -67,6 +67,8 @@ class Engine:
         self._quiet = quiet
         self._remembered = remembered or {}
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
+        self._store = store  # where the job's state lives (job.LocalStore(out_dir) when None; see job.py)
+        self._lease = lease  # cluster: the claim a create call must have time left on (see submitter)
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
@@ -90,7 +92,7 @@ class Engine:
         started = time.time()
         try:
             job = self._job = await Job.open(self.settings, self.out_dir, self.inputs, remembered=self._remembered,
-                                             stats=self.stats, prices=self.prices)
+                                             stats=self.stats, prices=self.prices, store=self._store)
         except errors.JobMismatch as err:  # another job's directory: write nothing into it
             return JobResult(ExitCode.USAGE, str(err))
         try:
@@ -106,8 +108,11 @@ class Engine:
             job.ledger.close()
             raise
         job.close_files()
-        result.summary = self._write_summary(job, result, started)
-        job.ledger.close()
+        try:
+            result.summary = self._write_summary(job, result, started)
+            await job.store.publish(result.exit_code == ExitCode.OK)
+        finally:
+            job.ledger.close()
         return result
 
     async def _run_once(self, job: Job) -> JobResult:
@@ -124,7 +129,7 @@ class Engine:
             if s.strict and (refused := await self._strict_pass(job, provider)):
                 return refused
             replay = Replay(job.sources, provider.check_request, job.ledger)
-            submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead)
+            submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead, lease=self._lease)
             collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -193,6 +198,13 @@ class Engine:
         log.debug("retry %s #%d in %.2fs: %s", endpoint, attempt, wait_s, err)
 
     def _write_summary(self, job: Job, result: JobResult, started: float) -> dict[str, Any]:
+        try:
+            return self._summary(job, result, started)
+        except (errors.LeaseLost, errors.LedgerUnavailable) as err:  # cluster: the job is another node's now
+            log.warning("no summary written: %s", err)
+            return {}
+
+    def _summary(self, job: Job, result: JobResult, started: float) -> dict[str, Any]:
         run = self._run
         summary = build_summary(
             result.exit_code, result.message, cancelled=self.cancelled, settings=self.settings, inputs=self.inputs,
@@ -201,7 +213,7 @@ class Engine:
             wall_s=time.time() - started, http_calls=self.http.stats.calls if self.http is not None else {},
             downloads_restarted=run.collector.downloads_restarted if run is not None else 0,
             polls=run.poller.stats if run is not None else PollStats())
-        write_summary(self.out_dir, summary)
+        job.store.write_summary(summary)
         return summary
 
 

@@ -5,6 +5,13 @@ batches, recorded in the ledger by the first run. A later run over the same dire
 same inputs and options, and find the shards at least as long as the ledger records; otherwise it is
 another job's directory and nothing is written into it. A run starts from what the job holds: spend
 so far, requests waiting for another attempt, whether it was cancelled.
+
+Where the job's durable state lives is its store: `LocalStore(DIR)` is the job directory (DIR/ledger.db,
+DIR/results/shard-NNNNN.jsonl, DIR/rejected.jsonl, DIR/summary.json); the cluster's store
+(`batch_scheduler.cluster.store`) keeps the ledger in PostgreSQL and results as write-once objects.
+A store has `where` (named in messages), `fingerprints(inputs)`, `open_ledger(settings, inputs,
+remembered)`, `open_shards(n, offsets)`, `rejects_path()`, `write_summary(summary)` and `async
+publish(ok)` (after a run, its files closed: what the store makes visible to readers).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import Ledger, RetryState
@@ -21,7 +29,7 @@ from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats
 from batch_scheduler.job.reader import Source, fingerprint
 from batch_scheduler.job.sources import make_sources
-from batch_scheduler.job.summary import finished
+from batch_scheduler.job.summary import finished, write_summary
 from batch_scheduler.job.validate import Rejects
 from batch_scheduler.job.writer import ShardSet
 
@@ -37,10 +45,36 @@ class Start:
     pending_retries: int  # requests parked for another attempt
 
 
+class LocalStore:
+    """A job directory on this machine: what `run` and the spool daemon use."""
+
+    def __init__(self, out_dir: str):
+        self.where = self.out_dir = out_dir
+
+    def fingerprints(self, inputs: list[str]) -> list[dict]:
+        return [fingerprint(p) for p in inputs]
+
+    def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> Ledger:
+        return open_ledger(settings, self.out_dir, inputs, remembered)
+
+    def open_shards(self, n: int, offsets: list[int]) -> ShardSet:
+        return open_shards(self.out_dir, n, offsets)
+
+    def rejects_path(self) -> str:
+        return os.path.join(self.out_dir, "rejected.jsonl")
+
+    def write_summary(self, summary: dict) -> None:
+        write_summary(self.out_dir, summary)
+
+    async def publish(self, ok: bool) -> None:
+        """Everything is in place already."""
+
+
 class Job:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], ledger: Ledger, shards: ShardSet,
-                 rejects: Rejects, *, stats: JobStats, prices: PriceTable):
+                 rejects: Rejects, *, stats: JobStats, prices: PriceTable, store: Any = None):
         self.settings = settings
+        self.store = store or LocalStore(out_dir)
         self.out_dir = out_dir
         self.inputs = inputs
         self.ledger = ledger
@@ -52,19 +86,25 @@ class Job:
 
     @classmethod
     async def open(cls, settings: Settings, out_dir: str, inputs: list[str], *, remembered: dict,
-                   stats: JobStats, prices: PriceTable) -> Job:
+                   stats: JobStats, prices: PriceTable, store: Any = None) -> Job:
         """The job in out_dir (made by the first run); JobMismatch, with nothing written, if it is another's."""
-        ledger = open_ledger(settings, out_dir, inputs, remembered)
+        store = store or LocalStore(out_dir)
+        ledger = store.open_ledger(settings, inputs, remembered)
         try:
-            shards = open_shards(out_dir, settings.shards, await ledger.shard_offsets(settings.shards))
+            shards = store.open_shards(settings.shards, await ledger.shard_offsets(settings.shards))
         except BaseException:
             ledger.close()
             raise
-        rejects = Rejects(os.path.join(out_dir, "rejected.jsonl"), inputs)
+        try:
+            rejects = Rejects(store.rejects_path(), inputs)
+        except BaseException:
+            shards.close()
+            ledger.close()
+            raise
         try:
             for cid, msg in (await ledger.api_rejected()).items():
                 rejects.add(None, None, cid, f"refused by the API: {msg}")
-            return cls(settings, out_dir, inputs, ledger, shards, rejects, stats=stats, prices=prices)
+            return cls(settings, out_dir, inputs, ledger, shards, rejects, stats=stats, prices=prices, store=store)
         except BaseException:
             rejects.close()
             shards.close()
@@ -97,7 +137,12 @@ class Job:
 def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered: dict) -> Ledger:
     os.makedirs(out_dir, mode=0o700, exist_ok=True)
     prints = [fingerprint(p) for p in inputs]  # before the ledger opens: an unreadable input leaks nothing
-    ledger = Ledger(os.path.join(out_dir, "ledger.db"))
+    return check_identity(Ledger(os.path.join(out_dir, "ledger.db")), settings, out_dir, prints, remembered)
+
+
+def check_identity(ledger: Any, settings: Settings, out_dir: str, prints: list[dict], remembered: dict) -> Any:
+    """The first run records the job's inputs and batch options; a later one must bring the same (else
+    JobMismatch, the ledger closed)."""
     meta = ledger.read_meta()
     shaping = settings.shaping()
     if not meta:

@@ -10,6 +10,10 @@ jobs sharing an account never take each other's batches and a restart still know
 keeps none (Anthropic), that has the same request count. The collector confirms ownership from the
 custom_ids of its results.
 
+In a cluster (a `lease` given) a create is only started with more of the node's lease left than the
+call may take, and the call is cut off at that deadline (an unknown outcome, as a timeout is): a
+create that returns has its batch id written while the claim is still the node's.
+
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
 rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable).
 """
@@ -22,6 +26,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger
@@ -76,12 +81,13 @@ class Submitted:
 
 class Submitter:
     def __init__(self, provider: Provider, ledger: Ledger, rejects: Rejects, *,
-                 overhead: Callable[[int], int], clock: Callable[[], float] = time.time):
+                 overhead: Callable[[int], int], clock: Callable[[], float] = time.time, lease: Any = None):
         self.provider = provider
         self.ledger = ledger
         self.rejects = rejects
         self._overhead = overhead
         self._clock = clock
+        self._lease = lease  # cluster: async before_create() -> seconds the create may take (LeaseLost if none)
         self._adopt_lock = asyncio.Lock()
         self._idle = asyncio.Condition()
         self._creating = 0  # create calls in the air
@@ -144,7 +150,16 @@ class Submitter:
             await self._idle.wait_for(lambda: not self._adopting)
             self._creating += 1
         try:
-            info = await self.provider.create(lines, tag=self.tag(chunk_id))
+            if self._lease is None:
+                info = await self.provider.create(lines, tag=self.tag(chunk_id))
+            else:
+                deadline_s = await self._lease.before_create()
+                try:
+                    async with asyncio.timeout(deadline_s):
+                        info = await self.provider.create(lines, tag=self.tag(chunk_id))
+                except TimeoutError:
+                    raise errors.TimeoutError_(f"create: no answer within {deadline_s:.0f} s (the lease's "
+                                               f"margin)") from None
             self._claimed.add(info.id)
             await self.ledger.record_submitted(chunk_id, info.id)
             return info

@@ -1,0 +1,79 @@
+"""Where a cluster job's state lives: the ledger in PostgreSQL, results as write-once objects in OUT.
+
+`ClusterStore` is a job store (see job/job.py) for one claim: the engine runs over it unchanged.
+OUT is a bucket URL or a directory every node mounts; the node's own temporary directory holds
+only what is being made (a batch's lines before upload, the rejected lines of this run). What a
+finished run makes visible, and in this order: OUT/rejected.jsonl, OUT/summary.json, and when the
+job is done, the GC pass and OUT/_manifest.json (results.py). A fenced claim publishes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import orjson
+
+from batch_scheduler.cluster.ledger import PgLedger
+from batch_scheduler.cluster.results import ObjectShards, collect_garbage, write_manifest
+from batch_scheduler.core.objects import Objects, is_object_url, open_objects
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.job import check_identity
+from batch_scheduler.job.reader import fingerprint
+
+log = logging.getLogger("batch_scheduler.cluster")
+
+
+class ClusterStore:
+    def __init__(self, url: str, job_id: int, name: str, token: str, out: str, *, work_root: str | None = None,
+                 objects: Objects | None = None):
+        self.url = url
+        self.job_id = job_id
+        self.name = name
+        self.token = token
+        self.where = out
+        self.objects = objects or open_objects(out)
+        self.work_dir = tempfile.mkdtemp(prefix=f"bs-{job_id}-", dir=work_root)
+        self.ledger: PgLedger | None = None
+        self._summary: dict[str, Any] | None = None
+
+    def fingerprints(self, inputs: list[str]) -> list[dict]:
+        return [{"path": p} if is_object_url(p) else fingerprint(p) for p in inputs]
+
+    def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> PgLedger:
+        prints = self.fingerprints(inputs)
+        self.ledger = PgLedger(self.url, self.job_id, self.token, name=self.name)
+        return check_identity(self.ledger, settings, self.where, prints, remembered)
+
+    def open_shards(self, n: int, offsets: list[int]) -> ObjectShards:
+        return ObjectShards(self.objects, n, self.token, os.path.join(self.work_dir, "spill"))
+
+    def rejects_path(self) -> str:
+        return os.path.join(self.work_dir, "rejected.jsonl")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._summary = summary  # published with the rest, once the claim is known to be still ours
+
+    async def publish(self, ok: bool) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        await ledger.acounters()  # a fenced read: a claim that is gone publishes nothing (LeaseLost)
+        await self.objects.put("rejected.jsonl", await asyncio.to_thread(_read, self.rejects_path()))
+        if self._summary:
+            await self.objects.put("summary.json", orjson.dumps(self._summary, option=orjson.OPT_INDENT_2))
+        if ok:
+            listed = ledger.result_objects()
+            await collect_garbage(self.objects, set(listed))
+            await write_manifest(self.objects, self.name, listed)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
