@@ -73,6 +73,8 @@ class JobRunner:
         try:
             try:
                 settings = self.settings_of(claimed)
+                store = ClusterStore(self.url, claimed.job_id, claimed.name, claimed.token, claimed.spec["out"],
+                                     work_root=self.work_root)
             except errors.UsageError as err:
                 await self._settle(job, "failed", str(err))
                 return
@@ -80,8 +82,6 @@ class JobRunner:
                 await self._settle(job, "paused", f"{missing_key_message(settings)} on this node",
                                    wait_s=self.key_check_s)
                 return
-            store = ClusterStore(self.url, claimed.job_id, claimed.name, claimed.token, claimed.spec["out"],
-                                 work_root=self.work_root)
             remembered = {k: v for k, v in (claimed.spec.get("options") or {}).items() if k in REMEMBERED}
             engine = job.engine = Engine(settings, claimed.spec["out"], list(claimed.spec["inputs"]), quiet=True,
                                          store=store, lease=job.lease, remembered=remembered)

@@ -20,7 +20,7 @@ import orjson
 
 from batch_scheduler.cluster.ledger import PgLedger
 from batch_scheduler.cluster.results import ObjectShards, collect_garbage, write_manifest
-from batch_scheduler.core.objects import Objects, is_object_url, open_objects
+from batch_scheduler.core.objects import Objects, is_object_url, object_fingerprint, open_objects
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.job import check_identity
 from batch_scheduler.job.reader import fingerprint
@@ -42,7 +42,7 @@ class ClusterStore:
         self._summary: dict[str, Any] | None = None
 
     def fingerprints(self, inputs: list[str]) -> list[dict]:
-        return [{"path": p} if is_object_url(p) else fingerprint(p) for p in inputs]
+        return [object_fingerprint(p) if is_object_url(p) else fingerprint(p) for p in inputs]
 
     def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> PgLedger:
         prints = self.fingerprints(inputs)

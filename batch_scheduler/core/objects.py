@@ -20,6 +20,7 @@ import hashlib
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from batch_scheduler.core import errors
 
@@ -141,9 +142,10 @@ class BucketObjects:
                                     f"pip install 'batch-scheduler[cluster]'") from None
         self.url = url.rstrip("/")
         try:
-            self._store = from_url(self.url, client_options={"timeout": "60s", "connect_timeout": "10s"},
-                                   retry_config={"max_retries": 6, "retry_timeout": 60.0,
-                                                 "backoff": {"init_backoff": 0.05, "max_backoff": 2.0, "base": 2}})
+            backoff = {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=2), "base": 2}
+            # client options are left to the environment (AWS_ALLOW_HTTP, ...): setting any replaces them all
+            self._store = from_url(self.url, retry_config={"max_retries": 8, "retry_timeout": timedelta(seconds=60),
+                                                 "backoff": backoff})
         except Exception as err:  # noqa: BLE001 - obstore raises its own types for a bad URL or config
             raise errors.UsageError(f"{url}: {err}") from None
 
@@ -191,6 +193,60 @@ class BucketObjects:
         import obstore
         meta = await obstore.head_async(self._store, key)
         return ObjectInfo(key, int(meta["size"]), meta.get("e_tag"))
+
+    def head_sync(self, key: str) -> ObjectInfo:
+        import obstore
+        meta = obstore.head(self._store, key)
+        return ObjectInfo(key, int(meta["size"]), meta.get("e_tag"))
+
+
+class RangeReader:
+    """A bucket object as a read-only file: each `read(n)` is one ranged GET (blocking: call it in a thread)."""
+
+    def __init__(self, objects: BucketObjects, key: str, pos: int = 0):
+        self._objects = objects
+        self._key = key
+        self._pos = pos
+        self._size: int | None = None
+
+    def seek(self, pos: int) -> int:
+        self._pos = pos
+        return pos
+
+    def read(self, n: int = -1) -> bytes:
+        import obstore
+        if self._size is None:
+            self._size = self._objects.head_sync(self._key).size
+        end = self._size if n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        data = bytes(obstore.get_range(self._objects._store, self._key, start=self._pos, end=end))
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def split_object_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/dir/file.jsonl` -> (`s3://bucket`, `dir/file.jsonl`)."""
+    scheme, rest = url.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise errors.UsageError(f"{url}: expected {scheme}://BUCKET/KEY")
+    return f"{scheme}://{bucket}", key
+
+
+def object_fingerprint(url: str) -> dict:
+    """An input object's identity: its size and ETag (a changed object has another)."""
+    base, key = split_object_url(url)
+    try:
+        info = BucketObjects(base).head_sync(key)
+    except errors.SchedulerError:
+        raise
+    except Exception as err:  # noqa: BLE001 - obstore's own errors: not found, refused
+        raise errors.UsageError(f"{url}: cannot read it ({str(err).splitlines()[0]})") from None
+    return {"path": url, "size": info.size, "etag": info.etag}
 
 
 Objects = LocalObjects | BucketObjects

@@ -21,6 +21,7 @@ from typing import BinaryIO, Protocol
 
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.core.lines import split_lines
+from batch_scheduler.core.objects import BucketObjects, RangeReader, split_object_url
 
 BLOCK_BYTES = 4 << 20
 
@@ -100,6 +101,18 @@ class JsonlSource:
                 yield Block(self.index, [tail], line_no, pos)
         finally:
             f.close()
+
+
+class ObjectJsonlSource(JsonlSource):
+    """A .jsonl object in a bucket (s3://, gs://, az://), read with ranged GETs of BLOCK_BYTES from a
+    position (a byte offset: the ledger's spans), so a chunk read again costs its own bytes only."""
+
+    def __init__(self, url: str, index: int, max_line_bytes: int = 256 << 20):
+        super().__init__(url, index, max_line_bytes)
+
+    def _open(self, pos: int) -> BinaryIO:
+        base, key = split_object_url(self.path)
+        return RangeReader(BucketObjects(base), key, pos)  # type: ignore[return-value]
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None

@@ -33,8 +33,9 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core.errors import InputError, UsageError
+from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.reader import BLOCK_BYTES, Block, JsonlSource, Source
+from batch_scheduler.job.reader import BLOCK_BYTES, Block, JsonlSource, ObjectJsonlSource, Source
 from batch_scheduler.job.validate import BLANK
 from batch_scheduler.providers.base import encode
 
@@ -254,7 +255,8 @@ def make_sources(paths: list[str], settings: Settings) -> list[Source]:
     """The job's inputs: rows through --template, or JSONL request lines."""
     if settings.template:
         return list(template_sources(paths, settings))
-    return [JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
+    return [ObjectJsonlSource(p, i, max_line_bytes=settings.batch_bytes) if is_object_url(p)
+            else JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
 
 
 def template_sources(paths: list[str], settings: Settings) -> list[TemplateSource]:
