@@ -4,8 +4,10 @@ reader must (through OUT/_manifest.json)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
+import obstore
 import orjson
 
 from batch_scheduler.cluster import pg
@@ -48,3 +50,14 @@ def manifest_lines(out: str) -> list[dict]:
 def result_files(out: str) -> list[str]:
     root = os.path.join(out, "results")
     return sorted(f"results/{n}" for n in os.listdir(root)) if os.path.isdir(root) else []
+
+
+def bucket_lines(store: object, prefix: str) -> tuple[list[dict], list[str], dict]:
+    manifest = json.loads(bytes(obstore.get(store, f"{prefix}/_manifest.json").bytes()))
+    lines = []
+    for key in manifest["objects"]:
+        data = bytes(obstore.get(store, f"{prefix}/{key}").bytes())
+        lines += [json.loads(x) for x in data.splitlines()]
+    listed = sorted(m["path"][len(prefix) + 1:] for batch in obstore.list(store, f"{prefix}/results")
+                    for m in batch)
+    return lines, listed, manifest

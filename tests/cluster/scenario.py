@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import obstore
 import orjson
 import psycopg
+from obstore.store import S3Store
 
 from batch_scheduler.cluster import pg
 from batch_scheduler.cluster.queue import Queue
 
 from ..conftest import KEY
-from .helpers import manifest_lines, result_files
+from .helpers import bucket_lines, manifest_lines, result_files
 
 NODE_FLAGS = ["--batch-size", "100", "--poll-min", "0.05", "--poll-max", "0.3", "--shards", "4",
               "--max-attempts", "5", "--concurrency", "4"]
@@ -58,14 +60,21 @@ class Cluster:
     lease_s: float = 3.0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     expected: dict[str, list[str]] = field(default_factory=dict)
+    outs: dict[str, str] = field(default_factory=dict)
 
-    def submit(self, name: str, n: int, *, out: str | None = None) -> None:
+    def submit(self, name: str, n: int, *, out: str | None = None, bucket: str | None = None) -> None:
+        """A job of n requests; its input uploaded to `bucket` when given; OUT local unless `out` names one."""
         inp = self.root / f"{name}.jsonl"
         self.expected[name] = write_input(inp, name, n)
+        where = str(inp)
+        if bucket:
+            obstore.put(S3Store(bucket), f"inputs/{name}.jsonl", inp.read_bytes())
+            where = f"s3://{bucket}/inputs/{name}.jsonl"
+        self.outs[name] = out or str(self.root / "out" / name)
         pg.ensure_schema(self.url)
         q = Queue(self.url)
         try:
-            q.submit(name, {"inputs": [str(inp)], "out": out or str(self.root / "out" / name), "options": {}})
+            q.submit(name, {"inputs": [where], "out": self.outs[name], "options": {}})
         finally:
             q.close()
 
@@ -159,12 +168,18 @@ class Cluster:
     def check_results(self) -> None:
         """Every accepted custom_id in exactly one object each manifest lists; nothing unlisted left."""
         for name, ids in self.expected.items():
-            out = str(self.root / "out" / name)
-            got = Counter(r["custom_id"] for r in manifest_lines(out))
+            out = self.outs[name]
+            if out.startswith("s3://"):
+                bucket, _, prefix = out[len("s3://"):].partition("/")
+                lines, present, manifest = bucket_lines(S3Store(bucket), prefix)
+                listed = manifest["objects"]
+            else:
+                lines, present = manifest_lines(out), result_files(out)
+                listed = json.loads(Path(out, "_manifest.json").read_text())["objects"]
+            got = Counter(r["custom_id"] for r in lines)
             assert set(got) == set(ids), f"{name}: {len(set(ids) - set(got))} lost"
             assert max(got.values()) == 1, f"{name}: duplicated {[k for k, v in got.items() if v > 1][:5]}"
-            listed = json.loads(Path(out, "_manifest.json").read_text())["objects"]
-            assert result_files(out) == listed, "result objects no manifest lists were left behind"
+            assert present == listed, "result objects no manifest lists were left behind"
 
     def paid_ratio(self, stats: dict) -> float:
         """Requests paid for over requests accepted (those sent again on purpose after a transient error or

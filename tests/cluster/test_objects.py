@@ -17,19 +17,8 @@ from batch_scheduler.core.objects import BucketObjects, ObjectExists
 from ..conftest import KEY
 from ..helpers import write_requests
 from .faultproxy import FaultProxy
-from .helpers import queue_job
+from .helpers import bucket_lines, queue_job
 from .test_node import FAST, states
-
-
-def bucket_lines(store: S3Store, prefix: str) -> tuple[list[dict], list[str], dict]:
-    manifest = json.loads(bytes(obstore.get(store, f"{prefix}/_manifest.json").bytes()))
-    lines = []
-    for key in manifest["objects"]:
-        data = bytes(obstore.get(store, f"{prefix}/{key}").bytes())
-        lines += [json.loads(x) for x in data.splitlines()]
-    listed = sorted(m["path"][len(prefix) + 1:] for batch in obstore.list(store, f"{prefix}/results")
-                    for m in batch)
-    return lines, listed, manifest
 
 
 async def test_a_job_from_a_bucket_to_a_bucket_through_s3_faults_is_exactly_once(pg_url, sim, s3, tmp_path,

@@ -42,11 +42,15 @@ def check_common(c: Cluster) -> dict:
     return stats
 
 
-def test_three_nodes_share_four_jobs_with_faults_on(cluster):
+def test_three_nodes_share_four_jobs_local_and_s3_in_and_out_with_faults_on(cluster, s3):
+    bucket = s3.new_bucket()
     for node in NODES:
-        cluster.start(node)
+        cluster.start(node)  # the nodes read S3's endpoint and credentials from the environment
     cluster.wait_nodes(NODES)
-    submit_four(cluster)
+    cluster.submit("local-local", 700)
+    cluster.submit("local-s3", 600, out=f"s3://{bucket}/out/local-s3")
+    cluster.submit("s3-local", 800, bucket=bucket)
+    cluster.submit("s3-s3", 500, bucket=bucket, out=f"s3://{bucket}/out/s3-s3")
     cluster.wait_done()
     check_common(cluster)
     assert cluster.nodes_that_ran() == set(NODES)
