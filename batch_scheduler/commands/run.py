@@ -6,10 +6,12 @@ import argparse
 import os
 import sys
 
+from batch_scheduler.cluster.store import BucketRunStore, state_dir_for
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
+from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.options import REMEMBERED, flags_of
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import dry_run
@@ -35,7 +37,7 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
         out = args.dir
     else:
         flags = flags_of(args)
-        inputs = expand_inputs(args.inputs)
+        inputs = [p for given in args.inputs for p in ([given] if is_object_url(given) else expand_inputs([given]))]
         out = args.out
     flags["progress"] = sys.stderr.isatty()
     flags["verbose"] = args.verbose
@@ -46,13 +48,20 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
 def main(args: argparse.Namespace) -> int:
     env = load_environment()
     settings, out, inputs = job_settings(args, env)
-    if settings.dry_run:
-        return run_loop(dry_run(settings, inputs, out))
-    if not settings.api_key:
-        raise errors.UsageError(missing_key_message(settings))
-    remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
-    engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered)
-    result: JobResult = run_loop(engine.run())
+    store = None
+    if is_object_url(out):  # results to a bucket; the ledger stays on this machine (docs/cluster.md)
+        store = BucketRunStore(out, state_dir_for(out, env))
+    try:
+        if settings.dry_run:
+            return run_loop(dry_run(settings, inputs, store.state_dir if store else out))
+        if not settings.api_key:
+            raise errors.UsageError(missing_key_message(settings))
+        remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
+        engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered, store=store)
+        result: JobResult = run_loop(engine.run())
+    finally:
+        if store is not None:
+            store.cleanup()
     print_outcome(result)
     return result.exit_code
 

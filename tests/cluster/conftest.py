@@ -7,7 +7,13 @@ import importlib.util
 
 import pytest
 
-from .servers import MotoServer, PgServer, pg_bindir, require
+from .servers import IN_CI, MotoServer, PgServer, pg_bindir, require
+
+# Without the cluster extra the modules here cannot even be imported: outside CI they are not collected
+# (today's suite runs as it did); under CI=true they are, and fail loudly.
+_EXTRAS = ("psycopg", "obstore", "moto")
+if not IN_CI and any(importlib.util.find_spec(m) is None for m in _EXTRAS):
+    collect_ignore_glob = ["test_*.py"]
 
 
 def _missing_module(name: str) -> str | None:

@@ -63,3 +63,30 @@ async def test_a_write_once_object_is_never_replaced(s3):
     assert await objects.get("a.jsonl", 1, 3) == b"ne"
 
 
+
+
+def test_run_out_s3_writes_results_manifest_and_summary_to_the_bucket_and_resumes_from_local_state(
+        s3, tmp_path, monkeypatch, capsys):
+    from batch_scheduler.commands.main import main
+    from batch_scheduler.simulator.process import SimulatorProcess
+
+    bucket = s3.new_bucket()
+    inp = tmp_path / "in.jsonl"
+    ids = write_requests(str(inp), 300, prefix="run")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    out = f"s3://{bucket}/runs/first"
+    with SimulatorProcess(["--faults", "--seed", "9", "--processing-s", "0.2"]) as sim:
+        argv = ["run", str(inp), "--out", out, "--base-url", sim.url, "--batch-size", "50", "--poll-min", "0.02",
+                "--poll-max", "0.1", "--shards", "3"]
+        assert main(argv) == 0
+        assert main(argv) == 0  # the same command again: the local ledger says it is done; nothing is sent
+        paid = sim.stats()["requests_created"]
+    lines, listed, manifest = bucket_lines(S3Store(bucket), "runs/first")
+    assert Counter(r["custom_id"] for r in lines) == Counter(ids)
+    assert manifest == {"job": out, "objects": listed}
+    summary = json.loads(bytes(obstore.get(S3Store(bucket), "runs/first/summary.json").bytes()))
+    assert summary["requests"]["finished"] == 300
+    assert paid - summary["attempts"]["requests_retried"] <= 300 * 1.05  # sent again on purpose: paid again
+    assert not list((tmp_path).glob("s3:*")), "nothing local is named after the URL"
+    assert "300 of 300 requests finished" in capsys.readouterr().err
