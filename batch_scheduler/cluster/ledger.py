@@ -11,6 +11,10 @@ committed, every transaction of the old claim rolls back and raises `LeaseLost`:
 writes nothing. A dropped connection raises `LedgerUnavailable`: the outcome of that transaction is
 unknown, as after a crash, so the node drops the job and whoever claims it resumes from the ledger.
 
+With a shared budget (`share`: budget.py), `record_intent` takes the batch's room in the provider's
+queue in the same fenced transaction as the intent, and waits (outside any transaction) while there
+is none; the room comes back when the batch ends or turns out never to have been created.
+
 Each method is one transaction on the ledger's own thread, shielded from cancellation.
 """
 
@@ -18,18 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from batch_scheduler.cluster import pg
+from batch_scheduler.cluster import budget, pg
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import _CHUNK_COLS, ChunkKind, ChunkRow, ChunkState, RetryState
 
 T = TypeVar("T")
 Cursor = Any
 
+ROOM_POLL_S = 0.1  # how often a job waiting for room in the shared budget looks again
+_FREES = (ChunkState.PLANNED, ChunkState.DROPPED, ChunkState.FAILED, ChunkState.SPLIT)  # no batch holds room
 _FENCE = ("SELECT 1 FROM jobs WHERE id = %s AND claim_token = %s AND lease_until > clock_timestamp() "
           "FOR SHARE")
 _ADD = ("INSERT INTO counters (job_id, name, value) VALUES (%s, %s, %s) ON CONFLICT (job_id, name) "
@@ -49,6 +56,8 @@ class PgLedger:
         self.token = token
         self.name = name or str(job_id)
         self.fenced = False
+        self.share: budget.Share | None = None  # the shared admission budget this job draws on, if any
+        self.waited_s = 0.0  # time spent waiting for room in it
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-ledger")
         try:
             self._db = self._pool.submit(pg.connect, url).result()
@@ -148,10 +157,21 @@ class PgLedger:
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
                             retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
                             ) -> int:
-        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting."""
-        now = time.time()
+        """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting, with its
+        room in the shared budget (waiting for it while there is none)."""
+        share = self.share
+        started = time.monotonic()
 
-        def q(c: Cursor) -> int:
+        def q(c: Cursor) -> int | None:
+            now = time.time()
+            if share is not None and not budget.reserve(c, share, self.job_id, chunk_id, take):
+                return None  # no room (or not this job's turn): the transaction keeps only the waiter row
+            got = intent(c, now)
+            if share is not None:
+                budget.hold(c, share, self.job_id, got, take)
+            return got
+
+        def intent(c: Cursor, now: float) -> int:
             if chunk_id is not None:
                 c.execute("UPDATE chunks SET state=%s, intent_at=%s, nbytes=%s, est_cost=%s WHERE job_id=%s AND id=%s",
                           (ChunkState.SUBMITTING, now, nbytes, est_cost, self.job_id, chunk_id))
@@ -167,7 +187,11 @@ class PgLedger:
                 c.executemany("UPDATE retries SET chunk_id=%s, state=%s WHERE job_id=%s AND custom_id=%s",
                               [(new_id, RetryState.ASSIGNED, self.job_id, cid) for cid in retry_ids])
             return new_id
-        return await self._run(q)
+
+        while (got := await self._run(q)) is None:  # noqa: ASYNC110 - room comes back on other nodes: polled
+            await asyncio.sleep(ROOM_POLL_S * random.uniform(0.5, 1.5))
+        self.waited_s += time.monotonic() - started
+        return got
 
     async def record_submitted(self, chunk_id: int, batch_id: str, *, adopted: bool = False) -> None:
         await self._run(lambda c: c.execute(
@@ -175,28 +199,37 @@ class PgLedger:
             (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), self.job_id, chunk_id)))
 
     async def set_state(self, chunk_id: int, state: ChunkState, note: str | None = None) -> None:
-        await self._run(lambda c: c.execute(
-            "UPDATE chunks SET state=%s, note=COALESCE(%s, note) WHERE job_id=%s AND id=%s",
-            (state, note, self.job_id, chunk_id)))
+        def q(c: Cursor) -> None:
+            c.execute("UPDATE chunks SET state=%s, note=COALESCE(%s, note) WHERE job_id=%s AND id=%s",
+                      (state, note, self.job_id, chunk_id))
+            if state in _FREES:
+                budget.release(c, chunk_id)
+        await self._run(q)
 
     async def set_note(self, chunk_id: int, note: str) -> None:
         await self._run(lambda c: c.execute("UPDATE chunks SET note=%s WHERE job_id=%s AND id=%s",
                                             (note, self.job_id, chunk_id)))
 
     async def disown(self, chunk_id: int, note: str) -> None:
-        await self._run(lambda c: c.execute(
-            "UPDATE chunks SET state=%s, batch_id=NULL, adopted=0, note=%s WHERE job_id=%s AND id=%s",
-            (ChunkState.PLANNED, note, self.job_id, chunk_id)))
+        def q(c: Cursor) -> None:
+            c.execute("UPDATE chunks SET state=%s, batch_id=NULL, adopted=0, note=%s WHERE job_id=%s AND id=%s",
+                      (ChunkState.PLANNED, note, self.job_id, chunk_id))
+            budget.release(c, chunk_id)
+        await self._run(q)
 
     async def mark_ended(self, chunk_id: int, ended_at: float | None) -> None:
-        await self._run(lambda c: c.execute(
-            "UPDATE chunks SET ended_at=COALESCE(ended_at, %s) WHERE job_id=%s AND id=%s",
-            (ended_at or time.time(), self.job_id, chunk_id)))
+        """The batch ended at the provider: its room in the queue comes back."""
+        def q(c: Cursor) -> None:
+            c.execute("UPDATE chunks SET ended_at=COALESCE(ended_at, %s) WHERE job_id=%s AND id=%s",
+                      (ended_at or time.time(), self.job_id, chunk_id))
+            budget.release(c, chunk_id)
+        await self._run(q)
 
     async def record_split(self, chunk_id: int, halves: list[tuple[int, int, int, list[str]]]) -> list[int]:
         def q(c: Cursor) -> list[int]:
             parent = self._select(c, "id=%s", (chunk_id,))[0]
             c.execute("UPDATE chunks SET state=%s WHERE job_id=%s AND id=%s", (ChunkState.SPLIT, self.job_id, chunk_id))
+            budget.release(c, chunk_id)  # the halves take their own room when they are sent
             new_ids: list[int] = []
             for skip, take, nbytes, ids in halves:
                 new_ids.append(int(c.execute(
@@ -287,6 +320,7 @@ class PgLedger:
             self._add(c, counts)
             c.execute("UPDATE chunks SET state=%s, collected_at=%s, ended_at=COALESCE(ended_at, %s)"
                       " WHERE job_id=%s AND id=%s", (ChunkState.COLLECTED, now, now, self.job_id, chunk_id))
+            budget.release(c, chunk_id)
         await self._run(q)
 
     async def record_failed(self, chunk_id: int, *, park: list[tuple[str, bytes, int, RetryState, bytes]],
@@ -296,6 +330,7 @@ class PgLedger:
             self._add(c, {"batches_failed": 1})
             c.execute("UPDATE chunks SET state=%s, note=COALESCE(%s, note) WHERE job_id=%s AND id=%s",
                       (ChunkState.FAILED, note, self.job_id, chunk_id))
+            budget.release(c, chunk_id)
         await self._run(q)
 
     async def add_counts(self, counts: dict[str, float]) -> None:

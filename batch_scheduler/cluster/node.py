@@ -55,6 +55,7 @@ class NodeConfig:
     restart_waits_s: tuple[float, ...] = RESTART_WAITS_S
     stop_deadline_s: float = STOP_DEADLINE_S
     install_signals: bool = False
+    queue_limit: int | None = None  # requests queued per provider account, shared by every node
 
 
 class Node:
@@ -63,7 +64,7 @@ class Node:
         self.queue = Queue(config.url)
         self.runner = JobRunner(config.url, self.queue, flags=config.flags, env=load_env(),
                                 lease_s=config.lease_s, key_check_s=config.key_check_s,
-                                restart_waits_s=config.restart_waits_s)
+                                restart_waits_s=config.restart_waits_s, queue_limit=config.queue_limit)
         self.jobs: dict[str, Running] = {}
         self.connected = False
         self.should_exit = False
@@ -229,6 +230,9 @@ def add_arguments(p: Any) -> None:
                    help="seconds a claim on a job lasts without renewal (default 60; renewed every third)")
     g.add_argument("--poll-s", type=float, default=1.0, metavar="S",
                    help="how often the node looks for jobs to claim (default 1)")
+    g.add_argument("--queue-limit", type=int, metavar="N",
+                   help="requests queued at the provider per account, shared by every node and job (weighted "
+                        "fair shares; default: none)")
 
 
 def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
@@ -237,10 +241,13 @@ def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
     url = pg.check_url(args.ledger)
     if args.lease <= 0 or args.poll_s <= 0 or args.max_jobs < 1:
         raise errors.UsageError("--lease and --poll-s must be above 0, --max-jobs at least 1")
+    if args.queue_limit is not None and args.queue_limit < 1:
+        raise errors.UsageError(f"--queue-limit {args.queue_limit}: must be at least 1")
     if args.poll_s * 3 > args.lease:
         raise errors.UsageError(f"--poll-s {args.poll_s:g} must be at most a third of --lease {args.lease:g}")
     changes: dict[str, Any] = {"lease_s": args.lease, "poll_s": args.poll_s, "max_jobs": args.max_jobs,
-                               "flags": flags, "key_check_s": args.key_check_s, "install_signals": True}
+                               "flags": flags, "key_check_s": args.key_check_s, "install_signals": True,
+                               "queue_limit": args.queue_limit}
     if args.node_id:
         changes["node_id"] = args.node_id
     if args.listen:

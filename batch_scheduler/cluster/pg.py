@@ -92,6 +92,10 @@ CREATE TABLE IF NOT EXISTS reservations (            -- what each chunk in fligh
     account TEXT NOT NULL, pool TEXT NOT NULL, requests BIGINT NOT NULL, weight DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reservations_pool ON reservations(account, pool);
+CREATE TABLE IF NOT EXISTS waiters (                 -- jobs waiting for room in a pool (fair shares)
+    job_id BIGINT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE, account TEXT NOT NULL, pool TEXT NOT NULL,
+    weight DOUBLE PRECISION NOT NULL, seen_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
 """
 
 

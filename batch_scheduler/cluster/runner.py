@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batch_scheduler.cluster import budget
 from batch_scheduler.cluster.lease import Lease
 from batch_scheduler.cluster.ledger import PgLedger
 from batch_scheduler.cluster.queue import Claimed, Queue
@@ -45,7 +46,7 @@ class Running:
 class JobRunner:
     def __init__(self, url: str, queue: Queue, *, flags: Mapping[str, Any], env: Mapping[str, str], lease_s: float,
                  key_check_s: float = 60.0, restart_waits_s: tuple[float, ...] = RESTART_WAITS_S,
-                 work_root: str | None = None):
+                 work_root: str | None = None, queue_limit: int | None = None):
         self.url = url
         self.queue = queue
         self.flags = flags
@@ -54,6 +55,7 @@ class JobRunner:
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
         self.work_root = work_root
+        self.queue_limit = queue_limit  # requests queued per provider account, shared by every node (budget.py)
         self.to_give_back: list[Claimed] = []  # dropped while PostgreSQL was away: queued again once it is back
 
     def settings_of(self, claimed: Claimed) -> Any:
@@ -73,8 +75,9 @@ class JobRunner:
         try:
             try:
                 settings = self.settings_of(claimed)
+                share = await self._share(claimed, settings)
                 store = ClusterStore(self.url, claimed.job_id, claimed.name, claimed.token, claimed.spec["out"],
-                                     work_root=self.work_root)
+                                     work_root=self.work_root, share=share)
             except errors.UsageError as err:
                 await self._settle(job, "failed", str(err))
                 return
@@ -114,6 +117,15 @@ class JobRunner:
             keeper.cancel()
             if store is not None:
                 store.cleanup()
+
+    async def _share(self, claimed: Claimed, settings: Any) -> budget.Share | None:
+        """The job's share of its account's queue, when the nodes share a limit (--queue-limit)."""
+        if self.queue_limit is None or not settings.api_key:
+            return None
+        share = budget.Share(budget.account_of(settings.provider, settings.base_url, settings.api_key),
+                             budget.REQUESTS_POOL, self.queue_limit, float(claimed.spec.get("weight") or 1.0))
+        await self.queue.run(lambda db: budget.set_limit(db, share))
+        return share
 
     async def cancel_batches(self, job: Running) -> None:
         """`cancel --ledger URL NAME` was asked: the provider cancels the job's batches in flight (the

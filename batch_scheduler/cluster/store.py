@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from batch_scheduler.cluster.budget import Share
 from batch_scheduler.cluster.ledger import PgLedger
 from batch_scheduler.cluster.results import ObjectShards, collect_garbage, write_manifest
 from batch_scheduler.core.ledger import Ledger
@@ -80,14 +81,16 @@ class ClusterStore(ObjectsStore):
     """One claim on a cluster job: its ledger in PostgreSQL, fenced by the claim's token."""
 
     def __init__(self, url: str, job_id: int, name: str, token: str, out: str, *, work_root: str | None = None,
-                 objects: Objects | None = None):
+                 objects: Objects | None = None, share: Share | None = None):
         super().__init__(name, token, out, work_root=work_root, objects=objects)
         self.url = url
         self.job_id = job_id
+        self.share = share  # the shared admission budget the job draws on (budget.py), if any
 
     def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> PgLedger:
         prints = self.fingerprints(inputs)
         self.ledger = PgLedger(self.url, self.job_id, self.token, name=self.name)
+        self.ledger.share = self.share
         return check_identity(self.ledger, settings, self.where, prints, remembered)
 
 

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", required=True, metavar="NAME", help="the job's name in the cluster (unique)")
     r.add_argument("--out", required=True, metavar="OUT",
                    help="where results go: s3://bucket/prefix (gs://, az://) or a directory every node shares")
+    r.add_argument("--weight", type=float, default=1.0, metavar="W",
+                   help="the job's weight in the shared queue (daemon --queue-limit): its fair share (default 1)")
     add_job_options(r, only=_daemon_job_options())
     _common(r, top=False)
 

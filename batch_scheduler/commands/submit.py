@@ -39,7 +39,9 @@ def job_spec(args: argparse.Namespace) -> dict:
         build_settings(dict(options), {})  # bad options are refused here, not on every node
     except (TypeError, ValueError) as err:
         raise errors.UsageError(f"options: {err}") from None
-    return {"inputs": inputs, "out": out, "options": options}
+    if not args.weight > 0:
+        raise errors.UsageError(f"--weight {args.weight:g}: must be above 0")
+    return {"inputs": inputs, "out": out, "options": options, "weight": args.weight}
 
 
 def main(args: argparse.Namespace) -> int:
