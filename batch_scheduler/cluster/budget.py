@@ -9,9 +9,10 @@ the pool's budget row is locked FOR UPDATE, so two nodes never both take the las
 back when the batch ends at the provider (`mark_ended`), or when it turns out never to have been created
 (planned again, dropped, failed, disowned).
 
-Weighted fair shares, work-conserving: while other jobs wait for the same pool (seen within WAITING_S),
-a job takes room only if it holds no more of the pool per unit of weight than each of them, so room
-goes to whoever holds least; a job alone, or whose neighbours have nothing to send, may use it all.
+Weighted fair shares, work-conserving: while other jobs want room in the same pool (they asked within
+WAITING_S), a job takes room only if it holds no more of the pool per unit of weight than each of them,
+so room goes to whoever holds least; a job alone, or whose neighbours have nothing more to send (they
+stopped asking), may use it all.
 
 This is the queue-limit part of issue 16's budget, kept in PostgreSQL; the limit is a hard cap given
 to the nodes (`--queue-limit`). The learned limit of issue 16's admission object and its token
@@ -25,7 +26,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-WAITING_S = 2.0  # a waiter not seen again within this is gone (its node stopped, or it got room)
+WAITING_S = 1.0  # a job that asked for room within this counts as wanting more (its next batch is coming)
 REQUESTS_POOL = "requests"
 
 
@@ -71,13 +72,12 @@ def reserve(c: Any, share: Share, job_id: int, chunk_id: int | None, requests: i
         (share.account, share.pool, job_id, WAITING_S)).fetchall()
     fair = all(mine / share.weight <= float(held) / float(weight) for weight, held in others)
     room = used + requests <= limit or (used == 0 and mine == 0)  # a batch larger than the limit still goes alone
-    if room and fair:
-        c.execute("DELETE FROM waiters WHERE job_id=%s", (job_id,))
-        return True
+    # a job that asks is wanting, whether it gets room now or not: its next batch follows this one, and
+    # while it keeps asking the others leave it the room it is owed (after WAITING_S it is not counted)
     c.execute("INSERT INTO waiters (job_id, account, pool, weight) VALUES (%s, %s, %s, %s) ON CONFLICT (job_id)"
               " DO UPDATE SET seen_at=clock_timestamp(), weight=excluded.weight, account=excluded.account,"
               " pool=excluded.pool", (job_id, share.account, share.pool, share.weight))
-    return False
+    return room and fair
 
 
 def hold(c: Any, share: Share, job_id: int, chunk_id: int, requests: int) -> None:

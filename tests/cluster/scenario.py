@@ -62,7 +62,8 @@ class Cluster:
     expected: dict[str, list[str]] = field(default_factory=dict)
     outs: dict[str, str] = field(default_factory=dict)
 
-    def submit(self, name: str, n: int, *, out: str | None = None, bucket: str | None = None) -> None:
+    def submit(self, name: str, n: int, *, out: str | None = None, bucket: str | None = None,
+               weight: float = 1.0) -> None:
         """A job of n requests; its input uploaded to `bucket` when given; OUT local unless `out` names one."""
         inp = self.root / f"{name}.jsonl"
         self.expected[name] = write_input(inp, name, n)
@@ -74,17 +75,17 @@ class Cluster:
         pg.ensure_schema(self.url)
         q = Queue(self.url)
         try:
-            q.submit(name, {"inputs": [where], "out": self.outs[name], "options": {}})
+            q.submit(name, {"inputs": [where], "out": self.outs[name], "options": {}, "weight": weight})
         finally:
             q.close()
 
-    def start(self, node: str) -> None:
+    def start(self, node: str, *extra: str) -> None:
         log = open(self.root / f"{node}.log", "ab")  # noqa: SIM115 - the node process writes it
         env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
         self.procs[node] = subprocess.Popen(
             [sys.executable, "-m", "batch_scheduler", "daemon", "--ledger", self.url, "--node-id", node,
              "--lease", str(self.lease_s), "--poll-s", str(self.lease_s / 10), "--log-json", "--base-url",
-             self.sim_url, *NODE_FLAGS], stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env,
+             self.sim_url, *NODE_FLAGS, *extra], stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env,
             cwd=self.root)
         log.close()
 
@@ -139,6 +140,28 @@ class Cluster:
             if every:
                 every()
             time.sleep(0.1)
+
+    def took_s(self, name: str) -> float:
+        """From submit to done, by the database's clock."""
+        with psycopg.connect(self.url, connect_timeout=3) as db:
+            return float(db.execute("SELECT EXTRACT(EPOCH FROM updated_at - submitted_at) FROM batch_scheduler.jobs"
+                                    " WHERE name=%s AND state='done'", (name,)).fetchone()[0])
+
+    def timeline(self, name: str) -> list[tuple]:
+        """Each of a job's batches: seconds from the job's submit to its intent, create, end and collection."""
+        with psycopg.connect(self.url, connect_timeout=3) as db:
+            return db.execute(
+                "SELECT c.id, round((c.intent_at - EXTRACT(EPOCH FROM j.submitted_at))::numeric, 2),"
+                " round((c.submitted_at - EXTRACT(EPOCH FROM j.submitted_at))::numeric, 2),"
+                " round((c.ended_at - EXTRACT(EPOCH FROM j.submitted_at))::numeric, 2),"
+                " round((c.collected_at - EXTRACT(EPOCH FROM j.submitted_at))::numeric, 2)"
+                " FROM batch_scheduler.chunks c JOIN batch_scheduler.jobs j ON j.id = c.job_id WHERE j.name=%s"
+                " ORDER BY c.id", (name,)).fetchall()
+
+    def queued(self) -> int:
+        """Requests our batches hold in the provider's queue (the shared budget's reservations)."""
+        with psycopg.connect(self.url, connect_timeout=3) as db:
+            return int(db.execute("SELECT COALESCE(SUM(requests), 0) FROM batch_scheduler.reservations").fetchone()[0])
 
     def running_on(self, node: str) -> list[str]:
         with psycopg.connect(self.url, connect_timeout=3) as db:

@@ -4,9 +4,11 @@ issue's table asks: every job done, 0 lost, 0 duplicated, paid at most 1.05x, an
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,40 @@ def test_postgres_stopped_and_restarted_mid_run_the_nodes_reconnect_and_finish(c
     lost = {e.node for e in events if e.ts >= stopped and "lost PostgreSQL" in e.msg}
     back = {e.node for e in events if e.ts >= stopped and "answers again; resuming" in e.msg}
     assert lost == back == set(NODES)
+
+
+def test_three_teams_share_a_queue_limit_and_a_small_job_beside_large_ones_keeps_its_pace(pg_server, tmp_path):
+    limit = 600  # 6 batches of 100: a fair third each is 2, what the small job needs
+    url = pg_server.new_database()
+    with SimulatorProcess(["--queue-limit", str(limit), "--processing-s", "1.5", "--seed", "2"]) as sim:
+        c = Cluster(tmp_path, url, sim.url, lease_s=LEASE_S)
+        try:
+            for node in NODES:
+                c.start(node, "--queue-limit", str(limit))
+            c.wait_nodes(NODES)
+            c.submit("small-solo", 200)
+            c.wait_done()
+            solo_s = c.took_s("small-solo")
+            c.submit("team-a", 2000)
+            c.submit("team-b", 2000)
+            deadline = time.monotonic() + 20
+            while c.queued() < limit - 100:  # the large jobs fill the queue
+                assert time.monotonic() < deadline, c.tail()
+                time.sleep(0.05)
+            c.submit("team-c-small", 200)
+            peak = 0
+
+            def sample() -> None:
+                nonlocal peak
+                peak = max(peak, c.queued())
+            c.wait_done(every=sample)
+            beside_s = c.took_s("team-c-small")
+        finally:
+            c.stop_all()
+        c.check_results()
+        assert peak <= limit
+        for name in c.expected:
+            calls = json.loads(Path(c.outs[name], "summary.json").read_text())["http"]["calls"]
+            assert not {k: v for k, v in calls.items() if k.endswith(" 429")}, (name, calls)  # never queue-full
+        print(f"small job: solo {solo_s:.2f} s, beside two large jobs {beside_s:.2f} s; peak queued {peak} of {limit}")
+        assert beside_s <= 2 * solo_s, (solo_s, beside_s, c.timeline("team-c-small"))
