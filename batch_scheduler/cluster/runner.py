@@ -154,7 +154,7 @@ class JobRunner:
         elif code == ExitCode.AUTH:
             await self._settle(job, "paused", key_refused_reason(settings, result.http_status, self.key_check_s),
                                wait_s=self.key_check_s, restarts=0)
-        elif engine.cancelled:
+        elif engine.cancelled or job.claimed.cancel_requested:
             await self._settle(job, "cancelled", "cancelled; what its batches finished is in the results")
         elif code == ExitCode.FAILED and result.retry and job.claimed.restarts < len(self.restart_waits_s):
             wait_s = self.restart_waits_s[job.claimed.restarts]

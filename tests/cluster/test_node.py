@@ -71,3 +71,21 @@ def check_out(out: str, name: str, ids: list[str]) -> None:
     summary = json.loads(Path(out, "summary.json").read_text())
     assert summary["requests"]["finished"] == len(ids)
     assert os.path.exists(os.path.join(out, "rejected.jsonl"))
+
+
+async def test_cancel_of_a_running_job_cancels_its_batches_and_settles_it_cancelled(pg_url, node, sim, tmp_path):
+    sim.config.processing_s = 30.0  # the batches stay in flight until cancelled
+    inp = str(tmp_path / "in.jsonl")
+    write_requests(inp, 200, prefix="c")
+    await asyncio.to_thread(queue_job, pg_url, "to-cancel", [inp], str(tmp_path / "out"), FAST)
+    await until(lambda: sim.stats["creates"] >= 2, "batches created")
+    q = Queue(pg_url)
+    try:
+        assert await asyncio.to_thread(q.cancel, "to-cancel") == "running"
+    finally:
+        await asyncio.to_thread(q.close)
+    deadline = asyncio.get_running_loop().time() + 30
+    while (await states(pg_url))["to-cancel"] != "cancelled":
+        assert asyncio.get_running_loop().time() < deadline, await states(pg_url)
+        await asyncio.sleep(0.05)
+    assert sim.stats["cancels"] >= 2
