@@ -14,6 +14,7 @@ import pytest
 
 from batch_scheduler.simulator.process import SimulatorProcess
 
+from .faultproxy import FaultProxy
 from .scenario import Cluster
 
 LEASE_S = 3.0
@@ -44,18 +45,21 @@ def check_common(c: Cluster) -> dict:
     return stats
 
 
-def test_three_nodes_share_four_jobs_local_and_s3_in_and_out_with_faults_on(cluster, s3):
+def test_three_nodes_share_four_jobs_local_and_s3_in_and_out_with_faults_on(cluster, s3, monkeypatch):
     bucket = s3.new_bucket()
-    for node in NODES:
-        cluster.start(node)  # the nodes read S3's endpoint and credentials from the environment
-    cluster.wait_nodes(NODES)
-    cluster.submit("local-local", 700)
-    cluster.submit("local-s3", 600, out=f"s3://{bucket}/out/local-s3")
-    cluster.submit("s3-local", 800, bucket=bucket)
-    cluster.submit("s3-s3", 500, bucket=bucket, out=f"s3://{bucket}/out/s3-s3")
-    cluster.wait_done()
-    check_common(cluster)
+    with FaultProxy(s3.endpoint, p503=0.1, preset=0.05, pstored500=0.1, seed=8) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # S3 faults too: 503s, resets mid-PUT, stored but 500
+        for node in NODES:
+            cluster.start(node)  # the nodes read S3's endpoint and credentials from the environment
+        cluster.wait_nodes(NODES)
+        cluster.submit("local-local", 700)
+        cluster.submit("local-s3", 600, out=f"s3://{bucket}/out/local-s3")
+        cluster.submit("s3-local", 800, bucket=bucket)
+        cluster.submit("s3-s3", 500, bucket=bucket, out=f"s3://{bucket}/out/s3-s3")
+        cluster.wait_done()
+        check_common(cluster)  # exactly once, no orphan object left, each manifest once
     assert cluster.nodes_that_ran() == set(NODES)
+    assert proxy.counts["503"] and proxy.counts["stored_500"], proxy.counts
 
 
 def test_kill_9_a_node_repeatedly_and_every_orphan_is_claimed_again_within_two_leases(cluster):
