@@ -155,8 +155,8 @@ class PgLedger:
     async def record_intent(self, *, kind: ChunkKind, take: int, nbytes: int, root_seq: int | None = None,
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
-                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
-                            ) -> int:
+                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
+                            units: int | None = None, queue_key: str | None = None) -> int:
         """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting, with its
         room in the shared budget (waiting for it while there is none)."""
         share = self.share
@@ -173,16 +173,17 @@ class PgLedger:
 
         def intent(c: Cursor, now: float) -> int:
             if chunk_id is not None:
-                c.execute("UPDATE chunks SET state=%s, intent_at=%s, nbytes=%s, est_cost=%s WHERE job_id=%s AND id=%s",
-                          (ChunkState.SUBMITTING, now, nbytes, est_cost, self.job_id, chunk_id))
+                c.execute("UPDATE chunks SET state=%s, intent_at=%s, nbytes=%s, est_cost=%s, units=%s, queue_key=%s"
+                          " WHERE job_id=%s AND id=%s",
+                          (ChunkState.SUBMITTING, now, nbytes, est_cost, units, queue_key, self.job_id, chunk_id))
                 return chunk_id
             sf, sp, sl, ef, ep = span or (None, None, None, None, None)
             new_id = int(c.execute(
                 "INSERT INTO chunks (job_id, kind, root_seq, skip, take, start_file, start_pos, start_line,"
-                " end_file, end_pos, nbytes, state, attempt, intent_at, est_cost, skipped)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+                " end_file, end_pos, nbytes, state, attempt, intent_at, est_cost, skipped, units, queue_key)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
                 (self.job_id, kind, root_seq, skip, take, sf, sp, sl, ef, ep, nbytes, ChunkState.SUBMITTING, attempt,
-                 now, est_cost, json.dumps(skipped) if skipped else None)).fetchone()[0])
+                 now, est_cost, json.dumps(skipped) if skipped else None, units, queue_key)).fetchone()[0])
             if retry_ids:
                 c.executemany("UPDATE retries SET chunk_id=%s, state=%s WHERE job_id=%s AND custom_id=%s",
                               [(new_id, RetryState.ASSIGNED, self.job_id, cid) for cid in retry_ids])
@@ -332,6 +333,20 @@ class PgLedger:
                       (ChunkState.FAILED, note, self.job_id, chunk_id))
             budget.release(c, chunk_id)
         await self._run(q)
+
+    async def record_queue_full(self, chunk_id: int, note: str, *, counter: str, limits: dict[str, Any]) -> None:
+        """The provider's queue was full for this chunk's batch: it waits to be sent again (its room in the
+        shared budget comes back), the answer is counted and what admission learned kept, in one transaction."""
+        def q(c: Cursor) -> None:
+            c.execute("UPDATE chunks SET state=%s, note=%s WHERE job_id=%s AND id=%s",
+                      (ChunkState.PLANNED, note, self.job_id, chunk_id))
+            budget.release(c, chunk_id)
+            self._add(c, {counter: 1})
+            self._write_meta(c, {"queue_limits": limits})
+        await self._run(q)
+
+    async def record_queue_limits(self, doc: dict[str, Any]) -> None:
+        await self._run(lambda c: self._write_meta(c, {"queue_limits": doc}))
 
     async def add_counts(self, counts: dict[str, float]) -> None:
         await self._run(lambda c: self._add(c, counts))

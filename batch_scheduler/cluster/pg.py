@@ -54,8 +54,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     adopted INTEGER NOT NULL DEFAULT 0, attempt INTEGER NOT NULL DEFAULT 1,
     intent_at DOUBLE PRECISION, submitted_at DOUBLE PRECISION, ended_at DOUBLE PRECISION,
     collected_at DOUBLE PRECISION, est_cost DOUBLE PRECISION NOT NULL DEFAULT 0, note TEXT, skipped TEXT,
+    units BIGINT, queue_key TEXT,
     UNIQUE (job_id, batch_id)
 );
+ALTER TABLE chunks ADD COLUMN IF NOT EXISTS units BIGINT;      -- a schema made before issue 16's columns
+ALTER TABLE chunks ADD COLUMN IF NOT EXISTS queue_key TEXT;
 CREATE INDEX IF NOT EXISTS chunks_root ON chunks(job_id, root_seq);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(job_id, state);
 CREATE TABLE IF NOT EXISTS retries (

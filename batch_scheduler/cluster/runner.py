@@ -29,6 +29,7 @@ from batch_scheduler.core.options import REMEMBERED
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, key_refused_reason, outcome_line
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.queue_budget import QueuePool
 from batch_scheduler.providers import build_settings, missing_key_message
 
 log = logging.getLogger("batch_scheduler.cluster")
@@ -56,6 +57,7 @@ class JobRunner:
         self.restart_waits_s = restart_waits_s
         self.work_root = work_root
         self.queue_limit = queue_limit  # requests queued per provider account, shared by every node (budget.py)
+        self.queues = QueuePool()  # issue 16's budget of the provider queues, shared by this node's jobs
         self.to_give_back: list[Claimed] = []  # dropped while PostgreSQL was away: queued again once it is back
 
     def settings_of(self, claimed: Claimed) -> Any:
@@ -87,7 +89,7 @@ class JobRunner:
                 return
             remembered = {k: v for k, v in (claimed.spec.get("options") or {}).items() if k in REMEMBERED}
             engine = job.engine = Engine(settings, claimed.spec["out"], list(claimed.spec["inputs"]), quiet=True,
-                                         store=store, lease=job.lease, remembered=remembered)
+                                         store=store, lease=job.lease, remembered=remembered, queues=self.queues)
             log.info("job %s: running (claim %d)", claimed.name, claimed.claims, extra={**extra, "state": "running"})
             if claimed.cancel_requested:
                 await self.cancel_batches(job)

@@ -9,6 +9,7 @@
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
+        │   ├── QueueFull               429 at create: the organisation's processing queue is full
         │   ├── ServerError             500, 502, 503, 504, 529 (overloaded)
         │   ├── NetworkError            connection refused, reset or dropped
         │   │   └── OutcomeUnknown      dropped after the body was sent: a batch may exist
@@ -81,6 +82,17 @@ class RateLimited(TransientError):
         self.retry_after_s = retry_after_s
 
 
+class QueueFull(TransientError):
+    """A create refused because the provider's processing queue holds all it will take (Anthropic and
+    the inline proxy: a 429 that names the queue). Not retried by the HTTP layer: admission waits for a
+    batch of ours to end, and learns a smaller limit (`stated_limit` when the message gives one)."""
+
+    def __init__(self, message: str, *, status: int | None = 429, kind: str | None = None,
+                 stated_limit: int | None = None):
+        super().__init__(message, status=status, kind=kind)
+        self.stated_limit = stated_limit
+
+
 class ServerError(TransientError):
     pass
 
@@ -119,6 +131,8 @@ class ProtocolError(FatalError):
 
 _TRANSIENT_STATUSES = {500, 502, 503, 504, 529}
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
+_QUEUE = re.compile(r"\bqueue", re.IGNORECASE)  # a 429 about the processing queue, not about the request rate
+_STATED_LIMIT = re.compile(r"limit of ([\d,]+)", re.IGNORECASE)
 
 
 def error_message(body: bytes) -> tuple[str | None, str]:
@@ -142,6 +156,18 @@ def rejected_request_index(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def queue_full_limit(message: str) -> tuple[bool, int | None]:
+    """Whether a 429's message is about the processing queue, and the limit it states (if it states one).
+
+    A request-rate 429 ("rate limit of 1,000 requests per minute") and a spend-limit 429 ("API usage
+    limits", `error_code: enforced_spend_limit_reached`) do not name the queue.
+    """
+    if not _QUEUE.search(message):
+        return False, None
+    m = _STATED_LIMIT.search(message)
+    return True, (int(m.group(1).replace(",", "")) if m and m.group(1).replace(",", "") else None)
+
+
 def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -157,6 +183,8 @@ def from_status(status: int, body: bytes, headers: dict | None = None, *, what: 
     text = f"{what}: HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
     if status in (401, 403):
         return AuthRefused(text, status=status, kind=kind)
+    if status == 429 and (queue := queue_full_limit(message))[0]:
+        return QueueFull(text, status=status, kind=kind, stated_limit=queue[1])
     if status == 429:
         retry_after = parse_retry_after((headers or {}).get("retry-after"))
         return RateLimited(text, status=status, kind=kind, retry_after_s=retry_after)

@@ -6,6 +6,7 @@ server's `retry-after` beats the computed wait, and a 429 closes the endpoint's 
 of that endpoint waits, not just the one that was told. Calls that must not be repeated blindly
 (`idempotent=False`, i.e. batch creation) are not retried on a dropped connection or a timeout: the
 caller gets `OutcomeUnknown` and decides (see submitter: look for the batch before sending again).
+A 429 about the processing queue (`QueueFull`) is not retried either: admission waits for a batch to end.
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ class HttpClient:
                 err.args = (self.redact(str(err)),)
                 if isinstance(err, errors.OutcomeUnknown | errors.TimeoutError_) and not idempotent:
                     raise err from None
-                if not isinstance(err, errors.TransientError):
-                    raise err from None
+                if not isinstance(err, errors.TransientError) or isinstance(err, errors.QueueFull):
+                    raise err from None  # a full queue waits for a batch to end (admission), not for a timer
                 if attempt >= policy.attempts or self._clock() - started > policy.deadline_s:
                     raise err from None
                 wait = backoff_s(policy, attempt, self._rng)

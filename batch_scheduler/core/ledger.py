@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     intent_at REAL, submitted_at REAL, ended_at REAL, collected_at REAL,
     est_cost REAL NOT NULL DEFAULT 0,
     note TEXT,
-    skipped TEXT                        -- input kind: JSON [[file, line], ...] of rejected lines inside the span
+    skipped TEXT,                       -- input kind: JSON [[file, line], ...] of rejected lines inside the span
+    units INTEGER,                      -- what the batch weighs in the provider's queue (requests or tokens)
+    queue_key TEXT                      -- which of the provider's queues: 'requests', or the model
 );
 CREATE INDEX IF NOT EXISTS chunks_root ON chunks(root_seq);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
@@ -123,6 +125,8 @@ class ChunkRow:
     est_cost: float
     note: str | None
     skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
+    units: int | None = None  # what its batch weighs in the provider's queue (see job.queue_budget)
+    queue_key: str | None = None
 
     def __post_init__(self) -> None:
         self.kind = ChunkKind(self.kind)
@@ -155,8 +159,9 @@ class Ledger:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
-        if "skipped" not in columns:  # a ledger made before the column existed (a job resumed after an upgrade)
-            db.execute("ALTER TABLE chunks ADD COLUMN skipped TEXT")
+        for column, kind in (("skipped", "TEXT"), ("units", "INTEGER"), ("queue_key", "TEXT")):
+            if column not in columns:  # a ledger made before the column existed (a job resumed after an upgrade)
+                db.execute(f"ALTER TABLE chunks ADD COLUMN {column} {kind}")
         # a ledger made before RetryState had one spelling (one statement: atomic, and a no-op once done)
         db.execute("UPDATE retries SET state=? WHERE state=?", (RetryState.CANCELLED, _OLD_CANCELLED))
         for side in ("-wal", "-shm"):  # owner only, whatever the umask
@@ -255,24 +260,24 @@ class Ledger:
     async def record_intent(self, *, kind: ChunkKind, take: int, nbytes: int, root_seq: int | None = None,
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
-                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None
-                            ) -> int:
+                            retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
+                            units: int | None = None, queue_key: str | None = None) -> int:
         """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting."""
         now = time.time()
 
         def q(db: sqlite3.Connection) -> int:
             if chunk_id is not None:
                 # `take` stays: it places the chunk in its root; what is sent may be fewer (refusals)
-                db.execute("UPDATE chunks SET state=?, intent_at=?, nbytes=?, est_cost=? WHERE id=?",
-                           (ChunkState.SUBMITTING, now, nbytes, est_cost, chunk_id))
+                db.execute("UPDATE chunks SET state=?, intent_at=?, nbytes=?, est_cost=?, units=?, queue_key=?"
+                           " WHERE id=?", (ChunkState.SUBMITTING, now, nbytes, est_cost, units, queue_key, chunk_id))
                 return chunk_id
             sf, sp, sl, ef, ep = span or (None, None, None, None, None)
             cur = db.execute(
                 "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line, end_file,"
-                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped, units, queue_key)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (kind, root_seq, skip, take, sf, sp, sl, ef, ep, nbytes, ChunkState.SUBMITTING, attempt, now,
-                 est_cost, json.dumps(skipped) if skipped else None))
+                 est_cost, json.dumps(skipped) if skipped else None, units, queue_key))
             new_id = int(cur.lastrowid or 0)
             if retry_ids:
                 db.executemany("UPDATE retries SET chunk_id=?, state=? WHERE custom_id=?",
@@ -299,6 +304,21 @@ class Ledger:
         await self._run(lambda db: db.execute(
             "UPDATE chunks SET state=?, batch_id=NULL, adopted=0, note=? WHERE id=?",
             (ChunkState.PLANNED, note, chunk_id)))
+
+    async def record_queue_full(self, chunk_id: int, note: str, *, counter: str, limits: dict[str, Any]) -> None:
+        """The provider's queue was full for this chunk's batch (a 429 at create, or a batch it failed for its
+        token limit): the chunk waits to be sent again and none of its requests has used an attempt; the
+        answer is counted and what admission learned from it kept, in one transaction."""
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE chunks SET state=?, note=? WHERE id=?", (ChunkState.PLANNED, note, chunk_id))
+            db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                       (counter,))
+            self._write_meta(db, {"queue_limits": limits})
+        await self._run(q)
+
+    async def record_queue_limits(self, doc: dict[str, Any]) -> None:
+        """What admission learned of the provider's queues (`queue_limit`), for the next run to start from."""
+        await self._run(lambda db: self._write_meta(db, {"queue_limits": doc}))
 
     async def mark_ended(self, chunk_id: int, ended_at: float | None) -> None:
         await self._run(lambda db: db.execute(

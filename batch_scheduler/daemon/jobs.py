@@ -28,6 +28,7 @@ from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.queue_budget import QueuePool
 from batch_scheduler.providers import (
     build_settings,
     headers_for,
@@ -116,6 +117,9 @@ class JobRunner:
         self.env: dict[str, str] = {}
         self.env_generation = 0
         self.slots = FairSlots(1)  # sized at startup, once the settings are known
+        # what every job may have queued at each provider account: one budget, fair shares by requests or
+        # tokens, work-conserving (a job with nothing to send leaves its share to the others)
+        self.queues = QueuePool()
         self.totals = Totals()
 
     def new_env(self, env: dict[str, str]) -> None:
@@ -202,7 +206,7 @@ class JobRunner:
             return
         handle = self.slots.handle(job.name, prepared.cap)
         engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
-                        remembered=prepared.remembered)
+                        remembered=prepared.remembered, queues=self.queues)
         job.engine = engine
         self.set_state(job, JobState.RUNNING, CANCELLING if job.cancel_requested else None)
         log.info("job %s: running", job.name, extra={"job": job.name, "state": "running"})

@@ -28,13 +28,15 @@ from batch_scheduler.job.job import Job
 from batch_scheduler.job.poller import Poller, PollStats
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats, show_progress
+from batch_scheduler.job.queue_budget import QueuePool
+from batch_scheduler.job.queues import JobQueues, learned_from
 from batch_scheduler.job.reader import span_blocks
 from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.run import Run
 from batch_scheduler.job.submitter import Submitter
 from batch_scheduler.job.summary import build_summary
 from batch_scheduler.job.validate import Rejects, Validator
-from batch_scheduler.providers import headers_for, key_refused_message, make_provider
+from batch_scheduler.providers import headers_for, key_refused_message, make_provider, spec_of
 from batch_scheduler.providers.base import Provider
 
 __all__ = ["Engine", "ExitCode", "JobResult"]
@@ -58,7 +60,7 @@ class Engine:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], *,
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
-                 slots: Any = None, store: Any = None, lease: Any = None):
+                 slots: Any = None, queues: QueuePool | None = None, store: Any = None, lease: Any = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -67,6 +69,7 @@ class Engine:
         self._quiet = quiet
         self._remembered = remembered or {}
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
+        self._pool = queues or QueuePool()  # the provider queues' budget, shared by jobs (daemon)
         self._store = store  # where the job's state lives (job.LocalStore(out_dir) when None; see job.py)
         self._lease = lease  # cluster: the claim a create call must have time left on (see submitter)
         self.stats = JobStats()
@@ -116,11 +119,19 @@ class Engine:
         return result
 
     async def _run_once(self, job: Job) -> JobResult:
-        s = self.settings
         start = await job.start()
+        queues = JobQueues(self._pool, self.settings, spec_of(self.settings.provider), job.ledger, self.stats,
+                           job=self.out_dir, learned=learned_from(job.ledger.read_meta()))
+        try:
+            return await self._run_with(job, start, queues)
+        finally:
+            queues.close()  # what the run still holds in a shared pool goes back (the next run holds it again)
+
+    async def _run_with(self, job: Job, start: Any, queues: JobQueues) -> JobResult:
+        s = self.settings
         slots = self._shared_slots or asyncio.Semaphore(s.concurrency)
         admission = self._admission = Admission(slots, Budget(s.max_cost_usd, self.prices), job.ledger, self.stats,
-                                                cancelled=start.cancelled, spent_usd=start.spent_usd)
+                                                queues, cancelled=start.cancelled, spent_usd=start.spent_usd)
         async with HttpClient(headers_for(s), s.retry, timeout_s=s.http_timeout_s, secret=s.api_key,
                               connections=max(16, s.concurrency * 2)) as http:
             self.http = http
@@ -212,7 +223,8 @@ class Engine:
             retries=job.ledger.retry_counts(), unknown_price_models=self.prices.unknown,
             wall_s=time.time() - started, http_calls=self.http.stats.calls if self.http is not None else {},
             downloads_restarted=run.collector.downloads_restarted if run is not None else 0,
-            polls=run.poller.stats if run is not None else PollStats())
+            polls=run.poller.stats if run is not None else PollStats(),
+            queue=self._admission.queues.summary() if self._admission is not None else None)
         job.store.write_summary(summary)
         return summary
 

@@ -25,6 +25,11 @@ class JobStats:
     retries: int = 0  # HTTP retries
     reading_done: bool = False
     first_submit_s: float | None = None
+    queue_unit: str = "requests"  # what the provider's queue counts: requests, or (estimated) tokens
+    queued: int = 0  # of ours in the provider's queue now, in queue_unit
+    queue_limit: int | None = None  # what admission lets into it now (learned, or the hard cap)
+    queue_peak: int = 0
+    queue_full: int = 0  # queue-full answers this run (429s at create, token-limit failures)
 
     def rate(self) -> float:
         elapsed = max(1e-9, time.monotonic() - self.started)
@@ -39,8 +44,15 @@ class JobStats:
             eta = f" eta {max(0.0, (total - done) / rate):,.0f}s"
         of = f"/{total:,}" if total else ""
         return (f"read {self.lines_read:,}  submitted {self.submitted:,}  finished {done:,}{of}  "
-                f"batches in flight {self.in_flight}  rejected {self.rejected:,}  retries {self.retries:,}  "
-                f"{rate:,.0f} req/s{eta}")
+                f"batches in flight {self.in_flight}  {self.queue_text()}  rejected {self.rejected:,}  "
+                f"retries {self.retries:,}  {rate:,.0f} req/s{eta}")
+
+    def queue_text(self) -> str:
+        """`queued 180,000/200,000 requests` (OpenAI: `enqueued 1,200,000/2,000,000 tokens`)."""
+        verb = "enqueued" if self.queue_unit == "tokens" else "queued"
+        limit = f"/{self.queue_limit:,}" if self.queue_limit is not None else ""
+        full = f" ({self.queue_full:,} queue-full)" if self.queue_full else ""
+        return f"{verb} {self.queued:,}{limit} {self.queue_unit}{full}"
 
 
 async def show_progress(stats: JobStats, *, tty: bool, stream: IO[str] = sys.stderr,

@@ -70,7 +70,8 @@ def fold_system(body: dict, where: str) -> tuple[dict | None, str | None]:
 SPEC = ProviderSpec(
     name="inline", max_requests=10_000, max_bytes=256 * MB, default_requests=5_000, default_bytes=200 * MB,
     key_env=("ANTHROPIC_API_KEY", "CLAUDE_API_KEY"), base_url_env=("ANTHROPIC_BASE_URL", "CLAUDE_BASE_URL"),
-    default_base_url="https://api.anthropic.com", default_auth="bearer")
+    default_base_url="https://api.anthropic.com", default_auth="bearer",
+    queue_unit="requests", queue_start=200_000, queue_max=500_000)  # no figures of its own: its upstream's
 
 
 class InlineProvider:

@@ -1,137 +1,51 @@
-"""Anthropic Message Batches: create, retrieve, list, cancel, results, delete (API-NOTES §1).
+"""Anthropic Message Batches: create, retrieve, list, cancel, results, delete (API-NOTES §1), and
+the free `POST /v1/messages/count_tokens`.
 
-Create checks what the real API checks up front (sizes, custom_id, params shape, stream); content
-problems (missing model / max_tokens / messages) come back later as `errored` results, like the real API.
+Create checks what the real API checks up front (count, bytes, custom_id, that params is an object,
+the queue limit, the spend limit); what lies inside params comes back later as `errored` results,
+checked under the request's `anthropic-version` (validation.py). Usage counts come from counting.py,
+cache writes and reads included.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
+from batch_scheduler.simulator.batches import limit_arg, new_batch, parse_requests
+from batch_scheduler.simulator.counting import prompt_tokens
 from batch_scheduler.simulator.responses import Rejected, json_response, parse_json, requests_of, stream_jsonl
-from batch_scheduler.simulator.store import (
-    DAY_S,
-    Batch,
-    Outcome,
-    draw_outcomes,
-    new_id,
-    no_gc,
-    output_tokens,
-    rfc3339,
-)
+from batch_scheduler.simulator.store import DAY_S, Batch, Outcome, no_gc, output_tokens, rfc3339
+from batch_scheduler.simulator.validation import LEGACY_VERSION, messages_problem
 
 if TYPE_CHECKING:
     from batch_scheduler.simulator.server import Simulator
 
 PATH = "/v1/messages/batches"
-CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+COUNT_PATH = "/v1/messages/count_tokens"
 LIST_MAX = 1000
+RATE_LIMITS_URL = "https://docs.claude.com/en/api/rate-limits#message-batches-api"
 
 
-def content_problem(params: dict) -> str | None:
-    """What the API would say about a Messages request while processing it; None when it runs."""
-    if not isinstance(params.get("model"), str) or not params["model"]:
-        return "model: Field required"
-    max_tokens = params.get("max_tokens")
-    if max_tokens is None:
-        return "max_tokens: Field required"
-    if type(max_tokens) is not int or max_tokens < 1:
-        return "max_tokens: Input should be greater than or equal to 1"
-    messages = params.get("messages")
-    if messages is None:
-        return "messages: Field required"
-    if not isinstance(messages, list) or not messages:
-        return "messages: at least one message is required"
-    return None
-
-
-class Requests:
-    """Parallel lists for the requests of one batch."""
-
-    __slots__ = ("custom_ids", "models", "max_tokens", "in_tokens", "invalid")
-
-    def __init__(self) -> None:
-        self.custom_ids: list[str] = []
-        self.models: list[str] = []
-        self.max_tokens: list[int] = []
-        self.in_tokens: list[int] = []
-        self.invalid: dict[int, str] = {}
-
-
-def parse_requests(items: list, key: str, check: Any = None) -> Requests:
-    """Validate `[{"custom_id", key: {...}}]` as the API does at create; raise Rejected naming requests.N."""
-    out = Requests()
-    seen: set[str] = set()
-    models: dict[str, str] = {}
-    dumps = orjson.dumps
-    for i, item in enumerate(items):
-        if type(item) is not dict:
-            raise Rejected("invalid_request_error", f"requests.{i}: Input should be a valid dictionary")
-        cid = item.get("custom_id")
-        if cid is None:
-            raise Rejected("invalid_request_error", f"requests.{i}.custom_id: Field required")
-        if type(cid) is not str or not CUSTOM_ID.fullmatch(cid):
-            raise Rejected("invalid_request_error",
-                           f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
-        if cid in seen:
-            raise Rejected("invalid_request_error", f"requests.{i}.custom_id: duplicate custom_id '{cid}'")
-        seen.add(cid)
-        params = item.get(key)
-        if params is None:
-            raise Rejected("invalid_request_error", f"requests.{i}.{key}: Field required")
-        if type(params) is not dict:
-            raise Rejected("invalid_request_error", f"requests.{i}.{key}: Input should be a valid dictionary")
-        if params.get("stream"):
-            raise Rejected("invalid_request_error",
-                           f"requests.{i}.{key}.stream: streaming is not supported in batches")
-        temperature = params.get("temperature")
-        if temperature is not None and (type(temperature) not in (int, float) or not 0 <= temperature <= 1):
-            # schema checks of this kind come back at create time, naming the request
-            raise Rejected("invalid_request_error",
-                           f"requests.{i}.{key}.temperature: Input should be less than or equal to 1")
-        if check is not None:
-            check(i, item, params)
-        out.custom_ids.append(cid)
-        problem = content_problem(params)
-        if problem:
-            out.invalid[i] = problem
-            out.models.append("")
-            out.max_tokens.append(0)
-            out.in_tokens.append(0)
-            continue
-        model = params["model"]
-        out.models.append(models.setdefault(model, model))
-        out.max_tokens.append(params["max_tokens"])
-        tokens = max(1, len(dumps(params["messages"])) // 4)
-        system = params.get("system")
-        if system is not None:
-            tokens += len(dumps(system)) // 4
-        out.in_tokens.append(tokens)
-    return out
-
-
-def limit_arg(request: web.Request, maximum: int) -> int:
-    raw = request.query.get("limit", "20")
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= maximum:
-        raise Rejected("invalid_request_error", f"limit: must be an integer from 1 to {maximum}")
-    return limit
+def queue_full_message(limit: int, queued: int, n: int) -> str:
+    """The 429 of a create that would pass the organisation's processing-queue limit (what tells it
+    from a request-rate 429: "processing queue")."""
+    return (f"This request would exceed your organization's limit of {limit:,} message batch requests in "
+            f"the processing queue ({queued:,} queued, {n:,} in this batch). Please try again once some "
+            f"batches have ended. For details, refer to: {RATE_LIMITS_URL}.")
 
 
 # One results line per outcome; custom_ids are validated [a-zA-Z0-9_-], so they need no escaping.
 _SUCCEEDED = (
     '{"custom_id":"%s","result":{"type":"succeeded","message":{"id":"msg_%s%08x","type":"message",'
-    '"role":"assistant","model":%s,"content":[{"type":"text","text":"answer:%s"}],"stop_reason":"end_turn",'
-    '"stop_sequence":null,"usage":{"input_tokens":%d,"output_tokens":%d,'
-    '"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}}}\n'
+    '"role":"assistant","model":%s,"content":[{"type":"text","text":"answer:%s","citations":null}],'
+    '"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":%d,"output_tokens":%d,'
+    '"cache_creation_input_tokens":%d,"cache_read_input_tokens":%d,"cache_creation":'
+    '{"ephemeral_5m_input_tokens":%d,"ephemeral_1h_input_tokens":%d},"service_tier":"batch"}}}}\n'
 )
+_NO_CACHE = (0, 0, 0)
 _PLAIN = '{"custom_id":"%s","result":{"type":"%s"}}\n'
 _ERRORS = {
     Outcome.API_ERROR: ("api_error", "Internal server error"),
@@ -149,8 +63,10 @@ def result_lines(batch: Batch, order: list[int]):
     """Anthropic-style results lines (also the inline proxy's), in `order`."""
     token = batch.extra["token"]
     model_json: dict[str, str] = {}
-    cids, outcomes = batch.custom_ids, batch.outcomes
+    cids, outcomes, missing, cache = batch.custom_ids, batch.outcomes, batch.missing, batch.cache
     for i in order:
+        if i in missing:
+            continue
         cid = cids[i]
         outcome = outcomes[i]
         if outcome == Outcome.SUCCEEDED:
@@ -159,7 +75,8 @@ def result_lines(batch: Batch, order: list[int]):
             if mj is None:
                 mj = model_json[model] = orjson.dumps(model).decode()
             out = output_tokens(cid, batch.max_tokens[i])
-            yield _SUCCEEDED % (cid, token, i, mj, cid, batch.in_tokens[i], out)
+            five, hour, read = cache.get(i, _NO_CACHE)
+            yield _SUCCEEDED % (cid, token, i, mj, cid, batch.in_tokens[i], out, five + hour, read, five, hour)
         elif outcome == Outcome.EXPIRED:
             yield _PLAIN % (cid, "expired")
         elif outcome == Outcome.CANCELED:
@@ -167,19 +84,6 @@ def result_lines(batch: Batch, order: list[int]):
         else:
             kind, message = _ERRORS[Outcome(outcome)]
             yield errored_line(cid, kind, batch.invalid.get(i, message))
-
-
-def new_batch(sim: Simulator, kind: str, prefix: str, reqs: Requests, now: float, **extra: Any) -> Batch:
-    config = sim.config
-    n = len(reqs.custom_ids)
-    batch_id = new_id(prefix)
-    return Batch(
-        id=batch_id, kind=kind, created_wall=sim.wall_time(), created_at=now,
-        ends_at=now + config.processing_s + config.processing_per_request_s * n,
-        custom_ids=reqs.custom_ids, models=reqs.models, max_tokens=reqs.max_tokens, in_tokens=reqs.in_tokens,
-        outcomes=draw_outcomes(sim.rng, n, reqs.invalid, config), invalid=reqs.invalid,
-        extra={"token": batch_id[-12:], **extra},
-    )
 
 
 def anthropic_counts(batch: Batch, ended: bool) -> dict[str, int]:
@@ -209,6 +113,7 @@ class AnthropicApi:
             ("POST", PATH + "/{id}/cancel", "anthropic.cancel", self.cancel, False),
             ("GET", PATH + "/{id}/results", "anthropic.results", self.results, False),
             ("DELETE", PATH + "/{id}", "anthropic.delete", self.delete, False),
+            ("POST", COUNT_PATH, "anthropic.count_tokens", self.count_tokens, False),
         ]
 
     def doc(self, batch: Batch, request: web.Request | None = None, *, fresh: bool = False,
@@ -231,28 +136,47 @@ class AnthropicApi:
             if ended and request is not None else None,
         }
 
-    def find(self, request: web.Request) -> Batch:
+    def find(self, request: web.Request, *, ghosts: bool = True) -> Batch:
+        """The batch named in the path; 404 when unknown, or (`ghosts`) still in its ghost window."""
         batch = self.sim.store.get(request.match_info["id"], "anthropic")
-        if batch is None:
+        if batch is None or (ghosts and self.sim.ghost(batch)):
             raise Rejected("not_found_error", f"no message batch with id '{request.match_info['id']}'")
         return batch
 
     async def create(self, request: web.Request) -> web.Response:
         body = await self.sim.read_body(request, self.sim.config.max_body_bytes)
+        version = request.headers.get("anthropic-version", LEGACY_VERSION)
         with no_gc():  # the parsed body is freed (on return) before the GC runs again
-            return self._create(body)
+            return self._create(body, version)
 
-    def _create(self, body: bytes) -> web.Response:
+    def _create(self, body: bytes, version: str) -> web.Response:
         sim = self.sim
+        config = sim.config
         items = requests_of(parse_json(body))
-        if len(items) > sim.config.max_requests:
-            raise Rejected("request_too_large",
-                           f"batch has {len(items):,} requests; at most {sim.config.max_requests:,} allowed")
-        reqs = parse_requests(items, "params")
-        now = sim.check_queue(len(items))
+        if len(items) > config.max_requests:  # schema maxItems: a 400, not a 413
+            raise Rejected("invalid_request_error", f"requests: List should have at most {config.max_requests} "
+                           f"items after validation, not {len(items)}")
+        sim.check_spend()
+        now = sim.now()
+        reqs = parse_requests(items, "params", version=version, at_create=config.params_at_create,
+                              cache=sim.prompt_cache, now=now)
+        check_queue(sim, len(items), now)
         batch = new_batch(sim, "anthropic", "msgbatch_", reqs, now)
         sim.add_batch(batch)
         return json_response(self.doc(batch, fresh=True))
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """`{"input_tokens": N}`: the whole prompt, as `usage` bills it (input + cache write + cache read)."""
+        params = parse_json(await self.sim.read_body(request, self.sim.config.max_body_bytes))
+        if type(params) is not dict:
+            raise Rejected("invalid_request_error", "Input should be a valid dictionary")
+        if not isinstance(params.get("model"), str) or not params["model"]:
+            raise Rejected("invalid_request_error", "model: Field required")
+        problem = messages_problem(params.get("messages"))
+        if problem:
+            raise Rejected("invalid_request_error", problem)
+        self.sim.stats["count_tokens"] += 1
+        return json_response({"input_tokens": prompt_tokens(params)[0]})
 
     async def retrieve(self, request: web.Request) -> web.Response:
         self.sim.stats["retrieves"] += 1
@@ -272,7 +196,7 @@ class AnthropicApi:
                               "last_id": data[-1]["id"] if data else None})
 
     async def cancel(self, request: web.Request) -> web.Response:
-        batch = self.find(request)
+        batch = self.find(request, ghosts=False)
         canceling = batch.cancel(self.sim.now(), self.sim.config.cancel_s)
         self.sim.stats["cancels"] += 1
         return json_response(self.doc(batch, request, canceling=canceling))
@@ -286,10 +210,22 @@ class AnthropicApi:
         return await stream_jsonl(request, result_lines(batch, order), cut_at=cut_at)
 
     async def delete(self, request: web.Request) -> web.Response:
-        batch = self.find(request)
+        batch = self.find(request, ghosts=False)
         if not batch.ended(self.sim.now()):
             raise Rejected("invalid_request_error",
                            f"message batch '{batch.id}' is still processing; cancel it first")
         del self.sim.store.batches[batch.id]
         self.sim.stats["deletes"] += 1
         return json_response({"id": batch.id, "type": "message_batch_deleted"})
+
+
+def check_queue(sim: Simulator, n: int, now: float) -> None:
+    """429 (with retry-after) when `n` more requests would pass the organisation's queue limit."""
+    limit = sim.config.queue_limit
+    if limit is None:
+        return
+    queued = sim.store.queued(now)
+    if queued + n > limit:
+        sim.stats["queue_full"] += 1
+        raise Rejected("rate_limit_error", queue_full_message(limit, queued, n),
+                       headers={"retry-after": str(sim.config.retry_after_s)})

@@ -1,44 +1,78 @@
-"""What the simulator does: one mutable dataclass, changed at runtime by tests and `POST /_sim/config`."""
+"""What the simulator does: one mutable dataclass, changed at runtime by tests and `POST /_sim/config`.
+
+Every field is also a `simulate` flag of the same name (cli.py) where a user would want it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Provider limits the simulator enforces (Anthropic's are fields: tests shrink them).
 OPENAI_MAX_REQUESTS = 50_000
 INLINE_MAX_REQUESTS = 10_000
+ORGANIZATION = "org-simulator0000000000000"
+# The kinds of failing call all_faults draws from; real_faults adds conflict_error (faults.FAULT_KINDS).
+SURVIVABLE_KINDS = ("rate_limit_error", "api_error", "timeout_error", "overloaded_error", "dropped")
 
 
 @dataclass
 class SimConfig:
     valid_keys: set[str] | None = None  # None: any non-empty key
     require_version: bool = True  # Anthropic: 400 without `anthropic-version`
-    processing_s: float = 0.0  # create -> ended
-    processing_per_request_s: float = 0.0  # added per request
+    processing_s: float = 0.0  # create -> ended, whatever the batch's size
+    processing_jitter: float = 0.0  # each batch's duration is processing_s x (1 ± jitter), drawn at create
+    processing_per_request_s: float = 0.0  # added per request (0: latency does not grow with size)
     cancel_s: float = 0.0  # canceling -> ended
-    fail_rate: float = 0.0  # calls answered with a transient fault (429, 500, 529, 503, dropped)
+    # -- transient faults of the calls themselves
+    fail_rate: float = 0.0  # calls answered 429 / 500 / 504 / 409 / 529 (Anthropic) or 503 (OpenAI), or dropped
+    fail_kinds: list[str] | None = None  # which of faults.FAULT_KINDS fail_rate draws from (None: all)
     lost_create_rate: float = 0.0  # creates that create a batch and then drop the connection
+    ghost_404_s: float = 0.0  # retrieve / results answer 404 for this long after a batch's create
+    # -- what comes back in the results
     errored_rate: float = 0.0  # results `errored` with a transient kind
     invalid_rate: float = 0.0  # results `errored` with invalid_request_error
     expired_rate: float = 0.0  # results `expired`
+    missing_rate: float = 0.0  # requests absent from their batch's results (counts still include them)
+    request_timeout_rate: float = 0.0  # OpenAI: error-file lines with code `request_timeout`
     cut_rate: float = 0.0  # results downloads cut short mid-line
-    batch_fail_rate: float = 0.0  # OpenAI batches failed as a whole (enqueued token limit), not in all_faults
-    queue_limit: int | None = None  # requests processing across all batches
-    retry_after_s: float = 0.05
+    params_at_create: bool = False  # Anthropic: params checked at create (400 naming requests.N), as some
+    #                                 proxies do; the real API checks them while processing (errored results)
+    # -- limits of the organisation
+    queue_limit: int | None = None  # Anthropic / inline: requests queued across all batches (429 at create)
+    enqueued_token_limit: int | None = None  # OpenAI: input tokens enqueued per model (accepted, then failed)
+    enqueued_token_limits: dict[str, int] = field(default_factory=dict)  # per-model overrides of the above
+    batch_fail_rate: float = 0.0  # OpenAI batches failed as a whole (token_limit_exceeded) at random
+    spend_cap: int | None = None  # requests created after which creates get the spend-limit 429
+    billing_error: bool = False  # every API call answers 402 billing_error (credit balance too low)
+    retry_after_s: int = 1  # the `retry-after` of a 429 (whole seconds, as the real header)
     seed: int | None = None
-    max_requests: int = 100_000  # Anthropic, per batch
-    max_body_bytes: int = 256 * 1024 * 1024  # Anthropic, per batch
+    max_requests: int = 100_000  # Anthropic, per batch (over it: 400, schema maxItems)
+    max_body_bytes: int = 256 * 1024 * 1024  # Anthropic, per batch (over it: 413)
     openai_max_requests: int = OPENAI_MAX_REQUESTS
     inline_max_requests: int = INLINE_MAX_REQUESTS
+    organization: str = ORGANIZATION  # named in OpenAI's token-limit message
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:
-        """Every fault on, at rates a well-behaved client must survive."""
+        """The classic faults, at rates a well-behaved client must survive: calls failing (429, 500,
+        504, 529, dropped), create answers lost, transient and expired results, cut downloads."""
         preset = dict(fail_rate=0.05, errored_rate=0.03, expired_rate=0.01, cut_rate=0.10,
-                      lost_create_rate=0.02)
+                      lost_create_rate=0.02, fail_kinds=list(SURVIVABLE_KINDS))
         return cls(**{**preset, **changes})
+
+    @classmethod
+    def real_faults(cls, **changes: Any) -> SimConfig:
+        """`all_faults` plus what real providers were seen to do (`simulate --faults`): 409 conflict_error
+        in the mix of failing calls, a 404 for the first second of every batch, 0.5% of requests
+        missing from their results, 1% of OpenAI requests timed out. No spend cap: that one ends a run
+        by design."""
+        preset = dict(ghost_404_s=1.0, missing_rate=0.005, request_timeout_rate=0.01, fail_kinds=None)
+        return cls.all_faults(**{**preset, **changes})
+
+    def token_limit(self, model: str) -> int | None:
+        return self.enqueued_token_limits.get(model, self.enqueued_token_limit)
 
     def update(self, fields: dict[str, Any]) -> None:
         """Set fields from JSON-ish values (`valid_keys` as a list). Raises ValueError on an unknown field."""
@@ -49,6 +83,10 @@ class SimConfig:
         for name, value in fields.items():
             if name == "valid_keys" and value is not None:
                 value = set(value)
+            if name == "fail_kinds" and value is not None:
+                value = list(value)
+            if name == "enqueued_token_limits":
+                value = dict(value or {})
             setattr(self, name, value)
 
     def to_json(self) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from batch_scheduler.simulator.anthropic import anthropic_counts, new_batch, parse_requests, result_lines
+from batch_scheduler.simulator.anthropic import anthropic_counts, check_queue, result_lines
+from batch_scheduler.simulator.batches import new_batch, parse_requests
 from batch_scheduler.simulator.responses import Rejected, json_response, stream_jsonl
 from batch_scheduler.simulator.store import Batch, Outcome, rfc3339
 
@@ -42,7 +43,7 @@ class InlineApi:
 
     def find(self, request: web.Request) -> Batch:
         batch = self.sim.store.get(request.match_info["id"], "inline")
-        if batch is None:
+        if batch is None or self.sim.ghost(batch):
             raise Rejected("not_found_error", f"no batch with id '{request.match_info['id']}'")
         return batch
 
@@ -70,8 +71,11 @@ class InlineApi:
         if len(items) > limit:
             raise Rejected("batch_size_exceeded",
                            f"batch has {len(items):,} requests; at most {limit:,} allowed per batch")
-        reqs = parse_requests(items, "body", check_inline)
-        now = sim.check_queue(len(items))
+        sim.check_spend()
+        now = sim.now()
+        reqs = parse_requests(items, "body", check_inline, at_create=sim.config.params_at_create,
+                              cache=sim.prompt_cache, now=now)
+        check_queue(sim, len(items), now)
         batch = new_batch(sim, "inline", "ibatch_", reqs, now)
         sim.add_batch(batch)
         return json_response(self.doc(batch, fresh=True))

@@ -1,7 +1,8 @@
 """What the simulator answers with: JSON bodies, error bodies in each provider's shape, streamed JSONL.
 
 Error shapes:
-    anthropic / inline  {"type": "error", "error": {"type": KIND, "message": ...}, "request_id": ...}
+    anthropic / inline  {"type": "error", "error": {"type": KIND, "message": ..., ["details": {...}]},
+                         "request_id": ...}
     openai              {"error": {"message": ..., "type": ..., "param": null, "code": ...}}
 """
 
@@ -30,34 +31,45 @@ class Style(enum.Enum):
     INLINE = "inline"
 
 
+# Anthropic's documented error kinds (API-NOTES §1); the inline proxy adds batch_size_exceeded.
 STATUS = {
     "invalid_request_error": 400, "batch_size_exceeded": 400, "authentication_error": 401,
-    "permission_error": 403, "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
-    "api_error": 500, "unavailable": 503, "overloaded_error": 529,
+    "billing_error": 402, "permission_error": 403, "not_found_error": 404, "conflict_error": 409,
+    "request_too_large": 413, "rate_limit_error": 429, "api_error": 500, "timeout_error": 504,
+    "overloaded_error": 529,
 }
-# Anthropic kind -> OpenAI (type, code).
-_OPENAI_KINDS = {
-    "authentication_error": ("invalid_request_error", "invalid_api_key"),
-    "permission_error": ("invalid_request_error", "permission_denied"),
-    "not_found_error": ("invalid_request_error", None),
-    "request_too_large": ("invalid_request_error", "request_too_large"),
-    "rate_limit_error": ("requests", "rate_limit_exceeded"),
-    "api_error": ("server_error", None),
-    "unavailable": ("server_error", "service_unavailable"),
-    "overloaded_error": ("server_error", "overloaded"),
+# Anthropic kind -> OpenAI (status, type, code). OpenAI has no 529 (overloaded is a 503) and no 402
+# (an exhausted quota or balance is a 429 insufficient_quota).
+_OPENAI_KINDS: dict[str, tuple[int | None, str, str | None]] = {
+    "authentication_error": (None, "invalid_request_error", "invalid_api_key"),
+    "permission_error": (None, "invalid_request_error", "permission_denied"),
+    "not_found_error": (None, "invalid_request_error", None),
+    "request_too_large": (None, "invalid_request_error", "request_too_large"),
+    "rate_limit_error": (None, "requests", "rate_limit_exceeded"),
+    "billing_error": (429, "insufficient_quota", "insufficient_quota"),
+    "conflict_error": (None, "invalid_request_error", "conflict"),
+    "api_error": (None, "server_error", None),
+    "timeout_error": (None, "server_error", "timeout"),
+    "overloaded_error": (503, "server_error", "server_overloaded"),
 }
 
 
 class Rejected(Exception):
-    """A call refused with an error answer; raised inside handlers, answered by the route wrapper."""
+    """A call refused with an error answer; raised inside handlers, answered by the route wrapper.
+
+    `details` goes into Anthropic's `error.details` (e.g. `{"error_code": ...}`); `openai` replaces
+    the OpenAI (type, code, message) where OpenAI says it differently."""
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, details: dict | None = None,
+                 openai: tuple[str, str | None, str] | None = None):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status or STATUS.get(kind, 400)
         self.headers = headers or {}
+        self.details = details
+        self.openai = openai
 
 
 def request_id() -> str:
@@ -65,19 +77,29 @@ def request_id() -> str:
 
 
 def json_response(doc: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    headers = headers if headers is not None and "request-id" in headers else {"request-id": request_id(),
-                                                                               **(headers or {})}
+    if headers is None or not ({"request-id", "x-request-id"} & set(headers)):
+        headers = {"request-id": request_id(), **(headers or {})}
     return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON, headers=headers)
 
 
 def error_response(style: Style, exc: Rejected) -> web.Response:
     rid = request_id()
+    status = exc.status
     if style is Style.OPENAI:
-        otype, code = _OPENAI_KINDS.get(exc.kind, (exc.kind, None))
-        doc: dict = {"error": {"message": exc.message, "type": otype, "param": None, "code": code}}
+        o_status, otype, code = _OPENAI_KINDS.get(exc.kind, (None, exc.kind, None))
+        message = exc.message
+        if exc.openai is not None:
+            otype, code, message = exc.openai
+        status = o_status or status
+        doc: dict = {"error": {"message": message, "type": otype, "param": None, "code": code}}
+        headers = {"x-request-id": rid, **exc.headers}
     else:
-        doc = {"type": "error", "error": {"type": exc.kind, "message": exc.message}, "request_id": rid}
-    return json_response(doc, status=exc.status, headers={"request-id": rid, **exc.headers})
+        error: dict[str, Any] = {"type": exc.kind, "message": exc.message}
+        if exc.details is not None:
+            error["details"] = exc.details
+        doc = {"type": "error", "error": error, "request_id": rid}
+        headers = {"request-id": rid, **exc.headers}
+    return json_response(doc, status=status, headers=headers)
 
 
 def chunks(lines: Iterable[str], cut_at: int | None = None) -> Iterator[bytes]:

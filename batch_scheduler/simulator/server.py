@@ -1,9 +1,14 @@
 """The simulator server: one aiohttp app serving the Anthropic, OpenAI and inline batch APIs.
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
-`anthropic-version` header (Anthropic paths), maybe answer with a transient fault, then run the
-handler; a create may then lose its answer (the batch exists, the connection drops).
-`/_sim/stats` and `/_sim/config` need no key and never fault.
+`anthropic-version` header (Anthropic paths: missing or unknown is a 400), the billing error, maybe
+answer with a transient fault (faults.py), then run the handler; a create may then lose its answer
+(the batch exists, the connection drops). `/_sim/stats` and `/_sim/config` need no key and never fault.
+
+`/_sim/stats`: calls by name, faults by kind, creates and requests created (what is billed), lost
+creates, ghost 404s, requests left out of results, queue-full 429s, spend-limit 429s, token-limit
+failures, count_tokens calls, peak queued requests (Anthropic + inline) and peak enqueued tokens
+(OpenAI, the most of any one model), and the tokens billed by kind.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from batch_scheduler.simulator import faults
 from batch_scheduler.simulator.anthropic import AnthropicApi
 from batch_scheduler.simulator.config import SimConfig
+from batch_scheduler.simulator.counting import PromptCache
 from batch_scheduler.simulator.inline import InlineApi
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.responses import (
@@ -29,22 +36,21 @@ from batch_scheduler.simulator.responses import (
     parse_json,
     requests_of,
 )
-from batch_scheduler.simulator.store import Batch, Store, no_gc
+from batch_scheduler.simulator.store import Batch, Outcome, Store, no_gc, output_tokens
+from batch_scheduler.simulator.validation import version_problem
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAULT_KINDS = ("rate_limit_error", "api_error", "overloaded_error", "unavailable", "dropped")
-_FAULT_MESSAGES = {
-    "rate_limit_error": "Number of requests has exceeded your rate limit",
-    "api_error": "Internal server error",
-    "overloaded_error": "Overloaded",
-    "unavailable": "Service unavailable",
-}
+FAULT_KINDS = faults.FAULT_KINDS
 
 
 def new_stats() -> dict[str, Any]:
     return {"creates": 0, "requests_created": 0, "lost_creates": 0, "faults": {}, "calls": {},
             "retrieves": 0, "lists": 0, "cancels": 0, "deletes": 0, "uploads": 0,
-            "results_downloads": 0, "cut_downloads": 0}
+            "results_downloads": 0, "cut_downloads": 0, "ghost_404s": 0, "missing_results": 0,
+            "request_timeouts": 0, "queue_full": 0, "spend_limited": 0, "billing_errors": 0,
+            "token_limit_failures": 0, "count_tokens": 0, "peak_queued_requests": 0,
+            "peak_enqueued_tokens": 0, "peak_enqueued_tokens_by_model": {},
+            "tokens": {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0}}
 
 
 class Simulator:
@@ -56,6 +62,7 @@ class Simulator:
         self.rng = random.Random(self._config.seed)
         self.stats = new_stats()
         self.store = Store()
+        self.prompt_cache = PromptCache()
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self._clock0 = clock()
@@ -100,20 +107,52 @@ class Simulator:
     async def read_json(self, request: web.Request, max_bytes: int) -> Any:
         return parse_json(await self.read_body(request, max_bytes))
 
-    def check_queue(self, n: int) -> float:
-        """Raise 429 when `n` more requests would pass the queue limit; return the clock time."""
-        now = self.now()
-        limit = self.config.queue_limit
-        if limit is not None and self.store.queued(now) + n > limit:
-            raise Rejected("rate_limit_error",
-                           f"Batch rate limit exceeded: {n:,} more requests would pass the processing "
-                           f"queue limit of {limit:,}", headers=self.retry_after())
-        return now
+    def check_spend(self) -> None:
+        """The spend-limit 429 once `spend_cap` requests were created."""
+        cap = self.config.spend_cap
+        if cap is not None and self.stats["requests_created"] >= cap:
+            self.stats["spend_limited"] += 1
+            raise faults.spend_limit_error(self.wall_time())
+
+    def ghost(self, batch: Batch) -> bool:
+        """Whether `batch` answers 404 now (its ghost window after create); counted."""
+        if faults.ghost(self.config, batch.created_at, self.now()):
+            self.stats["ghost_404s"] += 1
+            return True
+        return False
 
     def add_batch(self, batch: Batch) -> None:
+        """Store a new batch; count what is billed (requests, tokens) and the peaks of the queues."""
         self.store.add(batch)
-        self.stats["creates"] += 1
-        self.stats["requests_created"] += batch.n
+        stats = self.stats
+        stats["creates"] += 1
+        stats["requests_created"] += batch.n
+        stats["missing_results"] += len(batch.missing)
+        stats["request_timeouts"] += batch.outcomes.count(Outcome.REQUEST_TIMEOUT)
+        self._count_tokens(batch)
+        now = self.now()
+        if batch.kind == "openai":
+            model = batch.extra.get("model")
+            if model and not batch.extra.get("errors"):
+                tokens = self.store.enqueued_tokens(now, model)
+                by_model = stats["peak_enqueued_tokens_by_model"]
+                by_model[model] = max(by_model.get(model, 0), tokens)
+                stats["peak_enqueued_tokens"] = max(stats["peak_enqueued_tokens"], tokens)
+        else:
+            stats["peak_queued_requests"] = max(stats["peak_queued_requests"], self.store.queued(now))
+
+    def _count_tokens(self, batch: Batch) -> None:
+        """Tokens of the requests that will succeed, by kind (what a client would be billed for)."""
+        tokens = self.stats["tokens"]
+        for i, outcome in enumerate(batch.outcomes):
+            if outcome != Outcome.SUCCEEDED:
+                continue
+            tokens["input"] += batch.in_tokens[i]
+            tokens["output"] += output_tokens(batch.custom_ids[i], batch.max_tokens[i])
+            five, hour, read = batch.cache.get(i, (0, 0, 0))
+            tokens["cache_write_5m"] += five
+            tokens["cache_write_1h"] += hour
+            tokens["cache_read"] += read
 
     def download_plan(self, n: int, lines: int | None = None) -> tuple[list[int], int | None]:
         """A shuffled order of `n` requests, and at which of the `lines` (default n) sent to cut the
@@ -127,9 +166,6 @@ class Simulator:
             cut_at = self.rng.randrange(lines)
             self.stats["cut_downloads"] += 1
         return order, cut_at
-
-    def retry_after(self) -> dict[str, str]:
-        return {"retry-after": f"{self.config.retry_after_s:g}"}
 
     # -- the gate ---------------------------------------------------------------------------------
 
@@ -149,31 +185,32 @@ class Simulator:
         if valid is not None and key not in valid:
             raise Rejected("authentication_error", "invalid x-api-key")
 
-    def _draw_fault(self) -> str | None:
-        rate = self.config.fail_rate
-        if rate and self.rng.random() < rate:
-            return self.rng.choice(FAULT_KINDS)
-        return None
-
     async def _fault(self, request: web.Request, style: Style, kind: str) -> web.StreamResponse:
         self._count("faults", kind)
         if kind == "dropped":
             await request.read()
             drop(request)
             return web.Response()
-        headers = self.retry_after() if kind == "rate_limit_error" else None
-        return error_response(style, Rejected(kind, _FAULT_MESSAGES[kind], headers=headers))
+        return error_response(style, faults.fault_error(kind, style, self.config.retry_after_s))
+
+    def _check_call(self, request: web.Request, style: Style) -> None:
+        """Key, version and billing, in the order the real API answers them."""
+        self._check_key(request)
+        if style is Style.ANTHROPIC:
+            problem = version_problem(request.headers.get("anthropic-version"), self.config.require_version)
+            if problem:
+                raise Rejected("invalid_request_error", problem)
+        if self.config.billing_error:
+            self.stats["billing_errors"] += 1
+            raise faults.billing_error()
 
     def route(self, name: str, style: Style, handler: Handler, *, create: bool = False) -> Handler:
         async def gate(request: web.Request) -> web.StreamResponse:
             self._count("calls", name)
             answer_style = Style.INLINE if request.match_info.get("id", "").startswith("ibatch_") else style
             try:
-                self._check_key(request)
-                if style is Style.ANTHROPIC and self.config.require_version \
-                        and not request.headers.get("anthropic-version"):
-                    raise Rejected("invalid_request_error", "anthropic-version: header is required")
-                fault = self._draw_fault()
+                self._check_call(request, style)
+                fault = faults.draw_kind(self.rng, self.config)
                 if fault is not None:
                     return await self._fault(request, answer_style, fault)
                 lose = create and self.config.lost_create_rate and self.rng.random() < self.config.lost_create_rate

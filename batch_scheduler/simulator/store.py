@@ -1,9 +1,11 @@
 """Batches the simulator holds: compact per-request state, outcomes drawn at create, a timeline.
 
 A batch keeps parallel lists (custom_id, model, max_tokens, input tokens) and one outcome byte per
-request, never the request bodies. Outcomes are drawn once when the batch is created, so every
-download of a batch returns the same lines. Request `i` counts as processed once
-`created + (i + 1) / n * duration` has passed; cancel turns the unprocessed rest into CANCELED.
+request, never the request bodies; cache tokens and the requests left out of the results are sparse.
+Outcomes are drawn once when the batch is created, so every download of a batch returns the same
+lines. Request `i` counts as processed once `created + (i + 1) / n * duration` has passed; cancel
+turns the unprocessed rest into CANCELED. A batch's duration does not grow with its size unless
+`processing_per_request_s` says so: `processing_s` x (1 ± `processing_jitter`), drawn at create.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 
 class Outcome(enum.IntEnum):
     SUCCEEDED = 0
@@ -30,6 +30,7 @@ class Outcome(enum.IntEnum):
     OVERLOADED = 3  # errored, transient
     EXPIRED = 4
     CANCELED = 5
+    REQUEST_TIMEOUT = 6  # OpenAI: error-file line `request_timeout` (transient)
 
 
 DAY_S = 24 * 3600.0
@@ -66,11 +67,6 @@ def output_tokens(custom_id: str, max_tokens: int) -> int:
     return min(max_tokens, 16 + zlib.crc32(custom_id.encode()) % 64)
 
 
-def json_tokens(value: Any) -> int:
-    """Token estimate for a JSON value: its encoded length / 4."""
-    return len(orjson.dumps(value)) // 4
-
-
 @dataclass(eq=False, slots=True)
 class Batch:
     id: str
@@ -84,6 +80,8 @@ class Batch:
     in_tokens: list[int]
     outcomes: bytearray
     invalid: dict[int, str] = field(default_factory=dict)  # index -> why, for content problems
+    missing: frozenset[int] = frozenset()  # requests left out of every results download
+    cache: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # index -> (5m, 1h, read) tokens
     cancel_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # per provider (OpenAI: endpoint, files, ...)
 
@@ -126,7 +124,8 @@ class Batch:
         return {o: data.count(o) for o in Outcome}
 
 
-def draw_outcome(rng: random.Random, invalid_rate: float, errored_rate: float, expired_rate: float) -> Outcome:
+def draw_outcome(rng: random.Random, invalid_rate: float, errored_rate: float, expired_rate: float,
+                 timeout_rate: float = 0.0) -> Outcome:
     r = rng.random()
     if r < invalid_rate:
         return Outcome.INVALID
@@ -136,19 +135,40 @@ def draw_outcome(rng: random.Random, invalid_rate: float, errored_rate: float, e
     r -= errored_rate
     if r < expired_rate:
         return Outcome.EXPIRED
+    r -= expired_rate
+    if r < timeout_rate:
+        return Outcome.REQUEST_TIMEOUT
     return Outcome.SUCCEEDED
 
 
-def draw_outcomes(rng: random.Random, n: int, invalid: dict[int, str], config: Any) -> bytearray:
-    """One outcome per request: content problems first, then the configured rates."""
+def draw_outcomes(rng: random.Random, n: int, invalid: dict[int, str], config: Any,
+                  timeouts: bool = False) -> bytearray:
+    """One outcome per request: content problems first, then the configured rates (`timeouts`: the
+    provider has `request_timeout` lines, i.e. OpenAI)."""
     outcomes = bytearray(n)
-    rates = (config.invalid_rate, config.errored_rate, config.expired_rate)
+    rates = (config.invalid_rate, config.errored_rate, config.expired_rate,
+             config.request_timeout_rate if timeouts else 0.0)
     if any(rates):
         for i in range(n):
             outcomes[i] = draw_outcome(rng, *rates)
     for i in invalid:
         outcomes[i] = Outcome.INVALID
     return outcomes
+
+
+def draw_missing(rng: random.Random, n: int, rate: float) -> frozenset[int]:
+    """The requests a batch's results will leave out (each with probability `rate`)."""
+    if not rate or not n:
+        return frozenset()
+    return frozenset(i for i in range(n) if rng.random() < rate)
+
+
+def draw_duration(rng: random.Random, config: Any, n: int) -> float:
+    """Seconds from create to end: processing_s x (1 ± jitter), plus the per-request part."""
+    base = config.processing_s
+    if config.processing_jitter and base:
+        base *= 1 + config.processing_jitter * (2 * rng.random() - 1)
+    return max(0.0, base) + config.processing_per_request_s * n
 
 
 class Store:
@@ -165,9 +185,14 @@ class Store:
         batch = self.batches.get(batch_id)
         return batch if batch is not None and batch.kind == kind else None
 
-    def queued(self, now: float) -> int:
-        """Requests still processing, across all batches."""
-        return sum(b.n for b in self.batches.values() if not b.ended(now))
+    def queued(self, now: float, kinds: tuple[str, ...] = ("anthropic", "inline")) -> int:
+        """Requests still processing, across all batches of those kinds."""
+        return sum(b.n for b in self.batches.values() if b.kind in kinds and not b.ended(now))
+
+    def enqueued_tokens(self, now: float, model: str) -> int:
+        """OpenAI: input tokens of the batches of `model` not yet ended (failed batches hold none)."""
+        return sum(b.extra["enqueued_tokens"] for b in self.batches.values()
+                   if b.kind == "openai" and not b.ended(now) and b.extra.get("model") == model)
 
     def page(self, kind: str, limit: int, after: str | None = None,
              before: str | None = None) -> tuple[list[Batch], bool] | None:

@@ -24,7 +24,8 @@ NODES = ("n1", "n2", "n3")
 @pytest.fixture
 def cluster(pg_server, tmp_path):
     url = pg_server.new_database()
-    with SimulatorProcess(["--faults", "--seed", "5", "--processing-s", "1.0"]) as sim:
+    # "classic" faults until the real-failures work (issue 11) lands, as tests/soak.py does
+    with SimulatorProcess(["--faults=classic", "--seed", "5", "--processing-s", "1.0"]) as sim:
         c = Cluster(tmp_path, url, sim.url, lease_s=LEASE_S)
         c.sim = sim
         try:

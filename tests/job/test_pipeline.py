@@ -48,7 +48,9 @@ async def test_every_request_is_answered_exactly_once_with_its_own_answer(sim, p
         assert summary["attempts"]["requests_retried"] > 0
         assert summary["http"]["retries"] + summary["http"]["results_downloads_restarted"] > 0
         paid = sim.stats["requests_created"]
-        assert paid <= 1.05 * 2_000 + summary["attempts"]["requests_retried"], (paid, summary["attempts"])
+        # the inline proxy cannot list batches: a batch whose create answer was lost is paid and sent again
+        lost = sim.stats["lost_creates"] * 100 if provider.name == "inline" else 0
+        assert paid <= 1.05 * 2_000 + summary["attempts"]["requests_retried"] + lost, (paid, summary["attempts"])
     else:
         assert summary["batches"]["created"] == 20
     provider.batches_check(sim)
@@ -89,7 +91,7 @@ async def test_several_input_files_form_one_job_and_bad_lines_do_not_stop_it(sim
 
 
 async def test_a_413_splits_the_batch_until_it_fits(sim, tmp_path):
-    sim.config.max_requests = 30
+    sim.config.max_body_bytes = 6_000  # a 413 is for bytes; too many requests is a 400
     ids = write_requests(tmp_path / "in.jsonl", 200)
     result = await run_job(fast_settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])
     assert result.exit_code == ExitCode.OK, result.message
@@ -196,6 +198,7 @@ async def test_a_run_stopped_midway_resumes_without_losing_or_repeating(sim, tmp
 
 
 async def test_a_400_naming_one_request_rejects_it_and_sends_the_rest(sim, tmp_path):
+    sim.config.params_at_create = True  # the real API answers bad params as errored results; proxies may not
     ids = write_requests(tmp_path / "in.jsonl", 150)
     bad = request("hot-1")
     bad["params"]["temperature"] = 1.5

@@ -1,0 +1,121 @@
+"""A batch's requests as parallel lists, read from a create body, and the Batch made from them.
+
+What a create checks at once (the batch's own schema: the list, each custom_id, that params is an
+object) raises Rejected naming `requests.N`; what lies inside params is checked as the real API does,
+while processing: a problem becomes that request's `errored` result (validation.py), unless
+`params_at_create` asks for the eager check some proxies do.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from batch_scheduler.simulator.counting import PromptCache, prompt_tokens
+from batch_scheduler.simulator.responses import Rejected
+from batch_scheduler.simulator.store import Batch, draw_duration, draw_missing, draw_outcomes, new_id
+from batch_scheduler.simulator.validation import LEGACY_VERSION, params_problem
+
+if TYPE_CHECKING:
+    from batch_scheduler.simulator.server import Simulator
+
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+class Requests:
+    """Parallel lists for the requests of one batch; cache tokens and problems are sparse."""
+
+    __slots__ = ("custom_ids", "models", "max_tokens", "in_tokens", "invalid", "cache")
+
+    def __init__(self) -> None:
+        self.custom_ids: list[str] = []
+        self.models: list[str] = []
+        self.max_tokens: list[int] = []
+        self.in_tokens: list[int] = []
+        self.invalid: dict[int, str] = {}
+        self.cache: dict[int, tuple[int, int, int]] = {}
+
+    def add_invalid(self, problem: str, model: str = "") -> None:
+        self.invalid[len(self.custom_ids) - 1] = problem
+        self.models.append(model)
+        self.max_tokens.append(0)
+        self.in_tokens.append(0)
+
+
+def _custom_id(i: int, item: Any, seen: set[str]) -> str:
+    if type(item) is not dict:
+        raise Rejected("invalid_request_error", f"requests.{i}: Input should be a valid dictionary")
+    cid = item.get("custom_id")
+    if cid is None:
+        raise Rejected("invalid_request_error", f"requests.{i}.custom_id: Field required")
+    if type(cid) is not str or not CUSTOM_ID.fullmatch(cid):
+        raise Rejected("invalid_request_error",
+                       f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+    if cid in seen:
+        raise Rejected("invalid_request_error", f"requests.{i}.custom_id: duplicate custom_id '{cid}'")
+    seen.add(cid)
+    return cid
+
+
+def parse_requests(items: list, key: str, check: Any = None, *, version: str = LEGACY_VERSION,
+                   at_create: bool = False, cache: PromptCache | None = None, now: float = 0.0) -> Requests:
+    """Read `[{"custom_id", key: {...}}]` as the API does at create; raise Rejected naming requests.N."""
+    out = Requests()
+    seen: set[str] = set()
+    models: dict[str, str] = {}
+    for i, item in enumerate(items):
+        cid = _custom_id(i, item, seen)
+        params = item.get(key)
+        if params is None:
+            raise Rejected("invalid_request_error", f"requests.{i}.{key}: Field required")
+        if type(params) is not dict:
+            raise Rejected("invalid_request_error", f"requests.{i}.{key}: Input should be a valid dictionary")
+        if check is not None:
+            check(i, item, params)
+        problem = params_problem(params, version)
+        if problem and at_create:
+            raise Rejected("invalid_request_error", f"requests.{i}.{key}.{problem}")
+        out.custom_ids.append(cid)
+        if problem:
+            out.add_invalid(problem)
+            continue
+        model = params["model"]
+        out.models.append(models.setdefault(model, model))
+        out.max_tokens.append(params["max_tokens"])
+        total, marked = prompt_tokens(params)
+        if marked and cache is not None:
+            split = cache.split(params, total, now)
+            if any(split):
+                out.cache[i] = split
+                total -= sum(split)
+        out.in_tokens.append(total)
+    return out
+
+
+def limit_arg(request: web.Request, maximum: int) -> int:
+    raw = request.query.get("limit", "20")
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= maximum:
+        raise Rejected("invalid_request_error", f"limit: must be an integer from 1 to {maximum}")
+    return limit
+
+
+def new_batch(sim: Simulator, kind: str, prefix: str, reqs: Requests, now: float, **extra: Any) -> Batch:
+    """A Batch with its outcomes, missing requests and duration drawn (seeded) now."""
+    config = sim.config
+    n = len(reqs.custom_ids)
+    batch_id = new_id(prefix)
+    outcomes = draw_outcomes(sim.rng, n, reqs.invalid, config, timeouts=kind == "openai")
+    missing = draw_missing(sim.rng, n, config.missing_rate)
+    return Batch(
+        id=batch_id, kind=kind, created_wall=sim.wall_time(), created_at=now,
+        ends_at=now + draw_duration(sim.rng, config, n),
+        custom_ids=reqs.custom_ids, models=reqs.models, max_tokens=reqs.max_tokens, in_tokens=reqs.in_tokens,
+        outcomes=outcomes, invalid=reqs.invalid, missing=missing, cache=reqs.cache,
+        extra={"token": batch_id[-12:], **extra},
+    )
