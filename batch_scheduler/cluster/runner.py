@@ -121,11 +121,13 @@ class JobRunner:
                 store.cleanup()
 
     async def _share(self, claimed: Claimed, settings: Any) -> budget.Share | None:
-        """The job's share of its account's queue, when the nodes share a limit (--queue-limit)."""
-        if self.queue_limit is None or not settings.api_key:
+        """The job's share of its account's queue, when the nodes share a limit: the node's --queue-limit, or
+        issue 16's hard cap --max-queued-requests (the node's default or the job's), kept for every node."""
+        limit = self.queue_limit or getattr(settings, "max_queued_requests", None)
+        if limit is None or not settings.api_key:
             return None
         share = budget.Share(budget.account_of(settings.provider, settings.base_url, settings.api_key),
-                             budget.REQUESTS_POOL, self.queue_limit, float(claimed.spec.get("weight") or 1.0))
+                             budget.REQUESTS_POOL, int(limit), float(claimed.spec.get("weight") or 1.0))
         await self.queue.run(lambda db: budget.set_limit(db, share))
         return share
 
