@@ -36,6 +36,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"batches the provider failed as a whole: {st['chunks_by_state'].get(ChunkState.FAILED, 0)} "
               f"(last: {last['reason']}); {req['in_failed_batches']:,} request(s) out of attempts there, sent "
               f"again by the next run")
+    queue = st["queue"]
+    verb = "enqueued" if queue["unit"] == "tokens" else "queued"
+    for key, q in queue["queues"].items():
+        where = f" ({key})" if key != "requests" else ""
+        cap = f", hard cap {queue['hard_cap']:,}" if queue["hard_cap"] else ""
+        print(f"provider queue{where}: {q['queued']:,} {queue['unit']} {verb} of a limit of {q['limit']:,}{cap}; "
+              f"{queue['queue_full_answers']:,} queue-full answer(s), {queue['token_limit_failures']:,} "
+              f"token-limit failure(s)")
     flights = st["batches_in_flight"]
     print(f"batches in flight: {len(flights)}")
     for b in flights[:50]:

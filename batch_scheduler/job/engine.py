@@ -34,13 +34,15 @@ from batch_scheduler.job.observe import Observer
 from batch_scheduler.job.poller import Poller, PollStats
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats, show_progress
+from batch_scheduler.job.queue_budget import QueuePool
+from batch_scheduler.job.queues import JobQueues, learned_from
 from batch_scheduler.job.reader import span_blocks
 from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.run import Run
 from batch_scheduler.job.submitter import Submitter
 from batch_scheduler.job.summary import build_summary, write_summary
 from batch_scheduler.job.validate import Rejects, Validator
-from batch_scheduler.providers import headers_for, key_refused_message, make_provider
+from batch_scheduler.providers import headers_for, key_refused_message, make_provider, spec_of
 from batch_scheduler.providers.base import Provider
 
 __all__ = ["Engine", "ExitCode", "JobResult"]
@@ -72,7 +74,7 @@ class Engine:
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
                  slots: Any = None, observer: Observer | None = None, owner: str = "batch-scheduler run",
-                 claims: Claims | None = None):
+                 claims: Claims | None = None, queues: QueuePool | None = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -85,6 +87,7 @@ class Engine:
         self._owner = owner  # who holds the job's lock, as a process refused by it is told
         self._claims = claims  # whose batch is whose, shared by the jobs of a daemon (see job.claims)
         self._where = os.path.abspath(out_dir)  # this job, as the claims know it
+        self._pool = queues or QueuePool()  # the provider queues' budget, shared by jobs (daemon)
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
@@ -147,11 +150,19 @@ class Engine:
         return self.stats.reading_done or self._strict_read
 
     async def _run_once(self, job: Job) -> JobResult:
-        s = self.settings
         start = await job.start()
+        queues = JobQueues(self._pool, self.settings, spec_of(self.settings.provider), job.ledger, self.stats,
+                           job=self.out_dir, learned=learned_from(job.ledger.read_meta()))
+        try:
+            return await self._run_with(job, start, queues)
+        finally:
+            queues.close()  # what the run still holds in a shared pool goes back (the next run holds it again)
+
+    async def _run_with(self, job: Job, start: Any, queues: JobQueues) -> JobResult:
+        s = self.settings
         slots = self._shared_slots or asyncio.Semaphore(s.concurrency)
         admission = self._admission = Admission(slots, Budget(s.max_cost_usd, self.prices), job.ledger, self.stats,
-                                                cancelled=start.cancelled, spent_usd=start.spent_usd)
+                                                queues, cancelled=start.cancelled, spent_usd=start.spent_usd)
         async with HttpClient(headers_for(s), s.retry, timeout_s=s.http_timeout_s, secret=s.api_key,
                               connections=max(16, s.concurrency * 2)) as http:
             self.http = http
@@ -287,7 +298,8 @@ class Engine:
             downloads_restarted=run.collector.downloads_restarted if run is not None else 0,
             polls=run.poller.stats if run is not None else PollStats(),
             estimate=job.ledger.read_meta().get("estimate"),
-            results_not_found=run.collector.results_not_found if run is not None else 0)
+            results_not_found=run.collector.results_not_found if run is not None else 0,
+            queue=self._admission.queues.summary() if self._admission is not None else None)
         write_summary(self.out_dir, summary)
         return summary
 

@@ -12,7 +12,9 @@ batches other jobs of this process created or adopted, and those their ledgers r
 confirms ownership from the custom_ids of its results.
 
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
-rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable).
+rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable). A full queue
+(`QueueFull`) leaves the chunk planned and is raised to the run, which sends it again once there is
+room (no attempt used); when it interrupts a 413 split, `err.sent` lists the halves that went.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ class Submitter:
         self._owner = owner  # this job, as `claims` knows it (its directory)
         self._claimed: set[str] = set()
         self._token, self._token_at = job_token(ledger, clock)
+
+    def claim(self, batch_id: str) -> None:
+        """A batch of ours no chunk records any more (one the provider failed): never adopted for another."""
+        self._claimed.add(batch_id)
 
     def tag(self, chunk_id: int) -> str:
         """What a create for this chunk is tagged with: unique across jobs, the same after a restart."""
@@ -176,7 +182,11 @@ class Submitter:
             await self.ledger.record_intent(kind=out.kind, take=take, nbytes=nbytes, chunk_id=child_id)
             child = Outgoing(child_id, out.kind, out.root_seq, skip, lines[a:b], ids[a:b], out.attempt,
                              self._clock(), index[a:b], take)
-            done += await self.submit(child)
+            try:
+                done += await self.submit(child)
+            except errors.QueueFull as err:
+                err.sent = done  # type: ignore[attr-defined]  # the halves that went; the rest stay planned
+                raise
         return done
 
     async def adopt(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
