@@ -6,6 +6,8 @@
     ├── JobMismatch                     an --out that belongs to another job or other options
     ├── JobBusy                         another process holds the job's lock (exit 2)
     ├── DiskFull                        no room to write the shards, the ledger or a job file
+    ├── LeaseLost                       cluster: this node's claim on the job is gone (another node has it)
+    ├── LedgerUnavailable               cluster: PostgreSQL cannot be reached (names host and port)
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
@@ -80,6 +82,16 @@ class JobBusy(SchedulerError):
 
 class DiskFull(SchedulerError):
     """No room to write (ENOSPC, EDQUOT, EFBIG, SQLite's "database or disk is full"): free space, run again."""
+
+
+class LeaseLost(SchedulerError):
+    """The node's claim on a cluster job is gone: its lease ran out or another node claimed the job.
+    Nothing more is written for the job; the node drops it at once."""
+
+
+class LedgerUnavailable(SchedulerError):
+    """PostgreSQL cannot be reached (refused, timed out, dropped). The message names host and port,
+    never the password."""
 
 
 class ProviderError(SchedulerError):

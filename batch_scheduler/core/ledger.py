@@ -379,17 +379,22 @@ class Ledger:
 
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
                                park: list[tuple[str, bytes, int, RetryState, bytes | None]], finals: list[str],
-                               wait: RetryWait | None = None, now: float | None = None) -> None:
+                               wait: RetryWait | None = None, now: float | None = None,
+                               objects: list[tuple[str, int, int, int]] | None = None) -> None:
         """Write-ahead step 3 (after the shard fsync): collected, offsets, counts, parked requests.
 
         park: (custom_id, request, attempts, state PENDING, CANCELLED or FAILED, last result line or None when
         the results left the request out); each waits `wait.after(attempts)` before it is sent again.
         finals: custom_ids of retried requests whose final line is now in the shards.
+        objects: result objects uploaded for this batch, (key, shard, bytes, lines): listed here, they count.
         """
         now = time.time() if now is None else now
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(enumerate(offsets)))
+            if objects:
+                db.executemany("INSERT INTO result_objects VALUES (?, ?, ?, ?, ?)",
+                               [(k, chunk_id, shard, nbytes, lines) for k, shard, nbytes, lines in objects])
             self._park(db, park, wait, now)
             db.executemany("UPDATE retries SET state=?, chunk_id=NULL WHERE custom_id=?",
                            [(RetryState.DONE, c) for c in finals])
@@ -416,6 +421,11 @@ class Ledger:
         await self._run(lambda db: db.executemany(
             "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             list(counts.items())))
+
+    def result_objects(self) -> list[str]:
+        """Keys of the result objects the ledger lists (the committed ones), in order."""
+        return self._pool.submit(lambda: [k for (k,) in self._db.execute(
+            "SELECT key FROM result_objects ORDER BY key")]).result()
 
     def counters(self) -> dict[str, float]:
         return self._read(lambda: dict(self._db.execute("SELECT name, value FROM counters")))

@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS chunk_ids (    -- the custom_ids an input chunk carri
 );
 CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS result_objects (  -- results as write-once objects (--out s3://...)
+    key TEXT PRIMARY KEY, chunk_id INTEGER NOT NULL, shard INTEGER NOT NULL, nbytes INTEGER NOT NULL,
+    lines INTEGER NOT NULL
+);
 """
 
 

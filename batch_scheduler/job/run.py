@@ -199,7 +199,8 @@ class Run(Endings):
         """From the first block's line length and the inputs' sizes, about how many lines are coming."""
         sources = self.job.sources
         raw = [len(x) + 1 for x in first.lines if type(x) is bytes]
-        plain = [src.path for src in sources if src.unit == "bytes" and not src.path.endswith(".gz")]
+        plain = [src.path for src in sources if src.unit == "bytes" and not src.path.endswith(".gz")
+                 and os.path.isfile(src.path)]  # not a bucket's object
         if raw and plain and len(plain) == len(sources):
             total = sum(os.path.getsize(p) for p in plain)
             self.stats.expected_lines = int(total / (sum(raw) / len(raw)))

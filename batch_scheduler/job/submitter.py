@@ -11,6 +11,10 @@ keeps none (Anthropic), that has the same request count and that no other job ho
 batches other jobs of this process created or adopted, and those their ledgers record). The collector
 confirms ownership from the custom_ids of its results.
 
+In a cluster (a `lease` given) a create is only started with more of the node's lease left than the
+call may take, and the call is cut off at that deadline (an unknown outcome, as a timeout is): a
+create that returns has its batch id written while the claim is still the node's.
+
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
 rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable). A full queue
 (`QueueFull`) leaves the chunk planned and is raised to the run, which sends it again once there is
@@ -19,11 +23,13 @@ room (no attempt used); when it interrupts a 413 split, `err.sent` lists the hal
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger
@@ -80,7 +86,7 @@ class Submitted:
 class Submitter:
     def __init__(self, provider: Provider, ledger: Ledger, rejects: Rejects, *,
                  overhead: Callable[[int], int], clock: Callable[[], float] = time.time,
-                 claims: Claims | None = None, owner: str = ""):
+                 claims: Claims | None = None, owner: str = "", lease: Any = None):
         self.provider = provider
         self.ledger = ledger
         self.rejects = rejects
@@ -88,6 +94,7 @@ class Submitter:
         self._clock = clock
         self.claims = claims or Claims()  # shared by the jobs of a daemon
         self._owner = owner  # this job, as `claims` knows it (its directory)
+        self._lease = lease  # cluster: async before_create() -> seconds the create may take (LeaseLost if none)
         self._claimed: set[str] = set()
         self._token, self._token_at = job_token(ledger, clock)
 
@@ -148,7 +155,16 @@ class Submitter:
         another chunk, or another job. The batch id is recorded before the count drops.
         """
         async with self.claims.creating():
-            info = await self.provider.create(lines, tag=self.tag(chunk_id))
+            if self._lease is None:
+                info = await self.provider.create(lines, tag=self.tag(chunk_id))
+            else:
+                deadline_s = await self._lease.before_create()
+                try:
+                    async with asyncio.timeout(deadline_s):
+                        info = await self.provider.create(lines, tag=self.tag(chunk_id))
+                except TimeoutError:
+                    raise errors.TimeoutError_(f"create: no answer within {deadline_s:.0f} s (the lease's "
+                                               f"margin)") from None
             self._claimed.add(info.id)
             self.claims.claim(info.id, self._owner)
             await self.ledger.record_submitted(chunk_id, info.id)
