@@ -152,8 +152,10 @@ class PgLedger:
         return self.sync(lambda c: self._select(c, "TRUE ORDER BY id", ()))
 
     async def claimed_batch_ids(self) -> set[str]:
+        """The job's batches, and those a stale node gave up (`record_orphan`): none is to be adopted."""
         return await self._run(lambda c: {r[0] for r in c.execute(
-            "SELECT batch_id FROM chunks WHERE job_id=%s AND batch_id IS NOT NULL", (self.job_id,))})
+            "SELECT batch_id FROM chunks WHERE job_id=%s AND batch_id IS NOT NULL"
+            " UNION SELECT batch_id FROM orphans WHERE job_id=%s", (self.job_id, self.job_id))})
 
     def batch_ids_since(self, since: float) -> set[str]:
         """Batch ids this job recorded at or after `since` (blocking; another job's adoption asks)."""
@@ -220,9 +222,36 @@ class PgLedger:
         return got
 
     async def record_submitted(self, chunk_id: int, batch_id: str, *, adopted: bool = False) -> None:
-        await self._run(lambda c: c.execute(
-            "UPDATE chunks SET state=%s, batch_id=%s, adopted=%s, submitted_at=%s WHERE job_id=%s AND id=%s",
-            (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), self.job_id, chunk_id)))
+        def q(c: Cursor) -> None:
+            if adopted and c.execute("SELECT 1 FROM orphans WHERE job_id=%s AND batch_id=%s",
+                                     (self.job_id, batch_id)).fetchone():
+                # the node that made it gave it up (and cancels it) since adoption looked: the run stops and
+                # resumes, sending the chunk again
+                raise errors.Conflict(f"batch {batch_id} was given up by the node that created it; not adopted")
+            c.execute("UPDATE chunks SET state=%s, batch_id=%s, adopted=%s, submitted_at=%s WHERE job_id=%s AND id=%s",
+                      (ChunkState.SUBMITTED, batch_id, int(adopted), time.time(), self.job_id, chunk_id))
+        await self._run(q)
+
+    async def record_orphan(self, batch_id: str) -> bool:
+        """A batch this node created after its claim was gone (the create was in the air across a pause, its
+        id could not be written): marked nobody's, unless the job's owner has adopted it already, in one
+        transaction holding the job's row (the owner's transactions hold it too, so the two never overlap).
+        True: nobody will collect it, the caller cancels it. Not fenced: the claim is gone."""
+        def q() -> bool:
+            with self._db.transaction(), self._db.cursor() as c:
+                c.execute("SELECT 1 FROM jobs WHERE id=%s FOR UPDATE", (self.job_id,))
+                if c.execute("SELECT 1 FROM chunks WHERE job_id=%s AND batch_id=%s",
+                             (self.job_id, batch_id)).fetchone():
+                    return False  # the new owner adopted it: it is collected
+                c.execute("INSERT INTO orphans (job_id, batch_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                          (self.job_id, batch_id))
+                return True
+        try:
+            return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._pool, q))
+        except Exception as err:
+            if pg.is_connection_error(err):
+                return False  # cannot be marked: left alone (at worst paid, its results unused)
+            raise
 
     async def set_state(self, chunk_id: int, state: ChunkState, note: str | None = None) -> None:
         def q(c: Cursor) -> None:

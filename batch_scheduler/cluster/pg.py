@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS result_objects (          -- listed here = committed 
     job_id BIGINT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, key TEXT NOT NULL, chunk_id BIGINT NOT NULL,
     shard INTEGER NOT NULL, nbytes BIGINT NOT NULL, lines INTEGER NOT NULL, PRIMARY KEY (job_id, key)
 );
+CREATE TABLE IF NOT EXISTS orphans (                 -- batches a node created after its claim was gone: nobody's
+    job_id BIGINT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, batch_id TEXT NOT NULL,
+    found_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (job_id, batch_id)
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     seen_at TIMESTAMPTZ NOT NULL DEFAULT now(), listen TEXT
@@ -98,13 +102,17 @@ CREATE TABLE IF NOT EXISTS budget (                  -- the shared admission bud
 );
 CREATE TABLE IF NOT EXISTS reservations (            -- what each chunk in flight holds of it
     chunk_id BIGINT PRIMARY KEY, job_id BIGINT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    account TEXT NOT NULL, pool TEXT NOT NULL, requests BIGINT NOT NULL, weight DOUBLE PRECISION NOT NULL
+    account TEXT NOT NULL, pool TEXT NOT NULL, requests BIGINT NOT NULL, weight DOUBLE PRECISION NOT NULL,
+    team TEXT NOT NULL DEFAULT ''
 );
+ALTER TABLE reservations ADD COLUMN IF NOT EXISTS team TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS reservations_pool ON reservations(account, pool);
 CREATE TABLE IF NOT EXISTS waiters (                 -- jobs waiting for room in a pool (fair shares)
     job_id BIGINT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE, account TEXT NOT NULL, pool TEXT NOT NULL,
-    weight DOUBLE PRECISION NOT NULL, seen_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    weight DOUBLE PRECISION NOT NULL, seen_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    team TEXT NOT NULL DEFAULT ''
 );
+ALTER TABLE waiters ADD COLUMN IF NOT EXISTS team TEXT NOT NULL DEFAULT '';
 """
 
 

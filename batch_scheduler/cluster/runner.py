@@ -127,7 +127,8 @@ class JobRunner:
         if limit is None or not settings.api_key:
             return None
         share = budget.Share(budget.account_of(settings.provider, settings.base_url, settings.api_key),
-                             budget.REQUESTS_POOL, int(limit), float(claimed.spec.get("weight") or 1.0))
+                             budget.REQUESTS_POOL, int(limit), float(claimed.spec.get("weight") or 1.0),
+                             str(claimed.spec.get("team") or ""))
         await self.queue.run(lambda db: budget.set_limit(db, share))
         return share
 

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="OUT",
                    help="where results go: s3://bucket/prefix (gs://, az://) or a directory every node shares")
     r.add_argument("--weight", type=float, default=1.0, metavar="W",
-                   help="the job's weight in the shared queue (daemon --queue-limit): its fair share (default 1)")
+                   help="the job's weight among its team's jobs in the shared queue (daemon --queue-limit; default 1)")
+    r.add_argument("--team", metavar="NAME",
+                   help="the team the job counts for: teams share the queue equally, then their jobs by --weight")
     add_job_options(r, only=_daemon_job_options())
     _common(r, top=False)
 

@@ -41,7 +41,10 @@ def job_spec(args: argparse.Namespace) -> dict:
         raise errors.UsageError(f"options: {err}") from None
     if not args.weight > 0:
         raise errors.UsageError(f"--weight {args.weight:g}: must be above 0")
-    return {"inputs": inputs, "out": out, "options": options, "weight": args.weight}
+    team = getattr(args, "team", None) or ""
+    if team and not NAME.fullmatch(team):
+        raise errors.UsageError(f"--team {team!r}: letters, digits, '.', '_' and '-', at most 128")
+    return {"inputs": inputs, "out": out, "options": options, "weight": args.weight, "team": team}
 
 
 def main(args: argparse.Namespace) -> int:

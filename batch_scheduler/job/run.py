@@ -140,8 +140,7 @@ class Run(Endings):
         return max(0.0, at - time.time()) + 0.01
 
     async def _unsent(self) -> bool:
-        """Chunks left planned that nothing of this run sends (the rest of a 413 split a full queue
-        interrupted): sent now. False when there are none."""
+        """Send the chunks left planned that nothing else sends (a 413 split a full queue cut short), if any."""
         rows = [r for r in await self.ledger.chunks_in(ChunkState.PLANNED, ChunkState.SUBMITTING)
                 if r.id not in self._live_rows]
         for row in rows:

@@ -13,7 +13,8 @@ confirms ownership from the custom_ids of its results.
 
 In a cluster (a `lease` given) a create is only started with more of the node's lease left than the
 call may take, and the call is cut off at that deadline (an unknown outcome, as a timeout is): a
-create that returns has its batch id written while the claim is still the node's.
+create that returns has its batch id written while the claim is still the node's; if the claim went
+meanwhile, the batch is marked nobody's and cancelled (`_give_up`), unless the new owner adopted it.
 
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
 rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable). A full queue
@@ -81,6 +82,9 @@ class Submitted:
     chunk_id: int
     info: BatchInfo
     n: int
+
+
+ORPHAN_CANCEL_S = 10.0  # how long a stale node tries to cancel a batch it made after its claim was gone
 
 
 class Submitter:
@@ -167,8 +171,26 @@ class Submitter:
                                                f"margin)") from None
             self._claimed.add(info.id)
             self.claims.claim(info.id, self._owner)
-            await self.ledger.record_submitted(chunk_id, info.id)
+            try:
+                await self.ledger.record_submitted(chunk_id, info.id)
+            except errors.LeaseLost:
+                await self._give_up(info.id)
+                raise
             return info
+
+    async def _give_up(self, batch_id: str) -> None:
+        """Cluster: a batch created after this node's claim on the job was gone. Unless the new owner adopted
+        it, nobody will collect it: it is marked nobody's and cancelled (what it ran before is still paid)."""
+        mark = getattr(self.ledger, "record_orphan", None)
+        if mark is None or not await mark(batch_id):
+            return
+        try:
+            async with asyncio.timeout(ORPHAN_CANCEL_S):
+                await asyncio.shield(self.provider.cancel(batch_id))
+            log.warning("batch %s was created after this node's claim on the job was gone: cancelled", batch_id)
+        except Exception as err:  # noqa: BLE001 - best effort: the claim is gone either way
+            log.warning("batch %s was created after this node's claim on the job was gone and could not be "
+                        "cancelled (%s); it runs, and its results are not used", batch_id, err)
 
     async def _intent_again(self, out: Outgoing, lines: list[bytes]) -> float:
         await self.ledger.record_intent(kind=out.kind, take=len(lines), nbytes=self.nbytes(lines),

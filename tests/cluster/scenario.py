@@ -32,7 +32,7 @@ from ..conftest import KEY
 from .helpers import bucket_lines, manifest_lines, result_files
 
 NODE_FLAGS = ["--batch-size", "100", "--poll-min", "0.05", "--poll-max", "0.3", "--shards", "4",
-              "--max-attempts", "5", "--concurrency", "4"]
+              "--max-attempts", "5", "--concurrency", "4", "--retry-wait", "0.5"]
 
 
 def write_input(path: Path, prefix: str, n: int) -> list[str]:
@@ -63,7 +63,7 @@ class Cluster:
     outs: dict[str, str] = field(default_factory=dict)
 
     def submit(self, name: str, n: int, *, out: str | None = None, bucket: str | None = None,
-               weight: float = 1.0) -> None:
+               weight: float = 1.0, team: str = "") -> None:
         """A job of n requests; its input uploaded to `bucket` when given; OUT local unless `out` names one."""
         inp = self.root / f"{name}.jsonl"
         self.expected[name] = write_input(inp, name, n)
@@ -75,7 +75,8 @@ class Cluster:
         pg.ensure_schema(self.url)
         q = Queue(self.url)
         try:
-            q.submit(name, {"inputs": [where], "out": self.outs[name], "options": {}, "weight": weight})
+            q.submit(name, {"inputs": [where], "out": self.outs[name], "options": {}, "weight": weight,
+                                "team": team})
         finally:
             q.close()
 

@@ -84,3 +84,35 @@ async def test_a_job_alone_uses_the_whole_pool(pg_url, ledgers):
     await intent(a)
     await asyncio.wait_for(intent(a), 2)
     assert await asyncio.to_thread(queued, pg_url) == 200
+
+
+async def test_teams_share_the_pool_equally_whatever_their_number_of_jobs(pg_url, tmp_path):
+    """Team a runs three jobs, team b one: with the pool full and all four wanting more, the room a batch of
+    a's gives back goes to b (a holds 200, b 100), not to a's job that holds least (per job, it would)."""
+    leds = []
+    try:
+        for name, team in (("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")):
+            await asyncio.to_thread(queue_job, pg_url, name, [], str(tmp_path / name))
+            got = await aclaim(pg_url, f"node-{name}")
+            led = await asyncio.to_thread(PgLedger, pg_url, got.job_id, got.token, name=got.name)
+            led.share = budget.Share(ACCOUNT, budget.REQUESTS_POOL, 400, 1.0, team)
+            leds.append(led)
+        with psycopg.connect(pg_url, options="-c search_path=batch_scheduler", autocommit=True) as db:
+            budget.set_limit(db, leds[0].share)
+        a1, a2, a3, b1 = leds
+        first = await intent(a1)
+        for led in (a2, a3, b1):
+            await intent(led)  # full: 100 each
+        wants = {led.name: asyncio.create_task(intent(led)) for led in leds}
+        await asyncio.sleep(0.5)  # all four wait, and have said so
+        await a1.mark_ended(first, None)
+        done, _ = await asyncio.wait(set(wants.values()), timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {wants["b1"]}
+        await asyncio.sleep(0.3)
+        assert not wants["a1"].done()  # the pool is full again, and a holds its half
+        for task in wants.values():
+            task.cancel()
+        await asyncio.gather(*wants.values(), return_exceptions=True)
+    finally:
+        for led in leds:
+            await asyncio.to_thread(led.close)

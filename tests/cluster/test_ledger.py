@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from batch_scheduler.cluster.ledger import PgLedger
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger, RetryState
+from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger, RetryState, RetryWait
 
 from .helpers import aclaim, queue_job
 
@@ -62,6 +63,60 @@ async def test_both_ledgers_answer_alike_through_a_chunks_life(ledger):
     assert not await ledger.is_cancelled()
     await ledger.set_cancelled(True)
     assert await ledger.is_cancelled()
+
+
+async def test_both_ledgers_keep_digests_ids_and_retry_waits_alike(ledger):
+    a = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=2, nbytes=100, span=(0, 0, 1, 0, 50),
+                                   digest="d0", ids=["x", "y"], units=2, queue_key="requests")
+    row = await ledger.chunk(a)
+    assert (row.digest, row.units, row.queue_key) == ("d0", 2, "requests")
+    assert await ledger.chunk_ids(a) == ["x", "y"]
+    halves = await ledger.record_split(a, [(0, 1, 50, ["x"]), (1, 1, 50, ["y"])])
+    assert [await ledger.chunk_ids(h) for h in halves] == [["x"], ["y"]]
+    assert {(await ledger.chunk(h)).digest for h in halves} == {"d0"}
+    await ledger.record_submitted(halves[0], "batch-x")
+    assert await asyncio.to_thread(ledger.batch_ids_since, 0.0) == {"batch-x"}
+    assert await asyncio.to_thread(ledger.batch_ids_since, time.time() + 60) == set()
+    await ledger.record_collected(halves[0], offsets=[7], counts={"succeeded": 0},
+                                  park=[("x", b'{"custom_id":"x"}', 2, RetryState.PENDING, None)], finals=[],
+                                  wait=RetryWait(10.0, 600.0), now=1000.0)
+    assert await ledger.next_retry_at() == 1000.0 + 20.0  # 10 s after the first attempt, doubled after the second
+    assert await ledger.pending_retries(10, now=1019.0) == []
+    assert await ledger.pending_retries(10, now=1021.0) == [("x", b'{"custom_id":"x"}', 2)]
+    assert await asyncio.to_thread(ledger.read_shard_offsets, 1) == [7]
+    await ledger.record_api_rejected(0, "y", "bad")
+    assert await asyncio.to_thread(ledger.read_api_rejected) == {"y": "bad"}
+    r = await ledger.record_intent(kind=ChunkKind.RETRY, take=1, nbytes=40, attempt=3, retry_ids=["x"])
+    await ledger.record_collected(r, offsets=[9], counts={"succeeded": 1}, park=[], finals=["x"])
+    seen: list[tuple[str, int]] = []
+    await asyncio.to_thread(ledger.each_retried_final, lambda cid, n: seen.append((cid, n)))
+    assert seen == [("x", 2)]
+
+
+async def test_a_batch_a_stale_node_made_is_nobodys_unless_the_new_owner_adopted_it(pg_url, tmp_path):
+    await asyncio.to_thread(queue_job, pg_url, "job-1", [], str(tmp_path))
+    first = await aclaim(pg_url, "node-a", lease_s=0.5)
+    old = await asyncio.to_thread(PgLedger, pg_url, first.job_id, first.token, name="job-1")
+    a = await old.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=1, nbytes=10)
+    b = await old.record_intent(kind=ChunkKind.INPUT, root_seq=1, take=1, nbytes=10)
+    await asyncio.sleep(0.6)
+    second = await aclaim(pg_url, "node-b", lease_s=60)
+    new = await asyncio.to_thread(PgLedger, pg_url, second.job_id, second.token)
+    try:
+        await new.record_submitted(a, "batch-adopted", adopted=True)  # the new owner found this one first
+        with pytest.raises(errors.LeaseLost):
+            await old.record_submitted(a, "batch-adopted")
+        assert not await old.record_orphan("batch-adopted")  # adopted: it is collected, not cancelled
+        with pytest.raises(errors.LeaseLost):
+            await old.record_submitted(b, "batch-late")
+        assert await old.record_orphan("batch-late")  # nobody's: the stale node cancels it
+        assert await new.claimed_batch_ids() == {"batch-adopted", "batch-late"}  # never adopted from now on
+        with pytest.raises(errors.Conflict):
+            await new.record_submitted(b, "batch-late", adopted=True)  # an adoption that looked just before
+        assert (await new.chunk(b)).batch_id is None
+    finally:
+        await asyncio.to_thread(old.close)
+        await asyncio.to_thread(new.close)
 
 
 async def test_a_claim_taken_over_writes_nothing_more_and_says_so(pg_url, tmp_path):

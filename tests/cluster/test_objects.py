@@ -76,9 +76,9 @@ def test_run_out_s3_writes_results_manifest_and_summary_to_the_bucket_and_resume
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     out = f"s3://{bucket}/runs/first"
-    with SimulatorProcess(["--faults=classic", "--seed", "9", "--processing-s", "0.2"]) as sim:  # as soak.py
+    with SimulatorProcess(["--faults", "--seed", "9", "--processing-s", "0.2"]) as sim:  # as soak.py
         argv = ["run", str(inp), "--out", out, "--base-url", sim.url, "--batch-size", "50", "--poll-min", "0.02",
-                "--poll-max", "0.1", "--shards", "3"]
+                "--poll-max", "0.1", "--shards", "3", "--retry-wait", "0.2"]
         assert main(argv) == 0
         assert main(argv) == 0  # the same command again: the local ledger says it is done; nothing is sent
         paid = sim.stats()["requests_created"]

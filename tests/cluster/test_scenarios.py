@@ -24,8 +24,8 @@ NODES = ("n1", "n2", "n3")
 @pytest.fixture
 def cluster(pg_server, tmp_path):
     url = pg_server.new_database()
-    # "classic" faults until the real-failures work (issue 11) lands, as tests/soak.py does
-    with SimulatorProcess(["--faults=classic", "--seed", "5", "--processing-s", "1.0"]) as sim:
+    # the real set of faults, as tests/soak.py: ghost 404s after create, requests missing from results, 409s
+    with SimulatorProcess(["--faults", "--seed", "5", "--processing-s", "1.0"]) as sim:
         c = Cluster(tmp_path, url, sim.url, lease_s=LEASE_S)
         c.sim = sim
         try:
@@ -149,13 +149,13 @@ def test_three_teams_share_a_queue_limit_and_a_small_job_beside_large_ones_keeps
             c.submit("small-solo", 200)
             c.wait_done()
             solo_s = c.took_s("small-solo")
-            c.submit("team-a", 2000)
-            c.submit("team-b", 2000)
+            c.submit("team-a", 2000, team="a")
+            c.submit("team-b", 2000, team="b")
             deadline = time.monotonic() + 20
             while c.queued() < limit - 100:  # the large jobs fill the queue
                 assert time.monotonic() < deadline, c.tail()
                 time.sleep(0.05)
-            c.submit("team-c-small", 200)
+            c.submit("team-c-small", 200, team="c")
             peak = 0
 
             def sample() -> None:
