@@ -1,4 +1,5 @@
 """`python -m bench`: the scheduler against the floor and two baselines, on one simulator, per input size.
+(`python -m bench provider-bound --help`: whether the provider's queue is kept full; bench/provider_bound.py.)
 
     python -m bench [--sizes 10000,100000,200000,1000000] [--batch-size 10000] [--concurrency 8]
                     [--poll-min 0.05] [--poll-max 1] [--processing-s 0] [--skip-baselines]
@@ -297,7 +298,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    o = parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["provider-bound"]:  # the queue-bound scenario (bench/provider_bound.py)
+        from . import provider_bound
+        return provider_bound.main(args[1:])
+    o = parse_args(args)
     from batch_scheduler.simulator.process import SimulatorProcess
 
     if not o.skip_baselines and min(o.sizes) <= o.baseline_max:

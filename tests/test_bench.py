@@ -83,3 +83,18 @@ def test_fallback_measurement_reports_cpu_and_peak_rss(tmp_path: Path) -> None:
     m = measure.run([sys.executable, "-c", grow], log_dir=str(tmp_path), name="grow", force_fallback=True)
     assert m.returncode == 0 and m.method.startswith("getrusage")
     assert m.peak_rss_bytes >= 64 << 20 and m.cpu_s > 0
+
+
+def test_provider_bound_bench_reports_each_scenario_against_its_limit(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "provider-bound", "--requests", "3000", "--limits", "1000",
+         "--openai-requests", "2000", "--batch-s", "0.3", "--out", str(tmp_path / "results"),
+         "--work", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| anthropic-1k | 3,000 | 1,000 requests |" in done.stdout and "| openai | 2,000 |" in done.stdout
+    (path,) = (tmp_path / "results").glob("*-provider-bound.json")
+    runs = {r["scenario"]: r for r in orjson.loads(path.read_bytes())["runs"]}
+    anthropic = runs["anthropic-1k"]
+    assert anthropic["ok"] and anthropic["exact"]["exact"] and anthropic["peak_queued"] <= 1_000
+    assert anthropic["summary"]["queue"]["limits"]["requests"]["stated"] == 1_000  # learned from the 429
+    assert runs["openai"]["ok"] and runs["openai"]["unit"] == "tokens"

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from batch_scheduler.cluster import pg
+from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.commands.run import ledger_flags
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
@@ -27,6 +29,8 @@ OWNER = "batch-scheduler cancel"
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.ledger:
+        return cluster_cancel(args)
     out_dir, env = args.dir, load_environment()
     path = os.path.join(out_dir, "ledger.db")
     if not os.path.exists(path):
@@ -72,3 +76,22 @@ def _cancel(args: argparse.Namespace, path: str, env: dict[str, str], running: s
         print(f"cancelled {out_dir}: run `batch-scheduler run ... --out {out_dir}` (or `resume`) to collect what "
               f"the batches finished; cancelled requests are not sent again unless --retry-cancelled is given")
     return ExitCode.FAILED if done.problems else ExitCode.OK
+
+
+def cluster_cancel(args: argparse.Namespace) -> int:
+    """`cancel --ledger URL NAME`: the job sends nothing new; the node running it cancels its batches."""
+    url = pg.check_url(args.ledger)
+    pg.ensure_schema(url)
+    queue = Queue(url)
+    try:
+        state = queue.cancel(args.dir)
+    finally:
+        queue.close()
+    if state == "cancelled":
+        print(f"job {args.dir}: cancelled")
+    elif state in ("done", "failed"):
+        print(f"job {args.dir}: already {state}; nothing to cancel")
+    else:
+        print(f"job {args.dir}: cancel requested; the node that runs it cancels its batches and collects what "
+              f"they finished")
+    return ExitCode.OK

@@ -11,14 +11,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from batch_scheduler.commands import cancel, daemon, export, run, simulate, status
+from batch_scheduler.commands import cancel, daemon, export, run, simulate, status, submit
 from batch_scheduler.commands.parser import build_parser
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.job.progress import BarAwareHandler
 
 COMMANDS = {"run": run.main, "resume": run.main, "status": status.main, "cancel": cancel.main,
-            "export": export.main, "simulate": simulate.main, "daemon": daemon.main}
+            "export": export.main, "simulate": simulate.main, "daemon": daemon.main, "submit": submit.main}
 
 
 def setup_logging(verbose: bool, json_lines: bool = False) -> None:

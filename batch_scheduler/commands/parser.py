@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from batch_scheduler import __version__
+from batch_scheduler.cluster.node import add_arguments as add_node_arguments
 from batch_scheduler.core.options import add_job_options
 from batch_scheduler.daemon.server import add_arguments as add_daemon_arguments
 from batch_scheduler.simulator import add_arguments as add_simulator_arguments
@@ -60,13 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     _run_only(r)
     _common(r, top=False)
 
+    r = sub.add_parser("submit", help="queue a job in a cluster's ledger (docs/cluster.md)")
+    r.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="input files every node can read (paths on a shared filesystem, or s3://, gs://, az:// URLs)")
+    r.add_argument("--ledger", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DB")
+    r.add_argument("--name", required=True, metavar="NAME", help="the job's name in the cluster (unique)")
+    r.add_argument("--out", required=True, metavar="OUT",
+                   help="where results go: s3://bucket/prefix (gs://, az://) or a directory every node shares")
+    r.add_argument("--weight", type=float, default=1.0, metavar="W",
+                   help="the job's weight among its team's jobs in the shared queue (daemon --queue-limit; default 1)")
+    r.add_argument("--team", metavar="NAME",
+                   help="the team the job counts for: teams share the queue equally, then their jobs by --weight")
+    add_job_options(r, only=_daemon_job_options())
+    _common(r, top=False)
+
     r = sub.add_parser("status", help="where the job in DIR stands (works while it runs)")
-    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    r.add_argument("dir", metavar="DIR", nargs="?",
+                   help="the job's output directory (with --ledger: a job's name; every job when left out)")
+    r.add_argument("--ledger", metavar="URL", help="a cluster's ledger: postgresql://USER@HOST:PORT/DB")
     r.add_argument("--json", action="store_true", help="print the status as one JSON document")
     _common(r, top=False)
 
     r = sub.add_parser("cancel", help="cancel the job's batches in flight at the provider")
-    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    r.add_argument("dir", metavar="DIR", help="the job's output directory (with --ledger: the job's name)")
+    r.add_argument("--ledger", metavar="URL", help="a cluster's ledger: postgresql://USER@HOST:PORT/DB")
     add_job_options(r, only=("base_url", "header"))
     _trust_ledger_url(r)
     _common(r, top=False)
@@ -85,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulator_arguments(r)
     _common(r, top=False)
 
-    r = sub.add_parser("daemon", help="run jobs dropped into a spool directory, forever")
+    r = sub.add_parser("daemon", help="run jobs dropped into a spool directory, or claimed from a cluster's ledger")
     add_daemon_arguments(r)
+    add_node_arguments(r)
     add_job_options(r, only=_daemon_job_options())
     _common(r, top=False)
     return p

@@ -13,10 +13,12 @@ from typing import Any
 
 import orjson
 
+from batch_scheduler.cluster.store import BucketRunStore, state_dir_for
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
+from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.options import REMEMBERED, flags_of, unkept_headers
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.daemon.metrics import Metrics, run_view
@@ -76,7 +78,7 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
         out = args.dir
     else:
         flags = flags_of(args)
-        inputs = expand_inputs(args.inputs)
+        inputs = [p for given in args.inputs for p in ([given] if is_object_url(given) else expand_inputs([given]))]
         out = args.out
     flags["progress"] = sys.stderr.isatty()
     flags["verbose"] = args.verbose
@@ -87,8 +89,18 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
 def main(args: argparse.Namespace) -> int:
     env = load_environment()
     settings, out, inputs = job_settings(args, env)
+    store = BucketRunStore(out, state_dir_for(out, env)) if is_object_url(out) else None
+    try:  # an OUT in a bucket: results there, the ledger on this machine (docs/cluster.md)
+        return _run(args, settings, out, inputs, store)
+    finally:
+        if store is not None:
+            store.cleanup()
+
+
+def _run(args: argparse.Namespace, settings: Settings, out: str, inputs: list[str],
+         store: BucketRunStore | None) -> int:
     if settings.dry_run:
-        return run_loop(dry_run(settings, inputs, out))
+        return run_loop(dry_run(settings, inputs, store.state_dir if store else out))
     if not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
     remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
@@ -97,13 +109,13 @@ def main(args: argparse.Namespace) -> int:
     if metrics_file:
         check_writable_dir(metrics_file)
     engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered, observer=metrics,
-                    owner=f"batch-scheduler {args.command}")
+                    owner=f"batch-scheduler {args.command}", store=store)
     started = time.time()
     outcome = run_loop(until_signalled(engine))
     if isinstance(outcome, signal.Signals):
         code = STOPPED_BY[outcome]
         outcome = JobResult(code, f"stopped by {outcome.name} (exit {int(code)}); nothing is lost: run the same "
-                                  f"command again to resume", read_summary(out))
+                                  f"command again to resume", read_summary(store.state_dir if store else out))
     print_outcome(outcome, json_lines=getattr(args, "log_json", False))
     if metrics is not None and metrics_file:
         try:

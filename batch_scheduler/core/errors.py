@@ -6,9 +6,12 @@
     ├── JobMismatch                     an --out that belongs to another job or other options
     ├── JobBusy                         another process holds the job's lock (exit 2)
     ├── DiskFull                        no room to write the shards, the ledger or a job file
+    ├── LeaseLost                       cluster: this node's claim on the job is gone (another node has it)
+    ├── LedgerUnavailable               cluster: PostgreSQL cannot be reached (names host and port)
     └── ProviderError                   anything the provider (or the way to it) did
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
+        │   ├── QueueFull               429 at create: the organisation's processing queue is full
         │   ├── ServerError             500, 502, 503, 529 (overloaded), other 5xx
         │   ├── Conflict                409 conflict_error (a concurrent change; the SDKs retry it)
         │   ├── NetworkError            connection refused, reset or dropped
@@ -81,6 +84,16 @@ class DiskFull(SchedulerError):
     """No room to write (ENOSPC, EDQUOT, EFBIG, SQLite's "database or disk is full"): free space, run again."""
 
 
+class LeaseLost(SchedulerError):
+    """The node's claim on a cluster job is gone: its lease ran out or another node claimed the job.
+    Nothing more is written for the job; the node drops it at once."""
+
+
+class LedgerUnavailable(SchedulerError):
+    """PostgreSQL cannot be reached (refused, timed out, dropped). The message names host and port,
+    never the password."""
+
+
 class ProviderError(SchedulerError):
     def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
         super().__init__(message)
@@ -97,6 +110,17 @@ class RateLimited(TransientError):
                  retry_after_s: float | None = None):
         super().__init__(message, status=status, kind=kind)
         self.retry_after_s = retry_after_s
+
+
+class QueueFull(TransientError):
+    """A create refused because the provider's processing queue holds all it will take (Anthropic and
+    the inline proxy: a 429 that names the queue). Not retried by the HTTP layer: admission waits for a
+    batch of ours to end, and learns a smaller limit (`stated_limit` when the message gives one)."""
+
+    def __init__(self, message: str, *, status: int | None = 429, kind: str | None = None,
+                 stated_limit: int | None = None):
+        super().__init__(message, status=status, kind=kind)
+        self.stated_limit = stated_limit
 
 
 class ServerError(TransientError):
@@ -163,6 +187,8 @@ _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
 # EnforcedSpendLimitReachedError, ContractSpendLimitReachedError); OpenAI says `insufficient_quota`
 SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached", "contract_spend_limit_reached"})
 OPENAI_QUOTA_CODE = "insufficient_quota"
+_QUEUE = re.compile(r"\bqueue", re.IGNORECASE)  # a 429 about the processing queue, not about the request rate
+_STATED_LIMIT = re.compile(r"limit of ([\d,]+)", re.IGNORECASE)
 
 
 def _error_doc(body: bytes) -> tuple[dict | None, str | None]:
@@ -230,6 +256,18 @@ def parse_retry_after(value: str | None, *, ms: str | None = None, now: float | 
     return None
 
 
+def queue_full_limit(message: str) -> tuple[bool, int | None]:
+    """Whether a 429's message is about the processing queue, and the limit it states (if it states one).
+
+    A request-rate 429 ("rate limit of 1,000 requests per minute") and a spend-limit 429 ("API usage
+    limits", `error_code: enforced_spend_limit_reached`) do not name the queue.
+    """
+    if not _QUEUE.search(message):
+        return False, None
+    m = _STATED_LIMIT.search(message)
+    return True, (int(m.group(1).replace(",", "")) if m and m.group(1).replace(",", "") else None)
+
+
 def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = None, *,
                 what: str = "") -> ProviderError:
     """Map an HTTP error status (its body and headers) to the error tree, as the official SDKs decide."""
@@ -240,6 +278,8 @@ def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = No
         return AuthRefused(text, status=status, kind=kind)
     if _is_spend_limit(status, body):
         return SpendLimited(text, status=status, kind=kind)
+    if status == 429 and (queue := queue_full_limit(message))[0]:
+        return QueueFull(text, status=status, kind=kind, stated_limit=queue[1])
     cls = _class_of(status)
     should_retry = h.get("x-should-retry", "").strip().lower()
     if should_retry == "true" and not issubclass(cls, TransientError):

@@ -12,6 +12,8 @@ Proxies come from the process environment as in the official SDKs (`trust_env`: 
 does not name). The key never leaves in an error: `redact` blanks `secret` and the value of every
 header whose name says key, token, secret, password or authorization (a proxy's token in
 `ANTHROPIC_CUSTOM_HEADERS` included).
+
+A 429 about the processing queue (`QueueFull`) is not retried either: admission waits for a batch to end.
 """
 
 from __future__ import annotations
@@ -169,8 +171,8 @@ class HttpClient:
                 err.args = (self.redact(str(err)),)
                 if isinstance(err, errors.OutcomeUnknown | errors.TimeoutError_) and not idempotent:
                     raise err from None
-                if not isinstance(err, errors.TransientError):
-                    raise err from None
+                if not isinstance(err, errors.TransientError) or isinstance(err, errors.QueueFull):
+                    raise err from None  # a full queue waits for a batch to end (admission), not for a timer
                 if attempt >= policy.attempts or self._clock() - started > policy.deadline_s:
                     raise err from None
                 wait = backoff_s(policy, attempt, self._rng)

@@ -202,26 +202,28 @@ class Ledger:
                             skip: int = 0, span: tuple[int, int, int, int, int] | None = None,
                             attempt: int = 1, est_cost: float = 0.0, chunk_id: int | None = None,
                             retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
-                            digest: str | None = None, ids: list[str] | None = None) -> int:
+                            digest: str | None = None, ids: list[str] | None = None,
+                            units: int | None = None, queue_key: str | None = None) -> int:
         """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting.
 
         digest: an input chunk's `batcher.chunk_digest` as cut, checked whenever the chunk is read again.
-        ids: the custom_ids of a new input chunk, kept for the collector's completeness check."""
+        ids: the custom_ids of a new input chunk, kept for the collector's completeness check.
+        units, queue_key: what the batch weighs in the provider's queue, and which queue (job.queue_budget)."""
         now = time.time()
 
         def q(db: sqlite3.Connection) -> int:
             if chunk_id is not None:
                 # `take` stays: it places the chunk in its root; what is sent may be fewer (refusals)
-                db.execute("UPDATE chunks SET state=?, intent_at=?, nbytes=?, est_cost=? WHERE id=?",
-                           (ChunkState.SUBMITTING, now, nbytes, est_cost, chunk_id))
+                db.execute("UPDATE chunks SET state=?, intent_at=?, nbytes=?, est_cost=?, units=?, queue_key=?"
+                           " WHERE id=?", (ChunkState.SUBMITTING, now, nbytes, est_cost, units, queue_key, chunk_id))
                 return chunk_id
             sf, sp, sl, ef, ep = span or (None, None, None, None, None)
             cur = db.execute(
                 "INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line, end_file,"
-                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped, digest)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " end_pos, nbytes, state, attempt, intent_at, est_cost, skipped, digest, units, queue_key)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (kind, root_seq, skip, take, sf, sp, sl, ef, ep, nbytes, ChunkState.SUBMITTING, attempt, now,
-                 est_cost, json.dumps(skipped) if skipped else None, digest))
+                 est_cost, json.dumps(skipped) if skipped else None, digest, units, queue_key))
             new_id = int(cur.lastrowid or 0)
             if retry_ids:
                 db.executemany("UPDATE retries SET chunk_id=?, state=? WHERE custom_id=?",
@@ -257,6 +259,21 @@ class Ledger:
         await self._run(lambda db: db.execute(
             "UPDATE chunks SET state=?, batch_id=NULL, adopted=0, note=? WHERE id=?",
             (ChunkState.PLANNED, note, chunk_id)))
+
+    async def record_queue_full(self, chunk_id: int, note: str, *, counter: str, limits: dict[str, Any]) -> None:
+        """The provider's queue was full for this chunk's batch (a 429 at create, or a batch it failed for its
+        token limit): the chunk waits to be sent again and none of its requests has used an attempt; the
+        answer is counted and what admission learned from it kept, in one transaction."""
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE chunks SET state=?, note=? WHERE id=?", (ChunkState.PLANNED, note, chunk_id))
+            db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                       (counter,))
+            self._write_meta(db, {"queue_limits": limits})
+        await self._run(q)
+
+    async def record_queue_limits(self, doc: dict[str, Any]) -> None:
+        """What admission learned of the provider's queues (`queue_limit`), for the next run to start from."""
+        await self._run(lambda db: self._write_meta(db, {"queue_limits": doc}))
 
     async def mark_ended(self, chunk_id: int, ended_at: float | None) -> None:
         await self._run(lambda db: db.execute(
@@ -362,17 +379,22 @@ class Ledger:
 
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
                                park: list[tuple[str, bytes, int, RetryState, bytes | None]], finals: list[str],
-                               wait: RetryWait | None = None, now: float | None = None) -> None:
+                               wait: RetryWait | None = None, now: float | None = None,
+                               objects: list[tuple[str, int, int, int]] | None = None) -> None:
         """Write-ahead step 3 (after the shard fsync): collected, offsets, counts, parked requests.
 
         park: (custom_id, request, attempts, state PENDING, CANCELLED or FAILED, last result line or None when
         the results left the request out); each waits `wait.after(attempts)` before it is sent again.
         finals: custom_ids of retried requests whose final line is now in the shards.
+        objects: result objects uploaded for this batch, (key, shard, bytes, lines): listed here, they count.
         """
         now = time.time() if now is None else now
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(enumerate(offsets)))
+            if objects:
+                db.executemany("INSERT INTO result_objects VALUES (?, ?, ?, ?, ?)",
+                               [(k, chunk_id, shard, nbytes, lines) for k, shard, nbytes, lines in objects])
             self._park(db, park, wait, now)
             db.executemany("UPDATE retries SET state=?, chunk_id=NULL WHERE custom_id=?",
                            [(RetryState.DONE, c) for c in finals])
@@ -399,6 +421,11 @@ class Ledger:
         await self._run(lambda db: db.executemany(
             "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             list(counts.items())))
+
+    def result_objects(self) -> list[str]:
+        """Keys of the result objects the ledger lists (the committed ones), in order."""
+        return self._pool.submit(lambda: [k for (k,) in self._db.execute(
+            "SELECT key FROM result_objects ORDER BY key")]).result()
 
     def counters(self) -> dict[str, float]:
         return self._read(lambda: dict(self._db.execute("SELECT name, value FROM counters")))

@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     est_cost REAL NOT NULL DEFAULT 0,
     note TEXT,
     skipped TEXT,                       -- input kind: JSON [[file, line], ...] of rejected lines inside the span
-    digest TEXT                         -- input kind: sha256 of the root chunk's request lines, as cut
+    digest TEXT,                        -- input kind: sha256 of the root chunk's request lines, as cut
+    units INTEGER,                      -- what the batch weighs in the provider's queue (requests or tokens)
+    queue_key TEXT                      -- which of the provider's queues: 'requests', or the model
 );
 CREATE INDEX IF NOT EXISTS chunks_root ON chunks(root_seq);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
@@ -47,6 +49,10 @@ CREATE TABLE IF NOT EXISTS chunk_ids (    -- the custom_ids an input chunk carri
 );
 CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS result_objects (  -- results as write-once objects (--out s3://...)
+    key TEXT PRIMARY KEY, chunk_id INTEGER NOT NULL, shard INTEGER NOT NULL, nbytes INTEGER NOT NULL,
+    lines INTEGER NOT NULL
+);
 """
 
 
@@ -116,6 +122,8 @@ class ChunkRow:
     note: str | None
     skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
     digest: str | None = None  # input chunks: sha256 of the root chunk's request lines when cut (None: older ledger)
+    units: int | None = None  # what its batch weighs in the provider's queue (see job.queue_budget)
+    queue_key: str | None = None
 
     def __post_init__(self) -> None:
         self.kind = ChunkKind(self.kind)
@@ -125,4 +133,4 @@ class ChunkRow:
         return {(f, n) for f, n in json.loads(self.skipped)} if self.skipped else set()
 
 
-ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT"}  # chunks columns later versions added: migrated on open
+ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT", "units": "INTEGER", "queue_key": "TEXT"}  # chunks columns later versions added: migrated on open

@@ -119,7 +119,14 @@ JOB_OPTIONS: tuple[Option, ...] = (
            default_text="the provider's (10,000; openai 50,000; inline 5,000)"),
     Option("batch_bytes", parse_size, 200 * _MB, "body bytes per batch; a batch closes at whichever limit comes first",
            BATCHING, shapes=True, metavar="SIZE", default_text="200MB (max 256MB; openai 200MB)"),
-    Option("concurrency", int, 8, "batches in flight at once", BATCHING, metavar="K", minimum=1),
+    Option("concurrency", int, 128, "most batches open at once (an upper bound; the provider's queue limit is "
+           "what normally paces a run)", BATCHING, metavar="K", minimum=1),
+    Option("max_queued_requests", int, None, "hard cap on requests waiting in the provider's queue (anthropic, "
+           "inline); unset, the limit is learned from queue-full answers", BATCHING, metavar="N", minimum=1,
+           default_text="learned, from 200,000 (at most 500,000)", daemon_side=True),
+    Option("max_enqueued_tokens", int, None, "hard cap on estimated input tokens enqueued per model (openai); "
+           "unset, the limit is learned from token-limit failures", BATCHING, metavar="N", minimum=1,
+           default_text="learned, from 2,000,000 (at most 15,000,000,000)", daemon_side=True),
     Option("poll_min", _float, 5.0, "first poll interval of a batch, seconds; backs off 1.5x with jitter",
            BATCHING, field="poll_min_s", metavar="S", minimum=0.001, daemon_side=True),
     Option("poll_max", _float, 60.0, "longest poll interval, seconds", BATCHING, field="poll_max_s",

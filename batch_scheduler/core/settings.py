@@ -46,6 +46,18 @@ class ProviderSpec:
     header_env: tuple[tuple[str, str], ...] = ()  # (variable, header) sent when the variable is set
     custom_id: str = r"[a-zA-Z0-9_-]{1,64}"  # what a custom_id must fully match
     custom_id_rule: str = "1-64 characters of a-z A-Z 0-9 _ -"  # the same, said to a user
+    # The provider's queue limit (API-NOTES): what it counts, the documented lowest tier's figure (where
+    # admission starts learning) and the highest tier's (the most --max-queued-requests /
+    # --max-enqueued-tokens may say). "requests": requests waiting in the organisation's processing
+    # queue; "tokens": estimated input tokens enqueued per model.
+    queue_unit: str = "requests"
+    queue_start: int = 200_000
+    queue_max: int = 500_000
+
+    @property
+    def queue_option(self) -> str:
+        """The flag that caps this provider's queue."""
+        return "--max-enqueued-tokens" if self.queue_unit == "tokens" else "--max-queued-requests"
 
     @property
     def key_hint(self) -> str:
@@ -167,6 +179,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
     if not 1024 <= batch_bytes <= spec.max_bytes:
         raise UsageError(f"--batch-bytes {batch_bytes}: must be 1KB..{spec.max_bytes // MB} MB for provider "
                          f"{spec.name}")
+    check_queue_caps(values, spec)
     if values["poll_max_s"] < values["poll_min_s"]:
         raise UsageError("--poll-min must be > 0 and --poll-max at least --poll-min")
     values["headers"] = _headers(values["headers"], env, spec)
@@ -214,6 +227,20 @@ def _headers(flag_headers: Any, env: Mapping[str, str], spec: ProviderSpec) -> t
             out += parse_header_lines(env[variable], variable)
     out += [parse_header(h) for h in flag_headers]
     return tuple(out)
+def check_queue_caps(values: Mapping[str, Any], spec: ProviderSpec) -> None:
+    """--max-queued-requests / --max-enqueued-tokens: only the one the provider's queue counts, and no
+    more than its highest documented tier holds. Raises UsageError naming the limit."""
+    for name, unit in (("max_queued_requests", "requests"), ("max_enqueued_tokens", "tokens")):
+        value = values.get(name)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if unit != spec.queue_unit:
+            raise UsageError(f"{flag}: provider {spec.name} limits {spec.queue_unit} in its queue, not {unit}; "
+                             f"use {spec.queue_option}")
+        if value > spec.queue_max:
+            raise UsageError(f"{flag} {value:,}: provider {spec.name} allows at most {spec.queue_max:,} "
+                             f"{unit} in its queue (its highest tier)")
 
 
 def join_url(base: str, path: str) -> str:

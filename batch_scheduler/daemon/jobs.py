@@ -36,6 +36,7 @@ from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.observe import Observer
+from batch_scheduler.job.queue_budget import QueuePool
 from batch_scheduler.providers import (
     build_settings,
     headers_for,
@@ -132,6 +133,9 @@ class JobRunner:
         self.env: dict[str, str] = {}
         self.env_generation = 0
         self.slots = FairSlots(1)  # sized at startup, once the settings are known
+        # what every job may have queued at each provider account: one budget, fair shares by requests or
+        # tokens, work-conserving (a job with nothing to send leaves its share to the others)
+        self.queues = QueuePool()
         self.totals = Totals()
         self.on_state: list[Callable[[Job, JobState], None]] = []  # (job, state before): e.g. daemon.hooks
 
@@ -242,7 +246,7 @@ class JobRunner:
         try:
             engine = Engine(prepared.settings, job.dir, [job.input], quiet=True, slots=handle,
                             remembered=prepared.remembered, observer=self.observer,
-                            owner=f"batch-scheduler daemon (job {job.name})", claims=self.claims)
+                            owner=f"batch-scheduler daemon (job {job.name})", claims=self.claims, queues=self.queues)
         except Exception as err:  # noqa: BLE001 - e.g. a price table that cannot be read: this job's failure
             handle.close()
             self.fail(job, str(err) if isinstance(err, errors.SchedulerError) else f"{type(err).__name__}: {err}")

@@ -48,6 +48,7 @@ from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.providers import build_settings
 
+DEFAULT_LISTEN = "127.0.0.1:8787"
 STOP_DEADLINE_S = 8.0  # SIGTERM -> exit: under the 10 s promised, and systemd's TimeoutStopSec=15
 HOOKS_STOP_S = 2.0  # then notifications being delivered get this long
 
@@ -370,8 +371,8 @@ class Daemon:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("daemon")
-    g.add_argument("--spool", required=True, metavar="DIR", help="spool directory: DIR/inbox, DIR/jobs")
-    g.add_argument("--listen", default="127.0.0.1:8787", metavar="HOST:PORT",
+    g.add_argument("--spool", metavar="DIR", help="spool directory: DIR/inbox, DIR/jobs (or --ledger: a cluster node)")
+    g.add_argument("--listen", default=None, metavar="HOST:PORT",
                    help="HTTP API address (default 127.0.0.1:8787; beyond loopback only with --token), or "
                         "unix:PATH for a unix socket (mode 0600)")
     g.add_argument("--token", help="bearer token the HTTP API requires (or BATCH_DAEMON_TOKEN in .env)")
@@ -405,8 +406,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:
     """The daemon's configuration from its flags; raises UsageError (exit 2) before anything starts."""
-    unix = os.path.abspath(args.listen[len("unix:"):]) if args.listen.startswith("unix:") else None
-    listen = parse_listen(args.listen) if unix is None else DaemonConfig.listen
+    text = args.listen or DEFAULT_LISTEN
+    unix = os.path.abspath(text[len("unix:"):]) if text.startswith("unix:") else None
+    listen = parse_listen(text) if unix is None else DaemonConfig.listen
     token = args.token or env.get("BATCH_DAEMON_TOKEN") or None
     if unix is None and not is_loopback(listen[0]) and not token:
         raise errors.UsageError(f"--listen {args.listen}: not a loopback address, so the HTTP API needs --token "

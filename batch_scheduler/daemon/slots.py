@@ -1,4 +1,9 @@
-"""One budget of batches in flight (--concurrency) for every job the daemon runs, shared fairly."""
+"""One budget of batches open at once (--concurrency) for every job the daemon runs, shared fairly.
+
+This is an upper bound on batches; what paces the jobs is the provider's queue, whose budget (requests
+or tokens queued, learned from the provider's answers) the jobs share through `job.queue_budget.QueuePool`
+(`JobRunner.queues`): room goes to the job holding least, and a job alone may use all of it.
+"""
 
 from __future__ import annotations
 

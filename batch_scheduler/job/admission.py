@@ -1,7 +1,12 @@
-"""What decides whether the next batch may go: a free slot, no hold, room under --max-cost.
+"""What decides whether the next batch may go: a free slot, no hold, room under --max-cost, room in the queue.
 
-A slot (a semaphore of --concurrency, or the daemon's shared slots) is taken before a chunk is sent
-and given back once its results are durable, so at most K batches are in flight. A hold stops every
+What may be in flight is measured in what the provider limits: requests waiting in its queue
+(Anthropic, inline) or estimated input tokens enqueued per model (OpenAI). The room is the provider's
+queue limit as learned from its answers (`queue_limit`, `queue_budget`, `queues`): a batch takes room
+before it is sent and gives it back the moment the provider says it ended, or that its queue was full.
+
+A slot (a semaphore of --concurrency, or the daemon's shared slots) is an upper bound on batches open
+at once: taken before a chunk is sent and given back once its results are durable. A hold stops every
 new batch for the rest of the run: the job was cancelled (`cancel DIR` may mark it while this run
 goes: the ledger is asked before each batch) or the budget would pass --max-cost. A background
 failure also stops admission: the first one is kept and raised to whoever asks for a slot next.
@@ -11,22 +16,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.job.budget import Budget
 from batch_scheduler.job.progress import JobStats
+from batch_scheduler.job.queue_budget import Ticket
+from batch_scheduler.job.queues import JobQueues, Weight
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 
 CANCELLED_HOLD = "the job was cancelled"
 
 
+@dataclass
+class Pass:
+    """A batch may go: its --max-cost estimate and its room in the provider's queue."""
+
+    estimate_usd: float
+    ticket: Ticket
+    weight: Weight
+
+
 class Admission:
-    def __init__(self, slots: Any, budget: Budget, ledger: Ledger, stats: JobStats, *, cancelled: bool,
-                 spent_usd: float):
+    def __init__(self, slots: Any, budget: Budget, ledger: Ledger, stats: JobStats, queues: JobQueues, *,
+                 cancelled: bool, spent_usd: float):
         self._slots = slots  # async acquire(), release(): a semaphore, or the daemon's shared slots
         self.budget = budget
+        self.queues = queues
         self._ledger = ledger
         self._stats = stats
         self.cancelled = cancelled
@@ -35,6 +53,7 @@ class Admission:
         self.spent_usd = spent_usd
         self.in_flight = 0  # slots taken
         self.changed = asyncio.Event()  # a slot came back, or a background task failed
+        self._failed = asyncio.Event()
         self.fatal: BaseException | None = None
 
     async def take_slot(self) -> None:
@@ -49,8 +68,10 @@ class Admission:
         self._slots.release()
         self.changed.set()
 
-    async def admit(self, lines: list[bytes]) -> float | None:
-        """Take a slot, then ask the hold and the budget: the batch's estimate, or None (slot given back)."""
+    async def admit(self, lines: list[bytes], weight: Weight, *, splittable: bool = False) -> Pass | None:
+        """Take a slot, ask the hold and the budget, then wait for room in the queue: a Pass, or None
+        (slot given back). A splittable batch heavier than a batch of the queue should be, once its limit is
+        known, raises TooHeavy (slot given back): it is to go in parts."""
         await self.take_slot()
         if not self.cancelled and await self._ledger.is_cancelled():
             self.cancelled = True  # `cancel DIR` ran while we were going: send nothing new
@@ -59,12 +80,33 @@ class Admission:
             self.give_slot()
             return None
         est = self.budget.estimate(lines)
-        if self.budget.allows(self.spent_usd, est):
-            return est
-        self.give_slot()
-        self.hold = self.budget.stopped_at
-        log.warning("%s", self.hold)
-        return None
+        if not self.budget.allows(self.spent_usd, est):
+            self.give_slot()
+            self.hold = self.budget.stopped_at
+            log.warning("%s", self.hold)
+            return None
+        try:
+            ticket = await self.room(weight, splittable=splittable)
+        except BaseException:
+            self.give_slot()
+            raise
+        return Pass(est, ticket, weight)
+
+    async def room(self, weight: Weight, *, splittable: bool = False) -> Ticket:
+        """Wait for room in the queue (the slot is already held); a background failure ends the wait."""
+        if self.fatal is not None:
+            self.check()
+        waiter = asyncio.ensure_future(self.queues.reserve(weight, splittable=splittable))
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait([waiter, failed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+            if not waiter.done():
+                waiter.cancel()
+        if not waiter.done() or waiter.cancelled():
+            self.check()
+        return waiter.result()
 
     def sent(self, chunk_id: int, estimate_usd: float) -> None:
         """A chunk's estimate counts against the cap until it is settled."""
@@ -79,6 +121,7 @@ class Admission:
         """A background task failed: keep the first real error, wake the producer."""
         if self.fatal is None and not isinstance(exc, asyncio.CancelledError):
             self.fatal = exc
+            self._failed.set()
         self.changed.set()
 
     def check(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
@@ -26,12 +27,16 @@ class Cancelled:
     refused: errors.AuthRefused | None = None  # the key was refused: no further batch was asked
 
 
-async def cancel_batches(out_dir: str, settings: Settings | None, *, retry: RetryPolicy | None = None) -> Cancelled:
+async def cancel_batches(out_dir: str, settings: Settings | None, *, retry: RetryPolicy | None = None,
+                         ledger: Any = None) -> Cancelled:
     """Mark the job in out_dir cancelled and ask the provider to cancel each of its batches in flight.
 
     Without settings or a key the job is only marked (a run sends nothing new; its batches run on).
+    `ledger`: the job's ledger when it is not DIR/ledger.db (a cluster job's); the caller closes it.
     """
-    ledger = await asyncio.to_thread(Ledger, os.path.join(out_dir, "ledger.db"))
+    own = ledger is None
+    if own:
+        ledger = await asyncio.to_thread(Ledger, os.path.join(out_dir, "ledger.db"))
     out = Cancelled()
     try:
         await ledger.set_cancelled(True)
@@ -53,5 +58,6 @@ async def cancel_batches(out_dir: str, settings: Settings | None, *, retry: Retr
                 await ledger.set_note(r.id, f"cancel requested: {info.state.value}")
                 out.requested.append((batch_id, info.raw.get("processing_status") or info.raw.get("status")))
     finally:
-        await asyncio.to_thread(ledger.close)
+        if own:
+            await asyncio.to_thread(ledger.close)
     return out

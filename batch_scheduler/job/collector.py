@@ -22,6 +22,8 @@ A 404 for the results of a batch this job recorded is a ghost (the real API has 
 while after create): the download is tried again with backoff, the lock given up meanwhile, for up to
 `--not-found-grace` since the poll that saw the batch ended; past it the run stops naming the batch.
 After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3).
+A cluster job's shards are write-once objects instead: uploaded first, then listed in the same
+`record_collected`, which is their commit point.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ class Collector:
                         info.id, f"{repeated:,}", f"{foreign:,}")
         by_model = {m: Usage(*map(sum, zip(*us, strict=True))) for m, us in usages.items() if us}
         self._committing = True
-        new_offsets = await asyncio.to_thread(shards.commit)
+        new_offsets = await shards.durable()
         summary: dict[str, float] = {}
         for o, c in enumerate(counts):
             if c:
@@ -230,7 +232,8 @@ class Collector:
         if parked_retry:
             summary["retried"] = parked_retry
         await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
-                                           finals=finals_retried, wait=retry_wait(self.settings))
+                                           finals=finals_retried, wait=retry_wait(self.settings),
+                                           objects=shards.uploaded)
         offsets[:] = new_offsets
         return Collected(sum(counts), len(park), summary)
 

@@ -34,13 +34,15 @@ from batch_scheduler.job.observe import Observer
 from batch_scheduler.job.poller import Poller, PollStats
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats, show_progress
+from batch_scheduler.job.queue_budget import QueuePool
+from batch_scheduler.job.queues import JobQueues, learned_from
 from batch_scheduler.job.reader import span_blocks
 from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.run import Run
 from batch_scheduler.job.submitter import Submitter
-from batch_scheduler.job.summary import build_summary, write_summary
+from batch_scheduler.job.summary import build_summary
 from batch_scheduler.job.validate import Rejects, Validator
-from batch_scheduler.providers import headers_for, key_refused_message, make_provider
+from batch_scheduler.providers import headers_for, key_refused_message, make_provider, spec_of
 from batch_scheduler.providers.base import Provider
 
 __all__ = ["Engine", "ExitCode", "JobResult"]
@@ -72,7 +74,8 @@ class Engine:
                  provider_factory: Callable[[Settings, HttpClient], Provider] | None = None,
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
                  slots: Any = None, observer: Observer | None = None, owner: str = "batch-scheduler run",
-                 claims: Claims | None = None):
+                 claims: Claims | None = None, queues: QueuePool | None = None, store: Any = None,
+                 lease: Any = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -85,6 +88,9 @@ class Engine:
         self._owner = owner  # who holds the job's lock, as a process refused by it is told
         self._claims = claims  # whose batch is whose, shared by the jobs of a daemon (see job.claims)
         self._where = os.path.abspath(out_dir)  # this job, as the claims know it
+        self._pool = queues or QueuePool()  # the provider queues' budget, shared by jobs (daemon)
+        self._store = store  # where the job's state lives (job.LocalStore(out_dir) when None; see job.py)
+        self._lease = lease  # cluster: the claim a create call must have time left on (see submitter)
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
@@ -109,7 +115,8 @@ class Engine:
         started = time.time()
         try:
             job = self._job = await Job.open(self.settings, self.out_dir, self.inputs, remembered=self._remembered,
-                                             stats=self.stats, prices=self.prices, owner=self._owner)
+                                             stats=self.stats, prices=self.prices, owner=self._owner,
+                                             store=self._store)
         except (errors.JobMismatch, errors.UsageError) as err:  # another job's directory, or a damaged one
             return JobResult(ExitCode.USAGE, str(err))
         except errors.JobBusy as err:  # another process has the job: touch nothing
@@ -136,9 +143,12 @@ class Engine:
                 self._claims.release(self._where)  # what it holds is in its ledger now, where others look
         refused = result.exit_code == ExitCode.USAGE  # e.g. the input changed: the job's files stay as they were
         job.close_files(read_all=self._read_all and not refused)
-        if not refused:
-            result.summary = self._write_summary(job, result, started)
-        job.close()
+        try:
+            if not refused:
+                result.summary = self._write_summary(job, result, started)
+                await job.store.publish(result.exit_code == ExitCode.OK)
+        finally:
+            job.close()
         return result
 
     @property
@@ -147,11 +157,19 @@ class Engine:
         return self.stats.reading_done or self._strict_read
 
     async def _run_once(self, job: Job) -> JobResult:
-        s = self.settings
         start = await job.start()
+        queues = JobQueues(self._pool, self.settings, spec_of(self.settings.provider), job.ledger, self.stats,
+                           job=self.out_dir, learned=learned_from(job.ledger.read_meta()))
+        try:
+            return await self._run_with(job, start, queues)
+        finally:
+            queues.close()  # what the run still holds in a shared pool goes back (the next run holds it again)
+
+    async def _run_with(self, job: Job, start: Any, queues: JobQueues) -> JobResult:
+        s = self.settings
         slots = self._shared_slots or asyncio.Semaphore(s.concurrency)
         admission = self._admission = Admission(slots, Budget(s.max_cost_usd, self.prices), job.ledger, self.stats,
-                                                cancelled=start.cancelled, spent_usd=start.spent_usd)
+                                                queues, cancelled=start.cancelled, spent_usd=start.spent_usd)
         async with HttpClient(headers_for(s), s.retry, timeout_s=s.http_timeout_s, secret=s.api_key,
                               connections=max(16, s.concurrency * 2)) as http:
             self.http = http
@@ -164,7 +182,7 @@ class Engine:
                 return refused
             replay = Replay(job.sources, provider.check_request, job.ledger, lane_of=getattr(provider, "lane_of", None))
             submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead,
-                                  claims=self._claims, owner=self._where)
+                                  claims=self._claims, owner=self._where, lease=self._lease)
             collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -276,6 +294,9 @@ class Engine:
         except OSError as err:  # a full disk: the ledger holds everything the summary would say
             log.error("cannot write %s/summary.json (%s); `status` shows the job from its ledger", self.out_dir, err)
             return {}
+        except (errors.LeaseLost, errors.LedgerUnavailable) as err:  # cluster: the job is another node's now
+            log.warning("no summary written: %s", err)
+            return {}
 
     def _write_summary_file(self, job: Job, result: JobResult, started: float) -> dict[str, Any]:
         run = self._run
@@ -287,8 +308,9 @@ class Engine:
             downloads_restarted=run.collector.downloads_restarted if run is not None else 0,
             polls=run.poller.stats if run is not None else PollStats(),
             estimate=job.ledger.read_meta().get("estimate"),
-            results_not_found=run.collector.results_not_found if run is not None else 0)
-        write_summary(self.out_dir, summary)
+            results_not_found=run.collector.results_not_found if run is not None else 0,
+            queue=self._admission.queues.summary() if self._admission is not None else None)
+        job.store.write_summary(summary)
         return summary
 
 

@@ -7,8 +7,17 @@ another job's directory and nothing is written into it. A run starts from what t
 so far, requests waiting for another attempt, whether it was cancelled, and the `anthropic-version`
 it was started with (a resumed job keeps its own, unless this command line names another).
 
-One process at a time: `Job.open` takes the directory's lock (`core.joblock`) before it opens
-anything, and `Job.close` gives it back; a second run, resume or daemon job is refused at once.
+One process at a time: `Job.open` takes the store's lock (`core.joblock` on the job directory)
+before it opens anything, and `Job.close` gives it back; a second run, resume or daemon job is
+refused at once. A cluster job has no lock of its own: its claim's lease is the lock.
+
+Where the job's durable state lives is its store: `LocalStore(DIR)` is the job directory (DIR/ledger.db,
+DIR/results/shard-NNNNN.jsonl, DIR/rejected.jsonl, DIR/summary.json); the cluster's stores
+(`batch_scheduler.cluster.store`) keep the ledger in PostgreSQL (or a local state directory for
+`run --out s3://...`) and results as write-once objects. A store has `where` (named in messages),
+`fingerprints(inputs)`, `lock(owner)` (a JobLock, or None), `open_ledger(settings, inputs, remembered)`, `open_shards(n, offsets)`, `rejects_path()`,
+`write_summary(summary)` and `async publish(ok)` (after a run, its files closed: what the store makes
+visible to readers).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -30,7 +40,7 @@ from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats
 from batch_scheduler.job.reader import Source, fingerprint
 from batch_scheduler.job.sources import make_sources
-from batch_scheduler.job.summary import finished
+from batch_scheduler.job.summary import finished, write_summary
 from batch_scheduler.job.validate import Rejects
 from batch_scheduler.job.writer import ShardSet
 
@@ -49,10 +59,53 @@ class Start:
     pending_retries: int  # requests parked for another attempt
 
 
+class LocalStore:
+    """A job directory on this machine: what `run` and the spool daemon use."""
+
+    def __init__(self, out_dir: str):
+        self.where = self.out_dir = out_dir
+
+    def fingerprints(self, inputs: list[str]) -> list[dict]:
+        return [fingerprint(p) for p in inputs]
+
+    def lock(self, owner: str) -> JobLock:
+        return lock_dir(self.out_dir, owner, "--out")
+
+    def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> Ledger:
+        return open_ledger(settings, self.out_dir, inputs, remembered)
+
+    def open_shards(self, n: int, offsets: list[int]) -> ShardSet:
+        return open_shards(self.out_dir, n, offsets)
+
+    def rejects_path(self) -> str:
+        return os.path.join(self.out_dir, "rejected.jsonl")
+
+    def write_summary(self, summary: dict) -> None:
+        write_summary(self.out_dir, summary)
+
+    async def publish(self, ok: bool) -> None:
+        """Everything is in place already."""
+
+
+def lock_dir(path: str, owner: str, what: str) -> JobLock:
+    """The lock of a job directory (made if need be); UsageError when it cannot be a directory of ours."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return JobLock.take(path, owner)
+    except (FileExistsError, NotADirectoryError):
+        raise errors.UsageError(f"{what} {path}: not a directory") from None
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise errors.UsageError(f"{what} {path}: cannot write there ({err.strerror})") from None
+
+
 class Job:
     def __init__(self, settings: Settings, out_dir: str, inputs: list[str], ledger: Ledger, shards: ShardSet,
-                 rejects: Rejects, *, stats: JobStats, prices: PriceTable, lock: JobLock | None = None):
+                 rejects: Rejects, *, stats: JobStats, prices: PriceTable, lock: JobLock | None = None,
+                 store: Any = None):
         self.settings = settings
+        self.store = store or LocalStore(out_dir)
         self.out_dir = out_dir
         self.inputs = inputs
         self.lock = lock
@@ -65,46 +118,44 @@ class Job:
 
     @classmethod
     async def open(cls, settings: Settings, out_dir: str, inputs: list[str], *, remembered: dict,
-                   stats: JobStats, prices: PriceTable, owner: str = "batch-scheduler run") -> Job:
+                   stats: JobStats, prices: PriceTable, owner: str = "batch-scheduler run", store: Any = None) -> Job:
         """The job in out_dir (made by the first run); JobMismatch, with nothing written, if it is another's;
         JobBusy if another process holds it (`owner` names this one to a process refused in turn)."""
+        store = store or LocalStore(out_dir)
+        lock = store.lock(owner)
+
+        def release() -> None:
+            if lock is not None:
+                lock.release()
         try:
-            os.makedirs(out_dir, mode=0o700, exist_ok=True)
-            lock = JobLock.take(out_dir, owner)
-        except (FileExistsError, NotADirectoryError):
-            raise errors.UsageError(f"--out {out_dir}: not a directory") from None
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise
-            raise errors.UsageError(f"--out {out_dir}: cannot write there ({err.strerror})") from None
-        try:
-            ledger = open_ledger(settings, out_dir, inputs, remembered)
+            ledger = store.open_ledger(settings, inputs, remembered)
         except BaseException:
-            lock.release()
+            release()
             raise
         try:
             settings = keep_version(as_started(settings, ledger.read_meta()), ledger, remembered)
-            shards = open_shards(out_dir, settings.shards, await ledger.shard_offsets(settings.shards))
+            shards = store.open_shards(settings.shards, await ledger.shard_offsets(settings.shards))
         except BaseException:
             ledger.close()
-            lock.release()
+            release()
             raise
         try:
-            rejects = Rejects(os.path.join(out_dir, "rejected.jsonl"), inputs)
+            rejects = Rejects(store.rejects_path(), inputs)
         except BaseException:
             shards.close()
             ledger.close()
-            lock.release()
+            release()
             raise
         try:
             for cid, msg in (await ledger.api_rejected()).items():
                 rejects.add(None, None, cid, f"refused by the API: {msg}")
-            return cls(settings, out_dir, inputs, ledger, shards, rejects, stats=stats, prices=prices, lock=lock)
+            return cls(settings, out_dir, inputs, ledger, shards, rejects, stats=stats, prices=prices, lock=lock,
+                       store=store)
         except BaseException:
             rejects.close(complete=False)
             shards.close()
             ledger.close()
-            lock.release()
+            release()
             raise
 
     async def start(self) -> Start:
@@ -143,7 +194,7 @@ class Job:
                 self.lock.release()
 
 
-def keep_version(settings: Settings, ledger: Ledger, remembered: dict) -> Settings:
+def keep_version(settings: Settings, ledger: Any, remembered: dict) -> Settings:
     """Settings with the job's own `anthropic-version`: the one in the ledger, unless this command line
     names one (which is kept from then on). A job from before the ledger kept it ran with what its flags
     said, else the environment's, else the earlier default."""
@@ -172,21 +223,29 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
     if here and (not os.path.exists(path) or os.path.getsize(path) == 0):
         raise errors.JobMismatch(unknown_results(out_dir, here))  # and no ledger.db is made where none was
     ledger = Ledger(path)
-    meta = ledger.read_meta()
-    shaping = settings.shaping()
-    if not meta:
+    if not ledger.read_meta():
         if here:  # a ledger that lost its -wal file before it knew the job
             ledger.close()
             raise errors.JobMismatch(unknown_results(out_dir, here))
+    else:
+        summarised, known = summary_finished(out_dir), finished(ledger.counters())
+        if summarised > known:  # the ledger is older than the results it wrote
+            ledger.close()
+            raise errors.JobMismatch(unknown_results(out_dir, f"summary.json counts {summarised:,} finished "
+                                                              f"requests, the ledger {known:,}"))
+    return check_identity(ledger, settings, out_dir, prints, remembered)
+
+
+def check_identity(ledger: Any, settings: Settings, out_dir: str, prints: list[dict], remembered: dict) -> Any:
+    """The first run records the job's inputs and batch options; a later one must bring the same (else
+    JobMismatch, the ledger closed)."""
+    meta = ledger.read_meta()
+    shaping = settings.shaping()
+    if not meta:
         ledger.write_meta({"inputs": prints, "shaping": shaping, "created_at": time.time(), "version": 1,
                            "flags": kept_flags(remembered), "job_name": settings.job_name,
                            VERSION_KEY: settings.anthropic_version})
         return ledger
-    summarised, known = summary_finished(out_dir), finished(ledger.counters())
-    if summarised > known:  # the ledger is older than the results it wrote
-        ledger.close()
-        raise errors.JobMismatch(unknown_results(out_dir, f"summary.json counts {summarised:,} finished requests, "
-                                                          f"the ledger {known:,}"))
     how = f"to start fresh, use another --out or delete {out_dir}"
     if [p["path"] for p in meta["inputs"]] != [p["path"] for p in prints]:
         ledger.close()

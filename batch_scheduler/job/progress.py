@@ -2,12 +2,12 @@
 
 On a terminal, one line redrawn in place every half second, cut to the terminal's width:
 
-    [█████████░░░░░░░░░░░░░░░]  41%  49,200/120,000  eta 12s | 8 batches, queued 80,000/200,000 |
+    [█████████░░░░░░░░░░░░░░░]  41%  49,200/120,000  eta 12s | 8 batches, queued 80,000/200,000 requests |
     $1.2300 of $5.0000 | retries 3, rejected 12 | 5,900 req/s
 
 The total is the accepted requests once the input is read, and an estimate from the input's size
-("~120,000") before. `queued` shows the requests waiting at the provider against the current limit
-when admission measures them (`JobStats.queued_requests`, `queued_limit`). Elsewhere (a log file,
+("~120,000") before. `queued` shows our requests waiting in the provider's queue against admission's
+current limit (OpenAI: `enqueued` estimated tokens of the model; `JobStats.queue_text`). Elsewhere (a log file,
 journald) `JobStats.line()` is logged every 5 s. Nothing here runs on the hot path: the pipeline
 only bumps counters; this task reads them.
 """
@@ -45,8 +45,11 @@ class JobStats:
     reading_done: bool = False
     first_submit_s: float | None = None
     expected_lines: int | None = None  # an estimate of the input's lines (plain files), until reading is done
-    queued_requests: int | None = None  # requests waiting at the provider, where admission measures them
-    queued_limit: int | None = None  # the provider queue's current limit (learned or --max-queued-requests)
+    queue_unit: str = "requests"  # what the provider's queue counts: requests, or (estimated) tokens
+    queued: int = 0  # of ours in the provider's queue now, in queue_unit
+    queue_limit: int | None = None  # what admission lets into it now (learned, or the hard cap)
+    queue_peak: int = 0
+    queue_full: int = 0  # queue-full answers this run (429s at create, token-limit failures)
 
     def rate(self, now: float | None = None) -> float:
         elapsed = max(1e-9, (now if now is not None else time.monotonic()) - self.started)
@@ -74,11 +77,17 @@ class JobStats:
         done = self.finished + self.finished_before
         eta = self.eta_s(now) if total else None
         of = f"/{total:,}" if total else ""
-        queued = (f"  queued {self.queued_requests:,}/{self.queued_limit:,}"
-                  if self.queued_requests is not None and self.queued_limit else "")
+        queued = f"  {self.queue_text()}" if self.queue_limit is not None else ""
         return (f"read {self.lines_read:,}  submitted {self.submitted:,}  finished {done:,}{of}  "
                 f"batches in flight {self.in_flight}{queued}  rejected {self.rejected:,}  retries {self.retries:,}  "
                 f"{rate:,.0f} req/s" + (f" eta {eta:,.0f}s" if eta is not None else ""))
+
+    def queue_text(self) -> str:
+        """`queued 180,000/200,000 requests` (OpenAI: `enqueued 1,200,000/2,000,000 tokens`)."""
+        verb = "enqueued" if self.queue_unit == "tokens" else "queued"
+        limit = f"/{self.queue_limit:,}" if self.queue_limit is not None else ""
+        full = f" ({self.queue_full:,} queue-full)" if self.queue_full else ""
+        return f"{verb} {self.queued:,}{limit} {self.queue_unit}{full}"
 
 
 def clock_text(seconds: float) -> str:
@@ -110,8 +119,8 @@ def bar_line(stats: JobStats, *, spent_usd: float | None = None, max_cost_usd: f
     if eta is not None:
         head += f"  eta {clock_text(eta)}"
     flight = f"{stats.in_flight} batch{'es' if stats.in_flight != 1 else ''}"
-    if stats.queued_requests is not None and stats.queued_limit:
-        flight += f", queued {stats.queued_requests:,}/{stats.queued_limit:,}"
+    if stats.queue_limit is not None:
+        flight += f", {stats.queue_text()}"
     parts = [head, flight]
     if spent_usd is not None:
         parts.append(money(spent_usd) + (f" of {money(max_cost_usd)}" if max_cost_usd is not None else ""))

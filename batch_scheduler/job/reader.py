@@ -22,6 +22,7 @@ from typing import BinaryIO, Protocol
 
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.lines import split_lines
+from batch_scheduler.core.objects import BucketObjects, RangeReader, split_object_url
 
 BLOCK_BYTES = 4 << 20
 
@@ -158,6 +159,18 @@ def compressed_problem(err: BaseException) -> str:
     else:
         what = f"the compressed data is damaged ({err})"
     return f"{what}: start afresh with a complete copy in another --out"
+
+
+class ObjectJsonlSource(JsonlSource):
+    """A .jsonl object in a bucket (s3://, gs://, az://), read with ranged GETs of BLOCK_BYTES from a
+    position (a byte offset: the ledger's spans), so a chunk read again costs its own bytes only."""
+
+    def __init__(self, url: str, index: int, max_line_bytes: int = 256 << 20):
+        super().__init__(url, index, max_line_bytes)
+
+    def _open(self, pos: int) -> BinaryIO:
+        base, key = split_object_url(self.path)
+        return RangeReader(BucketObjects(base), key, pos)  # type: ignore[return-value]
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None

@@ -34,9 +34,17 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core.errors import InputError, UsageError
+from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.params import check_params
-from batch_scheduler.job.reader import BLOCK_BYTES, Block, JsonlSource, Source, compressed_problem
+from batch_scheduler.job.reader import (
+    BLOCK_BYTES,
+    Block,
+    JsonlSource,
+    ObjectJsonlSource,
+    Source,
+    compressed_problem,
+)
 from batch_scheduler.job.validate import BLANK
 from batch_scheduler.providers.base import encode
 
@@ -364,7 +372,8 @@ def make_sources(paths: list[str], settings: Settings) -> list[Source]:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{flags} shape{'s' if len(given) == 1 else ''} requests made from rows: give --template "
                          f"too (ready request lines carry their own params)")
-    return [JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
+    return [ObjectJsonlSource(p, i, max_line_bytes=settings.batch_bytes) if is_object_url(p)
+            else JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
 
 
 def template_sources(paths: list[str], settings: Settings) -> list[TemplateSource]:

@@ -7,8 +7,11 @@ import time
 from typing import Any
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkState, Ledger, RetryState
+from batch_scheduler.core.ledger import ChunkRow, ChunkState, Ledger, RetryState
+from batch_scheduler.job.queue_limit import LimitLearner
+from batch_scheduler.job.queues import LEDGER_KEY
 from batch_scheduler.job.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
+from batch_scheduler.providers import NAMES, spec_of
 
 
 def job_status(out_dir: str) -> dict[str, Any]:
@@ -57,4 +60,28 @@ def job_status(out_dir: str) -> dict[str, Any]:
         "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in TOKEN_KINDS},
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "eta_s": round(eta, 1) if eta is not None else None,
+        "queue": queue_status(meta, in_flight, c),
     }
+
+
+def queue_status(meta: dict[str, Any], in_flight: list[ChunkRow], counters: dict[str, float]) -> dict[str, Any]:
+    """The provider's queue as the ledger knows it: ours in it now (requests, or estimated tokens per model),
+    the limit admission lets in (learned, or the hard cap), and the queue-full answers so far."""
+    name = (meta.get("shaping") or {}).get("provider")
+    spec = spec_of(name if name in NAMES else "anthropic")
+    flags = meta.get("flags") or {}
+    cap = flags.get("max_enqueued_tokens" if spec.queue_unit == "tokens" else "max_queued_requests")
+    cap = cap if isinstance(cap, int) and cap > 0 else None
+    learned = meta.get(LEDGER_KEY) if isinstance(meta.get(LEDGER_KEY), dict) else {}
+    queued: dict[str, int] = {}
+    for r in in_flight:
+        key = r.queue_key or "requests"
+        queued[key] = queued.get(key, 0) + (r.units if r.units is not None else r.take)
+    limits = {}
+    for key in sorted(set(learned) | set(queued) | ({"requests"} if spec.queue_unit == "requests" else set())):
+        learner = LimitLearner(start=cap or spec.queue_start, cap=cap or spec.queue_max)
+        learner.restore(learned.get(key))
+        limits[key] = {"queued": queued.get(key, 0), "limit": learner.limit, "stated": learner.stated}
+    return {"unit": spec.queue_unit, "hard_cap": cap, "queues": limits,
+            "queue_full_answers": int(counters.get("queue_full", 0)),
+            "token_limit_failures": int(counters.get("token_limit_failures", 0))}

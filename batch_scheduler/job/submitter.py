@@ -11,17 +11,26 @@ keeps none (Anthropic), that has the same request count and that no other job ho
 batches other jobs of this process created or adopted, and those their ledgers record). The collector
 confirms ownership from the custom_ids of its results.
 
+In a cluster (a `lease` given) a create is only started with more of the node's lease left than the
+call may take, and the call is cut off at that deadline (an unknown outcome, as a timeout is): a
+create that returns has its batch id written while the claim is still the node's; if the claim went
+meanwhile, the batch is marked nobody's and cancelled (`_give_up`), unless the new owner adopted it.
+
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
-rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable).
+rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable). A full queue
+(`QueueFull`) leaves the chunk planned and is raised to the run, which sends it again once there is
+room (no attempt used); when it interrupts a 413 split, `err.sent` lists the halves that went.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger
@@ -75,10 +84,13 @@ class Submitted:
     n: int
 
 
+ORPHAN_CANCEL_S = 10.0  # how long a stale node tries to cancel a batch it made after its claim was gone
+
+
 class Submitter:
     def __init__(self, provider: Provider, ledger: Ledger, rejects: Rejects, *,
                  overhead: Callable[[int], int], clock: Callable[[], float] = time.time,
-                 claims: Claims | None = None, owner: str = ""):
+                 claims: Claims | None = None, owner: str = "", lease: Any = None):
         self.provider = provider
         self.ledger = ledger
         self.rejects = rejects
@@ -86,8 +98,13 @@ class Submitter:
         self._clock = clock
         self.claims = claims or Claims()  # shared by the jobs of a daemon
         self._owner = owner  # this job, as `claims` knows it (its directory)
+        self._lease = lease  # cluster: async before_create() -> seconds the create may take (LeaseLost if none)
         self._claimed: set[str] = set()
         self._token, self._token_at = job_token(ledger, clock)
+
+    def claim(self, batch_id: str) -> None:
+        """A batch of ours no chunk records any more (one the provider failed): never adopted for another."""
+        self._claimed.add(batch_id)
 
     def tag(self, chunk_id: int) -> str:
         """What a create for this chunk is tagged with: unique across jobs, the same after a restart."""
@@ -142,11 +159,38 @@ class Submitter:
         another chunk, or another job. The batch id is recorded before the count drops.
         """
         async with self.claims.creating():
-            info = await self.provider.create(lines, tag=self.tag(chunk_id))
+            if self._lease is None:
+                info = await self.provider.create(lines, tag=self.tag(chunk_id))
+            else:
+                deadline_s = await self._lease.before_create()
+                try:
+                    async with asyncio.timeout(deadline_s):
+                        info = await self.provider.create(lines, tag=self.tag(chunk_id))
+                except TimeoutError:
+                    raise errors.TimeoutError_(f"create: no answer within {deadline_s:.0f} s (the lease's "
+                                               f"margin)") from None
             self._claimed.add(info.id)
             self.claims.claim(info.id, self._owner)
-            await self.ledger.record_submitted(chunk_id, info.id)
+            try:
+                await self.ledger.record_submitted(chunk_id, info.id)
+            except errors.LeaseLost:
+                await self._give_up(info.id)
+                raise
             return info
+
+    async def _give_up(self, batch_id: str) -> None:
+        """Cluster: a batch created after this node's claim on the job was gone. Unless the new owner adopted
+        it, nobody will collect it: it is marked nobody's and cancelled (what it ran before is still paid)."""
+        mark = getattr(self.ledger, "record_orphan", None)
+        if mark is None or not await mark(batch_id):
+            return
+        try:
+            async with asyncio.timeout(ORPHAN_CANCEL_S):
+                await asyncio.shield(self.provider.cancel(batch_id))
+            log.warning("batch %s was created after this node's claim on the job was gone: cancelled", batch_id)
+        except Exception as err:  # noqa: BLE001 - best effort: the claim is gone either way
+            log.warning("batch %s was created after this node's claim on the job was gone and could not be "
+                        "cancelled (%s); it runs, and its results are not used", batch_id, err)
 
     async def _intent_again(self, out: Outgoing, lines: list[bytes]) -> float:
         await self.ledger.record_intent(kind=out.kind, take=len(lines), nbytes=self.nbytes(lines),
@@ -176,7 +220,11 @@ class Submitter:
             await self.ledger.record_intent(kind=out.kind, take=take, nbytes=nbytes, chunk_id=child_id)
             child = Outgoing(child_id, out.kind, out.root_seq, skip, lines[a:b], ids[a:b], out.attempt,
                              self._clock(), index[a:b], take)
-            done += await self.submit(child)
+            try:
+                done += await self.submit(child)
+            except errors.QueueFull as err:
+                err.sent = done  # type: ignore[attr-defined]  # the halves that went; the rest stay planned
+                raise
         return done
 
     async def adopt(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:

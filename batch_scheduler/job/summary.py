@@ -52,7 +52,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
                   stats: JobStats, rejected: int, counters: Mapping[str, float], retries: Mapping[RetryState, int],
                   unknown_price_models: set[str], wall_s: float, http_calls: Mapping[tuple[str, Any], int],
                   downloads_restarted: int, polls: PollStats, estimate: Mapping[str, Any] | None = None,
-                  results_not_found: int = 0) -> dict[str, Any]:
+                  results_not_found: int = 0, queue: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a run: the ledger's counters for the whole job, the run's own figures."""
     c = counters
     discount = batch_discount_of(settings)
@@ -107,7 +107,19 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
         "http": {"calls": calls, "retries": stats.retries, "results_downloads_restarted": downloads_restarted,
                  "results_not_found": results_not_found},
         "polls": {"retrieve": polls.retrieves, "list": polls.lists, "not_found": polls.not_found},
+        "queue": queue_summary(queue, c),
     }
+
+
+def queue_summary(run: Mapping[str, Any] | None, counters: Mapping[str, float]) -> dict[str, Any]:
+    """The provider's queue: the limit learned (per queue), the hard cap, and the queue-full answers (429s at
+    create, token-limit failures) of the whole job and of this run."""
+    out: dict[str, Any] = dict(run or {})
+    out["queue_full_answers_this_run"] = out.pop("queue_full_answers", 0)
+    out["token_limit_failures_this_run"] = out.pop("token_limit_failures", 0)
+    out["queue_full_answers"] = int(counters.get("queue_full", 0))
+    out["token_limit_failures"] = int(counters.get("token_limit_failures", 0))
+    return out
 
 
 def write_summary(out_dir: str, summary: dict[str, Any]) -> None:

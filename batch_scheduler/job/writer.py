@@ -13,6 +13,7 @@ interrupted download leaves no line behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
 
@@ -84,6 +85,15 @@ class ShardSet:
             os.fsync(self._fds[i])
         self._dirty.clear()
         return list(self.offsets)
+
+    async def durable(self) -> list[int]:
+        """`commit` off the loop (the collector's one call)."""
+        return await asyncio.to_thread(self.commit)
+
+    @property
+    def uploaded(self) -> list:
+        """Objects the last commit wrote (cluster shards); a local shard set appends to its files instead."""
+        return []
 
     def rollback(self, offsets: list[int]) -> None:
         """Drop everything past `offsets` (buffered or written)."""

@@ -79,6 +79,9 @@ class BatchInfo:
     counts: dict[str, int] = field(default_factory=dict)
     results: list[str] = field(default_factory=list)  # where to download results (provider-specific)
     error: str | None = None  # why a FAILED batch failed
+    validated: bool = True  # the provider has taken the batch into its queue (OpenAI: past `validating`)
+    queue_full: bool = False  # FAILED because its model's queue was full (OpenAI `token_limit_exceeded`)
+    stated_limit: int | None = None  # the queue limit the provider named when it said so
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

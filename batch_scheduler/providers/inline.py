@@ -90,7 +90,8 @@ SPEC = ProviderSpec(
     name="inline", max_requests=10_000, max_bytes=256 * MB, default_requests=5_000, default_bytes=200 * MB,
     key_env=("ANTHROPIC_API_KEY", "CLAUDE_API_KEY"), base_url_env=("ANTHROPIC_BASE_URL", "CLAUDE_BASE_URL"),
     default_base_url="https://api.anthropic.com", default_auth="bearer", token_env=("ANTHROPIC_AUTH_TOKEN",),
-    custom_headers_env=("ANTHROPIC_CUSTOM_HEADERS",))
+    custom_headers_env=("ANTHROPIC_CUSTOM_HEADERS",),
+    queue_unit="requests", queue_start=200_000, queue_max=500_000)  # no figures of its own: its upstream's
 
 
 class InlineProvider:

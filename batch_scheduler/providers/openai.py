@@ -20,6 +20,7 @@ which is how the price table (Anthropic's meaning of the token kinds) charges th
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator
 
@@ -179,6 +180,21 @@ def failure_text(doc: dict) -> str:
     return "; ".join(parts) or "the batch failed (no reason given)"
 
 
+TOKEN_LIMIT_CODE = "token_limit_exceeded"
+_STATED = re.compile(r"Limit: ([\d,]+)")
+
+
+def token_limit_of(doc: dict) -> tuple[bool, int | None]:
+    """Whether a failed batch failed for its model's enqueued-token limit, and the limit its message
+    states ("... Limit: 2,000,000 enqueued tokens. Please try again once some in_progress batches have
+    been completed.")."""
+    for e in (doc.get("errors") or {}).get("data") or []:
+        if isinstance(e, dict) and e.get("code") == TOKEN_LIMIT_CODE:
+            m = _STATED.search(str(e.get("message") or ""))
+            return True, (int(m.group(1).replace(",", "")) if m else None)
+    return False, None
+
+
 SPEC = ProviderSpec(
     name="openai", max_requests=50_000, max_bytes=200 * MB, default_requests=50_000, default_bytes=200 * MB,
     key_env=("OPENAI_API_KEY",), base_url_env=("OPENAI_BASE_URL",), default_base_url="https://api.openai.com",
@@ -186,7 +202,8 @@ SPEC = ProviderSpec(
     custom_headers_env=("OPENAI_CUSTOM_HEADERS",),
     header_env=(("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")),
     # OpenAI documents uniqueness only; the length bound keeps ids sane for files, shards and the ledger
-    custom_id=r"[^\x00-\x1f\x7f]{1,512}", custom_id_rule="1-512 characters, no control characters")
+    custom_id=r"[^\x00-\x1f\x7f]{1,512}", custom_id_rule="1-512 characters, no control characters",
+    queue_unit="tokens", queue_start=2_000_000, queue_max=15_000_000_000)  # per model: gpt-4o-mini tier 1 .. tier 5
 
 
 class OpenAIProvider:
@@ -309,9 +326,11 @@ class OpenAIProvider:
             state = BatchState.IN_PROGRESS
         ended = next((doc[k] for k in ("completed_at", "expired_at", "cancelled_at", "failed_at") if doc.get(k)),
                      None)
+        full, stated = token_limit_of(doc) if state is BatchState.FAILED else (False, None)
         return BatchInfo(
             id=doc["id"], state=state, created_at=parse_time(doc.get("created_at")), ended_at=parse_time(ended),
             total=counts.get("total"), counts=counts,
             results=[f for f in (doc.get("output_file_id"), doc.get("error_file_id")) if f],
             error=failure_text(doc) if state is BatchState.FAILED else None, raw=doc,
+            validated=status not in ("validating", "failed"), queue_full=full, stated_limit=stated,
         )

@@ -98,8 +98,13 @@ def test_status_reports_the_job(sim, env, capsys):
                               "canceled_parked": 0, "refused_by_api": 0, "in_failed_batches": 0}
     assert st["chunks_by_state"] == {"collected": 2}
     assert st["batches_in_flight"] == []
+    assert st["queue"] == {"unit": "requests", "hard_cap": None, "queue_full_answers": 0, "token_limit_failures": 0,
+                           "queues": {"requests": {"queued": 0, "limit": 200_000, "stated": None}}}
     assert main(["status", str(env / "out")]) == 0
-    assert "requests: 75 accepted, 75 finished, 0 to go" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "requests: 75 accepted, 75 finished, 0 to go" in out
+    assert ("provider queue: 0 requests queued of a limit of 200,000; 0 queue-full answer(s), 0 token-limit "
+            "failure(s)") in out
 
 
 def test_resume_needs_only_the_directory(sim, env, monkeypatch):
@@ -138,3 +143,22 @@ def test_cancel_stops_new_batches_and_retry_cancelled_finishes(env, monkeypatch)
         slow.set_config(processing_s=0)
         assert main([*args, "--retry-cancelled"]) == 0
     assert sorted(ids_of(read_results(str(env / "out")))) == ids
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--max-queued-requests", "0"], "--max-queued-requests 0: must be at least 1"),
+    (["--max-queued-requests", "-5"], "--max-queued-requests -5: must be at least 1"),
+    (["--max-queued-requests", "600000"],
+     "--max-queued-requests 600,000: provider anthropic allows at most 500,000 requests in its queue (its highest tier)"),
+    (["--provider", "openai", "--max-enqueued-tokens", "20000000000"],
+     "--max-enqueued-tokens 20,000,000,000: provider openai allows at most 15,000,000,000 tokens in its queue "
+     "(its highest tier)"),
+    (["--provider", "openai", "--max-queued-requests", "5000"],
+     "--max-queued-requests: provider openai limits tokens in its queue, not requests; use --max-enqueued-tokens"),
+])
+def test_a_queue_cap_out_of_range_is_a_usage_error_naming_the_limit(sim, env, monkeypatch, capsys, extra, message):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    write_requests(env / "in.jsonl", 5)
+    assert main(run_args(sim, env / "in.jsonl", env / "out", *extra)) == 2
+    assert capsys.readouterr().err.strip() == f"batch-scheduler: {message}"
+    assert not (env / "out").exists()

@@ -75,6 +75,7 @@ def sample_value(action: argparse.Action, tmp_path) -> list[str]:
 
 
 TEMPLATE_ONLY = {"--params", "--cache-system", "--model-field", "--params-field"}
+PROVIDER_ONLY = {"--max-enqueued-tokens": "openai"}  # what only one provider's queue counts
 
 
 def test_every_option_daemon_help_lists_is_one_the_daemon_accepts(tmp_path, capsys):
@@ -94,6 +95,8 @@ def test_every_option_daemon_help_lists_is_one_the_daemon_accepts(tmp_path, caps
         argv = ["daemon", "--spool", str(tmp_path / "spool")] if flag != "--spool" else ["daemon"]
         if flag in TEMPLATE_ONLY:  # shapes the requests of a template job: given with a template
             argv += ["--template", "Say {x}"]
+        if flag in PROVIDER_ONLY:
+            argv += ["--provider", PROVIDER_ONLY[flag]]
         args = build_parser().parse_args([*argv, flag, *sample_value(action, tmp_path)])
         config = config_from(args, env)  # raises UsageError for an option the daemon refuses
         assert config.spool == str(tmp_path / "spool")

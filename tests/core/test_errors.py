@@ -116,3 +116,25 @@ def test_request_index_is_read_from_400_message():
 def test_input_error_names_file_and_line():
     err = errors.InputError("in.jsonl", 12, "malformed JSON")
     assert str(err) == "in.jsonl:12: malformed JSON"
+
+
+QUEUE_FULL = (b'{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed your '
+              b"organization's limit of 200,000 message batch requests in the processing queue (195,000 queued, "
+              b'10,000 in this batch). Please try again once some batches have ended."}}')
+RATE = (b'{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed your '
+        b"organization's rate limit of 1,000 requests per minute on the Message Batches API.\"}}")
+SPEND_USAGE = (b'{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your specified API '
+               b'usage limits. You will regain access on 2027-01-01 at 00:00 UTC.","details":{"error_code":'
+               b'"enforced_spend_limit_reached"}}}')
+
+
+def test_a_429_for_the_processing_queue_is_queue_full_with_the_limit_it_states():
+    err = errors.from_status(429, QUEUE_FULL, {"retry-after": "1"}, what="POST create")
+    assert type(err) is errors.QueueFull and err.stated_limit == 200_000
+    assert isinstance(err, errors.TransientError) and not isinstance(err, errors.RateLimited)
+
+
+@pytest.mark.parametrize(("body", "kind"), [(RATE, errors.RateLimited), (SPEND_USAGE, errors.SpendLimited),
+                                            (BODY, errors.RateLimited)], ids=["request-rate", "spend-limit", "plain"])
+def test_other_429s_are_not_a_full_queue(body, kind):
+    assert type(errors.from_status(429, body, {}, what="POST create")) is kind

@@ -111,3 +111,14 @@ async def test_retries_stop_at_the_policy_attempts(client):
         with pytest.raises(errors.ServerError):
             await client.call("GET", URL, "retrieve")
     assert client.stats.retries["retrieve"] == FAST.attempts - 1
+
+
+async def test_a_full_queue_is_not_retried_here_nor_does_it_close_the_gate(client):
+    body = (b'{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed your '
+            b'organization\'s limit of 500 message batch requests in the processing queue."}}')
+    with aioresponses() as m:
+        m.post(URL, status=429, body=body, headers={"retry-after": "1"})
+        with pytest.raises(errors.QueueFull) as info:
+            await client.call("POST", URL, "create", body=b"{}", idempotent=False)
+    assert info.value.stated_limit == 500
+    assert client.stats.retries["create"] == 0 and client.gate("create").not_before == 0

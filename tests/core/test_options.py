@@ -32,7 +32,7 @@ def test_every_option_is_a_settings_field_with_the_table_default():
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     for o in JOB_OPTIONS:
         assert o.attr in fields, o.name
-    assert Settings().concurrency == 8 and Settings().poll_min_s == 5.0
+    assert Settings().concurrency == 128 and Settings().poll_min_s == 5.0
 
 
 def test_parser_takes_every_option_and_leaves_absent_ones_none():

@@ -115,3 +115,26 @@ async def test_bad_options_and_an_unreadable_input_fail_their_jobs_and_the_daemo
 def test_a_paused_jobs_reason_names_its_providers_key_and_the_refusals_status(provider, status, want):
     settings = build_settings({"provider": provider}, {})
     assert key_refused_reason(settings, status, 60.0) == want
+
+
+# -- the provider's queue is one budget for every job ------------------------------------------------
+
+async def test_jobs_share_the_providers_queue_fairly_and_never_pass_its_limit_together(sim, env_dir, tmp_path):
+    sim.config.queue_limit = 200  # the account's queue: ten batches of 20, for both jobs together
+    spool = tmp_path / "spool"
+    both_held = []  # what the job holding less had queued, while both had some
+    async with running_daemon(spool, env_dir, job_flags(sim.url, concurrency=32)) as run:
+        a, b = drop(spool, "a", 600), drop(spool, "b", 600)
+
+        def watch() -> bool:
+            for q in run.daemon.runner.queues.snapshot():
+                if len(q["held"]) == 2:
+                    both_held.append(min(q["held"].values()))
+            return state(spool, "a") == "done" and state(spool, "b") == "done"
+
+        await until(watch, "both jobs done")
+    assert_exactly_once(spool, "a", a)
+    assert_exactly_once(spool, "b", b)
+    assert sim.stats["peak_queued_requests"] <= 200
+    assert sim.stats["queue_full"] <= 2  # what one job learned, the other did not have to
+    assert max(both_held) >= 80  # neither starved the other: each had at least ~half of the queue at once

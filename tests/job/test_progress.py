@@ -44,8 +44,11 @@ def test_a_bar_with_percentage_eta_spend_against_the_cap_retries_and_rejects():
 
 
 def test_queued_requests_at_the_provider_show_against_the_limit_when_admission_measures_them():
-    line = bar_line(stats(queued_requests=80_000, queued_limit=200_000, in_flight=1), now=1008.0, width=200)
-    assert " | 1 batch, queued 80,000/200,000 | " in line
+    line = bar_line(stats(queued=80_000, queue_limit=200_000, in_flight=1), now=1008.0, width=200)
+    assert " | 1 batch, queued 80,000/200,000 requests | " in line
+    tokens = bar_line(stats(queue_unit="tokens", queued=1_200_000, queue_limit=2_000_000, queue_full=2), now=1008.0,
+                      width=200)
+    assert ", enqueued 1,200,000/2,000,000 tokens (2 queue-full) | " in tokens
     assert "queued" not in bar_line(stats(), now=1008.0, width=200)
 
 

@@ -247,5 +247,11 @@ async def test_with_the_real_faults_and_default_attempts_no_request_is_left_with
     assert summary["errored_after_all_attempts"] == 0
     assert summary["results"]["succeeded"] == 2_000
     assert all(provider.answer(r) == "answer:" + r["custom_id"] for r in results)
-    assert summary["requests"]["missing_from_results"] == sim.stats["missing_results"] > 0
+    missing = summary["requests"]["missing_from_results"]
+    if provider.name == "inline" and sim.stats["lost_creates"]:
+        # inline batches carry nothing to be adopted by: a lost create's batch is made again, and the
+        # simulator also counts the missing requests of the one nobody collects
+        assert 0 < missing <= sim.stats["missing_results"]
+    else:
+        assert missing == sim.stats["missing_results"] > 0
     assert sim.stats["ghost_404s"] > 0

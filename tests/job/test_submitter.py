@@ -12,12 +12,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
+import pytest
 from aioresponses import aioresponses
 
+from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import Ledger
+from batch_scheduler.core.ledger import ChunkKind, Ledger
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.job.submitter import JOB_TOKEN_KEY, Submitter
+from batch_scheduler.job.submitter import JOB_TOKEN_KEY, Outgoing, Submitter
 from batch_scheduler.job.validate import Rejects
 from batch_scheduler.providers import headers_for, make_provider
 from batch_scheduler.providers.base import Provider
@@ -162,3 +164,41 @@ async def test_two_openai_jobs_on_one_account_losing_creates_each_adopt_only_the
     assert sim.stats["lost_creates"] > 0
     assert sum(r.summary["batches"]["adopted"] for r in results) == sim.stats["lost_creates"]
     assert sim.stats["requests_created"] == 800  # no batch taken by the other job, nothing sent twice
+
+
+class FencedAtSubmit(Ledger):
+    """A cluster ledger whose claim went while the create was in the air: the batch id cannot be written."""
+
+    def __init__(self, path: str, adopted_by_owner: bool):
+        super().__init__(path)
+        self.adopted_by_owner = adopted_by_owner
+        self.orphans: list[str] = []
+
+    async def record_submitted(self, chunk_id: int, batch_id: str, *, adopted: bool = False) -> None:
+        raise errors.LeaseLost("job j: this node's claim is gone")
+
+    async def record_orphan(self, batch_id: str) -> bool:
+        if self.adopted_by_owner:
+            return False
+        self.orphans.append(batch_id)
+        return True
+
+
+async def test_a_batch_made_after_the_claim_was_gone_is_cancelled_unless_the_new_owner_adopted_it(sim, tmp_path):
+    for adopted_by_owner, cancels in ((False, 1), (True, 0)):
+        settings = fast_settings(sim.url)
+        ledger = FencedAtSubmit(str(tmp_path / f"ledger-{adopted_by_owner}.db"), adopted_by_owner)
+        try:
+            async with HttpClient(headers_for(settings), settings.retry, secret=settings.api_key) as http:
+                p = make_provider(settings, http)
+                submitter = Submitter(p, ledger, Rejects(None, []), overhead=p.body_overhead)
+                chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=2, nbytes=1_000)
+                lines = lines_for("anthropic", 2, f"o{adopted_by_owner}")
+                before = sim.stats["cancels"]
+                with pytest.raises(errors.LeaseLost):
+                    await submitter.submit(Outgoing(chunk_id, ChunkKind.INPUT, 0, 0, lines, ["a", "b"], 1,
+                                                    time.time()))
+                assert sim.stats["cancels"] - before == cancels
+                assert len(ledger.orphans) == cancels
+        finally:
+            ledger.close()

@@ -277,17 +277,19 @@ async def test_a_refused_key_names_the_openai_key_variable(sim, tmp_path):
                               "again; every batch in flight is kept in the ledger and will be picked up")
 
 
-async def test_batches_failed_as_a_whole_are_sent_again_and_every_request_answered_once(sim, tmp_path):
+async def test_batches_failed_for_the_token_limit_are_sent_again_without_using_an_attempt(sim, tmp_path):
     sim.config = SimConfig(seed=5, batch_fail_rate=0.3)  # enqueued token limit: the batch fails, nothing runs
     ids = write_requests(tmp_path / "in.jsonl", 2_000)
-    # 20 batches: with 30% failing, at least one fails whatever order the simulator's draws come in
-    s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=100, max_attempts=8)
+    # 20 batches: with 30% failing, at least one fails whatever order the simulator's draws come in; a
+    # token-limit failure uses no attempt, so even 2 attempts answer every request
+    s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=100, max_attempts=2)
     result = await Engine(s, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
     assert result.exit_code == ExitCode.OK, result.message
     got = ids_of(read_results(str(tmp_path / "out")))
     assert len(got) == len(set(got)) == 2_000 and set(got) == set(ids)
-    assert result.summary["batches"]["failed"] >= 1
-    assert result.summary["requests"]["in_failed_batches"] == 0
+    assert result.summary["queue"]["token_limit_failures"] == sim.stats["token_limit_failures"] >= 3
+    assert result.summary["batches"]["failed"] == 0  # none counted as a failed batch: no attempt used
+    assert result.summary["attempts"]["after_1_attempts"] == 2_000
 
 
 async def test_a_request_out_of_attempts_in_failed_batches_ends_the_job_unfinished_and_a_rerun_sends_it(
@@ -299,7 +301,7 @@ async def test_a_request_out_of_attempts_in_failed_batches_ends_the_job_unfinish
                                            "messages": [{"role": "user", "content": f"q{i}"}]}} for i in range(30)])]
     lines.insert(15, lines[2].replace(b'"q2"', b'"a repeated id"'))
     (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    sim.config = SimConfig(seed=5, batch_fail_rate=1.0)
+    sim.config = SimConfig(seed=5, enqueued_token_limit=1)  # each request alone is over its model's limit
     out = str(tmp_path / "out")
     s = fast_settings(sim.url, provider="openai", auth="bearer", batch_size=10, max_attempts=2)
     first = await Engine(s, out, [str(tmp_path / "in.jsonl")], quiet=True).run()

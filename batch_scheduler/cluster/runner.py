@@ -1,0 +1,190 @@
+"""One claimed job on this node: its settings, the engine over the cluster store, and its next state.
+
+    claim -> [cancel its batches, if cancel was asked] -> Engine.run under a Lease -> settle
+
+What the run's result makes of the job is the spool daemon's rule (done, paused on a refused key,
+cancelled, queued again after a wait when it may pass, failed). A job whose claim is lost (LeaseLost,
+or the lease ran out while PostgreSQL could not be reached) is dropped at once and settled by no one
+here: the node that claims it next resumes it from the ledger. A job dropped because PostgreSQL went
+away is given back (queued) once it is reachable again, if its claim is still this node's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batch_scheduler.cluster import budget
+from batch_scheduler.cluster.lease import Lease
+from batch_scheduler.cluster.ledger import PgLedger
+from batch_scheduler.cluster.queue import Claimed, Queue
+from batch_scheduler.cluster.store import ClusterStore
+from batch_scheduler.core import errors
+from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.logs import add_secret, redact
+from batch_scheduler.core.options import REMEMBERED
+from batch_scheduler.daemon.jobs import RESTART_WAITS_S, key_refused_reason, outcome_line
+from batch_scheduler.job.cancel import cancel_batches
+from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.queue_budget import QueuePool
+from batch_scheduler.providers import build_settings, missing_key_message
+
+log = logging.getLogger("batch_scheduler.cluster")
+
+
+@dataclass
+class Running:
+    claimed: Claimed
+    lease: Lease
+    task: asyncio.Task | None = None
+    engine: Engine | None = None
+    dropped: str | None = None  # why the node let go of it
+
+
+class JobRunner:
+    def __init__(self, url: str, queue: Queue, *, flags: Mapping[str, Any], env: Mapping[str, str], lease_s: float,
+                 key_check_s: float = 60.0, restart_waits_s: tuple[float, ...] = RESTART_WAITS_S,
+                 work_root: str | None = None, queue_limit: int | None = None):
+        self.url = url
+        self.queue = queue
+        self.flags = flags
+        self.env = env
+        self.lease_s = lease_s
+        self.key_check_s = key_check_s
+        self.restart_waits_s = restart_waits_s
+        self.work_root = work_root
+        self.queue_limit = queue_limit  # requests queued per provider account, shared by every node (budget.py)
+        self.queues = QueuePool()  # issue 16's budget of the provider queues, shared by this node's jobs
+        self.to_give_back: list[Claimed] = []  # dropped while PostgreSQL was away: queued again once it is back
+
+    def settings_of(self, claimed: Claimed) -> Any:
+        flags = {**self.flags, **(claimed.spec.get("options") or {}), "progress": False}
+        try:
+            settings = build_settings(flags, dict(self.env))
+        except (TypeError, ValueError) as err:
+            raise errors.UsageError(f"options: {err}") from None
+        add_secret(settings.api_key)
+        return settings
+
+    async def run(self, job: Running) -> None:
+        claimed = job.claimed
+        extra = {"job": claimed.name}
+        keeper = asyncio.create_task(job.lease.keep(), name=f"lease {claimed.name}")
+        store: ClusterStore | None = None
+        try:
+            try:
+                settings = self.settings_of(claimed)
+                share = await self._share(claimed, settings)
+                store = ClusterStore(self.url, claimed.job_id, claimed.name, claimed.token, claimed.spec["out"],
+                                     work_root=self.work_root, share=share)
+            except errors.UsageError as err:
+                await self._settle(job, "failed", str(err))
+                return
+            if not settings.api_key:
+                await self._settle(job, "paused", f"{missing_key_message(settings)} on this node",
+                                   wait_s=self.key_check_s)
+                return
+            remembered = {k: v for k, v in (claimed.spec.get("options") or {}).items() if k in REMEMBERED}
+            engine = job.engine = Engine(settings, claimed.spec["out"], list(claimed.spec["inputs"]), quiet=True,
+                                         store=store, lease=job.lease, remembered=remembered, queues=self.queues)
+            log.info("job %s: running (claim %d)", claimed.name, claimed.claims, extra={**extra, "state": "running"})
+            if claimed.cancel_requested:
+                await self.cancel_batches(job)
+            result = await engine.run()
+            await self._after(job, settings, engine, result)
+        except asyncio.CancelledError:
+            if job.dropped is None:
+                raise  # the node is stopping: the caller gives the claim back
+            log.info("job %s: dropped (%s)", claimed.name, job.dropped, extra=extra)
+        except errors.LeaseLost as err:
+            job.dropped = str(err)
+            log.warning("job %s: dropped: %s", claimed.name, err, extra=extra)
+        except errors.LedgerUnavailable as err:
+            job.dropped = str(err)
+            self.to_give_back.append(claimed)
+            log.warning("job %s: dropped until PostgreSQL is back: %s", claimed.name, err, extra=extra)
+        except Exception as err:  # a bug of ours: the claim goes back to the queue, the node stays up
+            job.dropped = f"{type(err).__name__}: {err}"
+            log.error("job %s: the run failed (%s); giving the claim back", claimed.name, job.dropped,
+                      exc_info=True, extra=extra)
+            try:
+                await self.queue.settle(claimed.job_id, claimed.token, "queued", redact(job.dropped),
+                                        wait_s=self.restart_waits_s[0])
+            except errors.SchedulerError:
+                pass
+        finally:
+            keeper.cancel()
+            if store is not None:
+                store.cleanup()
+
+    async def _share(self, claimed: Claimed, settings: Any) -> budget.Share | None:
+        """The job's share of its account's queue, when the nodes share a limit: the node's --queue-limit, or
+        issue 16's hard cap --max-queued-requests (the node's default or the job's), kept for every node."""
+        limit = self.queue_limit or getattr(settings, "max_queued_requests", None)
+        if limit is None or not settings.api_key:
+            return None
+        share = budget.Share(budget.account_of(settings.provider, settings.base_url, settings.api_key),
+                             budget.REQUESTS_POOL, int(limit), float(claimed.spec.get("weight") or 1.0),
+                             str(claimed.spec.get("team") or ""))
+        await self.queue.run(lambda db: budget.set_limit(db, share))
+        return share
+
+    async def cancel_batches(self, job: Running) -> None:
+        """`cancel --ledger URL NAME` was asked: the provider cancels the job's batches in flight (the
+        run then collects what they finished, and sends nothing new)."""
+        claimed = job.claimed
+        try:
+            settings = self.settings_of(claimed)
+            ledger = await asyncio.to_thread(PgLedger, self.url, claimed.job_id, claimed.token, name=claimed.name)
+            try:
+                done = await cancel_batches(claimed.spec["out"], settings, ledger=ledger)
+            finally:
+                await asyncio.to_thread(ledger.close)
+        except errors.UsageError as err:
+            log.warning("job %s: cannot cancel its batches: %s", claimed.name, err, extra={"job": claimed.name})
+            return
+        log.info("job %s: cancel requested; %d batch(es) cancelled at the provider", claimed.name,
+                 len(done.requested), extra={"job": claimed.name})
+
+    async def _after(self, job: Running, settings: Any, engine: Engine, result: JobResult) -> None:
+        """The job's next state from what its run returned."""
+        code = result.exit_code
+        if code == ExitCode.OK:
+            await self._settle(job, "done", None, restarts=0)
+            log.info("job %s: done: %s", job.claimed.name, outcome_line(result.summary),
+                     extra={"job": job.claimed.name, "state": "done"})
+        elif code == ExitCode.AUTH:
+            await self._settle(job, "paused", key_refused_reason(settings, result.http_status, self.key_check_s),
+                               wait_s=self.key_check_s, restarts=0)
+        elif engine.cancelled or job.claimed.cancel_requested:
+            await self._settle(job, "cancelled", "cancelled; what its batches finished is in the results")
+        elif code == ExitCode.FAILED and result.retry and job.claimed.restarts < len(self.restart_waits_s):
+            wait_s = self.restart_waits_s[job.claimed.restarts]
+            reason = (f"{redact(result.message)} (trying again in {wait_s:g} s, {job.claimed.restarts + 1} of "
+                      f"{len(self.restart_waits_s)})")
+            await self._settle(job, "queued", reason, wait_s=wait_s, restarts=job.claimed.restarts + 1)
+        else:
+            await self._settle(job, "failed", redact(result.message))
+
+    async def _settle(self, job: Running, state: str, reason: str | None, *, wait_s: float | None = None,
+                      restarts: int | None = None) -> None:
+        claimed = job.claimed
+        if job.lease.lost is not None:
+            raise errors.LeaseLost(f"job {claimed.name}: {job.lease.lost}")
+        if not await self.queue.settle(claimed.job_id, claimed.token, state, reason, wait_s=wait_s,
+                                       restarts=restarts):
+            raise errors.LeaseLost(f"job {claimed.name}: the claim was gone when its run ended ({state})")
+        level = logging.WARNING if state in ("failed", "paused", "queued") else logging.INFO
+        log.log(level, "job %s: %s%s", claimed.name, state, f": {reason}" if reason else "",
+                extra={"job": claimed.name, "state": state})
+
+    async def give_back(self) -> None:
+        """Claims dropped while PostgreSQL was away: queued again now (if still this node's)."""
+        while self.to_give_back:
+            claimed = self.to_give_back[0]
+            await self.queue.settle(claimed.job_id, claimed.token, "queued", "resumes after PostgreSQL came back")
+            self.to_give_back.pop(0)
+

@@ -1,0 +1,266 @@
+"""Where a cluster job's results live: a directory every node shares, or a bucket (S3, GCS, Azure).
+
+    objects = open_objects("s3://bucket/prefix")     # or gs://, az://, or a local path
+    await objects.put_once("results/x.jsonl", data)  # write-once: never replaces what is there
+    await objects.put("summary.json", data)          # replaces
+
+Keys are relative to the URL's prefix, with `/` between parts. Buckets go through `obstore` (the
+`cluster` extra), credentials and endpoint from the standard environment (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP=true for a plain-http endpoint;
+the GCS and Azure equivalents). A write-once PUT is `If-None-Match: *`; when its answer was lost and
+a retry finds the object there, an object of the same size and ETag (the MD5 of a single PUT) is ours,
+anything else is `ObjectExists`. On a local directory a write-once put is a hard link of a complete,
+fsync'd temporary file: it fails if the name exists, so a reader never sees half an object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from batch_scheduler.core import errors
+
+OBJECT_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://")
+
+
+class ObjectExists(errors.SchedulerError):
+    """A write-once key holds another object."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None = None
+
+
+def is_object_url(path: str) -> bool:
+    return path.startswith(OBJECT_SCHEMES)
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p)
+
+
+class LocalObjects:
+    """A directory as an object store (a filesystem every node mounts)."""
+
+    def __init__(self, root: str):
+        self.url = self.root = os.path.abspath(root)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _write_tmp(self, path: str, data: bytes) -> str:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def _put_once(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_tmp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if os.path.getsize(path) != len(data) or _read(path) != data:
+                raise ObjectExists(f"{path} exists and holds something else") from None
+        finally:
+            os.unlink(tmp)
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._write_tmp(path, data), path)
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
+        base = self._path(prefix) if prefix else self.root
+        out: list[ObjectInfo] = []
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if ".tmp-" in name:
+                    continue
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                out.append(ObjectInfo(key, os.path.getsize(full)))
+        return sorted(out, key=lambda o: o.key)
+
+    def _delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def _get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        with open(self._path(key), "rb") as f:
+            f.seek(start)
+            return f.read() if end is None else f.read(max(0, end - start))
+
+    def _head(self, key: str) -> ObjectInfo:
+        return ObjectInfo(key, os.path.getsize(self._path(key)))
+
+    async def put_once(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put_once, key, data)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put, key, data)
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        return await asyncio.to_thread(self._list, prefix)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        return await asyncio.to_thread(self._get, key, start, end)
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await asyncio.to_thread(self._head, key)
+
+    def local_path(self, key: str) -> str:
+        return self._path(key)
+
+
+class BucketObjects:
+    """A bucket and prefix through obstore (S3, GCS, Azure)."""
+
+    def __init__(self, url: str):
+        try:
+            from obstore.store import from_url
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise errors.UsageError(f"{url}: object storage needs the cluster extra: "
+                                    f"pip install 'batch-scheduler[cluster]'") from None
+        self.url = url.rstrip("/")
+        try:
+            backoff = {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=2), "base": 2}
+            # client options are left to the environment (AWS_ALLOW_HTTP, ...): setting any replaces them all
+            self._store = from_url(self.url, retry_config={"max_retries": 8, "retry_timeout": timedelta(seconds=60),
+                                                 "backoff": backoff})
+        except Exception as err:  # noqa: BLE001 - obstore raises its own types for a bad URL or config
+            raise errors.UsageError(f"{url}: {err}") from None
+
+    async def put_once(self, key: str, data: bytes) -> None:
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+        try:
+            await obstore.put_async(self._store, key, data, mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            # a retry of a PUT whose answer was lost finds its own object: same size, same MD5 ETag
+            have = await self.head(key)
+            want = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            if have.size != len(data) or (have.etag and have.etag.strip('"') != want):
+                raise ObjectExists(f"{self.url}/{key} exists and holds something else") from None
+
+    async def put(self, key: str, data: bytes) -> None:
+        import obstore
+        await obstore.put_async(self._store, key, data)
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        import obstore
+        out: list[ObjectInfo] = []
+        async for batch in obstore.list(self._store, prefix or None):
+            out += [ObjectInfo(m["path"], int(m["size"]), m.get("e_tag")) for m in batch]
+        return sorted(out, key=lambda o: o.key)
+
+    async def delete(self, key: str) -> None:
+        import obstore
+        from obstore.exceptions import NotFoundError
+        try:
+            await obstore.delete_async(self._store, key)
+        except NotFoundError:
+            pass
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        import obstore
+        if start == 0 and end is None:
+            got = await obstore.get_async(self._store, key)
+            return bytes(await got.bytes_async())
+        if end is not None and end <= start:
+            return b""
+        return bytes(await obstore.get_range_async(self._store, key, start=start, end=end))
+
+    async def head(self, key: str) -> ObjectInfo:
+        import obstore
+        meta = await obstore.head_async(self._store, key)
+        return ObjectInfo(key, int(meta["size"]), meta.get("e_tag"))
+
+    def head_sync(self, key: str) -> ObjectInfo:
+        import obstore
+        meta = obstore.head(self._store, key)
+        return ObjectInfo(key, int(meta["size"]), meta.get("e_tag"))
+
+
+class RangeReader:
+    """A bucket object as a read-only file: each `read(n)` is one ranged GET (blocking: call it in a thread)."""
+
+    def __init__(self, objects: BucketObjects, key: str, pos: int = 0):
+        self._objects = objects
+        self._key = key
+        self._pos = pos
+        self._size: int | None = None
+
+    def seek(self, pos: int) -> int:
+        self._pos = pos
+        return pos
+
+    def read(self, n: int = -1) -> bytes:
+        import obstore
+        if self._size is None:
+            self._size = self._objects.head_sync(self._key).size
+        end = self._size if n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        data = bytes(obstore.get_range(self._objects._store, self._key, start=self._pos, end=end))
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def split_object_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/dir/file.jsonl` -> (`s3://bucket`, `dir/file.jsonl`)."""
+    scheme, rest = url.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise errors.UsageError(f"{url}: expected {scheme}://BUCKET/KEY")
+    return f"{scheme}://{bucket}", key
+
+
+def object_fingerprint(url: str) -> dict:
+    """An input object's identity: its size and ETag (a changed object has another)."""
+    base, key = split_object_url(url)
+    try:
+        info = BucketObjects(base).head_sync(key)
+    except errors.SchedulerError:
+        raise
+    except Exception as err:  # noqa: BLE001 - obstore's own errors: not found, refused
+        raise errors.UsageError(f"{url}: cannot read it ({str(err).splitlines()[0]})") from None
+    return {"path": url, "size": info.size, "etag": info.etag}
+
+
+Objects = LocalObjects | BucketObjects
+
+
+def open_objects(url: str) -> Objects:
+    """The store for an OUT (or an input's bucket): a bucket URL, or a local directory."""
+    if is_object_url(url):
+        return BucketObjects(url)
+    if "://" in url and not url.startswith("file://"):
+        raise errors.UsageError(f"{url}: not a local path nor an s3://, gs:// or az:// URL")
+    return LocalObjects(url.removeprefix("file://"))
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,162 @@
+"""Real components for the cluster tests: a throwaway PostgreSQL and moto's S3, both on loopback.
+
+    with PgServer() as pg: pg.url("db")          # initdb in a temp dir, fsync=off, a free port
+    with MotoServer() as s3: s3.endpoint          # moto's server (it enforces If-None-Match: *)
+
+PostgreSQL comes from Debian's server binaries (/usr/lib/postgresql/*/bin; `make test` installs the
+package when they are missing). The server refuses to run as root, so as root the data directory
+belongs to the `postgres` user and every server command runs through `runuser -u postgres --`.
+Under CI=true a missing component is an error, never a skip (see `require`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(missing: str | None) -> None:
+    """Skip (outside CI) or fail (CI=true) when a component the test needs is missing."""
+    if missing is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{missing} (CI=true: the cluster tests must run; `make test` installs what they need)")
+    pytest.skip(missing)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bindir() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return os.path.dirname(found[-1]) if found else None
+
+
+class PgServer:
+    """One PostgreSQL server in a temp directory; `stop(immediate)` and `start` again keep its data."""
+
+    def __init__(self) -> None:
+        self.bindir = pg_bindir()
+        if self.bindir is None:
+            raise FileNotFoundError("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin "
+                                    "(apt-get install postgresql)")
+        self.root = tempfile.mkdtemp(prefix="bs-pg-")
+        self.data = os.path.join(self.root, "data")
+        self.port = free_port()
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._n = 0
+
+    def _cmd(self, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if self._as_postgres else list(args)
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr or done.stdout}")
+
+    def init(self) -> None:
+        self._run(os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", "postgres", "--auth=trust",
+                  "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                f"-c max_connections=200")
+        self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-o", opts, "-l",
+                  os.path.join(self.root, "server.log"), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`immediate` is a crash as far as clients can tell: every connection drops at once."""
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m", mode, "-w", "stop")
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def new_database(self) -> str:
+        """A fresh database for one test; its URL."""
+        self._n += 1
+        name = f"t{os.getpid()}_{self._n}"
+        self._run(os.path.join(self.bindir, "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                  "-d", "postgres", "-qAt", "-c", f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def __enter__(self) -> PgServer:
+        self.init()
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class MotoServer:
+    """moto's S3 on a free loopback port, with a bucket per test from `new_bucket`."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._n = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto's server exited ({self.proc.returncode})")
+            try:
+                urllib.request.urlopen(self.endpoint + "/", timeout=2).close()
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.1)
+        raise RuntimeError("moto's server did not answer within 60 s")
+
+    def env(self) -> dict[str, str]:
+        """The standard environment a node reads its credentials and endpoint from."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+
+    def new_bucket(self) -> str:
+        self._n += 1
+        name = f"bucket-{os.getpid()}-{self._n}"
+        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        urllib.request.urlopen(req, timeout=10).close()
+        return name
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> MotoServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

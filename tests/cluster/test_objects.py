@@ -1,0 +1,92 @@
+"""Object storage: inputs read with ranged GETs from a bucket, results as write-once objects in a bucket,
+through a fault proxy that answers 503, resets connections mid-PUT and stores objects but answers 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import obstore
+import pytest
+from obstore.store import S3Store
+
+from batch_scheduler.cluster.node import Node, NodeConfig
+from batch_scheduler.core.objects import BucketObjects, ObjectExists
+
+from ..conftest import KEY
+from ..helpers import write_requests
+from .faultproxy import FaultProxy
+from .helpers import bucket_lines, queue_job
+from .test_node import FAST, states
+
+
+async def test_a_job_from_a_bucket_to_a_bucket_through_s3_faults_is_exactly_once(pg_url, sim, s3, tmp_path,
+                                                                                  monkeypatch):
+    bucket = s3.new_bucket()
+    store = S3Store(bucket)
+    local = tmp_path / "in.jsonl"
+    ids = write_requests(str(local), 400, prefix="s3job")
+    obstore.put(store, "inputs/in.jsonl", local.read_bytes())
+    with FaultProxy(s3.endpoint, p503=0.15, preset=0.1, pstored500=0.15, seed=4) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        await asyncio.to_thread(queue_job, pg_url, "s3job", [f"s3://{bucket}/inputs/in.jsonl"],
+                                f"s3://{bucket}/out", FAST)
+        node = Node(NodeConfig(pg_url, node_id="node-s3", lease_s=10, poll_s=0.05),
+                    load_env=lambda: {"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": sim.url})
+        task = asyncio.create_task(node.serve())
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while (await states(pg_url)).get("s3job") != "done":
+                assert asyncio.get_running_loop().time() < deadline, await states(pg_url)
+                assert not task.done()
+                await asyncio.sleep(0.05)
+        finally:
+            node.handle_signal(15)
+            await asyncio.wait_for(task, 20)
+    assert proxy.counts["503"] and proxy.counts["reset"] and proxy.counts["stored_500"], proxy.counts
+    lines, listed, manifest = await asyncio.to_thread(bucket_lines, store, "out")
+    assert Counter(r["custom_id"] for r in lines) == Counter(ids)
+    assert manifest["job"] == "s3job" and manifest["objects"] == listed  # no orphan after the GC
+    summary = json.loads(bytes(obstore.get(store, "out/summary.json").bytes()))
+    assert summary["requests"]["finished"] == 400
+
+
+async def test_a_write_once_object_is_never_replaced(s3):
+    objects = BucketObjects(f"s3://{s3.new_bucket()}/p")
+    await objects.put_once("a.jsonl", b"one\n")
+    await objects.put_once("a.jsonl", b"one\n")  # the same object again: a retry that finds its own
+    with pytest.raises(ObjectExists) as err:
+        await objects.put_once("a.jsonl", b"two\n")
+    assert str(err.value).endswith("/p/a.jsonl exists and holds something else")
+    assert await objects.get("a.jsonl") == b"one\n"
+    assert await objects.get("a.jsonl", 1, 3) == b"ne"
+
+
+
+
+def test_run_out_s3_writes_results_manifest_and_summary_to_the_bucket_and_resumes_from_local_state(
+        s3, tmp_path, monkeypatch, capsys):
+    from batch_scheduler.commands.main import main
+    from batch_scheduler.simulator.process import SimulatorProcess
+
+    bucket = s3.new_bucket()
+    inp = tmp_path / "in.jsonl"
+    ids = write_requests(str(inp), 300, prefix="run")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    out = f"s3://{bucket}/runs/first"
+    with SimulatorProcess(["--faults", "--seed", "9", "--processing-s", "0.2"]) as sim:  # as soak.py
+        argv = ["run", str(inp), "--out", out, "--base-url", sim.url, "--batch-size", "50", "--poll-min", "0.02",
+                "--poll-max", "0.1", "--shards", "3", "--retry-wait", "0.2"]
+        assert main(argv) == 0
+        assert main(argv) == 0  # the same command again: the local ledger says it is done; nothing is sent
+        paid = sim.stats()["requests_created"]
+    lines, listed, manifest = bucket_lines(S3Store(bucket), "runs/first")
+    assert Counter(r["custom_id"] for r in lines) == Counter(ids)
+    assert manifest == {"job": out, "objects": listed}
+    summary = json.loads(bytes(obstore.get(S3Store(bucket), "runs/first/summary.json").bytes()))
+    assert summary["requests"]["finished"] == 300
+    assert paid - summary["attempts"]["requests_retried"] <= 300 * 1.05  # sent again on purpose: paid again
+    assert not list((tmp_path).glob("s3:*")), "nothing local is named after the URL"
+    assert "300 of 300 requests finished" in capsys.readouterr().err
