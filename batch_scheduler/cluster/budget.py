@@ -17,20 +17,23 @@ runs); and while other jobs of its own team want room, only if it holds no more 
 neighbours have nothing more to send (they stopped asking), may use it all. Jobs submitted without
 `--team` are one team, "".
 
-This is the queue-limit part of issue 16's budget, kept in PostgreSQL; the limit is a hard cap given
-to the nodes (`--queue-limit`). The learned limit of issue 16's admission object and its token
-pools plug in here: a learned limit is written to `budget.limit_requests`, a pool per model for
-enqueued tokens is another `pool` value, and a batch's `requests` becomes its weight in that unit.
+Pools: requests queued per account (anthropic, inline: the pool `requests`, a batch weighs its
+requests), or estimated input tokens enqueued per model (openai: the pool `tokens:MODEL`, a batch
+weighs its tokens, as issue 16's admission estimates them; the `requests` columns then hold tokens).
+The limit is a hard cap given to the nodes (`--queue-limit`, or the hard caps of issue 16:
+`--max-queued-requests`, `--max-enqueued-tokens`); what each node's admission learns of the
+provider's limit stays that node's (docs/cluster.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 WAITING_S = 1.0  # a job that asked for room within this counts as wanting more (its next batch is coming)
 REQUESTS_POOL = "requests"
+TOKENS_POOL = "tokens"  # a Share's pool for enqueued tokens: one pool per model, `tokens:MODEL`
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,15 @@ def account_of(provider: str, base_url: str | None, api_key: str) -> str:
     return f"{provider}:{digest}"
 
 
+def pool_for(share: Share | None, queue_key: str | None, requests: int, units: int | None
+             ) -> tuple[Share | None, int]:
+    """The pool a batch draws on and what it weighs there: its requests, or (tokens) its estimated tokens
+    in its model's pool."""
+    if share is None or share.pool != TOKENS_POOL:
+        return share, requests
+    return replace(share, pool=f"{TOKENS_POOL}:{queue_key or ''}"), int(units if units is not None else requests)
+
+
 def set_limit(db: Any, share: Share) -> None:
     db.execute("INSERT INTO budget (account, pool, limit_requests) VALUES (%s, %s, %s) ON CONFLICT (account, pool)"
                " DO UPDATE SET limit_requests = excluded.limit_requests", (share.account, share.pool, share.limit))
@@ -62,6 +74,10 @@ def reserve(c: Any, share: Share, job_id: int, chunk_id: int | None, requests: i
     """
     if chunk_id is not None and c.execute("SELECT 1 FROM reservations WHERE chunk_id=%s", (chunk_id,)).fetchone():
         return True  # sent again after an unknown outcome: it holds its room already
+    # the pool's row exists before it is locked (a model's pool is made by its first batch), so that two
+    # nodes asking for the last room of a new pool still queue on one lock
+    c.execute("INSERT INTO budget (account, pool, limit_requests) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+              (share.account, share.pool, share.limit))
     row = c.execute("SELECT limit_requests FROM budget WHERE account=%s AND pool=%s FOR UPDATE",
                     (share.account, share.pool)).fetchone()
     limit = int(row[0]) if row and row[0] is not None else share.limit

@@ -184,16 +184,16 @@ class PgLedger:
                             units: int | None = None, queue_key: str | None = None) -> int:
         """Write-ahead step 1. A new chunk row (or an existing one sent again) in state submitting, with its
         room in the shared budget (waiting for it while there is none)."""
-        share = self.share
+        share, amount = budget.pool_for(self.share, queue_key, take, units)
         started = time.monotonic()
 
         def q(c: Cursor) -> int | None:
             now = time.time()
-            if share is not None and not budget.reserve(c, share, self.job_id, chunk_id, take):
+            if share is not None and not budget.reserve(c, share, self.job_id, chunk_id, amount):
                 return None  # no room (or not this job's turn): the transaction keeps only the waiter row
             got = intent(c, now)
             if share is not None:
-                budget.hold(c, share, self.job_id, got, take)
+                budget.hold(c, share, self.job_id, got, amount)
             return got
 
         def intent(c: Cursor, now: float) -> int:

@@ -34,6 +34,7 @@ from batch_scheduler.cluster.queue import Claimed, Queue
 from batch_scheduler.cluster.runner import JobRunner, Running
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.loop import signal_handlers
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S
 
@@ -83,12 +84,7 @@ class Node:
     def _signals(self, install: bool) -> None:
         if not self.config.install_signals:
             return
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if install:
-                loop.add_signal_handler(sig, self.handle_signal, sig)
-            else:
-                loop.remove_signal_handler(sig)
+        signal_handlers((signal.SIGINT, signal.SIGTERM), self.handle_signal, install=install)
 
     # -- startup -> main loop -> shutdown -------------------------------------------------------
 

@@ -30,7 +30,7 @@ from batch_scheduler.daemon.jobs import RESTART_WAITS_S, key_refused_reason, out
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.queue_budget import QueuePool
-from batch_scheduler.providers import build_settings, missing_key_message
+from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 
 log = logging.getLogger("batch_scheduler.cluster")
 
@@ -121,15 +121,20 @@ class JobRunner:
                 store.cleanup()
 
     async def _share(self, claimed: Claimed, settings: Any) -> budget.Share | None:
-        """The job's share of its account's queue, when the nodes share a limit: the node's --queue-limit, or
-        issue 16's hard cap --max-queued-requests (the node's default or the job's), kept for every node."""
-        limit = self.queue_limit or getattr(settings, "max_queued_requests", None)
+        """The job's share of its account's queue, when the nodes share a limit: requests (the node's
+        --queue-limit, or issue 16's hard cap --max-queued-requests), or for openai tokens enqueued per model
+        (--max-enqueued-tokens), kept for every node."""
+        if spec_of(settings.provider).queue_unit == "tokens":  # openai: tokens enqueued per model
+            limit, pool = getattr(settings, "max_enqueued_tokens", None), budget.TOKENS_POOL
+        else:
+            limit, pool = self.queue_limit or getattr(settings, "max_queued_requests", None), budget.REQUESTS_POOL
         if limit is None or not settings.api_key:
             return None
         share = budget.Share(budget.account_of(settings.provider, settings.base_url, settings.api_key),
-                             budget.REQUESTS_POOL, int(limit), float(claimed.spec.get("weight") or 1.0),
+                             pool, int(limit), float(claimed.spec.get("weight") or 1.0),
                              str(claimed.spec.get("team") or ""))
-        await self.queue.run(lambda db: budget.set_limit(db, share))
+        if pool == budget.REQUESTS_POOL:  # a model's pool is made with the limit by its first batch
+            await self.queue.run(lambda db: budget.set_limit(db, share))
         return share
 
     async def cancel_batches(self, job: Running) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 
@@ -39,3 +39,13 @@ def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     tune_gc()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(coro)
+
+
+def signal_handlers(sigs: Iterable[int], handler: Callable[[int], None], *, install: bool) -> None:
+    """handler(sig) on the running loop for each of sigs (install), or the loop's handlers removed."""
+    loop = asyncio.get_running_loop()
+    for sig in sigs:
+        if install:
+            loop.add_signal_handler(sig, handler, sig)
+        else:
+            loop.remove_signal_handler(sig)

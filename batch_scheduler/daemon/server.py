@@ -33,6 +33,7 @@ from typing import Any
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import RedactFilter, add_secret
+from batch_scheduler.core.loop import signal_handlers
 from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.api import Api, is_loopback
@@ -139,12 +140,7 @@ class Daemon:
     def _signals(self, install: bool) -> None:
         if not self.config.install_signals:
             return
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            if install:
-                loop.add_signal_handler(sig, self.handle_signal, sig)
-            else:
-                loop.remove_signal_handler(sig)
+        signal_handlers((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), self.handle_signal, install=install)
 
     # -- startup -> main loop -> shutdown -------------------------------------------------------
 

@@ -116,3 +116,33 @@ async def test_teams_share_the_pool_equally_whatever_their_number_of_jobs(pg_url
     finally:
         for led in leds:
             await asyncio.to_thread(led.close)
+
+
+async def test_openai_jobs_share_tokens_enqueued_per_model_each_model_its_own_pool(pg_url, tmp_path):
+    leds = []
+    try:
+        for name in ("m1-a", "m1-b", "m2-a"):
+            await asyncio.to_thread(queue_job, pg_url, name, [], str(tmp_path / name))
+            got = await aclaim(pg_url, f"node-{name}")
+            led = await asyncio.to_thread(PgLedger, pg_url, got.job_id, got.token, name=got.name)
+            led.share = budget.Share("openai:acct", budget.TOKENS_POOL, 1_000)
+            leds.append(led)
+        m1a, m1b, m2a = leds
+
+        async def tokens(led: PgLedger, model: str, units: int) -> int:
+            return await led.record_intent(kind=ChunkKind.INPUT, take=10, nbytes=100, root_seq=0, units=units,
+                                           queue_key=model)
+        first = await tokens(m1a, "gpt-x", 600)
+        await tokens(m1a, "gpt-x", 400)  # gpt-x's pool is full: 1,000 tokens
+        await asyncio.wait_for(tokens(m2a, "gpt-y", 900), 2)  # another model's pool has room of its own
+        waiting = asyncio.create_task(tokens(m1b, "gpt-x", 500))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        with psycopg.connect(pg_url, options="-c search_path=batch_scheduler") as db:
+            assert budget.queued(db, "openai:acct", "tokens:gpt-x") == 1_000
+            assert budget.queued(db, "openai:acct", "tokens:gpt-y") == 900
+        await m1a.mark_ended(first, None)  # 600 tokens come back: room for the 500
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        for led in leds:
+            await asyncio.to_thread(led.close)
