@@ -4,6 +4,10 @@ Writes (PUT) of result objects and the manifest are answered, at the given rates
 503 without storing anything; a connection reset mid-PUT (the body half read, nothing stored); or
 "stored but 500": the object is stored upstream and the answer is a 500, so the client's retry meets
 its own object (If-None-Match: * then answers 412). Everything else is passed through.
+
+`arm(method, part, after_upstream)` holds the next request whose path contains `part` (before it goes
+upstream, or after: the upstream did it, the answer waits) until `release()`; `held` is set meanwhile,
+so a test can kill the client at that exact moment. The proxy also stands in front of the simulator.
 """
 
 from __future__ import annotations
@@ -31,6 +35,25 @@ class FaultProxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._stop: asyncio.Event | None = None
+        self._armed: tuple[str, str, bool] | None = None
+        self.held = threading.Event()
+        self._release: asyncio.Event | None = None
+        self.held_at = ""  # the request held, as "METHOD path"
+
+    def arm(self, method: str, part: str, *, after_upstream: bool) -> None:
+        self.held.clear()
+        self._armed = (method, part, after_upstream)
+
+    def release(self) -> None:
+        assert self._release is not None
+        self._loop.call_soon_threadsafe(self._release.set)
+
+    async def _hold(self, request: web.Request) -> None:
+        self.held_at = f"{request.method} {request.path}"
+        self.held.set()
+        assert self._release is not None
+        await self._release.wait()
+        self._release.clear()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -38,6 +61,7 @@ class FaultProxy:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
+        self._release = asyncio.Event()
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -52,6 +76,11 @@ class FaultProxy:
         await runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        armed, hold = self._armed, None
+        if armed and request.method == armed[0] and armed[1] in request.path:
+            self._armed, hold = None, armed[2]
+            if hold is False:
+                await self._hold(request)
         faulty = request.method == "PUT" and ("/results/" in request.path or request.path.endswith("_manifest.json"))
         if faulty:
             r = self.rng.random()
@@ -75,6 +104,8 @@ class FaultProxy:
                 resp = web.Response(status=up.status, headers=out_headers)
                 resp.headers["Content-Length"] = up.headers["Content-Length"]
                 return resp
+            if hold:
+                await self._hold(request)  # done upstream; the answer waits (its client is killed meanwhile)
             if faulty and up.status < 300 and self.rng.random() < self.pstored500:
                 self.counts["stored_500"] += 1
                 return web.Response(status=500, text="<Error><Code>InternalError</Code></Error>")

@@ -172,3 +172,50 @@ def test_three_teams_share_a_queue_limit_and_a_small_job_beside_large_ones_keeps
             assert not {k: v for k, v in calls.items() if k.endswith(" 429")}, (name, calls)  # never queue-full
         print(f"small job: solo {solo_s:.2f} s, beside two large jobs {beside_s:.2f} s; peak queued {peak} of {limit}")
         assert beside_s <= 2 * solo_s, (solo_s, beside_s, c.timeline("team-c-small"))
+
+
+# each phase: (method, a part of the path, held after the upstream did it), the request the kill meets
+PHASES = {
+    "create (the batch made, its answer lost)": ("sim", "POST", "/v1/messages/batches", True),
+    "poll": ("sim", "GET", "/v1/messages/batches", False),  # a list or a retrieve, whichever comes first
+    "PUT of a result object (stored, not yet listed)": ("s3", "PUT", "/results/", True),
+    "results download": ("sim", "GET", "/results", False),
+}
+
+
+def test_kill_9_at_each_phase_create_poll_put_commit_loses_nothing_and_pays_once(pg_server, s3, tmp_path, monkeypatch):
+    """The node running the job is killed at the very moment a request of each phase is in the air (held
+    by a proxy in front of the simulator or of S3); it is started again, and another node (or it) claims
+    the job within two leases. The result object whose PUT was stored but not listed is what the commit
+    would have listed: the GC at done removes it."""
+    url = pg_server.new_database()
+    bucket = s3.new_bucket()
+    with SimulatorProcess(["--faults", "--seed", "6", "--processing-s", "0.5"]) as sim, \
+            FaultProxy(sim.url, p503=0, preset=0, pstored500=0) as api, \
+            FaultProxy(s3.endpoint, p503=0, preset=0, pstored500=0) as store:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", store.url)
+        c = Cluster(tmp_path, url, api.url, lease_s=LEASE_S)
+        c.sim = sim
+        try:
+            for node in NODES:
+                c.start(node)
+            c.wait_nodes(NODES)
+            c.submit("phases", 1_500, out=f"s3://{bucket}/out/phases")
+            for phase, (where, method, part, after) in PHASES.items():
+                proxy = api if where == "sim" else store
+                proxy.arm(method, part, after_upstream=after)
+                assert proxy.held.wait(30), f"no {phase} request came: {c.tail()}"
+                owner = next((n for n in NODES if "phases" in c.running_on(n)), None)
+                assert owner is not None, (phase, proxy.held_at, c.tail())
+                killed = c.signal(owner, signal.SIGKILL)
+                proxy.release()
+                c.start(owner)
+                deadline = time.monotonic() + 2 * LEASE_S + 5
+                while not (again := c.claims_after("phases", killed)):
+                    assert time.monotonic() < deadline, f"not claimed again after the kill at {phase}: {c.tail()}"
+                    time.sleep(0.1)
+                assert again[0].ts - killed <= 2 * LEASE_S, (phase, again[0].ts - killed)
+            c.wait_done()
+            check_common(c)  # exactly once, every object listed by the manifest, none left unlisted; paid <= 1.05x
+        finally:
+            c.stop_all()
