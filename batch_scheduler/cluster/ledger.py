@@ -60,6 +60,7 @@ class PgLedger:
         self.name = name or str(job_id)
         self.fenced = False
         self.share: budget.Share | None = None  # the shared admission budget this job draws on, if any
+        self.account: str | None = None  # the provider account (budget.account_of): what it learns is shared
         self.waited_s = 0.0  # time spent waiting for room in it
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-ledger")
         try:
@@ -108,6 +109,25 @@ class PgLedger:
     def read_meta(self) -> dict[str, Any]:
         return self.sync(lambda c: dict(c.execute("SELECT key, value FROM meta WHERE job_id=%s",
                                                   (self.job_id,)).fetchall()))
+
+    def read_queue_limits(self) -> Any:
+        """What admission learned of the provider's queues: the job's own, overlaid by what any job of the
+        same account learned since (`learned`), so a job starting on any node starts from the account's."""
+        def q(c: Cursor) -> Any:
+            row = c.execute("SELECT value FROM meta WHERE job_id=%s AND key='queue_limits'", (self.job_id,)).fetchone()
+            own = row[0] if row and isinstance(row[0], dict) else {}
+            shared = dict(c.execute("SELECT queue_key, doc FROM learned WHERE account=%s",
+                                    (self.account,)).fetchall()) if self.account else {}
+            return {**own, **shared} or None
+        return self.sync(q)
+
+    def _learned(self, c: Cursor, limits: dict[str, Any]) -> None:
+        """Admission's learned state, as the job keeps it, and for every job of the account."""
+        self._write_meta(c, {"queue_limits": limits})
+        if self.account and isinstance(limits, dict):
+            c.executemany("INSERT INTO learned (account, queue_key, doc) VALUES (%s, %s, %s::jsonb)"
+                          " ON CONFLICT (account, queue_key) DO UPDATE SET doc=excluded.doc, updated_at=clock_timestamp()",
+                          [(self.account, k, json.dumps(v)) for k, v in limits.items()])
 
     def _write_meta(self, c: Cursor, values: dict[str, Any]) -> None:
         c.executemany("INSERT INTO meta (job_id, key, value) VALUES (%s, %s, %s::jsonb) ON CONFLICT (job_id, key)"
@@ -421,11 +441,11 @@ class PgLedger:
                       (ChunkState.PLANNED, note, self.job_id, chunk_id))
             budget.release(c, chunk_id)
             self._add(c, {counter: 1})
-            self._write_meta(c, {"queue_limits": limits})
+            self._learned(c, limits)
         await self._run(q)
 
     async def record_queue_limits(self, doc: dict[str, Any]) -> None:
-        await self._run(lambda c: self._write_meta(c, {"queue_limits": doc}))
+        await self._run(lambda c: self._learned(c, doc))
 
     async def add_counts(self, counts: dict[str, float]) -> None:
         await self._run(lambda c: self._add(c, counts))

@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS orphans (                 -- batches a node created a
     job_id BIGINT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, batch_id TEXT NOT NULL,
     found_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (job_id, batch_id)
 );
+CREATE TABLE IF NOT EXISTS learned (                 -- what admission learned of an account's queues, for every job
+    account TEXT NOT NULL, queue_key TEXT NOT NULL, doc JSONB NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (account, queue_key)
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     seen_at TIMESTAMPTZ NOT NULL DEFAULT now(), listen TEXT

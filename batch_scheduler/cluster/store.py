@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from batch_scheduler.cluster.budget import Share
+from batch_scheduler.cluster.budget import Share, account_of
 from batch_scheduler.cluster.ledger import PgLedger
 from batch_scheduler.cluster.results import ObjectShards, collect_garbage, write_manifest
 from batch_scheduler.core.joblock import JobLock
@@ -98,6 +98,8 @@ class ClusterStore(ObjectsStore):
         prints = self.fingerprints(inputs)
         self.ledger = PgLedger(self.url, self.job_id, self.token, name=self.name)
         self.ledger.share = self.share
+        if settings.api_key:  # what admission learns of this account's queues is every job's to start from
+            self.ledger.account = account_of(settings.provider, settings.base_url, settings.api_key)
         return check_identity(self.ledger, settings, self.where, prints, remembered)
 
 

@@ -145,6 +145,10 @@ class Ledger:
     def read_meta(self) -> dict[str, Any]:
         return self._read(lambda: {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")})
 
+    def read_queue_limits(self) -> Any:
+        """What admission learned of the provider's queues (`record_queue_limits`), for a run to start from."""
+        return self.read_meta().get("queue_limits")
+
     @staticmethod
     def _write_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])

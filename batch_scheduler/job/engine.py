@@ -35,7 +35,7 @@ from batch_scheduler.job.poller import Poller, PollStats
 from batch_scheduler.job.pricing import PriceTable
 from batch_scheduler.job.progress import JobStats, show_progress
 from batch_scheduler.job.queue_budget import QueuePool
-from batch_scheduler.job.queues import JobQueues, learned_from
+from batch_scheduler.job.queues import JobQueues
 from batch_scheduler.job.reader import span_blocks
 from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.run import Run
@@ -159,7 +159,7 @@ class Engine:
     async def _run_once(self, job: Job) -> JobResult:
         start = await job.start()
         queues = JobQueues(self._pool, self.settings, spec_of(self.settings.provider), job.ledger, self.stats,
-                           job=self.out_dir, learned=learned_from(job.ledger.read_meta()))
+                           job=self.out_dir, learned=job.ledger.read_queue_limits())
         try:
             return await self._run_with(job, start, queues)
         finally:

@@ -169,8 +169,3 @@ class JobQueues:
             "token_limit_failures": self.token_limit_failures,
             "peak_queued": self._stats.queue_peak,
         }
-
-
-def learned_from(meta: dict[str, Any]) -> Any:
-    return meta.get(LEDGER_KEY)
-

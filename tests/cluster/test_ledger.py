@@ -186,3 +186,25 @@ async def test_a_server_gone_mid_job_is_ledger_unavailable_naming_host_and_port(
         assert str(err.value).startswith(f"PostgreSQL at 127.0.0.1:{pg_server.port} cannot be reached: ")
     finally:
         await asyncio.to_thread(led.close)
+
+
+async def test_what_one_job_learns_of_an_accounts_queue_is_where_the_next_job_of_it_starts(pg_url, tmp_path):
+    leds = []
+    try:
+        for name, account in (("first", "anthropic:acct"), ("second", "anthropic:acct"), ("other", "anthropic:x")):
+            await asyncio.to_thread(queue_job, pg_url, name, [], str(tmp_path / name))
+            got = await aclaim(pg_url, f"node-{name}")
+            led = await asyncio.to_thread(PgLedger, pg_url, got.job_id, got.token, name=name)
+            led.account = account
+            leds.append(led)
+        first, second, other = leds
+        assert await asyncio.to_thread(second.read_queue_limits) is None
+        a = await first.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=1, nbytes=10)
+        doc = {"requests": {"confirmed": 300, "ceiling": 400, "refused_at": 1.0, "stated": 400, "queue_full": 1}}
+        await first.record_queue_full(a, "queue full", counter="queue_full", limits=doc)
+        assert await asyncio.to_thread(second.read_queue_limits) == doc  # another job, maybe another node
+        assert await asyncio.to_thread(other.read_queue_limits) is None  # another account learns nothing of it
+        assert (await asyncio.to_thread(first.read_meta))["queue_limits"] == doc  # and the job keeps its own
+    finally:
+        for led in leds:
+            await asyncio.to_thread(led.close)
