@@ -2,7 +2,8 @@
 
     new_event_loop()   a loop of the chosen kind, nothing else changed: the library API runs on it
     run_loop(coro)     for process entry points only (the CLI's commands, the daemon, the simulator's
-                       own process): tunes the garbage collector for the whole process, then runs `coro`
+                       own process): tunes the garbage collector and malloc's arenas for the whole
+                       process, then runs `coro`
 
 `batch_scheduler.run()` never calls `run_loop`: a library must not change the process it is imported
 into (GC thresholds, the event-loop policy, signal handlers), so it runs on `new_event_loop` alone.
@@ -11,6 +12,7 @@ into (GC thresholds, the event-loop policy, signal handlers), so it runs on `new
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -34,9 +36,25 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates an arena of its own (up to 8 per core), and each keeps what
+    was freed in it: the reader's, the ledger's and the executor's threads held ~50 MiB more RSS than the
+    live heap at 200,000 requests (229 -> 180 MiB peak with two arenas, the same CPU). Process-wide: entry
+    points only; nothing where the C library has no mallopt."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, arenas)
+
+
 def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run `coro` to its end as a process entry point: GC tuned (`tune_gc`), on `new_event_loop`."""
     tune_gc()
+    limit_malloc_arenas()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(coro)
 

@@ -136,7 +136,12 @@ class PriceTable:
             return 0.0
         if p.long_context is None:
             return self._priced(p, [sum(col) for col in zip(*usage, strict=True)], False)
-        return sum(self._priced(p, u, self._is_long(p, u)) for u in usage)
+        # prices are linear in tokens: the answers at each tier are summed first, then priced once
+        above = p.long_context.above_input_tokens
+        long = [u for u in usage if u[0] + u[2] + u[3] > above]
+        short = [u for u in usage if u[0] + u[2] + u[3] <= above] if long else usage
+        return sum(self._priced(p, [sum(col) for col in zip(*us, strict=True)], tier) for us, tier
+                   in ((short, False), (long, True)) if us)
 
     @staticmethod
     def _is_long(p: Price, u: Sequence[int]) -> bool:
