@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from batch_scheduler.cluster import pg
+from batch_scheduler.cluster.arguments import add_arguments  # noqa: F401 - the node's flags, re-exported
 from batch_scheduler.cluster.lease import Lease
 from batch_scheduler.cluster.queue import Claimed, Queue
 from batch_scheduler.cluster.runner import JobRunner, Running
@@ -216,19 +217,6 @@ class Node:
 
 
 # -- the command ------------------------------------------------------------------------------------
-
-def add_arguments(p: Any) -> None:
-    g = p.add_argument_group("cluster (daemon --ledger; docs/cluster.md)")
-    g.add_argument("--ledger", metavar="URL",
-                   help="postgresql://USER@HOST:PORT/DB: run as one node of a cluster sharing this ledger")
-    g.add_argument("--node-id", metavar="ID", help="this node's name in the ledger (default HOST-PID)")
-    g.add_argument("--lease", type=float, default=60.0, metavar="S",
-                   help="seconds a claim on a job lasts without renewal (default 60; renewed every third)")
-    g.add_argument("--poll-s", type=float, default=1.0, metavar="S",
-                   help="how often the node looks for jobs to claim (default 1)")
-    g.add_argument("--queue-limit", type=int, metavar="N",
-                   help="requests queued at the provider per account, shared by every node and job (weighted "
-                        "fair shares; default: none)")
 
 
 def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:

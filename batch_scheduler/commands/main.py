@@ -6,19 +6,24 @@ core.loop) the event loop and the garbage collector's thresholds. The library AP
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from batch_scheduler.commands import cancel, daemon, export, run, simulate, status, submit
 from batch_scheduler.commands.parser import build_parser
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.job.progress import BarAwareHandler
 
-COMMANDS = {"run": run.main, "resume": run.main, "status": status.main, "cancel": cancel.main,
-            "export": export.main, "simulate": simulate.main, "daemon": daemon.main, "submit": submit.main}
+# each command's module, imported when it runs (a `status` need not load the daemon or the cluster)
+COMMANDS = {"run": "run", "resume": "run", "status": "status", "cancel": "cancel", "export": "export",
+            "simulate": "simulate", "daemon": "daemon", "submit": "submit"}
+
+
+def command(name: str) -> Callable[..., int]:
+    return importlib.import_module(f"batch_scheduler.commands.{COMMANDS[name]}").main
 
 
 def setup_logging(verbose: bool, json_lines: bool = False) -> None:
@@ -40,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # files the job writes are its owner's only
     say = _say_json if args.log_json else _say
     try:
-        return COMMANDS[args.command](args)
+        return command(args.command)(args)
     except (errors.UsageError, errors.JobMismatch, errors.JobBusy) as err:
         return say(str(err), ExitCode.USAGE)
     except errors.DiskFull as err:

@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 
-from batch_scheduler.cluster.store import BucketRunStore, state_dir_for
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.ledger import Ledger
@@ -21,7 +20,6 @@ from batch_scheduler.core.loop import run_loop
 from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.options import REMEMBERED, flags_of, unkept_headers
 from batch_scheduler.core.settings import Settings, load_environment
-from batch_scheduler.daemon.metrics import Metrics, run_view
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.job import results_here, unknown_results
@@ -89,7 +87,10 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
 def main(args: argparse.Namespace) -> int:
     env = load_environment()
     settings, out, inputs = job_settings(args, env)
-    store = BucketRunStore(out, state_dir_for(out, env)) if is_object_url(out) else None
+    store = None
+    if is_object_url(out):  # imported only then: most runs write to a directory
+        from batch_scheduler.cluster.store import BucketRunStore, state_dir_for
+        store = BucketRunStore(out, state_dir_for(out, env))
     try:  # an OUT in a bucket: results there, the ledger on this machine (docs/cluster.md)
         return _run(args, settings, out, inputs, store)
     finally:
@@ -98,14 +99,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings, out: str, inputs: list[str],
-         store: BucketRunStore | None) -> int:
+         store: Any) -> int:
     if settings.dry_run:
         return run_loop(dry_run(settings, inputs, store.state_dir if store else out))
     if not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
     remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
     metrics_file = getattr(args, "metrics_file", None)
-    metrics = Metrics() if metrics_file else None
+    metrics = None
+    if metrics_file:
+        from batch_scheduler.daemon.metrics import Metrics  # prometheus_client: only for --metrics-file
+        metrics = Metrics()
     if metrics_file:
         check_writable_dir(metrics_file)
     engine = Engine(settings, out, inputs, progress_tty=settings.progress, remembered=remembered, observer=metrics,
@@ -119,6 +123,7 @@ def _run(args: argparse.Namespace, settings: Settings, out: str, inputs: list[st
     print_outcome(outcome, json_lines=getattr(args, "log_json", False))
     if metrics is not None and metrics_file:
         try:
+            from batch_scheduler.daemon.metrics import run_view
             metrics.write_textfile(metrics_file, run_view(engine, outcome, started))
         except OSError as err:  # the job's work is safe; say why the file is missing
             print(f"batch-scheduler: --metrics-file {metrics_file}: cannot write: {err.strerror or err}",

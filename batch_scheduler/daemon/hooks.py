@@ -35,10 +35,10 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.logs import add_secret, redact
 from batch_scheduler.core.settings import RetryPolicy
+from batch_scheduler.daemon.arguments import SECRET_ENV
 from batch_scheduler.daemon.logs import log
 from batch_scheduler.daemon.spool import SUMMARY_FILE, Job, JobState, read_json
 
-SECRET_ENV = "BATCH_WEBHOOK_SECRET"
 SIGNATURE_HEADER = "X-Batch-Scheduler-Signature-256"
 ON_DONE_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 WEBHOOK_STATES = ON_DONE_STATES | {JobState.PAUSED}

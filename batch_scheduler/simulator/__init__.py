@@ -13,8 +13,16 @@ the faults of calls (failing answers, ghost 404s, spend and billing limits) are 
 and error bodies in each provider's shape are built in responses.py.
 """
 
+from typing import Any
+
 from batch_scheduler.simulator.cli import add_arguments, run
 from batch_scheduler.simulator.config import SimConfig
-from batch_scheduler.simulator.server import Simulator
 
 __all__ = ["SimConfig", "Simulator", "add_arguments", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Simulator":  # the server (aiohttp.web) only when asked for: the CLI's parser needs none of it
+        from batch_scheduler.simulator.server import Simulator
+        return Simulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,6 @@ import sys
 
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.faults import FAULT_KINDS
-from batch_scheduler.simulator.server import Simulator
 
 EXIT_OK = 0
 PRESETS = {"real": SimConfig.real_faults, "classic": SimConfig.all_faults}
@@ -81,6 +80,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    from batch_scheduler.simulator.server import Simulator  # not needed to build the CLI's parser
     sim = Simulator(config_from(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
