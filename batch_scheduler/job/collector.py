@@ -204,6 +204,8 @@ class Collector:
             log.warning("batch %s: ignored %s repeated result line(s) and %s for custom_ids it did not carry",
                         info.id, f"{repeated:,}", f"{foreign:,}")
         by_model = {m: Usage(*map(sum, zip(*us, strict=True))) for m, us in usages.items() if us}
+        # each model's answers priced once (per long-context tier): the batch's cost and the model's counter
+        costs = {m: self._cost(m, usages[m]) for m in by_model}
         self._committing = True
         new_offsets = await shards.durable()
         summary: dict[str, float] = {}
@@ -218,9 +220,9 @@ class Collector:
                         "cache_read_tokens": sum(u.cache_read_tokens for u in by_model.values()),
                         "cache_write_1h_tokens": sum(u.cache_write_1h_tokens for u in by_model.values()),
                         # each answer's usage, so a request past a long-context threshold is priced as one
-                        "cost_usd": sum(self._cost(m, usages[m]) for m in by_model),
+                        "cost_usd": sum(costs.values()),
                         "batches_collected": 1, "result_lines": n_lines})
-        summary.update(model_counters(usages, by_model, self._cost))
+        summary.update(model_counters(usages, by_model, costs))
         for a, c in final_attempts.items():
             if c:
                 summary[f"final_after_{a}_attempts"] = c

@@ -12,7 +12,7 @@ reader sees the last run's account or the one before, never half of one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -138,7 +138,7 @@ UNNAMED = "(unnamed)"  # answers whose line names no model
 
 
 def model_counters(usages: Mapping[str | None, Sequence[Any]], by_model: Mapping[str | None, Usage],
-                   cost: Callable[[str | None, Usage], float]) -> dict[str, float]:
+                   costs: Mapping[str | None, float]) -> dict[str, float]:
     """One batch's answers per model, as ledger counters; they join the batch's other counts, so they are
     added in the same transaction that records it collected (exactly once, like every other count)."""
     out: dict[str, float] = {}
@@ -147,7 +147,7 @@ def model_counters(usages: Mapping[str | None, Sequence[Any]], by_model: Mapping
         out[f"{MODEL_PREFIX}requests/{name}"] = len(usages[model])
         for kind in TOKEN_KINDS:
             out[f"{MODEL_PREFIX}{kind}_tokens/{name}"] = getattr(usage, f"{kind}_tokens")
-        out[f"{MODEL_PREFIX}cost_usd/{name}"] = cost(model, usage)
+        out[f"{MODEL_PREFIX}cost_usd/{name}"] = costs[model]
     return out
 
 
