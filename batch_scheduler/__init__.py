@@ -9,7 +9,7 @@
     batch_scheduler.job_status(out)                                # what `status DIR --json` prints
 
 `result` is a `JobResult` (exit_code, ok, message, summary). The names are imported when first used,
-so `import batch_scheduler.core.ledger` (or the CLI's start) does not load the whole pipeline.
+so `import batch_scheduler.state.sqlite` (or the CLI's start) does not load the whole pipeline.
 `batch_scheduler.testing.simulator()` serves the built-in simulator for your own tests.
 """
 
@@ -23,8 +23,8 @@ __all__ = ["JobResult", "__version__", "arun", "job_status", "read_results", "ru
 if TYPE_CHECKING:
     from batch_scheduler.job.api import arun, run
     from batch_scheduler.job.engine import JobResult
-    from batch_scheduler.job.results import read_results
-    from batch_scheduler.job.status import job_status
+    from batch_scheduler.job.view.results import read_results
+    from batch_scheduler.job.view.status import job_status
 
 
 def __getattr__(name: str) -> Any:
@@ -34,9 +34,9 @@ def __getattr__(name: str) -> Any:
     elif name == "JobResult":
         from batch_scheduler.job.engine import JobResult as value
     elif name == "read_results":
-        from batch_scheduler.job.results import read_results as value
+        from batch_scheduler.job.view.results import read_results as value
     elif name == "job_status":
-        from batch_scheduler.job.status import job_status as value
+        from batch_scheduler.job.view.status import job_status as value
     else:
         raise AttributeError(f"module 'batch_scheduler' has no attribute {name!r}")
     globals()[name] = value

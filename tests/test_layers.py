@@ -13,7 +13,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "batch_scheduler"
-RANKS = {"core": 0, "providers": 1, "job": 2, "daemon": 3, "cluster": 3, "": 4, "testing": 4, "commands": 5, "__main__": 6}
+RANKS = {"core": 0, "state": 1, "providers": 1, "job": 2, "daemon": 3, "cluster": 3, "": 4, "testing": 4, "commands": 5, "__main__": 6}
 MAX_LINES = 500
 
 

@@ -28,7 +28,6 @@ from typing import Any
 
 from aiohttp import web
 
-from batch_scheduler.cluster import pg
 from batch_scheduler.cluster.arguments import add_arguments  # noqa: F401 - the node's flags, re-exported
 from batch_scheduler.cluster.lease import Lease
 from batch_scheduler.cluster.queue import Claimed, Queue
@@ -38,6 +37,7 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.loop import signal_handlers
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S
+from batch_scheduler.state import pg
 
 log = logging.getLogger("batch_scheduler.cluster")
 

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from batch_scheduler.cluster import pg
 from batch_scheduler.core import errors
+from batch_scheduler.state import pg
 
 T = TypeVar("T")
 

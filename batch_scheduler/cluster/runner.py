@@ -17,9 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batch_scheduler.cluster import budget
 from batch_scheduler.cluster.lease import Lease
-from batch_scheduler.cluster.ledger import PgLedger
 from batch_scheduler.cluster.queue import Claimed, Queue
 from batch_scheduler.cluster.store import ClusterStore
 from batch_scheduler.core import errors
@@ -27,10 +25,12 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import add_secret, redact
 from batch_scheduler.core.options import REMEMBERED
 from batch_scheduler.daemon.jobs import RESTART_WAITS_S, key_refused_reason, outcome_line
+from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
-from batch_scheduler.job.queue_budget import QueuePool
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
+from batch_scheduler.state import budget
+from batch_scheduler.state.postgres import PgLedger
 
 log = logging.getLogger("batch_scheduler.cluster")
 

@@ -23,16 +23,16 @@ from typing import Any
 
 import orjson
 
-from batch_scheduler.cluster.budget import Share, account_of
-from batch_scheduler.cluster.ledger import PgLedger
-from batch_scheduler.cluster.results import ObjectShards, collect_garbage, write_manifest
 from batch_scheduler.core.joblock import JobLock
-from batch_scheduler.core.ledger import Ledger
-from batch_scheduler.core.objects import Objects, is_object_url, object_fingerprint, open_objects
 from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.input.reader import fingerprint
 from batch_scheduler.job.job import check_identity, lock_dir
-from batch_scheduler.job.reader import fingerprint
-from batch_scheduler.job.summary import write_summary
+from batch_scheduler.job.view.summary import write_summary
+from batch_scheduler.state.budget import Share, account_of
+from batch_scheduler.state.object_shards import ObjectShards, collect_garbage, write_manifest
+from batch_scheduler.state.objects import Objects, is_object_url, object_fingerprint, open_objects
+from batch_scheduler.state.postgres import PgLedger
+from batch_scheduler.state.sqlite import Ledger
 
 log = logging.getLogger("batch_scheduler.cluster")
 

@@ -12,18 +12,18 @@ import argparse
 import os
 import sys
 
-from batch_scheduler.cluster import pg
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.commands.run import ledger_flags
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.joblock import JobLock
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
 from batch_scheduler.core.options import flags_of
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.providers import build_settings, missing_key_message
+from batch_scheduler.state import pg
+from batch_scheduler.state.sqlite import Ledger
 
 OWNER = "batch-scheduler cancel"
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from batch_scheduler.commands.parser import build_parser
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
-from batch_scheduler.job.progress import BarAwareHandler
+from batch_scheduler.job.view.progress import BarAwareHandler
 
 # each command's module, imported when it runs (a `status` need not load the daemon or the cluster)
 COMMANDS = {"run": "run", "resume": "run", "status": "status", "cancel": "cancel", "export": "export",

@@ -15,16 +15,16 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.loop import run_loop
-from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.options import REMEMBERED, flags_of, unkept_headers
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.job import results_here, unknown_results
-from batch_scheduler.job.reader import expand_inputs
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
+from batch_scheduler.state.objects import is_object_url
+from batch_scheduler.state.sqlite import Ledger
 
 RESUME_OVERRIDES = ("retry_cancelled", "concurrency", "base_url", "header")  # what `resume DIR` may change
 

@@ -11,14 +11,14 @@ import os
 import re
 import sys
 
-from batch_scheduler.cluster import pg
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
-from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
-from batch_scheduler.job.reader import expand_inputs
+from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.providers import build_settings
+from batch_scheduler.state import pg
+from batch_scheduler.state.objects import is_object_url
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 

@@ -41,7 +41,7 @@ from batch_scheduler.daemon.metrics import CONTENT_TYPE, Metrics, MetricsView
 from batch_scheduler.daemon.page import History, Pages
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_json
-from batch_scheduler.job.status import job_status
+from batch_scheduler.job.view.status import job_status
 
 HTTP_STOP_S = 1.0  # open API connections get this long once the jobs have stopped
 

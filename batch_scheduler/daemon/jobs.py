@@ -25,18 +25,17 @@ from typing import Any
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.logs import add_secret, redact
 from batch_scheduler.core.options import REMEMBERED
 from batch_scheduler.core.settings import RetryPolicy, Settings
 from batch_scheduler.daemon.logs import current_job, log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
+from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.cancel import cancel_batches
-from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.observe import Observer
-from batch_scheduler.job.queue_budget import QueuePool
+from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.providers import (
     build_settings,
     headers_for,
@@ -44,6 +43,7 @@ from batch_scheduler.providers import (
     make_provider,
     missing_key_message,
 )
+from batch_scheduler.state.sqlite import Ledger
 
 RESTART_WAITS_S = (5.0, 30.0, 120.0, 600.0)  # runs that stop on an error are tried again after these
 PROBE_BATCH_ID = "msgbatch_daemon_key_check"  # no such batch: 404 means the key got through

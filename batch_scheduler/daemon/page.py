@@ -21,13 +21,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.logs import redact
 from batch_scheduler.daemon import html
 from batch_scheduler.daemon.logs import log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import SUMMARY_FILE, Job, JobState, read_json, read_options
-from batch_scheduler.job.status import job_status
+from batch_scheduler.job.view.status import job_status
+from batch_scheduler.state.sqlite import Ledger
 
 HISTORY_S = 6 * 3600.0
 BATCHES_SHOWN = 200  # the newest; the page says how many older ones there are

@@ -46,8 +46,8 @@ from batch_scheduler.daemon.notify import Notifier, watchdog_interval_s
 from batch_scheduler.daemon.page import History
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
-from batch_scheduler.job.claims import Claims
-from batch_scheduler.job.pricing import PriceTable
+from batch_scheduler.job.money.pricing import PriceTable
+from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.providers import build_settings
 
 DEFAULT_LISTEN = "127.0.0.1:8787"

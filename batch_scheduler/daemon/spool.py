@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.options import coerce_option_file
 from batch_scheduler.daemon.logs import log
+from batch_scheduler.state.sqlite import Ledger
 
 if TYPE_CHECKING:
     from batch_scheduler.job.engine import Engine

@@ -35,10 +35,10 @@ from batch_scheduler.core.options import JOB_OPTION_NAMES, REMEMBERED
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import estimate, rejects_path
 from batch_scheduler.job.engine import Engine, JobResult
-from batch_scheduler.job.pricing import PriceTable, cost_range
-from batch_scheduler.job.reader import expand_inputs
-from batch_scheduler.job.sources import make_sources
-from batch_scheduler.job.validate import Rejects
+from batch_scheduler.job.input.reader import expand_inputs
+from batch_scheduler.job.input.sources import make_sources
+from batch_scheduler.job.input.validate import Rejects
+from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.providers import build_settings, missing_key_message
 
 SPOOL = "input.jsonl"  # where an iterable of dicts is written, in OUT

@@ -15,9 +15,9 @@ from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import ChunkState, Ledger
 from batch_scheduler.core.settings import RetryPolicy, Settings
 from batch_scheduler.providers import headers_for, make_provider
+from batch_scheduler.state.sqlite import ChunkState, Ledger
 
 
 @dataclass

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
-from batch_scheduler.job.budget import unpriced_models
-from batch_scheduler.job.estimate import Measured, Reservoir, measure
-from batch_scheduler.job.pricing import ModelTotals, PriceTable, cost_range, tally
-from batch_scheduler.job.reader import span_blocks
-from batch_scheduler.job.sources import make_sources
-from batch_scheduler.job.validate import Rejects, Validator
+from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, cut_chunks
+from batch_scheduler.job.input.reader import span_blocks
+from batch_scheduler.job.input.sources import make_sources
+from batch_scheduler.job.input.validate import Rejects, Validator
+from batch_scheduler.job.money.budget import unpriced_models
+from batch_scheduler.job.money.estimate import Measured, Reservoir, measure
+from batch_scheduler.job.money.pricing import ModelTotals, PriceTable, cost_range, tally
 from batch_scheduler.providers import make_provider
 
 SHOW_MODELS = 20

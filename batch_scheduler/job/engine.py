@@ -21,29 +21,29 @@ from typing import Any
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import RetryState
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.admission import Admission
-from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, cut_chunks
-from batch_scheduler.job.budget import Budget, unpriced_message, unpriced_models
-from batch_scheduler.job.claims import Claims
-from batch_scheduler.job.collector import Collector
-from batch_scheduler.job.estimate import measure, survey
+from batch_scheduler.job.admit.admission import Admission
+from batch_scheduler.job.admit.queue_budget import QueuePool
+from batch_scheduler.job.admit.queues import JobQueues
+from batch_scheduler.job.collect.collector import Collector
+from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, cut_chunks
+from batch_scheduler.job.input.reader import span_blocks
+from batch_scheduler.job.input.replay import Replay
+from batch_scheduler.job.input.validate import Rejects, Validator
 from batch_scheduler.job.job import Job
+from batch_scheduler.job.money.budget import Budget, unpriced_message, unpriced_models
+from batch_scheduler.job.money.estimate import measure, survey
+from batch_scheduler.job.money.pricing import PriceTable
 from batch_scheduler.job.observe import Observer
-from batch_scheduler.job.poller import Poller, PollStats
-from batch_scheduler.job.pricing import PriceTable
-from batch_scheduler.job.progress import JobStats, show_progress
-from batch_scheduler.job.queue_budget import QueuePool
-from batch_scheduler.job.queues import JobQueues
-from batch_scheduler.job.reader import span_blocks
-from batch_scheduler.job.replay import Replay
 from batch_scheduler.job.run import Run
-from batch_scheduler.job.submitter import Submitter
-from batch_scheduler.job.summary import build_summary
-from batch_scheduler.job.validate import Rejects, Validator
+from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.job.send.poller import Poller, PollStats
+from batch_scheduler.job.send.submitter import Submitter
+from batch_scheduler.job.view.progress import JobStats, show_progress
+from batch_scheduler.job.view.summary import build_summary
 from batch_scheduler.providers import headers_for, key_refused_message, make_provider, spec_of
 from batch_scheduler.providers.base import Provider
+from batch_scheduler.state.sqlite import RetryState
 
 __all__ = ["Engine", "ExitCode", "JobResult"]
 

@@ -33,16 +33,16 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.joblock import JobLock
-from batch_scheduler.core.ledger import Ledger, RetryState
 from batch_scheduler.core.options import BY_NAME, kept_flags
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.pricing import PriceTable
-from batch_scheduler.job.progress import JobStats
-from batch_scheduler.job.reader import Source, fingerprint
-from batch_scheduler.job.sources import make_sources
-from batch_scheduler.job.summary import finished, write_summary
-from batch_scheduler.job.validate import Rejects
-from batch_scheduler.job.writer import ShardSet
+from batch_scheduler.job.input.reader import Source, fingerprint
+from batch_scheduler.job.input.sources import make_sources
+from batch_scheduler.job.input.validate import Rejects
+from batch_scheduler.job.money.pricing import PriceTable
+from batch_scheduler.job.view.progress import JobStats
+from batch_scheduler.job.view.summary import finished, write_summary
+from batch_scheduler.state.shards import ShardSet
+from batch_scheduler.state.sqlite import Ledger, RetryState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

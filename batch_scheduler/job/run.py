@@ -30,22 +30,22 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, RetryState
-from batch_scheduler.job.admission import Admission, Pass
-from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES, Chunk, chunk_digest, cut_chunks, one_lane
-from batch_scheduler.job.collector import Collector
-from batch_scheduler.job.ended import Endings, Flight, Tracked, Watched
+from batch_scheduler.job.admit.admission import Admission, Pass
+from batch_scheduler.job.admit.parts import bounds, parts_needed, split_specs
+from batch_scheduler.job.admit.queue_budget import TooHeavy
+from batch_scheduler.job.admit.queues import Weight
+from batch_scheduler.job.collect.collector import Collector
+from batch_scheduler.job.collect.ended import Endings, Flight, Tracked, Watched
+from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, Chunk, chunk_digest, cut_chunks, one_lane
+from batch_scheduler.job.input.reader import Block, span_blocks
+from batch_scheduler.job.input.replay import Part, Replay, changed_message
+from batch_scheduler.job.input.validate import Validator
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.observe import Observer
-from batch_scheduler.job.parts import bounds, parts_needed, split_specs
-from batch_scheduler.job.poller import Poller
-from batch_scheduler.job.queue_budget import TooHeavy
-from batch_scheduler.job.queues import Weight
-from batch_scheduler.job.reader import Block, span_blocks
-from batch_scheduler.job.replay import Part, Replay, changed_message
-from batch_scheduler.job.submitter import Outgoing, Submitted, Submitter
-from batch_scheduler.job.validate import Validator
+from batch_scheduler.job.send.poller import Poller
+from batch_scheduler.job.send.submitter import Outgoing, Submitted, Submitter
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
+from batch_scheduler.state.sqlite import ChunkKind, ChunkRow, ChunkState, RetryState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

@@ -25,8 +25,8 @@ import orjson
 import psycopg
 from obstore.store import S3Store
 
-from batch_scheduler.cluster import pg
 from batch_scheduler.cluster.queue import Queue
+from batch_scheduler.state import pg
 
 from ..conftest import KEY
 from .helpers import bucket_lines, manifest_lines, result_files

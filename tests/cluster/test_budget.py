@@ -9,9 +9,9 @@ import asyncio
 import psycopg
 import pytest
 
-from batch_scheduler.cluster import budget
-from batch_scheduler.cluster.ledger import PgLedger
-from batch_scheduler.core.ledger import ChunkKind
+from batch_scheduler.state import budget
+from batch_scheduler.state.postgres import PgLedger
+from batch_scheduler.state.sqlite import ChunkKind
 
 from .helpers import aclaim, queue_job
 

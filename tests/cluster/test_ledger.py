@@ -8,10 +8,10 @@ import time
 import psycopg
 import pytest
 
-from batch_scheduler.cluster.ledger import PgLedger
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger, RetryState, RetryWait
+from batch_scheduler.state.postgres import PgLedger
+from batch_scheduler.state.sqlite import ChunkKind, ChunkState, Ledger, RetryState, RetryWait
 
 from .helpers import aclaim, queue_job
 

@@ -12,7 +12,7 @@ import pytest
 from obstore.store import S3Store
 
 from batch_scheduler.cluster.node import Node, NodeConfig
-from batch_scheduler.core.objects import BucketObjects, ObjectExists
+from batch_scheduler.state.objects import BucketObjects, ObjectExists
 
 from ..conftest import KEY
 from ..helpers import write_requests

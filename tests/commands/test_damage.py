@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from batch_scheduler.commands.main import main
-from batch_scheduler.job import reader
+from batch_scheduler.job.input import reader
 from batch_scheduler.simulator.process import SimulatorProcess
 
 from ..helpers import ids_of, read_results, write_requests

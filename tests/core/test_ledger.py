@@ -3,7 +3,7 @@
 import re
 import sqlite3
 
-from batch_scheduler.core.ledger import SCHEMA, ChunkKind, Ledger, RetryState, RetryWait
+from batch_scheduler.state.sqlite import SCHEMA, ChunkKind, Ledger, RetryState, RetryWait
 
 
 def test_a_ledger_from_before_the_skipped_column_opens_and_gains_it(tmp_path):

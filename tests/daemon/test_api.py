@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batch_scheduler.job.status import job_status
+from batch_scheduler.job.view.status import job_status
 
 from .helpers import (
     TOKEN,

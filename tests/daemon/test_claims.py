@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from batch_scheduler.core.ledger import ChunkKind
 from batch_scheduler.daemon.spool import Spool, write_summary
-from batch_scheduler.job.claims import Claims
 from batch_scheduler.job.engine import Engine
-from batch_scheduler.job.submitter import Outgoing
+from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.job.send.submitter import Outgoing
 from batch_scheduler.providers import build_settings
+from batch_scheduler.state.sqlite import ChunkKind
 
 from ..helpers import ids_of, read_results
 from ..job.test_submitter import job, lines_for

@@ -7,9 +7,9 @@ import asyncio
 import aiohttp
 
 from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.engine import Engine
-from batch_scheduler.job.queue_budget import QueuePool
-from batch_scheduler.job.status import job_status
+from batch_scheduler.job.view.status import job_status
 from batch_scheduler.simulator import SimConfig
 
 from ..conftest import KEY, fast_settings

@@ -8,11 +8,11 @@ import logging
 import orjson
 import pytest
 
-from batch_scheduler.job.budget import Budget
 from batch_scheduler.job.dryrun import estimate
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.job.pricing import PriceTable, cost_range
-from batch_scheduler.job.validate import Rejects
+from batch_scheduler.job.input.validate import Rejects
+from batch_scheduler.job.money.budget import Budget
+from batch_scheduler.job.money.pricing import PriceTable, cost_range
 
 from ..conftest import fast_settings
 from ..helpers import request

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from batch_scheduler.core.ledger import ChunkKind
-from batch_scheduler.job.claims import Claims
-from batch_scheduler.job.submitter import Outgoing
+from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.job.send.submitter import Outgoing
+from batch_scheduler.state.sqlite import ChunkKind
 
 from .test_submitter import job, lines_for
 

@@ -15,12 +15,12 @@ from aioresponses import aioresponses
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, Ledger, RetryState
-from batch_scheduler.job.collector import Collector
-from batch_scheduler.job.replay import Replay
-from batch_scheduler.job.writer import ShardSet
+from batch_scheduler.job.collect.collector import Collector
+from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.providers.anthropic import AnthropicProvider
 from batch_scheduler.providers.base import BatchInfo, BatchState
+from batch_scheduler.state.shards import ShardSet
+from batch_scheduler.state.sqlite import ChunkKind, ChunkRow, ChunkState, Ledger, RetryState
 
 from ..conftest import fast_settings
 from ..helpers import ids_of, read_results, request

@@ -14,13 +14,13 @@ from aiohttp import web
 
 import batch_scheduler
 from batch_scheduler.commands.main import main
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.job.dryrun import estimate
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.job.pricing import PriceTable, cost_range
-from batch_scheduler.job.validate import Rejects
+from batch_scheduler.job.input.validate import Rejects
+from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.providers.base import Usage
 from batch_scheduler.providers.common import classify_result
+from batch_scheduler.state.sqlite import Ledger
 
 from ..conftest import KEY, fast_settings
 from ..helpers import request

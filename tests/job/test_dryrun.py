@@ -12,7 +12,7 @@ import pytest
 from batch_scheduler.commands.main import main
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.dryrun import dry_run
-from batch_scheduler.job.pricing import estimate_input_tokens, estimate_request
+from batch_scheduler.job.money.pricing import estimate_input_tokens, estimate_request
 
 from ..helpers import request
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.dryrun import dry_run
-from batch_scheduler.job.estimate import Reservoir, estimate_input_tokens, measure
+from batch_scheduler.job.money.estimate import Reservoir, estimate_input_tokens, measure
 
 from ..conftest import KEY
 from ..helpers import request

@@ -10,7 +10,7 @@ import pytest
 
 import batch_scheduler
 from batch_scheduler.commands.main import main
-from batch_scheduler.job.export import RESULT_COLUMNS, answer_text, error_text
+from batch_scheduler.job.view.export import RESULT_COLUMNS, answer_text, error_text
 
 from ..helpers import request
 

@@ -7,11 +7,11 @@ import orjson
 import pytest
 
 from batch_scheduler.core.errors import JobMismatch
-from batch_scheduler.core.ledger import ChunkState, Ledger
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.job.reader import JsonlSource
-from batch_scheduler.job.replay import Replay
+from batch_scheduler.job.input.reader import JsonlSource
+from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.providers import make_provider
+from batch_scheduler.state.sqlite import ChunkState, Ledger
 
 from ..conftest import fast_settings
 from ..helpers import request

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from batch_scheduler.job import reader
 from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.job.input import reader
 
 from ..conftest import fast_settings
 from ..helpers import ids_of, read_results, request

@@ -228,7 +228,7 @@ async def test_a_job_cancelled_under_an_earlier_version_resumes_with_retry_cance
     import sqlite3
 
     from batch_scheduler.job.cancel import cancel_batches
-    from batch_scheduler.job.status import job_status
+    from batch_scheduler.job.view.status import job_status
     sim.config.processing_s = 30
     ids = write_requests(tmp_path / "in.jsonl", 300)
     out = tmp_path / "out"

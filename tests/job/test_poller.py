@@ -9,7 +9,7 @@ import pytest
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.job.poller import Poller
+from batch_scheduler.job.send.poller import Poller
 from batch_scheduler.providers.anthropic import AnthropicProvider
 
 from ..conftest import fast_settings

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from batch_scheduler.job.progress import BarAwareHandler, JobStats, bar_line, show_progress
+from batch_scheduler.job.view.progress import BarAwareHandler, JobStats, bar_line, show_progress
 
 pytestmark = pytest.mark.timeout(20)
 

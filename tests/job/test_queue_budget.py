@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.queue_budget import Measure, QueuePool, account_of
+from batch_scheduler.job.admit.queue_budget import Measure, QueuePool, account_of
 from batch_scheduler.providers.anthropic import SPEC as ANTHROPIC
 from batch_scheduler.providers.openai import SPEC as OPENAI
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_scheduler.job.queue_limit import REPROBE_S, LimitLearner, Verdict
+from batch_scheduler.job.admit.queue_limit import REPROBE_S, LimitLearner, Verdict
 
 GO, PROBE, WAIT = Verdict.GO, Verdict.PROBE, Verdict.WAIT
 BATCH = 10_000

@@ -4,8 +4,8 @@ import gzip
 
 import pytest
 
-from batch_scheduler.job import reader
-from batch_scheduler.job.reader import JsonlSource
+from batch_scheduler.job.input import reader
+from batch_scheduler.job.input.reader import JsonlSource
 
 
 async def all_lines(src, start_pos=0, start_line=1):

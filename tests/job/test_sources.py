@@ -10,11 +10,11 @@ import pytest
 
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.batcher import cut_chunks
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.job.reader import span_blocks
-from batch_scheduler.job.sources import ROWS_PER_BLOCK, make_sources, safe_id, template_sources
-from batch_scheduler.job.validate import Rejects, Validator
+from batch_scheduler.job.input.batcher import cut_chunks
+from batch_scheduler.job.input.reader import span_blocks
+from batch_scheduler.job.input.sources import ROWS_PER_BLOCK, make_sources, safe_id, template_sources
+from batch_scheduler.job.input.validate import Rejects, Validator
 from batch_scheduler.providers import make_provider
 from batch_scheduler.simulator import SimConfig
 

@@ -17,12 +17,12 @@ from aioresponses import aioresponses
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.ledger import ChunkKind, Ledger
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.job.submitter import JOB_TOKEN_KEY, Outgoing, Submitter
-from batch_scheduler.job.validate import Rejects
+from batch_scheduler.job.input.validate import Rejects
+from batch_scheduler.job.send.submitter import JOB_TOKEN_KEY, Outgoing, Submitter
 from batch_scheduler.providers import headers_for, make_provider
 from batch_scheduler.providers.base import Provider
+from batch_scheduler.state.sqlite import ChunkKind, Ledger
 
 from ..conftest import fast_settings
 from ..helpers import ids_of, read_results, request, write_requests

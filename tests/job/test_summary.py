@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.job.engine import Engine
+from batch_scheduler.state.sqlite import Ledger
 
 from ..conftest import fast_settings
 from ..helpers import request

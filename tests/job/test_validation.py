@@ -6,9 +6,9 @@ import orjson
 import pytest
 
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.batcher import cut_chunks
-from batch_scheduler.job.reader import JsonlSource
-from batch_scheduler.job.validate import FingerprintSet, Rejects, Validator
+from batch_scheduler.job.input.batcher import cut_chunks
+from batch_scheduler.job.input.reader import JsonlSource
+from batch_scheduler.job.input.validate import FingerprintSet, Rejects, Validator
 from batch_scheduler.providers.anthropic import AnthropicProvider
 
 from ..helpers import request

@@ -2,7 +2,7 @@
 
 import zlib
 
-from batch_scheduler.job.writer import ShardSet, shard_of, shard_path
+from batch_scheduler.state.shards import ShardSet, shard_of, shard_path
 
 
 def test_shard_is_crc32_of_custom_id_modulo_shards():

@@ -8,7 +8,7 @@ import pytest
 
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.job.validate import Validator
+from batch_scheduler.job.input.validate import Validator
 from batch_scheduler.providers import make_provider
 
 from ..conftest import fast_settings

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batch_scheduler.core.ledger import ChunkRow, RetryState
-from batch_scheduler.job.collector import NotOurs
+from batch_scheduler.job.admit.queue_budget import Ticket
+from batch_scheduler.job.admit.queues import Weight
+from batch_scheduler.job.collect.collector import NotOurs
 from batch_scheduler.job.observe import batch_times
-from batch_scheduler.job.queue_budget import Ticket
-from batch_scheduler.job.queues import Weight
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
+from batch_scheduler.state.sqlite import ChunkRow, RetryState
 
 if TYPE_CHECKING:
     from batch_scheduler.job.run import Run

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import orjson
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger_rows import (  # noqa: F401 - the ledger's names, re-exported
+from batch_scheduler.state.rows import (  # noqa: F401 - the ledger's names, re-exported
     _OLD_CANCELLED,
     ADDED_COLUMNS,
     SCHEMA,

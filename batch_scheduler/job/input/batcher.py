@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from batch_scheduler.core.errors import InputError
-from batch_scheduler.job.reader import Block
-from batch_scheduler.job.validate import BLANK, Rejects, Validator
+from batch_scheduler.job.input.reader import Block
+from batch_scheduler.job.input.validate import BLANK, Rejects, Validator
 
 BODY_WRAPPER_BYTES = 64  # '{"requests":[' ... ']}' and slack
 LANE_HOLD = 2  # batches' worth the open chunks of all lanes may hold together

@@ -16,7 +16,7 @@ from typing import IO
 
 import orjson
 
-from batch_scheduler.job.reader import LineTooLong
+from batch_scheduler.job.input.reader import LineTooLong
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's; each provider declares its own (ProviderSpec)
 CUSTOM_ID_RULE = "1-64 characters of a-z A-Z 0-9 _ -"

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from batch_scheduler.core.errors import UsageError
-from batch_scheduler.job.estimate import (  # noqa: F401 - the estimator's names, where they were before
+from batch_scheduler.job.money.estimate import (  # noqa: F401 - the estimator's names, where they were before
     CHARS_PER_TOKEN,
     ModelTotals,
     estimate_input_tokens,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from batch_scheduler.job.pricing import PriceTable, cost_range, tally
+from batch_scheduler.job.money.pricing import PriceTable, cost_range, tally
 
 log = logging.getLogger("batch_scheduler.budget")
 

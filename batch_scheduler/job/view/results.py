@@ -27,19 +27,19 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core.errors import UsageError
-from batch_scheduler.core.ledger import Ledger
 from batch_scheduler.core.lines import split_lines
 from batch_scheduler.core.options import BY_NAME, JOB_OPTIONS
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.batcher import BODY_WRAPPER_BYTES
-from batch_scheduler.job.pricing import PriceTable
-from batch_scheduler.job.reader import BLOCK_BYTES, JsonlSource, Source, fingerprint
-from batch_scheduler.job.sources import TemplateSource, make_sources
-from batch_scheduler.job.summary import finished
-from batch_scheduler.job.validate import BLANK, Validator
-from batch_scheduler.job.writer import shard_path
+from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES
+from batch_scheduler.job.input.reader import BLOCK_BYTES, JsonlSource, Source, fingerprint
+from batch_scheduler.job.input.sources import TemplateSource, make_sources
+from batch_scheduler.job.input.validate import BLANK, Validator
+from batch_scheduler.job.money.pricing import PriceTable
+from batch_scheduler.job.view.summary import finished
 from batch_scheduler.providers import make_provider
 from batch_scheduler.providers.base import Provider
+from batch_scheduler.state.shards import shard_path
+from batch_scheduler.state.sqlite import Ledger
 
 ORDERS = ("input", "shard")
 _OFFSET_BITS = 40  # a location is shard << 40 | offset: shards up to 1 TB each

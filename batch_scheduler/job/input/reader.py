@@ -22,7 +22,7 @@ from typing import BinaryIO, Protocol
 
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.lines import split_lines
-from batch_scheduler.core.objects import BucketObjects, RangeReader, split_object_url
+from batch_scheduler.state.objects import BucketObjects, RangeReader, split_object_url
 
 BLOCK_BYTES = 4 << 20
 

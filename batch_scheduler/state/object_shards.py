@@ -22,8 +22,8 @@ import shutil
 
 import orjson
 
-from batch_scheduler.core.objects import ObjectInfo, Objects
-from batch_scheduler.job.writer import ShardSet
+from batch_scheduler.state.objects import ObjectInfo, Objects
+from batch_scheduler.state.shards import ShardSet
 
 log = logging.getLogger("batch_scheduler.cluster")
 

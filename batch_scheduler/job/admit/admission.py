@@ -19,11 +19,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from batch_scheduler.core.ledger import Ledger
-from batch_scheduler.job.budget import Budget
-from batch_scheduler.job.progress import JobStats
-from batch_scheduler.job.queue_budget import Ticket
-from batch_scheduler.job.queues import JobQueues, Weight
+from batch_scheduler.job.admit.queue_budget import Ticket
+from batch_scheduler.job.admit.queues import JobQueues, Weight
+from batch_scheduler.job.money.budget import Budget
+from batch_scheduler.job.view.progress import JobStats
+from batch_scheduler.state.sqlite import Ledger
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

@@ -38,12 +38,12 @@ from zlib import crc32
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import backoff_s
-from batch_scheduler.core.ledger import ChunkRow, Ledger, RetryState, RetryWait
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.replay import Replay
-from batch_scheduler.job.summary import model_counters
-from batch_scheduler.job.writer import ShardSet
+from batch_scheduler.job.input.replay import Replay
+from batch_scheduler.job.view.summary import model_counters
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
+from batch_scheduler.state.shards import ShardSet
+from batch_scheduler.state.sqlite import ChunkRow, Ledger, RetryState, RetryWait
 
 log = logging.getLogger("batch_scheduler.collector")
 

@@ -34,10 +34,9 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core.errors import InputError, UsageError
-from batch_scheduler.core.objects import is_object_url
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.params import check_params
-from batch_scheduler.job.reader import (
+from batch_scheduler.job.input.params import check_params
+from batch_scheduler.job.input.reader import (
     BLOCK_BYTES,
     Block,
     JsonlSource,
@@ -45,8 +44,9 @@ from batch_scheduler.job.reader import (
     Source,
     compressed_problem,
 )
-from batch_scheduler.job.validate import BLANK
+from batch_scheduler.job.input.validate import BLANK
 from batch_scheduler.providers.base import encode
+from batch_scheduler.state.objects import is_object_url
 
 ROWS_PER_BLOCK = 4096
 ROW_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz")

@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from batch_scheduler.cluster import budget, pg
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkKind, ChunkRow, ChunkState, RetryState, RetryWait
+from batch_scheduler.state import budget, pg
+from batch_scheduler.state.sqlite import ChunkKind, ChunkRow, ChunkState, RetryState, RetryWait
 
 T = TypeVar("T")
 Cursor = Any

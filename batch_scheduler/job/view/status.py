@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkRow, ChunkState, Ledger, RetryState
-from batch_scheduler.job.queue_limit import LimitLearner
-from batch_scheduler.job.queues import LEDGER_KEY
-from batch_scheduler.job.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
+from batch_scheduler.job.admit.queue_limit import LimitLearner
+from batch_scheduler.job.admit.queues import LEDGER_KEY
+from batch_scheduler.job.view.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
 from batch_scheduler.providers import NAMES, spec_of
+from batch_scheduler.state.sqlite import ChunkRow, ChunkState, Ledger, RetryState
 
 
 def job_status(out_dir: str) -> dict[str, Any]:

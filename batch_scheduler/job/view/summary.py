@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core.errors import ExitCode, UsageError
-from batch_scheduler.core.ledger import RetryState
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.estimate import against_usage
-from batch_scheduler.job.poller import PollStats
-from batch_scheduler.job.pricing import PriceTable
-from batch_scheduler.job.progress import JobStats
+from batch_scheduler.job.money.estimate import against_usage
+from batch_scheduler.job.money.pricing import PriceTable
+from batch_scheduler.job.send.poller import PollStats
+from batch_scheduler.job.view.progress import JobStats
 from batch_scheduler.providers.base import Usage
+from batch_scheduler.state.sqlite import RetryState
 
 RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")  # final lines, by result type (the API's spelling)
 TOKEN_KINDS = ("input", "output", "cache_write", "cache_read", "cache_write_1h")

@@ -27,8 +27,9 @@ from typing import Any, BinaryIO
 import orjson
 
 from batch_scheduler.core.errors import UsageError
-from batch_scheduler.job.reader import Source
-from batch_scheduler.job.results import (
+from batch_scheduler.job.input.reader import Source
+from batch_scheduler.job.input.sources import TemplateSource
+from batch_scheduler.job.view.results import (
     ORDERS,
     Entry,
     IdTable,
@@ -38,7 +39,6 @@ from batch_scheduler.job.results import (
     input_entries,
     shard_lines,
 )
-from batch_scheduler.job.sources import TemplateSource
 from batch_scheduler.providers.base import OUTCOME_NAMES, Usage
 
 FORMATS = ("jsonl", "csv", "parquet")

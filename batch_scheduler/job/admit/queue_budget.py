@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from batch_scheduler.core.settings import ProviderSpec, Settings
-from batch_scheduler.job.pricing import estimate_request
-from batch_scheduler.job.queue_limit import BACKOFF_S, LimitLearner, Verdict
+from batch_scheduler.job.admit.queue_limit import BACKOFF_S, LimitLearner, Verdict
+from batch_scheduler.job.money.pricing import estimate_request
 
 TOKEN_MARGIN = 0.95  # of a stated token limit, for units we only estimate
 REQUESTS = "requests"  # the one queue of a provider that counts requests

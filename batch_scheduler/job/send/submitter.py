@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.ledger import ChunkKind, ChunkState, Ledger
-from batch_scheduler.job.claims import Claims
-from batch_scheduler.job.validate import Rejects
+from batch_scheduler.job.input.validate import Rejects
+from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.providers.base import BatchInfo, Provider
+from batch_scheduler.state.sqlite import ChunkKind, ChunkState, Ledger
 
 log = logging.getLogger("batch_scheduler.submitter")
 
