@@ -8,10 +8,12 @@ shapes batches (a different value under an existing `--out` is refused). From it
 - the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`):
   what shapes a job's batches and prompts, never what decides where the daemon's key goes or which
   files it reads (`daemon_side`: provider, base URL, auth, headers, version, paths, prices, polling);
-- the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it).
+- the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it);
+- the typed fields of `Settings` (`settings_fields`), committed as source in core/settings.py so a type
+  checker reads them (`python -m batch_scheduler.core.options --settings FILE`, `make settings`).
 
-Adding a job option is one entry here; `Settings` (core.settings) is built from this table, so the
-new value reaches the job as `settings.<field>` with no other change.
+Adding a job option is one entry here and `make settings readme`; the new value reaches the job as
+`settings.<field>` with no other change (a test fails while the committed fields differ from the table).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Option:
     in_option_file: bool = True  # a known key of a daemon's NAME.options.json (else "unknown option")
     daemon_side: bool = False  # where the key goes, which files are read, how hard the key is used: only the
     #                            daemon's command line and environment set it, never a dropped options file
+    settings_type: str = ""  # the Settings field's annotation, when `type` and `default` do not say it
 
     @property
     def flag(self) -> str:
@@ -100,7 +103,8 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`); beats the same "
            "header from the environment. A secret header belongs in the variable: a flag shows in `ps`; values are never "
            "kept in the ledger (resume and cancel take --header again)", PROVIDER, field="headers", metavar="'Name: value'",
-           default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)", daemon_side=True),
+           default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)", daemon_side=True,
+           settings_type="tuple[tuple[str, str], ...]"),  # (name, value) pairs, the environment's first
     Option("anthropic_version", str, "2026-10-21", "the `anthropic-version` header (what anthropic 2.15 sends); "
            "lines this version would refuse are rejected locally; a job keeps the version it started with",
            PROVIDER, metavar="V", env=("ANTHROPIC_VERSION",), daemon_side=True),
@@ -348,21 +352,46 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def rewrite_readme(path: str) -> bool:
-    """Put the current table between README's `<!-- options:start/end -->` markers; True if it changed."""
+def settings_fields() -> str:
+    """The option fields of `Settings` as source: one typed line each, in the table's order."""
+    names = {bool: "bool", int: "int", str: "str", dict: "dict[str, Any]", _float: "float", parse_size: "int"}
+    lines = []
+    for o in JOB_OPTIONS:
+        annotation = o.settings_type or names[o.type] + (" | None" if o.default is None else "")
+        default = json.dumps(o.default) if isinstance(o.default, str) else (
+            f"{o.default:_}" if type(o.default) is int else repr(o.default))
+        flag = f"  # {o.flag}" if o.attr != o.name else ""
+        lines.append(f"    {o.attr}: {annotation} = {default}{flag}")
+    return "\n".join(lines)
+
+
+def _rewrite(path: str, name: str, body: str) -> bool:
+    """Put `body` between the lines of `path` that hold `NAME:start` and `NAME:end`; True if it changed."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    new = re.sub(r"(<!-- options:start -->\n).*?(<!-- options:end -->)",
-                 lambda m: m.group(1) + markdown_table() + "\n" + m.group(2), text, flags=re.S)
+    new = re.sub(rf"({name}:start[^\n]*\n).*?([^\n]*{name}:end)",
+                 lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
     if new != text:
         with open(path, "w", encoding="utf-8") as f:
             f.write(new)
     return new != text
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m batch_scheduler.core.options [--readme FILE]`
+def rewrite_readme(path: str) -> bool:
+    """Put the current table between README's `<!-- options:start/end -->` markers; True if it changed."""
+    return _rewrite(path, "options", markdown_table())
+
+
+def rewrite_settings(path: str) -> bool:
+    """Put the current fields between the `# settings:start/end` lines of core/settings.py; True if changed."""
+    return _rewrite(path, "settings", settings_fields())
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m batch_scheduler.core.options [--readme|--settings FILE]`
     import sys
     if sys.argv[1:2] == ["--readme"]:
         print("README.md option table " + ("rewritten" if rewrite_readme(sys.argv[2]) else "up to date"))
+    elif sys.argv[1:2] == ["--settings"]:
+        print("Settings fields " + ("rewritten" if rewrite_settings(sys.argv[2]) else "up to date"))
     else:
         print(markdown_table())
