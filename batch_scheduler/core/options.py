@@ -32,7 +32,7 @@ from batch_scheduler.core.errors import UsageError
 @dataclass(frozen=True)
 class Option:
     name: str  # argparse dest, snake_case; the flag is --name-with-dashes
-    type: type | Callable[[str], Any]  # str, int, float, bool (a switch), list (repeatable str), dict (JSON object)
+    type: Callable[[Any], Any]  # str, int, float, bool (a switch), list (repeatable str), dict (JSON object)
     default: Any  # the value when nothing sets it (None: unset)
     help: str
     group: str
@@ -196,7 +196,7 @@ def _argparse_type(option: Option) -> Callable[[str], Any] | None:
 
     def convert(text: str) -> Any:
         try:
-            return convert_to(text)  # type: ignore[call-arg]
+            return convert_to(text)
         except UsageError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
     convert.__name__ = getattr(convert_to, "__name__", "value")
@@ -275,7 +275,7 @@ def check_value(option: Option, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise UsageError(f"{label}: expected a number, got {value!r}")
         try:
-            converted = option.type(value) if not isinstance(value, str) else option.type(value.strip())  # type: ignore[operator]
+            converted = option.type(value) if not isinstance(value, str) else option.type(value.strip())
         except (TypeError, ValueError):
             raise UsageError(f"{label}: expected {'a whole number' if option.type is int else 'a number'}, "
                              f"got {value!r}") from None
