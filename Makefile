@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test bench lint readme clean browser postgres
+.PHONY: demo test bench lint readme settings clean browser postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy batch_scheduler
 
 # the status page's test renders it in headless Chromium (Debian's package); under CI (root, a fresh
 # machine) a browser that cannot be installed fails the run, elsewhere the test skips without one
@@ -36,6 +37,9 @@ demo: $(STAMP)
 
 readme: $(STAMP)  # the option table in README.md, from batch_scheduler/core/options.py
 	$(BIN)/python -m batch_scheduler.core.options --readme README.md
+
+settings: $(STAMP)  # the typed option fields of Settings in batch_scheduler/core/settings.py, from the same table
+	$(BIN)/python -m batch_scheduler.core.options --settings batch_scheduler/core/settings.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

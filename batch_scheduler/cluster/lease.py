@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from batch_scheduler.core import errors
 
@@ -23,8 +24,14 @@ log = logging.getLogger("batch_scheduler.cluster")
 RETRY_S = 0.5  # a renewal that could not reach PostgreSQL is tried again after this
 
 
+class Renews(Protocol):
+    """What a lease needs of the job queue (cluster.queue.JobQueue)."""
+
+    async def renew(self, job_id: int, token: str, lease_s: float) -> tuple[bool, bool]: ...
+
+
 class Lease:
-    def __init__(self, queue: object, job_id: int, token: str, name: str, lease_s: float, *,
+    def __init__(self, queue: Renews, job_id: int, token: str, name: str, lease_s: float, *,
                  create_deadline_s: float, on_lost: Callable[[str], None], on_cancel: Callable[[], None],
                  clock: Callable[[], float] = time.monotonic, claimed_at: float | None = None):
         self._queue = queue

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(job)
     sim_args = ["--processing-s", "0.5"] + ([] if args.no_faults else ["--faults", "--seed", "1"])
     with SimulatorProcess(sim_args) as sim:
+        assert sim.url is not None  # entering started it
         print(f"demo: simulator at {sim.url}" + ("" if args.no_faults else
               " with the real faults on (5% calls failing incl. 409/504, 3% transient errors, 1% expired, 10% "
               "downloads cut, 2% create answers lost, 1 s of ghost 404s after create, 0.5% of requests missing "

@@ -178,11 +178,11 @@ def check_writable_dir(path: str) -> None:
         raise errors.UsageError(f"--metrics-file {path}: the directory {folder} is not writable")
 
 
-def outcome_line(result: JobResult) -> str:
+def outcome_line(result: JobResult) -> str | None:
     s = result.summary
     if not s:  # refused before it ran (another job's directory, or one in use): the reason only
         print(f"batch-scheduler: {result.message}", file=sys.stderr)
-        return
+        return None
     req = s.get("requests", {})
     res = s.get("results", {})
     return (f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "

@@ -8,10 +8,12 @@ shapes batches (a different value under an existing `--out` is refused). From it
 - the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`):
   what shapes a job's batches and prompts, never what decides where the daemon's key goes or which
   files it reads (`daemon_side`: provider, base URL, auth, headers, version, paths, prices, polling);
-- the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it).
+- the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it);
+- the typed fields of `Settings` (`settings_fields`), committed as source in core/settings.py so a type
+  checker reads them (`python -m batch_scheduler.core.options --settings FILE`, `make settings`).
 
-Adding a job option is one entry here; `Settings` (core.settings) is built from this table, so the
-new value reaches the job as `settings.<field>` with no other change.
+Adding a job option is one entry here and `make settings readme`; the new value reaches the job as
+`settings.<field>` with no other change (a test fails while the committed fields differ from the table).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from batch_scheduler.core.errors import UsageError
 @dataclass(frozen=True)
 class Option:
     name: str  # argparse dest, snake_case; the flag is --name-with-dashes
-    type: type | Callable[[str], Any]  # str, int, float, bool (a switch), list (repeatable str), dict (JSON object)
+    type: Callable[[Any], Any]  # str, int, float, bool (a switch), list (repeatable str), dict (JSON object)
     default: Any  # the value when nothing sets it (None: unset)
     help: str
     group: str
@@ -46,6 +48,7 @@ class Option:
     in_option_file: bool = True  # a known key of a daemon's NAME.options.json (else "unknown option")
     daemon_side: bool = False  # where the key goes, which files are read, how hard the key is used: only the
     #                            daemon's command line and environment set it, never a dropped options file
+    settings_type: str = ""  # the Settings field's annotation, when `type` and `default` do not say it
 
     @property
     def flag(self) -> str:
@@ -100,7 +103,8 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("header", list, (), "extra header, repeatable (e.g. `Bypass-Middleware: true`); beats the same "
            "header from the environment. A secret header belongs in the variable: a flag shows in `ps`; values are never "
            "kept in the ledger (resume and cancel take --header again)", PROVIDER, field="headers", metavar="'Name: value'",
-           default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)", daemon_side=True),
+           default_text="`ANTHROPIC_CUSTOM_HEADERS` lines (`OPENAI_CUSTOM_HEADERS` for openai)", daemon_side=True,
+           settings_type="tuple[tuple[str, str], ...]"),  # (name, value) pairs, the environment's first
     Option("anthropic_version", str, "2026-10-21", "the `anthropic-version` header (what anthropic 2.15 sends); "
            "lines this version would refuse are rejected locally; a job keeps the version it started with",
            PROVIDER, metavar="V", env=("ANTHROPIC_VERSION",), daemon_side=True),
@@ -192,7 +196,7 @@ def _argparse_type(option: Option) -> Callable[[str], Any] | None:
 
     def convert(text: str) -> Any:
         try:
-            return convert_to(text)  # type: ignore[call-arg]
+            return convert_to(text)
         except UsageError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
     convert.__name__ = getattr(convert_to, "__name__", "value")
@@ -271,7 +275,7 @@ def check_value(option: Option, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise UsageError(f"{label}: expected a number, got {value!r}")
         try:
-            converted = option.type(value) if not isinstance(value, str) else option.type(value.strip())  # type: ignore[operator]
+            converted = option.type(value) if not isinstance(value, str) else option.type(value.strip())
         except (TypeError, ValueError):
             raise UsageError(f"{label}: expected {'a whole number' if option.type is int else 'a number'}, "
                              f"got {value!r}") from None
@@ -348,21 +352,46 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def rewrite_readme(path: str) -> bool:
-    """Put the current table between README's `<!-- options:start/end -->` markers; True if it changed."""
+def settings_fields() -> str:
+    """The option fields of `Settings` as source: one typed line each, in the table's order."""
+    names = {bool: "bool", int: "int", str: "str", dict: "dict[str, Any]", _float: "float", parse_size: "int"}
+    lines = []
+    for o in JOB_OPTIONS:
+        annotation = o.settings_type or names[o.type] + (" | None" if o.default is None else "")
+        default = json.dumps(o.default) if isinstance(o.default, str) else (
+            f"{o.default:_}" if type(o.default) is int else repr(o.default))
+        flag = f"  # {o.flag}" if o.attr != o.name else ""
+        lines.append(f"    {o.attr}: {annotation} = {default}{flag}")
+    return "\n".join(lines)
+
+
+def _rewrite(path: str, name: str, body: str) -> bool:
+    """Put `body` between the lines of `path` that hold `NAME:start` and `NAME:end`; True if it changed."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    new = re.sub(r"(<!-- options:start -->\n).*?(<!-- options:end -->)",
-                 lambda m: m.group(1) + markdown_table() + "\n" + m.group(2), text, flags=re.S)
+    new = re.sub(rf"({name}:start[^\n]*\n).*?([^\n]*{name}:end)",
+                 lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
     if new != text:
         with open(path, "w", encoding="utf-8") as f:
             f.write(new)
     return new != text
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m batch_scheduler.core.options [--readme FILE]`
+def rewrite_readme(path: str) -> bool:
+    """Put the current table between README's `<!-- options:start/end -->` markers; True if it changed."""
+    return _rewrite(path, "options", markdown_table())
+
+
+def rewrite_settings(path: str) -> bool:
+    """Put the current fields between the `# settings:start/end` lines of core/settings.py; True if changed."""
+    return _rewrite(path, "settings", settings_fields())
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m batch_scheduler.core.options [--readme|--settings FILE]`
     import sys
     if sys.argv[1:2] == ["--readme"]:
         print("README.md option table " + ("rewritten" if rewrite_readme(sys.argv[2]) else "up to date"))
+    elif sys.argv[1:2] == ["--settings"]:
+        print("Settings fields " + ("rewritten" if rewrite_settings(sys.argv[2]) else "up to date"))
     else:
         print(markdown_table())

@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.core.headers import parse_header, parse_header_lines
-from batch_scheduler.core.options import JOB_OPTIONS, Option, check_value, parse_size
+from batch_scheduler.core.options import JOB_OPTIONS, check_value, parse_size
 
 MB = 1_000_000
 log = logging.getLogger("batch_scheduler.settings")
@@ -86,39 +86,62 @@ class RetryPolicy:
     jitter: bool = True  # full jitter: wait uniformly in [0, computed]
 
 
-_RUN_FIELDS: list[tuple[str, Any, Any]] = [
-    ("api_key", str, field(default="", repr=False)),  # never in a repr, a log line or a file
-    ("retry", RetryPolicy, field(default=RetryPolicy())),
-    ("progress", bool, field(default=False)),  # a live progress line on a terminal
-    ("job_name", str, field(default="")),  # a daemon job's name: generated custom_ids carry it (sources.safe_id)
-    ("verbose", bool, field(default=False)),
-]
+@dataclass(frozen=True)
+class Settings:
+    """What a job runs with: the option table's fields (core.options), then the few a run needs that are
+    not options (the key, the retry policy, the terminal). Every field has a default, so
+    `Settings(model="m", batch_size=4)` works as for any dataclass."""
 
+    # settings:start (generated from the option table: edit core/options.py, then `make settings`)
+    provider: str = "anthropic"
+    base_url: str = "https://api.anthropic.com"
+    auth: str = "x-api-key"
+    headers: tuple[tuple[str, str], ...] = ()  # --header
+    anthropic_version: str = "2026-10-21"
+    model: str | None = None
+    http_timeout_s: float = 300.0  # --http-timeout
+    inline_create_path: str = "/v1/batches"
+    inline_status_path: str = "/v1/batches/{id}"
+    inline_results_path: str = "/v1/batches/{id}/results"
+    batch_size: int = 10_000
+    batch_bytes: int = 200_000_000
+    concurrency: int = 128
+    max_queued_requests: int | None = None
+    max_enqueued_tokens: int | None = None
+    poll_min_s: float = 5.0  # --poll-min
+    poll_max_s: float = 60.0  # --poll-max
+    shards: int = 16
+    max_attempts: int = 3
+    max_unbilled_attempts: int = 8
+    retry_wait_s: float = 10.0  # --retry-wait
+    not_found_grace_s: float = 300.0  # --not-found-grace
+    strict: bool = False
+    template: str | None = None
+    system: str | None = None
+    max_tokens: int | None = None
+    id_field: str | None = None
+    params: dict[str, Any] | None = None
+    cache_system: bool = False
+    model_field: str | None = None
+    params_field: str | None = None
+    dry_run: bool = False
+    max_cost_usd: float | None = None  # --max-cost
+    prices_file: str | None = None  # --prices
+    count_sample: int = 20
+    retry_cancelled: bool = False
+    # settings:end
+    api_key: str = field(default="", repr=False)  # never in a repr, a log line or a file
+    retry: RetryPolicy = field(default=RetryPolicy())
+    progress: bool = False  # a live progress line on a terminal
+    job_name: str = ""  # a daemon job's name: generated custom_ids carry it (sources.safe_id)
+    verbose: bool = False
 
-def _settings_default(o: Option) -> Any:
-    if o.name == "header":
-        return ()
-    return o.default
+    def shaping(self) -> dict[str, Any]:
+        """The options that decide how input is cut into batches and what each request says."""
+        return {o.name: getattr(self, o.attr) for o in JOB_OPTIONS if o.shapes}
 
-
-def _shaping(self: Any) -> dict[str, Any]:
-    """The options that decide how input is cut into batches and what each request says."""
-    return {o.name: getattr(self, o.attr) for o in JOB_OPTIONS if o.shapes}
-
-
-def _replace(self: Any, **changes: Any) -> Any:
-    return dataclasses.replace(self, **changes)
-
-
-# One frozen dataclass whose option fields come from the option table (core.options), plus the few a
-# run needs that are not options (the key, the retry policy, the terminal). Every field has a default,
-# so `Settings(model="m", batch_size=4)` works as for any dataclass; `Settings.__doc__` lists them.
-Settings = dataclasses.make_dataclass(
-    "Settings",
-    [(o.attr, Any, field(default=_settings_default(o))) for o in JOB_OPTIONS] + _RUN_FIELDS,
-    frozen=True, namespace={"shaping": _shaping, "replace": _replace},
-)
-Settings.__module__ = __name__
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
 
 
 def load_environment(cwd: str | os.PathLike | None = None) -> dict[str, str]:
@@ -165,7 +188,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
         value = flags.get(o.name)
         if value is None:
             value = _first(*(env.get(n) for n in o.env))
-        values[o.attr] = check_value(o, value, "") if value is not None else _settings_default(o)
+        values[o.attr] = check_value(o, value, "") if value is not None else o.default
     values["provider"] = spec.name
     values["api_key"], values["auth"] = _credential(flags, env, spec)
     base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)

@@ -28,7 +28,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -63,7 +63,7 @@ class Service(Protocol):
     def totals(self) -> Totals: ...
 
     @property
-    def job_flags(self) -> dict[str, Any]: ...
+    def job_flags(self) -> Mapping[str, Any]: ...
 
     async def cancel(self, job: Job) -> dict[str, Any]: ...
 

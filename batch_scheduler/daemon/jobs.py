@@ -341,7 +341,7 @@ class JobRunner:
     async def cancel(self, job: Job) -> dict[str, Any]:
         """Cancel the job's batches at the provider (as `cancel DIR` does) and mark it cancelled."""
         job.cancel_requested = True
-        cancelled, problems = 0, []
+        cancelled, problems = 0, list[str]()
         has_ledger = await asyncio.to_thread(os.path.exists, os.path.join(job.dir, "ledger.db"))
         if has_ledger:
             cancelled, problems = await self._cancel_batches(job)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -70,7 +70,10 @@ class MetricsView:
     end_time_s: float | None = None
 
 
-def _labelled(metric: Metric, items: Mapping[Any, float]) -> Metric:
+_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily)
+
+
+def _labelled(metric: _Family, items: Mapping[Any, float]) -> _Family:
     for labels, value in sorted(items.items()):
         metric.add_metric([str(x) for x in (labels if isinstance(labels, tuple) else (labels,))], value)
     return metric

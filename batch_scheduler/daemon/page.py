@@ -139,9 +139,9 @@ class Pages:
         if accepted is None and live is None:
             accepted = req.get("accepted")
         total = accepted - (sreq.get("refused_by_api") or 0) if accepted is not None else None
-        estimated = total is None and live is not None and live.expected_lines is not None
-        if estimated:
-            total = max(live.expected_lines or 0, live.lines_read)  # the page says "about"
+        estimated = False
+        if total is None and live is not None and live.expected_lines is not None:
+            total, estimated = max(live.expected_lines, live.lines_read), True  # the page says "about"
         rejects = getattr(job.engine, "rejects", None)
         rejected = rejects.count if rejects is not None else int(req.get("rejected") or 0)
         in_flight = (st or {}).get("batches_in_flight") or []

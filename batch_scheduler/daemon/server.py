@@ -158,7 +158,7 @@ class Daemon:
         self.started.set()
         self.notifier.send("READY=1", f"STATUS={self.status_line()}")  # locked, and the port is bound
         self._status_sent = self.status_line()
-        code = ExitCode.OK
+        code: int = ExitCode.OK
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg

@@ -265,7 +265,7 @@ class Spool:
                 return None
             input_name = names[0]
         try:
-            state = JobState(doc.get("state"))
+            state = JobState(doc.get("state", ""))
         except ValueError:  # the engine's own word ("incomplete"), or nothing yet: take it up again
             state = JobState.QUEUED
         claimed = doc.get("claimed_at")

@@ -58,7 +58,7 @@ def rejects_path(out: str | None) -> str | None:
 async def estimate(settings: Settings, inputs: list[str], rejects: Rejects, sample_size: int = 0) -> Estimate:
     """Validate and cut every line as a run would; count and estimate what was accepted (and keep a
     sample of `sample_size` accepted lines, the same a run would draw)."""
-    provider = make_provider(settings, http=None)  # type: ignore[arg-type] - providers never call it here
+    provider = make_provider(settings, http=None)  # type: ignore[arg-type]  # providers never call it here
     sources = make_sources(inputs, settings)
     validator = Validator(provider, settings.batch_bytes - BODY_WRAPPER_BYTES)
     est = Estimate()

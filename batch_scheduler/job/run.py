@@ -26,7 +26,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from batch_scheduler.core import errors
@@ -178,7 +178,7 @@ class Run(Endings):
             return Weight("requests", row.take, row.take, row.take)
         return self.queues.weigh([r for _, r, _ in await self.replay.requests(row)])
 
-    async def _count_lines(self, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+    async def _count_lines(self, blocks: AsyncGenerator[Block, None]) -> AsyncGenerator[Block, None]:
         async with aclosing(blocks):
             async for b in blocks:
                 if self._collecting and not self._could_send_now():
@@ -290,7 +290,7 @@ class Run(Endings):
         if not pending:
             self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
             return False
-        lines, ids, nbytes = [], [], BODY_WRAPPER_BYTES
+        lines, ids, nbytes = list[bytes](), list[str](), BODY_WRAPPER_BYTES
         attempt = 1
         full = len(pending) == s.batch_size
         for cid, request, attempts in pending:

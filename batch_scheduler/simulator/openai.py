@@ -376,7 +376,7 @@ class OpenAIApi:
     def ensure_files(self, batch: Batch) -> tuple[str | None, str | None]:
         """Output and error file ids of an ended batch (None when that file would be empty)."""
         if "files" not in batch.extra:
-            ids = []
+            ids: list[str | None] = []
             created = int(batch.wall(batch.ends_at))
             for which, lines in zip(("output", "error"), file_line_counts(batch), strict=True):
                 if not lines:

@@ -130,7 +130,7 @@ def _psycopg() -> Any:
 
 
 def is_pg_url(url: str | None) -> bool:
-    return bool(url) and url.startswith(("postgresql://", "postgres://"))
+    return url is not None and url.startswith(("postgresql://", "postgres://"))
 
 
 def redacted(url: str) -> str:

@@ -17,15 +17,30 @@ from batch_scheduler.core.options import (
     coerce_option_file,
     flags_of,
     markdown_table,
+    settings_fields,
 )
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.providers import build_settings
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+SETTINGS_SOURCE = ROOT / "batch_scheduler" / "core" / "settings.py"
 
 
 def test_readme_option_table_is_the_generated_one():
     assert markdown_table() in README.read_text(encoding="utf-8"), "run `make readme`"
+
+
+def test_settings_fields_are_the_generated_ones():
+    assert "\n" + settings_fields() + "\n    # settings:end\n" in SETTINGS_SOURCE.read_text(encoding="utf-8"), \
+        "run `make settings`"
+
+
+def test_settings_fields_follow_the_table_type_and_default():
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    assert fields["batch_bytes"].type == "int" and fields["max_cost_usd"].type == "float | None"
+    assert fields["headers"].type == "tuple[tuple[str, str], ...]" and fields["params"].type == "dict[str, Any] | None"
+    assert not fields["api_key"].repr
 
 
 def test_every_option_is_a_settings_field_with_the_table_default():

@@ -143,7 +143,7 @@ class LimitLearner:
             return
         self.alone = 0
         self._ceiling_at(min(level, stated + 1) if stated else level, now)
-        if allowed is not None and level > stated:
+        if allowed is not None and stated and level > stated:
             self.confirmed = min(allowed, self.cap)  # ours passed the named limit: exactly that much fits
         else:
             self.confirmed = min(self.confirmed, in_flight, allowed if allowed is not None else in_flight)

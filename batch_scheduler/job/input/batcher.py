@@ -18,7 +18,7 @@ hashes otherwise means the input changed under the job.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -50,15 +50,15 @@ class Chunk:
         return len(self.lines)
 
 
-async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects: Rejects, *,
+async def cut_chunks(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
                      batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
-                     unit_of: Callable[[int], str]) -> AsyncIterator[Chunk]:
+                     unit_of: Callable[[int], str]) -> AsyncGenerator[Chunk, None]:
     """Validated chunks from a stream of blocks, in input order, numbered from 0."""
     if validator.lanes:
         async with aclosing(_cut_lanes(blocks, validator, rejects, batch_size=batch_size, batch_bytes=batch_bytes,
                                        overhead=overhead, unit_of=unit_of)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+            async for ready in chunks:
+                yield ready
         return
     check = validator.check
     reject = rejects.add
@@ -90,6 +90,7 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
                         if chunk is not None:
                             chunk.skipped.append((fi, line_no))
                     continue
+                assert out is not None and cid is not None  # check() accepted the line
                 size = len(out) + per_line
                 if chunk is not None and nbytes + size > batch_bytes:
                     chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
@@ -116,7 +117,7 @@ async def cut_chunks(blocks: AsyncIterator[Block], validator: Validator, rejects
         raise unreadable[0]
 
 
-async def _until_unreadable(blocks: AsyncIterator[Block], unreadable: list[InputError]) -> AsyncIterator[Block]:
+async def _until_unreadable(blocks: AsyncGenerator[Block, None], unreadable: list[InputError]) -> AsyncGenerator[Block, None]:
     """The blocks, ending (not failing) where the input cannot be read on; the error goes to `unreadable`."""
     try:
         async for block in blocks:
@@ -138,9 +139,9 @@ def chunk_digest(lines: list[bytes]) -> str:
     return h.hexdigest()
 
 
-async def _cut_lanes(blocks: AsyncIterator[Block], validator: Validator, rejects: Rejects, *,
+async def _cut_lanes(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
                      batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
-                     unit_of: Callable[[int], str]) -> AsyncIterator[Chunk]:
+                     unit_of: Callable[[int], str]) -> AsyncGenerator[Chunk, None]:
     """The cut with one open chunk per lane (see the module docstring); numbered as they close."""
     check = validator.check
     reject = rejects.add

@@ -15,10 +15,10 @@ import gzip
 import hashlib
 import os
 import zlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.lines import split_lines
@@ -49,6 +49,14 @@ class LineTooLong:
         return self.size
 
 
+class ByteStream(Protocol):
+    """What a source reads from: a file, a gzip stream or a bucket object's ranged reader."""
+
+    def seek(self, pos: int, /) -> int: ...
+    def read(self, size: int = -1, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
 class Source(Protocol):
     """What every input is (`JsonlSource`, `sources.TemplateSource`): blocks of lines from a position."""
 
@@ -56,7 +64,7 @@ class Source(Protocol):
     path: str
     index: int
 
-    def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]: ...
+    def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncGenerator[Block, None]: ...
 
 
 class JsonlSource:
@@ -69,13 +77,13 @@ class JsonlSource:
         self.index = index
         self.max_line_bytes = max_line_bytes
 
-    def _open(self, pos: int) -> BinaryIO:
-        f: BinaryIO = gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
+    def _open(self, pos: int) -> ByteStream:
+        f: ByteStream = gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
         if pos:
             f.seek(pos)  # gzip: decompresses forward to pos
         return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)
 
-    async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
+    async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncGenerator[Block, None]:
         """Blocks of lines from `start_pos`. A line longer than `max_line_bytes` comes as a `LineTooLong`, at
         most that much of it ever held (a file with no newline at all, like /dev/zero, is one such line)."""
         f = self._open(0)  # opened and closed on the loop: a cancelled thread hop would leak the file
@@ -96,7 +104,7 @@ class JsonlSource:
         finally:
             f.close()
 
-    def read_blocks(self, f: BinaryIO, pos: int, line_no: int) -> Iterator[Block]:
+    def read_blocks(self, f: ByteStream, pos: int, line_no: int) -> Iterator[Block]:
         """The blocks of `f` from its current position `pos` (line `line_no`), in reads of BLOCK_BYTES.
 
         A line longer than `max_line_bytes` comes as a `LineTooLong`, at most that much of it ever held,
@@ -139,7 +147,7 @@ class JsonlSource:
             yield Block(self.index, [b"".join(tail)], line_no, pos)
 
 
-    def _read(self, f: BinaryIO, line_no: int, seek: int | None = None) -> bytes:
+    def _read(self, f: ByteStream, line_no: int, seek: int | None = None) -> bytes:
         """The next block (or, with `seek`, a move there); a bad .gz is an InputError at `line_no`."""
         try:
             if seek is not None:
@@ -168,13 +176,13 @@ class ObjectJsonlSource(JsonlSource):
     def __init__(self, url: str, index: int, max_line_bytes: int = 256 << 20):
         super().__init__(url, index, max_line_bytes)
 
-    def _open(self, pos: int) -> BinaryIO:
+    def _open(self, pos: int) -> ByteStream:
         base, key = split_object_url(self.path)
-        return RangeReader(BucketObjects(base), key, pos)  # type: ignore[return-value]
+        return RangeReader(BucketObjects(base), key, pos)
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None
-                      ) -> AsyncIterator[Block]:
+                      ) -> AsyncGenerator[Block, None]:
     """Blocks from (file, pos, line) up to (file, pos) exclusive; to the end of input if end is None."""
     sf, sp, sl = start
     for fi in range(sf, len(sources)):

@@ -28,7 +28,7 @@ import os
 import re
 import string
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import orjson
@@ -152,9 +152,10 @@ class Renderer:
             if problem:
                 return problem
         if self.params_field:
-            params = self._params_of(row)
-            if type(params) is str:
-                return params
+            row_params = self._params_of(row)
+            if isinstance(row_params, str):
+                return row_params
+            params = row_params
         return encode(self._request(cid, text, model, params))
 
     def _model_of(self, row: dict) -> tuple[str | None, str | None]:
@@ -228,7 +229,7 @@ class TemplateSource:
         raw = gzip.open(self.path, "rb") if gz else open(self.path, "rb")  # noqa: SIM115
         return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") if self.csv else raw
 
-    async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncIterator[Block]:
+    async def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncGenerator[Block, None]:
         """Blocks of items from position `start_pos` (its line number is read from the file itself)."""
         f = self._open()  # opened and closed on the loop: a cancelled thread hop would leak the file
         line = start_line
@@ -298,6 +299,7 @@ class TemplateSource:
             raise InputError(self.path, reader.line_num, "the header row holds bytes that are not UTF-8; save the "
                                                          "file as UTF-8")
         base = reader.line_num + 1  # the line number of position 0
+        row: list[str] | dict | str | None
         while True:
             before = reader.line_num
             try:
@@ -306,7 +308,7 @@ class TemplateSource:
                 row = f"unreadable CSV row: {exc}"
             if row is None:
                 return
-            if type(row) is list:
+            if isinstance(row, list):
                 row = self._csv_row(header, row)
             if row is not BLANK:
                 row_no += 1

@@ -23,7 +23,7 @@ import math
 import random
 import re
 import statistics
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -266,7 +266,7 @@ def _tiktoken_counts(bodies: list[dict]) -> tuple[list[int], str | None]:
     """Exact OpenAI counts: chat messages as the OpenAI cookbook counts them (3 tokens a message plus
     its text, 3 to prime the answer), `input` / `prompt` as their text."""
     try:
-        import tiktoken  # type: ignore[import-not-found]
+        import tiktoken
     except ImportError:
         return [], "tiktoken is not installed (pip install 'batch-scheduler[tiktoken]'): the heuristic alone"
     try:
@@ -334,7 +334,7 @@ async def survey(chunks: AsyncIterator[Any], provider_name: str, sample_size: in
     return found
 
 
-def against_usage(estimate: dict[str, Any] | None, counters: dict[str, float]) -> dict[str, Any] | None:
+def against_usage(estimate: Mapping[str, Any] | None, counters: Mapping[str, float]) -> dict[str, Any] | None:
     """summary.json's `estimate`: the job's input-token estimate (made under --max-cost, kept in the
     ledger) beside the input tokens the results reported (input + cache writes + cache reads), so a user
     learns how good the estimate was. None when the job made no estimate (--dry-run shows one)."""

@@ -92,7 +92,7 @@ def error_text(doc: dict) -> str | None:
         if result.get("type") != "errored":
             return None
         err = result.get("error") or {}
-        inner = err.get("error") if isinstance(err.get("error"), dict) else err
+        inner = nested if isinstance(nested := err.get("error"), dict) else err
         return f"{inner.get('type')}: {inner.get('message')}"
     err = doc.get("error")
     if isinstance(err, dict):
@@ -260,15 +260,16 @@ def _write(view: JobView, fmt: str, order: str, f: BinaryIO) -> Exported:
     out = (CsvOut if fmt == "csv" else ParquetOut)(f, header, len(names or []))
     try:
         rows = _input_order(view, sources, names) if order == "input" else _shard_order(view, sources, names)
-        done = Exported()
+        done, pending = Exported(), 0
         for kind, values in rows:
             if kind == "pending":
-                done.pending += 1
+                pending += 1
                 continue
             out.add(values)
             done.rows += 1
             done.results += kind == "result"
             done.rejected += kind == "rejected"
+        done.pending = pending
     finally:
         out.close()
     return done
@@ -295,7 +296,7 @@ def _input_order(view: JobView, sources: list[Source], names: list[str] | None) 
 
 
 def _jsonl_in_input_order(view: JobView, sources: list[Source], f: BinaryIO) -> Exported:
-    done = Exported()
+    done, pending = Exported(), 0
     with ResultIndex(view) as index:
         for entry, found in in_input_order(view, index, sources):
             if found is not None:
@@ -305,7 +306,8 @@ def _jsonl_in_input_order(view: JobView, sources: list[Source], f: BinaryIO) -> 
             elif rejected_reason(view, entry) is not None:
                 done.rejected += 1
             else:
-                done.pending += 1
+                pending += 1
+    done.pending = pending
     return done
 
 

@@ -123,7 +123,7 @@ class JobView:
     provider: Provider = field(init=False)
 
     def __post_init__(self) -> None:
-        self.provider = make_provider(self.settings, http=None)  # type: ignore[arg-type] - it sends nothing here
+        self.provider = make_provider(self.settings, http=None)  # type: ignore[arg-type]  # it sends nothing here
 
     @classmethod
     def open(cls, out_dir: str) -> JobView:

@@ -72,7 +72,7 @@ def queue_status(meta: dict[str, Any], in_flight: list[ChunkRow], counters: dict
     flags = meta.get("flags") or {}
     cap = flags.get("max_enqueued_tokens" if spec.queue_unit == "tokens" else "max_queued_requests")
     cap = cap if isinstance(cap, int) and cap > 0 else None
-    learned = meta.get(LEDGER_KEY) if isinstance(meta.get(LEDGER_KEY), dict) else {}
+    learned = kept if isinstance(kept := meta.get(LEDGER_KEY), dict) else {}
     queued: dict[str, int] = {}
     for r in in_flight:
         key = r.queue_key or "requests"
