@@ -5,12 +5,15 @@
     add_arguments(parser), run(args) the `simulate` command (cli.py)
     process.SimulatorProcess         the simulator in a subprocess (benchmark, kill -9 tests)
 
-Providers: Anthropic Message Batches and count_tokens (anthropic.py), OpenAI files + batches
-(openai.py, the answer bodies of each endpoint in openai_bodies.py), the article's inline proxy
-(inline.py). A create's requests are read in batches.py, their params checked per `anthropic-version`
-in validation.py, their tokens counted (cache included) in counting.py; batches live in store.py;
-the faults of calls (failing answers, ghost 404s, spend and billing limits) are in faults.py; answers
-and error bodies in each provider's shape are built in responses.py.
+Providers: Anthropic Message Batches and count_tokens (anthropic.py), OpenAI batches (openai.py),
+its files (openai_files.py) and the answer bodies of each endpoint (openai_bodies.py), the article's
+inline proxy (inline.py). What the APIs share (config, clock, random draws, stats, store, prompt
+cache, and the steps every handler takes with them) is one SimContext (context.py), built by the
+server and handed to each API; no API module imports the server. A create's requests are read in
+batches.py, their params checked per `anthropic-version` in validation.py, their tokens counted
+(cache included) in counting.py; batches live in store.py; the faults of calls (failing answers,
+ghost 404s, spend and billing limits) are in faults.py; answers and error bodies in each provider's
+shape are built in responses.py.
 """
 
 from typing import Any

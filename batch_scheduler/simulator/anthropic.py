@@ -9,19 +9,24 @@ cache writes and reads included.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from batch_scheduler.simulator.batches import limit_arg, new_batch, parse_requests
+from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.counting import prompt_tokens
-from batch_scheduler.simulator.responses import Rejected, json_response, parse_json, requests_of, stream_jsonl
+from batch_scheduler.simulator.responses import (
+    Rejected,
+    json_response,
+    parse_json,
+    read_body,
+    requests_of,
+    stream_jsonl,
+)
 from batch_scheduler.simulator.store import DAY_S, Batch, Outcome, no_gc, output_tokens, rfc3339
 from batch_scheduler.simulator.validation import LEGACY_VERSION, messages_problem
-
-if TYPE_CHECKING:
-    from batch_scheduler.simulator.server import Simulator
 
 PATH = "/v1/messages/batches"
 COUNT_PATH = "/v1/messages/count_tokens"
@@ -101,8 +106,8 @@ def anthropic_counts(batch: Batch, ended: bool) -> dict[str, int]:
 
 
 class AnthropicApi:
-    def __init__(self, sim: Simulator):
-        self.sim = sim
+    def __init__(self, ctx: SimContext):
+        self.ctx = ctx
 
     def routes(self) -> list[tuple[str, str, str, Any, bool]]:
         """(method, path, call name, handler, is_create)."""
@@ -118,7 +123,7 @@ class AnthropicApi:
 
     def doc(self, batch: Batch, request: web.Request | None = None, *, fresh: bool = False,
             canceling: bool = False) -> dict[str, Any]:
-        ended = batch.ended(self.sim.now()) and not fresh and not canceling
+        ended = batch.ended(self.ctx.now()) and not fresh and not canceling
         if ended:
             status = "ended"
         elif batch.cancel_at is not None:
@@ -138,36 +143,36 @@ class AnthropicApi:
 
     def find(self, request: web.Request, *, ghosts: bool = True) -> Batch:
         """The batch named in the path; 404 when unknown, or (`ghosts`) still in its ghost window."""
-        batch = self.sim.store.get(request.match_info["id"], "anthropic")
-        if batch is None or (ghosts and self.sim.ghost(batch)):
+        batch = self.ctx.store.get(request.match_info["id"], "anthropic")
+        if batch is None or (ghosts and self.ctx.ghost(batch)):
             raise Rejected("not_found_error", f"no message batch with id '{request.match_info['id']}'")
         return batch
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await self.sim.read_body(request, self.sim.config.max_body_bytes)
+        body = await read_body(request, self.ctx.config.max_body_bytes)
         version = request.headers.get("anthropic-version", LEGACY_VERSION)
         with no_gc():  # the parsed body is freed (on return) before the GC runs again
             return self._create(body, version)
 
     def _create(self, body: bytes, version: str) -> web.Response:
-        sim = self.sim
-        config = sim.config
+        ctx = self.ctx
+        config = ctx.config
         items = requests_of(parse_json(body))
         if len(items) > config.max_requests:  # schema maxItems: a 400, not a 413
             raise Rejected("invalid_request_error", f"requests: List should have at most {config.max_requests} "
                            f"items after validation, not {len(items)}")
-        sim.check_spend()
-        now = sim.now()
+        ctx.check_spend()
+        now = ctx.now()
         reqs = parse_requests(items, "params", version=version, at_create=config.params_at_create,
-                              cache=sim.prompt_cache, now=now)
-        check_queue(sim, len(items), now)
-        batch = new_batch(sim, "anthropic", "msgbatch_", reqs, now)
-        sim.add_batch(batch)
+                              cache=ctx.prompt_cache, now=now)
+        check_queue(ctx, len(items), now)
+        batch = new_batch(ctx, "anthropic", "msgbatch_", reqs, now)
+        ctx.add_batch(batch)
         return json_response(self.doc(batch, fresh=True))
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """`{"input_tokens": N}`: the whole prompt, as `usage` bills it (input + cache write + cache read)."""
-        params = parse_json(await self.sim.read_body(request, self.sim.config.max_body_bytes))
+        params = parse_json(await read_body(request, self.ctx.config.max_body_bytes))
         if type(params) is not dict:
             raise Rejected("invalid_request_error", "Input should be a valid dictionary")
         if not isinstance(params.get("model"), str) or not params["model"]:
@@ -175,17 +180,17 @@ class AnthropicApi:
         problem = messages_problem(params.get("messages"))
         if problem:
             raise Rejected("invalid_request_error", problem)
-        self.sim.stats["count_tokens"] += 1
+        self.ctx.stats["count_tokens"] += 1
         return json_response({"input_tokens": prompt_tokens(params)[0]})
 
     async def retrieve(self, request: web.Request) -> web.Response:
-        self.sim.stats["retrieves"] += 1
+        self.ctx.stats["retrieves"] += 1
         return json_response(self.doc(self.find(request), request))
 
     async def list(self, request: web.Request) -> web.Response:
-        self.sim.stats["lists"] += 1
+        self.ctx.stats["lists"] += 1
         limit = limit_arg(request, LIST_MAX)
-        page = self.sim.store.page("anthropic", limit, request.query.get("after_id"),
+        page = self.ctx.store.page("anthropic", limit, request.query.get("after_id"),
                                    request.query.get("before_id"))
         if page is None:
             raise Rejected("invalid_request_error", "after_id / before_id: no such message batch")
@@ -197,35 +202,35 @@ class AnthropicApi:
 
     async def cancel(self, request: web.Request) -> web.Response:
         batch = self.find(request, ghosts=False)
-        canceling = batch.cancel(self.sim.now(), self.sim.config.cancel_s)
-        self.sim.stats["cancels"] += 1
+        canceling = batch.cancel(self.ctx.now(), self.ctx.config.cancel_s)
+        self.ctx.stats["cancels"] += 1
         return json_response(self.doc(batch, request, canceling=canceling))
 
     async def results(self, request: web.Request) -> web.StreamResponse:
         batch = self.find(request)
-        if not batch.ended(self.sim.now()):
+        if not batch.ended(self.ctx.now()):
             raise Rejected("invalid_request_error",
                            f"message batch '{batch.id}' has not ended; results are available once it has")
-        order, cut_at = self.sim.download_plan(batch.n)
+        order, cut_at = self.ctx.download_plan(batch.n)
         return await stream_jsonl(request, result_lines(batch, order), cut_at=cut_at)
 
     async def delete(self, request: web.Request) -> web.Response:
         batch = self.find(request, ghosts=False)
-        if not batch.ended(self.sim.now()):
+        if not batch.ended(self.ctx.now()):
             raise Rejected("invalid_request_error",
                            f"message batch '{batch.id}' is still processing; cancel it first")
-        del self.sim.store.batches[batch.id]
-        self.sim.stats["deletes"] += 1
+        del self.ctx.store.batches[batch.id]
+        self.ctx.stats["deletes"] += 1
         return json_response({"id": batch.id, "type": "message_batch_deleted"})
 
 
-def check_queue(sim: Simulator, n: int, now: float) -> None:
+def check_queue(ctx: SimContext, n: int, now: float) -> None:
     """429 (with retry-after) when `n` more requests would pass the organisation's queue limit."""
-    limit = sim.config.queue_limit
+    limit = ctx.config.queue_limit
     if limit is None:
         return
-    queued = sim.store.queued(now)
+    queued = ctx.store.queued(now)
     if queued + n > limit:
-        sim.stats["queue_full"] += 1
+        ctx.stats["queue_full"] += 1
         raise Rejected("rate_limit_error", queue_full_message(limit, queued, n),
-                       headers={"retry-after": str(sim.config.retry_after_s)})
+                       headers={"retry-after": str(ctx.config.retry_after_s)})

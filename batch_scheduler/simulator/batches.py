@@ -9,17 +9,15 @@ while processing: a problem becomes that request's `errored` result (validation.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.counting import PromptCache, prompt_tokens
 from batch_scheduler.simulator.responses import Rejected
 from batch_scheduler.simulator.store import Batch, draw_duration, draw_missing, draw_outcomes, new_id
 from batch_scheduler.simulator.validation import LEGACY_VERSION, params_problem
-
-if TYPE_CHECKING:
-    from batch_scheduler.simulator.server import Simulator
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
@@ -105,16 +103,16 @@ def limit_arg(request: web.Request, maximum: int) -> int:
     return limit
 
 
-def new_batch(sim: Simulator, kind: str, prefix: str, reqs: Requests, now: float, **extra: Any) -> Batch:
+def new_batch(ctx: SimContext, kind: str, prefix: str, reqs: Requests, now: float, **extra: Any) -> Batch:
     """A Batch with its outcomes, missing requests and duration drawn (seeded) now."""
-    config = sim.config
+    config = ctx.config
     n = len(reqs.custom_ids)
     batch_id = new_id(prefix)
-    outcomes = draw_outcomes(sim.rng, n, reqs.invalid, config, timeouts=kind == "openai")
-    missing = draw_missing(sim.rng, n, config.missing_rate)
+    outcomes = draw_outcomes(ctx.rng, n, reqs.invalid, config, timeouts=kind == "openai")
+    missing = draw_missing(ctx.rng, n, config.missing_rate)
     return Batch(
-        id=batch_id, kind=kind, created_wall=sim.wall_time(), created_at=now,
-        ends_at=now + draw_duration(sim.rng, config, n),
+        id=batch_id, kind=kind, created_wall=ctx.wall_time(), created_at=now,
+        ends_at=now + draw_duration(ctx.rng, config, n),
         custom_ids=reqs.custom_ids, models=reqs.models, max_tokens=reqs.max_tokens, in_tokens=reqs.in_tokens,
         outcomes=outcomes, invalid=reqs.invalid, missing=missing, cache=reqs.cache,
         extra={"token": batch_id[-12:], **extra},

@@ -7,17 +7,15 @@ A batch ends `completed`, or `expired` when every request expired; results downl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from batch_scheduler.simulator.anthropic import anthropic_counts, check_queue, result_lines
 from batch_scheduler.simulator.batches import new_batch, parse_requests
+from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.responses import Rejected, json_response, stream_jsonl
 from batch_scheduler.simulator.store import Batch, Outcome, rfc3339
-
-if TYPE_CHECKING:
-    from batch_scheduler.simulator.server import Simulator
 
 MESSAGES_URL = "/v1/messages"
 
@@ -34,21 +32,21 @@ def check_inline(i: int, item: dict, body: dict) -> None:
 
 
 class InlineApi:
-    def __init__(self, sim: Simulator):
-        self.sim = sim
+    def __init__(self, ctx: SimContext):
+        self.ctx = ctx
 
     def routes(self) -> list[tuple[str, str, str, Any, bool]]:
         # GET /v1/batches/{id} and .../cancel are OpenAI's routes, which hand ibatch_ ids over here.
         return [("GET", "/v1/batches/{id}/results", "inline.results", self.results, False)]
 
     def find(self, request: web.Request) -> Batch:
-        batch = self.sim.store.get(request.match_info["id"], "inline")
-        if batch is None or self.sim.ghost(batch):
+        batch = self.ctx.store.get(request.match_info["id"], "inline")
+        if batch is None or self.ctx.ghost(batch):
             raise Rejected("not_found_error", f"no batch with id '{request.match_info['id']}'")
         return batch
 
     def doc(self, batch: Batch, *, fresh: bool = False) -> dict[str, Any]:
-        now = self.sim.now()
+        now = self.ctx.now()
         ended = batch.ended(now) and not fresh
         if not ended:
             status = "in_progress"
@@ -66,27 +64,27 @@ class InlineApi:
 
     def create(self, items: list) -> web.Response:
         """Create from the parsed `requests` (the server reads the body: OpenAI shares the path)."""
-        sim = self.sim
-        limit = sim.config.inline_max_requests
+        ctx = self.ctx
+        limit = ctx.config.inline_max_requests
         if len(items) > limit:
             raise Rejected("batch_size_exceeded",
                            f"batch has {len(items):,} requests; at most {limit:,} allowed per batch")
-        sim.check_spend()
-        now = sim.now()
-        reqs = parse_requests(items, "body", check_inline, at_create=sim.config.params_at_create,
-                              cache=sim.prompt_cache, now=now)
-        check_queue(sim, len(items), now)
-        batch = new_batch(sim, "inline", "ibatch_", reqs, now)
-        sim.add_batch(batch)
+        ctx.check_spend()
+        now = ctx.now()
+        reqs = parse_requests(items, "body", check_inline, at_create=ctx.config.params_at_create,
+                              cache=ctx.prompt_cache, now=now)
+        check_queue(ctx, len(items), now)
+        batch = new_batch(ctx, "inline", "ibatch_", reqs, now)
+        ctx.add_batch(batch)
         return json_response(self.doc(batch, fresh=True))
 
     async def retrieve(self, request: web.Request) -> web.Response:
-        self.sim.stats["retrieves"] += 1
+        self.ctx.stats["retrieves"] += 1
         return json_response(self.doc(self.find(request)))
 
     async def results(self, request: web.Request) -> web.StreamResponse:
         batch = self.find(request)
-        if not batch.ended(self.sim.now()):
+        if not batch.ended(self.ctx.now()):
             raise Rejected("invalid_request_error", f"batch '{batch.id}' is still in progress")
-        order, cut_at = self.sim.download_plan(batch.n)
+        order, cut_at = self.ctx.download_plan(batch.n)
         return await stream_jsonl(request, result_lines(batch, order), cut_at=cut_at)

@@ -149,6 +149,18 @@ def drop(request: web.Request) -> None:
         request.transport.close()
 
 
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The request's body, or `request_too_large` (the body is drained first) past `max_bytes`."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        async for _ in request.content.iter_chunked(1 << 20):
+            pass
+        raise Rejected("request_too_large", f"request body is larger than {max_bytes:,} bytes")
+    body = await request.read()
+    if len(body) > max_bytes:
+        raise Rejected("request_too_large", f"request body is larger than {max_bytes:,} bytes")
+    return body
+
+
 def parse_json(body: bytes) -> Any:
     try:
         with no_gc():

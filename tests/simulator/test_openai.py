@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 
+import aiohttp
 import orjson
 import pytest
 
@@ -120,6 +121,18 @@ async def test_openai_errors_have_the_openai_shape(sim, http):
     sim.config.valid_keys = {"other"}
     status, body = await get(http, f"{sim.url}/v1/batches", headers=BEARER)
     assert status == 401 and body["error"]["code"] == "invalid_api_key" and "type" in body["error"]
+
+
+async def test_openai_upload_with_a_multipart_nested_in_a_field_is_a_400(sim, http):
+    form = aiohttp.MultipartWriter("form-data")
+    form.append("batch").set_content_disposition("form-data", name="purpose")
+    nested = aiohttp.MultipartWriter("mixed")
+    nested.append("{}")
+    form.append(nested).set_content_disposition("form-data", name="file")
+    async with http.post(f"{sim.url}/v1/files", data=form, headers={"authorization": BEARER["authorization"]}) as r:
+        status, body = r.status, orjson.loads(await r.read())
+    assert status == 400
+    assert body["error"]["message"] == "expected a multipart/form-data body with purpose and file"
 
 
 # -- inline proxy ------------------------------------------------------------------------------------
