@@ -39,7 +39,7 @@ from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.api import Api, is_loopback
 from batch_scheduler.daemon.arguments import add_arguments  # noqa: F401 - the daemon's flags, re-exported
 from batch_scheduler.daemon.hooks import SECRET_ENV, HookConfig, Hooks, check_webhook
-from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
+from batch_scheduler.daemon.jobs import JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.metrics import Metrics
 from batch_scheduler.daemon.notify import Notifier, watchdog_interval_s
@@ -47,6 +47,7 @@ from batch_scheduler.daemon.page import History
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.job.money.pricing import PriceTable
+from batch_scheduler.job.outcome import RESTART_WAITS_S
 from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.providers import build_settings
 
@@ -302,6 +303,8 @@ class Daemon:
                 self.runner.prepare(job)
             except errors.UsageError as err:
                 self.runner.fail(job, str(err))
+            except errors.DiskFull:
+                pass  # not the job's fault: its run meets it too, and waits for room
 
     def start_jobs(self, now: float) -> None:
         assert self._tg is not None
