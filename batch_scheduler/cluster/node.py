@@ -223,7 +223,7 @@ class Node:
 
 def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
     """The node's configuration; UsageError (exit 2) before anything starts."""
-    from batch_scheduler.daemon.server import parse_listen
+    from batch_scheduler.core.address import parse_listen
     url = pg.check_url(args.ledger)
     if args.lease <= 0 or args.poll_s <= 0 or args.max_jobs < 1:
         raise errors.UsageError("--lease and --poll-s must be above 0, --max-jobs at least 1")
@@ -243,10 +243,9 @@ def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
 
 def run(args: Any) -> int:
     """`daemon --ledger URL`: the node until SIGTERM / SIGINT."""
-    from batch_scheduler.core.logs import RedactFilter
+    from batch_scheduler.core.logs import JobContextFilter, RedactFilter
     from batch_scheduler.core.loop import run_loop
     from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
-    from batch_scheduler.daemon.logs import JobContextFilter
     from batch_scheduler.providers import build_settings
     for handler in logging.getLogger().handlers:
         handler.addFilter(JobContextFilter())

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.address import parse_listen
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import RedactFilter, add_secret
 from batch_scheduler.core.loop import signal_handlers
@@ -376,13 +377,6 @@ def listen_warning(config: DaemonConfig, url: str) -> str | None:
         return None
     return (f"the HTTP API on {url} is plain HTTP: the token and every answer cross the network in clear; put a "
             f"TLS proxy in front of it, or listen on loopback or a unix socket")
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise errors.UsageError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8787 or [::1]:8787")
-    return host.strip("[]"), int(port)
 
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:
