@@ -50,7 +50,8 @@ class Lease:
     def left_s(self) -> float:
         return self.expires - self._clock()
 
-    def _lose(self, why: str) -> None:
+    def lose(self, why: str) -> None:
+        """The claim is gone (found by a renewal, or by a step of the job: a cancel): drop the job, once."""
         if self.lost is None:
             self.lost = why
             log.warning("job %s: %s; dropping it", self.name, why, extra={"job": self.name})
@@ -64,7 +65,7 @@ class Lease:
             if wait > 0:
                 await asyncio.sleep(wait)
             if self._clock() >= self.expires:
-                self._lose(f"its lease ran out {self._clock() - self.expires:.1f} s ago without a renewal")
+                self.lose(f"its lease ran out {self._clock() - self.expires:.1f} s ago without a renewal")
                 return
             sent = self._clock()
             try:
@@ -74,7 +75,7 @@ class Lease:
                 next_renewal = self._clock() + RETRY_S
                 continue
             if not ours:
-                self._lose("another node claimed it, or its lease ran out")
+                self.lose("another node claimed it, or its lease ran out")
                 return
             self.expires = sent + self.lease_s
             next_renewal = sent + self.lease_s / 3

@@ -36,7 +36,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.loop import signal_handlers
 from batch_scheduler.core.settings import load_environment
-from batch_scheduler.daemon.jobs import RESTART_WAITS_S
+from batch_scheduler.job.outcome import RESTART_WAITS_S
 from batch_scheduler.state import pg
 
 log = logging.getLogger("batch_scheduler.cluster")
@@ -161,18 +161,20 @@ class Node:
             if job.task is not None:
                 job.task.cancel()
 
-        def cancel() -> None:
-            if not job.claimed.cancel_requested:
-                job.claimed.cancel_requested = True
-                assert self._tg is not None
-                self._tg.create_task(self.runner.cancel_batches(job))
-
         lease = Lease(self.queue, claimed.job_id, claimed.token, claimed.name, self.config.lease_s,
-                      create_deadline_s=self.config.lease_s / 2, on_lost=lost, on_cancel=cancel,
-                      claimed_at=sent_at)
+                      create_deadline_s=self.config.lease_s / 2, on_lost=lost,
+                      on_cancel=lambda: self.cancel_job(job), claimed_at=sent_at)
         job = Running(claimed, lease)
         self.jobs[claimed.name] = job
         job.task = self._tg.create_task(self._run(job), name=f"job {claimed.name}")
+
+    def cancel_job(self, job: Running) -> None:
+        """A renewal found `cancel --ledger` asked: the job's batches are cancelled beside its run (a claim
+        lost meanwhile drops that job, never the node: runner.cancel_batches)."""
+        if not job.claimed.cancel_requested:
+            job.claimed.cancel_requested = True
+            assert self._tg is not None
+            self._tg.create_task(self.runner.cancel_batches(job), name=f"cancel {job.claimed.name}")
 
     async def _run(self, job: Running) -> None:
         try:
@@ -221,7 +223,7 @@ class Node:
 
 def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
     """The node's configuration; UsageError (exit 2) before anything starts."""
-    from batch_scheduler.daemon.server import parse_listen
+    from batch_scheduler.core.address import parse_listen
     url = pg.check_url(args.ledger)
     if args.lease <= 0 or args.poll_s <= 0 or args.max_jobs < 1:
         raise errors.UsageError("--lease and --poll-s must be above 0, --max-jobs at least 1")
@@ -241,10 +243,9 @@ def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
 
 def run(args: Any) -> int:
     """`daemon --ledger URL`: the node until SIGTERM / SIGINT."""
-    from batch_scheduler.core.logs import RedactFilter
+    from batch_scheduler.core.logs import JobContextFilter, RedactFilter
     from batch_scheduler.core.loop import run_loop
     from batch_scheduler.core.options import JOB_OPTION_NAMES, flags_of
-    from batch_scheduler.daemon.logs import JobContextFilter
     from batch_scheduler.providers import build_settings
     for handler in logging.getLogger().handlers:
         handler.addFilter(JobContextFilter())

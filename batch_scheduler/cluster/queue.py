@@ -2,7 +2,9 @@
 
     queued --claim--> running --(its run ends)--> done | failed | cancelled
       ^                 |  \\--> queued (stopped on an error: claimable again after a wait)
-      |                 \\----> paused (the key was refused: claimable again after --key-check-s)
+      |                 \\----> paused (the key was refused, the provider's spend limit reached, or the
+      |                          disk full: claimable again after --key-check-s, and its run re-checks;
+      |                          `status` shows it paused, with the reason)
       \\---- a running job whose lease ran out is claimable as it is (an orphan)
 
 A claim is one statement: the oldest claimable job, locked `FOR UPDATE SKIP LOCKED` (nodes never wait

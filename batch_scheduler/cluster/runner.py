@@ -2,11 +2,15 @@
 
     claim -> [cancel its batches, if cancel was asked] -> Engine.run under a Lease -> settle
 
-What the run's result makes of the job is the spool daemon's rule (done, paused on a refused key,
-cancelled, queued again after a wait when it may pass, failed). A job whose claim is lost (LeaseLost,
-or the lease ran out while PostgreSQL could not be reached) is dropped at once and settled by no one
-here: the node that claims it next resumes it from the ledger. A job dropped because PostgreSQL went
-away is given back (queued) once it is reachable again, if its claim is still this node's.
+What the run's result makes of the job is the spool daemon's table (job.outcome): done, paused on a
+refused key, the provider's spend limit or a full disk (claimed again once --key-check-s is over, and
+run: its first create tells whether access is back), cancelled, queued again after a wait when it may
+pass, failed. A run that raises what the engine does not turn into a result counts as such a restart
+(one line, no traceback), then fails. A job whose claim is lost (LeaseLost, in its run or while its
+batches are cancelled, or the lease ran out while PostgreSQL could not be reached) is dropped at once
+and settled by no one here: the node that claims it next resumes it from the ledger. A job dropped
+because PostgreSQL went away is given back (queued) once it is reachable again, if its claim is still
+this node's.
 """
 
 from __future__ import annotations
@@ -21,13 +25,21 @@ from batch_scheduler.cluster.lease import Lease
 from batch_scheduler.cluster.queue import Claimed, Queue
 from batch_scheduler.cluster.store import ClusterStore
 from batch_scheduler.core import errors
-from batch_scheduler.core.errors import ExitCode
-from batch_scheduler.core.logs import add_secret, redact
+from batch_scheduler.core.logs import add_secret
 from batch_scheduler.core.options import REMEMBERED
-from batch_scheduler.daemon.jobs import RESTART_WAITS_S, key_refused_reason, outcome_line
 from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.outcome import (
+    RESTART_WAITS_S,
+    History,
+    NextState,
+    Rules,
+    Transition,
+    next_state,
+    outcome_line,
+    unexpected,
+)
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 from batch_scheduler.state import budget
 from batch_scheduler.state.postgres import PgLedger
@@ -55,6 +67,7 @@ class JobRunner:
         self.lease_s = lease_s
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
+        self.rules = Rules(key_check_s, restart_waits_s, "cancelled; what its batches finished is in the results")
         self.work_root = work_root
         self.queue_limit = queue_limit  # requests queued per provider account, shared by every node (budget.py)
         self.queues = QueuePool()  # issue 16's budget of the provider queues, shared by this node's jobs
@@ -106,15 +119,8 @@ class JobRunner:
             job.dropped = str(err)
             self.to_give_back.append(claimed)
             log.warning("job %s: dropped until PostgreSQL is back: %s", claimed.name, err, extra=extra)
-        except Exception as err:  # a bug of ours: the claim goes back to the queue, the node stays up
-            job.dropped = f"{type(err).__name__}: {err}"
-            log.error("job %s: the run failed (%s); giving the claim back", claimed.name, job.dropped,
-                      exc_info=True, extra=extra)
-            try:
-                await self.queue.settle(claimed.job_id, claimed.token, "queued", redact(job.dropped),
-                                        wait_s=self.restart_waits_s[0])
-            except errors.SchedulerError:
-                pass
+        except Exception as err:  # noqa: BLE001 - a bug of ours, or an answer not foreseen: the node stays up
+            await self._unexpected(job, err)
         finally:
             keeper.cancel()
             if store is not None:
@@ -139,8 +145,9 @@ class JobRunner:
 
     async def cancel_batches(self, job: Running) -> None:
         """`cancel --ledger URL NAME` was asked: the provider cancels the job's batches in flight (the
-        run then collects what they finished, and sends nothing new)."""
-        claimed = job.claimed
+        run then collects what they finished, and sends nothing new). Whatever goes wrong stays with the
+        job: a lost claim drops it (the node goes on), PostgreSQL away leaves it to its run."""
+        claimed, extra = job.claimed, {"job": job.claimed.name}
         try:
             settings = self.settings_of(claimed)
             ledger = await asyncio.to_thread(PgLedger, self.url, claimed.job_id, claimed.token, name=claimed.name)
@@ -148,31 +155,39 @@ class JobRunner:
                 done = await cancel_batches(claimed.spec["out"], settings, ledger=ledger)
             finally:
                 await asyncio.to_thread(ledger.close)
-        except errors.UsageError as err:
-            log.warning("job %s: cannot cancel its batches: %s", claimed.name, err, extra={"job": claimed.name})
+        except errors.LeaseLost as err:
+            job.lease.lose(f"its batches were being cancelled: {err}")
+            return
+        except errors.SchedulerError as err:  # a usage error, PostgreSQL away: its run meets the same
+            log.warning("job %s: cannot cancel its batches: %s", claimed.name, err, extra=extra)
             return
         log.info("job %s: cancel requested; %d batch(es) cancelled at the provider", claimed.name,
-                 len(done.requested), extra={"job": claimed.name})
+                 len(done.requested), extra=extra)
 
     async def _after(self, job: Running, settings: Any, engine: Engine, result: JobResult) -> None:
         """The job's next state from what its run returned."""
-        code = result.exit_code
-        if code == ExitCode.OK:
-            await self._settle(job, "done", None, restarts=0)
-            log.info("job %s: done: %s", job.claimed.name, outcome_line(result.summary),
-                     extra={"job": job.claimed.name, "state": "done"})
-        elif code == ExitCode.AUTH:
-            await self._settle(job, "paused", key_refused_reason(settings, result.http_status, self.key_check_s),
-                               wait_s=self.key_check_s, restarts=0)
-        elif engine.cancelled or job.claimed.cancel_requested:
-            await self._settle(job, "cancelled", "cancelled; what its batches finished is in the results")
-        elif code == ExitCode.FAILED and result.retry and job.claimed.restarts < len(self.restart_waits_s):
-            wait_s = self.restart_waits_s[job.claimed.restarts]
-            reason = (f"{redact(result.message)} (trying again in {wait_s:g} s, {job.claimed.restarts + 1} of "
-                      f"{len(self.restart_waits_s)})")
-            await self._settle(job, "queued", reason, wait_s=wait_s, restarts=job.claimed.restarts + 1)
-        else:
-            await self._settle(job, "failed", redact(result.message))
+        claimed = job.claimed
+        history = History(claimed.restarts, engine.cancelled or claimed.cancel_requested)
+        t = next_state(result, history, self.rules, settings)
+        await self._keep(job, t)
+        if t.state is NextState.DONE:
+            log.info("job %s: done: %s", claimed.name, outcome_line(result.summary),
+                     extra={"job": claimed.name, "state": "done"})
+
+    async def _unexpected(self, job: Running, err: Exception) -> None:
+        """A run that raised: counted as a restart (then failed), in one line; the traceback only at debug."""
+        claimed = job.claimed
+        log.debug("job %s: the run raised", claimed.name, exc_info=err, extra={"job": claimed.name})
+        t = next_state(unexpected(err), History(claimed.restarts, claimed.cancel_requested), self.rules)
+        try:
+            await self._keep(job, t)
+        except errors.SchedulerError as lost:  # the claim, or PostgreSQL, is gone: the next claim resumes it
+            job.dropped = f"{type(err).__name__}: {err}"
+            log.warning("job %s: the run stopped on %s; not settled: %s", claimed.name, job.dropped, lost,
+                        extra={"job": claimed.name})
+
+    async def _keep(self, job: Running, t: Transition) -> None:
+        await self._settle(job, t.state.value, t.reason, wait_s=t.wait_s, restarts=t.restarts)
 
     async def _settle(self, job: Running, state: str, reason: str | None, *, wait_s: float | None = None,
                       restarts: int | None = None) -> None:
@@ -182,7 +197,7 @@ class JobRunner:
         if not await self.queue.settle(claimed.job_id, claimed.token, state, reason, wait_s=wait_s,
                                        restarts=restarts):
             raise errors.LeaseLost(f"job {claimed.name}: the claim was gone when its run ended ({state})")
-        level = logging.WARNING if state in ("failed", "paused", "queued") else logging.INFO
+        level = logging.WARNING if state in (NextState.FAILED, NextState.PAUSED, NextState.QUEUED) else logging.INFO
         log.log(level, "job %s: %s%s", claimed.name, state, f": {reason}" if reason else "",
                 extra={"job": claimed.name, "state": state})
 

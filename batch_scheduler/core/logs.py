@@ -11,6 +11,7 @@ secret, password or authorization are never written out.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import time
@@ -83,4 +84,23 @@ class RedactFilter(logging.Filter):
             clean = redact(message)
             if clean != message:
                 record.msg, record.args = clean, None
+        return True
+
+
+# -- the job a line was logged for (the spool daemon's and a cluster node's) -----------------------------
+
+current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_job", default=None)
+_MODE_LOGGERS = frozenset({"batch_scheduler.daemon", "batch_scheduler.cluster"})  # they name the job themselves
+
+
+class JobContextFilter(logging.Filter):
+    """Records logged inside a job's tasks (the engine's too) name the job: a `job` field, and a
+    `[NAME]` prefix on lines from other modules than the daemon's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = current_job.get()
+        if name is not None and not hasattr(record, "job"):
+            record.job = name
+            if record.name not in _MODE_LOGGERS and isinstance(record.msg, str):
+                record.msg = f"[{name.replace('%', '%%')}] {record.msg}"
         return True

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.logs import add_secret, redact
 from batch_scheduler.core.options import REMEMBERED
@@ -33,19 +32,21 @@ from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import FINAL, SUMMARY_FILE, Job, JobState, read_options, write_summary
 from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.cancel import cancel_batches
-from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.engine import Engine, JobResult, disk_full
 from batch_scheduler.job.observe import Observer
-from batch_scheduler.job.send.claims import Claims
-from batch_scheduler.providers import (
-    build_settings,
-    headers_for,
-    key_refused_message,
-    make_provider,
-    missing_key_message,
+from batch_scheduler.job.outcome import (
+    Cause,
+    History,
+    NextState,
+    Rules,
+    Transition,
+    next_state,
+    outcome_line,
 )
+from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
 from batch_scheduler.state.sqlite import Ledger
 
-RESTART_WAITS_S = (5.0, 30.0, 120.0, 600.0)  # runs that stop on an error are tried again after these
 PROBE_BATCH_ID = "msgbatch_daemon_key_check"  # no such batch: 404 means the key got through
 PROBE_RETRY = RetryPolicy(attempts=3, deadline_s=20.0, initial_wait_s=0.5, max_wait_s=5.0)
 CANCELLING = "cancel requested through the HTTP API; collecting what its batches finished"
@@ -97,23 +98,6 @@ async def probe_key(settings: Settings) -> str:
     return "accepted"
 
 
-def key_refused_reason(settings: Settings, status: int | None, key_check_s: float) -> str:
-    return (f"{key_refused_message(settings, status)} in .env and send SIGHUP; the key is checked again every "
-            f"{key_check_s:g} s. Every batch in flight is kept in the ledger")
-
-
-def spend_limit_reason(message: str, key_check_s: float) -> str:
-    return f"{message}; the job tries again every {key_check_s:g} s and at SIGHUP"
-
-
-def outcome_line(summary: Mapping[str, Any]) -> str:
-    req, res = summary.get("requests", {}), summary.get("results", {})
-    return (f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "
-            f"({res.get('succeeded', 0):,} succeeded, {res.get('errored', 0):,} errored, "
-            f"{res.get('expired', 0):,} expired), {req.get('rejected', 0):,} rejected; "
-            f"cost ${summary.get('cost_usd', 0):,.4f}")
-
-
 class JobRunner:
     """Moves each job through its states; the daemon decides when (its main loop) and how many at once.
 
@@ -129,6 +113,7 @@ class JobRunner:
         self.claims = claims or Claims()  # whose batch is whose, shared by every job (see job.claims)
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
+        self.rules = Rules(key_check_s, restart_waits_s)  # what a run's result makes of a job (job.outcome)
         self._wake = wake
         self.env: dict[str, str] = {}
         self.env_generation = 0
@@ -169,10 +154,9 @@ class JobRunner:
         self.set_state(job, JobState.PAUSED, reason)
         log.warning("job %s: paused: %s", job.name, reason, extra={"job": job.name, "state": "paused"})
 
-    def pause_for_room(self, job: Job, what: str) -> None:
+    def pause_for_room(self, job: Job, reason: str) -> None:
         job.resume_at = time.monotonic() + self.key_check_s
-        self.set_state(job, JobState.PAUSED, f"{redact(what)}: free some space; the job is tried again every "
-                                             f"{self.key_check_s:g} s and nothing is lost")
+        self.set_state(job, JobState.PAUSED, reason)
         log.warning("job %s: paused: %s", job.name, job.reason, extra={"job": job.name, "state": "paused"})
 
     # -- settings -------------------------------------------------------------------------------
@@ -181,13 +165,16 @@ class JobRunner:
         """Settings for the job's next run: command-line flags, then its options.json, over .env.
 
         Whatever the job's own options or directory make go wrong is a UsageError for that job, never an
-        error of the daemon. A template in options.json is the template itself, never a file to read.
+        error of the daemon; a full disk is DiskFull (the job waits for room, it does not fail for it). A
+        template in options.json is the template itself, never a file to read.
         """
         try:
             return self._prepare(job)
-        except errors.UsageError:
+        except (errors.UsageError, errors.DiskFull):
             raise
         except Exception as err:  # noqa: BLE001 - the job's, not the daemon's: it fails that job only
+            if (full := disk_full(err)) is not None:
+                raise errors.DiskFull(full.disk_full) from None
             raise errors.UsageError(f"options: {type(err).__name__}: {redact(str(err))}") from None
 
     def _prepare(self, job: Job) -> Prepared:
@@ -238,6 +225,9 @@ class JobRunner:
         except errors.UsageError as err:
             self.fail(job, str(err))
             return
+        except errors.DiskFull as err:
+            self.no_room(job, err)
+            return
         job.env_generation = self.env_generation
         if not prepared.settings.api_key:
             self.pause(job, f"{missing_key_message(prepared.settings)}; then send SIGHUP")
@@ -270,40 +260,36 @@ class JobRunner:
         self.settle(job, engine, result)
 
     def settle(self, job: Job, engine: Engine, result: JobResult) -> None:
-        """The daemon's state for what a run returned."""
-        code, extra = result.exit_code, {"job": job.name}
-        if code == ExitCode.OK:
-            job.restarts = 0
+        """The daemon's state for what a run returned (the table is job.outcome's; this only keeps it)."""
+        history = History(job.restarts, job.cancel_requested or engine.cancelled)
+        self.apply(job, next_state(result, history, self.rules, engine.settings), result)
+
+    def apply(self, job: Job, t: Transition, result: JobResult) -> None:
+        """Keep a transition: summary.json, and when the daemon looks at the job again."""
+        extra = {"job": job.name, "state": t.state.value}
+        job.restarts = t.restarts
+        if t.state is NextState.DONE:
             self.set_state(job, JobState.DONE, None)
-            log.info("job %s: done: %s", job.name, outcome_line(result.summary), extra={**extra, "state": "done"})
-        elif code == ExitCode.AUTH:
-            job.restarts = 0
-            self.pause(job, key_refused_reason(engine.settings, result.http_status, self.key_check_s))
-        elif result.disk_full is not None:  # not the job's fault: it waits for room, never fails for it
-            job.restarts = 0
-            self.pause_for_room(job, result.disk_full)
-        elif result.busy:  # another process (`resume`, `cancel`) has the job: not a failure, wait for it
-            job.not_before = time.monotonic() + self.key_check_s
-            reason = f"{result.message} (trying again in {self.key_check_s:g} s)"
-            self.set_state(job, JobState.QUEUED, reason)
-            log.warning("job %s: %s", job.name, reason, extra={**extra, "state": "queued"})
-        elif code == ExitCode.SPEND_LIMIT:
-            job.restarts = 0
-            self.pause(job, spend_limit_reason(redact(result.message), self.key_check_s))
-        elif job.cancel_requested or engine.cancelled:
-            self.set_state(job, JobState.CANCELLED, "cancelled; what its batches finished is in results/")
-            log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary),
-                     extra={**extra, "state": "cancelled"})
-        elif code == ExitCode.FAILED and result.retry and job.restarts < len(self.restart_waits_s):
-            wait_s = self.restart_waits_s[job.restarts]
-            job.restarts += 1
-            job.not_before = time.monotonic() + wait_s
-            reason = (f"{redact(result.message)} (trying again in {wait_s:g} s, "
-                      f"{job.restarts} of {len(self.restart_waits_s)})")
-            self.set_state(job, JobState.QUEUED, reason)
-            log.warning("job %s: %s", job.name, reason, extra={**extra, "state": "queued"})
+            log.info("job %s: done: %s", job.name, outcome_line(result.summary), extra=extra)
+        elif t.cause is Cause.DISK_FULL:
+            self.pause_for_room(job, t.reason or "")
+        elif t.state is NextState.PAUSED:
+            self.pause(job, t.reason or "")
+        elif t.state is NextState.QUEUED:
+            job.not_before = time.monotonic() + (t.wait_s or 0.0)
+            self.set_state(job, JobState.QUEUED, t.reason)
+            log.warning("job %s: %s", job.name, t.reason, extra=extra)
+        elif t.state is NextState.CANCELLED:
+            self.set_state(job, JobState.CANCELLED, t.reason)
+            log.info("job %s: cancelled: %s", job.name, outcome_line(result.summary), extra=extra)
         else:
-            self.fail(job, result.message)
+            self.fail(job, t.reason or result.message)
+
+    def no_room(self, job: Job, err: errors.DiskFull) -> None:
+        """The job's settings could not be read for want of room: as a run stopped by it, it waits."""
+        result = disk_full(err)
+        assert result is not None
+        self.apply(job, next_state(result, History(job.restarts, job.cancel_requested), self.rules), result)
 
     # -- a paused job's key ---------------------------------------------------------------------
 
@@ -314,6 +300,9 @@ class JobRunner:
                 settings = self.prepare(job).settings
             except errors.UsageError as err:
                 self.fail(job, str(err))
+                return
+            except errors.DiskFull as err:
+                self.no_room(job, err)
                 return
             try:
                 outcome = await probe_key(settings) if settings.api_key else "refused"
@@ -359,7 +348,7 @@ class JobRunner:
     async def _cancel_batches(self, job: Job) -> tuple[int, list[str]]:
         try:
             settings = self.prepare(job).settings
-        except errors.UsageError as err:
+        except (errors.UsageError, errors.DiskFull) as err:
             settings, problems = None, [str(err)]
         else:
             problems = []

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.address import parse_listen
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.logs import RedactFilter, add_secret
 from batch_scheduler.core.loop import signal_handlers
@@ -39,7 +40,7 @@ from batch_scheduler.core.settings import load_environment
 from batch_scheduler.daemon.api import Api, is_loopback
 from batch_scheduler.daemon.arguments import add_arguments  # noqa: F401 - the daemon's flags, re-exported
 from batch_scheduler.daemon.hooks import SECRET_ENV, HookConfig, Hooks, check_webhook
-from batch_scheduler.daemon.jobs import RESTART_WAITS_S, JobRunner, Totals
+from batch_scheduler.daemon.jobs import JobRunner, Totals
 from batch_scheduler.daemon.logs import JobContextFilter, log
 from batch_scheduler.daemon.metrics import Metrics
 from batch_scheduler.daemon.notify import Notifier, watchdog_interval_s
@@ -47,6 +48,7 @@ from batch_scheduler.daemon.page import History
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.job.money.pricing import PriceTable
+from batch_scheduler.job.outcome import RESTART_WAITS_S
 from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.providers import build_settings
 
@@ -302,6 +304,8 @@ class Daemon:
                 self.runner.prepare(job)
             except errors.UsageError as err:
                 self.runner.fail(job, str(err))
+            except errors.DiskFull:
+                pass  # not the job's fault: its run meets it too, and waits for room
 
     def start_jobs(self, now: float) -> None:
         assert self._tg is not None
@@ -373,13 +377,6 @@ def listen_warning(config: DaemonConfig, url: str) -> str | None:
         return None
     return (f"the HTTP API on {url} is plain HTTP: the token and every answer cross the network in clear; put a "
             f"TLS proxy in front of it, or listen on loopback or a unix socket")
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise errors.UsageError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8787 or [::1]:8787")
-    return host.strip("[]"), int(port)
 
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str]) -> DaemonConfig:

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from batch_scheduler.daemon.jobs import key_refused_reason
+from batch_scheduler.job.outcome import key_refused_reason
 from batch_scheduler.providers import build_settings
 
 from .helpers import (
