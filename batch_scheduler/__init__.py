@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from batch_scheduler.core.version import __version__
+
 __all__ = ["JobResult", "__version__", "arun", "job_status", "read_results", "run"]
 
 if TYPE_CHECKING:
