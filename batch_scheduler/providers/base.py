@@ -159,8 +159,9 @@ class Provider(Protocol):
     def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """Every result line of an ended batch, in blocks; one attempt (restart on failure)."""
 
-    def classify(self, line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
-        """(custom_id, outcome, usage, model) of one result line. Raises ValueError if unreadable.
+    def classify(self, line: bytes) -> tuple[str, Outcome, Usage | tuple[int, int, int, int, int] | None, str | None]:
+        """(custom_id, outcome, usage, model) of one result line (usage a `Usage` or its plain 5-tuple).
+        Raises ValueError if unreadable.
 
         usage is None for an answer that reports none: for a transient outcome that means it was not
         billed, and it gets the larger attempt budget (see job.collector)."""
