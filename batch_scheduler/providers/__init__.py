@@ -31,8 +31,9 @@ from batch_scheduler.providers.base import Provider
 from batch_scheduler.providers.inline import InlineProvider
 from batch_scheduler.providers.openai import OpenAIProvider
 
-__all__ = ["DEFAULT", "NAMES", "REGISTRY", "USER_AGENT", "Provider", "body_field", "build_settings", "headers_for",
-           "key_refused_message", "make_provider", "missing_key_message", "provider_class", "spec_of"]
+__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "InlineProvider", "OpenAIProvider", "Provider",
+           "body_field", "build_settings", "headers_for", "key_refused_message", "make_provider", "missing_key_message",
+           "provider_class", "spec_of"]
 
 REGISTRY: dict[str, type[Provider]] = {cls.name: cls for cls in (
     AnthropicProvider,
