@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
 __all__ = ["JobResult", "__version__", "arun", "job_status", "read_results", "run"]
 
 if TYPE_CHECKING:
+    from batch_scheduler.core.version import __version__
     from batch_scheduler.job.api import arun, run
     from batch_scheduler.job.engine import JobResult
     from batch_scheduler.job.view.results import read_results
@@ -37,6 +37,8 @@ def __getattr__(name: str) -> Any:
         from batch_scheduler.job.view.results import read_results as value
     elif name == "job_status":
         from batch_scheduler.job.view.status import job_status as value
+    elif name == "__version__":  # core.version's: `import batch_scheduler` alone still loads nothing else
+        from batch_scheduler.core.version import __version__ as value
     else:
         raise AttributeError(f"module 'batch_scheduler' has no attribute {name!r}")
     globals()[name] = value

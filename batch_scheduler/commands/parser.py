@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from batch_scheduler import __version__
 from batch_scheduler.cluster.arguments import add_arguments as add_node_arguments
 from batch_scheduler.core.options import add_job_options
+from batch_scheduler.core.version import __version__
 from batch_scheduler.daemon.arguments import add_arguments as add_daemon_arguments
 from batch_scheduler.simulator.cli import add_arguments as add_simulator_arguments
 

@@ -41,6 +41,7 @@ from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.money.pricing import PriceTable
 from batch_scheduler.job.view.progress import JobStats
 from batch_scheduler.job.view.summary import finished, write_summary
+from batch_scheduler.providers import provider_class
 from batch_scheduler.state.shards import ShardSet
 from batch_scheduler.state.sqlite import Ledger, RetryState
 
@@ -211,7 +212,7 @@ def keep_version(settings: Settings, ledger: Any, remembered: dict) -> Settings:
         if VERSION_KEY in meta:
             log.info("anthropic-version %s from now on (the job started with %s)", version, meta[VERSION_KEY])
         ledger.write_meta({VERSION_KEY: version})
-    elif version != given and settings.provider == "anthropic":
+    elif version != given and provider_class(settings.provider).sends_anthropic_version:
         log.info("anthropic-version %s, the one the job started with (not %s)", version, given)
     return settings if version == given else settings.replace(anthropic_version=version)
 

@@ -286,7 +286,7 @@ class Run(Endings):
 
         full_only: only a full batch (while input is still being read, small ones wait for the end)."""
         s = self.settings
-        pending = one_lane(await self.ledger.pending_retries(s.batch_size), getattr(self.provider, "lane_of", None))
+        pending = one_lane(await self.ledger.pending_retries(s.batch_size), self.provider.lane_of)
         if not pending:
             self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
             return False

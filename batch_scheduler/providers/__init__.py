@@ -1,7 +1,19 @@
 """The providers, one module each, and the registry that picks one by name.
 
-Adding a provider: write its module (a class with `name`, `spec`, `headers(settings)` and the
-`Provider` methods of `base`), then add one line to `REGISTRY`.
+Adding a provider is four steps, and nothing outside them names it:
+
+1. its module here, `providers/<name>.py`: a class that subclasses `base.Provider` with its `name`,
+   its `spec` (limits, defaults, env names, auth), `headers(settings)` and the `Provider` methods;
+   the hooks it needs beyond the defaults (`body_field`, `row_api`, `lane_of`, `tag_of`,
+   `token_count` with `count_tokens`, `sends_anthropic_version`) set on the class;
+2. one line in `REGISTRY` below (the `--provider` choices in `core.options` list the same names, a
+   test holds the two equal);
+3. its API in the simulator (`simulator/<name>.py`, mounted in `simulator/server.py`), so the pipeline's
+   tests run against it;
+4. its models' prices in `data/prices.json` (or `--prices FILE`), so `--max-cost` can price it.
+
+The job asks the registry (`provider_class`, `spec_of`, `body_field`, ...) or the provider's members;
+it never compares a provider's name.
 """
 
 from __future__ import annotations
@@ -9,26 +21,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batch_scheduler import __version__  # the package's own __init__: defined before anything is imported
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import ProviderSpec, Settings, provider_name, settings_from
+from batch_scheduler.core.version import USER_AGENT
 from batch_scheduler.providers.anthropic import AnthropicProvider
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.providers.inline import InlineProvider
 from batch_scheduler.providers.openai import OpenAIProvider
 
-REGISTRY: dict[str, Any] = {
-    "anthropic": AnthropicProvider,
-    "openai": OpenAIProvider,
-    "inline": InlineProvider,
-}
+__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "InlineProvider", "OpenAIProvider", "Provider",
+           "body_field", "build_settings", "headers_for", "key_refused_message", "make_provider", "missing_key_message",
+           "provider_class", "spec_of"]
+
+REGISTRY: dict[str, type[Provider]] = {cls.name: cls for cls in (
+    AnthropicProvider,
+    OpenAIProvider,
+    InlineProvider,
+)}
 NAMES = tuple(REGISTRY)
-USER_AGENT = f"batch-scheduler/{__version__}"  # who is calling, for the providers' and proxies' support
+DEFAULT = NAMES[0]  # what an unknown name (a ledger from elsewhere) is read as; core.options' default too
 
 
-def _cls(name: str) -> Any:
+def provider_class(name: str) -> type[Provider]:
     try:
         return REGISTRY[name]
     except KeyError:
@@ -36,7 +52,13 @@ def _cls(name: str) -> Any:
 
 
 def spec_of(name: str) -> ProviderSpec:
-    return _cls(name).spec
+    return provider_class(name).spec
+
+
+def body_field(name: str | None) -> str:
+    """Where this provider's lines keep the request body ("params" or "body"); "params" for no provider."""
+    cls = REGISTRY.get(name) if name is not None else None
+    return cls.body_field if cls is not None else Provider.body_field
 
 
 def build_settings(flags: Mapping[str, Any], env: Mapping[str, str], *, template_file: bool = True) -> Settings:
@@ -47,11 +69,11 @@ def build_settings(flags: Mapping[str, Any], env: Mapping[str, str], *, template
 
 def headers_for(settings: Settings) -> dict[str, str]:
     """The headers every call of this provider carries (auth included); a --header User-Agent wins."""
-    return merge_headers({"User-Agent": USER_AGENT}, _cls(settings.provider).headers(settings))
+    return merge_headers({"User-Agent": USER_AGENT}, provider_class(settings.provider).headers(settings))
 
 
 def make_provider(settings: Settings, http: HttpClient) -> Provider:
-    return _cls(settings.provider)(settings, http)
+    return provider_class(settings.provider)(settings, http)
 
 
 def missing_key_message(settings: Settings) -> str:

@@ -14,7 +14,7 @@ import orjson
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
 from batch_scheduler.providers.anthropic_versions import KNOWN_VERSIONS, params_check
-from batch_scheduler.providers.base import BatchInfo, BatchState, encode, parse_time, requests_body
+from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, encode, parse_time, requests_body
 from batch_scheduler.providers.common import (
     auth_headers,
     check_message_params,
@@ -22,6 +22,7 @@ from batch_scheduler.providers.common import (
     list_since,
     same_origin,
 )
+from batch_scheduler.providers.counting import count_tokens_api
 
 log = logging.getLogger("batch_scheduler.providers")
 
@@ -36,9 +37,12 @@ SPEC = ProviderSpec(
     queue_unit="requests", queue_start=200_000, queue_max=500_000)  # requests queued per organisation, by tier
 
 
-class AnthropicProvider:
+class AnthropicProvider(Provider):
     name = "anthropic"
     spec = SPEC
+    sends_anthropic_version = True
+    token_count = "count_tokens"
+    count_tokens = staticmethod(count_tokens_api)
 
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings

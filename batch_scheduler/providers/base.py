@@ -3,20 +3,25 @@
 A provider turns request lines into a batch (`create`), says where a batch is (`get`, `recent`),
 cancels it, streams its result lines, and reads one result line far enough to route and count it
 (`classify`). Input-line validation specific to a provider lives in `check_request`.
+
+What the job asks of a provider without an instance (its limits, its headers, how its lines carry a
+request body, how its requests are counted exactly) are class attributes and static methods; what
+only some providers do (lanes, tags, an exact token count) has a default here that means "not this
+one", so the job reads every member directly and never asks a provider's name.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import orjson
 
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import Settings
+from batch_scheduler.core.settings import ProviderSpec, Settings
 
 
 def encode(obj: object) -> bytes:
@@ -97,10 +102,40 @@ def parse_time(value: Any) -> float | None:
         return None
 
 
+RowApi = Literal["messages", "chat"]  # the request a template row becomes: Messages API params, chat completions
+TokenCounts = tuple[list[int], str | None]  # exact input tokens per body, or ([], why none)
+
+
 class Provider(Protocol):
-    name: str
+    """A provider's class: subclass this (the defaults below are inherited), list it in the registry."""
+
+    name: ClassVar[str]  # the --provider value
+    spec: ClassVar[ProviderSpec]  # limits, defaults, env names, auth (core.settings.ProviderSpec)
+    body_field: ClassVar[str] = "params"  # where a line keeps its request body (the other of params/body second)
+    row_api: ClassVar[RowApi] = "messages"  # what a --template row becomes, which --params it takes
+    sends_anthropic_version: ClassVar[bool] = False  # its calls carry --anthropic-version
+    token_count: ClassVar[str | None] = None  # how `count_tokens` counts exactly (the dry run names it); None: no way
+    # Lanes: a provider whose batches must keep requests apart (OpenAI: one model and one endpoint per batch
+    # file) names each accepted line's lane; None: one lane for everything (see job.input.batcher).
+    lane_of: Callable[[dict], str] | None = None
+    # Tags: a provider that keeps the tag `create` was given reads it back from a batch (None: that batch was
+    # not created by this program); None here: batches keep no tag, and a lost create is matched by its count.
+    tag_of: Callable[[BatchInfo], str | None] | None = None
     http: HttpClient
     settings: Settings
+
+    def __init__(self, settings: Settings, http: HttpClient) -> None: ...
+
+    @staticmethod
+    def headers(settings: Settings) -> dict[str, str]:
+        """The headers every call carries (auth included), before the registry adds the User-Agent."""
+        return {}
+
+    @staticmethod
+    async def count_tokens(settings: Settings, bodies: list[dict], headers: dict[str, str]) -> TokenCounts:
+        """Exact input tokens of request bodies (each line's `body_field`), or ([], why not); never raises.
+        Called only when `token_count` is set; `headers` are those of `headers_for`."""
+        return [], None
 
     def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
         """(error, line bytes to send) for one parsed input line; the custom_id is already checked.
@@ -124,8 +159,9 @@ class Provider(Protocol):
     def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """Every result line of an ended batch, in blocks; one attempt (restart on failure)."""
 
-    def classify(self, line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
-        """(custom_id, outcome, usage, model) of one result line. Raises ValueError if unreadable.
+    def classify(self, line: bytes) -> tuple[str, Outcome, Usage | tuple[int, int, int, int, int] | None, str | None]:
+        """(custom_id, outcome, usage, model) of one result line (usage a `Usage` or its plain 5-tuple).
+        Raises ValueError if unreadable.
 
         usage is None for an answer that reports none: for a transient outcome that means it was not
         billed, and it gets the larger attempt budget (see job.collector)."""

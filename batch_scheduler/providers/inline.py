@@ -31,7 +31,7 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
-from batch_scheduler.providers.base import BatchInfo, BatchState, encode, parse_time, requests_body
+from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, encode, parse_time, requests_body
 from batch_scheduler.providers.common import auth_headers, check_message_params, classify_result
 
 MESSAGES_URL = "/v1/messages"
@@ -94,9 +94,10 @@ SPEC = ProviderSpec(
     queue_unit="requests", queue_start=200_000, queue_max=500_000)  # no figures of its own: its upstream's
 
 
-class InlineProvider:
+class InlineProvider(Provider):
     name = "inline"
     spec = SPEC
+    body_field = "body"
 
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings

@@ -35,11 +35,13 @@ from batch_scheduler.providers.base import (
     BatchInfo,
     BatchState,
     Outcome,
+    Provider,
     Usage,
     encode,
     parse_time,
 )
 from batch_scheduler.providers.common import check_message_params, list_since
+from batch_scheduler.providers.counting import count_tiktoken
 
 _FILES = "/v1/files"
 _BATCHES = "/v1/batches"
@@ -206,9 +208,13 @@ SPEC = ProviderSpec(
     queue_unit="tokens", queue_start=2_000_000, queue_max=15_000_000_000)  # per model: gpt-4o-mini tier 1 .. tier 5
 
 
-class OpenAIProvider:
+class OpenAIProvider(Provider):
     name = "openai"
     spec = SPEC
+    body_field = "body"
+    row_api = "chat"
+    token_count = "tiktoken"
+    count_tokens = staticmethod(count_tiktoken)
 
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings

@@ -45,6 +45,7 @@ from batch_scheduler.job.input.reader import (
     compressed_problem,
 )
 from batch_scheduler.job.input.validate import BLANK
+from batch_scheduler.providers import provider_class
 from batch_scheduler.providers.base import encode
 from batch_scheduler.state.objects import is_object_url
 
@@ -131,7 +132,7 @@ class Renderer:
         self.params_field = settings.params_field
         self.version = settings.anthropic_version
         self.stem = stem
-        self.openai = settings.provider == "openai"
+        self.openai = provider_class(settings.provider).row_api == "chat"
 
     def __call__(self, row: dict, row_number: int) -> Item:
         """The request line of the `row_number`-th row (from 1), or what is wrong with the row."""
@@ -397,7 +398,7 @@ def template_sources(paths: list[str], settings: Settings) -> list[TemplateSourc
 
 def check_row_options(settings: Settings) -> None:
     """--params, --cache-system: UsageError naming what is wrong, before anything is read or sent."""
-    openai = settings.provider == "openai"
+    openai = provider_class(settings.provider).row_api == "chat"
     if settings.cache_system:
         if openai:
             raise UsageError("--cache-system: OpenAI caches a shared prompt prefix by itself (no cache_control); "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from array import array
 from typing import IO
@@ -17,9 +16,8 @@ from typing import IO
 import orjson
 
 from batch_scheduler.job.input.reader import LineTooLong
+from batch_scheduler.providers.base import Provider
 
-CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's; each provider declares its own (ProviderSpec)
-CUSTOM_ID_RULE = "1-64 characters of a-z A-Z 0-9 _ -"
 BLANK = "blank"
 RESERVE_MAX = 4_000_000  # requests the duplicate check is sized for before it has seen them
 
@@ -88,18 +86,17 @@ class Validator:
     """Checks one raw line: (custom_id, bytes to send, None) or (custom_id or None, None, error).
 
     A provider whose batches must keep requests apart (OpenAI: one model and one endpoint per batch file)
-    has `lane_of(obj)`; then `lanes` is True and, after each line `check` accepts, `lane` names the lane
+    has a `lane_of(obj)` (the `Provider` default is None); then `lanes` is True and, after each line `check` accepts, `lane` names the lane
     the batcher must put it in (`lanes.py`).
     """
 
-    def __init__(self, provider, max_line_bytes: int):
+    def __init__(self, provider: Provider, max_line_bytes: int):
         self._check_request = provider.check_request
-        spec = getattr(provider, "spec", None)
-        self._custom_id = spec.custom_id_re if spec is not None else CUSTOM_ID
-        self._custom_id_rule = spec.custom_id_rule if spec is not None else CUSTOM_ID_RULE
+        self._custom_id = provider.spec.custom_id_re
+        self._custom_id_rule = provider.spec.custom_id_rule
         self._max_line = max_line_bytes
         self._seen = FingerprintSet()
-        self._lane_of = getattr(provider, "lane_of", None)
+        self._lane_of = provider.lane_of
         self.lanes = self._lane_of is not None
         self.lane: str | None = None
 

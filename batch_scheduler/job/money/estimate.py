@@ -7,9 +7,9 @@ one token, which is about what the Claude and OpenAI tokenizers give for Chinese
 One estimator serves the dry run and --max-cost (see pricing.cost_range), so the two never disagree.
 
 The exact count (`measure`) takes a reservoir sample of the accepted requests (`--count-sample`,
-drawn with a fixed seed, so a dry run and a run pick the same ones) and counts them exactly: through
-Anthropic's free `POST /v1/messages/count_tokens` when a key is configured, or with `tiktoken` (the
-optional extra `batch-scheduler[tiktoken]`) for OpenAI. Their ratio to the heuristic over the sample
+drawn with a fixed seed, so a dry run and a run pick the same ones) and counts them exactly with the
+provider's `count_tokens` hook (providers.counting: Anthropic's free `POST /v1/messages/count_tokens`
+when a key is configured, `tiktoken`, the optional extra `batch-scheduler[tiktoken]`, for OpenAI). Their ratio to the heuristic over the sample
 scales every estimate of the job; the spread of the per-request ratios says how far to trust it.
 tiktoken downloads its BPE files from the internet at first use: offline, or not installed, the
 heuristic stands alone and the report says why. So does any failure of count_tokens.
@@ -17,7 +17,6 @@ heuristic stands alone and the report says why. So does any failure of count_tok
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import random
@@ -29,10 +28,8 @@ from typing import Any
 
 import orjson
 
-from batch_scheduler.core import errors
-from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import RetryPolicy, Settings, join_url
-from batch_scheduler.providers import headers_for
+from batch_scheduler.core.settings import Settings
+from batch_scheduler.providers import body_field, headers_for, provider_class
 
 CHARS_PER_TOKEN = 3.5
 _TEXT_FIELDS = ("system", "messages", "input", "prompt")
@@ -40,9 +37,6 @@ _CJK_RUN = re.compile("[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u31
                       "\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef"
                       "\U00020000-\U0003ffff]+")
 SAMPLE_SEED = 0x5A3D1E
-COUNT_RETRY = RetryPolicy(attempts=3, deadline_s=30.0, initial_wait_s=0.5, max_wait_s=5.0)
-COUNT_CONCURRENCY = 4
-COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")  # what count_tokens takes
 
 
 def text_weight(text: str) -> float:
@@ -107,7 +101,7 @@ def estimate_input_tokens(params: dict) -> int:
 
 def params_of(obj: dict, provider_name: str | None) -> dict:
     """The request body of a line: `params` (Message Batches) or `body` (OpenAI, inline proxy)."""
-    first, second = ("body", "params") if provider_name in ("openai", "inline") else ("params", "body")
+    first, second = ("body", "params") if body_field(provider_name) == "body" else ("params", "body")
     params = obj.get(first)
     if not isinstance(params, dict):
         params = obj.get(second)
@@ -217,89 +211,12 @@ async def measure(settings: Settings, sample: list[bytes], of: int) -> Measured:
         return Measured(note="no request to count", of=of)
     objs = [orjson.loads(line) for line in sample]
     heuristic = [estimate_request(o, settings.provider)[1] for o in objs]
-    if settings.provider == "anthropic":
-        if not settings.api_key:
-            return Measured(of=of, note="no API key to call count_tokens with")
-        exact, problem = await _count_tokens(settings, [params_of(o, "anthropic") for o in objs])
-        return _ratios(exact, heuristic, "count_tokens", of) if exact else Measured(of=of, note=problem)
-    if settings.provider == "openai":
-        exact, problem = await asyncio.to_thread(_tiktoken_counts, [params_of(o, "openai") for o in objs])
-        return _ratios(exact, heuristic, "tiktoken", of) if exact else Measured(of=of, note=problem)
-    return Measured(of=of, note=f"provider {settings.provider} has no token count")
-
-
-async def _count_tokens(settings: Settings, bodies: list[dict]) -> tuple[list[int], str | None]:
-    url = join_url(settings.base_url, "/v1/messages/count_tokens")
-    gate = asyncio.Semaphore(COUNT_CONCURRENCY)
-    counts = [0] * len(bodies)
-    async with HttpClient(headers_for(settings), COUNT_RETRY, timeout_s=30.0, secret=settings.api_key) as http:
-
-        async def one(i: int) -> None:
-            body = {k: bodies[i][k] for k in COUNT_FIELDS if k in bodies[i]}
-            body.setdefault("model", settings.model)
-            async with gate:
-                answer = orjson.loads(await http.call("POST", url, "count_tokens", body=orjson.dumps(body)))
-            counts[i] = int(answer["input_tokens"])
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for i in range(len(bodies)):
-                    tg.create_task(one(i))
-        except BaseExceptionGroup as eg:
-            first = first_failure(eg)
-            if not isinstance(first, errors.ProviderError | KeyError | TypeError | ValueError):
-                raise
-            return [], f"count_tokens failed ({http.redact(str(first))}): the heuristic alone"
-    return counts, None
-
-
-def first_failure(eg: BaseExceptionGroup) -> BaseException:
-    for exc in eg.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return first_failure(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return eg.exceptions[0]
-
-
-def _tiktoken_counts(bodies: list[dict]) -> tuple[list[int], str | None]:
-    """Exact OpenAI counts: chat messages as the OpenAI cookbook counts them (3 tokens a message plus
-    its text, 3 to prime the answer), `input` / `prompt` as their text."""
-    try:
-        import tiktoken
-    except ImportError:
-        return [], "tiktoken is not installed (pip install 'batch-scheduler[tiktoken]'): the heuristic alone"
-    try:
-        encodings: dict[str, Any] = {}
-        counts = []
-        for body in bodies:
-            model = str(body.get("model") or "")
-            if model not in encodings:
-                try:
-                    encodings[model] = tiktoken.encoding_for_model(model)
-                except KeyError:  # a model tiktoken does not know: the current models' encoding
-                    encodings[model] = tiktoken.get_encoding("o200k_base")
-            counts.append(_openai_tokens(body, encodings[model]))
-    except Exception as exc:  # noqa: BLE001 - any failure to load BPE files (no network) leaves the heuristic
-        return [], (f"tiktoken could not load its encoding ({type(exc).__name__}; it downloads its BPE files "
-                    f"from the internet at first use): the heuristic alone")
-    return counts, None
-
-
-def _openai_tokens(body: dict, enc: Any) -> int:
-    def text(value: Any) -> str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list):
-            return "".join(text(v) for v in value)
-        if isinstance(value, dict):
-            return text(value.get("text") if "text" in value else value.get("content"))
-        return ""
-
-    if isinstance(body.get("messages"), list):
-        return 3 + sum(3 + len(enc.encode(text(m.get("content")))) + len(enc.encode(str(m.get("role", ""))))
-                       for m in body["messages"] if isinstance(m, dict))
-    return len(enc.encode(text(body.get("input", body.get("prompt")))))
+    provider = provider_class(settings.provider)
+    if provider.token_count is None:
+        return Measured(of=of, note=f"provider {settings.provider} has no token count")
+    bodies = [params_of(o, settings.provider) for o in objs]
+    exact, problem = await provider.count_tokens(settings, bodies, headers_for(settings))
+    return _ratios(exact, heuristic, provider.token_count, of) if exact else Measured(of=of, note=problem)
 
 
 # -- a survey of the whole job (before the first create, under --max-cost) ----------------------------

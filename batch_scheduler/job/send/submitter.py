@@ -259,7 +259,7 @@ class Submitter:
         and its count must not contradict ours (OpenAI counts 0 until it has validated the file).
         Without metadata (Anthropic) the request count, with the time window, is all there is.
         """
-        tag_of = getattr(self.provider, "tag_of", None)
+        tag_of = self.provider.tag_of
         if tag_of is None:
             return info.total == n
         tag = tag_of(info)

@@ -10,7 +10,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.job.admit.queue_limit import LimitLearner
 from batch_scheduler.job.admit.queues import LEDGER_KEY
 from batch_scheduler.job.view.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
-from batch_scheduler.providers import NAMES, spec_of
+from batch_scheduler.providers import DEFAULT, NAMES, spec_of
 from batch_scheduler.state.sqlite import ChunkRow, ChunkState, Ledger, RetryState
 
 
@@ -68,7 +68,7 @@ def queue_status(meta: dict[str, Any], in_flight: list[ChunkRow], counters: dict
     """The provider's queue as the ledger knows it: ours in it now (requests, or estimated tokens per model),
     the limit admission lets in (learned, or the hard cap), and the queue-full answers so far."""
     name = (meta.get("shaping") or {}).get("provider")
-    spec = spec_of(name if name in NAMES else "anthropic")
+    spec = spec_of(name if name in NAMES else DEFAULT)
     flags = meta.get("flags") or {}
     cap = flags.get("max_enqueued_tokens" if spec.queue_unit == "tokens" else "max_queued_requests")
     cap = cap if isinstance(cap, int) and cap > 0 else None
