@@ -34,12 +34,12 @@ from batch_scheduler.job.job import Job
 from batch_scheduler.job.money.budget import Budget, unpriced_message, unpriced_models
 from batch_scheduler.job.money.estimate import measure, survey
 from batch_scheduler.job.money.pricing import PriceTable
-from batch_scheduler.job.observe import Observer
+from batch_scheduler.job.observe import JobStats, Observer
 from batch_scheduler.job.run import Run
 from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.job.send.poller import Poller, PollStats
 from batch_scheduler.job.send.submitter import Submitter
-from batch_scheduler.job.view.progress import JobStats, show_progress
+from batch_scheduler.job.view.progress import show_progress
 from batch_scheduler.job.view.summary import build_summary
 from batch_scheduler.providers import headers_for, key_refused_message, make_provider, spec_of
 from batch_scheduler.providers.base import Provider

@@ -39,7 +39,7 @@ from batch_scheduler.job.input.reader import Source, fingerprint
 from batch_scheduler.job.input.sources import make_sources
 from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.money.pricing import PriceTable
-from batch_scheduler.job.view.progress import JobStats
+from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.view.summary import finished, write_summary
 from batch_scheduler.providers import provider_class
 from batch_scheduler.state.shards import ShardSet

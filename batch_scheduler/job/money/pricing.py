@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -27,6 +27,7 @@ from batch_scheduler.job.money.estimate import (  # noqa: F401 - the estimator's
     estimate_request,
     tally,
 )
+from batch_scheduler.providers.base import Usage
 
 KINDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
 _SNAPSHOT = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8}|-latest)$")
@@ -171,3 +172,22 @@ def cost_range(prices: PriceTable, model: str | None, totals: ModelTotals, ratio
     long = p.long_context is not None and totals.largest_input * ratio > p.long_context.above_input_tokens
     high = (input_tokens * p.rate("input", d, long) + totals.max_output_tokens * p.rate("output", d, long)) / 1e6
     return low, high
+
+
+TOKEN_KINDS = ("input", "output", "cache_write", "cache_read", "cache_write_1h")
+MODEL_PREFIX = "model/"  # ledger counters per model: model/<kind>/<model> (a model name may hold any character)
+UNNAMED = "(unnamed)"  # answers whose line names no model
+
+
+def model_counters(usages: Mapping[str | None, Sequence[Any]], by_model: Mapping[str | None, Usage],
+                   costs: Mapping[str | None, float]) -> dict[str, float]:
+    """One batch's answers per model, as ledger counters; they join the batch's other counts, so they are
+    added in the same transaction that records it collected (exactly once, like every other count)."""
+    out: dict[str, float] = {}
+    for model, usage in by_model.items():
+        name = model or UNNAMED
+        out[f"{MODEL_PREFIX}requests/{name}"] = len(usages[model])
+        for kind in TOKEN_KINDS:
+            out[f"{MODEL_PREFIX}{kind}_tokens/{name}"] = getattr(usage, f"{kind}_tokens")
+        out[f"{MODEL_PREFIX}cost_usd/{name}"] = costs[model]
+    return out

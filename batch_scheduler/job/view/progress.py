@@ -18,10 +18,10 @@ import asyncio
 import logging
 import shutil
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import IO
+
+from batch_scheduler.job.observe import JobStats
 
 log = logging.getLogger("batch_scheduler.progress")
 
@@ -29,65 +29,6 @@ BAR_CELLS = 24
 CLEAR = "\r\x1b[2K"  # to the start of the line, and erase it
 
 _drawn: dict[int, str] = {}  # id(stream) -> the bar now on that terminal (BarAwareHandler redraws it)
-
-
-@dataclass
-class JobStats:
-    started: float = field(default_factory=time.monotonic)
-    lines_read: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    submitted: int = 0  # requests sent in this run
-    finished: int = 0  # final results written in this run
-    finished_before: int = 0  # final results already written by earlier runs
-    in_flight: int = 0  # batches
-    retries: int = 0  # HTTP retries
-    reading_done: bool = False
-    first_submit_s: float | None = None
-    expected_lines: int | None = None  # an estimate of the input's lines (plain files), until reading is done
-    queue_unit: str = "requests"  # what the provider's queue counts: requests, or (estimated) tokens
-    queued: int = 0  # of ours in the provider's queue now, in queue_unit
-    queue_limit: int | None = None  # what admission lets into it now (learned, or the hard cap)
-    queue_peak: int = 0
-    queue_full: int = 0  # queue-full answers this run (429s at create, token-limit failures)
-
-    def rate(self, now: float | None = None) -> float:
-        elapsed = max(1e-9, (now if now is not None else time.monotonic()) - self.started)
-        return self.finished / elapsed
-
-    def total(self) -> tuple[int | None, bool]:
-        """(total, estimated): the accepted requests once the input is read, else the estimate, if any."""
-        if self.reading_done:
-            return self.accepted, False
-        if self.expected_lines:
-            return max(self.expected_lines, self.lines_read), True
-        return None, False
-
-    def eta_s(self, now: float | None = None) -> float | None:
-        total, _ = self.total()
-        rate, done = self.rate(now), self.finished + self.finished_before
-        if not total or rate <= 0 or done >= total:
-            return None
-        return (total - done) / rate
-
-    def line(self, now: float | None = None) -> str:
-        """The plain line (logs): every counter, words not symbols."""
-        rate = self.rate(now)
-        total = self.accepted if self.reading_done else None
-        done = self.finished + self.finished_before
-        eta = self.eta_s(now) if total else None
-        of = f"/{total:,}" if total else ""
-        queued = f"  {self.queue_text()}" if self.queue_limit is not None else ""
-        return (f"read {self.lines_read:,}  submitted {self.submitted:,}  finished {done:,}{of}  "
-                f"batches in flight {self.in_flight}{queued}  rejected {self.rejected:,}  retries {self.retries:,}  "
-                f"{rate:,.0f} req/s" + (f" eta {eta:,.0f}s" if eta is not None else ""))
-
-    def queue_text(self) -> str:
-        """`queued 180,000/200,000 requests` (OpenAI: `enqueued 1,200,000/2,000,000 tokens`)."""
-        verb = "enqueued" if self.queue_unit == "tokens" else "queued"
-        limit = f"/{self.queue_limit:,}" if self.queue_limit is not None else ""
-        full = f" ({self.queue_full:,} queue-full)" if self.queue_full else ""
-        return f"{verb} {self.queued:,}{limit} {self.queue_unit}{full}"
 
 
 def clock_text(seconds: float) -> str:

@@ -12,7 +12,7 @@ reader sees the last run's account or the one before, never half of one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -20,14 +20,12 @@ import orjson
 from batch_scheduler.core.errors import ExitCode, UsageError
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.money.estimate import against_usage
-from batch_scheduler.job.money.pricing import PriceTable
+from batch_scheduler.job.money.pricing import MODEL_PREFIX, TOKEN_KINDS, PriceTable
+from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.send.poller import PollStats
-from batch_scheduler.job.view.progress import JobStats
-from batch_scheduler.providers.base import Usage
 from batch_scheduler.state.sqlite import RetryState
 
 RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")  # final lines, by result type (the API's spelling)
-TOKEN_KINDS = ("input", "output", "cache_write", "cache_read", "cache_write_1h")
 
 
 def finished(counters: Mapping[str, float]) -> int:
@@ -132,24 +130,6 @@ def write_summary(out_dir: str, summary: dict[str, Any]) -> None:
 
 
 # -- per model ------------------------------------------------------------------------------------
-
-MODEL_PREFIX = "model/"  # ledger counters per model: model/<kind>/<model> (a model name may hold any character)
-UNNAMED = "(unnamed)"  # answers whose line names no model
-
-
-def model_counters(usages: Mapping[str | None, Sequence[Any]], by_model: Mapping[str | None, Usage],
-                   costs: Mapping[str | None, float]) -> dict[str, float]:
-    """One batch's answers per model, as ledger counters; they join the batch's other counts, so they are
-    added in the same transaction that records it collected (exactly once, like every other count)."""
-    out: dict[str, float] = {}
-    for model, usage in by_model.items():
-        name = model or UNNAMED
-        out[f"{MODEL_PREFIX}requests/{name}"] = len(usages[model])
-        for kind in TOKEN_KINDS:
-            out[f"{MODEL_PREFIX}{kind}_tokens/{name}"] = getattr(usage, f"{kind}_tokens")
-        out[f"{MODEL_PREFIX}cost_usd/{name}"] = costs[model]
-    return out
-
 
 def per_model(counters: Mapping[str, float], batch_discount: float) -> dict[str, dict[str, Any]]:
     """summary.json's `models`: answers, tokens by kind, cost at batch prices, the same at standard prices
