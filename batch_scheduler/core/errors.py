@@ -25,6 +25,7 @@
             ├── RequestRejected         400 / 422 / other 4xx: the call itself is wrong
             │   ├── NotFound            404 (for a batch just created: a ghost, see job.poller)
             │   └── RequestTooLarge     413: the batch must be split
+            ├── Redirected              3xx: never followed (the key goes only to the configured base URL)
             └── ProtocolError           an answer we cannot read
 
 `from_status` and `from_exception` are the only places where HTTP statuses and aiohttp
@@ -178,6 +179,11 @@ class BatchVanished(FatalError):
                    f"the same command again to look for it again")
 
 
+class Redirected(FatalError):
+    """A 3xx answer. Redirects are never followed (as the official SDKs): the key and the body would go
+    to whatever host the Location names. The message names it."""
+
+
 class ProtocolError(FatalError):
     pass
 
@@ -274,6 +280,9 @@ def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = No
     kind, message = error_message(body)
     text = f"{what}: HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
     h = {k.lower(): v for k, v in (headers or {}).items()}
+    if 300 <= status < 400:
+        return Redirected(f"{what}: HTTP {status} redirect to {h.get('location') or '(no Location)'}: not followed "
+                          f"(the key goes only to the configured base URL)", status=status)
     if status in (401, 403):
         return AuthRefused(text, status=status, kind=kind)
     if _is_spend_limit(status, body):
