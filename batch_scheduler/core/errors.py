@@ -27,6 +27,8 @@
             │   └── RequestTooLarge     413: the batch must be split
             ├── Redirected              3xx: never followed (the key goes only to the configured base URL)
             └── ProtocolError           an answer we cannot read
+                └── BadAnswer           an answer of another shape (a field missing or of the wrong type):
+                                        one line naming the batch and the field (providers.answers)
 
 `from_status` and `from_exception` are the only places where HTTP statuses and aiohttp
 exceptions become these errors; `from_sqlite` does the same for the ledger's SQLite errors. `from_status`
@@ -186,6 +188,11 @@ class Redirected(FatalError):
 
 class ProtocolError(FatalError):
     pass
+
+
+class BadAnswer(ProtocolError):
+    """An answer whose shape is not what the code reads (a field missing, of the wrong type): the poller
+    asks again a bounded number of times, the submitter treats a create's as an unknown outcome."""
 
 
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
