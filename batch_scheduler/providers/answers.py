@@ -9,6 +9,7 @@ result line kept as errored (collector).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from batch_scheduler.core import errors
 
 ANTHROPIC_COUNTS = ("processing", "succeeded", "errored", "canceled", "expired")  # Message Batches request_counts
 SHOWN_CHARS = 60  # of a bad value, in the message
+BATCH_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,256}")
 
 
 def shown(value: Any) -> str:
@@ -48,12 +50,12 @@ def text(doc: dict[str, Any], name: str, what: str, *, required: bool = False) -
 
 
 def batch_id(doc: dict[str, Any], what: str) -> str:
-    """The `id` of a batch object: a non-empty string without control characters or slashes (it goes
-    into URLs, the ledger and log lines)."""
+    """The `id` of a batch object: a non-empty string of URL-safe characters (it goes into URLs, the ledger
+    and log lines; every provider's ids are such: msgbatch_..., batch_..., UUIDs)."""
     value = text(doc, "id", what, required=True)
     assert value is not None
-    if len(value) > 512 or any(c < " " or c in "/?#\x7f" for c in value):
-        raise errors.BadAnswer(f"{what}: id is {shown(value)}, expected a batch id")
+    if not BATCH_ID.fullmatch(value):
+        raise errors.BadAnswer(f"{what}: id is {shown(value)}, expected a batch id (letters, digits, _ . : ~ -)")
     return value
 
 
