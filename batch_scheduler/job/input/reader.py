@@ -18,7 +18,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.lines import split_lines
@@ -101,7 +101,7 @@ class JsonlSource:
         self.max_line_bytes = max_line_bytes
 
     def _open(self, pos: int) -> BinaryIO:
-        f: BinaryIO = GzipBlocks(self.path) if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
+        f = cast(BinaryIO, GzipBlocks(self.path)) if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
         if pos:
             f.seek(pos)  # gzip: decompresses forward to pos
         return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)
