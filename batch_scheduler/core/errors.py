@@ -25,7 +25,10 @@
             ├── RequestRejected         400 / 422 / other 4xx: the call itself is wrong
             │   ├── NotFound            404 (for a batch just created: a ghost, see job.poller)
             │   └── RequestTooLarge     413: the batch must be split
+            ├── Redirected              3xx: never followed (the key goes only to the configured base URL)
             └── ProtocolError           an answer we cannot read
+                └── BadAnswer           an answer of another shape (a field missing or of the wrong type):
+                                        one line naming the batch and the field (providers.answers)
 
 `from_status` and `from_exception` are the only places where HTTP statuses and aiohttp
 exceptions become these errors; `from_sqlite` does the same for the ledger's SQLite errors. `from_status`
@@ -178,8 +181,18 @@ class BatchVanished(FatalError):
                    f"the same command again to look for it again")
 
 
+class Redirected(FatalError):
+    """A 3xx answer. Redirects are never followed (as the official SDKs): the key and the body would go
+    to whatever host the Location names. The message names it."""
+
+
 class ProtocolError(FatalError):
     pass
+
+
+class BadAnswer(ProtocolError):
+    """An answer whose shape is not what the code reads (a field missing, of the wrong type): the poller
+    asks again a bounded number of times, the submitter treats a create's as an unknown outcome."""
 
 
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
@@ -274,6 +287,9 @@ def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = No
     kind, message = error_message(body)
     text = f"{what}: HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
     h = {k.lower(): v for k, v in (headers or {}).items()}
+    if 300 <= status < 400:
+        return Redirected(f"{what}: HTTP {status} redirect to {h.get('location') or '(no Location)'}: not followed "
+                          f"(the key goes only to the configured base URL)", status=status)
     if status in (401, 403):
         return AuthRefused(text, status=status, kind=kind)
     if _is_spend_limit(status, body):

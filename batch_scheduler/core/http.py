@@ -14,6 +14,8 @@ header whose name says key, token, secret, password or authorization (a proxy's 
 `ANTHROPIC_CUSTOM_HEADERS` included).
 
 A 429 about the processing queue (`QueueFull`) is not retried either: admission waits for a batch to end.
+Redirects are never followed (as in the official SDKs): a 3xx is `Redirected`, naming the Location, and
+fatal, so neither the key nor the body ever goes to a host the configuration does not name.
 """
 
 from __future__ import annotations
@@ -132,14 +134,15 @@ class HttpClient:
         async def once() -> bytes:
             t0 = self._clock()
             try:
-                async with self.session.request(method, url, data=body, headers=headers) as resp:
+                async with self.session.request(method, url, data=body, headers=headers,
+                                                allow_redirects=False) as resp:
                     data = await resp.read()
             except Exception as exc:
                 self._called(endpoint, type(exc).__name__, t0)
                 raise
             self.stats.calls[(endpoint, resp.status)] += 1
             self._called(endpoint, str(resp.status), t0)
-            if resp.status >= 400:
+            if resp.status >= 300:  # a redirect is never followed: errors.Redirected names its Location
                 raise errors.from_status(resp.status, data, dict(resp.headers), what=f"{method} {endpoint}")
             return data
 
@@ -195,10 +198,10 @@ class HttpClient:
         await self.gate(endpoint).wait()
         t0 = self._clock()
         try:
-            async with self.session.get(url, headers=headers) as resp:
+            async with self.session.get(url, headers=headers, allow_redirects=False) as resp:
                 self.stats.calls[(endpoint, resp.status)] += 1
                 self._called(endpoint, str(resp.status), t0)  # the time to the answer's head, not the download
-                if resp.status >= 400:
+                if resp.status >= 300:
                     data = await resp.read()
                     raise errors.from_status(resp.status, data, dict(resp.headers), what=f"GET {endpoint}")
                 tail = b""

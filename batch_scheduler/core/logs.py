@@ -6,7 +6,8 @@
 `ts` is UTC with milliseconds; `msg` is the formatted message; anything passed as `extra=` becomes a
 field of its own; an exception adds `exc`. Secrets registered with `add_secret` (API keys, the daemon's
 token) are replaced by `[redacted]` wherever they appear, and extras whose names say key, token,
-secret, password or authorization are never written out.
+secret, password or authorization are never written out. In plain lines (`RedactFilter`) a message's
+control characters are escaped, so a job name with a newline cannot forge a line.
 """
 
 from __future__ import annotations
@@ -75,15 +76,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every C0 control but tab, and DEL
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (`\\n`, `\\r`, `\\x1b`): a job name or anything else from
+    outside cannot start a log line of its own, nor move the terminal's cursor."""
+    if not CONTROL.search(text):
+        return text
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class RedactFilter(logging.Filter):
-    """Put on a handler: the message of every record it writes has the registered secrets blanked."""
+    """Put on a handler: the message of every record it writes has the registered secrets blanked and its
+    control characters escaped (one record, one line)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _secrets:
-            message = record.getMessage()
-            clean = redact(message)
-            if clean != message:
-                record.msg, record.args = clean, None
+        message = record.getMessage()
+        clean = one_line(redact(message) if _secrets else message)
+        if clean != message:
+            record.msg, record.args = clean, None
         return True
 
 

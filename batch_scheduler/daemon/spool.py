@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.logs import CONTROL
 from batch_scheduler.core.options import coerce_option_file
 from batch_scheduler.daemon.logs import log
 from batch_scheduler.state.sqlite import Ledger
@@ -134,6 +135,9 @@ class Spool:
         with os.scandir(self.inbox) as entries:
             for e in entries:
                 if job_name(e.name) is None:
+                    continue
+                if CONTROL.search(e.name):  # the job's name would carry them into log lines and hooks
+                    self._pass_over(e.name, "named with control characters")
                     continue
                 try:
                     if not e.is_file(follow_symlinks=False):

@@ -5,7 +5,8 @@
 
 `inputs`: a path, a list of paths and globs (as `run` takes them), or an iterable of dicts: request
 lines in the provider's form, or rows when `template=` is given. An iterable is consumed once, as it
-comes, into OUT/input.jsonl (never held whole), and that file is the job's input from then on; a
+comes, into OUT/input.jsonl (never held whole; OUT's lock is taken first, so a second caller on the
+same OUT is refused, exit 2, as a second `run` is, before it writes anything), and that file is the job's input from then on; a
 resumed run must be given the same iterable again: one that yields anything else is refused (exit 2)
 and OUT/input.jsonl is left as it was.
 
@@ -30,6 +31,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
+from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.loop import new_event_loop
 from batch_scheduler.core.options import JOB_OPTION_NAMES, REMEMBERED
 from batch_scheduler.core.settings import Settings, load_environment
@@ -38,10 +40,12 @@ from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.input.sources import make_sources
 from batch_scheduler.job.input.validate import Rejects
+from batch_scheduler.job.job import LocalStore, lock_dir
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.providers import build_settings, missing_key_message
 
 SPOOL = "input.jsonl"  # where an iterable of dicts is written, in OUT
+OWNER = "batch-scheduler run"  # who holds OUT's lock, as a refused caller is told (the engine's default)
 _COMPARE_BYTES = 1 << 20
 
 Inputs = str | os.PathLike | Iterable[Any]
@@ -69,21 +73,48 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
     make_sources(paths or [], settings)  # option problems (a template without max_tokens, ...) raise here
     if not settings.dry_run and not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
-    if paths is None:
+    if paths is not None:
+        return await _run_files(settings, flags, paths, out_dir, None)
+    # an iterable is written into OUT: the job's lock first, so a second caller on OUT writes nothing
+    try:
+        held = lock_dir(out_dir, OWNER, "out")
+    except errors.JobBusy as err:  # the refusal a second `run` on a held --out gets
+        return JobResult(ExitCode.USAGE, str(err), busy=True)
+    try:
         try:
             paths = [await asyncio.to_thread(spool_iterable, inputs, out_dir)]  # type: ignore[arg-type]
         except errors.JobMismatch as err:
             return JobResult(ExitCode.USAGE, str(err))
+        return await _run_files(settings, flags, paths, out_dir, held)
+    finally:
+        held.release()  # the engine released it already when it ran (a second release does nothing)
+
+
+async def _run_files(settings: Settings, flags: dict[str, Any], paths: list[str], out_dir: str,
+                     held: JobLock | None) -> JobResult:
+    """The job over input files; `held`: OUT's lock, taken by the caller (the engine keeps it)."""
     if settings.dry_run:
         return await _dry_run(settings, paths, out_dir)
     remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
-    engine = Engine(settings, out_dir, paths, remembered=remembered)
+    engine = Engine(settings, out_dir, paths, remembered=remembered, owner=OWNER,
+                    store=HeldStore(out_dir, held) if held is not None else None)
     try:
         return await engine.run()
     except errors.UsageError:
         raise
     except errors.SchedulerError as err:  # what the CLI prints with exit 1 (an unreadable input, ...)
         return JobResult(ExitCode.FAILED, str(err))
+
+
+class HeldStore(LocalStore):
+    """OUT, whose lock the caller took before writing the iterable there: the job keeps that lock."""
+
+    def __init__(self, out_dir: str, held: JobLock):
+        super().__init__(out_dir)
+        self._held = held
+
+    def lock(self, owner: str) -> JobLock:
+        return self._held
 
 
 def job_flags(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import orjson
 
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.providers.answers import ANTHROPIC_COUNTS, asked_for, batch_id, document, text
+from batch_scheduler.providers.answers import counts as request_counts
 from batch_scheduler.providers.anthropic_versions import KNOWN_VERSIONS, params_check
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, encode, parse_time, requests_body
 from batch_scheduler.providers.common import (
@@ -81,18 +83,19 @@ class AnthropicProvider(Provider):
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
         body = requests_body(lines)
         data = await self.http.call("POST", self._url, "create", body=body, idempotent=False)
-        return self._info(orjson.loads(data))
+        return self._info(document(data, "create answer"), "create answer")
 
     async def get(self, batch_id: str) -> BatchInfo:
         data = await self.http.call("GET", f"{self._url}/{batch_id}", "retrieve")
-        return self._info(orjson.loads(data))
+        return asked_for(self._info(document(data, f"batch {batch_id}: retrieve answer"), "retrieve answer",
+                                    batch_id), batch_id)
 
     def recent(self, since: float) -> AsyncIterator[BatchInfo]:
         return list_since(self.http, self._url, limit=1000, cursor="after_id", since=since, info_of=self._info)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
         data = await self.http.call("POST", f"{self._url}/{batch_id}/cancel", "cancel")
-        return self._info(orjson.loads(data))
+        return self._info(document(data, f"batch {batch_id}: cancel answer"), "cancel answer", batch_id)
 
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         url = f"{self._url}/{info.id}/results"
@@ -104,13 +107,15 @@ class AnthropicProvider(Provider):
 
     classify = staticmethod(classify_result)
 
-    def _info(self, doc: dict) -> BatchInfo:
-        status = doc.get("processing_status")
-        counts = doc.get("request_counts") or {}
-        state = BatchState.ENDED if status == "ended" else BatchState.IN_PROGRESS
-        url = doc.get("results_url")
+    def _info(self, doc: dict, what: str = "list answer", asked: str | None = None) -> BatchInfo:
+        """A batch object, each field it reads checked (answers.BadAnswer naming the batch and the field)."""
+        bid = batch_id(doc, f"batch {asked}: {what}" if asked else what)
+        what = f"batch {bid}: {what}"
+        state = BatchState.ENDED if text(doc, "processing_status", what) == "ended" else BatchState.IN_PROGRESS
+        counts = request_counts(doc, ANTHROPIC_COUNTS, what)
+        url = text(doc, "results_url", what)
         return BatchInfo(
-            id=doc["id"], state=state, created_at=parse_time(doc.get("created_at")),
-            ended_at=parse_time(doc.get("ended_at")), total=sum(int(v or 0) for v in counts.values()),
+            id=bid, state=state, created_at=parse_time(doc.get("created_at")),
+            ended_at=parse_time(doc.get("ended_at")), total=sum(counts.values()),
             counts=counts, results=[url] if url else [], raw=doc,
         )

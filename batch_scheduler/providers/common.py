@@ -6,15 +6,27 @@ converts Message Batches lines to chat completions. Shared code lives here, not 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
-import orjson
-
+from batch_scheduler.core import errors
 from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import Settings
+from batch_scheduler.providers.answers import (
+    ShapeError,
+    custom_id_of,
+    document,
+    items,
+    line_object,
+    model_of,
+    shown,
+    tokens,
+)
 from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, BatchInfo, Outcome
+
+log = logging.getLogger("batch_scheduler.providers")
 
 _REQUIRED = ("max_tokens", "messages")
 
@@ -48,44 +60,68 @@ def same_origin(a: str, b: str) -> bool:
 
 
 def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int, int] | None, str | None]:
-    """Route and count one `{"custom_id", "result": {...}}` line (also the inline proxy's form)."""
-    doc = orjson.loads(line)
-    cid = doc["custom_id"]
-    result = doc["result"]
-    kind = result["type"]
+    """Route and count one `{"custom_id", "result": {...}}` line (also the inline proxy's form).
+
+    ValueError when the custom_id cannot be read; `answers.ShapeError` (a ValueError) when it can but a
+    field read here is missing or of another type."""
+    doc, cid = custom_id_of(line)
+    result = line_object(doc.get("result"), cid, "result")
+    kind = result.get("type")
     if kind == "succeeded":
-        message = result["message"]
-        u = message.get("usage") or {}
+        message = line_object(result.get("message"), cid, "result.message")
+        u = line_object(message.get("usage") or {}, cid, "result.message.usage")
         ttl = u.get("cache_creation")  # {"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
-        usage = (u.get("input_tokens") or 0, u.get("output_tokens") or 0,  # a Usage, as a plain tuple
-                 u.get("cache_creation_input_tokens") or 0, u.get("cache_read_input_tokens") or 0,
-                 (ttl.get("ephemeral_1h_input_tokens") or 0) if type(ttl) is dict else 0)
-        return cid, Outcome.SUCCEEDED, usage, message.get("model")
+        where = "result.message.usage"
+        usage = (tokens(u, "input_tokens", cid, where), tokens(u, "output_tokens", cid, where),  # a Usage, as a tuple
+                 tokens(u, "cache_creation_input_tokens", cid, where), tokens(u, "cache_read_input_tokens", cid, where),
+                 tokens(ttl, "ephemeral_1h_input_tokens", cid, where + ".cache_creation") if type(ttl) is dict else 0)
+        return cid, Outcome.SUCCEEDED, usage, model_of(message.get("model"), cid, "result.message.model")
     if kind == "errored":
         err = result.get("error") or {}
-        inner = err.get("error") if isinstance(err.get("error"), dict) else err
-        transient = inner.get("type") in TRANSIENT_ERROR_KINDS
+        inner = err.get("error") if isinstance(err, dict) and isinstance(err.get("error"), dict) else err
+        transient = isinstance(inner, dict) and inner.get("type") in TRANSIENT_ERROR_KINDS
         return cid, (Outcome.ERRORED_TRANSIENT if transient else Outcome.ERRORED), None, None
     if kind == "expired":
         return cid, Outcome.EXPIRED, None, None
     if kind == "canceled":
         return cid, Outcome.CANCELED, None, None
-    raise ValueError(f"unknown result type {kind!r}")
+    raise ShapeError(cid, f"result.type is {shown(kind)}, expected succeeded, errored, expired or canceled")
+
+
+LIST_PAGES_MAX = 100  # pages one list walk reads at most (100,000 Anthropic batches, 10,000 OpenAI ones)
 
 
 async def list_since(http: HttpClient, url: str, *, limit: int, cursor: str, since: float,
                      info_of: Callable[[dict], BatchInfo]) -> AsyncIterator[BatchInfo]:
     """Batches created at or after `since`, newest first, page by page (`?limit=&{cursor}=last_id`):
-    the list endpoints of Message Batches (`after_id`) and of OpenAI (`after`) page the same way."""
+    the list endpoints of Message Batches (`after_id`) and of OpenAI (`after`) page the same way.
+
+    Bounded, whatever the answers say: a cursor seen before ends the walk, and so do LIST_PAGES_MAX
+    pages (each with a warning); an item of another shape is skipped with a warning (a caller that
+    wanted it retrieves it), a page of another shape is `errors.BadAnswer`."""
     after: str | None = None
-    while True:
-        page = orjson.loads(await http.call("GET", f"{url}?limit={limit}" + (f"&{cursor}={after}" if after else ""),
-                                            "list"))
-        for item in page.get("data") or []:
-            info = info_of(item)
+    seen: set[str] = set()
+    for page_no in range(1, LIST_PAGES_MAX + 1):
+        what = f"list answer (page {page_no})"
+        page = document(await http.call("GET", f"{url}?limit={limit}" + (f"&{cursor}={after}" if after else ""),
+                                        "list"), what)
+        for i, item in enumerate(items(page, "data", what)):
+            try:
+                if not isinstance(item, dict):
+                    raise errors.BadAnswer(f"{shown(item)}, expected an object")
+                info = info_of(item)
+            except errors.BadAnswer as err:
+                log.warning("%s: data[%d] skipped: %s", what, i, err)
+                continue
             if info.created_at is not None and info.created_at < since:
                 return
             yield info
-        if not page.get("has_more") or not page.get("last_id"):
+        last = page.get("last_id")
+        if page.get("has_more") is not True or not isinstance(last, str) or not last:
             return
-        after = page["last_id"]
+        if last in seen or last == after:
+            log.warning("%s: the cursor did not advance (last_id %s again); the walk stops here", what, shown(last))
+            return
+        seen.add(last)
+        after = last
+    log.warning("list batches: stopped after %d pages (a list that always says there is more)", LIST_PAGES_MAX)

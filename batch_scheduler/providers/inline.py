@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import orjson
-
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.providers.answers import ANTHROPIC_COUNTS, asked_for, batch_id, document, text
+from batch_scheduler.providers.answers import counts as request_counts
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, encode, parse_time, requests_body
 from batch_scheduler.providers.common import auth_headers, check_message_params, classify_result
 
@@ -145,11 +145,12 @@ class InlineProvider(Provider):
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
         body = requests_body(lines)
         data = await self.http.call("POST", self._create_url, "create", body=body, idempotent=False)
-        return self._info(orjson.loads(data))
+        return self._info(document(data, "create answer"), "create answer")
 
     async def get(self, batch_id: str) -> BatchInfo:
         data = await self.http.call("GET", self._url_of(self._status_url, batch_id), "retrieve")
-        return self._info(orjson.loads(data))
+        return asked_for(self._info(document(data, f"batch {batch_id}: retrieve answer"), "retrieve answer",
+                                    batch_id), batch_id)
 
     async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
         """Nothing: the proxy cannot list batches (see the module docstring for what that costs)."""
@@ -168,10 +169,13 @@ class InlineProvider(Provider):
 
     classify = staticmethod(classify_result)
 
-    def _info(self, doc: dict) -> BatchInfo:
-        status = doc.get("status")
-        counts = doc.get("request_counts") or {}
-        finished = sum(int(v or 0) for k, v in counts.items() if k != "processing")
+    def _info(self, doc: dict, what: str = "status answer", asked: str | None = None) -> BatchInfo:
+        """A batch object, each field it reads checked (answers.BadAnswer naming the batch and the field)."""
+        bid = batch_id(doc, f"batch {asked}: {what}" if asked else what)
+        what = f"batch {bid}: {what}"
+        status = text(doc, "status", what)
+        counts = request_counts(doc, ANTHROPIC_COUNTS, what)
+        finished = sum(v for k, v in counts.items() if k != "processing")
         if status in ("completed", "expired") or (status == "failed" and finished):
             state = BatchState.ENDED
         elif status == "failed":
@@ -181,9 +185,9 @@ class InlineProvider(Provider):
         error = None
         if state is BatchState.FAILED:
             err = doc.get("error") or doc.get("errors") or doc.get("message")
-            error = err.get("message", str(err)) if isinstance(err, dict) else str(err or "the proxy failed the batch")
+            error = str(err.get("message", err)) if isinstance(err, dict) else str(err or "the proxy failed the batch")
         return BatchInfo(
-            id=doc["id"], state=state, created_at=parse_time(doc.get("created_at")),
-            ended_at=parse_time(doc.get("ended_at")), total=sum(int(v or 0) for v in counts.values()) or None,
+            id=bid, state=state, created_at=parse_time(doc.get("created_at")),
+            ended_at=parse_time(doc.get("ended_at")), total=sum(counts.values()) or None,
             counts=counts, error=error, raw=doc,
         )

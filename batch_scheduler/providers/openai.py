@@ -30,6 +30,19 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.providers.answers import (
+    ShapeError,
+    asked_for,
+    batch_id,
+    custom_id_of,
+    document,
+    line_object,
+    model_of,
+    shown,
+    text,
+    tokens,
+)
+from batch_scheduler.providers.answers import counts as request_counts
 from batch_scheduler.providers.base import (
     TRANSIENT_ERROR_KINDS,
     BatchInfo,
@@ -55,6 +68,7 @@ _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _CONVERTIBLE = {"model": "model", "max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
                 "stop_sequences": "stop"}
 LIST_LIMIT = 100
+OPENAI_COUNTS = ("total", "completed", "failed")  # the request_counts entries read
 METADATA_KEY = "batch_scheduler"  # where the create tag is kept in a batch's metadata
 
 
@@ -135,35 +149,50 @@ def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def _usage(u: dict) -> Usage:
+def _usage(u: dict, cid: str, where: str) -> Usage:
     """Chat/completions (`prompt_tokens`) or responses (`input_tokens`) usage; cached input apart."""
-    prompt = u.get("prompt_tokens", u.get("input_tokens")) or 0
-    output = u.get("completion_tokens", u.get("output_tokens")) or 0
+    prompt = tokens(u, "prompt_tokens" if "prompt_tokens" in u else "input_tokens", cid, where)
+    output = tokens(u, "completion_tokens" if "completion_tokens" in u else "output_tokens", cid, where)
     details = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
-    cached = details.get("cached_tokens") or 0
+    cached = tokens(line_object(details, cid, f"{where}.prompt_tokens_details"), "cached_tokens", cid,
+                    f"{where}.prompt_tokens_details")
     return Usage(input_tokens=max(0, prompt - cached), output_tokens=output, cache_read_tokens=cached)
 
 
+def _body(response: dict, cid: str) -> dict:
+    """`response.body`: an object, or a JSON string holding one (an OpenAI-compatible server sends that)."""
+    body = response.get("body")
+    if isinstance(body, str):
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ShapeError(cid, f"response.body is {shown(body)}, expected an object") from None
+    return line_object(body if body is not None else {}, cid, "response.body")
+
+
 def classify_line(line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
-    """Route and count one line of an output or error file."""
-    doc = orjson.loads(line)
-    cid = doc["custom_id"]
+    """Route and count one line of an output or error file (ValueError / answers.ShapeError: see common)."""
+    doc, cid = custom_id_of(line)
     error = doc.get("error")
     if error:
-        code = error.get("code")
+        code = line_object(error, cid, "error").get("code")
         if code == "batch_expired":
             return cid, Outcome.EXPIRED, None, None
         if code == "batch_cancelled":
             return cid, Outcome.CANCELED, None, None
         return cid, (Outcome.ERRORED_TRANSIENT if code in TRANSIENT_ERROR_KINDS else Outcome.ERRORED), None, None
-    response = doc["response"]
-    status = int(response["status_code"])
+    response = line_object(doc.get("response"), cid, "response")
+    status = response.get("status_code")
+    if type(status) is not int:
+        raise ShapeError(cid, f"response.status_code is {shown(status)}, expected an HTTP status")
     if status == 200:
-        body = response.get("body") or {}
-        return cid, Outcome.SUCCEEDED, _usage(body.get("usage") or {}), body.get("model")
+        body = _body(response, cid)
+        usage = _usage(line_object(body.get("usage") or {}, cid, "response.body.usage"), cid, "response.body.usage")
+        return cid, Outcome.SUCCEEDED, usage, model_of(body.get("model"), cid, "response.body.model")
     if status == 429 or status >= 500:
-        usage = (response.get("body") or {}).get("usage") if isinstance(response.get("body"), dict) else None
-        return cid, Outcome.ERRORED_TRANSIENT, _usage(usage) if usage else None, None  # usage: it was billed
+        usage = _body(response, cid).get("usage")
+        billed = _usage(line_object(usage, cid, "response.body.usage"), cid, "response.body.usage") if usage else None
+        return cid, Outcome.ERRORED_TRANSIENT, billed, None  # usage: it was billed
     return cid, Outcome.ERRORED, None, None
 
 
@@ -174,9 +203,16 @@ def metadata_tag(doc: dict) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
+def error_items(doc: dict) -> list:
+    """`errors.data` of a batch object; [] when it is not a list inside an object."""
+    errs = doc.get("errors")
+    data = errs.get("data") if isinstance(errs, dict) else None
+    return data if isinstance(data, list) else []
+
+
 def failure_text(doc: dict) -> str:
     """Why a `failed` batch failed, from `errors.data[*]` (line numbers kept)."""
-    data = (doc.get("errors") or {}).get("data") or []
+    data = error_items(doc)
     parts = [(f"line {e['line']}: " if e.get("line") else "") + str(e.get("message") or e.get("code"))
              for e in data if isinstance(e, dict)]
     return "; ".join(parts) or "the batch failed (no reason given)"
@@ -190,7 +226,7 @@ def token_limit_of(doc: dict) -> tuple[bool, int | None]:
     """Whether a failed batch failed for its model's enqueued-token limit, and the limit its message
     states ("... Limit: 2,000,000 enqueued tokens. Please try again once some in_progress batches have
     been completed.")."""
-    for e in (doc.get("errors") or {}).get("data") or []:
+    for e in error_items(doc):
         if isinstance(e, dict) and e.get("code") == TOKEN_LIMIT_CODE:
             m = _STATED.search(str(e.get("message") or ""))
             return True, (int(m.group(1).replace(",", "")) if m else None)
@@ -279,13 +315,15 @@ class OpenAIProvider(Provider):
         except (errors.RequestRejected, errors.SpendLimited):
             await self._delete_file(file_id)  # the API answered no: surely no batch uses the file
             raise
-        return self._info(orjson.loads(data))
+        return self._info(document(data, "create answer"), "create answer")
 
     async def _upload(self, lines: list[bytes], tag: str) -> str:
         body, content_type = multipart({"purpose": "batch"}, f"{tag}.jsonl", b"\n".join(lines) + b"\n")
         data = await self.http.call("POST", self._files_url, "upload", body=body,
                                     headers={"content-type": content_type})
-        return orjson.loads(data)["id"]
+        file_id = text(document(data, "upload answer"), "id", "upload answer", required=True)
+        assert file_id is not None
+        return file_id
 
     async def _delete_file(self, file_id: str) -> None:
         try:
@@ -295,14 +333,15 @@ class OpenAIProvider(Provider):
 
     async def get(self, batch_id: str) -> BatchInfo:
         data = await self.http.call("GET", f"{self._url}/{batch_id}", "retrieve")
-        return self._info(orjson.loads(data))
+        return asked_for(self._info(document(data, f"batch {batch_id}: retrieve answer"), "retrieve answer",
+                                    batch_id), batch_id)
 
     def recent(self, since: float) -> AsyncIterator[BatchInfo]:
         return list_since(self.http, self._url, limit=LIST_LIMIT, cursor="after", since=since, info_of=self._info)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
         data = await self.http.call("POST", f"{self._url}/{batch_id}/cancel", "cancel")
-        return self._info(orjson.loads(data))
+        return self._info(document(data, f"batch {batch_id}: cancel answer"), "cancel answer", batch_id)
 
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """The output file, then the error file; either may be missing (every request failed, or none)."""
@@ -321,9 +360,13 @@ class OpenAIProvider(Provider):
         A provider with this method keeps tags, and the submitter adopts lost creates by tag."""
         return metadata_tag(info.raw)
 
-    def _info(self, doc: dict) -> BatchInfo:
-        status = doc.get("status")
-        counts = doc.get("request_counts") or {}
+    def _info(self, doc: dict, what: str = "list answer", asked: str | None = None) -> BatchInfo:
+        """A batch object, each field it reads checked (answers.BadAnswer naming the batch and the field)."""
+        bid = batch_id(doc, f"batch {asked}: {what}" if asked else what)
+        what = f"batch {bid}: {what}"
+        status = text(doc, "status", what)
+        counts = request_counts(doc, OPENAI_COUNTS, what)
+        files = [text(doc, "output_file_id", what), text(doc, "error_file_id", what)]
         if status in _ENDED:
             state = BatchState.ENDED
         elif status == "failed":
@@ -334,9 +377,8 @@ class OpenAIProvider(Provider):
                      None)
         full, stated = token_limit_of(doc) if state is BatchState.FAILED else (False, None)
         return BatchInfo(
-            id=doc["id"], state=state, created_at=parse_time(doc.get("created_at")), ended_at=parse_time(ended),
-            total=counts.get("total"), counts=counts,
-            results=[f for f in (doc.get("output_file_id"), doc.get("error_file_id")) if f],
+            id=bid, state=state, created_at=parse_time(doc.get("created_at")), ended_at=parse_time(ended),
+            total=counts.get("total"), counts=counts, results=[f for f in files if f],
             error=failure_text(doc) if state is BatchState.FAILED else None, raw=doc,
             validated=status not in ("validating", "failed"), queue_full=full, stated_limit=stated,
         )

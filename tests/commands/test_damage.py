@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import sys
+import zlib
 from collections import Counter
 
 import orjson
@@ -106,10 +107,7 @@ def test_a_cut_gz_says_where_it_ends_and_what_to_do(env, capsys, monkeypatch):
     data = (env / "plain.jsonl").read_bytes()
     packed = gzip.compress(data)
     (env / "in.jsonl.gz").write_bytes(packed[: len(packed) * 2 // 3])
-    got = b""
-    with gzip.open(env / "in.jsonl.gz", "rb") as f, pytest.raises(EOFError):
-        while block := f.read(reader.BLOCK_BYTES):  # what reads in blocks get before the cut
-            got += block
+    got = zlib.decompressobj(31).decompress(packed[: len(packed) * 2 // 3])  # all that unpacks before the cut
     line = got.count(b"\n") + 1
     assert main(run_args(env, "in.jsonl.gz")) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

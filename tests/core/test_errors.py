@@ -41,6 +41,9 @@ CASES = [
     (408, BODY, {"x-should-retry": "true"}, errors.TimeoutError_),
     # ... except where the job must pause: a refused key and a spend limit stay what they are
     (401, BODY, {"x-should-retry": "true"}, errors.AuthRefused),
+    # a redirect is never followed, nor retried, whatever the header says
+    (301, b"", {"location": "http://elsewhere.test/"}, errors.Redirected),
+    (307, b"", {"location": "http://elsewhere.test/", "x-should-retry": "true"}, errors.Redirected),
     (429, SPEND, {"x-should-retry": "true"}, errors.SpendLimited),
 ]
 

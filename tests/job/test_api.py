@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import orjson
 import pytest
@@ -194,3 +195,33 @@ async def test_options_that_cannot_make_requests_refuse_before_the_iterable_is_r
     with pytest.raises(UsageError, match=r"^--max-tokens is required with --template"):
         await batch_scheduler.arun(rows(), lib_env / "out", template="{q}", model="m", api_key="k")
     assert consumed == [] and not (lib_env / "out").exists()
+
+
+def test_two_threads_on_one_out_the_second_is_refused_and_the_first_input_stays_its_own(sim_process, lib_env):
+    """Row 6: the second caller meets the job's lock before it writes anything into OUT."""
+    reading, go = threading.Event(), threading.Event()
+
+    def rows_a():
+        for i in range(60):
+            if i == 30:
+                reading.set()  # the first caller is half way through spooling its iterable
+                assert go.wait(30)
+            yield request(f"a-{i:03d}")
+
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(batch_scheduler.run(
+        rows_a(), lib_env / "out", base_url=sim_process.url, **FAST)))
+    thread.start()
+    try:
+        assert reading.wait(30)
+        second = batch_scheduler.run([request(f"b-{i:03d}") for i in range(60)], lib_env / "out",
+                                     base_url=sim_process.url, **FAST)
+    finally:
+        go.set()
+        thread.join(60)
+    assert second.exit_code == 2 and second.busy, second.message
+    assert second.message.startswith(f"{lib_env / 'out'} is in use: "), second.message
+    assert first[0].exit_code == 0, first[0].message
+    assert sorted(ids_of(read_results(str(lib_env / "out")))) == [f"a-{i:03d}" for i in range(60)]
+    assert [orjson.loads(line)["custom_id"] for line in (lib_env / "out" / "input.jsonl").read_bytes().splitlines()
+            ] == [f"a-{i:03d}" for i in range(60)]

@@ -14,6 +14,7 @@ from aiohttp import web
 
 import batch_scheduler
 from batch_scheduler.commands.main import main
+from batch_scheduler.core.errors import UsageError
 from batch_scheduler.job.dryrun import estimate
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.job.input.validate import Rejects
@@ -95,6 +96,32 @@ def test_a_user_price_file_adds_a_model_with_the_old_shape(tmp_path):
     prices = PriceTable.load(str(tmp_path / "p.json"))
     assert prices.cost("my-local-model", Usage(cache_write_tokens=2_000_000, cache_write_1h_tokens=1_000_000)) == \
         pytest.approx((1.25 + 2.0) * 0.5)  # an unnamed 1-hour price is 2x input
+
+
+@pytest.mark.parametrize("entry, field", [
+    ({"input": -1, "output": 2, "cache_write": 1.25, "cache_read": 0.1}, "input is -1.0"),
+    ({"input": 1, "output": 2, "cache_write": 1.25, "cache_read": 0.1, "batch": {"output": -0.5}}, "batch.output is -0.5"),
+    ({"input": 1, "output": 2, "cache_write": 1.25, "cache_read": 0.1, "cache_write_1h": float("nan")},
+     "cache_write_1h is nan"),
+    ({"input": 1, "output": 2, "cache_write": 1.25, "cache_read": 0.1,
+      "long_context": {"above_input_tokens": 200000, "input": 2, "output": -4}}, "long_context.output is -4"),
+    ({"input": 1, "output": 2, "cache_write": 1.25, "cache_read": 0.1,
+      "long_context": {"above_input_tokens": 200000, "input": 2, "output": "4"}}, "long_context.output is '4'"),
+])
+def test_a_negative_or_non_finite_price_is_refused_at_load_naming_the_model_and_field(tmp_path, entry, field):
+    """Row 12: a negative price would make every answer earn money and slip past --max-cost."""
+    (tmp_path / "p.json").write_text(json.dumps({"models": {"my-model": entry}}))
+    with pytest.raises(UsageError) as info:
+        PriceTable.load(str(tmp_path / "p.json"))
+    assert str(info.value) == (f"--prices {tmp_path / 'p.json'}: my-model: {field}: a price is a number >= 0 "
+                               f"(USD per million tokens)")
+
+
+def test_a_negative_batch_discount_is_refused(tmp_path):
+    (tmp_path / "p.json").write_text('{"models": {}, "batch_discount": -0.5}')
+    with pytest.raises(UsageError) as info:
+        PriceTable.load(str(tmp_path / "p.json"))
+    assert str(info.value) == f"--prices {tmp_path / 'p.json'}: batch_discount is -0.5: expected a number >= 0"
 
 
 # -- --max-cost fails closed -----------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Reading in big blocks (plain, gz, CRLF, no final newline) and again from a position."""
 
 import gzip
+import zlib
 
 import pytest
 
+from batch_scheduler.core.errors import InputError
 from batch_scheduler.job.input import reader
 from batch_scheduler.job.input.reader import JsonlSource
 
@@ -61,3 +63,21 @@ async def test_an_input_without_newlines_is_one_rejected_line_read_in_bounded_me
         tracemalloc.stop()
     assert [(n, type(raw).__name__, len(raw)) for n, raw in got] == [(1, "LineTooLong", 160 << 20)]
     assert peak < 5 * reader.BLOCK_BYTES, f"{peak:,} bytes held for a 160 MiB line"  # a few reads, not the line
+
+
+async def test_a_cut_gz_gives_every_complete_line_before_the_cut_then_says_where(tmp_path):
+    """Row 12: a read of BLOCK_BYTES that met the cut lost all it had unpacked (up to 4 MiB of lines)."""
+    data = b"".join(b'{"custom_id": "r-%06d", "pad": "%s"}\n' % (i, b"x" * (i % 97)) for i in range(120_000))
+    assert len(data) > 2 * reader.BLOCK_BYTES
+    packed = gzip.compress(data)
+    cut = packed[: len(packed) * 3 // 4]
+    (tmp_path / "in.jsonl.gz").write_bytes(cut)
+    readable = zlib.decompressobj(31).decompress(cut)  # all that can be unpacked before the cut
+    complete = readable[: readable.rfind(b"\n")].split(b"\n")
+    got = []
+    with pytest.raises(InputError) as info:
+        async for block in JsonlSource(str(tmp_path / "in.jsonl.gz"), 0).blocks():
+            got += block.lines
+    assert got == complete
+    assert info.value.line == len(complete) + 1
+    assert info.value.reason.startswith("the compressed data ends early")

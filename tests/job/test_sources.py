@@ -159,3 +159,28 @@ async def test_a_templated_job_through_the_simulator_answers_each_row_once(sim, 
     assert result.exit_code == ExitCode.OK, result.message
     got = ids_of(read_results(str(tmp_path / "out")))
     assert len(got) == len(set(got)) and set(got) == {str(i) for i in range(600)}
+
+
+@pytest.mark.parametrize("template, field, name", [
+    ("{title:>1000000000}", "{title:>1000000000}", "title"),  # a 16-byte template took 3.95 GB for 2 rows
+    ("Summarise {content!r}", "{content!r}", "content"),
+    ("{title.__class__}", "{title.__class__}", "title"),
+    ("{title[0]}", "{title[0]}", "title"),
+    ("{title:{content}}", "{title:{content}}", "title"),
+])
+def test_a_template_takes_field_names_only(template, field, name):
+    with pytest.raises(UsageError) as info:
+        template_sources(["a.csv"], settings(template=template))
+    assert str(info.value) == (f"--template {template!r}: {field}: a placeholder is a field name only, e.g. "
+                               f"{{{name}}} (no format spec, conversion, attribute or index)")
+
+
+async def test_a_row_rendered_past_the_size_cap_is_rejected_naming_the_cap(tmp_path):
+    big = "x" * 3000
+    csv_path = write_csv(tmp_path / "rows.csv", f"title,content\nshort,fine\nlong,{big}\n")
+    s = settings(template="{content}{content}{content}{content}", batch_bytes=10_000)
+    accepted, rejected = await run_rows(s, [csv_path], tmp_path)
+    assert [a["params"]["messages"][0]["content"] for a in accepted] == ["finefinefinefine"]
+    assert rejected == [{"file": str(csv_path), "line": 3, "error": (
+        "the template renders 12,000 bytes for this row, over the cap of 10,000 bytes for one request "
+        "(--batch-bytes)")}]

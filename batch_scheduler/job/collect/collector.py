@@ -6,6 +6,10 @@ to the shards as they came; a request that deserves another attempt (a transient
 parked in the ledger with its request line instead, until its attempts run out, when its last line
 becomes final. Cancelled requests are parked as `cancelled` (see `run --retry-cancelled`).
 
+Answers are untrusted: a line whose custom_id is readable but whose other fields have another shape
+(`providers.answers.ShapeError`) is kept as it came as an errored answer (final: not paid again), the
+batch's warning naming the first; a line without a readable custom_id stops the run naming the batch.
+
 Completeness: the collector knows the custom_ids the batch carried (at most one batch's worth,
 100,000 ids, never the job's). Each gets exactly one final line or is parked for another attempt: a
 repeated line and a line for a custom_id the batch did not carry are ignored and counted, never
@@ -41,6 +45,7 @@ from batch_scheduler.core.http import backoff_s
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.job.money.pricing import model_counters
+from batch_scheduler.providers.answers import ShapeError
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
 from batch_scheduler.state.shards import ShardSet
 from batch_scheduler.state.sqlite import ChunkRow, Ledger, RetryState, RetryWait
@@ -146,7 +151,8 @@ class Collector:
         expected, sent, before = await self._carried(row)
         retry = not self._replay.from_input(row)
         seen: set[str] = set()
-        repeated = foreign = 0
+        repeated = foreign = misshapen = 0
+        first_misshapen = ""
         counts = [0] * len(Outcome)
         usages: dict[str | None, list[tuple[int, ...]]] = {}  # per model; summed and priced per batch
         model_seen: str | None = None
@@ -160,6 +166,11 @@ class Collector:
             for line in block:
                 try:
                     cid, outcome, usage, model = classify(line)
+                except ShapeError as exc:  # its custom_id is readable: kept as it came, as an errored answer
+                    cid, outcome, usage, model = exc.custom_id, Outcome.ERRORED, None, None
+                    if not misshapen:
+                        first_misshapen = str(exc)
+                    misshapen += 1
                 except (ValueError, KeyError, TypeError) as exc:
                     raise errors.ProtocolError(f"unreadable results line in batch {info.id}: {exc}") from None
                 if cid not in expected:
@@ -200,6 +211,9 @@ class Collector:
         if missing:
             log.warning("batch %s: %s of its requests are missing from its results; they are sent again",
                         info.id, f"{len(missing):,}")
+        if misshapen:
+            log.warning("batch %s: %s result line(s) of an unexpected shape, kept as errored (the first: %s)",
+                        info.id, f"{misshapen:,}", first_misshapen)
         if repeated or foreign:
             log.warning("batch %s: ignored %s repeated result line(s) and %s for custom_ids it did not carry",
                         info.id, f"{repeated:,}", f"{foreign:,}")

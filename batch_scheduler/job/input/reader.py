@@ -18,7 +18,7 @@ import zlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol, cast
 
 from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.lines import split_lines
@@ -33,6 +33,37 @@ class Block:
     lines: list  # bytes, or a str naming what is wrong with the line (row sources)
     first_line: int
     start_pos: int
+
+
+class GzipBlocks:
+    """A .gz file read in blocks whose last block before a cut is not lost: `read(n)` gathers what each
+    step of the decompressor gives (`read1`), so when the compressed data ends early it returns what it
+    has, and the next `read` raises the EOFError (a plain `GzipFile.read(n)` drops the whole block)."""
+
+    def __init__(self, path: str):
+        self._f = gzip.open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._failed: BaseException | None = None
+
+    def read(self, n: int) -> bytes:
+        if self._failed is not None:
+            raise self._failed
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < n and (piece := self._f.read1(n - got)):
+                parts.append(piece)
+                got += len(piece)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            if not parts:
+                raise
+            self._failed = err  # said at the next read, after the lines before it
+        return b"".join(parts)
+
+    def seek(self, pos: int) -> int:
+        return self._f.seek(pos)
+
+    def close(self) -> None:
+        self._f.close()
 
 
 class LineTooLong:
@@ -78,7 +109,7 @@ class JsonlSource:
         self.max_line_bytes = max_line_bytes
 
     def _open(self, pos: int) -> ByteStream:
-        f: ByteStream = gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
+        f: ByteStream = cast(BinaryIO, GzipBlocks(self.path)) if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
         if pos:
             f.seek(pos)  # gzip: decompresses forward to pos
         return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)

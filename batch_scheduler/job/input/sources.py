@@ -79,13 +79,22 @@ class Fields:
 
 
 def check_template(template: str) -> None:
-    """Refuse a template `str.format` cannot read (a lone `{` or `}`: write `{{` / `}}`)."""
+    """Refuse a template `str.format` cannot read (a lone `{` or `}`: write `{{` / `}}`), and any placeholder
+    that is more than a field name: a format spec (`{a:>1000000000}` renders a gigabyte), a conversion, an
+    attribute or an index (they reach into the value's object)."""
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise UsageError(f"--template: {exc} (write {{{{ and }}}} for literal braces)") from None
-    if any(name == "" or name.isdigit() for name in names):
+    if any(name == "" or name.isdigit() for name, _, _ in fields):
         raise UsageError("--template: placeholders need a field name, e.g. {content}")
+    for name, spec, conv in fields:
+        if spec or conv or "." in name or "[" in name:
+            shown = template if len(template) <= 80 else template[:77] + "..."
+            placeholder = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            base = name.split(".")[0].split("[")[0]
+            raise UsageError(f"--template {shown!r}: {placeholder}: a placeholder is a field name only, e.g. "
+                             f"{{{base}}} (no format spec, conversion, attribute or index)")
 
 
 def safe_id(stem: str, row_number: int) -> str:
@@ -133,6 +142,7 @@ class Renderer:
         self.version = settings.anthropic_version
         self.stem = stem
         self.openai = provider_class(settings.provider).row_api == "chat"
+        self.max_bytes = settings.batch_bytes  # what one rendered prompt may take: a request must fit in a batch
 
     def __call__(self, row: dict, row_number: int) -> Item:
         """The request line of the `row_number`-th row (from 1), or what is wrong with the row."""
@@ -144,6 +154,9 @@ class Renderer:
             text = self.template.format_map(fields)
         except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
             return f"the template cannot render this row: {type(exc).__name__}: {exc}"
+        if len(text) > self.max_bytes and (n := len(text.encode())) > self.max_bytes:  # a second guard
+            return (f"the template renders {n:,} bytes for this row, over the cap of {self.max_bytes:,} bytes for "
+                    f"one request (--batch-bytes)")
         if fields.missing:
             names = ", ".join(repr(n) for n in dict.fromkeys(fields.missing))
             return f"missing field{'s' if len(set(fields.missing)) > 1 else ''} {names} for the template"

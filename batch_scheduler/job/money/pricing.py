@@ -13,6 +13,7 @@ and a job under --max-cost with such a model is refused before anything is sent 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,10 +78,23 @@ def price_of(doc: dict, where: str) -> Price:
             raise ValueError(f"batch: unknown kind(s) {', '.join(sorted(unknown))}")
         values = {k: float(doc[k]) for k in ("input", "output", "cache_write", "cache_read")}
         one_hour = doc.get("cache_write_1h")
-        return Price(**values, cache_write_1h=None if one_hour is None else float(one_hour), long_context=tier,
-                     batch=batch)
+        price = Price(**values, cache_write_1h=None if one_hour is None else float(one_hour), long_context=tier,
+                      batch=batch)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{where}: not a price ({type(exc).__name__}: {exc})") from None
+    check_price(price, where)
+    return price
+
+
+def check_price(p: Price, where: str) -> None:
+    """Every figure a number >= 0: a negative price makes answers earn money, and slips past --max-cost."""
+    figures = [(k, getattr(p, k)) for k in KINDS if getattr(p, k) is not None]
+    figures += [(f"batch.{k}", v) for k, v in p.batch.items()]
+    if p.long_context is not None:
+        figures += [(f"long_context.{k}", getattr(p.long_context, k)) for k in KINDS]
+    for name, value in figures:
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+            raise UsageError(f"{where}: {name} is {value!r}: a price is a number >= 0 (USD per million tokens)")
 
 
 class PriceTable:
@@ -106,6 +120,8 @@ class PriceTable:
                                      '"cache_write": ..., "cache_read": ...}}, "batch_discount": 0.5}')
                 models.update({k: price_of(v, f"--prices {user_file}: {k}") for k, v in user.get("models", {}).items()})
                 discount = float(user.get("batch_discount", discount))
+                if not math.isfinite(discount) or discount < 0:
+                    raise UsageError(f"--prices {user_file}: batch_discount is {discount!r}: expected a number >= 0")
                 taken = user.get("taken", taken)
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 raise UsageError(f"--prices {user_file}: {exc}") from None

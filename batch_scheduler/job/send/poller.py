@@ -9,6 +9,11 @@ A 404 for a batch this job recorded is a ghost for a while: the real API has ans
 second or so after a successful create, and again briefly mid-run (anthropic-sdk-python#1432). It is
 polled again on its schedule (backing off as usual) for up to `not_found_grace_s` since it was
 tracked or last answered; past that the run stops (`BatchVanished`, resumable) naming the batch.
+
+Answers are untrusted: a retrieve answer of another shape (`errors.BadAnswer`) is asked again on the
+batch's schedule, up to BAD_ANSWERS_MAX times in a row, then the run stops with its message (resumable).
+A list call refused (a 400, or a page of another shape) falls back to retrieving each batch, and the
+poller lists no more in this run; the list walk itself is bounded (providers.common.list_since).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = logging.getLogger("batch_scheduler.poller")
 
 LIST_WHEN_DUE = 4  # batches due at once before one list call replaces their retrieves
 RETRIEVES_AT_ONCE = 16
+BAD_ANSWERS_MAX = 5  # retrieve answers of another shape in a row, for one batch, before the run stops
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Tracked:
     interval_s: float
     last_answer: float  # clock time it was tracked, or last seen by a retrieve or a list
     polls: int = 0
+    bad_answers: int = 0  # retrieve answers of another shape since its last good one
 
 
 @dataclass
@@ -64,6 +71,7 @@ class Poller:
         self._seq = 0
         self._wake = asyncio.Event()
         self._stopping = False
+        self._list_refused = False  # the provider refused a list call: retrieve each batch from then on
         self.stats = PollStats()
 
     def __len__(self) -> int:
@@ -104,17 +112,25 @@ class Poller:
 
     async def _poll(self, due: list[Tracked]) -> None:
         infos: dict[str, BatchInfo] = {}
-        if len(due) >= LIST_WHEN_DUE:
+        if len(due) >= LIST_WHEN_DUE and not self._list_refused:
             infos = await self._list(due)
         rest = [t for t in due if t.batch_id not in infos]
         sem = asyncio.Semaphore(RETRIEVES_AT_ONCE)
-        vanished: list[errors.BatchVanished] = []
+        vanished: list[errors.SchedulerError] = []
 
         async def one(t: Tracked) -> None:
             async with sem:
                 self.stats.retrieves += 1
                 try:
                     infos[t.batch_id] = await self.provider.get(t.batch_id)
+                    t.bad_answers = 0
+                except errors.BadAnswer as err:
+                    t.bad_answers += 1
+                    if t.bad_answers >= BAD_ANSWERS_MAX:
+                        vanished.append(errors.BadAnswer(f"{err} ({t.bad_answers} answers in a row); the "
+                                                         f"ledger keeps the batch"))
+                    else:
+                        log.warning("poll %s: %s; will poll again", t.batch_id, err)
                 except errors.NotFound:
                     if (gone := self._not_found(t)) is not None:
                         vanished.append(gone)
@@ -164,4 +180,7 @@ class Poller:
                         break
         except errors.TransientError as err:
             log.warning("list batches: %s; falling back to retrieve", err)
+        except (errors.RequestRejected, errors.ProtocolError) as err:
+            self._list_refused = True
+            log.warning("list batches: %s; retrieving each batch from now on", err)
         return found

@@ -16,6 +16,10 @@ call may take, and the call is cut off at that deadline (an unknown outcome, as 
 create that returns has its batch id written while the claim is still the node's; if the claim went
 meanwhile, the batch is marked nobody's and cancelled (`_give_up`), unless the new owner adopted it.
 
+A create answer of another shape (no `id`, an id the ledger already holds: `errors.BadAnswer`) says
+nothing of the batch the create made: it is an unknown outcome as well, looked for, sent again at most
+UNKNOWN_RESENDS times, then the job stops with the answer's message.
+
 Refusals: 413 splits the chunk in two; a 400 that names `requests.N` sends request N to
 rejected.jsonl and submits the rest; 401/403 and other 400s stop the job (resumable). A full queue
 (`QueueFull`) leaves the chunk planned and is raised to the run, which sends it again once there is
@@ -120,7 +124,7 @@ class Submitter:
         while lines:
             try:
                 info = await self._create(out.chunk_id, lines)
-            except (errors.OutcomeUnknown, errors.TimeoutError_) as err:
+            except (errors.OutcomeUnknown, errors.TimeoutError_, errors.BadAnswer) as err:
                 await self.ledger.add_counts({"creates_unknown": 1})
                 log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", out.chunk_id, err)
                 adopted = await self.adopt(out.chunk_id, len(lines), out.intent_at)
@@ -169,6 +173,7 @@ class Submitter:
                 except TimeoutError:
                     raise errors.TimeoutError_(f"create: no answer within {deadline_s:.0f} s (the lease's "
                                                f"margin)") from None
+            await self._check_new(info.id)
             self._claimed.add(info.id)
             self.claims.claim(info.id, self._owner)
             try:
@@ -177,6 +182,12 @@ class Submitter:
                 await self._give_up(info.id)
                 raise
             return info
+
+    async def _check_new(self, batch_id: str) -> None:
+        """A create answer names a new batch: one whose id this job already holds says nothing of the batch
+        the create made (an unknown outcome: looked for, as after a lost answer)."""
+        if batch_id in self._claimed or batch_id in await self.ledger.claimed_batch_ids():
+            raise errors.BadAnswer(f"create answer: id {batch_id} is a batch the job's ledger already holds")
 
     async def _give_up(self, batch_id: str) -> None:
         """Cluster: a batch created after this node's claim on the job was gone. Unless the new owner adopted
