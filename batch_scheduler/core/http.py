@@ -221,6 +221,6 @@ class HttpClient:
         except Exception as exc:  # noqa: BLE001
             self.stats.calls[(endpoint, type(exc).__name__)] += 1
             self._called(endpoint, type(exc).__name__, t0)
-            err = errors.from_exception(exc, what=endpoint)
-            err.args = (self.redact(str(err)),)
-            raise err from None
+            mapped = errors.from_exception(exc, what=endpoint)
+            mapped.args = (self.redact(str(mapped)),)
+            raise mapped from None

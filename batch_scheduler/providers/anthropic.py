@@ -68,7 +68,10 @@ class AnthropicProvider(Provider):
                 and "messages" in params and not params.get("stream")):
             problem = self._params_problem(params)
             return (problem, None) if problem else (None, raw)  # the common case, sent as it came
-        problem = check_message_params(params, self.settings.model) or self._params_problem(params)
+        problem = check_message_params(params, self.settings.model)
+        if problem or not isinstance(params, dict):
+            return problem or "params must be an object", None
+        problem = self._params_problem(params)
         if problem:
             return problem, None
         if len(obj) != 2 or "model" not in params:  # extra keys, or the model to fill: re-encode

@@ -50,7 +50,7 @@ def fold_system(body: dict, where: str) -> tuple[dict | None, str | None]:
             return None, f"{where}.system must be a string or a list of text blocks"
         if any("cache_control" in b for b in system):
             return _prepend(rest, system, where)  # blocks kept, so their cache_control still applies
-        system = "\n\n".join(texts)
+        system = "\n\n".join(t for t in texts if isinstance(t, str))
     if not isinstance(system, str):
         return None, f"{where}.system must be a string or a list of text blocks"
     messages = body.get("messages")

@@ -190,8 +190,8 @@ def classify_line(line: bytes) -> tuple[str, Outcome, Usage | None, str | None]:
         usage = _usage(line_object(body.get("usage") or {}, cid, "response.body.usage"), cid, "response.body.usage")
         return cid, Outcome.SUCCEEDED, usage, model_of(body.get("model"), cid, "response.body.model")
     if status == 429 or status >= 500:
-        usage = _body(response, cid).get("usage")
-        billed = _usage(line_object(usage, cid, "response.body.usage"), cid, "response.body.usage") if usage else None
+        raw_usage = _body(response, cid).get("usage")
+        billed = _usage(line_object(raw_usage, cid, "response.body.usage"), cid, "response.body.usage") if raw_usage else None
         return cid, Outcome.ERRORED_TRANSIENT, billed, None  # usage: it was billed
     return cid, Outcome.ERRORED, None, None
 
