@@ -3,14 +3,25 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+CORE := $(VENV)/.installed-core
+# system packages: no recommended extras, and their output kept in a log shown only when they fail
+APT_LOG := $(VENV)/apt.log
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
 .PHONY: demo test bench lint readme settings clean browser postgres
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+# the demo needs the core only (what `pip install .` gives)
+$(CORE): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e .
+	touch $(CORE)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[dev,bench,parquet,cluster]'
-	touch $(STAMP)
+	touch $(STAMP) $(CORE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -18,21 +29,21 @@ lint: $(STAMP)
 
 # the status page's test renders it in headless Chromium (Debian's package); under CI (root, a fresh
 # machine) a browser that cannot be installed fails the run, elsewhere the test skips without one
-browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-		|| [ "$$CI" != "true" ]
+browser: | $(VENV)/bin/python
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (Debian's package; log: $(APT_LOG))"; \
+		(apt-get update -qq && $(APT) chromium fonts-liberation) >$(APT_LOG) 2>&1 || { tail -n 30 $(APT_LOG); [ "$$CI" != "true" ]; }; }
 
 # the cluster tests start a throwaway PostgreSQL from Debian's server binaries (tests/cluster/servers.py);
 # under CI (root) they are installed when missing, elsewhere the cluster tests skip without them
-postgres:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ( [ "$$(id -u)" = 0 ] \
-		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql ) \
-		|| [ "$$CI" != "true" ]
+postgres: | $(VENV)/bin/python
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "installing postgresql (Debian's package; log: $(APT_LOG))"; \
+		( [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT) postgresql ) >$(APT_LOG) 2>&1 \
+		|| { tail -n 30 $(APT_LOG); [ "$$CI" != "true" ]; }; }
 
 test: $(STAMP) lint browser postgres
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/python -m batch_scheduler.commands.demo
 
 readme: $(STAMP)  # the option table in README.md, from batch_scheduler/core/options.py
