@@ -8,7 +8,7 @@ CORE := $(VENV)/.installed-core
 APT_LOG := $(VENV)/apt.log
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: demo test bench lint readme settings clean browser postgres
+.PHONY: demo test bench lint readme settings clean system
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,20 +27,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy batch_scheduler
 
-# the status page's test renders it in headless Chromium (Debian's package); under CI (root, a fresh
-# machine) a browser that cannot be installed fails the run, elsewhere the test skips without one
-browser: | $(VENV)/bin/python
-	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (Debian's package; log: $(APT_LOG))"; \
-		(apt-get update -qq && $(APT) chromium fonts-liberation) >$(APT_LOG) 2>&1 || { tail -n 30 $(APT_LOG); [ "$$CI" != "true" ]; }; }
+# Debian's packages the tests use, installed when missing (CI runs as root on a fresh machine; elsewhere a
+# missing one makes its tests fail with what to install): chromium renders the status page, postgresql's
+# server binaries back the cluster tests (tests/cluster/servers.py), zsh and fish check the completions
+system: | $(VENV)/bin/python
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-liberation"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v zsh >/dev/null 2>&1 || missing="$$missing zsh"; \
+	command -v fish >/dev/null 2>&1 || missing="$$missing fish"; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (Debian's packages; log: $(APT_LOG))"; \
+		( [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT) $$missing ) >$(APT_LOG) 2>&1 \
+		|| { tail -n 30 $(APT_LOG); [ "$$CI" != "true" ]; }; fi
 
-# the cluster tests start a throwaway PostgreSQL from Debian's server binaries (tests/cluster/servers.py);
-# under CI (root) they are installed when missing, elsewhere the cluster tests skip without them
-postgres: | $(VENV)/bin/python
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "installing postgresql (Debian's package; log: $(APT_LOG))"; \
-		( [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT) postgresql ) >$(APT_LOG) 2>&1 \
-		|| { tail -n 30 $(APT_LOG); [ "$$CI" != "true" ]; }; }
-
-test: $(STAMP) lint browser postgres
+test: $(STAMP) lint system
 	$(BIN)/python -m pytest -q
 
 demo: $(CORE)

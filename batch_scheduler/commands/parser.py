@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_arguments(r)
     add_job_options(r, only=_daemon_job_options())
     _common(r, top=False)
+
+    r = sub.add_parser("completion", help="print a shell completion script (bash, zsh or fish) to stdout")
+    r.add_argument("shell", choices=("bash", "zsh", "fish"),
+                   help="e.g. `batch-scheduler completion bash > ~/.local/share/bash-completion/completions/batch-scheduler`")
+    _common(r, top=False)
     return p
 
 
