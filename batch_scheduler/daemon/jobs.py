@@ -35,7 +35,7 @@ from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.observe import Observer
-from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.providers import (
     build_settings,
     headers_for,
@@ -126,7 +126,7 @@ class JobRunner:
                  wake: Callable[[], None], observer: Observer | None = None, claims: Claims | None = None):
         self.flags = flags
         self.observer = observer  # every engine's HTTP latencies and batch timings (daemon.metrics)
-        self.claims = claims or Claims()  # whose batch is whose, shared by every job (see job.claims)
+        self.claims = claims or shared()  # whose batch is whose, shared by every job (see job.claims)
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
         self._wake = wake
