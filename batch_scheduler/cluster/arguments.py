@@ -14,6 +14,9 @@ def add_arguments(p: Any) -> None:
                    help="seconds a claim on a job lasts without renewal (default 60; renewed every third)")
     g.add_argument("--poll-s", type=float, default=1.0, metavar="S",
                    help="how often the node looks for jobs to claim (default 1)")
+    g.add_argument("--allow-root", action="append", metavar="DIR",
+                   help="a directory under which a job's local inputs and output may be (repeatable; default "
+                        "none: object URLs only)")
     g.add_argument("--queue-limit", type=int, metavar="N",
                    help="requests queued at the provider per account, shared by every node and job (weighted "
                         "fair shares; default: none)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from aiohttp import web
 
 from batch_scheduler.cluster.arguments import add_arguments  # noqa: F401 - the node's flags, re-exported
 from batch_scheduler.cluster.lease import Lease
+from batch_scheduler.cluster.places import allowed_roots
 from batch_scheduler.cluster.queue import Claimed, Queue
 from batch_scheduler.cluster.runner import JobRunner, Running
 from batch_scheduler.core import errors
@@ -58,6 +60,7 @@ class NodeConfig:
     stop_deadline_s: float = STOP_DEADLINE_S
     install_signals: bool = False
     queue_limit: int | None = None  # requests queued per provider account, shared by every node
+    allow_roots: tuple[str, ...] = ()  # local directories a job may read and write under (cluster.places)
 
 
 class Node:
@@ -66,7 +69,8 @@ class Node:
         self.queue = Queue(config.url)
         self.runner = JobRunner(config.url, self.queue, flags=config.flags, env=load_env(),
                                 lease_s=config.lease_s, key_check_s=config.key_check_s,
-                                restart_waits_s=config.restart_waits_s, queue_limit=config.queue_limit)
+                                restart_waits_s=config.restart_waits_s, queue_limit=config.queue_limit,
+                                allow_roots=allowed_roots(config.allow_roots))
         self.jobs: dict[str, Running] = {}
         self.connected = False
         self.should_exit = False
@@ -225,6 +229,13 @@ def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
     """The node's configuration; UsageError (exit 2) before anything starts."""
     from batch_scheduler.core.address import parse_listen
     url = pg.check_url(args.ledger)
+    for flag, value in (("--lease", args.lease), ("--poll-s", args.poll_s), ("--key-check-s", args.key_check_s)):
+        if not math.isfinite(value) or value <= 0:
+            raise errors.UsageError(f"{flag} {value:g}: must be a finite number of seconds above 0")
+    hooks = [flag for flag, value in (("--on-done", args.on_done), ("--webhook", args.webhook)) if value]
+    if hooks:
+        raise errors.UsageError(f"{' and '.join(hooks)}: the spool daemon's notifications; a cluster node does not "
+                                f"run them (follow `status --ledger URL` instead)")
     if args.lease <= 0 or args.poll_s <= 0 or args.max_jobs < 1:
         raise errors.UsageError("--lease and --poll-s must be above 0, --max-jobs at least 1")
     if args.queue_limit is not None and args.queue_limit < 1:
@@ -233,7 +244,7 @@ def config_from(args: Any, flags: Mapping[str, Any]) -> NodeConfig:
         raise errors.UsageError(f"--poll-s {args.poll_s:g} must be at most a third of --lease {args.lease:g}")
     changes: dict[str, Any] = {"lease_s": args.lease, "poll_s": args.poll_s, "max_jobs": args.max_jobs,
                                "flags": flags, "key_check_s": args.key_check_s, "install_signals": True,
-                               "queue_limit": args.queue_limit}
+                               "queue_limit": args.queue_limit, "allow_roots": tuple(args.allow_root or ())}
     if args.node_id:
         changes["node_id"] = args.node_id
     if args.listen:

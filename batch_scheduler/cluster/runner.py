@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch_scheduler.cluster.lease import Lease
+from batch_scheduler.cluster.places import check_places
 from batch_scheduler.cluster.queue import Claimed, Queue
 from batch_scheduler.cluster.store import ClusterStore
 from batch_scheduler.core import errors
 from batch_scheduler.core.logs import add_secret
-from batch_scheduler.core.options import REMEMBERED
+from batch_scheduler.core.options import REMEMBERED, SUBMITTED, job_options
 from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.job.engine import Engine, JobResult
@@ -59,7 +60,7 @@ class Running:
 class JobRunner:
     def __init__(self, url: str, queue: Queue, *, flags: Mapping[str, Any], env: Mapping[str, str], lease_s: float,
                  key_check_s: float = 60.0, restart_waits_s: tuple[float, ...] = RESTART_WAITS_S,
-                 work_root: str | None = None, queue_limit: int | None = None):
+                 work_root: str | None = None, queue_limit: int | None = None, allow_roots: tuple[str, ...] = ()):
         self.url = url
         self.queue = queue
         self.flags = flags
@@ -70,17 +71,24 @@ class JobRunner:
         self.rules = Rules(key_check_s, restart_waits_s, "cancelled; what its batches finished is in the results")
         self.work_root = work_root
         self.queue_limit = queue_limit  # requests queued per provider account, shared by every node (budget.py)
+        self.allow_roots = allow_roots  # local paths a job may name (cluster.places)
         self.queues = QueuePool()  # issue 16's budget of the provider queues, shared by this node's jobs
         self.to_give_back: list[Claimed] = []  # dropped while PostgreSQL was away: queued again once it is back
 
     def settings_of(self, claimed: Claimed) -> Any:
-        flags = {**self.flags, **(claimed.spec.get("options") or {}), "progress": False}
+        """The node's flags, then the job's options as the one trust rule lets a job set them (none of the
+        node's own; a template or params is a value, never a file), over the node's .env. UsageError."""
+        options = claimed.spec.get("options") or {}
+        if not isinstance(options, dict):
+            raise errors.UsageError("options: expected a JSON object")
+        flags = {**self.flags, **job_options(options, "options", door=SUBMITTED), "progress": False}
         try:
-            settings = build_settings(flags, dict(self.env))
+            settings = build_settings(flags, dict(self.env), template_file=False)
         except (TypeError, ValueError) as err:
             raise errors.UsageError(f"options: {err}") from None
+        check_places(claimed.spec, self.allow_roots)
         add_secret(settings.api_key)
-        return settings
+        return settings.replace(job_name=claimed.name)  # generated custom_ids carry the job's name
 
     async def run(self, job: Running) -> None:
         claimed = job.claimed

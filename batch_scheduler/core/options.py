@@ -5,9 +5,10 @@ variables, help, whether the ledger remembers it (so `resume DIR` needs no flags
 shapes batches (a different value under an existing `--out` is refused). From it come:
 - the argparse options of `run`, `resume` and `daemon` (`add_job_options`);
 - the remembered set (`REMEMBERED`) and the batch-shaping set (`SHAPING`);
-- the keys a daemon's `NAME.options.json` may hold, with their types checked (`coerce_option_file`):
-  what shapes a job's batches and prompts, never what decides where the daemon's key goes or which
-  files it reads (`daemon_side`: provider, base URL, auth, headers, version, paths, prices, polling);
+- the keys a job may set wherever it comes from (a daemon's `NAME.options.json`, `submit`, a spec a
+  cluster node claims), with their types checked (`job_options`, the one trust rule): what shapes a
+  job's batches and prompts, never what decides where the daemon's key goes or which files it reads
+  (`daemon_side`: provider, base URL, auth, headers, version, paths, prices, polling);
 - the option table in README.md (`markdown_table`; `python -m batch_scheduler.core.options` prints it);
 - the typed fields of `Settings` (`settings_fields`), committed as source in core/settings.py so a type
   checker reads them (`python -m batch_scheduler.core.options --settings FILE`, `make settings`).
@@ -307,23 +308,32 @@ def json_object(value: Any, label: str) -> dict:
     return dict(value)
 
 
-def coerce_option_file(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A daemon job's options document, checked key by key: dest -> value (None values dropped).
+OPTION_FILE = "a job's options file"  # the doors a job arrives by, as job_options names them
+SUBMITTED = "a submitted job"
 
-    An unknown key, one that is the daemon's to set (`daemon_side`) or a value of the wrong type is a
-    UsageError naming `where` and the key. A `template` here is the template itself, never a file name
-    (the caller builds the settings with `template_file=False`), and `params` the object, never a path.
+
+def job_options(doc: Mapping[str, Any], where: str, *, door: str, flags: bool = False) -> dict[str, Any]:
+    """The one trust rule of every way a job arrives from outside the process that holds the key (a spool's
+    options file, `submit`, a job spec a cluster node claims): its options, checked key by key, dest -> value
+    (None values dropped).
+
+    An unknown key, one that is the daemon's to set (`daemon_side`: where the key goes and how it is sent,
+    which files the process reads, prices, polling) or a value of the wrong type is a UsageError naming
+    `where` and the key (as a flag when `flags`). A `template` here is the template itself, never a file
+    name (the caller builds the settings with `template_file=False`), and `params` the object, never a path.
     """
+    def name(key: str) -> str:
+        return BY_NAME[key].flag if flags and key in BY_NAME else key
     unknown = sorted(set(doc) - OPTION_FILE_NAMES)
     if unknown:
-        raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}; use the names of the "
+        raise UsageError(f"{where}: unknown option(s) {', '.join(map(name, unknown))}; use the names of the "
                          f"command-line flags in snake_case (e.g. batch_size)")
     theirs = sorted(set(doc) & DAEMON_SIDE)
     if theirs:
-        raise UsageError(f"{where}: {', '.join(theirs)} may not be set by a job's options file: where the daemon "
+        raise UsageError(f"{where}: {', '.join(map(name, theirs))} may not be set by {door}: where the daemon "
                          f"sends its key, which files it reads and how it polls are set on the daemon's command "
                          f"line or in its .env; a job's options shape its batches and prompts only")
-    if isinstance(doc.get("params"), str):  # a path: a dropped file must not make the daemon read files
+    if isinstance(doc.get("params"), str):  # a path: a job must not make the daemon read files
         raise UsageError(f"{where}: params must be the JSON object itself here, not the name of a file")
     out: dict[str, Any] = {}
     for key, value in doc.items():
@@ -331,6 +341,11 @@ def coerce_option_file(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
             continue
         out[key] = check_value(BY_NAME[key], value, f"{where}: ")
     return out
+
+
+def coerce_option_file(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A daemon job's options document (`job_options` at the spool's door)."""
+    return job_options(doc, where, door=OPTION_FILE)
 
 
 def markdown_table() -> str:

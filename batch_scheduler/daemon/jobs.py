@@ -43,7 +43,7 @@ from batch_scheduler.job.outcome import (
     next_state,
     outcome_line,
 )
-from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
 from batch_scheduler.state.sqlite import Ledger
 
@@ -110,7 +110,7 @@ class JobRunner:
                  wake: Callable[[], None], observer: Observer | None = None, claims: Claims | None = None):
         self.flags = flags
         self.observer = observer  # every engine's HTTP latencies and batch timings (daemon.metrics)
-        self.claims = claims or Claims()  # whose batch is whose, shared by every job (see job.claims)
+        self.claims = claims or shared()  # whose batch is whose, shared by every job (see job.claims)
         self.key_check_s = key_check_s
         self.restart_waits_s = restart_waits_s
         self.rules = Rules(key_check_s, restart_waits_s)  # what a run's result makes of a job (job.outcome)

@@ -36,7 +36,7 @@ from batch_scheduler.job.money.estimate import measure, survey
 from batch_scheduler.job.money.pricing import PriceTable
 from batch_scheduler.job.observe import JobStats, Observer
 from batch_scheduler.job.run import Run
-from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.job.send.poller import Poller, PollStats
 from batch_scheduler.job.send.submitter import Submitter
 from batch_scheduler.job.view.progress import show_progress
@@ -86,7 +86,7 @@ class Engine:
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
         self.observer = observer or Observer()  # HTTP latencies and batch timings (metrics)
         self._owner = owner  # who holds the job's lock, as a process refused by it is told
-        self._claims = claims  # whose batch is whose, shared by the jobs of a daemon (see job.claims)
+        self._claims = claims or shared()  # whose batch is whose, shared by every job of the process (claims.py)
         self._where = os.path.abspath(out_dir)  # this job, as the claims know it
         self._pool = queues or QueuePool()  # the provider queues' budget, shared by jobs (daemon)
         self._store = store  # where the job's state lives (job.LocalStore(out_dir) when None; see job.py)
@@ -139,8 +139,7 @@ class Engine:
             job.close()
             raise
         finally:
-            if self._claims is not None:
-                self._claims.release(self._where)  # what it holds is in its ledger now, where others look
+            self._claims.release(self._where)  # what it holds is in its ledger now, where others look
         refused = result.exit_code == ExitCode.USAGE  # e.g. the input changed: the job's files stay as they were
         job.close_files(read_all=self._read_all and not refused)
         try:

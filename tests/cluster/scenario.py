@@ -86,7 +86,7 @@ class Cluster:
         self.procs[node] = subprocess.Popen(
             [sys.executable, "-m", "batch_scheduler", "daemon", "--ledger", self.url, "--node-id", node,
              "--lease", str(self.lease_s), "--poll-s", str(self.lease_s / 10), "--log-json", "--base-url",
-             self.sim_url, *NODE_FLAGS, *extra], stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env,
+             self.sim_url, "--allow-root", str(self.root), *NODE_FLAGS, *extra], stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env,
             cwd=self.root)
         log.close()
 

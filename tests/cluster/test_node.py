@@ -19,7 +19,8 @@ from ..daemon.helpers import until
 from ..helpers import write_requests
 from .helpers import manifest_lines, queue_job, result_files
 
-FAST = {"batch_size": 50, "poll_min": 0.02, "poll_max": 0.1, "shards": 3, "concurrency": 4}
+FAST = {"batch_size": 50, "shards": 3, "concurrency": 4}
+NODE_FAST = {"poll_min": 0.02, "poll_max": 0.1}  # how a node polls is the node's to set, never a job's
 
 
 def node_env(sim_url: str) -> dict[str, str]:
@@ -35,8 +36,9 @@ async def states(url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def node(pg_url, sim):
-    n = Node(NodeConfig(pg_url, node_id="node-a", lease_s=6, poll_s=0.05), load_env=lambda: node_env(sim.url))
+async def node(pg_url, sim, tmp_path):
+    n = Node(NodeConfig(pg_url, node_id="node-a", lease_s=6, poll_s=0.05, flags=NODE_FAST,
+                        allow_roots=(str(tmp_path),)), load_env=lambda: node_env(sim.url))
     task = asyncio.create_task(n.serve())
     await until(lambda: n.started.is_set() or task.done(), "node started")
     yield n

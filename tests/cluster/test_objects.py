@@ -18,7 +18,7 @@ from ..conftest import KEY
 from ..helpers import write_requests
 from .faultproxy import FaultProxy
 from .helpers import bucket_lines, queue_job
-from .test_node import FAST, states
+from .test_node import FAST, NODE_FAST, states
 
 
 async def test_a_job_from_a_bucket_to_a_bucket_through_s3_faults_is_exactly_once(pg_url, sim, s3, tmp_path,
@@ -32,7 +32,7 @@ async def test_a_job_from_a_bucket_to_a_bucket_through_s3_faults_is_exactly_once
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         await asyncio.to_thread(queue_job, pg_url, "s3job", [f"s3://{bucket}/inputs/in.jsonl"],
                                 f"s3://{bucket}/out", FAST)
-        node = Node(NodeConfig(pg_url, node_id="node-s3", lease_s=10, poll_s=0.05),
+        node = Node(NodeConfig(pg_url, node_id="node-s3", lease_s=10, poll_s=0.05, flags=NODE_FAST),
                     load_env=lambda: {"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": sim.url})
         task = asyncio.create_task(node.serve())
         try:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,7 +24,7 @@ from batch_scheduler.job.admit.queues import Weight
 from batch_scheduler.job.collect.collector import NotOurs
 from batch_scheduler.job.observe import batch_times
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
-from batch_scheduler.state.sqlite import ChunkRow, RetryState
+from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
 
 if TYPE_CHECKING:
     from batch_scheduler.job.run import Run
@@ -112,14 +112,17 @@ class Endings:
             raise
 
     async def _not_ours(self: Run, row: ChunkRow, info: BatchInfo, flight: Flight, exc: NotOurs) -> None:
-        log.warning("adopted batch %s is not ours (it answers %s); sending chunk %s again", info.id, exc, row.id)
+        log.warning("adopted batch %s is not ours (it answers %s); looking again for chunk %s's batch before "
+                    "sending it again", info.id, exc, row.id)
+        self.submitter.not_ours(info.id)
         await self.ledger.disown(row.id, f"batch {info.id} was not ours")
         self._live_rows.discard(row.id)
         fresh = await self.ledger.chunk(row.id)
         parts = await self.replay.parts(fresh)
         self._live_rows.add(row.id)
-        flight.remaining -= 1  # this batch is replaced by the one sent now
-        await self._resend(fresh, parts, flight)
+        flight.remaining -= 1  # this batch is replaced by the one adopted or sent now
+        # its lost create's own batch may still be listed (held by no one now): looked for, as after any lost create
+        await self._resend(replace(fresh, state=ChunkState.SUBMITTING), parts, flight)
 
     async def _token_limited(self: Run, row: ChunkRow, info: BatchInfo, flight: Flight) -> None:
         """OpenAI failed the batch for its model's enqueued-token limit: its requests come back without an

@@ -7,45 +7,108 @@ time only, and the custom_ids of its results confirm it; two jobs whose requests
 same ids in two inputs) cannot be told apart that way. So what other jobs hold is ruled out first:
 
 - every batch another job of this process created or adopted (`claim`), and, through `elsewhere`, every
-  batch id the other jobs' ledgers record since the time looked at (a daemon gives every job of its
-  spool one `Claims`, so no daemon job takes another's batch, even one made before a restart);
-- no adoption looks while a create of any job sharing the `Claims` is in the air (its batch may be
-  listed already while its id is not yet recorded).
+  batch id the other jobs' ledgers record since the time looked at (a daemon's view adds its spool's
+  ledgers, so no daemon job takes another's batch, even one made before a restart);
+- no adoption looks while a create of any job of the process is in the air (its batch may be listed
+  already while its id is not yet recorded).
 
-A CLI run has a `Claims` of its own: jobs in other processes are known by their batches' custom_ids only
-(README: give concurrent jobs distinct custom_ids; generated ids carry the job's name).
+Every engine of the process shares one registry (`shared()`): the daemon's jobs, a node's, and `run()`
+called from several threads, each with its own event loop (so the registry is guarded by a thread
+lock, and a waiter is woken on its own loop). An adopted batch whose results turn out to be another's
+is let go (`disown`), so that the job that made it can find it. Jobs in other processes are known by
+their batches' custom_ids only (README: give concurrent jobs distinct custom_ids; generated ids carry
+the job's name).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 Elsewhere = Callable[[str, float], set[str]]  # (this job's dir, since) -> batch ids other jobs hold (blocking)
 
 
+class _Registry:
+    """What every `Claims` over it shares; safe across threads, each running its own event loop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owner_of: dict[str, str] = {}  # batch id -> the job (its directory) that holds it
+        self.creating = 0  # create calls in the air, of every job sharing this
+        self.adopting = False  # one look for a lost batch at a time
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    async def when(self, ready: Callable[[], bool], then: Callable[[], None]) -> None:
+        """Wait until `ready()` holds, then run `then()` under the same lock."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self.lock:
+                if ready():
+                    then()
+                    return
+                waiter = (loop, loop.create_future())
+                self._waiters.append(waiter)
+            try:
+                await waiter[1]
+            finally:
+                with self.lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+
+    def change(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` under the lock, then wake every waiter (on its own loop) to look again."""
+        with self.lock:
+            fn()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # its loop has closed: nobody waits there any more
+                pass
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_PROCESS = _Registry()
+
+
+def shared(elsewhere: Elsewhere | None = None) -> Claims:
+    """The process's one registry, seen with `elsewhere` (a daemon's spool ledgers) when given."""
+    return Claims(elsewhere, registry=_PROCESS)
+
+
 class Claims:
-    def __init__(self, elsewhere: Elsewhere | None = None):
+    def __init__(self, elsewhere: Elsewhere | None = None, *, registry: _Registry | None = None):
         self._elsewhere = elsewhere
-        self._owner_of: dict[str, str] = {}  # batch id -> the job (its directory) that holds it
-        self._idle = asyncio.Condition()
-        self._creating = 0  # create calls in the air, of every job sharing this
-        self._adopting = False
-        self._adopt_lock = asyncio.Lock()
+        self._r = registry or _Registry()
 
     def claim(self, batch_id: str, owner: str) -> None:
-        self._owner_of[batch_id] = owner
+        self._r.change(lambda: self._r.owner_of.__setitem__(batch_id, owner))
+
+    def disown(self, batch_id: str, owner: str) -> None:
+        """`owner` adopted a batch that is not its own: let it go, for the job that made it to find."""
+        def drop() -> None:
+            if self._r.owner_of.get(batch_id) == owner:
+                del self._r.owner_of[batch_id]
+        self._r.change(drop)
 
     def release(self, owner: str) -> None:
         """A job's run ended: what it holds is in its ledger now, where `elsewhere` finds it."""
-        if self._elsewhere is not None:
-            for batch_id in [b for b, o in self._owner_of.items() if o == owner]:
-                del self._owner_of[batch_id]
+        if self._elsewhere is None:
+            return
+        with self._r.lock:
+            for batch_id in [b for b, o in self._r.owner_of.items() if o == owner]:
+                del self._r.owner_of[batch_id]
 
     async def held_by_others(self, owner: str, since: float) -> set[str]:
         """Batch ids that jobs other than `owner` hold (in this process, or in their ledgers since `since`)."""
-        held = {b for b, o in self._owner_of.items() if o != owner}
+        with self._r.lock:
+            held = {b for b, o in self._r.owner_of.items() if o != owner}
         if self._elsewhere is not None:
             held |= await asyncio.to_thread(self._elsewhere, owner, since)
         return held
@@ -53,26 +116,32 @@ class Claims:
     @asynccontextmanager
     async def creating(self) -> AsyncIterator[None]:
         """Around one create call: no adoption looks meanwhile."""
-        async with self._idle:
-            await self._idle.wait_for(lambda: not self._adopting)
-            self._creating += 1
+        r = self._r
+
+        def enter() -> None:
+            r.creating += 1
+
+        def leave() -> None:
+            r.creating -= 1
+        await r.when(lambda: not r.adopting, enter)
         try:
             yield
         finally:
-            async with self._idle:
-                self._creating -= 1
-                self._idle.notify_all()
+            r.change(leave)
 
     @asynccontextmanager
     async def adopting(self) -> AsyncIterator[None]:
         """Around one look for a lost batch: one at a time, and only once no create is in the air."""
-        async with self._adopt_lock:
-            async with self._idle:
-                self._adopting = True
-                await self._idle.wait_for(lambda: self._creating == 0)
-            try:
-                yield
-            finally:
-                async with self._idle:
-                    self._adopting = False
-                    self._idle.notify_all()
+        r = self._r
+
+        def take() -> None:
+            r.adopting = True
+
+        def done() -> None:
+            r.adopting = False
+        await r.when(lambda: not r.adopting, take)
+        try:
+            await r.when(lambda: r.creating == 0, lambda: None)
+            yield
+        finally:
+            r.change(done)

@@ -38,7 +38,7 @@ from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.job.input.validate import Rejects
-from batch_scheduler.job.send.claims import Claims
+from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.providers.base import BatchInfo, Provider
 from batch_scheduler.state.sqlite import ChunkKind, ChunkState, Ledger
 
@@ -100,7 +100,7 @@ class Submitter:
         self.rejects = rejects
         self._overhead = overhead
         self._clock = clock
-        self.claims = claims or Claims()  # shared by the jobs of a daemon
+        self.claims = claims or shared()  # shared by every job of the process
         self._owner = owner  # this job, as `claims` knows it (its directory)
         self._lease = lease  # cluster: async before_create() -> seconds the create may take (LeaseLost if none)
         self._claimed: set[str] = set()
@@ -109,6 +109,12 @@ class Submitter:
     def claim(self, batch_id: str) -> None:
         """A batch of ours no chunk records any more (one the provider failed): never adopted for another."""
         self._claimed.add(batch_id)
+
+    def not_ours(self, batch_id: str) -> None:
+        """An adopted batch whose results are another job's: never adopted by this job again, and let go for
+        the job that made it to find."""
+        self._claimed.add(batch_id)
+        self.claims.disown(batch_id, self._owner)
 
     def tag(self, chunk_id: int) -> str:
         """What a create for this chunk is tagged with: unique across jobs, the same after a restart."""
