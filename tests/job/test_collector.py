@@ -209,3 +209,14 @@ async def test_a_billed_transient_answer_is_final_at_max_attempts_an_unbilled_on
         shards.close()
         ledger.close()
     assert ids_of(read_results(str(tmp_path))) == ["billed"]
+
+
+def test_the_first_retry_wait_follows_a_turnaround_faster_than_retry_wait():
+    from batch_scheduler.job.collect.collector import RETRY_WAIT_MIN_S, retry_wait
+
+    settings = fast_settings("http://127.0.0.1:9", retry_wait_s=10.0)
+    assert retry_wait(settings).after(1) == 10.0  # no turnaround seen yet: --retry-wait
+    assert retry_wait(settings, 3600.0).after(1) == 10.0  # batches that take an hour: --retry-wait
+    assert retry_wait(settings, 2.5).after(1) == 2.5  # batches back in 2.5 s: one round trip
+    assert retry_wait(settings, 2.5).after(3) == 10.0  # doubling from there
+    assert retry_wait(settings, 0.01).after(1) == RETRY_WAIT_MIN_S  # never less than the floor

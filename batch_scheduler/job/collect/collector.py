@@ -35,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import crc32
@@ -73,10 +75,21 @@ def unbilled_limit(settings: Settings) -> int:
 
 
 RETRY_WAIT_MAX_S = 600.0  # the longest wait between attempts of one request (unless --retry-wait is longer)
+RETRY_WAIT_MIN_S = 1.0  # the shortest first wait, however fast the provider's batches come back
+TURNAROUNDS_KEPT = 32  # the batches whose turnaround sets the first wait: the latest ones
 
 
-def retry_wait(settings: Settings) -> RetryWait:
-    return RetryWait(settings.retry_wait_s, max(settings.retry_wait_s, RETRY_WAIT_MAX_S))
+def retry_wait(settings: Settings, turnaround_s: float | None = None) -> RetryWait:
+    """How long a request waits before its next attempt: --retry-wait after the first, doubling.
+
+    Where this job's batches come back faster than --retry-wait (the median turnaround of its latest
+    batches, create to ended), the first wait is that turnaround instead (at least RETRY_WAIT_MIN_S):
+    the provider spaces attempts by a round trip anyway, and waiting longer than one only lengthens the
+    tail. Batches that take an hour, as real ones do, keep --retry-wait."""
+    first = settings.retry_wait_s
+    if turnaround_s is not None:
+        first = min(first, max(RETRY_WAIT_MIN_S, turnaround_s))
+    return RetryWait(first, max(settings.retry_wait_s, RETRY_WAIT_MAX_S))
 
 
 class Collector:
@@ -95,8 +108,15 @@ class Collector:
         self.downloads_restarted = 0
         self.results_not_found = 0  # results downloads that answered 404 and were tried again
         self._committing = False
+        self._turnarounds: deque[float] = deque(maxlen=TURNAROUNDS_KEPT)
+
+    def turnaround_s(self) -> float | None:
+        """The median turnaround (create to ended at the provider) of this job's latest batches, if known."""
+        return statistics.median(self._turnarounds) if self._turnarounds else None
 
     async def collect(self, row: ChunkRow, info: BatchInfo) -> Collected:
+        if info.created_at is not None and info.ended_at is not None and info.ended_at >= info.created_at:
+            self._turnarounds.append(info.ended_at - info.created_at)
         policy = self.settings.retry
         started = self._clock()  # the poll that saw the batch ended: its last good answer
         attempt = ghosts = 0
@@ -113,7 +133,7 @@ class Collector:
                     ghosts += 1
                     self.results_not_found += 1
                     wait = backoff_s(policy, ghosts, self._rng)
-                    log.info("results of %s: 404 (a batch just made or ended may answer so for a while); "
+                    log.debug("results of %s: 404 (a batch just made or ended may answer so for a while); "
                              "trying again in %.2fs", info.id, wait)
                 except errors.TransientError as err:
                     if self._committing:
@@ -248,7 +268,7 @@ class Collector:
         if parked_retry:
             summary["retried"] = parked_retry
         await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
-                                           finals=finals_retried, wait=retry_wait(self.settings),
+                                           finals=finals_retried, wait=retry_wait(self.settings, self.turnaround_s()),
                                            objects=shards.uploaded)
         offsets[:] = new_offsets
         return Collected(sum(counts), len(park), summary)

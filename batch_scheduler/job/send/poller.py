@@ -162,7 +162,7 @@ class Poller:
         if silent > self._grace:
             return errors.BatchVanished.of(t.batch_id, "retrieve", self._grace)
         self.stats.not_found += 1
-        log.info("poll %s: 404 %.1f s after its last answer (a batch just made may answer so for a while); "
+        log.debug("poll %s: 404 %.1f s after its last answer (a batch just made may answer so for a while); "
                  "will poll again", t.batch_id, silent)
         return None
 
