@@ -61,6 +61,42 @@ def make_requests(path: str, n: int) -> None:
     os.replace(tmp, path)
 
 
+def answered_once(job: str) -> tuple[int, int]:
+    """(custom_ids answered, of which more than once), read back from the shards."""
+    from batch_scheduler import read_results
+
+    seen: set[str] = set()
+    twice = 0
+    for line in read_results(job):
+        cid = line.get("custom_id")
+        if cid in seen:
+            twice += 1
+        seen.add(cid)
+    return len(seen), twice
+
+
+def ending(job: str, summary: dict, stats: dict, code: int, took_s: float, out: str) -> str:
+    """What a person reads at the end: what happened, what it cost, where it is, what to run next."""
+    accepted = summary["requests"]["accepted"]
+    answered, twice = answered_once(job)
+    paid = stats.get("requests_created", 0)
+    ok = "every request answered exactly once" if answered == accepted and not twice else (
+        f"{answered:,} of {accepted:,} answered, {twice:,} twice")
+    py = f"import batch_scheduler; print(batch_scheduler.job_status({job!r})['state'])"
+    return "\n".join([
+        f"demo: {summary['state']} in {took_s:.0f} s (exit {code}): {accepted:,} requests, {ok}",
+        f"  paid      {paid:,} requests sent to the provider for {accepted:,} accepted ({paid / max(1, accepted):.3f}x: "
+        "transient answers sent again)",
+        f"  cost      ${summary['cost_usd']:,.2f} at batch prices (${summary['standard_cost_usd']:,.2f} standard, "
+        f"saved ${summary['saving_usd']:,.2f})",
+        f"  results   {job}/results/ (sharded JSONL); the account of the run: {job}/summary.json",
+        "next:",
+        f"  .venv/bin/batch-scheduler status {job}",
+        f"  .venv/bin/batch-scheduler export {job} -o {out}/answers.csv",
+        f"  .venv/bin/python -c \"{py}\"",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=100_000)
@@ -89,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(os.path.join(job, "ledger.db")):
         import shutil
         shutil.rmtree(job)
+    started = time.monotonic()
     sim_args = ["--processing-s", "0.5"] + ([] if args.no_faults else ["--faults", "--seed", "1"])
     with SimulatorProcess(sim_args) as sim:
         assert sim.url is not None  # entering started it
@@ -101,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = sim.stats()
     with open(os.path.join(job, "summary.json"), "rb") as f:
         summary = orjson.loads(f.read())
-    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
-    paid = stats.get("requests_created", 0)
-    print(f"demo: exit {code}; results in {job}/results/; the simulator was paid for {paid:,} requests "
-          f"for {summary['requests']['accepted']:,} accepted ({paid / max(1, summary['requests']['accepted']):.3f}x)")
+    print(ending(job, summary, stats, code, time.monotonic() - started, args.out))
     return code
 
 
