@@ -68,7 +68,7 @@ def answered_once(job: str) -> tuple[int, int]:
     seen: set[str] = set()
     twice = 0
     for line in read_results(job):
-        cid = line.get("custom_id")
+        cid = str(line.get("custom_id"))
         if cid in seen:
             twice += 1
         seen.add(cid)
