@@ -179,36 +179,48 @@ class Producer:
             self._validator.expect(self._stats.expected_lines)
 
     async def _input_chunk(self, chunk: Chunk) -> None:
-        ledger, admission = self._ledger, self._admission
-        rows = await ledger.chunks_of_root(chunk.seq)
+        """A chunk of the input as cut: sent if it is new, its unsent parts sent again if an earlier run
+        recorded it, counted as held back while nothing new may go."""
+        rows = await self._ledger.chunks_of_root(chunk.seq)
         span = (chunk.start_file, chunk.start_pos, chunk.start_line, chunk.end_file, chunk.end_pos)
-        if admission.hold:
+        if self._admission.hold:
             if not rows or any(r.state in (ChunkState.SUBMITTING, ChunkState.PLANNED) for r in rows):
-                admission.held_back += chunk.n
+                self._admission.held_back += chunk.n
             return
-        if not rows:
-            weight = self._queues.weigh(chunk.lines)
-            limit = self._queues.part_limit(weight.key)
-            if weight.units > limit and chunk.n > 1:
-                await self._input_parts(chunk, span, parts_needed(weight.units, limit))
-                return
-            try:
-                ticket = await admission.admit(chunk.lines, weight, splittable=True)
-            except TooHeavy:  # the queue turned out smaller while it waited
-                await self._input_parts(chunk, span, parts_needed(weight.units, self._queues.part_limit(weight.key)))
-                return
-            if ticket is None:
-                admission.held_back += chunk.n
-                return
-            digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself
-            chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
-                                                  nbytes=chunk.nbytes, span=span, est_cost=ticket.estimate_usd,
-                                                  skipped=chunk.skipped, digest=digest, ids=chunk.ids,
-                                                  units=weight.units, queue_key=weight.key)
-            admission.sent(chunk_id, ticket.estimate_usd)
-            out = Outgoing(chunk_id, ChunkKind.INPUT, chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
-            await self._sender.send_new(out, ticket)
+        if rows:
+            await self._input_known(chunk, rows, span)
+        else:
+            await self._input_new(chunk, span)
+
+    async def _input_new(self, chunk: Chunk, span: tuple[int, int, int, int, int]) -> None:
+        """A chunk no run has recorded: admitted (or cut into parts when too heavy for the queue), its intent
+        recorded, then handed to the sender."""
+        ledger, admission = self._ledger, self._admission
+        weight = self._queues.weigh(chunk.lines)
+        limit = self._queues.part_limit(weight.key)
+        if weight.units > limit and chunk.n > 1:
+            await self._input_parts(chunk, span, parts_needed(weight.units, limit))
             return
+        try:
+            ticket = await admission.admit(chunk.lines, weight, splittable=True)
+        except TooHeavy:  # the queue turned out smaller while it waited
+            await self._input_parts(chunk, span, parts_needed(weight.units, self._queues.part_limit(weight.key)))
+            return
+        if ticket is None:
+            admission.held_back += chunk.n
+            return
+        digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself
+        chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
+                                              nbytes=chunk.nbytes, span=span, est_cost=ticket.estimate_usd,
+                                              skipped=chunk.skipped, digest=digest, ids=chunk.ids,
+                                              units=weight.units, queue_key=weight.key)
+        admission.sent(chunk_id, ticket.estimate_usd)
+        out = Outgoing(chunk_id, ChunkKind.INPUT, chunk.seq, 0, chunk.lines, chunk.ids, 1, time.time())
+        await self._sender.send_new(out, ticket)
+
+    async def _input_known(self, chunk: Chunk, rows: list[ChunkRow], span: tuple[int, int, int, int, int]) -> None:
+        """A chunk an earlier run recorded: checked against the ledger (the same span and digest), and its
+        rows whose create may not have happened sent again (the requests the API refused left out)."""
         first = rows[0]
         if (first.start_file, first.start_pos, first.start_line, first.end_file, first.end_pos) != span \
                 and first.skip == 0:
@@ -217,13 +229,13 @@ class Producer:
         known = next((r.digest for r in rows if r.digest), None)
         if known is not None and chunk_digest(chunk.lines) != known:
             raise errors.JobMismatch(changed_message(self._job.sources[chunk.start_file].path, chunk.start_line))
-        refused = await ledger.api_rejected(chunk.seq)
+        refused = await self._ledger.api_rejected(chunk.seq)
         for row in rows:
             if row.id in self._book.live or row.state not in (ChunkState.SUBMITTING, ChunkState.PLANNED):
                 continue
             parts = [(chunk.lines[i], chunk.ids[i], i) for i in range(row.skip, min(row.skip + row.take, chunk.n))
                      if chunk.ids[i] not in refused]
-            await admission.take_slot()
+            await self._admission.take_slot()
             self._sender.resend_soon(row, parts)
 
     async def _input_parts(self, chunk: Chunk, span: tuple[int, int, int, int, int], n_parts: int) -> None:
