@@ -190,7 +190,7 @@ class Engine:
                                           pending_retries=start.pending_retries, observer=self.observer)
                     progress = tg.create_task(show_progress(
                         self.stats, tty=self._tty, spent=lambda: admission.spent_usd,
-                        max_cost_usd=s.max_cost_usd)) if not self._quiet else None
+                        max_cost_usd=s.max_cost_usd), name="progress") if not self._quiet else None
                     try:
                         await run.go()
                     finally:

@@ -275,7 +275,9 @@ class Producer:
         if not pending:
             self.pending_retries = await self._ledger.count_retries(RetryState.PENDING)
             return False
-        lines, ids, nbytes = [], [], BODY_WRAPPER_BYTES
+        lines: list[bytes] = []
+        ids: list[str] = []
+        nbytes = BODY_WRAPPER_BYTES
         attempt = 1
         full = len(pending) == s.batch_size
         for cid, request, attempts in pending:
