@@ -1,7 +1,7 @@
 """The engine: one job from input files to sharded results, resumable at any instant.
 
 `Engine(settings, out, inputs).run()` opens the job (`job.Job`: its identity, ledger, shards and
-inputs), runs it once (`run.Run`: the provider, submitter, poller and collector in one task group,
+inputs), runs it once (`run.Run`: the producer, sender, poller and endings in one task group,
 behind `admission`), and turns what happened into a `JobResult` and DIR/summary.json (`summary`).
 The CLI's `run` and the daemon both use it, so a run and a daemon job behave alike.
 """
@@ -189,7 +189,7 @@ class Engine:
                                           pending_retries=start.pending_retries, observer=self.observer)
                     progress = tg.create_task(show_progress(
                         self.stats, tty=self._tty, spent=lambda: admission.spent_usd,
-                        max_cost_usd=s.max_cost_usd)) if not self._quiet else None
+                        max_cost_usd=s.max_cost_usd), name="progress") if not self._quiet else None
                     try:
                         await run.go()
                     finally:

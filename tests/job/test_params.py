@@ -14,7 +14,8 @@ import batch_scheduler
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.params import check_params
-from batch_scheduler.job.input.sources import Renderer, make_sources
+from batch_scheduler.job.input.sources import make_sources
+from batch_scheduler.job.input.template import Renderer
 from batch_scheduler.providers import build_settings
 from batch_scheduler.providers.inline import fold_system
 from batch_scheduler.simulator import SimConfig, Simulator

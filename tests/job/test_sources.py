@@ -13,7 +13,8 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.job.input.batcher import cut_chunks
 from batch_scheduler.job.input.reader import span_blocks
-from batch_scheduler.job.input.sources import ROWS_PER_BLOCK, make_sources, safe_id, template_sources
+from batch_scheduler.job.input.sources import ROWS_PER_BLOCK, make_sources, template_sources
+from batch_scheduler.job.input.template import safe_id
 from batch_scheduler.job.input.validate import Rejects, Validator
 from batch_scheduler.providers import make_provider
 from batch_scheduler.simulator import SimConfig

@@ -96,8 +96,8 @@ class Admission:
         """Wait for room in the queue (the slot is already held); a background failure ends the wait."""
         if self.fatal is not None:
             self.check()
-        waiter = asyncio.ensure_future(self.queues.reserve(weight, splittable=splittable))
-        failed = asyncio.ensure_future(self._failed.wait())
+        waiter = asyncio.create_task(self.queues.reserve(weight, splittable=splittable), name="wait for queue room")
+        failed = asyncio.create_task(self._failed.wait(), name="watch for a failure")
         try:
             await asyncio.wait([waiter, failed], return_when=asyncio.FIRST_COMPLETED)
         finally:

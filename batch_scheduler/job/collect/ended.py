@@ -1,172 +1,175 @@
 """What a run does with a batch the provider says has ended: collect it, or send it again.
 
-The poller hands over an ended batch; its room in the provider's queue comes back at once (`_on_ended`),
-then it is collected one batch at a time (`collector`). A batch the provider failed as a whole for its
-model's token limit gives its requests back without using an attempt and is sent again once there is
-room (`_token_limited`); any other failed batch uses an attempt of each request (`_batch_failed`).
-`Flight` and `Tracked` are what the run keeps of a batch in flight; `Watched` shows the run every batch
-answer the poller gets (a batch OpenAI has validated holds its room for good).
+The poller hands over an ended batch; its room in the provider's queue comes back at once (`ended`),
+then it is collected one batch at a time (`collect`, through the `collector`). A batch the provider
+failed as a whole for its model's token limit gives its requests back without using an attempt and is
+sent again once there is room (`_token_limited`); any other failed batch uses an attempt of each request
+(`_batch_failed`). What is to happen next is returned as an `Ending`, which the run acts on in one place:
+nothing more, the chunk sent again now (an adopted batch that was not ours), or sent again in a task of
+its own (the token limit); and how many requests now wait for another attempt, when that changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batch_scheduler.job.admit.queue_budget import Ticket
-from batch_scheduler.job.admit.queues import Weight
-from batch_scheduler.job.collect.collector import NotOurs
-from batch_scheduler.job.observe import batch_times
-from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
-from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
-
-if TYPE_CHECKING:
-    from batch_scheduler.job.run import Run
+from batch_scheduler.job.admit.admission import Admission
+from batch_scheduler.job.collect.collector import Collector, NotOurs
+from batch_scheduler.job.input.replay import Part, Replay
+from batch_scheduler.job.observe import Observer, batch_times
+from batch_scheduler.job.send.flights import Flight, InFlight, Tracked
+from batch_scheduler.job.send.submitter import Submitter
+from batch_scheduler.job.view.progress import JobStats
+from batch_scheduler.providers.base import BatchInfo, BatchState
+from batch_scheduler.state.sqlite import ChunkRow, ChunkState, Ledger, RetryState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 
 
-@dataclass
-class Flight:
-    """One slot's worth of work: a chunk, which may become several batches after a 413 split."""
+class Then(enum.Enum):
+    """What is left to do for a chunk whose batch ended."""
 
-    remaining: int = 0  # batches not yet collected: the slot comes back at 0
-    ticket: Ticket | None = None  # its room in the provider's queue, given back when its batches ended
-    weight: Weight | None = None
-    unended: int = 0  # batches the provider has not said ended
+    DONE = "done"  # collected, or its requests wait for their next attempt: nothing more for this batch
+    RESEND = "resend"  # the chunk is sent again now, its parts read (an adopted batch that was not ours)
+    REQUEUE = "requeue"  # the chunk goes again once there is room, in a task of its own (the token limit)
 
 
-@dataclass
-class Tracked:
-    flight: Flight
-    row: ChunkRow
+@dataclass(frozen=True, slots=True)
+class Ending:
+    then: Then = Then.DONE
+    row: ChunkRow | None = None  # the chunk to send again (RESEND, REQUEUE)
+    flight: Flight | None = None
+    parts: list[Part] | None = None  # what to send (RESEND)
+    pending_retries: int | None = None  # requests waiting for another attempt now, when this batch changed it
 
 
 class Endings:
-    """The collecting half of `Run` (a mixin: every method runs on the run)."""
+    """Collects the batches of a run as they end; `collecting` counts those under way (`idle` when none)."""
 
-    async def _on_ended(self: Run, payload: Any, info: BatchInfo) -> None:
+    def __init__(self, ledger: Ledger, stats: JobStats, admission: Admission, collector: Collector, replay: Replay,
+                 submitter: Submitter, observer: Observer, book: InFlight, *, max_attempts: int):
+        self._ledger = ledger
+        self._stats = stats
+        self._admission = admission
+        self._queues = admission.queues
+        self._collector = collector
+        self._replay = replay
+        self._submitter = submitter
+        self._observer = observer
+        self._book = book
+        self._max_attempts = max_attempts
+        self.collecting = 0  # ended batches being collected
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def ended(self, payload: Tracked, info: BatchInfo) -> None:
+        """The provider says the batch ended: its room comes back (unless it failed), its collecting starts."""
         flight = payload.flight
-        self._flights.pop(info.id, None)
+        self._book.ended(info.id)
         flight.unended -= 1
         if flight.ticket is not None and flight.unended <= 0 and info.state is not BatchState.FAILED:
-            self.queues.ended(flight.ticket, validated=True)  # it ran: the provider held it
-        self._collecting += 1
-        self._collect_idle.clear()
-        task = self._tg.create_task(self._collect(payload, info))
-        task.add_done_callback(self._collected)
+            self._queues.ended(flight.ticket, validated=True)  # it ran: the provider held it
+        self.collecting += 1
+        self.idle.clear()
 
-    def _collected(self: Run, _task: asyncio.Task) -> None:
-        self._collecting -= 1
-        if not self._collecting:
-            self._collect_idle.set()
+    def collected(self, _task: asyncio.Task) -> None:
+        self.collecting -= 1
+        if not self.collecting:
+            self.idle.set()
 
-    async def _collect(self: Run, payload: Tracked, info: BatchInfo) -> None:
+    async def collect(self, payload: Tracked, info: BatchInfo) -> Ending:
         row, flight = payload.row, payload.flight
         try:
-            await self.ledger.mark_ended(row.id, info.ended_at)
+            await self._ledger.mark_ended(row.id, info.ended_at)
             if info.state is BatchState.FAILED:
-                ticket, flight.ticket = flight.ticket, None
-                alone = ticket is None or ticket.queue.in_flight == ticket.units  # nothing else of ours queued
-                requeue = info.queue_full and not (alone and row.take <= 1)
-                note = f"batch {info.id}: {info.error}"
-                if ticket is not None and info.queue_full:
-                    await self.queues.refused(ticket, info.stated_limit, token_limit=True, chunk_id=row.id, note=note)
-                elif info.queue_full:
-                    await self.ledger.record_queue_full(row.id, note, counter="token_limit_failures",
-                                                        limits=self.queues.learned)
-                elif ticket is not None:
-                    self.queues.ended(ticket, validated=False)
-                if requeue:
-                    await self._token_limited(row, info, flight)
-                    return
-                await self._batch_failed(row, info)
+                ending = await self._failed(row, info, flight)
             else:
-                try:
-                    got = await self.collector.collect(row, info)
-                except NotOurs as exc:
-                    await self._not_ours(row, info, flight, exc)
-                    return
-                self.stats.finished += got.finals
-                self.observer.batch_collected(*batch_times(row.submitted_at, info.ended_at, time.time()))
-                self.admission.settled(row.id, got.counts.get("cost_usd", 0.0))
-                if flight.weight is not None:
-                    c = got.counts
-                    self.queues.observed(flight.weight.estimate, row.take, int(c.get("succeeded", 0)),
-                                         c.get("input_tokens", 0) + c.get("cache_write_tokens", 0)
-                                         + c.get("cache_read_tokens", 0))
-                if got.parked:
-                    self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
-            self._live_rows.discard(row.id)
+                ending = await self._succeeded(row, info, flight)
+            if ending.then is not Then.DONE:
+                return ending
+            self._book.live.discard(row.id)
             flight.remaining -= 1
             if flight.remaining <= 0:
-                self.admission.give_slot()
+                self._admission.give_slot()
+            return ending
         except BaseException as exc:
-            self.admission.fail(exc)
+            self._admission.fail(exc)
             raise
 
-    async def _not_ours(self: Run, row: ChunkRow, info: BatchInfo, flight: Flight, exc: NotOurs) -> None:
+    async def _failed(self, row: ChunkRow, info: BatchInfo, flight: Flight) -> Ending:
+        ticket, flight.ticket = flight.ticket, None
+        alone = ticket is None or ticket.queue.in_flight == ticket.units  # nothing else of ours queued
+        requeue = info.queue_full and not (alone and row.take <= 1)
+        note = f"batch {info.id}: {info.error}"
+        if ticket is not None and info.queue_full:
+            await self._queues.refused(ticket, info.stated_limit, token_limit=True, chunk_id=row.id, note=note)
+        elif info.queue_full:
+            await self._ledger.record_queue_full(row.id, note, counter="token_limit_failures",
+                                                 limits=self._queues.learned)
+        elif ticket is not None:
+            self._queues.ended(ticket, validated=False)
+        if requeue:
+            return await self._token_limited(row, info, flight)
+        return Ending(pending_retries=await self._batch_failed(row, info))
+
+    async def _succeeded(self, row: ChunkRow, info: BatchInfo, flight: Flight) -> Ending:
+        try:
+            got = await self._collector.collect(row, info)
+        except NotOurs as exc:
+            return await self._not_ours(row, info, flight, exc)
+        self._stats.finished += got.finals
+        self._observer.batch_collected(*batch_times(row.submitted_at, info.ended_at, time.time()))
+        self._admission.settled(row.id, got.counts.get("cost_usd", 0.0))
+        if flight.weight is not None:
+            c = got.counts
+            self._queues.observed(flight.weight.estimate, row.take, int(c.get("succeeded", 0)),
+                                  c.get("input_tokens", 0) + c.get("cache_write_tokens", 0)
+                                  + c.get("cache_read_tokens", 0))
+        if got.parked:
+            return Ending(pending_retries=await self._ledger.count_retries(RetryState.PENDING))
+        return Ending()
+
+    async def _not_ours(self, row: ChunkRow, info: BatchInfo, flight: Flight, exc: NotOurs) -> Ending:
         log.warning("adopted batch %s is not ours (it answers %s); looking again for chunk %s's batch before "
                     "sending it again", info.id, exc, row.id)
-        self.submitter.not_ours(info.id)
-        await self.ledger.disown(row.id, f"batch {info.id} was not ours")
-        self._live_rows.discard(row.id)
-        fresh = await self.ledger.chunk(row.id)
-        parts = await self.replay.parts(fresh)
-        self._live_rows.add(row.id)
+        self._submitter.not_ours(info.id)
+        await self._ledger.disown(row.id, f"batch {info.id} was not ours")
+        self._book.live.discard(row.id)
+        fresh = await self._ledger.chunk(row.id)
+        parts = await self._replay.parts(fresh)
+        self._book.live.add(row.id)
         flight.remaining -= 1  # this batch is replaced by the one adopted or sent now
         # its lost create's own batch may still be listed (held by no one now): looked for, as after any lost create
-        await self._resend(replace(fresh, state=ChunkState.SUBMITTING), parts, flight)
+        return Ending(Then.RESEND, replace(fresh, state=ChunkState.SUBMITTING), flight, parts)
 
-    async def _token_limited(self: Run, row: ChunkRow, info: BatchInfo, flight: Flight) -> None:
+    async def _token_limited(self, row: ChunkRow, info: BatchInfo, flight: Flight) -> Ending:
         """OpenAI failed the batch for its model's enqueued-token limit: its requests come back without an
         attempt; nothing more of the model goes until one of its batches in flight has ended (the queue
         holds it), and the limit the message names is learned. The chunk goes again, in parts if it must."""
-        self.submitter.claim(info.id)
-        self.admission.settled(row.id)
+        self._submitter.claim(info.id)
+        self._admission.settled(row.id)
         flight.remaining -= 1
-        self._spawn_resend(await self.ledger.chunk(row.id), None, flight)
+        return Ending(Then.REQUEUE, await self._ledger.chunk(row.id), flight)
 
-    async def _batch_failed(self: Run, row: ChunkRow, info: BatchInfo) -> None:
+    async def _batch_failed(self, row: ChunkRow, info: BatchInfo) -> int:
         """The provider failed a batch as a whole (a bad file; one request alone over the token limit): each
         of its requests has used an attempt and waits for the next, as a transient error would; out of
-        attempts, it is parked FAILED and the job ends unfinished (a later run gives it one more attempt)."""
+        attempts, it is parked FAILED and the job ends unfinished (a later run gives it one more attempt).
+        Returns how many requests wait for another attempt now."""
         reason = info.error or "no reason given"
         last = orjson.dumps({"batch_id": info.id, "error": reason})
-        limit = self.settings.max_attempts
+        limit = self._max_attempts
         park = [(cid, request, before + 1, RetryState.PENDING if before + 1 < limit else RetryState.FAILED, last)
-                for cid, request, before in await self.replay.requests(row)]
-        await self.ledger.record_failed(row.id, park=park, note=reason)
+                for cid, request, before in await self._replay.requests(row)]
+        await self._ledger.record_failed(row.id, park=park, note=reason)
         retrying = sum(1 for p in park if p[3] == RetryState.PENDING)
         log.error("batch %s failed at the provider (%s): %s of its %s request(s) will be sent again",
                   info.id, reason, f"{retrying:,}", f"{len(park):,}")
-        self.admission.settled(row.id)
-        self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
-
-
-class Watched:
-    """The provider as the poller sees it, every batch answer shown to `seen` on the way (admission learns
-    from a batch that passed validation before it ends)."""
-
-    def __init__(self, provider: Provider, seen: Any):
-        self._provider = provider
-        self._seen = seen
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._provider, name)
-
-    async def get(self, batch_id: str) -> BatchInfo:
-        info = await self._provider.get(batch_id)
-        self._seen(info)
-        return info
-
-    async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
-        async for info in self._provider.recent(since):
-            self._seen(info)
-            yield info
+        self._admission.settled(row.id)
+        return await self._ledger.count_retries(RetryState.PENDING)

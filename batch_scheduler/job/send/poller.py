@@ -23,18 +23,26 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from batch_scheduler.core import errors
-from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
+from batch_scheduler.providers.base import BatchInfo, BatchState
 
 log = logging.getLogger("batch_scheduler.poller")
 
 LIST_WHEN_DUE = 4  # batches due at once before one list call replaces their retrieves
 RETRIEVES_AT_ONCE = 16
 BAD_ANSWERS_MAX = 5  # retrieve answers of another shape in a row, for one batch, before the run stops
+
+
+class Polled(Protocol):
+    """What the poller asks of a provider: one batch, and the batches made since a time."""
+
+    async def get(self, batch_id: str) -> BatchInfo: ...
+
+    def recent(self, since: float) -> AsyncIterator[BatchInfo]: ...
 
 
 @dataclass
@@ -56,7 +64,7 @@ class PollStats:
 
 
 class Poller:
-    def __init__(self, provider: Provider, on_ended: Callable[[Any, BatchInfo], Awaitable[None]], *,
+    def __init__(self, provider: Polled, on_ended: Callable[[Any, BatchInfo], Awaitable[None]], *,
                  poll_min_s: float, poll_max_s: float, not_found_grace_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
         self.provider = provider
