@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections import Counter
 from contextlib import asynccontextmanager
 
 import pytest
-from aiohttp import web
 
 from batch_scheduler.cluster.node import Node, NodeConfig
 from batch_scheduler.state import pg
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.timeout(90)
 
 @asynccontextmanager
 async def running_node(url: str, provider_url: str, **config):
-    n = Node(NodeConfig(url, node_id="node-a", poll_s=0.05, **{"lease_s": 6, **config}),
+    # the tests' inputs and outputs are local paths under the temporary directory the node is told to allow
+    config = {"lease_s": 6, "allow_roots": (tempfile.gettempdir(),), **config}
+    n = Node(NodeConfig(url, node_id="node-a", poll_s=0.05, **config),
              load_env=lambda: node_env(provider_url))
     task = asyncio.create_task(n.serve())
     await until(lambda: n.started.is_set() or task.done(), "node started")
@@ -76,54 +78,37 @@ async def test_a_spend_limit_pauses_the_cluster_job_and_it_finishes_once_when_th
 
 # -- a run that raises: a restart, then failed; one line each -------------------------------------------
 
-@asynccontextmanager
-async def provider_without_ids():
-    """An Anthropic-style API whose create answers lack the batch's `id` (a shape the client never expects)."""
+async def test_a_run_that_raises_counts_as_a_restart_then_fails_in_one_line_each(pg_url, sim, tmp_path, caplog,
+                                                                                 monkeypatch):
+    """A bug no rule foresaw (every answer's shape is checked, so a fault of ours stands in for it): the
+    create raises something no layer maps."""
+    from batch_scheduler.providers.anthropic import AnthropicProvider
+
     calls: Counter = Counter()
 
-    async def create(request: web.Request) -> web.Response:
+    async def broken_create(self, lines, *, tag):
         calls["create"] += 1
-        await request.read()
-        return web.json_response({"type": "message_batch", "processing_status": "in_progress"})
+        raise ZeroDivisionError("division by zero")
 
-    async def listing(request: web.Request) -> web.Response:
-        calls["list"] += 1
-        return web.json_response({"data": [], "has_more": False, "first_id": None, "last_id": None})
-
-    app = web.Application()
-    app.router.add_post("/v1/messages/batches", create)
-    app.router.add_get("/v1/messages/batches", listing)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", calls
-    finally:
-        await runner.cleanup()
-
-
-async def test_a_run_that_raises_counts_as_a_restart_then_fails_in_one_line_each(pg_url, tmp_path, caplog):
+    monkeypatch.setattr(AnthropicProvider, "create", broken_create)
     inp = str(tmp_path / "in.jsonl")
     write_requests(inp, 10, prefix="odd")
     await asyncio.to_thread(queue_job, pg_url, "odd", [inp], str(tmp_path / "out"), FAST)
     caplog.set_level(logging.INFO, logger="batch_scheduler")
-    async with provider_without_ids() as (url, calls), \
-            running_node(pg_url, url, restart_waits_s=(0.05, 0.1)) as (node, task):
+    async with running_node(pg_url, sim.url, restart_waits_s=(0.05, 0.1)) as (node, task):
         await until_state(pg_url, "odd", "failed")
         assert not task.done()
     job = await status_of(pg_url, "odd")
-    assert job["reason"] == "the run stopped on an unexpected error: KeyError: 'id'"
+    because = "the run stopped on an unexpected error: ZeroDivisionError: division by zero"
+    assert job["reason"] == because
     assert job["claims"] == 3, "the first run and two restarts"
     assert calls["create"] == 3
+    assert sim.stats["creates"] == 0
     lines = [r.getMessage() for r in caplog.records if r.name == "batch_scheduler.cluster"
              and "unexpected error" in r.getMessage()]
-    assert lines == ["job odd: queued: the run stopped on an unexpected error: KeyError: 'id' (trying again in "
-                     "0.05 s, 1 of 2)",
-                     "job odd: queued: the run stopped on an unexpected error: KeyError: 'id' (trying again in "
-                     "0.1 s, 2 of 2)",
-                     "job odd: failed: the run stopped on an unexpected error: KeyError: 'id'"]
+    assert lines == [f"job odd: queued: {because} (trying again in 0.05 s, 1 of 2)",
+                     f"job odd: queued: {because} (trying again in 0.1 s, 2 of 2)",
+                     f"job odd: failed: {because}"]
     assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.exc_info], "no traceback logged"
 
 
@@ -145,7 +130,8 @@ async def test_a_claim_lost_while_cancelling_batches_drops_that_job_and_the_node
                        " WHERE name='lost'")
         node.cancel_job(job)  # the renewal that saw the cancel ran just before the claim moved
         await until(lambda: "lost" not in node.jobs, "the job dropped")
-        assert job.dropped is not None and "its batches were being cancelled" in job.dropped
+        # whichever noticed first (the cancel's fenced write, or a renewal) drops the job, never the node
+        assert job.dropped is not None and "claim is gone" in job.dropped
         sim.config.processing_s = 0.0
         more = str(tmp_path / "more.jsonl")
         ids = write_requests(more, 30, prefix="more")
