@@ -29,10 +29,11 @@ from batch_scheduler.job.input.reader import fingerprint
 from batch_scheduler.job.job import check_identity, lock_dir
 from batch_scheduler.job.view.summary import write_summary
 from batch_scheduler.state.budget import Share, account_of
+from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.object_shards import ObjectShards, collect_garbage, write_manifest
 from batch_scheduler.state.objects import Objects, is_object_url, object_fingerprint, open_objects
 from batch_scheduler.state.postgres import PgLedger
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.sqlite import SqliteLedger
 
 log = logging.getLogger("batch_scheduler.cluster")
 
@@ -94,7 +95,7 @@ class ClusterStore(ObjectsStore):
         """None: the claim's lease is the lock (every ledger transaction checks it)."""
         return None
 
-    def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> PgLedger:
+    def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> Ledger:
         prints = self.fingerprints(inputs)
         self.ledger = PgLedger(self.url, self.job_id, self.token, name=self.name)
         self.ledger.share = self.share
@@ -118,7 +119,7 @@ class BucketRunStore(ObjectsStore):
     def open_ledger(self, settings: Settings, inputs: list[str], remembered: dict) -> Ledger:
         prints = self.fingerprints(inputs)  # before the ledger opens: an unreadable input leaks nothing
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        self.ledger = Ledger(os.path.join(self.state_dir, "ledger.db"))
+        self.ledger = SqliteLedger(os.path.join(self.state_dir, "ledger.db"))
         return check_identity(self.ledger, settings, self.where, prints, remembered)
 
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from batch_scheduler.core.settings import load_environment
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.providers import build_settings, missing_key_message
 from batch_scheduler.state import pg
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger import open_ledger
 
 OWNER = "batch-scheduler cancel"
 
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace, path: str, env: dict[str, str], running: str | None) -> int:
     out_dir = args.dir
-    ledger = Ledger(path, readonly=True)
+    ledger = open_ledger(path, readonly=True)
     try:
         meta_flags = dict(ledger.read_meta().get("flags", {}))
     finally:

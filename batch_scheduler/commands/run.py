@@ -23,8 +23,8 @@ from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.job import results_here, unknown_results
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
+from batch_scheduler.state.ledger import open_ledger
 from batch_scheduler.state.objects import is_object_url
-from batch_scheduler.state.sqlite import Ledger
 
 RESUME_OVERRIDES = ("retry_cancelled", "concurrency", "base_url", "header")  # what `resume DIR` may change
 
@@ -62,7 +62,7 @@ def job_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Setting
         if not os.path.exists(path) or os.path.getsize(path) == 0:
             raise errors.UsageError(unknown_results(args.dir, here) if here else f"{args.dir}: no job here "
                                     f"(no ledger.db)")
-        ledger = Ledger(path, readonly=True)
+        ledger = open_ledger(path, readonly=True)
         try:
             meta = ledger.read_meta()
         finally:

@@ -45,7 +45,7 @@ from batch_scheduler.job.outcome import (
 )
 from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.providers import build_settings, headers_for, make_provider, missing_key_message
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger import open_ledger
 
 PROBE_BATCH_ID = "msgbatch_daemon_key_check"  # no such batch: 404 means the key got through
 PROBE_RETRY = RetryPolicy(attempts=3, deadline_s=20.0, initial_wait_s=0.5, max_wait_s=5.0)
@@ -196,7 +196,7 @@ class JobRunner:
         path = os.path.join(job.dir, "ledger.db")
         if not os.path.exists(path):
             return settings
-        ledger = Ledger(path, readonly=True)
+        ledger = open_ledger(path, readonly=True)
         try:
             was = ledger.read_meta().get("shaping") or {}
         finally:

@@ -27,7 +27,7 @@ from batch_scheduler.daemon.logs import log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import SUMMARY_FILE, Job, JobState, read_json, read_options
 from batch_scheduler.job.view.status import job_status
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger import open_ledger
 
 HISTORY_S = 6 * 3600.0
 BATCHES_SHOWN = 200  # the newest; the page says how many older ones there are
@@ -77,7 +77,7 @@ def _batches(job_dir: str, now: float) -> tuple[list[dict[str, Any]], int]:
     path = os.path.join(job_dir, "ledger.db")
     if not os.path.exists(path):
         return [], 0
-    ledger = Ledger(path, readonly=True)
+    ledger = open_ledger(path, readonly=True)
     try:
         rows = ledger.all_chunks()
     finally:

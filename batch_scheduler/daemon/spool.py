@@ -28,7 +28,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.logs import CONTROL
 from batch_scheduler.core.options import coerce_option_file
 from batch_scheduler.daemon.logs import log
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger import open_ledger
 
 if TYPE_CHECKING:
     from batch_scheduler.job.engine import Engine
@@ -164,7 +164,7 @@ class Spool:
             if os.path.abspath(d) == job_dir or not _written_since(path, since):
                 continue
             try:
-                ledger = Ledger(path, readonly=True)
+                ledger = open_ledger(path, readonly=True)
             except (errors.SchedulerError, sqlite3.Error):
                 continue  # a damaged ledger fails its own job; it claims nothing
             try:

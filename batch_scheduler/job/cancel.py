@@ -17,7 +17,8 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import RetryPolicy, Settings
 from batch_scheduler.providers import headers_for, make_provider
-from batch_scheduler.state.sqlite import ChunkState, Ledger
+from batch_scheduler.state.ledger import open_ledger
+from batch_scheduler.state.sqlite import ChunkState
 
 
 @dataclass
@@ -36,7 +37,7 @@ async def cancel_batches(out_dir: str, settings: Settings | None, *, retry: Retr
     """
     own = ledger is None
     if own:
-        ledger = await asyncio.to_thread(Ledger, os.path.join(out_dir, "ledger.db"))
+        ledger = await asyncio.to_thread(open_ledger, os.path.join(out_dir, "ledger.db"))
     out = Cancelled()
     try:
         await ledger.set_cancelled(True)

@@ -42,8 +42,10 @@ from batch_scheduler.job.money.pricing import PriceTable
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.view.summary import finished, write_summary
 from batch_scheduler.providers import provider_class
+from batch_scheduler.state import ledger as ledgers
+from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.shards import ShardSet
-from batch_scheduler.state.sqlite import Ledger, RetryState
+from batch_scheduler.state.sqlite import RetryState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 
@@ -195,7 +197,7 @@ class Job:
                 self.lock.release()
 
 
-def keep_version(settings: Settings, ledger: Any, remembered: dict) -> Settings:
+def keep_version(settings: Settings, ledger: Ledger, remembered: dict) -> Settings:
     """Settings with the job's own `anthropic-version`: the one in the ledger, unless this command line
     names one (which is kept from then on). A job from before the ledger kept it ran with what its flags
     said, else the environment's, else the earlier default."""
@@ -223,7 +225,7 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
     here = results_here(out_dir)
     if here and (not os.path.exists(path) or os.path.getsize(path) == 0):
         raise errors.JobMismatch(unknown_results(out_dir, here))  # and no ledger.db is made where none was
-    ledger = Ledger(path)
+    ledger = ledgers.open_ledger(path)
     if not ledger.read_meta():
         if here:  # a ledger that lost its -wal file before it knew the job
             ledger.close()
@@ -237,7 +239,7 @@ def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered:
     return check_identity(ledger, settings, out_dir, prints, remembered)
 
 
-def check_identity(ledger: Any, settings: Settings, out_dir: str, prints: list[dict], remembered: dict) -> Any:
+def check_identity(ledger: Ledger, settings: Settings, out_dir: str, prints: list[dict], remembered: dict) -> Ledger:
     """The first run records the job's inputs and batch options; a later one must bring the same (else
     JobMismatch, the ledger closed)."""
     meta = ledger.read_meta()

@@ -21,8 +21,12 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from batch_scheduler.core import errors
+
+if TYPE_CHECKING:  # the cluster extra's types, for the checker only
+    from obstore.store import RetryConfig
 
 OBJECT_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://")
 
@@ -142,10 +146,11 @@ class BucketObjects:
                                     f"pip install 'batch-scheduler[cluster]'") from None
         self.url = url.rstrip("/")
         try:
-            backoff = {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=2), "base": 2}
+            retry: RetryConfig = {"max_retries": 8, "retry_timeout": timedelta(seconds=60),
+                                  "backoff": {"init_backoff": timedelta(milliseconds=50),
+                                              "max_backoff": timedelta(seconds=2), "base": 2}}
             # client options are left to the environment (AWS_ALLOW_HTTP, ...): setting any replaces them all
-            self._store = from_url(self.url, retry_config={"max_retries": 8, "retry_timeout": timedelta(seconds=60),
-                                                 "backoff": backoff})
+            self._store = from_url(self.url, retry_config=retry)
         except Exception as err:  # noqa: BLE001 - obstore raises its own types for a bad URL or config
             raise errors.UsageError(f"{url}: {err}") from None
 

@@ -23,7 +23,7 @@ from batch_scheduler.job.admit.queue_budget import Ticket
 from batch_scheduler.job.admit.queues import JobQueues, Weight
 from batch_scheduler.job.money.budget import Budget
 from batch_scheduler.job.observe import JobStats
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger import Ledger
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

@@ -17,7 +17,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.settings import ProviderSpec, Settings
 from batch_scheduler.job.admit.queue_budget import REQUESTS, Measure, Queue, QueuePool, Ticket, account_of
 from batch_scheduler.job.observe import JobStats
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger import Ledger
 
 log = logging.getLogger("batch_scheduler.engine")
 

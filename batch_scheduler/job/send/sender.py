@@ -32,7 +32,8 @@ from batch_scheduler.job.send.poller import Poller
 from batch_scheduler.job.send.submitter import Outgoing, Submitted, Submitter
 from batch_scheduler.job.view.progress import JobStats
 from batch_scheduler.providers.base import Provider
-from batch_scheduler.state.sqlite import ChunkRow, ChunkState, Ledger
+from batch_scheduler.state.ledger import Ledger
+from batch_scheduler.state.sqlite import ChunkRow, ChunkState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

@@ -40,7 +40,8 @@ from batch_scheduler.core import errors
 from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.providers.base import BatchInfo, Provider
-from batch_scheduler.state.sqlite import ChunkKind, ChunkState, Ledger
+from batch_scheduler.state.ledger import Ledger
+from batch_scheduler.state.sqlite import ChunkKind, ChunkState
 
 log = logging.getLogger("batch_scheduler.submitter")
 

@@ -38,8 +38,8 @@ from batch_scheduler.job.money.pricing import PriceTable
 from batch_scheduler.job.view.summary import finished
 from batch_scheduler.providers import make_provider
 from batch_scheduler.providers.base import Provider
+from batch_scheduler.state.ledger import open_ledger
 from batch_scheduler.state.shards import shard_path
-from batch_scheduler.state.sqlite import Ledger
 
 ORDERS = ("input", "shard")
 _OFFSET_BITS = 40  # a location is shard << 40 | offset: shards up to 1 TB each
@@ -130,7 +130,7 @@ class JobView:
         path = os.path.join(out_dir, "ledger.db")
         if not os.path.exists(path):
             raise UsageError(f"{out_dir}: no job here (no ledger.db)")
-        ledger = Ledger(path, readonly=True)
+        ledger = open_ledger(path, readonly=True)
         try:
             meta = ledger.read_meta()
             settings = settings_of(meta)

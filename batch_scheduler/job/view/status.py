@@ -11,14 +11,15 @@ from batch_scheduler.job.admit.queue_limit import LimitLearner
 from batch_scheduler.job.admit.queues import LEDGER_KEY
 from batch_scheduler.job.view.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
 from batch_scheduler.providers import DEFAULT, NAMES, spec_of
-from batch_scheduler.state.sqlite import ChunkRow, ChunkState, Ledger, RetryState
+from batch_scheduler.state.ledger import open_ledger
+from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
 
 
 def job_status(out_dir: str) -> dict[str, Any]:
     path = os.path.join(out_dir, "ledger.db")
     if not os.path.exists(path):
         raise errors.UsageError(f"{out_dir}: no job here (no ledger.db)")
-    ledger = Ledger(path, readonly=True)
+    ledger = open_ledger(path, readonly=True)
     try:
         meta = ledger.read_meta()
         rows = ledger.all_chunks()

@@ -1,9 +1,10 @@
-"""Ledgers written by earlier versions open, and resume, on this one."""
+"""SQLite ledger files written by earlier versions open, and resume, on this one (the PostgreSQL schema
+of earlier versions: test_resume.py)."""
 
 import re
 import sqlite3
 
-from batch_scheduler.state.sqlite import SCHEMA, ChunkKind, Ledger, RetryState, RetryWait
+from batch_scheduler.state.sqlite import SCHEMA, Ledger, RetryState
 
 
 def test_a_ledger_from_before_the_skipped_column_opens_and_gains_it(tmp_path):
@@ -79,36 +80,5 @@ def test_a_ledger_from_before_retry_waits_opens_and_its_pending_requests_are_due
     ledger = Ledger(path)
     try:
         assert ledger.sync(lambda db: db.execute("SELECT custom_id, not_before FROM retries").fetchall()) == [("a", 0)]
-    finally:
-        ledger.close()
-
-
-async def test_a_parked_request_waits_longer_after_each_attempt_before_it_is_due(tmp_path):
-    ledger = Ledger(str(tmp_path / "ledger.db"))
-    try:
-        chunk = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=3, nbytes=1)
-        park = [(cid, b"{}", attempts, RetryState.PENDING, None) for cid, attempts in (("a", 1), ("b", 2), ("c", 5))]
-        await ledger.record_collected(chunk, offsets=[0], counts={}, park=park, finals=[],
-                                      wait=RetryWait(30.0, 600.0), now=1_000.0)
-        assert RetryWait(30.0, 600.0).after(5) == 480.0 and RetryWait(30.0, 100.0).after(5) == 100.0
-        assert await ledger.next_retry_at() == 1_030.0
-        assert [c for c, _, _ in await ledger.pending_retries(10, now=1_029.0)] == []
-        assert [c for c, _, _ in await ledger.pending_retries(10, now=1_030.0)] == ["a"]
-        assert [c for c, _, _ in await ledger.pending_retries(10, now=1_060.0)] == ["a", "b"]
-        assert [c for c, _, _ in await ledger.pending_retries(10, now=1_480.0)] == ["a", "b", "c"]
-        assert await ledger.count_retries(RetryState.PENDING) == 3  # waiting or due, all pending
-    finally:
-        ledger.close()
-
-
-async def test_an_input_chunk_keeps_its_custom_ids_and_so_do_the_halves_of_a_split(tmp_path):
-    ledger = Ledger(str(tmp_path / "ledger.db"))
-    try:
-        chunk = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=4, nbytes=1, ids=["a", "b", "c", "d"])
-        retry = await ledger.record_intent(kind=ChunkKind.RETRY, take=1, nbytes=1, retry_ids=["x"])
-        assert await ledger.chunk_ids(chunk) == ["a", "b", "c", "d"]
-        assert await ledger.chunk_ids(retry) is None  # a retry chunk's requests are rows of `retries`
-        left, right = await ledger.record_split(chunk, [(0, 2, 1, ["a", "b"]), (2, 2, 1, ["c", "d"])])
-        assert (await ledger.chunk_ids(left), await ledger.chunk_ids(right)) == (["a", "b"], ["c", "d"])
     finally:
         ledger.close()
