@@ -179,16 +179,18 @@ def check_writable_dir(path: str) -> None:
 
 
 def outcome_line(result: JobResult) -> str | None:
+    """The counts of a run in one line; None for a run refused before it ran (its reason says it all)."""
     s = result.summary
-    if not s:  # refused before it ran (another job's directory, or one in use): the reason only
-        print(f"batch-scheduler: {result.message}", file=sys.stderr)
+    if not s:
         return None
     req = s.get("requests", {})
     res = s.get("results", {})
+    again = int(s.get("attempts", {}).get("requests_retried", 0)) + int(req.get("missing_from_results", 0))
     return (f"{req.get('finished', 0):,} of {req.get('accepted', 0):,} requests finished "
             f"({res.get('succeeded', 0):,} succeeded, {res.get('errored', 0):,} errored, "
             f"{res.get('expired', 0):,} expired), {req.get('rejected', 0):,} rejected; "
-            f"{s.get('throughput_rps') or 0:,.0f} req/s; cost ${s.get('cost_usd', 0):,.4f}")
+            f"{s.get('throughput_rps') or 0:,.0f} req/s; cost ${s.get('cost_usd', 0):,.4f}"
+            + (f"; {again:,} sent again (transient answers, missing from results)" if again else ""))
 
 
 def print_outcome(result: JobResult, *, json_lines: bool = False) -> None:
@@ -200,13 +202,16 @@ def print_outcome(result: JobResult, *, json_lines: bool = False) -> None:
             log.error("%s", result.message, extra={"exit_code": int(result.exit_code)})
             return
         level = logging.INFO if result.exit_code == ExitCode.OK else logging.ERROR
-        log.log(level, "%s%s", outcome_line(result), "" if result.exit_code == ExitCode.OK else f"; {result.message}",
+        log.log(level, "%s%s", outcome_line(result) or result.message,
+                "" if result.exit_code == ExitCode.OK or not s else f"; {result.message}",
                 extra={"state": s.get("state"), "exit_code": int(result.exit_code), "requests": s.get("requests", {}),
                        "results": s.get("results", {}), "cost_usd": s.get("cost_usd")})
         return
     if result.exit_code == ExitCode.USAGE:  # refused before anything was sent: no counts worth a line
         print(f"batch-scheduler: {result.message}", file=sys.stderr)
         return
-    print(outcome_line(result), file=sys.stderr)
-    if result.exit_code != ExitCode.OK:
+    line = outcome_line(result)
+    if line is not None:
+        print(line, file=sys.stderr)
+    if result.exit_code != ExitCode.OK or line is None:
         print(f"batch-scheduler: {result.message}", file=sys.stderr)

@@ -145,7 +145,9 @@ class Collector:
                         raise
                     self.downloads_restarted += 1
                     wait = backoff_s(policy, attempt, self._rng)
-                    log.warning("results download of %s failed (%s); fetching it again in %.2fs", info.id, err, wait)
+                    # a cut download the next try usually completes: said once it repeats
+                    (log.warning if attempt > 1 else log.debug)(
+                        "results download of %s failed (%s); fetching it again in %.2fs", info.id, err, wait)
                 except BaseException:
                     # Before the commit began, nothing of this batch counts: drop its lines. Once it began
                     # (fsync, then the ledger), the ledger decides: a cancelled commit may still land, and
@@ -230,8 +232,9 @@ class Collector:
         park = self._park(to_park, missing, sent or {}, before)
         del sent
         if missing:
-            log.warning("batch %s: %s of its requests are missing from its results; they are sent again",
-                        info.id, f"{len(missing):,}")
+            # sent again at once and counted (summary.json requests.missing_from_results): no operator's business
+            log.debug("batch %s: %s of its requests are missing from its results; they are sent again",
+                      info.id, f"{len(missing):,}")
         if misshapen:
             log.warning("batch %s: %s result line(s) of an unexpected shape, kept as errored (the first: %s)",
                         info.id, f"{misshapen:,}", first_misshapen)
