@@ -23,7 +23,7 @@ from batch_scheduler.core.errors import UsageError
 EXTRA_HINT = "pip install 'batch-scheduler[bedrock]'"
 NO_CREDENTIALS = ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE "
                   "(or run where an instance or container role applies)")
-NO_REGION = "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or region in ~/.aws/config)"
+NO_REGION = "no AWS region: set AWS_DEFAULT_REGION (or region in ~/.aws/config, for AWS_PROFILE)"
 _SAFE_KEY = "/-_.~"  # what stays unquoted in an S3 key's path
 
 

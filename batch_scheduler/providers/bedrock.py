@@ -216,6 +216,7 @@ class BedrockProvider(Provider):
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """The output file of the batch's one input file, each line as a Message Batches result line."""
         aws = await self._chain.access()
+        info = await self._described(info)
         bucket, key = self._output_key(info)
         url = aws.object_url(bucket, key)
         model = str(info.raw.get("modelId") or self._model)
@@ -245,9 +246,10 @@ class BedrockProvider(Provider):
             return
         aws = await self._chain.access()
         try:
+            info = await self._described(info)
             bucket, out_key = self._output_key(info)
             in_bucket, in_key = split_s3_uri(self._input_uri(info), "input s3Uri")
-        except (errors.UsageError, errors.BadAnswer) as err:
+        except (errors.UsageError, errors.ProviderError) as err:
             log.warning("batch %s: staged objects not deleted: %s", info.id, err)
             return
         manifest = out_key.rpartition("/")[0] + "/manifest.json.out"
@@ -259,6 +261,10 @@ class BedrockProvider(Provider):
                 log.warning("batch %s: staged object s3://%s/%s not deleted: %s", info.id, b, key, err)
 
     # -- reading answers ------------------------------------------------------------------------
+
+    async def _described(self, info: BatchInfo) -> BatchInfo:
+        """The batch with its job's whole description (a batch known only by its id is asked for it)."""
+        return info if "outputDataConfig" in info.raw and "status" in info.raw else await self.get(info.id)
 
     @staticmethod
     def _input_uri(info: BatchInfo) -> str:
@@ -295,6 +301,7 @@ class BedrockProvider(Provider):
                 raise errors.BadAnswer(f"{what}: {name} is {shown(doc[name])}, expected a time")
         return BatchInfo(
             id=bid, state=state, created_at=parse_time(doc.get("submitTime")), ended_at=parse_time(doc.get("endTime")),
-            total=None, counts=counts,  # totalRecordCount counts the pads of a padded batch too raw=doc, validated=status not in ("Submitted", "Validating"),
+            total=None, counts=counts, raw=doc,  # total: totalRecordCount counts the pads of a padded batch too
+            validated=status not in ("Submitted", "Validating"),
             error=(text(doc, "message", what) or "the job failed (no message)") if state is BatchState.FAILED else None,
         )

@@ -86,9 +86,9 @@ async def _with_floor(chunks: AsyncGenerator[Chunk, None], floor: int) -> AsyncG
         before.nbytes += held.nbytes - BODY_WRAPPER_BYTES
         before.end_file, before.end_pos = held.end_file, held.end_pos
         held = None
-    for chunk in (before, held):
-        if chunk is not None:
-            yield chunk
+    for last in (before, held):
+        if last is not None:
+            yield last
 
 
 async def _cut(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
