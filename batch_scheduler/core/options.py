@@ -123,7 +123,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("staging", str, None, "bedrock: `s3://bucket/prefix` where records go in and results come out",
            PROVIDER, metavar="S3URI", env=("BEDROCK_STAGING",), daemon_side=True),
     Option("keep_staged", bool, False, "bedrock: keep the staged input and output objects once collected",
-           PROVIDER, env=("BEDROCK_KEEP_STAGED",)),
+           PROVIDER, env=("BEDROCK_KEEP_STAGED",), daemon_side=True),
     # -- batching -------------------------------------------------------------------------------
     Option("batch_size", int, 10_000, "requests per batch", BATCHING, shapes=True, metavar="N", minimum=1,
            default_text="the provider's (10,000; openai 50,000; inline 5,000)"),
