@@ -43,12 +43,13 @@ class SoakResult:
         return (self.paid - self.retried) / self.expected - 1.0
 
 
-def write_input(path: str, n: int) -> None:
+def write_input(path: str, n: int, model: str | None = "claude-haiku-4-5") -> None:
+    """Message Batches lines; `model=None`: without a model (the job's --model fills it)."""
     with open(path, "wb") as f:
         for i in range(n):
-            f.write(orjson.dumps({"custom_id": f"soak-{i:07d}", "params": {
-                "model": "claude-haiku-4-5", "max_tokens": 32,
-                "messages": [{"role": "user", "content": f"question number {i}"}]}}) + b"\n")
+            params = {"max_tokens": 32, "messages": [{"role": "user", "content": f"question number {i}"}]}
+            f.write(orjson.dumps({"custom_id": f"soak-{i:07d}",
+                                  "params": {"model": model, **params} if model else params}) + b"\n")
 
 
 def check_shards(out: str) -> tuple[set[str], int, int]:
@@ -72,20 +73,25 @@ def check_shards(out: str) -> tuple[set[str], int, int]:
 
 
 def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: float = 1.0,
-         batch_size: int = 100, verbose: bool = False) -> SoakResult:
+         batch_size: int = 100, verbose: bool = False, model: str | None = "claude-haiku-4-5",
+         run_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+         sim_config: dict | None = None) -> SoakResult:
+    """`run_args`, `env` and `sim_config` (fields set on the simulator once it runs) choose another provider."""
     from batch_scheduler.simulator.process import SimulatorProcess
 
     rng = random.Random(seed)
     inp = os.path.join(workdir, "in.jsonl")
     out = os.path.join(workdir, "out")
-    write_input(inp, requests)
-    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    write_input(inp, requests, model)
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, **(env or {})}
     started = time.monotonic()
     # the real set of faults: ghost 404s after create, requests missing from results and 409s included
     with SimulatorProcess(["--faults", "--seed", str(seed), "--processing-s", str(processing_s)]) as sim:
+        if sim_config:
+            sim.set_config(**sim_config)
         cmd = [sys.executable, "-m", "batch_scheduler", "run", inp, "--out", out, "--base-url", sim.url,
                "--batch-size", str(batch_size), "--concurrency", "4", "--poll-min", "0.05", "--poll-max", "0.3",
-               "--shards", "4", "--max-attempts", "5", "--retry-wait", "0.5"]
+               "--shards", "4", "--max-attempts", "5", "--retry-wait", "0.5", *run_args]
         done_kills = runs = 0
         code = -1
         while done_kills < kills:

@@ -281,12 +281,21 @@ def queue_full_limit(message: str) -> tuple[bool, int | None]:
     return True, (int(m.group(1).replace(",", "")) if m and m.group(1).replace(",", "") else None)
 
 
+# AWS exceptions whose status says otherwise than their name (Bedrock: a full jobs-in-progress quota is a 400)
+AWS_EXCEPTIONS: dict[str, type[ProviderError]] = {"ServiceQuotaExceededException": QueueFull,
+                                                  "ConflictException": Conflict}
+
+
 def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = None, *,
                 what: str = "") -> ProviderError:
     """Map an HTTP error status (its body and headers) to the error tree, as the official SDKs decide."""
     kind, message = error_message(body)
-    text = f"{what}: HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
     h = {k.lower(): v for k, v in (headers or {}).items()}
+    aws = h.get("x-amzn-errortype", "").partition(":")[0].strip()  # AWS rest-json: the exception's name
+    kind = aws or kind
+    text = f"{what}: HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
+    if aws in AWS_EXCEPTIONS:  # mapped by name, not status: a quota exception is a 400 that means "wait"
+        return AWS_EXCEPTIONS[aws](text, status=status, kind=kind)
     if 300 <= status < 400:
         return Redirected(f"{what}: HTTP {status} redirect to {h.get('location') or '(no Location)'}: not followed "
                           f"(the key goes only to the configured base URL)", status=status)

@@ -95,7 +95,7 @@ PROVIDER, BATCHING, INPUT, COST = "provider", "batching", "input", "cost"
 JOB_OPTIONS: tuple[Option, ...] = (
     # -- provider -------------------------------------------------------------------------------
     Option("provider", str, "anthropic", "which batch API", PROVIDER, env=("BATCH_PROVIDER",), shapes=True,
-           choices=("anthropic", "openai", "inline"), daemon_side=True),
+           choices=("anthropic", "openai", "inline", "bedrock"), daemon_side=True),
     Option("base_url", str, "https://api.anthropic.com", "where the API is", PROVIDER, metavar="URL",
            daemon_side=True, default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
     Option("auth", str, "x-api-key", "how the key is sent; proxies often want bearer", PROVIDER,
@@ -119,6 +119,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
            env=("INLINE_STATUS_PATH",), daemon_side=True),
     Option("inline_results_path", str, "/v1/batches/{id}/results", "inline proxy: results path", PROVIDER, metavar="PATH",
            env=("INLINE_RESULTS_PATH",), daemon_side=True),
+    Option("role_arn", str, None, "bedrock: the IAM service role Bedrock assumes to read and write --staging",
+           PROVIDER, metavar="ARN", env=("BEDROCK_ROLE_ARN",), daemon_side=True),
+    Option("staging", str, None, "bedrock: `s3://bucket/prefix` where records go in and results come out",
+           PROVIDER, metavar="S3URI", env=("BEDROCK_STAGING",), daemon_side=True),
+    Option("keep_staged", bool, False, "bedrock: keep the staged input and output objects once collected",
+           PROVIDER, env=("BEDROCK_KEEP_STAGED",), daemon_side=True),
     # -- batching -------------------------------------------------------------------------------
     Option("batch_size", int, 10_000, "requests per batch", BATCHING, shapes=True, metavar="N", minimum=1,
            default_text="the provider's (10,000; openai 50,000; inline 5,000)"),

@@ -25,6 +25,7 @@ from batch_scheduler.core.options import JOB_OPTIONS, check_value, parse_size
 MB = 1_000_000
 log = logging.getLogger("batch_scheduler.settings")
 _WARNED_BOTH: set[str] = set()
+OWN_CREDENTIALS = "own-credential-chain"  # the key of a provider that finds its own (ProviderSpec.own_credentials)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class ProviderSpec:
     queue_unit: str = "requests"
     queue_start: int = 200_000
     queue_max: int = 500_000
+    # The fewest requests the provider accepts in one batch (Bedrock refuses a job under its minimum record
+    # count): the cut never makes a smaller batch, and a job smaller than this is refused before anything goes.
+    min_batch_requests: int = 1
+    # The provider finds its own credentials (bedrock: botocore's chain); without a key in key_env, the key
+    # is OWN_CREDENTIALS, which nothing sends.
+    own_credentials: bool = False
 
     @property
     def queue_option(self) -> str:
@@ -103,6 +110,9 @@ class Settings:
     inline_create_path: str = "/v1/batches"
     inline_status_path: str = "/v1/batches/{id}"
     inline_results_path: str = "/v1/batches/{id}/results"
+    role_arn: str | None = None
+    staging: str | None = None
+    keep_staged: bool = False
     batch_size: int = 10_000
     batch_bytes: int = 200_000_000
     concurrency: int = 128
@@ -197,8 +207,11 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
         values["model"] = _first(*(env.get(n) for n in spec.model_env))
     batch_size = values["batch_size"] = int(_first(flags.get("batch_size"), spec.default_requests))
     batch_bytes = values["batch_bytes"] = parse_size(_first(flags.get("batch_bytes"), spec.default_bytes))
-    if not 1 <= batch_size <= spec.max_requests:
-        raise UsageError(f"--batch-size {batch_size}: must be 1..{spec.max_requests:,} for provider {spec.name}")
+    # a remainder under the floor joins the batch before it, so a batch may hold batch_size + floor - 1
+    most = spec.max_requests - spec.min_batch_requests + 1
+    if not spec.min_batch_requests <= batch_size <= most:
+        raise UsageError(f"--batch-size {batch_size}: must be {spec.min_batch_requests:,}..{most:,} for provider "
+                         f"{spec.name}")
     if not 1024 <= batch_bytes <= spec.max_bytes:
         raise UsageError(f"--batch-bytes {batch_bytes}: must be 1KB..{spec.max_bytes // MB} MB for provider "
                          f"{spec.name}")
@@ -230,7 +243,7 @@ def _credential(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provider
         log.warning("both %s and %s are set: the key is used", spec.key_hint, " / ".join(spec.token_env))
     elif token:
         key, auth = token, auth or "bearer"
-    secret = str(key or "")
+    secret = str(key or (OWN_CREDENTIALS if spec.own_credentials else ""))
     if "\r" in secret or "\n" in secret:
         raise UsageError(f"the API key holds a line break (CR or LF): check {spec.credential_hint} "
                          f"(a .env file saved with Windows line endings?)")

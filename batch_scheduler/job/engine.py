@@ -204,8 +204,8 @@ class Engine:
         if isinstance(err, errors.AuthRefused):
             status = getattr(err, "status", None)
             return JobResult(ExitCode.AUTH, auth_message(self.settings, status), http_status=status)
-        if isinstance(err, errors.JobMismatch):
-            return JobResult(ExitCode.USAGE, str(err))
+        if isinstance(err, errors.JobMismatch | errors.UsageError):  # UsageError: e.g. a job under the batch floor,
+            return JobResult(ExitCode.USAGE, str(err))                  # AWS credentials or --staging missing
         if (full := disk_full(err)) is not None:
             return full
         if isinstance(err, errors.InputError):  # the input cannot be read on: running again cannot help

@@ -159,6 +159,11 @@ class Provider(Protocol):
     def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """Every result line of an ended batch, in blocks; one attempt (restart on failure)."""
 
+    async def release(self, info: BatchInfo) -> None:
+        """The batch's results are durable: free what the provider keeps for it (Bedrock: the staged S3
+        objects). Best effort, never raises; by default nothing."""
+        return None
+
     def classify(self, line: bytes) -> tuple[str, Outcome, Usage | tuple[int, int, int, int, int] | None, str | None]:
         """(custom_id, outcome, usage, model) of one result line (usage a `Usage` or its plain 5-tuple).
         Raises ValueError if unreadable.

@@ -53,6 +53,10 @@ class SimConfig:
     openai_max_requests: int = OPENAI_MAX_REQUESTS
     inline_max_requests: int = INLINE_MAX_REQUESTS
     organization: str = ORGANIZATION  # named in OpenAI's token-limit message
+    bedrock_s3_endpoint: str | None = None  # Bedrock: the S3 its jobs read and write (moto's server in tests)
+    bedrock_min_records: int = 100  # Bedrock: fewer records in a job is a ValidationException
+    bedrock_max_records: int = 50_000
+    bedrock_jobs_limit: int = 20  # Bedrock: jobs submitted or in progress per model (ServiceQuotaExceeded)
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:

@@ -46,7 +46,7 @@ _MESSAGES = {
         "overloaded_error": "The server is overloaded or not ready yet.",
     },
 }
-_MESSAGES[Style.INLINE] = _MESSAGES[Style.ANTHROPIC]
+_MESSAGES[Style.INLINE] = _MESSAGES[Style.BEDROCK] = _MESSAGES[Style.ANTHROPIC]
 SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 _QUOTA = ("insufficient_quota", "insufficient_quota",
           "You exceeded your current quota, please check your plan and billing details. For more "

@@ -29,6 +29,7 @@ class Style(enum.Enum):
     ANTHROPIC = "anthropic"
     OPENAI = "openai"
     INLINE = "inline"
+    BEDROCK = "bedrock"  # AWS rest-json: the exception's name in x-amzn-ErrorType, the body {"message"}
 
 
 # Anthropic's documented error kinds (API-NOTES §1); the inline proxy adds batch_size_exceeded.
@@ -51,6 +52,17 @@ _OPENAI_KINDS: dict[str, tuple[int | None, str, str | None]] = {
     "api_error": (None, "server_error", None),
     "timeout_error": (None, "server_error", "timeout"),
     "overloaded_error": (503, "server_error", "server_overloaded"),
+}
+
+
+# Anthropic kind -> (status, AWS exception) for Bedrock's answers; an AWS exception name passes as it is.
+_AWS_KINDS = {
+    "invalid_request_error": (400, "ValidationException"), "authentication_error": (403, "AccessDeniedException"),
+    "permission_error": (403, "AccessDeniedException"), "billing_error": (403, "AccessDeniedException"),
+    "not_found_error": (404, "ResourceNotFoundException"), "conflict_error": (400, "ConflictException"),
+    "rate_limit_error": (429, "ThrottlingException"), "api_error": (500, "InternalServerException"),
+    "timeout_error": (504, "InternalServerException"), "overloaded_error": (503, "ServiceUnavailableException"),
+    "request_too_large": (413, "ValidationException"),
 }
 
 
@@ -77,7 +89,7 @@ def request_id() -> str:
 
 
 def json_response(doc: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    if headers is None or not ({"request-id", "x-request-id"} & set(headers)):
+    if headers is None or not ({"request-id", "x-request-id", "x-amzn-RequestId"} & set(headers)):
         headers = {"request-id": request_id(), **(headers or {})}
     return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON, headers=headers)
 
@@ -85,6 +97,10 @@ def json_response(doc: object, *, status: int = 200, headers: dict[str, str] | N
 def error_response(style: Style, exc: Rejected) -> web.Response:
     rid = request_id()
     status = exc.status
+    if style is Style.BEDROCK:
+        status, name = _AWS_KINDS.get(exc.kind, (exc.status, exc.kind))
+        return json_response({"message": exc.message}, status=status,
+                             headers={"x-amzn-RequestId": rid, "x-amzn-ErrorType": name, **exc.headers})
     if style is Style.OPENAI:
         o_status, otype, code = _OPENAI_KINDS.get(exc.kind, (None, exc.kind, None))
         message = exc.message

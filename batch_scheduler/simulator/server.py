@@ -13,6 +13,7 @@ failures, count_tokens calls, peak queued requests (Anthropic + inline) and peak
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from aiohttp import web
 
 import batch_scheduler.simulator.faults as faults
 from batch_scheduler.simulator.anthropic import AnthropicApi
+from batch_scheduler.simulator.bedrock import BedrockApi
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.inline import InlineApi
@@ -41,6 +43,9 @@ from batch_scheduler.simulator.store import Store, no_gc
 from batch_scheduler.simulator.validation import version_problem
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SIGV4 = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Za-z0-9]+)/\d{8}/[a-z0-9-]+/(?P<service>[a-z0-9-]+)/aws4_request, "
+                   r"SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=[0-9a-f]{64}")
+AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 
 
 class Simulator:
@@ -56,6 +61,7 @@ class Simulator:
         self.anthropic = AnthropicApi(self.ctx)
         self.openai = OpenAIApi(self.ctx, OpenAIFiles(self.ctx))
         self.inline = InlineApi(self.ctx)
+        self.bedrock = BedrockApi(self.ctx)
 
     @property
     def config(self) -> SimConfig:
@@ -90,6 +96,17 @@ class Simulator:
         counters = self.ctx.stats[group]
         counters[key] = counters.get(key, 0) + 1
 
+    def _check_sigv4(self, request: web.Request) -> None:
+        """Bedrock: a SigV4 authorization header of the right shape for the service `bedrock`, and its date."""
+        m = SIGV4.fullmatch(request.headers.get("authorization", ""))
+        if m is None or not AMZ_DATE.fullmatch(request.headers.get("x-amz-date", "")):
+            raise Rejected("authentication_error", "Missing Authentication Token")
+        if m.group("service") != "bedrock" or "x-amz-date" not in m.group("signed").split(";"):
+            raise Rejected("authentication_error", "Credential should be scoped to correct service: 'bedrock'.")
+        valid = self.ctx.config.valid_keys
+        if valid is not None and m.group("key") not in valid:
+            raise Rejected("authentication_error", "The security token included in the request is invalid.")
+
     def _check_key(self, request: web.Request) -> None:
         key = request.headers.get("x-api-key")
         if not key:
@@ -112,7 +129,10 @@ class Simulator:
 
     def _check_call(self, request: web.Request, style: Style) -> None:
         """Key, version and billing, in the order the real API answers them."""
-        self._check_key(request)
+        if style is Style.BEDROCK:
+            self._check_sigv4(request)
+        else:
+            self._check_key(request)
         config = self.ctx.config
         if style is Style.ANTHROPIC:
             problem = version_problem(request.headers.get("anthropic-version"), config.require_version)
@@ -148,7 +168,7 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 40)
         for api, style in ((self.anthropic, Style.ANTHROPIC), (self.openai, Style.OPENAI),
-                           (self.inline, Style.INLINE)):
+                           (self.inline, Style.INLINE), (self.bedrock, Style.BEDROCK)):
             for method, path, name, handler, create in api.routes():
                 app.router.add_route(method, path, self.route(name, style, handler, create=create))
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,

@@ -24,6 +24,28 @@ def test_twenty_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
     assert r.overpaid <= 0.05, (r.paid, r.retried)
 
 
+BEDROCK_CLAUDE = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+def test_twenty_sigkills_of_a_bedrock_job_lose_nothing_and_repeat_nothing(tmp_path):
+    from tests.cluster.servers import MotoServer
+
+    with MotoServer() as moto:
+        env = {"AWS_ACCESS_KEY_ID": "AKIDSOAK", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_ENDPOINT_URL_S3": moto.endpoint}
+        run_args = ("--provider", "bedrock", "--model", BEDROCK_CLAUDE, "--role-arn", "arn:aws:iam::123456789012:role/b",
+                    "--staging", f"s3://{moto.new_bucket()}/soak")
+        r = soak(kills=20, requests=4_000, seed=11, workdir=str(tmp_path), processing_s=2.5, batch_size=100, model=None,
+                 run_args=run_args, env=env, sim_config={"bedrock_s3_endpoint": moto.endpoint})
+    assert r.kills == 20, "the job finished before it could be killed 20 times"
+    assert r.exit_code == 0
+    assert r.unique == r.expected
+    assert r.duplicates == 0
+    assert r.partial_lines == 0
+    # paid: each retry batch under Bedrock's floor of 100 is filled up with cheap copies (max_tokens 1)
+    assert r.overpaid <= 0.5, (r.paid, r.retried)
+
+
 # A kill -9 at the one point where a batch is collected but its missing requests are not yet queued:
 # the shard lines are fsync'd and the ledger transaction that records the batch (and parks the requests
 # its results left out) has not run, or has just run. The kill is placed there exactly by wrapping that

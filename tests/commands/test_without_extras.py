@@ -39,3 +39,18 @@ def test_without_the_cluster_extra_a_local_job_runs_and_the_cluster_commands_nam
     bucket = cli("run", str(tmp_path / "in.jsonl"), "--out", "s3://bucket/x", cwd=str(tmp_path))
     assert bucket.returncode == 2, bucket.stderr
     assert "batch-scheduler[cluster]" in bucket.stderr, bucket.stderr
+
+
+WITHOUT_BOTOCORE = ("import sys, runpy; sys.modules.update(botocore=None); "
+                    "sys.argv[0] = 'batch-scheduler'; runpy.run_module('batch_scheduler', run_name='__main__')")
+
+
+def test_without_the_bedrock_extra_a_bedrock_job_names_the_extra_before_anything_is_sent(tmp_path):
+    write_requests(tmp_path / "in.jsonl", 120)
+    args = ["run", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out"), "--provider", "bedrock",
+            "--model", "claude-sonnet-4-5", "--role-arn", "arn:aws:iam::123456789012:role/b",
+            "--staging", "s3://bucket/prefix", "--base-url", "http://127.0.0.1:9"]
+    done = subprocess.run([sys.executable, "-c", WITHOUT_BOTOCORE, *args], env=dict(os.environ), cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--provider bedrock needs botocore: pip install 'batch-scheduler[bedrock]'" in done.stderr

@@ -55,8 +55,8 @@ def test_each_provider_is_registered_under_its_own_name_and_subclasses_the_proto
 
 def test_an_unknown_provider_is_a_usage_error_naming_the_choices():
     with pytest.raises(UsageError) as caught:
-        provider_class("bedrock")
-    assert str(caught.value) == f"--provider 'bedrock': choose one of {', '.join(NAMES)}"
+        provider_class("no-such-api")
+    assert str(caught.value) == f"--provider 'no-such-api': choose one of {', '.join(NAMES)}"
 
 
 def test_a_line_without_a_known_provider_keeps_its_body_in_params():

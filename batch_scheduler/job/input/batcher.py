@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from batch_scheduler.core.errors import InputError
+from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.job.input.reader import Block
 from batch_scheduler.job.input.validate import BLANK, Rejects, Validator
 
@@ -53,13 +53,48 @@ class Chunk:
 async def cut_chunks(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
                      batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
                      unit_of: Callable[[int], str]) -> AsyncGenerator[Chunk, None]:
-    """Validated chunks from a stream of blocks, in input order, numbered from 0."""
-    if validator.lanes:
-        async with aclosing(_cut_lanes(blocks, validator, rejects, batch_size=batch_size, batch_bytes=batch_bytes,
-                                       overhead=overhead, unit_of=unit_of)) as chunks:
-            async for ready in chunks:
-                yield ready
-        return
+    """Validated chunks from a stream of blocks, in input order, numbered from 0. A provider with a floor
+    (`min_batch_requests`) gets no chunk under it (`_with_floor`; with lanes, no floor is kept)."""
+    cut = _cut_lanes if validator.lanes else _cut
+    chunks = cut(blocks, validator, rejects, batch_size=batch_size, batch_bytes=batch_bytes, overhead=overhead,
+                 unit_of=unit_of)
+    if validator.min_batch > 1 and not validator.lanes:
+        chunks = _with_floor(chunks, validator.min_batch)
+    async with aclosing(chunks):
+        async for ready in chunks:
+            yield ready
+
+
+async def _with_floor(chunks: AsyncGenerator[Chunk, None], floor: int) -> AsyncGenerator[Chunk, None]:
+    """The chunks, none under `floor` requests: each waits until two more have closed, and a last chunk
+    under the floor joins the one before it (one batch of up to batch_size + floor - 1 requests). A whole
+    input under the floor is refused before anything is sent (UsageError, saying what to do)."""
+    before: Chunk | None = None
+    held: Chunk | None = None
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            if before is not None:
+                yield before
+            before, held = held, chunk
+    if held is not None and held.n < floor:
+        if before is None:
+            raise UsageError(f"the job has {held.n:,} requests, fewer than the {floor:,} the provider takes in a "
+                             f"batch: add requests to reach {floor:,}, or send these with another provider")
+        before.lines += held.lines
+        before.ids += held.ids
+        before.skipped += held.skipped
+        before.nbytes += held.nbytes - BODY_WRAPPER_BYTES
+        before.end_file, before.end_pos = held.end_file, held.end_pos
+        held = None
+    for last in (before, held):
+        if last is not None:
+            yield last
+
+
+async def _cut(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
+               batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
+               unit_of: Callable[[int], str]) -> AsyncGenerator[Chunk, None]:
+    """The cut without lanes: one open chunk at a time."""
     check = validator.check
     reject = rejects.add
     seq = 0

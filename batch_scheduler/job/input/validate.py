@@ -99,6 +99,7 @@ class Validator:
         self._lane_of = provider.lane_of
         self.lanes = self._lane_of is not None
         self.lane: str | None = None
+        self.min_batch = provider.spec.min_batch_requests  # the fewest requests a batch may hold (the cut's floor)
 
     def expect(self, n: int) -> None:
         """About n requests are coming (an estimate from the input's size and its first lines): size the

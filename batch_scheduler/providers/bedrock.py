@@ -1,0 +1,307 @@
+"""AWS Bedrock batch inference (`--provider bedrock`; PROVIDERS §3): records staged in S3, one job per batch.
+
+    create:  PUT s3://{staging}/{name}/input.jsonl  ->  POST /model-invocation-job {jobName, roleArn, modelId,
+             inputDataConfig, outputDataConfig, clientRequestToken, [modelInvocationType]}  ->  {"jobArn"}
+    poll:    GET /model-invocation-job/{jobId}, GET /model-invocation-jobs?submitTimeAfter=&nextToken=
+    results: GET s3://{staging}/{name}/out/{jobId}/input.jsonl.out  (matched by recordId, never by order)
+    stop:    POST /model-invocation-job/{jobId}/stop
+
+Credentials, region, endpoints and SigV4 come from botocore (aws.py). One job runs one model: `--model` is
+the job's `modelId`; a line naming another model is refused. The job's name and its `clientRequestToken`
+are the create tag (job and chunk) and a digest of the lines, so a create sent again (a lost answer, a
+restart) is the same request to Bedrock, which answers it with the job it made: create is idempotent, and
+`tag_of` reads the tag back from a listed job for adoption.
+
+Bedrock refuses a job under its minimum record count (`min_batch_requests`, 100 by default): the cut never
+makes a smaller batch (job.input.batcher), and a retry batch under it is filled up with copies of its own
+records (max_tokens 1, ids `<id>.padN`) whose answers are dropped: they cost a little, a refusal more.
+
+States: Completed, PartiallyCompleted, Stopped and Expired end a batch (records missing from the output,
+i.e. not processed, are sent again unbilled); Failed fails it with Bedrock's `message`; the rest, and a
+status never seen before (logged once), are still running. A full jobs-in-progress quota
+(`ServiceQuotaExceededException`) is a full queue: admission waits for a job to end. Once a batch's
+results are durable its staged objects are deleted (`release`), unless --keep-staged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+import orjson
+
+from batch_scheduler.core import errors
+from batch_scheduler.core.headers import merge_headers
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.settings import MB, ProviderSpec, Settings
+from batch_scheduler.providers.answers import document, items, mapping, shown, text, whole
+from batch_scheduler.providers.aws import AwsAccess, AwsChain, split_s3_uri
+from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, parse_time
+from batch_scheduler.providers.bedrock_lines import (
+    claude_body,
+    converse_body,
+    is_claude,
+    kept_line,
+    padded_line,
+    record_line,
+    result_line,
+)
+from batch_scheduler.providers.common import LIST_PAGES_MAX, check_message_params, classify_result
+
+log = logging.getLogger("batch_scheduler.providers")
+
+DEFAULT_URL = "https://bedrock.{region}.amazonaws.com"  # the default --base-url: botocore's endpoint for the region
+ENDED = frozenset({"Completed", "PartiallyCompleted", "Stopped", "Expired"})
+RUNNING = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
+NOTHING_RAN = frozenset({"Stopped", "Expired"})  # may end without an output file
+JOB_ID = re.compile(r"[a-z0-9]{12}")
+INPUT_NAME = "input.jsonl"
+LIST_MAX = 100
+_COUNTS = {"total": "totalRecordCount", "processed": "processedRecordCount", "succeeded": "successRecordCount",
+           "errored": "errorRecordCount"}
+_warned: set[str] = set()
+
+SPEC = ProviderSpec(
+    name="bedrock", max_requests=50_000, max_bytes=1000 * MB, default_requests=10_000, default_bytes=200 * MB,
+    key_env=("AWS_ACCESS_KEY_ID",), base_url_env=("AWS_ENDPOINT_URL_BEDROCK", "AWS_ENDPOINT_URL"),
+    default_base_url=DEFAULT_URL, default_auth="bearer", model_env=("BEDROCK_MODEL",), own_credentials=True,
+    # record ids go into S3 object lines only; the same rule as Message Batches keeps them safe everywhere
+    queue_unit="requests", queue_start=200_000, queue_max=1_000_000,  # 20 jobs in progress per model x 50,000
+    min_batch_requests=100)
+
+
+def job_id_of(arn: str, what: str) -> str:
+    """The 12-character id at the end of a job ARN (the id this program keeps: it goes into URLs)."""
+    job_id = arn.rpartition("/")[2]
+    if not JOB_ID.fullmatch(job_id):
+        raise errors.BadAnswer(f"{what}: jobArn is {shown(arn)}, expected ...:model-invocation-job/<12 characters>")
+    return job_id
+
+
+def name_of(tag: str, lines: list[bytes]) -> str:
+    """The job's name and idempotency token: the tag and a digest of the lines (letters, digits, hyphens)."""
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line)
+        h.update(b"\n")
+    return f"{tag}-{h.hexdigest()[:12]}"
+
+
+def _unknown_status(status: str | None, what: str) -> None:
+    if status not in _warned:
+        _warned.add(str(status))
+        log.warning("%s: status %s is not one this program knows; taken as still running", what, shown(status))
+
+
+class BedrockProvider(Provider):
+    name = "bedrock"
+    spec = SPEC
+
+    def __init__(self, settings: Settings, http: HttpClient):
+        self.settings = settings
+        self.http = http
+        self._chain = AwsChain(None if settings.base_url == DEFAULT_URL else settings.base_url)
+        self._model = settings.model or ""
+
+    @staticmethod
+    def headers(settings: Settings) -> dict[str, str]:
+        return merge_headers({}, settings.headers)  # each call is signed on its own (aws.AwsAccess.sign)
+
+    # -- input lines ----------------------------------------------------------------------------
+
+    def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
+        if not self._model:
+            return "no model: give --model (or BEDROCK_MODEL), the Bedrock model id the job runs", None
+        if "modelInput" in obj and "params" not in obj:
+            if not isinstance(obj["modelInput"], dict):
+                return "modelInput must be an object (the model's request body)", None
+            return None, kept_line(obj["custom_id"], obj["modelInput"])
+        params = obj.get("params")
+        problem = check_message_params(params, self._model)
+        if problem or not isinstance(params, dict):
+            return problem or "params must be an object", None
+        if params.get("model") not in (None, self._model):
+            return (f"params.model {params['model']!r}: a Bedrock job runs one model, {self._model!r} (--model); "
+                    f"send the others as another job"), None
+        if is_claude(self._model):
+            return None, kept_line(obj["custom_id"], claude_body(params))
+        body, problem = converse_body(params)
+        return (problem, None) if problem else (None, kept_line(obj["custom_id"], body or {}))
+
+    def body_overhead(self, line_bytes: int) -> int:
+        return 1  # the newline
+
+    # -- signed calls ---------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, endpoint: str, body: bytes = b"", *, query: str = "",
+                    idempotent: bool = True) -> dict:
+        aws = await self._chain.access()
+        url = aws.bedrock_url + path + (f"?{query}" if query else "")
+        headers = aws.sign(method, url, "bedrock", body, {"content-type": "application/json"})
+        data = await self.http.call(method, url, endpoint, body=body or None, headers=headers, idempotent=idempotent)
+        return document(data, f"{endpoint} answer")
+
+    async def _put(self, aws: AwsAccess, bucket: str, key: str, body: bytes) -> None:
+        url = aws.object_url(bucket, key)
+        headers = aws.sign("PUT", url, "s3", body, {"content-type": "application/jsonl"})
+        try:
+            await self.http.call("PUT", url, "s3.put", body=body, headers=headers)
+        except (errors.AuthRefused, errors.NotFound) as err:
+            raise errors.UsageError(f"--staging s3://{bucket}: cannot write {key} ({err}): check that the bucket "
+                                    f"exists and that these AWS credentials may write to it") from None
+
+    def _staging(self) -> tuple[str, str]:
+        if not self.settings.role_arn:
+            raise errors.UsageError("--provider bedrock needs --role-arn (or BEDROCK_ROLE_ARN): the service role "
+                                    "Bedrock assumes to read and write the staging prefix")
+        if not self.settings.staging:
+            raise errors.UsageError("--provider bedrock needs --staging s3://bucket/prefix (or BEDROCK_STAGING): "
+                                    "where records go in and results come out")
+        return split_s3_uri(self.settings.staging, "--staging")
+
+    # -- the Provider's calls -------------------------------------------------------------------
+
+    async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
+        bucket, prefix = self._staging()
+        aws = await self._chain.access()
+        floor = self.spec.min_batch_requests
+        pads = [padded_line(lines[i % len(lines)], i) for i in range(floor - len(lines))] if lines else []
+        name = name_of(tag, lines)
+        base = f"{prefix}/{name}" if prefix else name
+        await self._put(aws, bucket, f"{base}/{INPUT_NAME}", b"\n".join(record_line(x) for x in lines + pads) + b"\n")
+        body = {"jobName": name, "roleArn": self.settings.role_arn, "modelId": self._model, "clientRequestToken": name,
+                "inputDataConfig": {"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/{INPUT_NAME}",
+                                                          "s3InputFormat": "JSONL"}},
+                "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/out/"}}}
+        if not is_claude(self._model):
+            body["modelInvocationType"] = "Converse"
+        doc = await self._call("POST", "/model-invocation-job", "create", orjson.dumps(body))  # idempotent: the token
+        arn = text(doc, "jobArn", "create answer", required=True) or ""
+        return BatchInfo(id=job_id_of(arn, "create answer"), state=BatchState.IN_PROGRESS, validated=False,
+                         total=len(lines), raw={**body, "jobArn": arn})
+
+    async def get(self, batch_id: str) -> BatchInfo:
+        doc = await self._call("GET", f"/model-invocation-job/{batch_id}", "retrieve")
+        info = self._info(doc, f"batch {batch_id}: retrieve answer")
+        if info.id != batch_id:
+            raise errors.BadAnswer(f"batch {batch_id}: retrieve answer: jobArn names {info.id!r}")
+        return info
+
+    async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
+        after = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        token: str | None = None
+        for page_no in range(1, LIST_PAGES_MAX + 1):
+            what = f"list answer (page {page_no})"
+            query = {"submitTimeAfter": after, "sortBy": "CreationTime", "sortOrder": "Descending",
+                     "maxResults": LIST_MAX, **({"nextToken": token} if token else {})}
+            page = await self._call("GET", "/model-invocation-jobs", "list", query=urlencode(query))
+            for i, item in enumerate(items(page, "invocationJobSummaries", what)):
+                try:
+                    yield self._info(item if isinstance(item, dict) else {}, f"{what}: invocationJobSummaries[{i}]")
+                except errors.BadAnswer as err:
+                    log.warning("%s: skipped: %s", what, err)
+            next_token = text(page, "nextToken", what)
+            if not next_token or next_token == token:
+                return
+            token = next_token
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        await self._call("POST", f"/model-invocation-job/{batch_id}/stop", "cancel")
+        return await self.get(batch_id)
+
+    async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
+        """The output file of the batch's one input file, each line as a Message Batches result line."""
+        aws = await self._chain.access()
+        info = await self._described(info)
+        bucket, key = self._output_key(info)
+        url = aws.object_url(bucket, key)
+        model = str(info.raw.get("modelId") or self._model)
+        try:
+            async for block in self.http.line_blocks(url, "results", headers=aws.sign("GET", url, "s3")):
+                lines = [out for line in block if line.strip() and (out := result_line(line, model)) is not None]
+                if lines:
+                    yield lines
+        except errors.NotFound:
+            if info.raw.get("status") not in NOTHING_RAN:
+                raise
+            # stopped or expired before a record ran: no output file; every record is sent again
+
+    classify = staticmethod(classify_result)
+
+    @staticmethod
+    def tag_of(info: BatchInfo) -> str | None:
+        """The create tag in a job's token (`<tag>-<digest>`); None for a job this program did not name."""
+        token = info.raw.get("clientRequestToken")
+        if not isinstance(token, str) or not token.startswith("job-") or "-chunk-" not in token:
+            return None
+        return token.rpartition("-")[0]
+
+    async def release(self, info: BatchInfo) -> None:
+        """Delete the batch's staged objects (its input, output and manifest) once its results are durable."""
+        if self.settings.keep_staged:
+            return
+        aws = await self._chain.access()
+        try:
+            info = await self._described(info)
+            bucket, out_key = self._output_key(info)
+            in_bucket, in_key = split_s3_uri(self._input_uri(info), "input s3Uri")
+        except (errors.UsageError, errors.ProviderError) as err:
+            log.warning("batch %s: staged objects not deleted: %s", info.id, err)
+            return
+        manifest = out_key.rpartition("/")[0] + "/manifest.json.out"
+        for b, key in ((in_bucket, in_key), (bucket, out_key), (bucket, manifest)):
+            url = aws.object_url(b, key)
+            try:
+                await self.http.call("DELETE", url, "s3.delete", headers=aws.sign("DELETE", url, "s3"))
+            except errors.ProviderError as err:
+                log.warning("batch %s: staged object s3://%s/%s not deleted: %s", info.id, b, key, err)
+
+    # -- reading answers ------------------------------------------------------------------------
+
+    async def _described(self, info: BatchInfo) -> BatchInfo:
+        """The batch with its job's whole description (a batch known only by its id is asked for it)."""
+        return info if "outputDataConfig" in info.raw and "status" in info.raw else await self.get(info.id)
+
+    @staticmethod
+    def _input_uri(info: BatchInfo) -> str:
+        source = mapping(mapping(info.raw, "inputDataConfig", "job"), "s3InputDataConfig", "job.inputDataConfig")
+        return text(source, "s3Uri", f"batch {info.id}: inputDataConfig.s3InputDataConfig", required=True) or ""
+
+    def _output_key(self, info: BatchInfo) -> tuple[str, str]:
+        """(bucket, key) of the output file: `{output s3Uri}/{jobId}/{input file name}.out`."""
+        what = f"batch {info.id}: outputDataConfig.s3OutputDataConfig"
+        out = mapping(mapping(info.raw, "outputDataConfig", what), "s3OutputDataConfig", what)
+        try:
+            bucket, prefix = split_s3_uri(text(out, "s3Uri", what, required=True) or "", what)
+            input_name = split_s3_uri(self._input_uri(info), what)[1].rpartition("/")[2]
+        except errors.UsageError as err:
+            raise errors.BadAnswer(str(err)) from None
+        return bucket, f"{prefix}/{info.id}/{input_name}.out".lstrip("/")
+
+    def _info(self, doc: dict, what: str) -> BatchInfo:
+        """A job object (get answer or list summary), each field it reads checked."""
+        bid = job_id_of(text(doc, "jobArn", what, required=True) or "", what)
+        what = f"batch {bid}: {what.partition(': ')[2] or what}"
+        status = text(doc, "status", what)
+        counts = {name: whole(doc.get(field), field, what) for name, field in _COUNTS.items() if field in doc}
+        if status in ENDED:
+            state = BatchState.ENDED
+        elif status == "Failed":
+            state = BatchState.FAILED
+        else:
+            if status not in RUNNING:
+                _unknown_status(status, what)
+            state = BatchState.IN_PROGRESS
+        for name in ("submitTime", "endTime"):
+            if doc.get(name) is not None and parse_time(doc[name]) is None:
+                raise errors.BadAnswer(f"{what}: {name} is {shown(doc[name])}, expected a time")
+        return BatchInfo(
+            id=bid, state=state, created_at=parse_time(doc.get("submitTime")), ended_at=parse_time(doc.get("endTime")),
+            total=None, counts=counts, raw=doc,  # total: totalRecordCount counts the pads of a padded batch too
+            validated=status not in ("Submitted", "Validating"),
+            error=(text(doc, "message", what) or "the job failed (no message)") if state is BatchState.FAILED else None,
+        )

@@ -1,0 +1,86 @@
+"""`--provider bedrock` end to end: the simulator's Bedrock over moto's S3, with the real fault set.
+
+Credentials, region and the S3 endpoint come from the standard AWS variables, read by botocore; the
+control plane's endpoint is --base-url. Every request is answered exactly once, Claude (InvokeModel
+bodies) and Nova (Converse bodies) alike, and `status` and `export` read the result.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.job.view.export import export
+from batch_scheduler.simulator import SimConfig
+
+from ..cluster.servers import MotoServer
+from ..conftest import fast_settings
+from ..helpers import ids_of, read_results, request
+
+CLAUDE = "anthropic.claude-3-5-haiku-20241022-v1:0"
+NOVA = "amazon.nova-lite-v1:0"
+ROLE = "arn:aws:iam::123456789012:role/batch"
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def staging(moto, monkeypatch) -> str:
+    for name, value in {"AWS_ACCESS_KEY_ID": "AKIDPIPELINE", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL_S3": moto.endpoint}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    return f"s3://{moto.new_bucket()}/stage"
+
+
+def write_lines(path, n: int) -> list[str]:
+    ids = [f"req-{i:06d}" for i in range(n)]
+    path.write_bytes(b"".join(orjson.dumps(request(cid, f"question {cid}", model=None)) + b"\n" for cid in ids))
+    return ids
+
+
+def bedrock_settings(url: str, model: str, staging: str, **changes):
+    return fast_settings(url, provider="bedrock", model=model, role_arn=ROLE, staging=staging, max_attempts=6,
+                         **changes)
+
+
+async def run_job(settings, out, inputs):
+    return await Engine(settings, str(out), [str(p) for p in inputs], quiet=True).run()
+
+
+@pytest.mark.parametrize("model", [CLAUDE, NOVA], ids=["claude", "nova"])
+async def test_a_bedrock_job_is_answered_exactly_once_under_the_real_faults(sim, moto, staging, tmp_path, model):
+    sim.config = SimConfig.real_faults(seed=11, bedrock_s3_endpoint=moto.endpoint)
+    ids = write_lines(tmp_path / "in.jsonl", 1_050)
+    result = await run_job(bedrock_settings(sim.url, model, staging), tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    results = read_results(str(tmp_path / "out"))
+    got = ids_of(results)
+    assert len(got) == len(set(got)) and sorted(got) == sorted(ids)
+    for r in results:
+        assert r["result"]["type"] == "succeeded", r
+        assert r["result"]["message"]["content"][0]["text"] == f"answer to {r['custom_id']}"
+    jobs = [b for b in sim.store.batches.values() if b.kind == "bedrock"]
+    assert all(b.n >= 100 for b in jobs)  # the floor: no job under Bedrock's minimum, retries padded up to it
+    assert len({b.extra["doc"]["clientRequestToken"] for b in jobs}) == len(jobs)
+    assert all((b.extra["doc"].get("modelInvocationType") == "Converse") == (model == NOVA) for b in jobs)
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["results"]["succeeded"] == 1_050 and summary["cost_usd"] > 0
+    exported = export(str(tmp_path / "out"), "csv", str(tmp_path / "out.csv"))
+    assert exported.results == 1_050
+
+
+async def test_a_bedrock_job_under_the_floor_is_refused_before_anything_is_sent(sim, moto, staging, tmp_path):
+    sim.config = SimConfig(bedrock_s3_endpoint=moto.endpoint)
+    write_lines(tmp_path / "in.jsonl", 40)
+    result = await run_job(bedrock_settings(sim.url, CLAUDE, staging), tmp_path / "out", [tmp_path / "in.jsonl"])
+    floor = ("the job has 40 requests, fewer than the 100 the provider takes in a batch: add requests to reach "
+             "100, or send these with another provider")
+    assert (result.exit_code, result.message) == (ExitCode.USAGE, floor)
+    assert sim.stats["creates"] == 0 and sim.stats["calls"] == {}
