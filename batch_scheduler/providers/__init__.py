@@ -30,8 +30,10 @@ from batch_scheduler.providers.anthropic import AnthropicProvider
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.providers.inline import InlineProvider
 from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.providers.openai_like import AzureProvider, GroqProvider, TogetherProvider
 
-__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "InlineProvider", "OpenAIProvider", "Provider",
+__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "AzureProvider", "GroqProvider", "InlineProvider",
+           "OpenAIProvider", "Provider", "TogetherProvider",
            "body_field", "build_settings", "headers_for", "key_refused_message", "make_provider", "missing_key_message",
            "provider_class", "spec_of"]
 
@@ -39,6 +41,9 @@ REGISTRY: dict[str, type[Provider]] = {cls.name: cls for cls in (
     AnthropicProvider,
     OpenAIProvider,
     InlineProvider,
+    AzureProvider,
+    GroqProvider,
+    TogetherProvider,
 )}
 NAMES = tuple(REGISTRY)
 DEFAULT = NAMES[0]  # what an unknown name (a ledger from elsewhere) is read as; core.options' default too
