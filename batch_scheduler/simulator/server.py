@@ -1,4 +1,4 @@
-"""The simulator server: one aiohttp app serving the Anthropic, OpenAI and inline batch APIs.
+"""The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline and Azure OpenAI batch APIs.
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
 `anthropic-version` header (Anthropic paths: missing or unknown is a 400), the billing error, maybe
@@ -22,6 +22,7 @@ from aiohttp import web
 
 import batch_scheduler.simulator.faults as faults
 from batch_scheduler.simulator.anthropic import AnthropicApi
+from batch_scheduler.simulator.azure import AzureApi
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.inline import InlineApi
@@ -56,6 +57,7 @@ class Simulator:
         self.anthropic = AnthropicApi(self.ctx)
         self.openai = OpenAIApi(self.ctx, OpenAIFiles(self.ctx))
         self.inline = InlineApi(self.ctx)
+        self.azure = AzureApi(self.ctx)
 
     @property
     def config(self) -> SimConfig:
@@ -91,7 +93,7 @@ class Simulator:
         counters[key] = counters.get(key, 0) + 1
 
     def _check_key(self, request: web.Request) -> None:
-        key = request.headers.get("x-api-key")
+        key = request.headers.get("x-api-key") or request.headers.get("api-key")  # api-key: Azure
         if not key:
             auth = request.headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
@@ -148,7 +150,7 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 40)
         for api, style in ((self.anthropic, Style.ANTHROPIC), (self.openai, Style.OPENAI),
-                           (self.inline, Style.INLINE)):
+                           (self.inline, Style.INLINE), (self.azure, Style.OPENAI)):
             for method, path, name, handler, create in api.routes():
                 app.router.add_route(method, path, self.route(name, style, handler, create=create))
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,
