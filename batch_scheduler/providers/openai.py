@@ -20,7 +20,8 @@ back, so adoption of a lost create goes by it and jobs sharing an account never 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
 
 import orjson
 
@@ -53,6 +54,11 @@ def metadata_tag(doc: dict) -> str | None:
     metadata = doc.get("metadata")
     tag = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
     return tag if isinstance(tag, str) else None
+
+
+def batch_tag(info: BatchInfo) -> str | None:
+    """The tag `create` gave the batch (None: not created by this program)."""
+    return metadata_tag(info.raw)
 
 
 def error_items(doc: dict) -> list:
@@ -105,7 +111,7 @@ class OpenAIProvider(Provider):
     profile = Profile()
     body_field = "body"
     row_api = "chat"
-    token_count = "tiktoken"
+    token_count: ClassVar[str | None] = "tiktoken"
     count_tokens = staticmethod(count_tiktoken)
 
     def __init__(self, settings: Settings, http: HttpClient):
@@ -227,11 +233,8 @@ class OpenAIProvider(Provider):
 
     classify = staticmethod(classify_line)
 
-    @staticmethod
-    def tag_of(info: BatchInfo) -> str | None:
-        """The tag `create` gave the batch, read back from its metadata (None: not created by this program).
-        A provider with this method keeps tags, and the submitter adopts lost creates by tag."""
-        return metadata_tag(info.raw)
+    # the tag `create` gave a batch, read back from its metadata: the submitter adopts lost creates by it
+    tag_of: Callable[[BatchInfo], str | None] | None = staticmethod(batch_tag)
 
     def _info(self, doc: dict, what: str = "list answer", asked: str | None = None) -> BatchInfo:
         """A batch object, each field it reads checked (answers.BadAnswer naming the batch and the field).

@@ -25,8 +25,6 @@ from batch_scheduler.providers.openai import SPEC as OPENAI_SPEC
 from batch_scheduler.providers.openai import OpenAIProvider
 from batch_scheduler.providers.profile import OPENAI_STATUSES, Profile
 
-_OPENAI_IDS = dict(custom_id=OPENAI_SPEC.custom_id, custom_id_rule=OPENAI_SPEC.custom_id_rule)
-
 AZURE_ROOT = "/openai/v1"  # under the resource's endpoint
 AZURE_PROFILE = Profile(name="azure", files_path=f"{AZURE_ROOT}/files", batches_path=f"{AZURE_ROOT}/batches",
                         endpoint_without_v1=True, max_file_requests=100_000)
@@ -34,7 +32,7 @@ AZURE_SPEC = ProviderSpec(
     name="azure", max_requests=100_000, max_bytes=200 * MB, default_requests=50_000, default_bytes=200 * MB,
     key_env=("AZURE_OPENAI_API_KEY",), token_env=("AZURE_OPENAI_AD_TOKEN",),
     base_url_env=("AZURE_OPENAI_ENDPOINT",), default_base_url="", default_auth="api-key",
-    model_env=("AZURE_OPENAI_DEPLOYMENT",), **_OPENAI_IDS,
+    model_env=("AZURE_OPENAI_DEPLOYMENT",), custom_id=OPENAI_SPEC.custom_id, custom_id_rule=OPENAI_SPEC.custom_id_rule,
     # enqueued tokens per deployment: gpt-4o-mini global batch 1B by default, 15B enterprise (limits page)
     queue_unit="tokens", queue_start=1_000_000_000, queue_max=15_000_000_000)
 
@@ -66,7 +64,7 @@ GROQ_PROFILE = Profile(name="groq", files_path="/openai/v1/files", batches_path=
 GROQ_SPEC = ProviderSpec(
     name="groq", max_requests=50_000, max_bytes=100 * MB, default_requests=50_000, default_bytes=100 * MB,
     key_env=("GROQ_API_KEY",), base_url_env=("GROQ_BASE_URL",), default_base_url="https://api.groq.com",
-    default_auth="bearer", model_env=("GROQ_MODEL",), **_OPENAI_IDS,
+    default_auth="bearer", model_env=("GROQ_MODEL",), custom_id=OPENAI_SPEC.custom_id, custom_id_rule=OPENAI_SPEC.custom_id_rule,
     # Groq documents no queue limit ("no limit on the number of jobs"): admission learns one if a create
     # is ever answered 429, from a start no real job reaches
     queue_start=10_000_000, queue_max=100_000_000)
