@@ -75,7 +75,7 @@ def check_shards(out: str) -> tuple[set[str], int, int]:
 def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: float = 1.0,
          batch_size: int = 100, verbose: bool = False, model: str | None = "claude-haiku-4-5",
          run_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-         sim_config: dict | None = None) -> SoakResult:
+         sim_config: dict | None = None, provider: str = "anthropic") -> SoakResult:
     """`run_args`, `env` and `sim_config` (fields set on the simulator once it runs) choose another provider."""
     from batch_scheduler.simulator.process import SimulatorProcess
 
@@ -83,7 +83,7 @@ def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: fl
     inp = os.path.join(workdir, "in.jsonl")
     out = os.path.join(workdir, "out")
     write_input(inp, requests, model)
-    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, **(env or {})}
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "AZURE_OPENAI_API_KEY": KEY, **(env or {})}
     started = time.monotonic()
     # the real set of faults: ghost 404s after create, requests missing from results and 409s included
     with SimulatorProcess(["--faults", "--seed", str(seed), "--processing-s", str(processing_s)]) as sim:
@@ -91,7 +91,7 @@ def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: fl
             sim.set_config(**sim_config)
         cmd = [sys.executable, "-m", "batch_scheduler", "run", inp, "--out", out, "--base-url", sim.url,
                "--batch-size", str(batch_size), "--concurrency", "4", "--poll-min", "0.05", "--poll-max", "0.3",
-               "--shards", "4", "--max-attempts", "5", "--retry-wait", "0.5", *run_args]
+               "--shards", "4", "--max-attempts", "5", "--retry-wait", "0.5", "--provider", provider, *run_args]
         done_kills = runs = 0
         code = -1
         while done_kills < kills:

@@ -202,6 +202,8 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
     values["provider"] = spec.name
     values["api_key"], values["auth"] = _credential(flags, env, spec)
     base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)
+    if not base:  # a provider without a public URL (Azure: the user's own resource)
+        raise UsageError(f"--provider {spec.name}: set {' or '.join(spec.base_url_env)} (or --base-url)")
     values["base_url"] = check_base_url(str(base).rstrip("/"))
     if flags.get("model") is None:
         values["model"] = _first(*(env.get(n) for n in spec.model_env))

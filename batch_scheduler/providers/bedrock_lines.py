@@ -23,7 +23,7 @@ import orjson
 
 from batch_scheduler.providers.answers import ShapeError, line_object, shown, tokens
 from batch_scheduler.providers.base import encode
-from batch_scheduler.providers.openai import text_of
+from batch_scheduler.providers.openai_lines import text_of
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 _CONVERSE_CONFIG = {"max_tokens": "maxTokens", "temperature": "temperature", "top_p": "topP",

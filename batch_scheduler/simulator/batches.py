@@ -103,12 +103,15 @@ def limit_arg(request: web.Request, maximum: int) -> int:
     return limit
 
 
+MESSAGE_KINDS = ("anthropic", "inline")  # the others are OpenAI-style file APIs (request_timeout lines)
+
+
 def new_batch(ctx: SimContext, kind: str, prefix: str, reqs: Requests, now: float, **extra: Any) -> Batch:
     """A Batch with its outcomes, missing requests and duration drawn (seeded) now."""
     config = ctx.config
     n = len(reqs.custom_ids)
     batch_id = new_id(prefix)
-    outcomes = draw_outcomes(ctx.rng, n, reqs.invalid, config, timeouts=kind == "openai")
+    outcomes = draw_outcomes(ctx.rng, n, reqs.invalid, config, timeouts=kind not in MESSAGE_KINDS)
     missing = draw_missing(ctx.rng, n, config.missing_rate)
     return Batch(
         id=batch_id, kind=kind, created_wall=ctx.wall_time(), created_at=now,

@@ -12,6 +12,7 @@ from typing import Any
 # Provider limits the simulator enforces (Anthropic's are fields: tests shrink them).
 OPENAI_MAX_REQUESTS = 50_000
 INLINE_MAX_REQUESTS = 10_000
+AZURE_MAX_REQUESTS = 100_000
 ORGANIZATION = "org-simulator0000000000000"
 # The kinds of failing call all_faults draws from; real_faults adds conflict_error (faults.FAULT_KINDS).
 SURVIVABLE_KINDS = ("rate_limit_error", "api_error", "timeout_error", "overloaded_error", "dropped")
@@ -57,6 +58,9 @@ class SimConfig:
     bedrock_min_records: int = 100  # Bedrock: fewer records in a job is a ValidationException
     bedrock_max_records: int = 50_000
     bedrock_jobs_limit: int = 20  # Bedrock: jobs submitted or in progress per model (ServiceQuotaExceeded)
+    # -- Azure OpenAI (azure.py)
+    azure_max_requests: int = AZURE_MAX_REQUESTS
+    azure_variants: bool = False  # what Azure's samples show: `Validating`, ISO-8601 times, null counts
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:
@@ -70,9 +74,11 @@ class SimConfig:
     def real_faults(cls, **changes: Any) -> SimConfig:
         """`all_faults` plus what real providers were seen to do (`simulate --faults`): 409 conflict_error
         in the mix of failing calls, a 404 for the first second of every batch, 0.5% of requests
-        missing from their results, 1% of OpenAI requests timed out. No spend cap: that one ends a run
+        missing from their results, 1% of OpenAI requests timed out, Azure's answers as its samples
+        show them (`azure_variants`). No spend cap: that one ends a run
         by design."""
-        preset = dict(ghost_404_s=1.0, missing_rate=0.005, request_timeout_rate=0.01, fail_kinds=None)
+        preset = dict(ghost_404_s=1.0, missing_rate=0.005, request_timeout_rate=0.01, fail_kinds=None,
+                      azure_variants=True)
         return cls.all_faults(**{**preset, **changes})
 
     def token_limit(self, model: str) -> int | None:

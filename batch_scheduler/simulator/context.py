@@ -87,10 +87,10 @@ class SimContext:
         stats["request_timeouts"] += batch.outcomes.count(Outcome.REQUEST_TIMEOUT)
         self._count_tokens(batch)
         now = self.now()
-        if batch.kind == "openai":
+        if "enqueued_tokens" in batch.extra:  # an OpenAI-style API: a queue per model
             model = batch.extra.get("model")
             if model and not batch.extra.get("errors"):
-                tokens = self.store.enqueued_tokens(now, model)
+                tokens = self.store.enqueued_tokens(now, model, batch.kind)
                 by_model = stats["peak_enqueued_tokens_by_model"]
                 by_model[model] = max(by_model.get(model, 0), tokens)
                 stats["peak_enqueued_tokens"] = max(stats["peak_enqueued_tokens"], tokens)

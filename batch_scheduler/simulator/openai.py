@@ -10,6 +10,7 @@ input, and the output and error files of an ended batch) are in openai_files.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -42,7 +43,12 @@ def line_error(line: int | None, code: str, message: str, param: str | None = No
     return {"code": code, "message": message, "param": param, "line": line}
 
 
-def _line_error(no: int, obj: Any, seen: set[str], model: str | None, endpoint: str) -> dict[str, Any] | None:
+def same_url(url: Any, endpoint: str) -> bool:
+    return url == endpoint
+
+
+def _line_error(no: int, obj: Any, seen: set[str], model: str | None, endpoint: str,
+                url_matches: Callable[[Any, str], bool]) -> dict[str, Any] | None:
     """What makes line `no` of an input file invalid (it fails the batch), or None."""
     if type(obj) is not dict:
         return line_error(no, "invalid_json_line", "This line is not parseable as valid JSON.")
@@ -54,7 +60,7 @@ def _line_error(no: int, obj: Any, seen: set[str], model: str | None, endpoint: 
                           f"The custom_id '{cid}' is a duplicate of another request.", "custom_id")
     if obj.get("method") != "POST":
         return line_error(no, "invalid_method", "The method must be POST.", "method")
-    if obj.get("url") != endpoint:
+    if not url_matches(obj.get("url"), endpoint):
         return line_error(no, "mismatched_endpoint",
                           f"The url '{obj.get('url')}' does not match the batch endpoint '{endpoint}'.", "url")
     if type(body) is not dict:
@@ -84,7 +90,8 @@ def _loads(raw: bytes) -> Any:
         return None
 
 
-def parse_input(data: bytes, endpoint: str, max_requests: int) -> tuple[Requests, list[dict], dict[int, dict]]:
+def parse_input(data: bytes, endpoint: str, max_requests: int, url_matches: Callable[[Any, str], bool] = same_url,
+                ) -> tuple[Requests, list[dict], dict[int, dict]]:
     """The requests of an input file, or the validation errors that fail the batch; and the body
     fields some answers echo (image size, video prompt, ...), by request."""
     reqs = Requests()
@@ -97,7 +104,7 @@ def parse_input(data: bytes, endpoint: str, max_requests: int) -> tuple[Requests
         if len(errors) >= MAX_ERRORS:
             break
         obj = _loads(raw)
-        error = _line_error(no, obj, seen, model, endpoint)
+        error = _line_error(no, obj, seen, model, endpoint, url_matches)
         if error is not None:
             errors.append(error)
         if errors:
@@ -124,6 +131,9 @@ def parse_input(data: bytes, endpoint: str, max_requests: int) -> tuple[Requests
 class OpenAIApi:
     """The batches of OpenAI's API; their input and output files are `files`."""
 
+    kind = "openai"  # its batches' kind in the store (an API served under other paths has its own)
+    max_requests_field = "openai_max_requests"  # the config field that caps a file's requests
+
     def __init__(self, ctx: SimContext, files: OpenAIFiles):
         self.ctx = ctx
         self.files = files
@@ -137,7 +147,7 @@ class OpenAIApi:
         ]
 
     def find(self, request: web.Request, *, ghosts: bool = True) -> Batch:
-        batch = self.ctx.store.get(request.match_info["id"], "openai")
+        batch = self.ctx.store.get(request.match_info["id"], self.kind)
         if batch is None or (ghosts and self.ctx.ghost(batch)):
             raise Rejected("not_found_error", f"No batch found with id '{request.match_info['id']}'.")
         return batch
@@ -149,6 +159,7 @@ class OpenAIApi:
         file_id, endpoint = doc.get("input_file_id"), doc.get("endpoint")
         if not isinstance(file_id, str):
             raise Rejected("invalid_request_error", "Missing required parameter: 'input_file_id'.")
+        endpoint = self.endpoint_of(endpoint)
         if endpoint not in ENDPOINTS:
             raise Rejected("invalid_request_error",
                            f"endpoint: must be one of {', '.join(ENDPOINTS)}, not {endpoint!r}")
@@ -162,6 +173,12 @@ class OpenAIApi:
             raise Rejected("invalid_request_error", "metadata: at most 16 string pairs (keys 64, values 512 chars)")
         return file_id, endpoint, metadata, expires_after(doc.get("output_expires_after"))
 
+    def endpoint_of(self, endpoint: Any) -> Any:
+        """The create's `endpoint` as ENDPOINTS spell it (an API that also takes other spellings says so)."""
+        return endpoint
+
+    url_matches = staticmethod(same_url)  # whether a line's `url` is the batch's endpoint
+
     def _token_limit(self, model: str | None, tokens: int, now: float) -> list[dict] | None:
         """The `errors` of a batch the enqueued-token limit of its model fails, else None."""
         ctx = self.ctx
@@ -169,7 +186,7 @@ class OpenAIApi:
         if not model:
             return None
         limit = config.token_limit(model)
-        over = limit is not None and ctx.store.enqueued_tokens(now, model) + tokens > limit
+        over = limit is not None and ctx.store.enqueued_tokens(now, model, self.kind) + tokens > limit
         if not over and config.batch_fail_rate and ctx.rng.random() < config.batch_fail_rate:
             over, limit = True, limit or TOKEN_LIMIT_DEFAULT
         if not over:
@@ -186,14 +203,15 @@ class OpenAIApi:
             raise Rejected("not_found_error", f"No such File object: {file_id}")
         ctx.check_spend()
         with no_gc():
-            reqs, errors, echoed = parse_input(record.data, endpoint, ctx.config.openai_max_requests)
+            reqs, errors, echoed = parse_input(record.data, endpoint, getattr(ctx.config, self.max_requests_field),
+                                               self.url_matches)
         now = ctx.now()
         model = next((m for m in reqs.models if m), None)
         tokens = sum(reqs.in_tokens)
         errors = errors or self._token_limit(model, tokens, now) or []
         if errors:
             reqs, tokens, echoed = Requests(), 0, {}
-        batch = new_batch(ctx, "openai", "batch_", reqs, now, endpoint=endpoint, input_file_id=file_id,
+        batch = new_batch(ctx, self.kind, "batch_", reqs, now, endpoint=endpoint, input_file_id=file_id,
                           metadata=metadata, errors=errors or None, model=model, enqueued_tokens=tokens,
                           bodies=echoed, output_ttl_s=output_ttl)
         batch.extra["duration"] = duration = batch.ends_at - now
@@ -208,7 +226,7 @@ class OpenAIApi:
 
     async def list(self, request: web.Request) -> web.Response:
         self.ctx.stats["lists"] += 1
-        page = self.ctx.store.page("openai", limit_arg(request, LIST_MAX), request.query.get("after"))
+        page = self.ctx.store.page(self.kind, limit_arg(request, LIST_MAX), request.query.get("after"))
         if page is None:
             raise Rejected("invalid_request_error", "after: no such batch")
         batches, more = page

@@ -134,16 +134,20 @@ async def _read_upload(request: web.Request) -> tuple[str | None, str, bytes | N
 class OpenAIFiles:
     """The file records: uploaded inputs and the generated output and error files of ended batches."""
 
-    def __init__(self, ctx: SimContext):
+    def __init__(self, ctx: SimContext, root: str = "/v1", purpose: str = "batch", empty_error_file: bool = False):
         self.ctx = ctx
         self.records: dict[str, FileRecord] = {}
+        self.root = root  # the paths' prefix (Azure: /openai/v1)
+        self.purpose = purpose  # what an upload must say
+        self.empty_error_file = empty_error_file  # an ended batch always has an error file, empty or not (Azure)
 
     def routes(self) -> list[tuple[str, str, str, Any, bool]]:
+        root = self.root
         return [
-            ("POST", "/v1/files", "files.upload", self.upload, False),
-            ("GET", "/v1/files/{id}", "files.retrieve", self.file, False),
-            ("GET", "/v1/files/{id}/content", "files.content", self.content, False),
-            ("DELETE", "/v1/files/{id}", "files.delete", self.delete_file, False),
+            ("POST", f"{root}/files", "files.upload", self.upload, False),
+            ("GET", f"{root}/files/{{id}}", "files.retrieve", self.file, False),
+            ("GET", f"{root}/files/{{id}}/content", "files.content", self.content, False),
+            ("DELETE", f"{root}/files/{{id}}", "files.delete", self.delete_file, False),
         ]
 
     def find_file(self, request: web.Request, *, ghosts: bool = True) -> FileRecord:
@@ -157,10 +161,10 @@ class OpenAIFiles:
         purpose, filename, data, expiry = await _read_upload(request)
         if data is None:
             raise Rejected("invalid_request_error", "Missing required parameter: 'file'.")
-        if purpose != "batch":
-            raise Rejected("invalid_request_error", "purpose: the simulator only takes purpose 'batch'")
+        if purpose != self.purpose:
+            raise Rejected("invalid_request_error", f"purpose: the simulator only takes purpose '{self.purpose}'")
         created = int(self.ctx.wall_time())
-        record = FileRecord(id=new_id("file-"), purpose="batch", filename=filename, created_at=created,
+        record = FileRecord(id=new_id("file-"), purpose=self.purpose, filename=filename, created_at=created,
                             data=data, size=len(data), expires_at=created + expires_after(expiry or None))
         self.records[record.id] = record
         self.ctx.stats["uploads"] += 1
@@ -201,7 +205,7 @@ class OpenAIFiles:
             ids: list[str | None] = []
             created = int(batch.wall(batch.ends_at))
             for which, lines in zip(("output", "error"), file_line_counts(batch), strict=True):
-                if not lines:
+                if not lines and not (which == "error" and self.empty_error_file):
                     ids.append(None)
                     continue
                 record = FileRecord(id=new_id("file-"), purpose="batch_output",

@@ -1,4 +1,4 @@
-"""The simulator server: one aiohttp app serving the Anthropic, OpenAI and inline batch APIs.
+"""The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline and Azure OpenAI batch APIs.
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
 `anthropic-version` header (Anthropic paths: missing or unknown is a 400), the billing error, maybe
@@ -23,6 +23,7 @@ from aiohttp import web
 
 import batch_scheduler.simulator.faults as faults
 from batch_scheduler.simulator.anthropic import AnthropicApi
+from batch_scheduler.simulator.azure import AzureApi
 from batch_scheduler.simulator.bedrock import BedrockApi
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.context import SimContext
@@ -62,6 +63,7 @@ class Simulator:
         self.openai = OpenAIApi(self.ctx, OpenAIFiles(self.ctx))
         self.inline = InlineApi(self.ctx)
         self.bedrock = BedrockApi(self.ctx)
+        self.azure = AzureApi(self.ctx)
 
     @property
     def config(self) -> SimConfig:
@@ -108,7 +110,7 @@ class Simulator:
             raise Rejected("authentication_error", "The security token included in the request is invalid.")
 
     def _check_key(self, request: web.Request) -> None:
-        key = request.headers.get("x-api-key")
+        key = request.headers.get("x-api-key") or request.headers.get("api-key")  # api-key: Azure
         if not key:
             auth = request.headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
@@ -168,7 +170,8 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 40)
         for api, style in ((self.anthropic, Style.ANTHROPIC), (self.openai, Style.OPENAI),
-                           (self.inline, Style.INLINE), (self.bedrock, Style.BEDROCK)):
+                           (self.inline, Style.INLINE), (self.bedrock, Style.BEDROCK),
+                           (self.azure, Style.OPENAI)):
             for method, path, name, handler, create in api.routes():
                 app.router.add_route(method, path, self.route(name, style, handler, create=create))
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,

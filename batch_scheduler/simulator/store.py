@@ -189,10 +189,10 @@ class Store:
         """Requests still processing, across all batches of those kinds."""
         return sum(b.n for b in self.batches.values() if b.kind in kinds and not b.ended(now))
 
-    def enqueued_tokens(self, now: float, model: str) -> int:
-        """OpenAI: input tokens of the batches of `model` not yet ended (failed batches hold none)."""
+    def enqueued_tokens(self, now: float, model: str, kind: str = "openai") -> int:
+        """OpenAI-style APIs: input tokens of the batches of `model` not yet ended (failed batches hold none)."""
         return sum(b.extra["enqueued_tokens"] for b in self.batches.values()
-                   if b.kind == "openai" and not b.ended(now) and b.extra.get("model") == model)
+                   if b.kind == kind and not b.ended(now) and b.extra.get("model") == model)
 
     def page(self, kind: str, limit: int, after: str | None = None,
              before: str | None = None) -> tuple[list[Batch], bool] | None:

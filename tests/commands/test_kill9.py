@@ -14,8 +14,10 @@ from tests.soak import KEY, check_shards, soak, write_input
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_twenty_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
-    r = soak(kills=20, requests=4_000, seed=11, workdir=str(tmp_path), processing_s=2.5, batch_size=100)
+@pytest.mark.parametrize("provider", ["anthropic", "azure"])
+def test_twenty_sigkills_lose_nothing_and_repeat_nothing(tmp_path, provider):
+    r = soak(kills=20, requests=4_000, seed=11, workdir=str(tmp_path), processing_s=2.5, batch_size=100,
+             provider=provider)
     assert r.kills == 20, "the job finished before it could be killed 20 times"
     assert r.exit_code == 0
     assert r.unique == r.expected

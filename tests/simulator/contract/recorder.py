@@ -118,6 +118,17 @@ class GapErrorObject(pydantic.BaseModel):
     message: str
 
 
+AZURE_SURFACES = ("/openai/v1/", "/openai/")  # Azure OpenAI's v1 and dated surfaces serve OpenAI's types
+
+
+def openai_path(path: str) -> str:
+    """An Azure OpenAI path as the OpenAI route it serves (`/openai/v1/batches` -> `/v1/batches`)."""
+    for prefix in AZURE_SURFACES:
+        if path.startswith(prefix):
+            return "/v1/" + path[len(prefix):]
+    return path
+
+
 class Recorder:
     """Every answer an SDK client received: (method, path, status, body)."""
 
@@ -135,7 +146,8 @@ class Recorder:
 
     def problems(self) -> list[str]:
         found: list[str] = []
-        for method, path, status, body in self.seen:
+        for method, served, status, body in self.seen:
+            path = openai_path(served)
             where = f"{method} {path} {status}"
             if status >= 400:
                 found += error_problems(path, body, where)

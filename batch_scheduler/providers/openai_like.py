@@ -1,0 +1,99 @@
+"""The OpenAI-like batch APIs that the `openai` provider drives with another profile (PROVIDERS.md §4, §6, §7).
+
+    azure     {resource}/openai/v1/files, /openai/v1/batches; `api-key: KEY` (AZURE_OPENAI_API_KEY) or
+              an Entra ID token as Bearer (AZURE_OPENAI_AD_TOKEN); the resource from
+              AZURE_OPENAI_ENDPOINT; each line's model is a Global-Batch deployment name; create's
+              `endpoint` without /v1 and lines' `url` with or without it; statuses in any case, times
+              as epoch seconds or ISO-8601, null counts, an empty error file; 100,000 requests a file
+              (50,000 by default: the REST reference says so); enqueued tokens per deployment.
+    groq      api.groq.com/openai/v1/...; Bearer GROQ_API_KEY; list paged by `cursor`; `errors` as an
+              object or a bare array; 50,000 lines and 100 MB a file (the SDK's figure, the lower).
+    together  api.together.xyz/v1/...; Bearer TOGETHER_API_KEY; upload purpose `batch-api`; lines
+              `{custom_id, body}`; create names the model (`model_id`) and answers `{"job": ...}`;
+              uppercase statuses; the list is a bare array; no metadata (a lost create is not adopted:
+              no batch can be told as ours); 50,000 requests and 100 MB a batch.
+
+Each is the OpenAI provider's class with its own name, spec and profile: nothing else differs.
+"""
+
+from __future__ import annotations
+
+from batch_scheduler.core.http import HttpClient
+from batch_scheduler.core.settings import MB, ProviderSpec, Settings
+from batch_scheduler.providers.base import BatchState, Provider
+from batch_scheduler.providers.openai import SPEC as OPENAI_SPEC
+from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.providers.profile import OPENAI_STATUSES, Profile
+
+AZURE_ROOT = "/openai/v1"  # under the resource's endpoint
+AZURE_PROFILE = Profile(name="azure", files_path=f"{AZURE_ROOT}/files", batches_path=f"{AZURE_ROOT}/batches",
+                        endpoint_without_v1=True, max_file_requests=100_000)
+AZURE_SPEC = ProviderSpec(
+    name="azure", max_requests=100_000, max_bytes=200 * MB, default_requests=50_000, default_bytes=200 * MB,
+    key_env=("AZURE_OPENAI_API_KEY",), token_env=("AZURE_OPENAI_AD_TOKEN",),
+    base_url_env=("AZURE_OPENAI_ENDPOINT",), default_base_url="", default_auth="api-key",
+    model_env=("AZURE_OPENAI_DEPLOYMENT",), custom_id=OPENAI_SPEC.custom_id, custom_id_rule=OPENAI_SPEC.custom_id_rule,
+    # enqueued tokens per deployment: gpt-4o-mini global batch 1B by default, 15B enterprise (limits page)
+    queue_unit="tokens", queue_start=1_000_000_000, queue_max=15_000_000_000)
+
+
+def resource_root(base_url: str) -> str:
+    """The resource's endpoint, whether the user gave it bare (as AZURE_OPENAI_ENDPOINT) or as the v1
+    surface's base URL (`.../openai/v1`, as the v1 samples do)."""
+    base = base_url.rstrip("/")
+    for suffix in (AZURE_ROOT, "/openai"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+class AzureProvider(OpenAIProvider):
+    name = "azure"
+    spec = AZURE_SPEC
+    profile = AZURE_PROFILE
+    token_count = None  # a deployment name does not say which tokenizer its model uses
+    count_tokens = Provider.count_tokens  # the Provider default: none
+
+    def __init__(self, settings: Settings, http: HttpClient):
+        super().__init__(settings.replace(base_url=resource_root(settings.base_url)), http)
+        self.settings = settings
+
+
+GROQ_PROFILE = Profile(name="groq", files_path="/openai/v1/files", batches_path="/openai/v1/batches",
+                       list_style="cursor")
+GROQ_SPEC = ProviderSpec(
+    name="groq", max_requests=50_000, max_bytes=100 * MB, default_requests=50_000, default_bytes=100 * MB,
+    key_env=("GROQ_API_KEY",), base_url_env=("GROQ_BASE_URL",), default_base_url="https://api.groq.com",
+    default_auth="bearer", model_env=("GROQ_MODEL",), custom_id=OPENAI_SPEC.custom_id, custom_id_rule=OPENAI_SPEC.custom_id_rule,
+    # Groq documents no queue limit ("no limit on the number of jobs"): admission learns one if a create
+    # is ever answered 429, from a start no real job reaches
+    queue_start=10_000_000, queue_max=100_000_000)
+
+
+class GroqProvider(OpenAIProvider):
+    name = "groq"
+    spec = GROQ_SPEC
+    profile = GROQ_PROFILE
+    token_count = None
+    count_tokens = Provider.count_tokens
+
+
+TOGETHER_STATUSES = {**OPENAI_STATUSES, "canceling": BatchState.IN_PROGRESS}  # its SDK's one-L spelling
+TOGETHER_PROFILE = Profile(name="together", purpose="batch-api", line_form="body", model_field="model_id",
+                           create_wrap="job", keeps_metadata=False, list_style="array",
+                           statuses=TOGETHER_STATUSES)
+TOGETHER_SPEC = ProviderSpec(
+    name="together", max_requests=50_000, max_bytes=100 * MB, default_requests=50_000, default_bytes=100 * MB,
+    key_env=("TOGETHER_API_KEY",), base_url_env=("TOGETHER_BASE_URL",),
+    default_base_url="https://api.together.xyz", default_auth="bearer", model_env=("TOGETHER_MODEL",),
+    custom_id=r"[^\x00-\x1f\x7f]{1,64}", custom_id_rule="1-64 characters, no control characters",
+    queue_unit="tokens", queue_start=30_000_000_000, queue_max=30_000_000_000)  # 30B enqueued per model
+
+
+class TogetherProvider(OpenAIProvider):
+    name = "together"
+    spec = TOGETHER_SPEC
+    profile = TOGETHER_PROFILE
+    token_count = None
+    count_tokens = Provider.count_tokens
+    tag_of = None  # no metadata on its batches
