@@ -12,6 +12,7 @@ from typing import Any
 # Provider limits the simulator enforces (Anthropic's are fields: tests shrink them).
 OPENAI_MAX_REQUESTS = 50_000
 INLINE_MAX_REQUESTS = 10_000
+GEMINI_MAX_BATCHES = 100
 ORGANIZATION = "org-simulator0000000000000"
 # The kinds of failing call all_faults draws from; real_faults adds conflict_error (faults.FAULT_KINDS).
 SURVIVABLE_KINDS = ("rate_limit_error", "api_error", "timeout_error", "overloaded_error", "dropped")
@@ -53,6 +54,7 @@ class SimConfig:
     openai_max_requests: int = OPENAI_MAX_REQUESTS
     inline_max_requests: int = INLINE_MAX_REQUESTS
     organization: str = ORGANIZATION  # named in OpenAI's token-limit message
+    gemini_max_batches: int = GEMINI_MAX_BATCHES  # Gemini: unfinished batch jobs per project (429 at create)
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:
