@@ -203,6 +203,9 @@ OPENAI_QUOTA_CODE = "insufficient_quota"
 _QUEUE = re.compile(r"\b(?:en)?queue", re.IGNORECASE)  # a 429 about the processing queue (Gemini: enqueued
 #                                                          tokens, concurrent batches), not about the request rate
 GOOGLE_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+# a Google 429 whose ErrorInfo names a spend cap (the wire form of Gemini's spend caps is not documented:
+# this is the simulator's, and the billing-disabled reason Google's APIs use)
+GOOGLE_SPEND_REASONS = frozenset({"SPENDING_CAP_REACHED", "BILLING_DISABLED"})
 _STATED_LIMIT = re.compile(r"limit of ([\d,]+)", re.IGNORECASE)
 
 
@@ -251,7 +254,8 @@ def _is_spend_limit(status: int, body: bytes) -> bool:
         return False
     details = err.get("details")
     code = details.get("error_code") if isinstance(details, dict) else None
-    return code in SPEND_LIMIT_CODES or OPENAI_QUOTA_CODE in (err.get("code"), err.get("type"))
+    return (code in SPEND_LIMIT_CODES or OPENAI_QUOTA_CODE in (err.get("code"), err.get("type"))
+            or _google_reason(body) in GOOGLE_SPEND_REASONS)
 
 
 def rejected_request_index(message: str) -> int | None:

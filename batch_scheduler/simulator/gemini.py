@@ -5,7 +5,7 @@
     DELETE /{v}/batches/{id}
 
 Every answer is an Operation (`name`, the batch under `metadata`, as the google-genai SDK reads it),
-its state spelled `BATCH_STATE_*` or `JOB_STATE_*` (drawn per batch: the wire has carried both), its
+its state spelled `BATCH_STATE_*` or `JOB_STATE_*` (batches alternate: the wire has carried both), its
 int64 counts as strings with zeros left out. A batch is PENDING for the first 10% of its duration,
 RUNNING until its end, then SUCCEEDED, or CANCELLED, or EXPIRED with no results at all (drawn per
 batch with `expired_rate`). Results: inline requests answer inline (`inlinedResponses`, shuffled),
@@ -35,6 +35,7 @@ INLINE_MAX_BYTES = 20 * 1000 * 1000
 DEFAULT_MAX_OUTPUT = 8192
 PENDING_SHARE = 0.1
 PAGE_MAX = 100
+STATE_PREFIXES = ("BATCH_STATE_", "JOB_STATE_")  # the wire has carried both: batches alternate
 _TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
 _ERRORS = {Outcome.API_ERROR: {"code": 13, "message": "Internal error encountered."},  # a gRPC code
            Outcome.OVERLOADED: {"code": 503, "message": "The model is overloaded. Please try again later.",
@@ -163,7 +164,7 @@ class GeminiApi:
         tokens = sum(reqs.in_tokens)
         self._token_check(model, tokens)
         batch = new_batch(ctx, "gemini", PREFIX, reqs, now, model=model, display_name=name, source=source,
-                          enqueued_tokens=tokens, state_prefix=ctx.rng.choice(("BATCH_STATE_", "JOB_STATE_")))
+                          enqueued_tokens=tokens, state_prefix=STATE_PREFIXES[ctx.stats["creates"] % 2])
         expired = bool(ctx.config.expired_rate) and ctx.rng.random() < ctx.config.expired_rate
         batch.extra["expired"] = expired  # 48 h passed: no results at all
         batch.outcomes[:] = bytes(Outcome.EXPIRED if expired else (Outcome.SUCCEEDED if o == Outcome.EXPIRED else o)

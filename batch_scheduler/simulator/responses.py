@@ -97,8 +97,10 @@ _GOOGLE_KINDS = {
 def google_error(exc: Rejected) -> tuple[int, dict]:
     status, name = _GOOGLE_KINDS.get(exc.kind, (exc.status, "FAILED_PRECONDITION"))
     error: dict[str, Any] = {"code": status, "message": exc.message, "status": name}
-    if exc.kind == "authentication_error":
-        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+    reason = "API_KEY_INVALID" if exc.kind == "authentication_error" else \
+        "SPENDING_CAP_REACHED" if exc.details or exc.kind == "billing_error" else None  # the spend limit, billing
+    if reason:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
                              "domain": "googleapis.com",
                              "metadata": {"service": "generativelanguage.googleapis.com"}}]
     return status, {"error": error}
