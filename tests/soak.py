@@ -72,20 +72,20 @@ def check_shards(out: str) -> tuple[set[str], int, int]:
 
 
 def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: float = 1.0,
-         batch_size: int = 100, verbose: bool = False) -> SoakResult:
+         batch_size: int = 100, verbose: bool = False, provider: str = "anthropic") -> SoakResult:
     from batch_scheduler.simulator.process import SimulatorProcess
 
     rng = random.Random(seed)
     inp = os.path.join(workdir, "in.jsonl")
     out = os.path.join(workdir, "out")
     write_input(inp, requests)
-    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "GEMINI_API_KEY": KEY}
     started = time.monotonic()
     # the real set of faults: ghost 404s after create, requests missing from results and 409s included
     with SimulatorProcess(["--faults", "--seed", str(seed), "--processing-s", str(processing_s)]) as sim:
         cmd = [sys.executable, "-m", "batch_scheduler", "run", inp, "--out", out, "--base-url", sim.url,
                "--batch-size", str(batch_size), "--concurrency", "4", "--poll-min", "0.05", "--poll-max", "0.3",
-               "--shards", "4", "--max-attempts", "5", "--retry-wait", "0.5"]
+               "--shards", "4", "--max-attempts", "5", "--retry-wait", "0.5", "--provider", provider]
         done_kills = runs = 0
         code = -1
         while done_kills < kills:
