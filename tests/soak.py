@@ -83,7 +83,7 @@ def soak(*, kills: int, requests: int, seed: int, workdir: str, processing_s: fl
     inp = os.path.join(workdir, "in.jsonl")
     out = os.path.join(workdir, "out")
     write_input(inp, requests, model)
-    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "AZURE_OPENAI_API_KEY": KEY, **(env or {})}
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "AZURE_OPENAI_API_KEY": KEY, "GEMINI_API_KEY": KEY, **(env or {})}
     started = time.monotonic()
     # the real set of faults: ghost 404s after create, requests missing from results and 409s included
     with SimulatorProcess(["--faults", "--seed", str(seed), "--processing-s", str(processing_s)]) as sim:

@@ -21,7 +21,7 @@
         │                               OpenAI insufficient_quota): a pause until the date the message names
         │                               (exit 5), never retried
         └── FatalError                  another try cannot help
-            ├── AuthRefused             401 / 403: stop everything, exit 3
+            ├── AuthRefused             401 / 403 / Google's 400 API_KEY_INVALID: stop everything, exit 3
             ├── RequestRejected         400 / 422 / other 4xx: the call itself is wrong
             │   ├── NotFound            404 (for a batch just created: a ghost, see job.poller)
             │   └── RequestTooLarge     413: the batch must be split
@@ -200,7 +200,12 @@ _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
 # EnforcedSpendLimitReachedError, ContractSpendLimitReachedError); OpenAI says `insufficient_quota`
 SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached", "contract_spend_limit_reached"})
 OPENAI_QUOTA_CODE = "insufficient_quota"
-_QUEUE = re.compile(r"\bqueue", re.IGNORECASE)  # a 429 about the processing queue, not about the request rate
+_QUEUE = re.compile(r"\b(?:en)?queue", re.IGNORECASE)  # a 429 about the processing queue (Gemini: enqueued
+#                                                          tokens, concurrent batches), not about the request rate
+GOOGLE_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+# a Google 429 whose ErrorInfo names a spend cap (the wire form of Gemini's spend caps is not documented:
+# this is the simulator's, and the billing-disabled reason Google's APIs use)
+GOOGLE_SPEND_REASONS = frozenset({"SPENDING_CAP_REACHED", "BILLING_DISABLED"})
 _STATED_LIMIT = re.compile(r"limit of ([\d,]+)", re.IGNORECASE)
 
 
@@ -219,12 +224,23 @@ def _error_doc(body: bytes) -> tuple[dict | None, str | None]:
 
 
 def error_message(body: bytes) -> tuple[str | None, str]:
-    """(kind, message) out of an error body in the Anthropic or OpenAI shape."""
+    """(kind, message) out of an error body in the Anthropic, OpenAI or Google (google.rpc.Status) shape."""
     err, text = _error_doc(body)
     if err is None:
         return None, text or ""
-    kind = err.get("type") or err.get("code")
+    kind = err.get("type") or err.get("status") or err.get("code")
     return (str(kind) if kind else None), str(err.get("message", ""))
+
+
+def _google_reason(body: bytes) -> str | None:
+    """The `reason` of a google.rpc.Status's ErrorInfo detail (Gemini: API_KEY_INVALID for a wrong key,
+    answered 400 INVALID_ARGUMENT, not 401)."""
+    err, _ = _error_doc(body)
+    details = err.get("details") if err is not None else None
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
+            return str(detail["reason"])
+    return None
 
 
 def _is_spend_limit(status: int, body: bytes) -> bool:
@@ -238,7 +254,8 @@ def _is_spend_limit(status: int, body: bytes) -> bool:
         return False
     details = err.get("details")
     code = details.get("error_code") if isinstance(details, dict) else None
-    return code in SPEND_LIMIT_CODES or OPENAI_QUOTA_CODE in (err.get("code"), err.get("type"))
+    return (code in SPEND_LIMIT_CODES or OPENAI_QUOTA_CODE in (err.get("code"), err.get("type"))
+            or _google_reason(body) in GOOGLE_SPEND_REASONS)
 
 
 def rejected_request_index(message: str) -> int | None:
@@ -299,7 +316,7 @@ def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = No
     if 300 <= status < 400:
         return Redirected(f"{what}: HTTP {status} redirect to {h.get('location') or '(no Location)'}: not followed "
                           f"(the key goes only to the configured base URL)", status=status)
-    if status in (401, 403):
+    if status in (401, 403) or (status == 400 and _google_reason(body) in GOOGLE_KEY_REASONS):
         return AuthRefused(text, status=status, kind=kind)
     if _is_spend_limit(status, body):
         return SpendLimited(text, status=status, kind=kind)

@@ -179,7 +179,8 @@ class Engine:
                 return refused
             if s.max_cost_usd is not None and (refused := await self._price_check(job, provider, admission.budget)):
                 return refused
-            replay = Replay(job.sources, provider.check_request, job.ledger, lane_of=provider.lane_of)
+            replay = Replay(job.sources, provider.check_request, job.ledger, lane_of=provider.lane_of,
+                            id_fields=provider.id_fields)
             submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead,
                                   claims=self._claims, owner=self._where, lease=self._lease)
             collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)

@@ -29,12 +29,13 @@ from batch_scheduler.core.version import USER_AGENT
 from batch_scheduler.providers.anthropic import AnthropicProvider
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.providers.bedrock import BedrockProvider
+from batch_scheduler.providers.gemini import GeminiProvider
 from batch_scheduler.providers.inline import InlineProvider
 from batch_scheduler.providers.openai import OpenAIProvider
 from batch_scheduler.providers.openai_like import AzureProvider
 
-__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "AzureProvider", "BedrockProvider", "InlineProvider",
-           "OpenAIProvider", "Provider",
+__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "AzureProvider", "BedrockProvider", "GeminiProvider",
+           "InlineProvider", "OpenAIProvider", "Provider",
            "body_field", "build_settings", "headers_for", "key_refused_message", "make_provider", "missing_key_message",
            "provider_class", "spec_of"]
 
@@ -44,6 +45,7 @@ REGISTRY: dict[str, type[Provider]] = {cls.name: cls for cls in (
     InlineProvider,
     BedrockProvider,
     AzureProvider,
+    GeminiProvider,
 )}
 NAMES = tuple(REGISTRY)
 DEFAULT = NAMES[0]  # what an unknown name (a ledger from elsewhere) is read as; core.options' default too

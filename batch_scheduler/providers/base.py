@@ -121,6 +121,11 @@ class Provider(Protocol):
     # Tags: a provider that keeps the tag `create` was given reads it back from a batch (None: that batch was
     # not created by this program); None here: batches keep no tag, and a lost create is matched by its count.
     tag_of: Callable[[BatchInfo], str | None] | None = None
+    # Where an input line names its request: the first of these fields it has (Gemini's own form says `key`).
+    id_fields: ClassVar[tuple[str, ...]] = ("custom_id",)
+    # Estimates: a provider whose lines keep no Messages-like `params`/`body` maps a line to one that does
+    # (`{"params": {model, system, messages, tools, max_tokens}}`) for job.money; None: read it as it is.
+    estimate_view: Callable[[dict], dict] | None = None
     http: HttpClient
     settings: Settings
 

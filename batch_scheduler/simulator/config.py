@@ -13,6 +13,7 @@ from typing import Any
 OPENAI_MAX_REQUESTS = 50_000
 INLINE_MAX_REQUESTS = 10_000
 AZURE_MAX_REQUESTS = 100_000
+GEMINI_MAX_BATCHES = 100
 ORGANIZATION = "org-simulator0000000000000"
 # The kinds of failing call all_faults draws from; real_faults adds conflict_error (faults.FAULT_KINDS).
 SURVIVABLE_KINDS = ("rate_limit_error", "api_error", "timeout_error", "overloaded_error", "dropped")
@@ -61,6 +62,7 @@ class SimConfig:
     # -- Azure OpenAI (azure.py)
     azure_max_requests: int = AZURE_MAX_REQUESTS
     azure_variants: bool = False  # what Azure's samples show: `Validating`, ISO-8601 times, null counts
+    gemini_max_batches: int = GEMINI_MAX_BATCHES  # Gemini: unfinished batch jobs per project (429 at create)
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:

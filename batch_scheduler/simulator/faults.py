@@ -47,6 +47,13 @@ _MESSAGES = {
     },
 }
 _MESSAGES[Style.INLINE] = _MESSAGES[Style.BEDROCK] = _MESSAGES[Style.ANTHROPIC]
+_MESSAGES[Style.GOOGLE] = {
+    "rate_limit_error": "Resource has been exhausted (e.g. check quota).",
+    "api_error": "Internal error encountered.",
+    "timeout_error": "The request timed out. Please try again.",
+    "conflict_error": "The operation was aborted. Please try again.",
+    "overloaded_error": "The model is overloaded. Please try again later.",
+}
 SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 _QUOTA = ("insufficient_quota", "insufficient_quota",
           "You exceeded your current quota, please check your plan and billing details. For more "

@@ -30,6 +30,7 @@ class Style(enum.Enum):
     OPENAI = "openai"
     INLINE = "inline"
     BEDROCK = "bedrock"  # AWS rest-json: the exception's name in x-amzn-ErrorType, the body {"message"}
+    GOOGLE = "google"  # google.rpc.Status: {"error": {"code", "message", "status", "details"}}
 
 
 # Anthropic's documented error kinds (API-NOTES §1); the inline proxy adds batch_size_exceeded.
@@ -94,6 +95,29 @@ def json_response(doc: object, *, status: int = 200, headers: dict[str, str] | N
     return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON, headers=headers)
 
 
+# Anthropic kind -> Google (HTTP status, canonical status); a wrong key is 400 with reason API_KEY_INVALID
+_GOOGLE_KINDS = {
+    "invalid_request_error": (400, "INVALID_ARGUMENT"), "authentication_error": (400, "INVALID_ARGUMENT"),
+    "permission_error": (403, "PERMISSION_DENIED"), "not_found_error": (404, "NOT_FOUND"),
+    "conflict_error": (409, "ABORTED"), "request_too_large": (400, "INVALID_ARGUMENT"),
+    "rate_limit_error": (429, "RESOURCE_EXHAUSTED"), "billing_error": (429, "RESOURCE_EXHAUSTED"),
+    "api_error": (500, "INTERNAL"), "timeout_error": (504, "DEADLINE_EXCEEDED"),
+    "overloaded_error": (503, "UNAVAILABLE"),
+}
+
+
+def google_error(exc: Rejected) -> tuple[int, dict]:
+    status, name = _GOOGLE_KINDS.get(exc.kind, (exc.status, "FAILED_PRECONDITION"))
+    error: dict[str, Any] = {"code": status, "message": exc.message, "status": name}
+    reason = "API_KEY_INVALID" if exc.kind == "authentication_error" else \
+        "SPENDING_CAP_REACHED" if exc.details or exc.kind == "billing_error" else None  # the spend limit, billing
+    if reason:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
+                             "domain": "googleapis.com",
+                             "metadata": {"service": "generativelanguage.googleapis.com"}}]
+    return status, {"error": error}
+
+
 def error_response(style: Style, exc: Rejected) -> web.Response:
     rid = request_id()
     status = exc.status
@@ -101,6 +125,9 @@ def error_response(style: Style, exc: Rejected) -> web.Response:
         status, name = _AWS_KINDS.get(exc.kind, (exc.status, exc.kind))
         return json_response({"message": exc.message}, status=status,
                              headers={"x-amzn-RequestId": rid, "x-amzn-ErrorType": name, **exc.headers})
+    if style is Style.GOOGLE:
+        status, google = google_error(exc)
+        return json_response(google, status=status, headers={"x-request-id": rid, **exc.headers})
     if style is Style.OPENAI:
         o_status, otype, code = _OPENAI_KINDS.get(exc.kind, (None, exc.kind, None))
         message = exc.message

@@ -27,6 +27,8 @@ from batch_scheduler.simulator.azure import AzureApi
 from batch_scheduler.simulator.bedrock import BedrockApi
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.context import SimContext
+from batch_scheduler.simulator.gemini import GeminiApi
+from batch_scheduler.simulator.gemini_files import GeminiFiles
 from batch_scheduler.simulator.inline import InlineApi
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.openai_files import OpenAIFiles
@@ -64,6 +66,7 @@ class Simulator:
         self.inline = InlineApi(self.ctx)
         self.bedrock = BedrockApi(self.ctx)
         self.azure = AzureApi(self.ctx)
+        self.gemini = GeminiApi(self.ctx, GeminiFiles(self.ctx))
 
     @property
     def config(self) -> SimConfig:
@@ -109,17 +112,23 @@ class Simulator:
         if valid is not None and m.group("key") not in valid:
             raise Rejected("authentication_error", "The security token included in the request is invalid.")
 
-    def _check_key(self, request: web.Request) -> None:
-        key = request.headers.get("x-api-key") or request.headers.get("api-key")  # api-key: Azure
+    def _check_key(self, request: web.Request, style: Style) -> None:
+        key = (request.headers.get("x-api-key") or request.headers.get("api-key")  # api-key: Azure
+               or request.headers.get("x-goog-api-key"))
         if not key:
             auth = request.headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             key = token.strip() if scheme.lower() == "bearer" else ""
+        if not key and style is Style.GOOGLE:  # Google answers a missing key 403, a wrong one 400
+            raise Rejected("permission_error", "Method doesn't allow unregistered callers (callers without "
+                                               "established identity). Please use API Key or other form of API "
+                                               "consumer identity to call this API.")
         if not key:
             raise Rejected("authentication_error", "x-api-key header or Authorization: Bearer is required")
         valid = self.ctx.config.valid_keys
         if valid is not None and key not in valid:
-            raise Rejected("authentication_error", "invalid x-api-key")
+            raise Rejected("authentication_error", "API key not valid. Please pass a valid API key."
+                           if style is Style.GOOGLE else "invalid x-api-key")
 
     async def _fault(self, request: web.Request, style: Style, kind: str) -> web.StreamResponse:
         self._count("faults", kind)
@@ -133,8 +142,8 @@ class Simulator:
         """Key, version and billing, in the order the real API answers them."""
         if style is Style.BEDROCK:
             self._check_sigv4(request)
-        else:
-            self._check_key(request)
+        elif not (style is Style.GOOGLE and request.query.get("upload_id")):  # the session id is the credential
+            self._check_key(request, style)
         config = self.ctx.config
         if style is Style.ANTHROPIC:
             problem = version_problem(request.headers.get("anthropic-version"), config.require_version)
@@ -169,11 +178,15 @@ class Simulator:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 40)
-        for api, style in ((self.anthropic, Style.ANTHROPIC), (self.openai, Style.OPENAI),
-                           (self.inline, Style.INLINE), (self.bedrock, Style.BEDROCK),
-                           (self.azure, Style.OPENAI)):
+        # Gemini first: its /v1 batch and file routes take only its own ids, before OpenAI's take any
+        for api, style in ((self.gemini, Style.GOOGLE), (self.anthropic, Style.ANTHROPIC),
+                           (self.openai, Style.OPENAI), (self.inline, Style.INLINE),
+                           (self.bedrock, Style.BEDROCK), (self.azure, Style.OPENAI)):
             for method, path, name, handler, create in api.routes():
+                if (method, path) == ("GET", "/v1/batches"):
+                    continue  # OpenAI's and Gemini's list: _list_batches
                 app.router.add_route(method, path, self.route(name, style, handler, create=create))
+        app.router.add_get("/v1/batches", self._list_batches())
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,
                                                       create=True))
         app.router.add_get("/v1/batches/{id}", self.route("batches.retrieve", Style.OPENAI, self._retrieve_batch))
@@ -181,6 +194,17 @@ class Simulator:
         app.router.add_post("/_sim/config", self._set_config)
         app.router.add_get("/_sim/config", self._get_config)
         return app
+
+    def _list_batches(self) -> Handler:
+        """`GET /v1/batches` is OpenAI's list and Gemini's (google-genai 3.x calls /v1): Google's key header,
+        or its paging parameters, say which."""
+        openai_list = self.route("batches.list", Style.OPENAI, self.openai.list)
+        gemini_list = self.route("gemini.batches.list", Style.GOOGLE, self.gemini.list)
+
+        async def dispatch(request: web.Request) -> web.StreamResponse:
+            google = "x-goog-api-key" in request.headers or "pageSize" in request.query or "pageToken" in request.query
+            return await (gemini_list if google else openai_list)(request)
+        return dispatch
 
     async def _create_batch(self, request: web.Request) -> web.Response:
         """`POST /v1/batches` is the inline proxy's create (`requests`) and OpenAI's (`input_file_id`)."""

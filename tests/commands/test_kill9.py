@@ -48,6 +48,18 @@ def test_twenty_sigkills_of_a_bedrock_job_lose_nothing_and_repeat_nothing(tmp_pa
     assert r.overpaid <= 0.5, (r.paid, r.retried)
 
 
+def test_sigkills_lose_nothing_and_repeat_nothing_with_gemini(tmp_path):
+    """The same under Gemini Batch Mode (creates adopted by displayName, results inline, expired batches)."""
+    r = soak(kills=10, requests=2_000, seed=13, workdir=str(tmp_path), processing_s=2.5, batch_size=100,
+             provider="gemini")
+    assert r.kills == 10, "the job finished before it could be killed 10 times"
+    assert r.exit_code == 0
+    assert r.unique == r.expected
+    assert r.duplicates == 0
+    assert r.partial_lines == 0
+    assert r.overpaid <= 0.05, (r.paid, r.retried)
+
+
 # A kill -9 at the one point where a batch is collected but its missing requests are not yet queued:
 # the shard lines are fsync'd and the ledger transaction that records the batch (and parks the requests
 # its results left out) has not run, or has just run. The kill is placed there exactly by wrapping that

@@ -30,8 +30,9 @@ class Replay:
     requests are then the lines of its span in the lane of its first line."""
 
     def __init__(self, sources: Sequence[Source], check_request: CheckRequest, ledger: Ledger, *,
-                 lane_of: Callable[[dict], str] | None = None):
+                 lane_of: Callable[[dict], str] | None = None, id_fields: tuple[str, ...] = ("custom_id",)):
         self._sources = sources
+        self._id_fields = id_fields  # Provider.id_fields: where a line names its request
         self._check_request = check_request
         self._ledger = ledger
         self._lane_of = lane_of
@@ -83,8 +84,8 @@ class Replay:
                         continue
                     try:
                         obj = orjson.loads(raw)
-                        cid = obj["custom_id"]
-                    except (orjson.JSONDecodeError, TypeError, KeyError):
+                        cid = next(obj[f] for f in self._id_fields if f in obj)
+                    except (orjson.JSONDecodeError, TypeError, StopIteration):
                         continue
                     if type(cid) is not str or cid in out:
                         continue

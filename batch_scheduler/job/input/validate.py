@@ -97,6 +97,7 @@ class Validator:
         self._max_line = max_line_bytes
         self._seen = FingerprintSet()
         self._lane_of = provider.lane_of
+        self._id_fields = provider.id_fields
         self.lanes = self._lane_of is not None
         self.lane: str | None = None
         self.min_batch = provider.spec.min_batch_requests  # the fewest requests a batch may hold (the cut's floor)
@@ -118,9 +119,9 @@ class Validator:
             return None, None, self._why_unparsable(raw, exc)
         if type(obj) is not dict:
             return None, None, f"not a JSON object (got {type(obj).__name__})"
-        cid = obj.get("custom_id")
+        cid = next((obj[f] for f in self._id_fields if f in obj), None)
         if cid is None:
-            return None, None, "custom_id missing"
+            return None, None, f"{' or '.join(self._id_fields)} missing"
         if type(cid) is not str:
             return None, None, f"custom_id is not a string (got {type(cid).__name__})"
         if not self._custom_id.fullmatch(cid):

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.providers import body_field, headers_for, provider_class
+from batch_scheduler.providers import REGISTRY, body_field, headers_for, provider_class
 
 CHARS_PER_TOKEN = 3.5
 _TEXT_FIELDS = ("system", "messages", "input", "prompt")
@@ -115,7 +115,9 @@ def estimate_request(obj: dict, provider_name: str | None = None) -> tuple[str |
     the inline proxy (`provider_name` says which to read first when a line has both); the output
     bound is `max_tokens`, else `max_completion_tokens` / `max_output_tokens` (0 when none is set).
     """
-    params = params_of(obj, provider_name)
+    cls = REGISTRY.get(provider_name) if provider_name else None
+    view = cls.estimate_view if cls is not None else None
+    params = params_of(view(obj) if view is not None else obj, provider_name)
     out = params.get("max_tokens") or params.get("max_completion_tokens") or params.get("max_output_tokens") or 0
     model = params.get("model")
     return (model if isinstance(model, str) else None), estimate_input_tokens(params), int(out)

@@ -71,6 +71,12 @@ def answer_text(doc: dict) -> str | None:
             return None
         return "".join(b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text"
                        and isinstance(b.get("text"), str))
+    candidates = (doc.get("response") or {}).get("candidates")
+    if isinstance(candidates, list):  # a Gemini GenerateContentResponse: the first candidate's text parts
+        content = candidates[0].get("content") if candidates and isinstance(candidates[0], dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        return "".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+                       and not p.get("thought")) if isinstance(parts, list) else None
     body = (doc.get("response") or {}).get("body") or {}
     choices = body.get("choices")
     if isinstance(choices, list) and choices:
