@@ -27,10 +27,10 @@ from batch_scheduler.job.admit.admission import Admission, Pass
 from batch_scheduler.job.admit.parts import bounds, parts_needed, split_specs
 from batch_scheduler.job.admit.queue_budget import TooHeavy
 from batch_scheduler.job.input.replay import Part, Replay
+from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.send.flights import Flight, InFlight, Tracked
 from batch_scheduler.job.send.poller import Poller
 from batch_scheduler.job.send.submitter import Outgoing, Submitted, Submitter
-from batch_scheduler.job.view.progress import JobStats
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.sqlite import ChunkRow, ChunkState
