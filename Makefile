@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench,parquet,cluster]'
+	$(BIN)/pip install -q -e '.[dev,bench,parquet,cluster,vertex]'
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -94,7 +94,7 @@ PROVIDER, BATCHING, INPUT, COST = "provider", "batching", "input", "cost"
 JOB_OPTIONS: tuple[Option, ...] = (
     # -- provider -------------------------------------------------------------------------------
     Option("provider", str, "anthropic", "which batch API", PROVIDER, env=("BATCH_PROVIDER",), shapes=True,
-           choices=("anthropic", "openai", "inline"), daemon_side=True),
+           choices=("anthropic", "openai", "inline", "vertex"), daemon_side=True),
     Option("base_url", str, "https://api.anthropic.com", "where the API is", PROVIDER, metavar="URL",
            daemon_side=True, default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
     Option("auth", str, "x-api-key", "how the key is sent; proxies often want bearer", PROVIDER,
@@ -118,6 +118,18 @@ JOB_OPTIONS: tuple[Option, ...] = (
            env=("INLINE_STATUS_PATH",), daemon_side=True),
     Option("inline_results_path", str, "/v1/batches/{id}/results", "inline proxy: results path", PROVIDER, metavar="PATH",
            env=("INLINE_RESULTS_PATH",), daemon_side=True),
+    # vertex: where the jobs run and where their files are staged (providers/vertex.py)
+    Option("project", str, None, "vertex: the Google Cloud project", PROVIDER, metavar="P",
+           env=("GOOGLE_CLOUD_PROJECT",), daemon_side=True,
+           default_text="`GOOGLE_CLOUD_PROJECT`, else the credentials file's project"),
+    Option("location", str, None, "vertex: the region of the jobs (`global` for the global endpoint)", PROVIDER,
+           metavar="L", env=("GOOGLE_CLOUD_LOCATION",), daemon_side=True, default_text="`GOOGLE_CLOUD_LOCATION`, else us-central1"),
+    Option("staging", str, None, "vertex: the Cloud Storage prefix the input and output files go under",
+           PROVIDER, metavar="gs://BUCKET/PREFIX", daemon_side=True),
+    Option("keep_staged", bool, False, "vertex: keep a batch's staged files after its results are collected",
+           PROVIDER, daemon_side=True),
+    Option("storage_url", str, None, "vertex: where Cloud Storage's JSON API is", PROVIDER, metavar="URL",
+           env=("STORAGE_EMULATOR_HOST",), daemon_side=True, default_text="https://storage.googleapis.com"),
     # -- batching -------------------------------------------------------------------------------
     Option("batch_size", int, 10_000, "requests per batch", BATCHING, shapes=True, metavar="N", minimum=1,
            default_text="the provider's (10,000; openai 50,000; inline 5,000)"),

@@ -103,6 +103,11 @@ class Settings:
     inline_create_path: str = "/v1/batches"
     inline_status_path: str = "/v1/batches/{id}"
     inline_results_path: str = "/v1/batches/{id}/results"
+    project: str | None = None
+    location: str | None = None
+    staging: str | None = None
+    keep_staged: bool = False
+    storage_url: str | None = None
     batch_size: int = 10_000
     batch_bytes: int = 200_000_000
     concurrency: int = 128

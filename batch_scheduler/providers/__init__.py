@@ -30,8 +30,9 @@ from batch_scheduler.providers.anthropic import AnthropicProvider
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.providers.inline import InlineProvider
 from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.providers.vertex import VertexProvider
 
-__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "InlineProvider", "OpenAIProvider", "Provider",
+__all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "InlineProvider", "OpenAIProvider", "Provider", "VertexProvider",
            "body_field", "build_settings", "headers_for", "key_refused_message", "make_provider", "missing_key_message",
            "provider_class", "spec_of"]
 
@@ -39,6 +40,7 @@ REGISTRY: dict[str, type[Provider]] = {cls.name: cls for cls in (
     AnthropicProvider,
     OpenAIProvider,
     InlineProvider,
+    VertexProvider,
 )}
 NAMES = tuple(REGISTRY)
 DEFAULT = NAMES[0]  # what an unknown name (a ledger from elsewhere) is read as; core.options' default too

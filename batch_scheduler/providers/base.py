@@ -137,6 +137,15 @@ class Provider(Protocol):
         Called only when `token_count` is set; `headers` are those of `headers_for`."""
         return [], None
 
+    async def preflight(self) -> None:
+        """What must hold before anything is sent (a provider's storage, its project), checked once per run:
+        UsageError (exit 2) or AuthRefused (exit 3), one line saying what to set. Default: nothing to check."""
+        return None
+
+    async def collected(self, info: BatchInfo) -> None:
+        """The batch's results are durable: what the provider staged for it may go. Never raises. Default: none."""
+        return None
+
     def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
         """(error, line bytes to send) for one parsed input line; the custom_id is already checked.
 

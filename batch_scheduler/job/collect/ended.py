@@ -103,6 +103,7 @@ class Endings:
                                          + c.get("cache_read_tokens", 0))
                 if got.parked:
                     self._pending_retries = await self.ledger.count_retries(RetryState.PENDING)
+            await self.provider.collected(info)  # its staged files may go (the provider's own, if any)
             self._live_rows.discard(row.id)
             flight.remaining -= 1
             if flight.remaining <= 0:
