@@ -1,8 +1,8 @@
 """Google Cloud credentials for `--provider vertex`: OAuth 2 access tokens from Application Default Credentials.
 
 The credentials file is the one ADC reads first (`GOOGLE_APPLICATION_CREDENTIALS`: a service account's
-JSON key, a user's `gcloud auth application-default login` file, or an external account), loaded by
-`google-auth` (the `vertex` extra). Its token request goes to the `token_uri` the file names, with
+JSON key, or a user's `gcloud auth application-default login` file; other kinds, and ADC's metadata-server
+fallback, are not taken yet), loaded by its type through `google-auth` (the `vertex` extra). Its token request goes to the `token_uri` the file names, with
 redirects refused, as every other call of this program; the key itself never leaves google-auth and
 the token goes only into the `Authorization` header of calls to the configured hosts. A token is
 refreshed when google-auth says it is no longer valid (it keeps a margin before the expiry), one refresh
@@ -16,6 +16,7 @@ NetworkError (transient: the caller's retry policy applies).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from batch_scheduler.core import errors
@@ -25,15 +26,23 @@ EXTRA = "pip install 'batch-scheduler[vertex]'"
 TOKEN_TIMEOUT_S = 30.0
 
 
-def _google_auth() -> Any:
-    """google.auth, or the one line that names the extra to install."""
+def _load(path: str) -> tuple[Any, str | None]:
+    """(credentials, the file's project) of a service account's key or a gcloud user login, loaded by type
+    (google-auth's own loader of any type is deprecated: a file may name any token endpoint and command)."""
     try:
-        import google.auth
-        import google.auth.exceptions
-        import google.auth.transport.requests  # needs `requests`, which google-auth leaves optional
+        import google.auth.transport.requests  # noqa: F401 - needs `requests`, which google-auth leaves optional
+        from google.oauth2 import credentials as user
+        from google.oauth2 import service_account
     except ImportError:
         raise errors.UsageError(f"--provider vertex needs google-auth: {EXTRA}") from None
-    return google.auth
+    with open(path, "rb") as f:
+        info = json.loads(f.read())
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES)), info.get("project_id")
+    if kind == "authorized_user":
+        return user.Credentials.from_authorized_user_info(info, scopes=list(SCOPES)), info.get("quota_project_id")
+    raise ValueError(f"type {kind!r}: a service_account key or an authorized_user login is needed")
 
 
 class _NoRedirects:
@@ -57,10 +66,9 @@ class TokenSource:
     """Access tokens of one credentials file; `await token()` before each call."""
 
     def __init__(self, path: str, variable: str = "GOOGLE_APPLICATION_CREDENTIALS"):
-        auth = _google_auth()
         try:
-            self._credentials, self.project = auth.load_credentials_from_file(path, scopes=list(SCOPES))
-        except (auth.exceptions.DefaultCredentialsError, OSError, ValueError) as err:
+            self._credentials, self.project = _load(path)
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise errors.UsageError(f"{variable}: the file it names cannot be used as Google credentials "
                                     f"({err}); give a service account's JSON key, or run "
                                     f"`gcloud auth application-default login` and name its file") from None

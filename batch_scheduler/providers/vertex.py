@@ -245,7 +245,7 @@ class VertexProvider(Provider):
                     log.warning("%s: batchPredictionJobs[%d] skipped: %s", what, i, err)
                     continue
                 if info.created_at is None or info.created_at >= since:
-                    yield info
+                    yield await self._track(info)  # the poller lists when many are due
             following = page.get("nextPageToken")
             if not following or not isinstance(following, str) or following == token:
                 return

@@ -131,13 +131,15 @@ class VertexApi:
         return name, model, [_gs(u, "inputConfig.gcsSource.uris") for u in uris], prefix.rstrip("/"), labels
 
     def _claude_room(self, project: str) -> None:
-        now = self.ctx.now()
+        """A 429 when the project's Claude jobs running are at the cap; else the peak counts this one."""
+        now, stats = self.ctx.now(), self.ctx.stats
         running = sum(1 for b in self.ctx.store.batches.values() if b.kind == "vertex" and not b.ended(now)
                       and b.extra["project"] == project and b.extra["claude"])
         if running >= self.ctx.config.vertex_claude_jobs:
             raise Rejected("rate_limit_error", f"Quota exceeded for aiplatform.googleapis.com/"
                            f"concurrent_anthropic_batch_prediction_jobs: {running} jobs are running in project "
                            f"{project}.", status=429)
+        stats["peak_vertex_claude_jobs"] = max(stats.get("peak_vertex_claude_jobs", 0), running + 1)
 
     async def create(self, request: web.Request) -> web.Response:
         ctx = self.ctx
