@@ -29,6 +29,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -94,34 +95,60 @@ def _place(settings: Settings, project_from_file: str | None) -> tuple[str, str]
     return project, location
 
 
+@dataclass
+class _Where:
+    """Where a provider's calls go: its credentials, the jobs' URL, the staging bucket and prefix."""
+
+    tokens: TokenSource
+    project: str
+    location: str
+    url: str  # .../batchPredictionJobs
+    storage: Storage
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def of(cls, settings: Settings, http: HttpClient) -> _Where:
+        """UsageError naming what to set when something is missing or unreadable."""
+        if not settings.staging:
+            raise errors.UsageError("--provider vertex needs --staging gs://BUCKET/PREFIX: where its input and "
+                                    "output files go in Cloud Storage")
+        bucket, prefix = split_gs(settings.staging, "--staging")
+        tokens = TokenSource(settings.api_key)
+        project, location = _place(settings, tokens.project)
+        base = settings.base_url
+        if base == SPEC.default_base_url and location != "global":
+            base = f"https://{location}-aiplatform.googleapis.com"
+        url = f"{base}/v1/projects/{project}/locations/{location}/batchPredictionJobs"
+        storage = Storage(http, settings.storage_url or DEFAULT_STORAGE_URL, tokens.token)
+        return cls(tokens, project, location, url, storage, bucket, prefix)
+
+
 class VertexProvider(Provider):
     name = "vertex"
     spec = SPEC
     body_field = "body"  # where the kept lines hold the request (vertex_lines: the uploaded lines say `request`)
 
     def __init__(self, settings: Settings, http: HttpClient):
+        """Nothing is read or checked here (a job's views make a provider to read its lines); the first
+        call, `preflight` in a run, sets up where the jobs and files go (`_where`)."""
         self.settings = settings
         self.http = http
-        if not settings.staging:
-            raise errors.UsageError("--provider vertex needs --staging gs://BUCKET/PREFIX: where its input and "
-                                    "output files go in Cloud Storage")
-        self._bucket, self._prefix = split_gs(settings.staging, "--staging")
-        self._tokens = TokenSource(settings.api_key)
-        self.project, self.location = _place(settings, self._tokens.project)
-        base = settings.base_url
-        if base == SPEC.default_base_url and self.location != "global":
-            base = f"https://{self.location}-aiplatform.googleapis.com"
-        self._url = f"{base}/v1/projects/{self.project}/locations/{self.location}/batchPredictionJobs"
-        self._storage = Storage(http, settings.storage_url or DEFAULT_STORAGE_URL, self._tokens.token)
+        self._place: _Where | None = None
         self._claude_open: set[str] = set()  # this process's Claude jobs in progress (ids, or reservations)
         self._claude_changed = asyncio.Condition()
+
+    def _where(self) -> _Where:
+        if self._place is None:
+            self._place = _Where.of(self.settings, self.http)
+        return self._place
 
     @staticmethod
     def headers(settings: Settings) -> dict[str, str]:
         return dict(settings.headers)  # the token goes on each call (it is refreshed)
 
     async def _auth(self, json_body: bool = False) -> dict[str, str]:
-        headers = {"authorization": f"Bearer {await self._tokens.token()}"}
+        headers = {"authorization": f"Bearer {await self._where().tokens.token()}"}
         if json_body:
             headers["content-type"] = "application/json"
         return headers
@@ -142,17 +169,17 @@ class VertexProvider(Provider):
 
     async def preflight(self) -> None:
         """The token, the staging bucket and the project's jobs, each checked once before the first upload."""
-        await self.http.retrying("token", self._tokens.token)
+        await self.http.retrying("token", self._where().tokens.token)
         try:
-            await self._storage.bucket(self._bucket)
+            await self._where().storage.bucket(self._where().bucket)
         except (errors.NotFound, errors.AuthRefused) as err:
-            raise errors.UsageError(f"--staging gs://{self._bucket}: the bucket cannot be used with these credentials "
+            raise errors.UsageError(f"--staging gs://{self._where().bucket}: the bucket cannot be used with these credentials "
                                     f"({self.http.redact(str(err))}); create it, grant the credentials Storage "
                                     f"Object Admin on it, or choose another --staging") from None
         try:
-            await self.http.call("GET", f"{self._url}?pageSize=1", "list", headers=await self._auth())
+            await self.http.call("GET", f"{self._where().url}?pageSize=1", "list", headers=await self._auth())
         except (errors.NotFound, errors.AuthRefused, errors.RequestRejected) as err:
-            raise errors.UsageError(f"project {self.project} in {self.location}: Vertex AI cannot be reached "
+            raise errors.UsageError(f"project {self._where().project} in {self._where().location}: Vertex AI cannot be reached "
                                     f"({self.http.redact(str(err))}); check --project (GOOGLE_CLOUD_PROJECT), "
                                     f"--location (GOOGLE_CLOUD_LOCATION) and that the Vertex AI API is enabled "
                                     f"for the credentials' project") from None
@@ -160,7 +187,7 @@ class VertexProvider(Provider):
     # -- calls ----------------------------------------------------------------------------------
 
     def _object(self, tag: str, name: str) -> str:
-        return "/".join(p for p in (self._prefix, tag, name) if p)
+        return "/".join(p for p in (self._where().prefix, tag, name) if p)
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
         models, body_lines = zip(*(upload_line(line) for line in lines), strict=True)
@@ -179,18 +206,18 @@ class VertexProvider(Provider):
 
     async def _create(self, model: str, body_lines: list[bytes], tag: str, claude: bool) -> BatchInfo:
         source = self._object(tag, "input.jsonl")
-        await self._storage.upload(self._bucket, source, b"\n".join(body_lines) + b"\n")
+        await self._where().storage.upload(self._where().bucket, source, b"\n".join(body_lines) + b"\n")
         body = orjson.dumps({
             "displayName": tag, "model": model, "labels": {LABEL: tag},
-            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [f"gs://{self._bucket}/{source}"]}},
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [f"gs://{self._where().bucket}/{source}"]}},
             "outputConfig": {"predictionsFormat": "jsonl",
-                             "gcsDestination": {"outputUriPrefix": f"gs://{self._bucket}/{self._object(tag, 'output')}"}},
+                             "gcsDestination": {"outputUriPrefix": f"gs://{self._where().bucket}/{self._object(tag, 'output')}"}},
         })
         try:
-            data = await self.http.call("POST", self._url, "create", body=body, idempotent=False,
+            data = await self.http.call("POST", self._where().url, "create", body=body, idempotent=False,
                                         headers=await self._auth(json_body=True))
         except (errors.RequestRejected, errors.SpendLimited):
-            await self._storage.delete(self._bucket, source)  # refused outright: surely no job reads the file
+            await self._where().storage.delete(self._where().bucket, source)  # refused outright: surely no job reads the file
             raise
         info = self._info(document(data, "create answer"), "create answer")
         if claude:
@@ -221,7 +248,7 @@ class VertexProvider(Provider):
         return info
 
     async def get(self, batch_id: str) -> BatchInfo:
-        data = await self.http.call("GET", f"{self._url}/{batch_id}", "retrieve", headers=await self._auth())
+        data = await self.http.call("GET", f"{self._where().url}/{batch_id}", "retrieve", headers=await self._auth())
         info = self._info(document(data, f"batch {batch_id}: retrieve answer"), "retrieve answer", batch_id)
         if info.id != batch_id:
             raise errors.BadAnswer(f"batch {batch_id}: retrieve answer: name ends in {shown(info.id)}")
@@ -234,7 +261,7 @@ class VertexProvider(Provider):
         for page_no in range(1, LIST_PAGES_MAX + 1):
             what = f"list answer (page {page_no})"
             query = {"pageSize": LIST_PAGE, "filter": f"labels.{LABEL}:*", **({"pageToken": token} if token else {})}
-            page = document(await self.http.call("GET", f"{self._url}?{urlencode(query)}", "list",
+            page = document(await self.http.call("GET", f"{self._where().url}?{urlencode(query)}", "list",
                                                  headers=await self._auth()), what)
             for i, item in enumerate(items(page, "batchPredictionJobs", what)):
                 try:
@@ -253,7 +280,7 @@ class VertexProvider(Provider):
         log.warning("list batches: stopped after %d pages", LIST_PAGES_MAX)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
-        await self.http.call("POST", f"{self._url}/{batch_id}:cancel", "cancel", body=b"{}",
+        await self.http.call("POST", f"{self._where().url}/{batch_id}:cancel", "cancel", body=b"{}",
                              headers=await self._auth(json_body=True))
         return await self.get(batch_id)
 
@@ -262,12 +289,12 @@ class VertexProvider(Provider):
         for directory in info.results:
             bucket, prefix = split_gs(directory, f"batch {info.id}: outputInfo.gcsOutputDirectory")
             mine = self._object(self.tag_of(info) or "", "output")
-            if bucket != self._bucket or not prefix.startswith(mine):
+            if bucket != self._where().bucket or not prefix.startswith(mine):
                 raise errors.BadAnswer(f"batch {info.id}: output directory {directory!r} is not under "
-                                       f"gs://{self._bucket}/{mine}")
-            for name in await self._storage.names(bucket, prefix + "/"):
+                                       f"gs://{self._where().bucket}/{mine}")
+            for name in await self._where().storage.names(bucket, prefix + "/"):
                 if name.endswith(".jsonl"):
-                    async for block in self._storage.lines(bucket, name):
+                    async for block in self._where().storage.lines(bucket, name):
                         lines = [line for line in block if line.strip()]
                         if lines:
                             yield lines
@@ -278,13 +305,13 @@ class VertexProvider(Provider):
         if self.settings.keep_staged or not tag:
             return
         try:
-            names = await self._storage.names(self._bucket, self._object(tag, "") + "/")
+            names = await self._where().storage.names(self._where().bucket, self._object(tag, "") + "/")
         except errors.ProviderError as err:
-            log.warning("staged files of %s not removed (%s): gs://%s/%s", info.id, err, self._bucket,
+            log.warning("staged files of %s not removed (%s): gs://%s/%s", info.id, err, self._where().bucket,
                         self._object(tag, ""))
             return
         for name in names:
-            await self._storage.delete(self._bucket, name)
+            await self._where().storage.delete(self._where().bucket, name)
 
     classify = staticmethod(classify_line)
 

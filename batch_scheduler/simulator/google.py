@@ -76,7 +76,7 @@ class GoogleAuth:
         elif grant == "refresh_token":
             who = form.get("client_id")
         else:
-            return json_response({"error": "unsupported_grant_type", "error_description": f"Invalid grant_type: {grant}"},
+            return json_response({"error": "unsupported_grant_type", "error_description": f"Invalid grant_type: {grant!r}"},
                                  status=400)
         valid = self.ctx.config.valid_keys
         if not who or (valid is not None and who not in valid):

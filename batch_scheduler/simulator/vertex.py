@@ -45,6 +45,10 @@ _STATUS_TEXT = {
 }
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _gs(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.startswith("gs://") or len(value) < 6:
         raise Rejected("invalid_request_error", f"{where}: expected a gs:// URI")
@@ -60,7 +64,8 @@ def _line(no: int, raw: bytes, claude: bool, reqs: Requests, kept: list[dict]) -
     if not isinstance(obj, dict):
         obj = {}
     request = obj.get("request")
-    cid = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else f"line-{no}"
+    given = obj.get("custom_id")
+    cid = given if isinstance(given, str) else f"line-{no}"
     reqs.custom_ids.append(cid)
     kept.append(obj)
     problem = None
@@ -116,14 +121,13 @@ class VertexApi:
         if not isinstance(model, str) or not model.startswith(("publishers/google/models/",
                                                                 "publishers/anthropic/models/")):
             raise Rejected("invalid_request_error", f"model: unsupported model {model!r}")
-        source = doc.get("inputConfig") if isinstance(doc.get("inputConfig"), dict) else {}
-        dest = doc.get("outputConfig") if isinstance(doc.get("outputConfig"), dict) else {}
+        source, dest = _object(doc.get("inputConfig")), _object(doc.get("outputConfig"))
         if source.get("instancesFormat") != "jsonl" or dest.get("predictionsFormat") != "jsonl":
             raise Rejected("invalid_request_error", "instancesFormat and predictionsFormat must be jsonl here")
-        uris = (source.get("gcsSource") or {}).get("uris")
+        uris = _object(source.get("gcsSource")).get("uris")
         if not isinstance(uris, list) or not uris:
             raise Rejected("invalid_request_error", "inputConfig.gcsSource.uris is required")
-        prefix = _gs((dest.get("gcsDestination") or {}).get("outputUriPrefix"), "outputConfig.gcsDestination")
+        prefix = _gs(_object(dest.get("gcsDestination")).get("outputUriPrefix"), "outputConfig.gcsDestination")
         labels = doc.get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 63
                                                    for k, v in labels.items()):
@@ -148,7 +152,7 @@ class VertexApi:
         claude = model.startswith("publishers/anthropic/")
         if claude:
             self._claude_room(project)
-        reqs, kept = Requests(), []
+        reqs, kept = Requests(), list[dict]()
         for uri in uris:
             data = self.gcs.read(uri)
             if data is None:

@@ -133,13 +133,14 @@ async def test_without_credentials_or_staging_the_run_says_what_to_set(sim, tmp_
     with pytest.raises(errors.UsageError) as missing:
         await arun(str(tmp_path / "in.jsonl"), tmp_path / "out", **options)
     assert str(missing.value) == "no API key: set GOOGLE_APPLICATION_CREDENTIALS in the environment or in .env"
-    with pytest.raises(errors.UsageError) as unreadable:
-        await arun(str(tmp_path / "in.jsonl"), tmp_path / "out", api_key=str(tmp_path / "nothing.json"), **options)
-    assert str(unreadable.value).startswith("GOOGLE_APPLICATION_CREDENTIALS: the file it names cannot be used as "
-                                            "Google credentials (")
-    with pytest.raises(errors.UsageError) as no_staging:
-        await arun(str(tmp_path / "in.jsonl"), tmp_path / "out2", api_key=credentials,
-                   **{**options, "staging": None})
-    assert str(no_staging.value) == ("--provider vertex needs --staging gs://BUCKET/PREFIX: where its input and "
-                                     "output files go in Cloud Storage")
+    unreadable = await arun(str(tmp_path / "in.jsonl"), tmp_path / "out", api_key=str(tmp_path / "nothing.json"),
+                            **options)
+    assert unreadable.exit_code == ExitCode.USAGE
+    assert unreadable.message.startswith("GOOGLE_APPLICATION_CREDENTIALS: the file it names cannot be used as "
+                                         "Google credentials (")
+    no_staging = await arun(str(tmp_path / "in.jsonl"), tmp_path / "out2", api_key=credentials,
+                            **{**options, "staging": None})
+    assert (no_staging.exit_code, no_staging.message) == (
+        ExitCode.USAGE, "--provider vertex needs --staging gs://BUCKET/PREFIX: where its input and output files go "
+                        "in Cloud Storage")
     assert sim.stats["uploads"] == 0
