@@ -20,7 +20,7 @@ $(CORE): pyproject.toml | $(VENV)/bin/python
 	touch $(CORE)
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e '.[dev,bench,parquet,cluster]'
+	$(BIN)/pip install -q -e '.[dev,bench,parquet,cluster,vertex]'
 	touch $(STAMP) $(CORE)
 
 lint: $(STAMP)

@@ -95,7 +95,7 @@ PROVIDER, BATCHING, INPUT, COST = "provider", "batching", "input", "cost"
 JOB_OPTIONS: tuple[Option, ...] = (
     # -- provider -------------------------------------------------------------------------------
     Option("provider", str, "anthropic", "which batch API", PROVIDER, env=("BATCH_PROVIDER",), shapes=True,
-           choices=("anthropic", "openai", "inline", "bedrock", "azure", "gemini"), daemon_side=True),
+           choices=("anthropic", "openai", "inline", "bedrock", "azure", "gemini", "vertex"), daemon_side=True),
     Option("base_url", str, "https://api.anthropic.com", "where the API is", PROVIDER, metavar="URL",
            daemon_side=True, default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),
     Option("auth", str, "x-api-key", "how the key is sent; proxies often want bearer", PROVIDER,
@@ -121,10 +121,19 @@ JOB_OPTIONS: tuple[Option, ...] = (
            env=("INLINE_RESULTS_PATH",), daemon_side=True),
     Option("role_arn", str, None, "bedrock: the IAM service role Bedrock assumes to read and write --staging",
            PROVIDER, metavar="ARN", env=("BEDROCK_ROLE_ARN",), daemon_side=True),
-    Option("staging", str, None, "bedrock: `s3://bucket/prefix` where records go in and results come out",
-           PROVIDER, metavar="S3URI", env=("BEDROCK_STAGING",), daemon_side=True),
-    Option("keep_staged", bool, False, "bedrock: keep the staged input and output objects once collected",
-           PROVIDER, env=("BEDROCK_KEEP_STAGED",), daemon_side=True),
+    # bedrock and vertex: where each batch's records go in and results come out (providers/bedrock.py, vertex.py)
+    Option("staging", str, None, "bedrock: `s3://bucket/prefix`, vertex: `gs://bucket/prefix`, where records go in "
+           "and results come out", PROVIDER, metavar="URL", env=("BATCH_STAGING", "BEDROCK_STAGING"), daemon_side=True),
+    Option("keep_staged", bool, False, "bedrock, vertex: keep a batch's staged input and output once collected",
+           PROVIDER, env=("BATCH_KEEP_STAGED", "BEDROCK_KEEP_STAGED"), daemon_side=True),
+    # vertex: where the jobs run (providers/vertex.py)
+    Option("project", str, None, "vertex: the Google Cloud project", PROVIDER, metavar="P",
+           env=("GOOGLE_CLOUD_PROJECT",), daemon_side=True,
+           default_text="`GOOGLE_CLOUD_PROJECT`, else the credentials file's project"),
+    Option("location", str, None, "vertex: the region of the jobs (`global` for the global endpoint)", PROVIDER,
+           metavar="L", env=("GOOGLE_CLOUD_LOCATION",), daemon_side=True, default_text="`GOOGLE_CLOUD_LOCATION`, else us-central1"),
+    Option("storage_url", str, None, "vertex: where Cloud Storage's JSON API is", PROVIDER, metavar="URL",
+           env=("STORAGE_EMULATOR_HOST",), daemon_side=True, default_text="https://storage.googleapis.com"),
     # -- batching -------------------------------------------------------------------------------
     Option("batch_size", int, 10_000, "requests per batch", BATCHING, shapes=True, metavar="N", minimum=1,
            default_text="the provider's (10,000; openai 50,000; inline 5,000)"),

@@ -113,6 +113,9 @@ class Settings:
     role_arn: str | None = None
     staging: str | None = None
     keep_staged: bool = False
+    project: str | None = None
+    location: str | None = None
+    storage_url: str | None = None
     batch_size: int = 10_000
     batch_bytes: int = 200_000_000
     concurrency: int = 128

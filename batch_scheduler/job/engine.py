@@ -175,6 +175,12 @@ class Engine:
             http.on_retry.append(self._count_retry)
             http.on_call.append(self.observer.http_call)
             provider = self._provider_factory(s, http)
+            try:
+                await provider.preflight()
+            except errors.UsageError as err:
+                return JobResult(ExitCode.USAGE, str(err))
+            except errors.ProviderError as err:
+                return self._failure(err, http)
             if s.strict and (refused := await self._strict_pass(job, provider)):
                 return refused
             if s.max_cost_usd is not None and (refused := await self._price_check(job, provider, admission.budget)):

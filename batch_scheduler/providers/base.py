@@ -142,6 +142,11 @@ class Provider(Protocol):
         Called only when `token_count` is set; `headers` are those of `headers_for`."""
         return [], None
 
+    async def preflight(self) -> None:
+        """What must hold before anything is sent (a provider's storage, its project), checked once per run:
+        UsageError (exit 2) or AuthRefused (exit 3), one line saying what to set. Default: nothing to check."""
+        return None
+
     def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
         """(error, line bytes to send) for one parsed input line; the custom_id is already checked.
 
@@ -166,7 +171,7 @@ class Provider(Protocol):
 
     async def release(self, info: BatchInfo) -> None:
         """The batch's results are durable: free what the provider keeps for it (Bedrock: the staged S3
-        objects). Best effort, never raises; by default nothing."""
+        objects, Vertex: the staged Cloud Storage files). Best effort, never raises; by default nothing."""
         return None
 
     def classify(self, line: bytes) -> tuple[str, Outcome, Usage | tuple[int, int, int, int, int] | None, str | None]:

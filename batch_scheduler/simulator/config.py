@@ -63,6 +63,12 @@ class SimConfig:
     azure_max_requests: int = AZURE_MAX_REQUESTS
     azure_variants: bool = False  # what Azure's samples show: `Validating`, ISO-8601 times, null counts
     gemini_max_batches: int = GEMINI_MAX_BATCHES  # Gemini: unfinished batch jobs per project (429 at create)
+    # -- Vertex AI and its Cloud Storage (vertex.py, gcs.py, google.py)
+    vertex_projects: list[str] | None = None  # the projects that exist (None: any)
+    gcs_buckets: list[str] | None = None  # the buckets that exist (None: any)
+    vertex_claude_jobs: int = 4  # Claude batch jobs running at once per project (a create past it: 429)
+    vertex_expired_rate: float = 0.0  # jobs that end EXPIRED (queued too long) with no output at all
+    vertex_paused_rate: float = 0.0  # jobs PAUSED for a stretch of their life
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:
@@ -77,10 +83,10 @@ class SimConfig:
         """`all_faults` plus what real providers were seen to do (`simulate --faults`): 409 conflict_error
         in the mix of failing calls, a 404 for the first second of every batch, 0.5% of requests
         missing from their results, 1% of OpenAI requests timed out, Azure's answers as its samples
-        show them (`azure_variants`). No spend cap: that one ends a run
-        by design."""
+        show them (`azure_variants`), 2% of Vertex jobs expired unrun and 10% paused a while. No spend cap:
+        that one ends a run by design."""
         preset = dict(ghost_404_s=1.0, missing_rate=0.005, request_timeout_rate=0.01, fail_kinds=None,
-                      azure_variants=True)
+                      azure_variants=True, vertex_expired_rate=0.02, vertex_paused_rate=0.1)
         return cls.all_faults(**{**preset, **changes})
 
     def token_limit(self, model: str) -> int | None:

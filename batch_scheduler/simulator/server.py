@@ -1,4 +1,5 @@
-"""The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline and Azure OpenAI batch APIs.
+"""The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline, Azure OpenAI, Bedrock, Gemini
+and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py, vertex.py).
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
 `anthropic-version` header (Anthropic paths: missing or unknown is a 400), the billing error, maybe
@@ -27,8 +28,10 @@ from batch_scheduler.simulator.azure import AzureApi
 from batch_scheduler.simulator.bedrock import BedrockApi
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.context import SimContext
+from batch_scheduler.simulator.gcs import CloudStorage
 from batch_scheduler.simulator.gemini import GeminiApi
 from batch_scheduler.simulator.gemini_files import GeminiFiles
+from batch_scheduler.simulator.google import TOKEN_PATH, GoogleAuth, GoogleGate
 from batch_scheduler.simulator.inline import InlineApi
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.openai_files import OpenAIFiles
@@ -44,6 +47,7 @@ from batch_scheduler.simulator.responses import (
 )
 from batch_scheduler.simulator.store import Store, no_gc
 from batch_scheduler.simulator.validation import version_problem
+from batch_scheduler.simulator.vertex import VertexApi
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SIGV4 = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Za-z0-9]+)/\d{8}/[a-z0-9-]+/(?P<service>[a-z0-9-]+)/aws4_request, "
@@ -67,6 +71,9 @@ class Simulator:
         self.bedrock = BedrockApi(self.ctx)
         self.azure = AzureApi(self.ctx)
         self.gemini = GeminiApi(self.ctx, GeminiFiles(self.ctx))
+        self.google = GoogleAuth(self.ctx)  # Google Cloud: the token endpoint, Cloud Storage, Vertex AI
+        self.gcs = CloudStorage(self.ctx)
+        self.vertex = VertexApi(self.ctx, self.gcs)
 
     @property
     def config(self) -> SimConfig:
@@ -190,6 +197,10 @@ class Simulator:
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,
                                                       create=True))
         app.router.add_get("/v1/batches/{id}", self.route("batches.retrieve", Style.OPENAI, self._retrieve_batch))
+        google = GoogleGate(self.ctx, self.google)
+        for method, path, name, handler, create in (*self.gcs.routes(), *self.vertex.routes()):
+            app.router.add_route(method, path, google.route(name, handler, create=create))
+        app.router.add_post(TOKEN_PATH, self.google.token)
         app.router.add_get("/_sim/stats", self._stats)
         app.router.add_post("/_sim/config", self._set_config)
         app.router.add_get("/_sim/config", self._get_config)
