@@ -58,7 +58,7 @@ async def test_the_page_in_a_browser_shows_every_job_its_state_and_progress(sim,
     assert 180 <= total <= 220
     assert f"{running} / about {total} ({100 * running / total:.0f}%)" in rows["big-running"]["text"]
     assert rows["nightly-done"]["data-estimated"] == "false"
-    assert "of $2.5000" in rows["big-running"]["text"]  # spend against --max-cost
+    assert "of $2.50" in rows["big-running"]["text"]  # spend against --max-cost, in dollars and cents
     bars = doc.select("div", role="progressbar")
     assert [b["aria-valuenow"] for b in bars] == ["40", str(running), "0"]
     assert "options: --batch-size: expected a whole number, got 'many'" in rows["broken"]["text"]
