@@ -53,12 +53,12 @@ a { color:var(--run); text-decoration:none; } a:hover { text-decoration:underlin
 .tail { display:block; font-size:12px; color:var(--warn); }
 .sub { display:block; font-size:12px; font-weight:400; color:var(--muted); }
 .saving { color:var(--ok); }
-.next { max-width:340px; color:var(--fg); }
+.next { min-width:280px; max-width:380px; font-size:13px; color:var(--fg); }
 code { font:12px ui-monospace, SFMono-Regular, Menlo, monospace; background:#f2f4f7; padding:1px 4px;
        border-radius:4px; overflow-wrap:anywhere; }
 tfoot td { font-weight:600; border-top:2px solid var(--line); border-bottom:none; }
 .over { color:var(--bad); font-weight:600; }
-.problem { color:var(--muted); max-width:380px; }
+.problem { color:var(--muted); max-width:320px; font-size:13px; }
 .problem.some { color:var(--bad); }
 .legend span { margin-right:16px; } .legend i { display:inline-block; width:12px; height:3px; margin-right:5px;
   vertical-align:middle; }
@@ -132,6 +132,8 @@ def retry_tail(tail: Mapping[str, Any] | None) -> str:
 
 def runs_on(j: Mapping[str, Any]) -> str:
     """"anthropic · claude-sonnet-4-5": the job's provider and the models its requests name."""
+    if not j.get("provider") and not j.get("models"):
+        return "—"
     models = ", ".join(j.get("models") or []) or "model not known yet"
     return f'{esc(j.get("provider") or "—")} · {esc(models)}'
 
