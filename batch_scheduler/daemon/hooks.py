@@ -7,9 +7,13 @@
     --webhook URL   POST of one JSON event when a job is done, failed, cancelled or paused:
                     {"event": "job.done", "job": ..., "state": ..., "reason": ..., "summary_path": ...,
                      "requests": {...}, "results": {...}, "cost_usd": ..., "at": epoch, "delivery": id}
-                    signed: `X-Batch-Scheduler-Signature-256: sha256=HEX`, the HMAC-SHA256 of the body
-                    under BATCH_WEBHOOK_SECRET; retried with backoff (5xx, 429, network), the same
-                    delivery id each time so a receiver can drop a repeat
+                    signed per Standard Webhooks (standardwebhooks.com): `webhook-id` (the delivery id),
+                    `webhook-timestamp` (epoch seconds) and `webhook-signature: v1,BASE64`, the
+                    HMAC-SHA256 of "{id}.{timestamp}.{body}" under BATCH_WEBHOOK_SECRET=whsec_BASE64;
+                    also, until the next release, the old `X-Batch-Scheduler-Signature-256: sha256=HEX`
+                    (the HMAC of the body alone, under the secret's text). Retried with backoff (5xx,
+                    429, network) with the same headers, so a receiver can drop a repeat by its id;
+                    never sent on to where a redirect points
 
 Neither ever blocks or fails a job: an event goes into a bounded queue (dropped, with an error line,
 when it is full) and workers of their own deliver it. At shutdown what is being delivered gets a
@@ -19,13 +23,15 @@ short deadline. The secret is registered with the log filter and never written a
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import time
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +45,8 @@ from batch_scheduler.daemon.arguments import SECRET_ENV
 from batch_scheduler.daemon.logs import log
 from batch_scheduler.daemon.spool import SUMMARY_FILE, Job, JobState, read_json
 
-SIGNATURE_HEADER = "X-Batch-Scheduler-Signature-256"
+SIGNATURE_HEADER = "X-Batch-Scheduler-Signature-256"  # the old signature: goes away in the next release
+SECRET_PREFIX = "whsec_"  # Standard Webhooks' form of a secret: whsec_ then the key in base64
 ON_DONE_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 WEBHOOK_STATES = ON_DONE_STATES | {JobState.PAUSED}
 WEBHOOK_RETRY = RetryPolicy(attempts=6, deadline_s=120.0, initial_wait_s=1.0, max_wait_s=30.0)
@@ -58,10 +65,36 @@ class HookConfig:
     env: Mapping[str, str] | None = None  # what PASSED_ENV is taken from
     retry: RetryPolicy = WEBHOOK_RETRY
     command_timeout_s: float = COMMAND_TIMEOUT_S
+    clock: Callable[[], float] = time.time  # what `webhook-timestamp` says
 
 
 def sign(secret: str, body: bytes) -> str:
+    """The old signature header's value (until the next release): the HMAC of the body alone."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signing_key(secret: str) -> bytes:
+    """The Standard Webhooks key of BATCH_WEBHOOK_SECRET: the bytes whsec_ is followed by, in base64. A
+    secret of the old form (any text without the prefix) is, until the next release, its own UTF-8 bytes
+    (a receiver verifies it as whsec_ + the base64 of that text)."""
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    text = secret[len(SECRET_PREFIX):]
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not key:
+        raise errors.UsageError(f"{SECRET_ENV}: expected whsec_ followed by the key in base64 "
+                                f"(`openssl rand -base64 32` makes one)")
+    return key
+
+
+def standard_headers(key: bytes, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """webhook-id, webhook-timestamp and webhook-signature, as the Standard Webhooks specification has them."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return {"webhook-id": message_id, "webhook-timestamp": str(timestamp), "webhook-signature": f"v1,{digest}"}
 
 
 def shown_url(url: str) -> str:
@@ -79,6 +112,7 @@ def check_webhook(url: str | None, secret: str | None) -> None:
         raise errors.UsageError(f"--webhook {shown_url(url)}: expected an http:// or https:// URL")
     if not secret:
         raise errors.UsageError(f"--webhook needs a signing secret: set {SECRET_ENV} in the environment or .env")
+    signing_key(secret)
 
 
 class Hooks:
@@ -98,6 +132,9 @@ class Hooks:
 
     async def start(self) -> None:
         if self.config.webhook:
+            if self.config.secret and not self.config.secret.startswith(SECRET_PREFIX):
+                log.warning("%s is not of the form whsec_BASE64: events are signed under its text as it is; "
+                            "the old form is accepted until the next release", SECRET_ENV)
             self._http = await HttpClient({"Content-Type": "application/json"}, self.config.retry,
                                           timeout_s=30.0, connections=WORKERS).__aenter__()
         for kind, on in (("on_done", self.config.on_done), ("webhook", self.config.webhook)):
@@ -204,7 +241,9 @@ class Hooks:
     async def post(self, event: Mapping[str, Any]) -> bool:
         assert self._http is not None and self.config.webhook and self.config.secret
         body = orjson.dumps(event)
-        headers = {SIGNATURE_HEADER: sign(self.config.secret, body), "X-Batch-Scheduler-Event": event["event"],
+        key, at = signing_key(self.config.secret), int(self.config.clock())
+        headers = {**standard_headers(key, event["delivery"], at, body),
+                   SIGNATURE_HEADER: sign(self.config.secret, body), "X-Batch-Scheduler-Event": event["event"],
                    "X-Batch-Scheduler-Delivery": event["delivery"]}
         name, url = event["job"], self.config.webhook
         try:

@@ -1,9 +1,10 @@
 """The status page's HTML, rendered on the server: no script, no build step, nothing fetched from outside.
 
-`overview` is the page at `/` (every job as a row, and a chart of the last hours); `job_page` is
-`/job/NAME` (one job and its batches). Both take plain dicts (daemon.page builds them) and escape
-every string that came from a job. Each job row carries `data-job`, `data-state`, `data-final` and
-`data-total`, so a script (or a test in a browser) can read the figures the bar shows.
+`overview` is the page at `/` (every job as a row, a totals row, and a chart of the last hours: daemon.chart);
+`job_page` is `/job/NAME` (one job and its batches). Both take plain dicts (daemon.page builds them) and
+escape every string that came from a job. Each job row carries `data-job`, `data-state`, `data-final` and
+`data-total`, so a script (or a test in a browser) can read the figures the bar shows. A bar's label is
+beside its fill, never over it; money is shown in dollars and cents.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from batch_scheduler.daemon.chart import chart
 
 REFRESH_S = 10
 
@@ -40,13 +43,22 @@ a { color:var(--run); text-decoration:none; } a:hover { text-decoration:underlin
 .state { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; color:#fff; }
 .state.done { background:var(--ok); } .state.running { background:var(--run); } .state.queued { background:var(--idle); }
 .state.paused { background:var(--warn); } .state.failed { background:var(--bad); } .state.cancelled { background:#555; }
-.bar { position:relative; height:16px; min-width:180px; background:#eef1f5; border-radius:8px; overflow:hidden; }
+.progress { min-width:200px; }
+.bar { position:relative; height:8px; background:#e4e7ec; border-radius:4px; overflow:hidden; }
 .bar > span { position:absolute; inset:0 auto 0 0; background:var(--run); }
 .done .bar > span { background:var(--ok); } .failed .bar > span { background:var(--bad); }
-.bar > em { position:absolute; inset:0; text-align:center; font-size:11px; font-style:normal; line-height:16px;
-            text-shadow:0 0 3px #fff, 0 0 2px #fff; }
+.paused .bar > span { background:var(--warn); }
+.progress > em { display:block; margin-top:3px; font-size:12px; font-style:normal; color:var(--fg);
+                 font-variant-numeric:tabular-nums; }
+.tail { display:block; font-size:12px; color:var(--warn); }
+.sub { display:block; font-size:12px; font-weight:400; color:var(--muted); }
+.saving { color:var(--ok); }
+.next { min-width:280px; max-width:380px; font-size:13px; color:var(--fg); }
+code { font:12px ui-monospace, SFMono-Regular, Menlo, monospace; background:#f2f4f7; padding:1px 4px;
+       border-radius:4px; overflow-wrap:anywhere; }
+tfoot td { font-weight:600; border-top:2px solid var(--line); border-bottom:none; }
 .over { color:var(--bad); font-weight:600; }
-.problem { color:var(--muted); max-width:380px; }
+.problem { color:var(--muted); max-width:320px; font-size:13px; }
 .problem.some { color:var(--bad); }
 .legend span { margin-right:16px; } .legend i { display:inline-block; width:12px; height:3px; margin-right:5px;
   vertical-align:middle; }
@@ -74,9 +86,10 @@ def duration(seconds: float | None) -> str:
 
 
 def money(usd: float | None) -> str:
+    """Dollars and cents; a spend under half a cent is "<$0.01", never "$0.00" (HTML)."""
     if usd is None:
         return "—"
-    return f"${usd:,.2f}" if usd >= 100 else f"${usd:,.4f}"
+    return "&lt;$0.01" if 0 < usd < 0.005 else f"${usd:,.2f}"
 
 
 def spend(spent: float, cap: float | None) -> str:
@@ -86,13 +99,49 @@ def spend(spent: float, cap: float | None) -> str:
     return f"<span{cls}>{money(spent)}</span> of {money(cap)}"
 
 
-def bar(final: int, total: int | None, estimated: bool = False) -> str:
-    """final / total; an estimated total (the input is still being read) is shown as "about"."""
+def saving(j: Mapping[str, Any]) -> str:
+    """What the batch price saved against the standard price of the same tokens."""
+    if not j.get("standard_usd"):
+        return ""
+    return (f'<span class="sub"><span class="saving">saved {money(j["saving_usd"])}</span> '
+            f'of {money(j["standard_usd"])} at standard prices</span>')
+
+
+def bar(final: int, total: int | None, estimated: bool = False, started: bool = True) -> str:
+    """final / total, the label under the fill; an estimated total (the input is still being read) is
+    "about"; a job that never started (no ledger) says so rather than counting."""
     pct = min(100.0, 100.0 * final / total) if total else 0.0
     about = "about " if estimated else ""
-    label = f"{final:,} / {about}{total:,} ({pct:.0f}%)" if total else f"{final:,} / counting…"
-    return (f'<div class="bar" role="progressbar" aria-valuenow="{final}" aria-valuemax="{total or 0}">'
-            f'<span style="width:{pct:.1f}%"></span><em>{label}</em></div>')
+    if total:
+        label = f"{final:,} / {about}{total:,} ({pct:.0f}%)"
+    else:
+        label = f"{final:,} / counting…" if started else "not started"
+    return (f'<div class="progress"><div class="bar" role="progressbar" aria-valuenow="{final}" '
+            f'aria-valuemax="{total or 0}"><span style="width:{pct:.1f}%"></span></div><em>{label}</em></div>')
+
+
+def retry_tail(tail: Mapping[str, Any] | None) -> str:
+    """"37 wait for attempt 3, next at 14:02:31": the requests parked for another attempt."""
+    if not tail:
+        return ""
+    when = ("due now" if tail["next_at"] is None or tail["next_at"] <= time.time()
+            else f"next at {time.strftime('%H:%M:%S', time.localtime(tail['next_at']))}")
+    attempt = f"attempt {tail['attempt']}" if tail.get("attempt") else "another attempt"
+    return f'<span class="tail">{tail["waiting"]:,} wait for {attempt}, {when}</span>'
+
+
+def runs_on(j: Mapping[str, Any]) -> str:
+    """"anthropic · claude-sonnet-4-5": the job's provider and the models its requests name."""
+    if not j.get("provider") and not j.get("models"):
+        return "—"
+    models = ", ".join(j.get("models") or []) or "model not known yet"
+    return f'{esc(j.get("provider") or "—")} · {esc(models)}'
+
+
+def next_step(j: Mapping[str, Any]) -> str:
+    text, command = j.get("advice") or "", j.get("command")
+    code = f"<code>{esc(command)}</code>" if command else ""
+    return f'{esc(text)}{" " if text and code else ""}{code}' or "—"
 
 
 def _page(title: str, subtitle: str, body: str) -> str:
@@ -109,57 +158,36 @@ def job_row(j: Mapping[str, Any]) -> str:
     return (f'<tr class="job {esc(st)}" data-job="{esc(name)}" data-state="{esc(st)}" data-final="{j["final"]}" '
             f'data-total="{j["total"] if j["total"] is not None else ""}" '
             f'data-estimated="{"true" if j.get("estimated") else "false"}">'
-            f'<td class="name"><a href="/job/{esc(urllib.parse.quote(name, safe=""))}">{esc(name)}</a></td>'
+            f'<td class="name"><a href="/job/{esc(urllib.parse.quote(name, safe=""))}">{esc(name)}</a>'
+            f'<span class="sub runs-on">{runs_on(j)}</span></td>'
             f'<td><span class="state {esc(st)}">{esc(st)}</span></td>'
-            f'<td>{bar(j["final"], j["total"], j.get("estimated", False))}</td>'
+            f'<td>{bar(j["final"], j["total"], j.get("estimated", False), j.get("started", True))}'
+            f'{retry_tail(j.get("retry_tail"))}</td>'
             f'<td class="num">{j["batches_in_flight"]:,}</td><td class="num">{j["requests_in_flight"]:,}</td>'
-            f'<td class="num">{spend(j["spend_usd"], j["max_cost_usd"])}</td>'
+            f'<td class="num">{spend(j["spend_usd"], j["max_cost_usd"])}{saving(j)}</td>'
             f'<td class="num">{duration(j["eta_s"]) if j["eta_s"] is not None else "—"}</td>'
-            f'<td class="problem{" some" if problem else ""}">{esc(problem) if problem else "—"}</td></tr>')
+            f'<td class="problem{" some" if problem else ""}">{esc(problem) if problem else "—"}</td>'
+            f'<td class="next">{next_step(j)}</td></tr>')
 
 
-def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> str:
+def totals_row(t: Mapping[str, Any]) -> str:
+    """All jobs: finished of their totals, in flight, spend and what the batch price saved."""
+    total = f' / {t["total"]:,}' if t["total"] else ""
+    return (f'<tr id="totals"><td class="name">all jobs</td><td></td>'
+            f'<td class="num">{t["final"]:,}{total}</td><td class="num">{t["batches_in_flight"]:,}</td>'
+            f'<td class="num">{t["requests_in_flight"]:,}</td>'
+            f'<td class="num">{money(t["spend_usd"])}{saving(t)}</td><td></td><td></td><td></td></tr>')
+
+
+def jobs_table(jobs: Sequence[Mapping[str, Any]], totals: Mapping[str, Any] | None = None) -> str:
     if not jobs:
         return '<p class="empty">No jobs yet: drop NAME.jsonl into the spool\'s inbox/.</p>'
-    head = ("<tr><th>job</th><th>state</th><th>finished / total</th><th>batches in flight</th>"
-            "<th>requests in flight</th><th>spend vs --max-cost</th><th>ETA</th><th>last problem</th></tr>")
-    return f'<table id="jobs"><thead>{head}</thead><tbody>{"".join(job_row(j) for j in jobs)}</tbody></table>'
-
-
-def chart(points: Sequence[tuple[float, int, float]], width: int = 1100, height: int = 220) -> str:
-    """Finished requests (left axis) and spend (right axis) over time, as an inline SVG."""
-    if len(points) < 2:
-        return '<p class="empty">The chart fills in as the daemon runs (a point a minute).</p>'
-    left, right, top, bottom = 70, 80, 12, 28
-    w, h = width - left - right, height - top - bottom
-    t0, t1 = points[0][0], points[-1][0]
-    span = max(1e-9, t1 - t0)
-    max_n = max(1, max(p[1] for p in points))
-    max_usd = max(1e-9, max(p[2] for p in points))
-
-    def xy(t: float, v: float, vmax: float) -> str:
-        return f"{left + w * (t - t0) / span:.1f},{top + h * (1 - v / vmax):.1f}"
-
-    done = " ".join(xy(t, n, max_n) for t, n, _ in points)
-    usd = " ".join(xy(t, c, max_usd) for t, _, c in points)
-    grid = []
-    for i in range(5):
-        y = top + h * i / 4
-        grid.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e7ec"/>'
-                    f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{max_n * (1 - i / 4):,.0f}</text>'
-                    f'<text x="{left + w + 8}" y="{y + 4:.1f}">{money(max_usd * (1 - i / 4))}</text>')
-    for i in range(5):
-        x = left + w * i / 4
-        ago = span * (1 - i / 4)
-        label = "now" if i == 4 else f"-{duration(ago)}"
-        grid.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle">{label}</text>')
-    return (f'<svg id="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
-            f'aria-label="finished requests and spend over the last {duration(span)}" '
-            f'font-size="11" fill="#667085">{"".join(grid)}'
-            f'<polyline points="{done}" fill="none" stroke="#2e6fd8" stroke-width="2"/>'
-            f'<polyline points="{usd}" fill="none" stroke="#c77700" stroke-width="2" stroke-dasharray="5 3"/></svg>'
-            f'<div class="legend"><span><i style="background:#2e6fd8"></i>finished requests (left)</span>'
-            f'<span><i style="background:#c77700"></i>spend, USD (right)</span></div>')
+    head = ("<tr><th>job<span class=\"sub\">provider · model</span></th><th>state</th><th>finished / total</th>"
+            "<th>batches in flight</th><th>requests in flight</th><th>spend vs --max-cost</th><th>ETA</th>"
+            "<th>last problem</th><th>next step</th></tr>")
+    foot = f"<tfoot>{totals_row(totals)}</tfoot>" if totals else ""
+    return (f'<table id="jobs"><thead>{head}</thead><tbody>{"".join(job_row(j) for j in jobs)}</tbody>'
+            f"{foot}</table>")
 
 
 def overview(jobs: Sequence[Mapping[str, Any]], totals: Mapping[str, Any],
@@ -168,8 +196,8 @@ def overview(jobs: Sequence[Mapping[str, Any]], totals: Mapping[str, Any],
     subtitle = (f"{esc(counts)} · {totals['slots_in_use']} of {totals['slots_capacity']} batch slots in use · "
                 f"up {duration(totals['uptime_s'])} · refreshed {time.strftime('%H:%M:%S')}")
     span = duration(points[-1][0] - points[0][0]) if len(points) >= 2 else "—"
-    body = (f"<section><h2>Jobs</h2>{jobs_table(jobs)}</section>"
-            f"<section><h2>Finished requests and spend, last {span}</h2>{chart(points)}</section>")
+    body = (f"<section><h2>Jobs</h2>{jobs_table(jobs, totals.get('jobs'))}</section>"
+            f"<section><h2>Finished requests and spend, last {span}</h2>{chart(points, money, span)}</section>")
     return _page("batch-scheduler daemon", subtitle, body)
 
 
@@ -190,13 +218,15 @@ def batches_table(batches: Sequence[Mapping[str, Any]], older: int) -> str:
 
 def job_page(j: Mapping[str, Any], batches: Sequence[Mapping[str, Any]], older: int) -> str:
     facts = [("state", f'<span class="state {esc(j["state"])}">{esc(j["state"])}</span>'),
-             ("progress", bar(j["final"], j["total"], j.get("estimated", False))),
+             ("provider / model", runs_on(j)),
+             ("progress", bar(j["final"], j["total"], j.get("estimated", False), j.get("started", True))),
              ("batches / requests in flight", f'{j["batches_in_flight"]:,} / {j["requests_in_flight"]:,}'),
-             ("spend vs --max-cost", spend(j["spend_usd"], j["max_cost_usd"])),
+             ("spend vs --max-cost", spend(j["spend_usd"], j["max_cost_usd"]) + saving(j)),
              ("ETA", duration(j["eta_s"])), ("rejected lines", f'{j["rejected"]:,}'),
-             ("waiting for another attempt", f'{j["waiting_retry"]:,}'),
+             ("waiting for another attempt", f'{j["waiting_retry"]:,}{retry_tail(j.get("retry_tail"))}'),
              ("results", esc(", ".join(f"{n:,} {k}" for k, n in (j.get("results") or {}).items() if n) or "—")),
-             ("last problem", esc(j.get("problem") or "—")), ("arrived as", esc(j.get("source")))]
+             ("last problem", esc(j.get("problem") or "—")), ("next step", next_step(j)),
+             ("arrived as", esc(j.get("source")))]
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     body = (f'<section class="job {esc(j["state"])}" data-job="{esc(j["name"])}" data-state="{esc(j["state"])}" '
             f'data-final="{j["final"]}" data-total="{j["total"] if j["total"] is not None else ""}">'

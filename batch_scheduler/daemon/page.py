@@ -8,12 +8,21 @@ Every page goes through the log filter's `redact` as a last guard.
 
 The chart's points are `History` samples: the spool's finished requests and spend, one a minute
 (DaemonConfig.history_every_s) for the last HISTORY_S, taken by the daemon's main loop.
+
+Each job also shows its provider and models, the spend against standard prices (summary.json's
+`standard_cost_usd` / `saving_usd`, or the ledger's per-model counters while it runs), the retry tail
+(requests parked in the ledger for another attempt, and when the next is due), and the next step for
+whoever holds it: the daemon holds its jobs, so the engine's "run the same command again" (which is
+`resume` for a job directory) is never shown; a finished job's next step is its `export` command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import re
+import shlex
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -26,11 +35,16 @@ from batch_scheduler.daemon import html
 from batch_scheduler.daemon.logs import log
 from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import SUMMARY_FILE, Job, JobState, read_json, read_options
+from batch_scheduler.job.money.pricing import MODEL_PREFIX
 from batch_scheduler.job.view.status import job_status
-from batch_scheduler.state.ledger import open_ledger
+from batch_scheduler.job.view.summary import batch_discount_of, standard_and_saving
+from batch_scheduler.state.ledger import Ledger, open_ledger
+from batch_scheduler.state.sqlite import RetryState
 
 HISTORY_S = 6 * 3600.0
 BATCHES_SHOWN = 200  # the newest; the page says how many older ones there are
+# the engine's advice to whoever ran the command (`run`, `resume`): not the daemon's way
+RUN_AGAIN = re.compile(r"[:;,]? ?(?:then |and )?run the same command again[^.;()]*?(?=\s*[.;()]|\s*$)")
 
 
 class History:
@@ -93,16 +107,71 @@ def _batches(job_dir: str, now: float) -> tuple[list[dict[str, Any]], int]:
     return out, len(rows) - len(shown)
 
 
+def _open_ledger(job_dir: str) -> Ledger | None:
+    path = os.path.join(job_dir, "ledger.db")
+    return open_ledger(path, readonly=True) if os.path.exists(path) else None
+
+
+async def ledger_facts(job_dir: str) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """(the ledger's counters, the retry tail or None): read-only, off the loop."""
+    ledger = await asyncio.to_thread(_open_ledger, job_dir)
+    if ledger is None:
+        return {}, None
+    try:
+        counters = await asyncio.to_thread(ledger.counters)
+        waiting = await ledger.count_retries(RetryState.PENDING)
+        if not waiting:
+            return counters, None
+        first = await ledger.pending_retries(1, math.inf)  # the fewest attempts so far: the next to go
+        tail = {"waiting": waiting, "attempt": first[0][2] + 1 if first else None,
+                "next_at": await ledger.next_retry_at()}
+        return counters, tail
+    finally:
+        await asyncio.to_thread(ledger.close)
+
+
+def _usd(value: Any) -> float:
+    """A figure of summary.json, 0 where it is missing or not a number."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+
+def models_in(counters: Mapping[str, float]) -> list[str]:
+    """The models the job's answers named (the ledger's per-model counters)."""
+    return sorted({key.split("/", 2)[2] for key in counters if key.startswith(MODEL_PREFIX) and key.count("/") >= 2})
+
+
+def for_the_daemon(text: str) -> str:
+    """A reason as the daemon's page says it: without the engine's advice to run the command again."""
+    return RUN_AGAIN.sub("", text).strip()
+
+
+def next_step(job: Job, started: bool, finished: int) -> tuple[str, str | None]:
+    """(what to do, a command or None), for a job the daemon holds: never `resume`."""
+    export = f"batch-scheduler export {shlex.quote(job.dir)} -o {shlex.quote(job.name + '.csv')}"
+    if job.state is JobState.DONE:
+        return "the results as one table:", export
+    if job.state is JobState.RUNNING:
+        return "nothing: the daemon runs it", None
+    if job.state is JobState.QUEUED:
+        return "nothing: the daemon starts it when it can", None
+    if job.state is JobState.PAUSED:
+        return "the daemon resumes it by itself once what the problem says is fixed", None
+    again = "to run it again, fix the cause and drop its input (options first) into inbox/: a new job"
+    if not started or not finished:
+        return again, None
+    return f"{again}; what it finished:", export
+
+
 def problem_of(job: Job, st: Mapping[str, Any] | None, summary: Mapping[str, Any], rejected: int) -> str | None:
     """The last problem, in plain words."""
     if job.reason:
-        return job.reason
+        return for_the_daemon(job.reason)
     failed = (st or {}).get("failed_batches") or []
     if failed:
         last = failed[-1]
         return f"batch {last['batch_id']} failed at the provider: {last['reason'] or 'no reason given'}"
     if job.state is not JobState.RUNNING and summary.get("exit_code") not in (None, 0) and summary.get("message"):
-        return str(summary["message"])
+        return for_the_daemon(str(summary["message"]))
     refused = ((st or {}).get("requests") or {}).get("refused_by_api") or 0
     if refused:
         return f"{refused:,} request(s) refused by the API"
@@ -116,15 +185,34 @@ class Pages:
         self.service = service
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
 
-    def max_cost(self, job: Job) -> float | None:
-        if job.engine is not None:
-            return job.engine.settings.max_cost_usd
+    def option(self, job: Job, name: str) -> Any:
+        """The job's option as its options.json or the daemon's flags give it (None: neither)."""
         try:
             options = read_options(job.dir)
         except Exception:  # noqa: BLE001 - a broken options.json shows as the job's reason
             options = {}
-        value = options.get("max_cost", self.service.job_flags.get("max_cost"))
+        return options.get(name, self.service.job_flags.get(name))
+
+    def max_cost(self, job: Job) -> float | None:
+        if job.engine is not None:
+            return job.engine.settings.max_cost_usd
+        value = self.option(job, "max_cost")
         return float(value) if value is not None else None
+
+    def runs_on(self, job: Job, summary: Mapping[str, Any], counters: Mapping[str, float]) -> dict[str, Any]:
+        """provider, models, and the spend at standard prices with the saving (summary.json's once it ran)."""
+        settings = job.engine.settings if job.engine is not None else None
+        kept = summary.get("models")
+        models = models_in(counters) or sorted(kept if isinstance(kept, dict) else {})
+        if not models and (model := settings.model if settings else self.option(job, "model")):
+            models = [str(model)]
+        if settings is not None:
+            money = standard_and_saving(float(counters.get("cost_usd", 0.0)), batch_discount_of(settings))
+        else:
+            money = {k: _usd(summary.get(k)) for k in ("standard_cost_usd", "saving_usd")}
+        provider = settings.provider if settings else summary.get("provider") or self.option(job, "provider")
+        return {"provider": provider, "models": models, "standard_usd": money["standard_cost_usd"],
+                "saving_usd": money["saving_usd"]}
 
     async def facts(self, job: Job) -> dict[str, Any]:
         """What one row shows; cached while the job does not run (nothing changes until its state does)."""
@@ -133,6 +221,7 @@ class Pages:
             return cached[1]
         version = job.version
         st, summary = await asyncio.to_thread(_read, job.dir)
+        counters, tail = await ledger_facts(job.dir)
         live = job.engine.stats if job.engine is not None else None
         sreq, req = (st or {}).get("requests") or {}, summary.get("requests") or {}
         accepted = sreq.get("accepted")
@@ -158,7 +247,10 @@ class Pages:
             "rejected": rejected, "waiting_retry": int(sreq.get("waiting_retry", req.get("waiting_retry", 0)) or 0),
             "results": (st or summary).get("results") or {},
             "problem": problem_of(job, st, summary, rejected),
+            "started": st is not None or live is not None, "retry_tail": tail,
+            **self.runs_on(job, summary, counters),
         }
+        doc["advice"], doc["command"] = next_step(job, doc["started"], final)
         self._cache[job.name] = (version, doc)
         return doc
 
@@ -169,6 +261,13 @@ class Pages:
     @staticmethod
     def now_point(rows: list[dict[str, Any]]) -> tuple[int, float]:
         return sum(r["final"] for r in rows), sum(r["spend_usd"] for r in rows)
+
+    @staticmethod
+    def totals_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The jobs table's last row: every job's figures added up."""
+        return {k: sum(r[k] or 0 for r in rows) for k in ("final", "total", "batches_in_flight",
+                                                          "requests_in_flight", "spend_usd", "standard_usd",
+                                                          "saving_usd")}
 
     async def sample(self) -> None:
         """One point of the chart (the daemon's main loop calls it every history_every_s)."""
@@ -186,7 +285,8 @@ class Pages:
         rows = await self.all_facts()
         by_state = Counter(r["state"] for r in rows)
         totals = {"by_state": {s.value: by_state[s.value] for s in JobState}, "slots_in_use": d.slots.in_use,
-                  "slots_capacity": d.slots.capacity, "uptime_s": time.time() - d.started_at}
+                  "slots_capacity": d.slots.capacity, "uptime_s": time.time() - d.started_at,
+                  "jobs": self.totals_row(rows)}
         points = d.history.with_now(time.time(), *self.now_point(rows))
         return _html(html.overview(rows, totals, points))
 

@@ -1,17 +1,21 @@
 """--on-done and --webhook: told when a job ends, by a command and by a signed POST to a loopback
-receiver; a receiver that fails is retried, and one that never answers well does not hurt the job."""
+receiver; a receiver that fails is retried, and one that never answers well does not hurt the job.
+The signature is checked as a receiver would, with the stock `standardwebhooks` library."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import logging
 import shlex
+import time
 
 import aiohttp
 import pytest
 from aiohttp import web
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.settings import RetryPolicy
@@ -21,22 +25,24 @@ from .helpers import KEY, drop, job_flags, running_daemon, state, until
 
 pytestmark = pytest.mark.timeout(30)
 
-SECRET = "whsec-test-secret-0123456789"
+SECRET = "whsec-test-secret-0123456789"  # the old form (no base64 after whsec_): accepted until the next release
+STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the specification's own example
 FAST = RetryPolicy(attempts=4, deadline_s=10.0, initial_wait_s=0.01, max_wait_s=0.05)
 
 
 class Receiver:
     """A loopback webhook receiver: answers `statuses` in turn (then 200) and keeps every request."""
 
-    def __init__(self, statuses: list[int] | None = None):
+    def __init__(self, statuses: list[int] | None = None, headers: dict[str, str] | None = None):
         self.statuses = list(statuses or [])
+        self.headers = headers or {}
         self.received: list[tuple[dict, bytes]] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append((dict(request.headers), await request.read()))
-        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+        return web.Response(status=self.statuses.pop(0) if self.statuses else 200, headers=self.headers)
 
     async def __aenter__(self) -> Receiver:
         app = web.Application()
@@ -143,10 +149,70 @@ async def test_a_paused_job_is_told_to_the_webhook(sim, env_dir, tmp_path):
     assert "ANTHROPIC_API_KEY" in event["reason"] and "sk-rotated" not in event["reason"]
 
 
+async def deliver_one(sim, env_dir, tmp_path, receiver: Receiver, **config) -> tuple[dict, bytes]:
+    """A daemon that runs one job and delivers its event to `receiver`: the (headers, body) received."""
+    hooks = HookConfig(webhook=receiver.url, retry=FAST, **{"secret": STANDARD_SECRET, **config})
+    async with running_daemon(tmp_path / "spool", env_dir, job_flags(sim.url), hooks=hooks) as run:
+        drop(tmp_path / "spool", "nightly", 20)
+        await until(lambda: run.daemon.hooks.counts[("webhook", "delivered")] == 1, "the event delivered")
+    return receiver.received[-1]
+
+
+async def test_a_delivered_event_verifies_with_the_standard_webhooks_library(sim, env_dir, tmp_path, caplog):
+    async with Receiver() as receiver:
+        with caplog.at_level(logging.INFO, logger="batch_scheduler.daemon"):
+            headers, body = await deliver_one(sim, env_dir, tmp_path, receiver)
+    event = Webhook(STANDARD_SECRET).verify(body, headers)
+    assert (event["event"], event["job"]) == ("job.done", "nightly")
+    assert headers["webhook-id"] == headers["X-Batch-Scheduler-Delivery"] == event["delivery"]
+    assert headers["webhook-signature"].startswith("v1,")
+    with pytest.raises(WebhookVerificationError, match="No matching signature found"):
+        Webhook("whsec_" + "QW5vdGhlciBzZWNyZXQgb2YgMzIgYnl0ZXMgISEhISE=").verify(body, headers)
+    with pytest.raises(WebhookVerificationError, match="No matching signature found"):
+        Webhook(STANDARD_SECRET).verify(body.replace(b'"nightly"', b'"nightlz"'), headers)
+    assert signed_by(STANDARD_SECRET, headers, body)  # the old header, kept one release
+    assert not any("whsec_" in m for m in caplog.messages)  # no warning about the form, no secret
+
+
+async def test_an_old_event_replayed_is_refused_by_the_standard_webhooks_library(sim, env_dir, tmp_path):
+    async with Receiver() as receiver:
+        headers, body = await deliver_one(sim, env_dir, tmp_path, receiver, clock=lambda: time.time() - 600)
+    with pytest.raises(WebhookVerificationError, match="Message timestamp too old"):
+        Webhook(STANDARD_SECRET).verify(body, headers)
+    fresh = {**headers, "webhook-timestamp": str(int(time.time()))}  # made current again: no longer signed
+    with pytest.raises(WebhookVerificationError, match="No matching signature found"):
+        Webhook(STANDARD_SECRET).verify(body, fresh)
+
+
+async def test_a_secret_of_the_old_form_signs_both_ways_and_is_warned_about(sim, env_dir, tmp_path, caplog):
+    async with Receiver() as receiver:
+        with caplog.at_level(logging.INFO, logger="batch_scheduler.daemon"):
+            headers, body = await deliver_one(sim, env_dir, tmp_path, receiver, secret=SECRET)
+    assert signed_by(SECRET, headers, body)
+    as_standard = "whsec_" + base64.b64encode(SECRET.encode()).decode()
+    assert Webhook(as_standard).verify(body, headers)["job"] == "nightly"
+    assert ("BATCH_WEBHOOK_SECRET is not of the form whsec_BASE64: events are signed under its text as it is; "
+            "the old form is accepted until the next release") in caplog.messages
+
+
+async def test_a_redirect_is_not_followed(sim, env_dir, tmp_path, caplog):
+    async with Receiver() as elsewhere, Receiver([307]) as receiver:
+        receiver.headers["Location"] = elsewhere.url
+        hooks = HookConfig(webhook=receiver.url, secret=STANDARD_SECRET, retry=FAST)
+        async with running_daemon(tmp_path / "spool", env_dir, job_flags(sim.url), hooks=hooks) as run:
+            drop(tmp_path / "spool", "a", 20)
+            await until(lambda: run.daemon.hooks.counts[("webhook", "failed")] == 1, "the delivery given up")
+    assert len(receiver.received) == 1 and elsewhere.received == []
+
+
 @pytest.mark.parametrize("url, secret, message", [
     ("http://127.0.0.1:9/x", None,
      "--webhook needs a signing secret: set BATCH_WEBHOOK_SECRET in the environment or .env"),
     ("ftp://example.invalid/x", SECRET, "--webhook ftp://example.invalid/x: expected an http:// or https:// URL"),
+    ("http://127.0.0.1:9/x", "whsec_not base64!",
+     "BATCH_WEBHOOK_SECRET: expected whsec_ followed by the key in base64 (`openssl rand -base64 32` makes one)"),
+    ("http://127.0.0.1:9/x", "whsec_",
+     "BATCH_WEBHOOK_SECRET: expected whsec_ followed by the key in base64 (`openssl rand -base64 32` makes one)"),
 ])
 def test_a_webhook_that_cannot_be_signed_or_sent_is_refused_at_start(url, secret, message):
     with pytest.raises(errors.UsageError) as err:

@@ -1,15 +1,19 @@
 """The status page at / and /job/NAME: what a person sees in a real headless Chromium (every job, its
 state and progress, a job's batches, the chart), under the same access check as the JSON API, with no key.
 
-BATCH_PAGE_SCREENSHOT=docs/daemon-page.png also saves a screenshot of / (how docs/daemon.md's is made).
+BATCH_PAGE_SCREENSHOT=$PWD/docs/daemon-page.png also saves a screenshot of / with four jobs (done, running
+with a retry tail, failed before starting, paused): how docs/daemon.md's is made.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import aiohttp
 import pytest
+
+from batch_scheduler.job.view.status import job_status
 
 from ..helpers import write_requests
 from .browser import Elements, dump_dom, screenshot
@@ -42,8 +46,6 @@ async def test_the_page_in_a_browser_shows_every_job_its_state_and_progress(sim,
         await three_jobs(run, spool, sim)
         doc = Elements(await dump_dom(run.daemon.url + "/"))
         job_doc = Elements(await dump_dom(run.daemon.url + "/job/big-running"))
-        if os.environ.get("BATCH_PAGE_SCREENSHOT"):
-            await screenshot(run.daemon.url + "/", os.environ["BATCH_PAGE_SCREENSHOT"])
         running = run.daemon.jobs["big-running"].engine.stats.finished
     rows = {r["data-job"]: r for r in doc.found if r["tag"] == "tr" and "data-job" in r}
     assert list(rows) == ["nightly-done", "big-running", "broken"]
@@ -58,7 +60,7 @@ async def test_the_page_in_a_browser_shows_every_job_its_state_and_progress(sim,
     assert 180 <= total <= 220
     assert f"{running} / about {total} ({100 * running / total:.0f}%)" in rows["big-running"]["text"]
     assert rows["nightly-done"]["data-estimated"] == "false"
-    assert "of $2.5000" in rows["big-running"]["text"]  # spend against --max-cost
+    assert "of $2.50" in rows["big-running"]["text"]  # spend against --max-cost, in dollars and cents
     bars = doc.select("div", role="progressbar")
     assert [b["aria-valuenow"] for b in bars] == ["40", str(running), "0"]
     assert "options: --batch-size: expected a whole number, got 'many'" in rows["broken"]["text"]
@@ -71,6 +73,70 @@ async def test_the_page_in_a_browser_shows_every_job_its_state_and_progress(sim,
     header = [th["text"] for th in job_doc.select("th")]
     assert {"age", "attempt", "state"} <= set(header)
     assert job_doc.select("section", **{"data-job": "big-running", "data-state": "running"})
+
+
+async def four_jobs(run, spool, sim) -> None:
+    """A job done, one paused (the provider's spend limit), one running with requests parked for another
+    attempt and batches in flight, one failed before it started."""
+    drop(spool, "nightly-done", 40)
+    await until(lambda: state(spool, "nightly-done") == "done", "the first job done")
+    sim.config.spend_cap = sim.stats["requests_created"]  # the next create gets the spend-limit 429
+    drop(spool, "on-hold", 20)
+    await until(lambda: state(spool, "on-hold") == "paused", "the second job paused")
+    sim.config.spend_cap = None  # it stays paused until its next check (--key-check-s: an hour here)
+    sim.config.errored_rate = 0.25
+    drop(spool, "big-running", 200, options={"retry_wait": 600})
+
+    def parked() -> bool:
+        job = run.daemon.jobs.get("big-running")
+        return (job is not None and job.engine is not None and job.engine.stats.finished >= 40
+                and waiting(spool, "big-running") > 0)
+
+    await until(parked, "the third job partly finished, some of its requests parked")
+    sim.config.processing_s = 120.0  # its next batches stay in flight
+    drop(spool, "broken", 5, options={"batch_size": "many"})
+    await until(lambda: state(spool, "broken") == "failed" and run.daemon.slots.in_use == 2,
+                "the fourth job failed, two batches in flight")
+
+
+def waiting(spool, name: str) -> int:
+    return job_status(str(spool / "jobs" / name))["requests"]["waiting_retry"]
+
+
+async def test_the_page_shows_what_an_operator_needs_for_each_job(sim, env_dir, tmp_path):
+    spool = tmp_path / "spool"
+    async with running_daemon(spool, env_dir, job_flags(sim.url, max_cost=2.5), history_every_s=0.05,
+                              key_check_s=3600.0) as run:
+        await four_jobs(run, spool, sim)
+        doc = Elements(await dump_dom(run.daemon.url + "/"))
+        parked = waiting(spool, "big-running")
+        if os.environ.get("BATCH_PAGE_SCREENSHOT"):
+            await screenshot(run.daemon.url + "/", os.environ["BATCH_PAGE_SCREENSHOT"], size="1600,1200")
+    rows = {r["data-job"]: r for r in doc.found if r["tag"] == "tr" and "data-job" in r}
+    assert {n: r["data-state"] for n, r in rows.items()} == {
+        "nightly-done": "done", "on-hold": "paused", "big-running": "running", "broken": "failed"}
+    for name in ("nightly-done", "big-running"):
+        assert "anthropic · claude-sonnet-4-5" in rows[name]["text"]  # provider and model
+    done_dir = spool / "jobs" / "nightly-done"
+    assert f"batch-scheduler export {done_dir} -o nightly-done.csv" in rows["nightly-done"]["text"]
+    assert re.search(r"saved \$\d+\.\d\d of \$\d+\.\d\d at standard prices", rows["nightly-done"]["text"])
+    tail = re.search(r"(\d+) wait for attempt 2, next at (\d\d:\d\d:\d\d)", rows["big-running"]["text"])
+    assert tail and int(tail[1]) == parked
+    assert "not started" in rows["broken"]["text"] and "counting" not in rows["broken"]["text"]
+    assert "drop its input (options first) into inbox/: a new job" in rows["broken"]["text"]
+    assert "export" not in rows["broken"]["text"]  # nothing to export
+    assert "the provider's spend limit is reached" in rows["on-hold"]["text"]
+    assert "the daemon resumes it by itself" in rows["on-hold"]["text"]
+    page = " ".join(r["text"] for r in rows.values())
+    assert "the same command" not in page and "resume " not in page.replace("resumes it", "")
+    assert not re.search(r"\$[\d,]*\.\d{3}", doc.found[0]["text"])  # dollars and cents, nowhere more
+    totals = doc.select("tr", id="totals")[0]["text"]
+    final = sum(int(r["data-final"]) for r in rows.values())
+    assert f"all jobs{final:,}" in totals.replace(" ", "") or f"{final:,} /" in totals
+    assert "saved $" in totals
+    for kind in ("tick-n", "tick-usd", "tick-t"):
+        labels = [t["text"] for t in doc.select("text", class_=kind)]
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), (kind, labels)
 
 
 def cells(doc: Elements, name: str) -> list[str]:
