@@ -53,6 +53,9 @@ class SimConfig:
     openai_max_requests: int = OPENAI_MAX_REQUESTS
     inline_max_requests: int = INLINE_MAX_REQUESTS
     organization: str = ORGANIZATION  # named in OpenAI's token-limit message
+    # -- the realtime endpoints (POST /v1/messages, /v1/chat/completions: realtime.py)
+    realtime_rpm: int | None = None  # requests per minute per key (over it: 429 with retry-after)
+    realtime_latency_s: float = 0.0  # each realtime call takes this long (wall-clock seconds) to answer
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:

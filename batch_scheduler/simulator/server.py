@@ -1,4 +1,5 @@
-"""The simulator server: one aiohttp app serving the Anthropic, OpenAI and inline batch APIs.
+"""The simulator server: one aiohttp app serving the Anthropic, OpenAI and inline batch APIs, and the
+realtime Messages and Chat Completions endpoints (realtime.py).
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
 `anthropic-version` header (Anthropic paths: missing or unknown is a 400), the billing error, maybe
@@ -27,6 +28,7 @@ from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.inline import InlineApi
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.openai_files import OpenAIFiles
+from batch_scheduler.simulator.realtime import MESSAGES_PATH, RealtimeApi
 from batch_scheduler.simulator.responses import (
     Rejected,
     Style,
@@ -56,6 +58,7 @@ class Simulator:
         self.anthropic = AnthropicApi(self.ctx)
         self.openai = OpenAIApi(self.ctx, OpenAIFiles(self.ctx))
         self.inline = InlineApi(self.ctx)
+        self.realtime = RealtimeApi(self.ctx)
 
     @property
     def config(self) -> SimConfig:
@@ -151,6 +154,9 @@ class Simulator:
                            (self.inline, Style.INLINE)):
             for method, path, name, handler, create in api.routes():
                 app.router.add_route(method, path, self.route(name, style, handler, create=create))
+        for method, path, name, handler, create in self.realtime.routes():
+            style = Style.ANTHROPIC if path == MESSAGES_PATH else Style.OPENAI
+            app.router.add_route(method, path, self.route(name, style, handler, create=create))
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,
                                                       create=True))
         app.router.add_get("/v1/batches/{id}", self.route("batches.retrieve", Style.OPENAI, self._retrieve_batch))
