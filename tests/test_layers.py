@@ -31,7 +31,7 @@ APART = {("daemon", "cluster"), ("cluster", "daemon")}  # same rank, and neither
 # a process) and dryrun and cancel (beside it) < outcome (what a run's result means for the job, used by
 # the daemon and the cluster alike) and api (the library entry points, over engine and dryrun)
 JOB_RANKS = {"observe": 0, "input": 1, "money": 2, "admit": 3, "send": 4, "collect": 5, "view": 6,
-             "job": 7, "run": 8, "engine": 9, "dryrun": 9, "cancel": 9, "outcome": 10, "api": 10}
+             "job": 7, "producer": 8, "run": 8, "engine": 9, "dryrun": 9, "cancel": 9, "outcome": 10, "api": 10}
 MAX_LINES = {"job": 400}  # a module of job/ at most; elsewhere MAX_LINES_ELSEWHERE
 MAX_LINES_ELSEWHERE = 500
 MAX_CLASS_LINES = 400

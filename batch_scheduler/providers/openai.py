@@ -55,6 +55,7 @@ from batch_scheduler.providers.base import (
 )
 from batch_scheduler.providers.common import check_message_params, list_since
 from batch_scheduler.providers.counting import count_tiktoken
+from batch_scheduler.providers.realtime import openai_answer, openai_error_line
 
 _FILES = "/v1/files"
 _BATCHES = "/v1/batches"
@@ -353,6 +354,12 @@ class OpenAIProvider(Provider):
                     yield lines
 
     classify = staticmethod(classify_line)
+    realtime_api = "Chat Completions"
+
+    async def answer_now(self, line: bytes, seen: dict[str, str]) -> bytes:
+        return await openai_answer(self.http, self.settings.base_url, line, seen)
+
+    error_line = staticmethod(openai_error_line)
 
     @staticmethod
     def tag_of(info: BatchInfo) -> str | None:

@@ -56,6 +56,7 @@ class SimConfig:
     # -- the realtime endpoints (POST /v1/messages, /v1/chat/completions: realtime.py)
     realtime_rpm: int | None = None  # requests per minute per key (over it: 429 with retry-after)
     realtime_latency_s: float = 0.0  # each realtime call takes this long (wall-clock seconds) to answer
+    realtime_window_s: float = 60.0  # the span realtime_rpm counts over (shorter: scaled time in tests, bench)
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:

@@ -2,7 +2,7 @@
 
 One answer per call, after `realtime_latency_s` (wall clock), shaped as the official SDKs' `Message`
 and `ChatCompletion`. Requests per minute per key are limited by `realtime_rpm` (None: no limit) over
-a sliding minute of the simulator clock; every answer carries the provider's rate-limit headers
+a sliding minute (`realtime_window_s`) of the simulator clock; every answer carries the provider's rate-limit headers
 (Anthropic `anthropic-ratelimit-requests-{limit,remaining,reset}`, OpenAI
 `x-ratelimit-{limit,remaining,reset}-requests`), and a call over the limit is a 429 `rate_limit_error`
 with `retry-after`. Usage comes from counting.py as for a batch, prompt caching included: a request's
@@ -28,7 +28,6 @@ from batch_scheduler.simulator.validation import LEGACY_VERSION, params_problem
 
 MESSAGES_PATH = "/v1/messages"
 CHAT_PATH = "/v1/chat/completions"
-WINDOW_S = 60.0
 
 
 class RealtimeApi:
@@ -43,15 +42,15 @@ class RealtimeApi:
 
     def _admit(self, request: web.Request, openai: bool) -> dict[str, str]:
         """Count the call against its key's minute: the rate-limit headers, or a 429 carrying them."""
-        ctx, limit = self.ctx, self.ctx.config.realtime_rpm
+        ctx, limit, span = self.ctx, self.ctx.config.realtime_rpm, self.ctx.config.realtime_window_s
         now = ctx.now()
-        key = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+        key = request.headers.get("x-api-key") or request.headers.get("authorization") or ""
         window = self._calls.setdefault(key, deque())
-        while window and window[0] <= now - WINDOW_S:
+        while window and window[0] <= now - span:
             window.popleft()
         if limit is None:
             return {}
-        reset_s = (window[0] + WINDOW_S - now) if window else WINDOW_S
+        reset_s = (window[0] + span - now) if window else span
         over = len(window) >= limit
         if not over:
             window.append(now)

@@ -22,10 +22,9 @@ import orjson
 from batch_scheduler.job.admit.admission import Admission
 from batch_scheduler.job.collect.collector import Collector, NotOurs
 from batch_scheduler.job.input.replay import Part, Replay
-from batch_scheduler.job.observe import Observer, batch_times
+from batch_scheduler.job.observe import JobStats, Observer, batch_times
 from batch_scheduler.job.send.flights import Flight, InFlight, Tracked
 from batch_scheduler.job.send.submitter import Submitter
-from batch_scheduler.job.view.progress import JobStats
 from batch_scheduler.providers.base import BatchInfo, BatchState
 from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
