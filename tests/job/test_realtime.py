@@ -65,3 +65,32 @@ async def test_a_lost_realtime_answer_counts_as_possibly_paid_and_goes_again(sim
     assert all(r["result"]["type"] == "succeeded" for r in results)
     summary = summary_of(tmp_path / "out")
     assert summary["realtime"]["possibly_paid"] == sim.stats["faults"]["dropped"] > 0
+
+
+async def test_finish_by_sends_realtime_what_another_batch_round_trip_would_bring_back_too_late(sim, tmp_path):
+    sim.config = SimConfig(seed=11, processing_s=2.0, errored_rate=0.2)
+    ids = write_requests(tmp_path / "in.jsonl", 200)
+    settings = fast_settings(sim.url, batch_size=50, finish_by="3s", max_attempts=3)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    results = assert_exactly_once(tmp_path / "out", ids)
+    assert all(r["result"]["type"] == "succeeded" for r in results)
+    summary = summary_of(tmp_path / "out")
+    assert sim.stats["creates"] == 4  # the first wave only: its retries would have come back after 3 s
+    retried = summary["attempts"]["requests_retried"]
+    assert retried > 0 and summary["realtime"]["requests"] == retried == sim.stats["realtime_calls"]
+    assert 0 < summary["realtime"]["extra_usd"] < summary["cost_usd"]
+
+
+async def test_at_deadline_realtime_cancels_the_batches_out_and_sends_their_unanswered_requests_realtime(
+        sim, tmp_path):
+    sim.config = SimConfig(seed=13, processing_s=30.0)
+    ids = write_requests(tmp_path / "in.jsonl", 100)
+    settings = fast_settings(sim.url, batch_size=50, finish_by="1s", at_deadline="realtime")
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    results = assert_exactly_once(tmp_path / "out", ids)
+    assert all(r["result"]["type"] == "succeeded" for r in results)
+    assert sim.stats["cancels"] == 2
+    realtime = summary_of(tmp_path / "out")["realtime"]["requests"]
+    assert realtime == sim.stats["realtime_calls"] > 0
