@@ -133,6 +133,8 @@ class Run:
 
     async def _collect(self, payload: Tracked, info: BatchInfo) -> None:
         await self._then(await self.endings.collect(payload, info))
+        self._job.stats.turnaround_s = self.collector.turnaround_s()  # what the ETA and the deadline go by
+        self._job.stats.waiting_retry = self.producer.pending_retries
 
     async def _then(self, ending: Ending) -> None:
         """The one place what a batch's ending leaves to do is done."""
