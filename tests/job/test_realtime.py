@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import orjson
 import pytest
 
@@ -94,3 +96,14 @@ async def test_at_deadline_realtime_cancels_the_batches_out_and_sends_their_unan
     assert sim.stats["cancels"] == 2
     realtime = summary_of(tmp_path / "out")["realtime"]["requests"]
     assert realtime == sim.stats["realtime_calls"] > 0
+
+
+async def test_mode_realtime_inside_an_open_window_drives_a_chat_endpoint(sim, tmp_path):
+    now = datetime.now(UTC)
+    window = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"
+    ids = write_requests(tmp_path / "in.jsonl", 30)
+    settings = fast_settings(sim.url + "/v1", provider="openai", mode="realtime", window=(window,))
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    results = assert_exactly_once(tmp_path / "out", ids)
+    assert all(r["response"]["status_code"] == 200 for r in results) and sim.stats["creates"] == 0
