@@ -38,6 +38,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"tokens: {tok['input']:,} in, {tok['output']:,} out; spend ${st['cost_usd']:,.4f}")
     if st["eta_s"] is not None:
         print(f"eta: {st['eta_s']:,.0f}s")
+    if st["tail"]["text"]:
+        print(f"waiting: {st['tail']['text']}")
     if st["failed_batches"]:
         last = st["failed_batches"][-1]
         print(f"batches the provider failed as a whole: {st['chunks_by_state'].get(ChunkState.FAILED, 0)} "

@@ -128,8 +128,10 @@ class HttpClient:
         return text
 
     async def call(self, method: str, url: str, endpoint: str, *, body: bytes | aiohttp.FormData | None = None,
-                   headers: dict[str, str] | None = None, idempotent: bool = True) -> bytes:
-        """One API call, retried by policy; the answer body on 2xx."""
+                   headers: dict[str, str] | None = None, idempotent: bool = True,
+                   seen: dict[str, str] | None = None) -> bytes:
+        """One API call, retried by policy; the answer body on 2xx. `seen` gets the last answer's headers
+        (a realtime call's rate limits), an error's included."""
 
         async def once() -> bytes:
             t0 = self._clock()
@@ -137,6 +139,9 @@ class HttpClient:
                 async with self.session.request(method, url, data=body, headers=headers,
                                                 allow_redirects=False) as resp:
                     data = await resp.read()
+                    if seen is not None:
+                        seen.clear()
+                        seen.update((k.lower(), v) for k, v in resp.headers.items())
             except Exception as exc:
                 self._called(endpoint, type(exc).__name__, t0)
                 raise

@@ -90,7 +90,7 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-PROVIDER, BATCHING, INPUT, COST = "provider", "batching", "input", "cost"
+PROVIDER, BATCHING, INPUT, COST, LANES = "provider", "batching", "input", "cost", "realtime and deadlines"
 
 JOB_OPTIONS: tuple[Option, ...] = (
     # -- provider -------------------------------------------------------------------------------
@@ -194,6 +194,21 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "tiktoken for openai) to measure the token estimate, by --dry-run and by a run under --max-cost; 0: "
            "the heuristic alone", COST, metavar="N", minimum=0, maximum=1000),
     Option("retry_cancelled", bool, False, "send requests of a cancelled job again", COST, remembered=False),
+    # -- realtime and deadlines (job.send.route, job.send.realtime) -----------------------------
+    Option("mode", str, "batch", "how requests go: by batch (the deadline may send some realtime), or every one "
+           "through the provider's realtime endpoint (Messages, Chat Completions; any OpenAI-compatible server "
+           "with --provider openai --base-url)", LANES, choices=("batch", "realtime")),
+    Option("finish_by", str, None, "a deadline: a duration from the start (90m, 2h), a UTC clock time (06:00) or "
+           "an ISO date-time; a request whose next batch round trip (as observed in this job) would end after "
+           "it goes realtime, within --max-cost (without one, realtime costs at most the full price, 2x batch)",
+           LANES, metavar="WHEN", remembered=False),
+    Option("at_deadline", str, "wait", "what happens to batches still out at the deadline: wait for them, or "
+           "cancel them (realtime: and send what they did not answer realtime)", LANES,
+           choices=("wait", "cancel", "realtime")),
+    Option("window", list, (), "send realtime only inside these UTC hours, repeatable (HH:MM-HH:MM; may span "
+           "midnight); outside them the job pauses", LANES, metavar="HH:MM-HH:MM", settings_type="tuple[str, ...]"),
+    Option("realtime_concurrency", int, 8, "realtime calls at once at most (the provider's rate-limit headers "
+           "and 429s pace them further)", LANES, metavar="N", minimum=1, maximum=1024),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}

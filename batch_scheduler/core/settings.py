@@ -142,6 +142,11 @@ class Settings:
     prices_file: str | None = None  # --prices
     count_sample: int = 20
     retry_cancelled: bool = False
+    mode: str = "batch"
+    finish_by: str | None = None
+    at_deadline: str = "wait"
+    window: tuple[str, ...] = ()
+    realtime_concurrency: int = 8
     # settings:end
     api_key: str = field(default="", repr=False)  # never in a repr, a log line or a file
     retry: RetryPolicy = field(default=RetryPolicy())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
@@ -38,10 +38,12 @@ from batch_scheduler.job.observe import JobStats, Observer
 from batch_scheduler.job.run import Run
 from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.job.send.poller import Poller, PollStats
+from batch_scheduler.job.send.realtime import Answered
+from batch_scheduler.job.send.route import lanes_problem
 from batch_scheduler.job.send.submitter import Submitter
 from batch_scheduler.job.view.progress import show_progress
 from batch_scheduler.job.view.summary import build_summary
-from batch_scheduler.providers import headers_for, key_refused_message, make_provider, spec_of
+from batch_scheduler.providers import headers_for, key_refused_message, make_provider, provider_class, spec_of
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.state.sqlite import RetryState
 
@@ -113,6 +115,8 @@ class Engine:
 
     async def run(self) -> JobResult:
         started = time.time()
+        if problem := lanes_problem(self.settings, provider_class(self.settings.provider).realtime_api, started):
+            return JobResult(ExitCode.USAGE, problem)
         try:
             job = self._job = await Job.open(self.settings, self.out_dir, self.inputs, remembered=self._remembered,
                                              stats=self.stats, prices=self.prices, owner=self._owner,
@@ -189,11 +193,14 @@ class Engine:
                             id_fields=provider.id_fields)
             submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead,
                                   claims=self._claims, owner=self._where, lease=self._lease)
-            collector = Collector(provider, job.ledger, job.shards, s, replay, self.prices.cost)
+            answered = Answered(provider)  # the realtime lane's answers, collected as a batch's
+            collector = Collector(cast(Provider, answered), job.ledger, job.shards, s, replay, self.prices.cost,
+                                  realtime_cost=self.prices.realtime().cost)
             try:
                 async with asyncio.TaskGroup() as tg:
                     run = self._run = Run(job, provider, replay, submitter, collector, admission, tg,
-                                          pending_retries=start.pending_retries, observer=self.observer)
+                                          pending_retries=start.pending_retries, observer=self.observer,
+                                          answered=answered, batch_discount=self.prices.batch_discount)
                     progress = tg.create_task(show_progress(
                         self.stats, tty=self._tty, spent=lambda: admission.spent_usd,
                         max_cost_usd=s.max_cost_usd), name="progress") if not self._quiet else None

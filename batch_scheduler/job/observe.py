@@ -50,6 +50,9 @@ class JobStats:
     queue_limit: int | None = None  # what admission lets into it now (learned, or the hard cap)
     queue_peak: int = 0
     queue_full: int = 0  # queue-full answers this run (429s at create, token-limit failures)
+    waiting_retry: int = 0  # requests parked for another attempt, as the producer last counted
+    next_retry_at: float | None = None  # epoch seconds: when the next of them may go
+    turnaround_s: float | None = None  # the median turnaround of this job's batches so far (create to ended)
 
     def rate(self, now: float | None = None) -> float:
         elapsed = max(1e-9, (now if now is not None else time.monotonic()) - self.started)
@@ -63,12 +66,37 @@ class JobStats:
             return max(self.expected_lines, self.lines_read), True
         return None, False
 
-    def eta_s(self, now: float | None = None) -> float | None:
+    def eta_s(self, now: float | None = None, wall: float | None = None) -> float | None:
+        """Seconds until every request is finished: the finishing rate for what is left, but never less than
+        the tail (parked requests wait for their next batch, which takes a round trip as observed), and never
+        0 while work remains (at least 1 s; None when nothing tells)."""
         total, _ = self.total()
         rate, done = self.rate(now), self.finished + self.finished_before
-        if not total or rate <= 0 or done >= total:
+        if not total or done >= total:
             return None
-        return (total - done) / rate
+        by_rate = (total - done) / rate if rate > 0 else None
+        tail = self.tail_s(wall)
+        known = [x for x in (by_rate, tail) if x is not None]
+        return max(1.0, *known) if known else None
+
+    def tail_s(self, wall: float | None = None) -> float | None:
+        """Seconds until the parked requests are back: their wait, then a round trip (None: none wait)."""
+        if not self.waiting_retry:
+            return None
+        now = time.time() if wall is None else wall
+        wait = max(0.0, self.next_retry_at - now) if self.next_retry_at is not None else 0.0
+        return wait + (self.turnaround_s or 0.0)
+
+    def tail_text(self, wall: float | None = None) -> str:
+        """`37 requests wait for another attempt, next batch at 02:14, expected back about 03:10` (UTC)."""
+        if not self.waiting_retry:
+            return ""
+        now = time.time() if wall is None else wall
+        at = max(now, self.next_retry_at) if self.next_retry_at is not None else now
+        text = f"{self.waiting_retry:,} request(s) wait for another attempt, next batch at {hh_mm(at)}"
+        if self.turnaround_s is not None:
+            text += f", expected back about {hh_mm(at + self.turnaround_s)}"
+        return text
 
     def line(self, now: float | None = None) -> str:
         """The plain line (logs): every counter, words not symbols."""
@@ -78,9 +106,10 @@ class JobStats:
         eta = self.eta_s(now) if total else None
         of = f"/{total:,}" if total else ""
         queued = f"  {self.queue_text()}" if self.queue_limit is not None else ""
+        tail = f"  {self.tail_text()}" if self.waiting_retry else ""
         return (f"read {self.lines_read:,}  submitted {self.submitted:,}  finished {done:,}{of}  "
                 f"batches in flight {self.in_flight}{queued}  rejected {self.rejected:,}  retries {self.retries:,}  "
-                f"{rate:,.0f} req/s" + (f" eta {eta:,.0f}s" if eta is not None else ""))
+                f"{rate:,.0f} req/s" + (f" eta {eta:,.0f}s" if eta is not None else "") + tail)
 
     def queue_text(self) -> str:
         """`queued 180,000/200,000 requests` (OpenAI: `enqueued 1,200,000/2,000,000 tokens`)."""
@@ -88,3 +117,8 @@ class JobStats:
         limit = f"/{self.queue_limit:,}" if self.queue_limit is not None else ""
         full = f" ({self.queue_full:,} queue-full)" if self.queue_full else ""
         return f"{verb} {self.queued:,}{limit} {self.queue_unit}{full}"
+
+
+def hh_mm(epoch_s: float) -> str:
+    """A UTC clock time, as --window and --finish-by take them."""
+    return time.strftime("%H:%M", time.gmtime(epoch_s))

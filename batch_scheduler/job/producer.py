@@ -106,10 +106,11 @@ class Producer:
 
     async def _until_next_retry(self) -> float | None:
         """Seconds until the next parked request may go; None when none is pending any more."""
-        at = await self._ledger.next_retry_at()
+        at = self._stats.next_retry_at = await self._ledger.next_retry_at()
         if at is None:
-            self.pending_retries = 0
+            self.pending_retries = self._stats.waiting_retry = 0
             return None
+        self._stats.waiting_retry = self.pending_retries
         return max(0.0, at - time.time()) + 0.01
 
     async def _unsent(self) -> bool:

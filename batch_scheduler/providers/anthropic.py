@@ -25,6 +25,7 @@ from batch_scheduler.providers.common import (
     same_origin,
 )
 from batch_scheduler.providers.counting import count_tokens_api
+from batch_scheduler.providers.realtime import messages_answer, messages_error_line
 
 log = logging.getLogger("batch_scheduler.providers")
 
@@ -45,6 +46,7 @@ class AnthropicProvider(Provider):
     sends_anthropic_version = True
     token_count = "count_tokens"
     count_tokens = staticmethod(count_tokens_api)
+    realtime_api = "Messages"
 
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings
@@ -109,6 +111,11 @@ class AnthropicProvider(Provider):
             yield block
 
     classify = staticmethod(classify_result)
+
+    async def answer_now(self, line: bytes, seen: dict[str, str]) -> bytes:
+        return await messages_answer(self.http, self.settings.base_url, line, seen)
+
+    error_line = staticmethod(messages_error_line)
 
     def _info(self, doc: dict, what: str = "list answer", asked: str | None = None) -> BatchInfo:
         """A batch object, each field it reads checked (answers.BadAnswer naming the batch and the field)."""

@@ -87,6 +87,7 @@ class BatchInfo:
     validated: bool = True  # the provider has taken the batch into its queue (OpenAI: past `validating`)
     queue_full: bool = False  # FAILED because its model's queue was full (OpenAI `token_limit_exceeded`)
     stated_limit: int | None = None  # the queue limit the provider named when it said so
+    lane: str = "batch"  # "realtime": answers the realtime lane holds (job.send.realtime), not a provider's batch
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -126,6 +127,10 @@ class Provider(Protocol):
     # Estimates: a provider whose lines keep no Messages-like `params`/`body` maps a line to one that does
     # (`{"params": {model, system, messages, tools, max_tokens}}`) for job.money; None: read it as it is.
     estimate_view: Callable[[dict], dict] | None = None
+
+    # Realtime: the endpoint one request at a time goes to (Messages, Chat Completions: job.send.realtime);
+    # None: this provider has no realtime lane (--mode realtime and --finish-by are refused).
+    realtime_api: ClassVar[str | None] = None
     http: HttpClient
     settings: Settings
 
@@ -173,6 +178,17 @@ class Provider(Protocol):
         """The batch's results are durable: free what the provider keeps for it (Bedrock: the staged S3
         objects, Vertex: the staged Cloud Storage files). Best effort, never raises; by default nothing."""
         return None
+
+    async def answer_now(self, line: bytes, seen: dict[str, str]) -> bytes:
+        """One request line sent through the realtime endpoint; its answer as a results line (`classify`
+        reads it, the shards keep it). `seen` gets the answer's headers (its rate limits). A refusal of the
+        request itself is an errored line; anything else raises as `HttpClient.call` does."""
+        raise NotImplementedError(f"{self.name} has no realtime endpoint")
+
+    def error_line(self, custom_id: str, kind: str, message: str) -> bytes:
+        """A results line for a request that got no answer (`kind`: an error type, transient when it is in
+        TRANSIENT_ERROR_KINDS)."""
+        raise NotImplementedError(f"{self.name} has no realtime endpoint")
 
     def classify(self, line: bytes) -> tuple[str, Outcome, Usage | tuple[int, int, int, int, int] | None, str | None]:
         """(custom_id, outcome, usage, model) of one result line (usage a `Usage` or its plain 5-tuple).

@@ -43,6 +43,7 @@ from batch_scheduler.providers.openai_lines import (
     multipart,
 )
 from batch_scheduler.providers.profile import Profile
+from batch_scheduler.providers.realtime import openai_answer, openai_error_line
 
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 OPENAI_COUNTS = ("total", "completed", "failed")  # the request_counts entries read
@@ -232,6 +233,12 @@ class OpenAIProvider(Provider):
                     yield lines
 
     classify = staticmethod(classify_line)
+    realtime_api = "Chat Completions"
+
+    async def answer_now(self, line: bytes, seen: dict[str, str]) -> bytes:
+        return await openai_answer(self.http, self.settings.base_url, line, seen)
+
+    error_line = staticmethod(openai_error_line)
 
     # the tag `create` gave a batch, read back from its metadata: the submitter adopts lost creates by it
     tag_of: Callable[[BatchInfo], str | None] | None = staticmethod(batch_tag)

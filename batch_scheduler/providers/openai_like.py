@@ -53,6 +53,7 @@ class AzureProvider(OpenAIProvider):
     profile = AZURE_PROFILE
     token_count = None  # a deployment name does not say which tokenizer its model uses
     count_tokens = Provider.count_tokens  # the Provider default: none
+    realtime_api = None  # Azure's chat endpoint is per deployment: no realtime lane until it is served and tested
 
     def __init__(self, settings: Settings, http: HttpClient):
         super().__init__(settings.replace(base_url=resource_root(settings.base_url)), http)

@@ -33,6 +33,9 @@ FLAGS: tuple[tuple[str, type, str], ...] = (
     ("spend-cap", int, "requests created after which every create gets the spend-limit 429"),
     ("retry-after-s", int, "the retry-after of a 429, whole seconds (default 1)"),
     ("seed", int, "random seed, for reproducible faults"),
+    ("realtime-rpm", int, "realtime calls (/v1/messages, /v1/chat/completions) per key per window (429 over it)"),
+    ("realtime-latency-s", float, "seconds each realtime call takes to answer"),
+    ("realtime-window-s", float, "the span --realtime-rpm counts over (default 60: per minute)"),
 )
 
 

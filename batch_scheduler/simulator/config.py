@@ -69,6 +69,10 @@ class SimConfig:
     vertex_claude_jobs: int = 4  # Claude batch jobs running at once per project (a create past it: 429)
     vertex_expired_rate: float = 0.0  # jobs that end EXPIRED (queued too long) with no output at all
     vertex_paused_rate: float = 0.0  # jobs PAUSED for a stretch of their life
+    # -- the realtime endpoints (POST /v1/messages, /v1/chat/completions: realtime.py)
+    realtime_rpm: int | None = None  # requests per minute per key (over it: 429 with retry-after)
+    realtime_latency_s: float = 0.0  # each realtime call takes this long (wall-clock seconds) to answer
+    realtime_window_s: float = 60.0  # the span realtime_rpm counts over (shorter: scaled time in tests, bench)
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:

@@ -27,6 +27,7 @@ def new_stats() -> dict[str, Any]:
             "request_timeouts": 0, "queue_full": 0, "spend_limited": 0, "billing_errors": 0,
             "token_limit_failures": 0, "count_tokens": 0, "peak_queued_requests": 0,
             "peak_enqueued_tokens": 0, "peak_enqueued_tokens_by_model": {},
+            "realtime_calls": 0, "realtime_rate_limited": 0,
             "tokens": {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0}}
 
 

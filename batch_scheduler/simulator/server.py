@@ -1,5 +1,6 @@
 """The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline, Azure OpenAI, Bedrock, Gemini
-and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py, vertex.py).
+and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py,
+vertex.py), and the realtime Messages and Chat Completions endpoints (realtime.py).
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
 `anthropic-version` header (Anthropic paths: missing or unknown is a 400), the billing error, maybe
@@ -35,6 +36,7 @@ from batch_scheduler.simulator.google import TOKEN_PATH, GoogleAuth, GoogleGate
 from batch_scheduler.simulator.inline import InlineApi
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.openai_files import OpenAIFiles
+from batch_scheduler.simulator.realtime import MESSAGES_PATH, RealtimeApi
 from batch_scheduler.simulator.responses import (
     Rejected,
     Style,
@@ -74,6 +76,7 @@ class Simulator:
         self.google = GoogleAuth(self.ctx)  # Google Cloud: the token endpoint, Cloud Storage, Vertex AI
         self.gcs = CloudStorage(self.ctx)
         self.vertex = VertexApi(self.ctx, self.gcs)
+        self.realtime = RealtimeApi(self.ctx)
 
     @property
     def config(self) -> SimConfig:
@@ -194,6 +197,9 @@ class Simulator:
                     continue  # OpenAI's and Gemini's list: _list_batches
                 app.router.add_route(method, path, self.route(name, style, handler, create=create))
         app.router.add_get("/v1/batches", self._list_batches())
+        for method, path, name, handler, create in self.realtime.routes():
+            style = Style.ANTHROPIC if path == MESSAGES_PATH else Style.OPENAI
+            app.router.add_route(method, path, self.route(name, style, handler, create=create))
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,
                                                       create=True))
         app.router.add_get("/v1/batches/{id}", self.route("batches.retrieve", Style.OPENAI, self._retrieve_batch))

@@ -93,16 +93,25 @@ def retry_wait(settings: Settings, turnaround_s: float | None = None) -> RetryWa
     return RetryWait(first, max(settings.retry_wait_s, RETRY_WAIT_MAX_S))
 
 
+def realtime_extra(info: BatchInfo, realtime_cost: CostFn, usages: dict[str | None, list[tuple[int, ...]]],
+                   costs: dict[str | None, float]) -> float | None:
+    """What the realtime lane's answers cost beyond their batch price (None for a batch's answers)."""
+    if info.lane != "realtime":
+        return None
+    return sum(realtime_cost(m, usages[m]) - c for m, c in costs.items())
+
+
 class Collector:
     def __init__(self, provider: Provider, ledger: Ledger, shards: ShardSet, settings: Settings,
                  replay: Replay, cost: CostFn, *, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, realtime_cost: CostFn | None = None):
         self.provider = provider
         self.ledger = ledger
         self.shards = shards
         self.settings = settings
         self._replay = replay
         self._cost = cost
+        self._realtime_cost = realtime_cost or cost  # answers of the realtime lane (BatchInfo.lane)
         self._rng = rng or random.Random()
         self._clock = clock
         self.lock = asyncio.Lock()
@@ -246,6 +255,7 @@ class Collector:
         by_model = {m: Usage(*map(sum, zip(*us, strict=True))) for m, us in usages.items() if us}
         # each model's answers priced once (per long-context tier): the batch's cost and the model's counter
         costs = {m: self._cost(m, usages[m]) for m in by_model}
+        extra = realtime_extra(info, self._realtime_cost, usages, costs)
         self._committing = True
         new_offsets = await shards.durable()
         summary: dict[str, float] = {}
@@ -263,6 +273,9 @@ class Collector:
                         "cost_usd": sum(costs.values()),
                         "batches_collected": 1, "result_lines": n_lines})
         summary.update(model_counters(usages, by_model, costs))
+        if extra is not None:
+            summary.update({"realtime_requests": sum(counts), "realtime_extra_usd": extra,
+                            "cost_usd": summary["cost_usd"] + extra})
         for a, c in final_attempts.items():
             if c:
                 summary[f"final_after_{a}_attempts"] = c

@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -126,6 +126,10 @@ class PriceTable:
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 raise UsageError(f"--prices {user_file}: {exc}") from None
         return cls(models, discount, taken)
+
+    def realtime(self) -> PriceTable:
+        """The same table at realtime prices: the standard ones, no batch discount or batch entries."""
+        return PriceTable({k: replace(p, batch={}) for k, p in self.models.items()}, 1.0, self.taken)
 
     def price(self, model: str | None) -> Price | None:
         if model in self._cache:

@@ -53,6 +53,10 @@ class InFlight:
     def ended(self, batch_id: str) -> None:
         self._flights.pop(batch_id, None)
 
+    def batch_ids(self) -> list[str]:
+        """The batches the provider has for this run now."""
+        return list(self._flights)
+
     def seen(self, info: BatchInfo) -> None:
         """Every answer the poller gets: a batch the provider has validated holds its room for good
         (OpenAI: the token limit is checked while validating)."""

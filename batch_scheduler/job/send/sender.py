@@ -21,6 +21,7 @@ import asyncio
 import enum
 import logging
 import time
+from dataclasses import replace
 
 from batch_scheduler.core import errors
 from batch_scheduler.job.admit.admission import Admission, Pass
@@ -30,6 +31,7 @@ from batch_scheduler.job.input.replay import Part, Replay
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.send.flights import Flight, InFlight, Tracked
 from batch_scheduler.job.send.poller import Poller
+from batch_scheduler.job.send.realtime import RealtimeLane
 from batch_scheduler.job.send.submitter import Outgoing, Submitted, Submitter
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.state.ledger import Ledger
@@ -65,6 +67,7 @@ class Sender:
         self._tg = tg
         self._uploads = asyncio.Semaphore(UPLOADS)
         self.spend_limit: str | None = None  # the provider's message, once a create met the spend limit
+        self.lane: RealtimeLane | None = None  # where a chunk goes instead when the route says realtime
 
     async def send_new(self, out: Outgoing, ticket: Pass) -> None:
         """Send a new chunk once an upload permit is free: the producer waits here, so at most UPLOADS
@@ -92,6 +95,9 @@ class Sender:
         parts: what to send (see `Replay.parts`); None to read them again. The slot is held.
         """
         try:
+            if self.lane is not None and self.lane.was_realtime(row):
+                await self.lane.lost(row)  # its calls may have been paid; nothing to adopt at the provider
+                row = replace(row, state=ChunkState.PLANNED)
             if parts is None:
                 parts = await self._replay.parts(row)
             lines = [p[0] for p in parts]
@@ -148,6 +154,9 @@ class Sender:
             await self.resend(await self._ledger.chunk(child_id), parts[a:b])
 
     async def _submit(self, out: Outgoing, flight: Flight, *, permit: bool = False) -> None:
+        if self.lane is not None and self.lane.wants(out):
+            await self._realtime(out, flight, permit=permit)
+            return
         try:
             while True:
                 try:
@@ -181,6 +190,22 @@ class Sender:
                     self._admission.give_slot()
                 return
             await self._sent(flight, done)
+        except BaseException as exc:
+            self._admission.fail(exc)
+            raise
+
+    async def _realtime(self, out: Outgoing, flight: Flight, *, permit: bool) -> None:
+        """The chunk goes through the realtime lane: its room in the batch queue and its upload permit back."""
+        assert self.lane is not None
+        if permit:
+            self._uploads.release()
+        if flight.ticket is not None:
+            self._queues.ended(flight.ticket, validated=False)
+            flight.ticket = None
+        if self._stats.first_submit_s is None:
+            self._stats.first_submit_s = time.monotonic() - self._stats.started
+        try:
+            await self.lane.send(out, flight)
         except BaseException as exc:
             self._admission.fail(exc)
             raise

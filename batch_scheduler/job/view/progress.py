@@ -63,6 +63,8 @@ def bar_line(stats: JobStats, *, spent_usd: float | None = None, max_cost_usd: f
     if stats.queue_limit is not None:
         flight += f", {stats.queue_text()}"
     parts = [head, flight]
+    if stats.waiting_retry:
+        parts.append(stats.tail_text())
     if spent_usd is not None:
         parts.append(money(spent_usd) + (f" of {money(max_cost_usd)}" if max_cost_usd is not None else ""))
     parts.append(f"retries {stats.retries:,}, rejected {stats.rejected:,}")

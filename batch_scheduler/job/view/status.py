@@ -9,6 +9,7 @@ from typing import Any
 from batch_scheduler.core import errors
 from batch_scheduler.job.admit.queue_limit import LimitLearner
 from batch_scheduler.job.admit.queues import LEDGER_KEY
+from batch_scheduler.job.observe import hh_mm
 from batch_scheduler.job.view.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
 from batch_scheduler.providers import DEFAULT, NAMES, spec_of
 from batch_scheduler.state.ledger import open_ledger
@@ -43,6 +44,9 @@ def job_status(out_dir: str) -> dict[str, Any]:
         span = max(r.collected_at or 0 for r in collected) - min(submitted_times)
         if span > 0 and done:
             eta = to_go / (done / span)
+    tail = tail_of(rows, in_flight, waiting_retry(retries), now)
+    if to_go and tail["back_in_s"] is not None:
+        eta = max(1.0, eta or 0.0, tail["back_in_s"])  # never 0 while requests wait for a round trip
     return {
         "dir": out_dir,
         "state": "cancelled" if meta.get("cancelled") else ("done" if to_go == 0 else "in progress"),
@@ -61,8 +65,30 @@ def job_status(out_dir: str) -> dict[str, Any]:
         "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in TOKEN_KINDS},
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "eta_s": round(eta, 1) if eta is not None else None,
+        "tail": tail,
         "queue": queue_status(meta, in_flight, c),
     }
+
+
+def tail_of(rows: list[ChunkRow], in_flight: list[ChunkRow], waiting: int, now: float) -> dict[str, Any]:
+    """What the end of the job waits for: the observed turnaround (the median of create to ended), when the
+    batches out are expected back, and the requests parked for another attempt (their next batch takes a
+    turnaround from now at the soonest); `text` says it in a line."""
+    trips = sorted(r.ended_at - r.submitted_at for r in rows
+                   if r.ended_at and r.submitted_at and r.ended_at >= r.submitted_at and r.batch_id)
+    turnaround = trips[len(trips) // 2] if trips else None
+    backs = [(r.submitted_at or now) + turnaround for r in in_flight] if turnaround is not None else []
+    if waiting and turnaround is not None:
+        backs.append(now + turnaround)
+    back_at = max(backs) if backs else None
+    parts = []
+    if in_flight:
+        parts.append(f"{len(in_flight):,} batch(es) out")
+    if waiting:
+        parts.append(f"{waiting:,} request(s) wait for another attempt")
+    text = ", ".join(parts) + (f", expected back about {hh_mm(max(now, back_at))} UTC" if parts and back_at else "")
+    return {"turnaround_s": round(turnaround, 1) if turnaround is not None else None,
+            "back_in_s": round(max(0.0, back_at - now), 1) if back_at is not None else None, "text": text}
 
 
 def queue_status(meta: dict[str, Any], in_flight: list[ChunkRow], counters: dict[str, float]) -> dict[str, Any]:

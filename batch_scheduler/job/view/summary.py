@@ -97,7 +97,8 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
         "estimate": against_usage(estimate, c),
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "unknown_price_models": sorted(unknown_price_models),
-        **standard_and_saving(c.get("cost_usd", 0.0), discount),
+        **standard_and_saving(c.get("cost_usd", 0.0), discount, c.get("realtime_extra_usd", 0.0)),
+        "realtime": realtime_summary(c),
         "models": per_model(c, discount),
         "wall_time_s": round(wall_s, 3),
         "throughput_rps": round(stats.finished / wall_s, 1) if wall_s > 0 else None,
@@ -149,10 +150,21 @@ def per_model(counters: Mapping[str, float], batch_discount: float) -> dict[str,
     return out
 
 
-def standard_and_saving(cost_usd: float, batch_discount: float) -> dict[str, float]:
-    """The same tokens at standard (not batch) prices, and what the batch price saved."""
-    standard = cost_usd / batch_discount if batch_discount > 0 else cost_usd
+def standard_and_saving(cost_usd: float, batch_discount: float, realtime_extra_usd: float = 0.0
+                        ) -> dict[str, float]:
+    """The same tokens at standard (not batch) prices, and what the batch price saved (`cost_usd` holds
+    `realtime_extra_usd` beyond the batch price of the realtime lane's answers, which saved nothing)."""
+    batch_priced = cost_usd - realtime_extra_usd
+    standard = batch_priced / batch_discount if batch_discount > 0 else batch_priced
     return {"standard_cost_usd": round(standard, 6), "saving_usd": round(standard - cost_usd, 6)}
+
+
+def realtime_summary(c: Mapping[str, float]) -> dict[str, Any]:
+    """The realtime lane: answers it wrote, what they cost beyond the batch price of the same tokens, and
+    calls whose answer was lost (they may have been paid; their requests went again)."""
+    return {"requests": int(c.get("realtime_requests", 0)),
+            "extra_usd": round(c.get("realtime_extra_usd", 0.0), 6),
+            "possibly_paid": int(c.get("realtime_possibly_paid", 0))}
 
 
 def batch_discount_of(settings: Settings) -> float:

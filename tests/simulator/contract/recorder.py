@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pydantic
-from anthropic.types import MessageTokensCount
+from anthropic.types import Message, MessageTokensCount
 from anthropic.types.messages import DeletedMessageBatch, MessageBatch, MessageBatchIndividualResponse
 from anthropic.types.shared import ErrorResponse as AnthropicErrorResponse
 from anthropic.types.shared.error_details import ErrorDetails
@@ -99,6 +99,8 @@ ROUTES: list[tuple[str, str, Any, bool]] = [  # method, path pattern, type, comp
     ("DELETE", f"/v1/messages/batches/{_ID}", DeletedMessageBatch, True),
     ("GET", f"/v1/messages/batches/{_ID}/results", "jsonl:anthropic", False),
     ("POST", "/v1/messages/count_tokens", MessageTokensCount, True),
+    ("POST", "/v1/messages", Message, False),  # as in a results line
+    ("POST", "/v1/chat/completions", ChatCompletion, False),  # as in an output file (BODIES)
     ("POST", "/v1/files", FileObject, True),
     ("GET", f"/v1/files/{_ID}", FileObject, True),
     ("DELETE", f"/v1/files/{_ID}", FileDeleted, True),
