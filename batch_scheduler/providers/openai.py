@@ -233,7 +233,7 @@ class OpenAIProvider(Provider):
                     yield lines
 
     classify = staticmethod(classify_line)
-    realtime_api = "Chat Completions"
+    realtime_api: ClassVar[str | None] = "Chat Completions"
 
     async def answer_now(self, line: bytes, seen: dict[str, str]) -> bytes:
         return await openai_answer(self.http, self.settings.base_url, line, seen)
