@@ -3,8 +3,11 @@
     result = batch_scheduler.run(inputs, out, **options)          # blocking
     result = await batch_scheduler.arun(inputs, out, **options)   # inside a running loop (Jupyter, apps)
 
-`inputs`: a path, a list of paths and globs (as `run` takes them), or an iterable of dicts: request
-lines in the provider's form, or rows when `template=` is given. An iterable is consumed once, as it
+`inputs`: a path, a list of paths and globs (as `run` takes them; a .parquet file holds rows), a table
+(a pandas or polars DataFrame, a polars LazyFrame, a pyarrow Table or RecordBatchReader, a Hugging
+Face `Dataset`: read a record batch at a time, see `input/tables.py`), or an iterable of dicts: request
+lines in the provider's form, or rows when `template=` is given. A row's custom id is its position
+(`input-1` is the first row), or its `id_field=`. Anything else is a TypeError naming what was given. An iterable is consumed once, as it
 comes, into OUT/input.jsonl (never held whole; OUT's lock is taken first, so a second caller on the
 same OUT is refused, exit 2, as a second `run` is, before it writes anything), and that file is the job's input from then on; a
 resumed run must be given the same iterable again: one that yields anything else is refused (exit 2)
@@ -27,8 +30,6 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.joblock import JobLock
@@ -39,6 +40,7 @@ from batch_scheduler.job.dryrun import estimate, rejects_path
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.input.sources import make_sources
+from batch_scheduler.job.input.tables import data_object_name, dumps_row, table_kind, table_rows
 from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.job import LocalStore, lock_dir
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
@@ -80,9 +82,10 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
         held = lock_dir(out_dir, OWNER, "out")
     except errors.JobBusy as err:  # the refusal a second `run` on a held --out gets
         return JobResult(ExitCode.USAGE, str(err), busy=True)
+    rows = table_rows(inputs) if table_kind(inputs) is not None else inputs
     try:
         try:
-            paths = [await asyncio.to_thread(spool_iterable, inputs, out_dir)]  # type: ignore[arg-type]
+            paths = [await asyncio.to_thread(spool_iterable, rows, out_dir)]  # type: ignore[arg-type]
         except errors.JobMismatch as err:
             return JobResult(ExitCode.USAGE, str(err))
         return await _run_files(settings, flags, paths, out_dir, held)
@@ -99,11 +102,22 @@ async def _run_files(settings: Settings, flags: dict[str, Any], paths: list[str]
     engine = Engine(settings, out_dir, paths, remembered=remembered, owner=OWNER,
                     store=HeldStore(out_dir, held) if held is not None else None)
     try:
-        return await engine.run()
+        return accepted_something(await engine.run())
     except errors.UsageError:
         raise
     except errors.SchedulerError as err:  # what the CLI prints with exit 1 (an unreadable input, ...)
         return JobResult(ExitCode.FAILED, str(err))
+
+
+def accepted_something(result: JobResult) -> JobResult:
+    """A job that ended without accepting a single request is not `ok`: its input held none (an empty
+    table, or every line rejected), which is never what the caller meant."""
+    requests = result.summary.get("requests") or {}
+    if result.exit_code != ExitCode.OK or requests.get("accepted", 1):
+        return result
+    rejected = requests.get("rejected") or 0
+    why = f"all {rejected:,} were rejected (see rejected.jsonl)" if rejected else "the input holds none"
+    return JobResult(ExitCode.FAILED, f"no request was accepted: {why}", result.summary)
 
 
 class HeldStore(LocalStore):
@@ -132,6 +146,11 @@ def input_paths(inputs: Inputs) -> list[str] | None:
     """The input files of a path or a list of paths and globs; None for an iterable of dicts."""
     if isinstance(inputs, str | os.PathLike):
         return expand_inputs([os.fspath(inputs)])
+    if table_kind(inputs) is not None:
+        return None
+    if (name := data_object_name(inputs)) is not None:
+        raise TypeError(f"inputs: expected a table (a DataFrame, an Arrow table, a Dataset), a path, a list of "
+                        f"paths, or an iterable of dicts, not {name}")
     if isinstance(inputs, bytes | Mapping):
         raise TypeError(f"inputs: expected a path, a list of paths, or an iterable of dicts, not a "
                         f"{type(inputs).__name__} (a single request goes in a list: [request])")
@@ -158,7 +177,7 @@ def spool_iterable(items: Iterable[Any], out_dir: str) -> str:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             for i, item in enumerate(items):
                 try:
-                    f.write(orjson.dumps(item) + b"\n")
+                    f.write(dumps_row(item) + b"\n")
                 except TypeError as exc:
                     raise errors.UsageError(f"inputs item {i} cannot be written as JSON: {exc}") from None
             f.flush()

@@ -25,7 +25,6 @@ import gzip
 import io
 import itertools
 import os
-import re
 import string
 import zlib
 from collections.abc import AsyncGenerator, Iterator
@@ -44,38 +43,17 @@ from batch_scheduler.job.input.reader import (
     Source,
     compressed_problem,
 )
+from batch_scheduler.job.input.render import Fields, Item, Renderer, safe_id  # noqa: F401 - their home was here
+from batch_scheduler.job.input.tables import is_parquet, open_parquet, parquet_entries
 from batch_scheduler.job.input.validate import BLANK
 from batch_scheduler.providers import provider_class
-from batch_scheduler.providers.base import encode
 from batch_scheduler.state.objects import is_object_url
 
 ROWS_PER_BLOCK = 4096
-ROW_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
-_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
+ROW_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet", ".pq")
 csv.field_size_limit(256 << 20)  # an article is longer than csv's default 128 KiB field
 
-Item = bytes | str  # a request line, or what is wrong with the row (BLANK: nothing, skip silently)
 Entry = tuple[int, int, Any, int]  # (position, line number, row dict or Item, row number)
-
-
-class Fields:
-    """The mapping `format_map` reads a row through: missing names are recorded, not raised."""
-
-    __slots__ = ("row", "missing")
-
-    def __init__(self, row: dict):
-        self.row = row
-        self.missing: list[str] = []
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            value = self.row[key]
-        except KeyError:
-            self.missing.append(key)
-            return ""
-        if type(value) is str:
-            return value
-        return "" if value is None else orjson.dumps(value).decode()
 
 
 def check_template(template: str) -> None:
@@ -97,19 +75,6 @@ def check_template(template: str) -> None:
                              f"{{{base}}} (no format spec, conversion, attribute or index)")
 
 
-def safe_id(stem: str, row_number: int) -> str:
-    """`<file stem>-<row number>` in custom_id characters, at most 64 (the stem is cut, not the number).
-
-    A daemon job's stem is the job's name (its input is always `input.csv`): jobs sharing an account
-    then never share custom_ids, which is what tells one job's batch from another's.
-
-    The row number counts data rows from 1 (`articles-1` is the first row after the header); blank
-    lines and the extra lines of multi-line fields do not count; bad rows do (fixing one later does not
-    move the ids after it).
-    """
-    suffix = f"-{row_number}"
-    return _UNSAFE.sub("_", stem)[:64 - len(suffix)] + suffix
-
 
 def stem_of(path: str) -> str:
     name = os.path.basename(path)
@@ -118,111 +83,6 @@ def stem_of(path: str) -> str:
             return name[:-len(suffix)]
     return name
 
-
-class Renderer:
-    """Turns one row (a dict) into a request line for the job's provider.
-
-    What the request says, later entries winning: the template's prompt, --model and --max-tokens,
-    --system (a block with cache_control under --cache-system), --params, the row's --params-field
-    object, the row's --model-field model. The options are checked once (`template_sources`); a row's
-    own fields are checked with it, and a bad one makes the row a rejected line naming the field.
-    """
-
-    def __init__(self, settings: Settings, stem: str):
-        self.template = settings.template or ""
-        self.system: str | list | None = settings.system
-        if settings.system and settings.cache_system:
-            self.system = [{"type": "text", "text": settings.system, "cache_control": {"type": "ephemeral"}}]
-        self.model = settings.model
-        self.max_tokens = settings.max_tokens
-        self.id_field = settings.id_field
-        self.params: dict = settings.params or {}
-        self.model_field = settings.model_field
-        self.params_field = settings.params_field
-        self.version = settings.anthropic_version
-        self.stem = stem
-        self.openai = provider_class(settings.provider).row_api == "chat"
-        self.max_bytes = settings.batch_bytes  # what one rendered prompt may take: a request must fit in a batch
-
-    def __call__(self, row: dict, row_number: int) -> Item:
-        """The request line of the `row_number`-th row (from 1), or what is wrong with the row."""
-        cid = self._custom_id(row, row_number)
-        if cid is None:
-            return f"missing id field {self.id_field!r}"
-        fields = Fields(row)
-        try:
-            text = self.template.format_map(fields)
-        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-            return f"the template cannot render this row: {type(exc).__name__}: {exc}"
-        if len(text) > self.max_bytes and (n := len(text.encode())) > self.max_bytes:  # a second guard
-            return (f"the template renders {n:,} bytes for this row, over the cap of {self.max_bytes:,} bytes for "
-                    f"one request (--batch-bytes)")
-        if fields.missing:
-            names = ", ".join(repr(n) for n in dict.fromkeys(fields.missing))
-            return f"missing field{'s' if len(set(fields.missing)) > 1 else ''} {names} for the template"
-        model, params = self.model, self.params
-        if self.model_field:
-            model, problem = self._model_of(row)
-            if problem:
-                return problem
-        if self.params_field:
-            row_params = self._params_of(row)
-            if isinstance(row_params, str):
-                return row_params
-            params = row_params
-        return encode(self._request(cid, text, model, params))
-
-    def _model_of(self, row: dict) -> tuple[str | None, str | None]:
-        """(the row's model: its --model-field, else --model; None) or (None, what is wrong)."""
-        value = row.get(self.model_field)
-        if value is None or value == "":
-            if self.model:
-                return self.model, None
-            return None, f"field {self.model_field!r} is empty and no --model is given"
-        if type(value) is not str:
-            return None, f"field {self.model_field!r} must name a model (got {type(value).__name__})"
-        return value, None
-
-    def _params_of(self, row: dict) -> dict | str:
-        """--params with the row's own object over it, checked; or what is wrong with the row's object."""
-        cell = row.get(self.params_field)
-        if cell is None or cell == "":
-            return self.params
-        name = self.params_field
-        if type(cell) is str:
-            try:
-                cell = orjson.loads(cell)
-            except orjson.JSONDecodeError as exc:
-                return f"field {name!r} is not JSON: {exc}"
-        if type(cell) is not dict:
-            return f"field {name!r} must hold a JSON object (got {type(cell).__name__})"
-        merged = {**self.params, **cell}
-        problem = check_params(merged, openai=self.openai, anthropic_version=self.version,
-                               max_tokens=self.max_tokens, where=f"field {name!r}: params")
-        return problem or merged
-
-    def _custom_id(self, row: dict, row_number: int) -> str | None:
-        if not self.id_field:
-            return safe_id(self.stem, row_number)
-        value = row.get(self.id_field)
-        if value is None or value == "":
-            return None
-        return value if type(value) is str else orjson.dumps(value).decode()
-
-    def _request(self, cid: str, text: str, model: str | None, extra: dict) -> dict:
-        user = {"role": "user", "content": text}
-        if self.openai:
-            messages = [{"role": "system", "content": self.system}, user] if self.system else [user]
-            body: dict = {"model": model, "max_tokens": self.max_tokens, **extra, "messages": messages}
-            if "max_completion_tokens" in extra and "max_tokens" not in extra:
-                del body["max_tokens"]  # the newer models take max_completion_tokens alone
-            return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
-        params: dict = {"model": model, "max_tokens": self.max_tokens}
-        if self.system:
-            params["system"] = self.system
-        params.update(extra)
-        params["messages"] = [user]
-        return {"custom_id": cid, "params": params}
 
 
 class TemplateSource:
@@ -234,11 +94,15 @@ class TemplateSource:
         self.path = path
         self.index = index
         self.csv = path.lower().endswith((".csv", ".csv.gz"))
+        self.parquet = is_parquet(path)  # read in record batches (tables.py)
         self.render = Renderer(settings, settings.job_name or stem_of(path))
 
     def _open(self) -> Any:
         """Bytes for JSONL; text for CSV (UTF-8, a spreadsheet's BOM dropped, newlines left to csv; bytes that
-        are not UTF-8 kept as surrogates, so the row holding them is rejected with its own line number)."""
+        are not UTF-8 kept as surrogates, so the row holding them is rejected with its own line number);
+        a ParquetFile for Parquet."""
+        if self.parquet:
+            return open_parquet(self.path)
         gz = self.path.lower().endswith(".gz")
         raw = gzip.open(self.path, "rb") if gz else open(self.path, "rb")  # noqa: SIM115
         return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") if self.csv else raw
@@ -274,7 +138,13 @@ class TemplateSource:
             f.close()
 
     def header(self) -> list[str] | None:
-        """A CSV file's column names (None for JSONL rows, whose keys are their own)."""
+        """A CSV or Parquet file's column names (None for JSONL rows, whose keys are their own)."""
+        if self.parquet:
+            f = self._open()
+            try:
+                return list(f.schema_arrow.names)
+            finally:
+                f.close()
         if not self.csv:
             return None
         f = self._open()
@@ -301,6 +171,8 @@ class TemplateSource:
         return Block(self.index, lines, first_line, first_pos) if lines else None
 
     def _items(self, f: Any) -> Iterator[Entry]:
+        if self.parquet:
+            return parquet_entries(self.path, f)
         return self._csv_items(f) if self.csv else self._jsonl_items(f)
 
     def _csv_items(self, f: Any) -> Iterator[Entry]:
@@ -388,6 +260,10 @@ def make_sources(paths: list[str], settings: Settings) -> list[Source]:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{flags} shape{'s' if len(given) == 1 else ''} requests made from rows: give --template "
                          f"too (ready request lines carry their own params)")
+    for path in paths:
+        if is_parquet(path):
+            raise UsageError(f"{path}: a Parquet file holds rows: give --template (and --model, --max-tokens) to "
+                             f"make a request of each")
     return [ObjectJsonlSource(p, i, max_line_bytes=settings.batch_bytes) if is_object_url(p)
             else JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
 
