@@ -26,8 +26,11 @@ stands in the main thread, put back after). The job's files are written owner-on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Iterable, Mapping
+import signal
+import threading
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
 from batch_scheduler.core import errors
@@ -54,16 +57,70 @@ Inputs = str | os.PathLike | Iterable[Any]
 
 
 def run(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
-    """Run (or resume) the job until its input is done; blocking. See the module docstring."""
+    """Run (or resume) the job until its input is done; blocking. See the module docstring.
+
+    Inside a running event loop (a notebook's cell, an async app) the job runs on a loop of its own in a
+    worker thread, and the caller's thread waits for it: the caller's loop is blocked meanwhile (await
+    `arun` to keep it going). Ctrl-C (a notebook's "interrupt kernel") while it waits cancels the job as
+    Ctrl-C stops the CLI's run (what was sent stays in the ledger; the same call resumes it), then raises
+    KeyboardInterrupt."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    else:
-        raise RuntimeError("batch_scheduler.run() was called inside a running event loop (Jupyter, an async "
-                           "app): use `await batch_scheduler.arun(...)` there")
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(arun(inputs, out, **options))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(arun(inputs, out, **options))
+    return in_worker_thread(arun(inputs, out, **options))
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """In the main thread, Ctrl-C raises KeyboardInterrupt while the caller waits, whatever handler its loop put
+    there (asyncio's only cancels a task the blocked loop never runs); the handler is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def in_worker_thread(job: Coroutine[Any, Any, JobResult]) -> JobResult:
+    """Run `job` on a fresh loop in a worker thread and wait for it; KeyboardInterrupt cancels it first."""
+    outcome: dict[str, Any] = {}
+    started = threading.Event()
+
+    def work() -> None:
+        async def main() -> JobResult:
+            outcome["loop"], outcome["task"] = asyncio.get_running_loop(), asyncio.current_task()
+            started.set()
+            return await job
+
+        try:
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                outcome["result"] = runner.run(main())
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            outcome["error"] = exc
+        finally:
+            started.set()
+
+    worker = threading.Thread(target=work, name="batch-scheduler-run", daemon=True)
+    worker.start()
+    try:
+        with _interruptible():
+            while worker.is_alive():
+                worker.join(0.2)  # a timed wait: the main thread stays interruptible (Ctrl-C, interrupt kernel)
+    except KeyboardInterrupt:
+        started.wait()
+        if "task" in outcome:
+            outcome["loop"].call_soon_threadsafe(outcome["task"].cancel)
+        worker.join()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
