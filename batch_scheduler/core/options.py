@@ -178,6 +178,10 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "tiktoken for openai) to measure the token estimate, by --dry-run and by a run under --max-cost; 0: "
            "the heuristic alone", COST, metavar="N", minimum=0, maximum=1000),
     Option("retry_cancelled", bool, False, "send requests of a cancelled job again", COST, remembered=False),
+    # -- tables and answers (issue 25) ----------------------------------------------------------
+    Option("allow_unknown_model", bool, False, "send a --model no price table knows (a proxy's own, one newer "
+           "than the table); without it such a job is refused before anything is sent, with the closest names",
+           COST),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}

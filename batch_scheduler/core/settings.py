@@ -129,6 +129,7 @@ class Settings:
     prices_file: str | None = None  # --prices
     count_sample: int = 20
     retry_cancelled: bool = False
+    allow_unknown_model: bool = False
     # settings:end
     api_key: str = field(default="", repr=False)  # never in a repr, a log line or a file
     retry: RetryPolicy = field(default=RetryPolicy())

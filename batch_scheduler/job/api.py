@@ -39,13 +39,14 @@ from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.loop import new_event_loop
 from batch_scheduler.core.options import JOB_OPTION_NAMES, REMEMBERED
 from batch_scheduler.core.settings import Settings, load_environment
-from batch_scheduler.job.dryrun import estimate, rejects_path
+from batch_scheduler.job.dryrun import estimate, nothing_to_send, rejects_path
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.input.sources import make_sources
 from batch_scheduler.job.input.tables import data_object_name, dumps_row, table_kind, table_rows
 from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.job import LocalStore, lock_dir
+from batch_scheduler.job.money.models import did_you_mean, unknown_model
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.providers import build_settings, missing_key_message
 
@@ -90,7 +91,7 @@ def _interruptible() -> Iterator[None]:
 def in_worker_thread(job: Coroutine[Any, Any, JobResult]) -> JobResult:
     """Run `job` on a fresh loop in a worker thread and wait for it; KeyboardInterrupt cancels it first."""
     outcome: dict[str, Any] = {}
-    started = threading.Event()
+    started, done = threading.Event(), threading.Event()
 
     def work() -> None:
         async def main() -> JobResult:
@@ -105,19 +106,22 @@ def in_worker_thread(job: Coroutine[Any, Any, JobResult]) -> JobResult:
             outcome["error"] = exc
         finally:
             started.set()
+            done.set()
 
     worker = threading.Thread(target=work, name="batch-scheduler-run", daemon=True)
     worker.start()
     try:
         with _interruptible():
-            while worker.is_alive():
-                worker.join(0.2)  # a timed wait: the main thread stays interruptible (Ctrl-C, interrupt kernel)
+            while not done.wait(0.2):  # a timed wait: the main thread stays interruptible (Ctrl-C, interrupt
+                pass  # kernel); never Thread.join, whose state an interrupt can break (it then returns at once)
     except KeyboardInterrupt:
         started.wait()
         if "task" in outcome:
             outcome["loop"].call_soon_threadsafe(outcome["task"].cancel)
+        done.wait()
         worker.join()
         raise
+    worker.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -132,6 +136,8 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
     make_sources(paths or [], settings)  # option problems (a template without max_tokens, ...) raise here
     if not settings.dry_run and not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
+    if not settings.dry_run and (refused := unknown_model(settings)):
+        raise errors.UsageError(refused)
     if paths is not None:
         return await _run_files(settings, flags, paths, out_dir, None)
     # an iterable is written into OUT: the job's lock first, so a second caller on OUT writes nothing
@@ -192,7 +198,8 @@ def job_flags(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options given (None: not given), by the option table's names; TypeError for any other."""
     unknown = sorted(set(options) - JOB_OPTION_NAMES - {"api_key"})
     if unknown:
-        names = ", ".join(repr(n) for n in unknown)
+        hints = {n: did_you_mean(n, {*JOB_OPTION_NAMES, "api_key"}).removeprefix("; ") for n in unknown}
+        names = ", ".join(repr(n) + (f" ({hints[n]})" if hints[n] else "") for n in unknown)
         raise TypeError(f"run() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} {names}: the options "
                         f"are the `run` command's long options with dashes as underscores (e.g. batch_size), "
                         f"and api_key")
@@ -281,4 +288,7 @@ async def _dry_run(settings: Settings, paths: list[str], out_dir: str) -> JobRes
     if settings.strict and est.rejected:
         return JobResult(ExitCode.USAGE, f"--strict: {est.rejected:,} bad line(s); a run would refuse the whole "
                                          f"job and submit nothing", summary)
+    if not est.requests:
+        return JobResult(ExitCode.FAILED, f"dry run: a run would send nothing ({nothing_to_send(est.rejected)})",
+                         summary)
     return JobResult(ExitCode.OK, "dry run: nothing was submitted", summary)

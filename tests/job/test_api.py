@@ -178,8 +178,9 @@ async def test_read_results_in_input_order_and_in_shard_order(sim, lib_env):
 async def test_an_unknown_option_is_a_type_error_naming_it(lib_env):
     with pytest.raises(TypeError) as err:
         await batch_scheduler.arun([], lib_env / "out", batchsize=10, api_key="k")
-    assert str(err.value) == ("run() got unexpected keyword argument 'batchsize': the options are the `run` command's "
-                              "long options with dashes as underscores (e.g. batch_size), and api_key")
+    assert str(err.value) == ("run() got unexpected keyword argument 'batchsize' (did you mean 'batch_size' or "
+                              "'batch_bytes'?): the options are the `run` command's long options with dashes as "
+                              "underscores (e.g. batch_size), and api_key")
     assert not (lib_env / "out").exists()
 
 
