@@ -81,3 +81,13 @@ def test_tool_calls_and_json_answers_are_the_json_column():
     assert [stop_reason(d) for d in (tool, chat, fenced, prose)] == ["tool_use", "tool_calls", "end_turn", "length"]
     assert answer_json({"result": {"message": {"content": "oops"}}}) is None  # an odd shape is no answer
     assert answer_json({"response": {"body": {"choices": [{"message": {"tool_calls": [{"function": 3}]}}]}}}) is None
+
+
+def test_json_columns_spread_the_answers_objects_into_typed_columns():
+    from batch_scheduler.job.view.frames import expand_json
+    table = pa.table({"custom_id": ["a", "b", "c"], "json": ['{"n": 1, "tag": "x"}', None, '{"n": 2, "tag": [1]}']})
+    every = expand_json(pa, table, True)
+    assert every.column_names == ["custom_id", "json", "json.n", "json.tag"]
+    assert every.column("json.n").to_pylist() == [1, None, 2] and every.schema.field("json.n").type == pa.int64()
+    assert every.column("json.tag").to_pylist() == ['"x"', None, "[1]"]  # mixed kinds stay JSON text
+    assert expand_json(pa, table, ["n"]).column_names == ["custom_id", "json", "json.n"]
