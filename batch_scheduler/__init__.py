@@ -7,6 +7,8 @@
     for line in batch_scheduler.read_results(out, order="input"):  # or order="shard" (fastest)
         ...
     batch_scheduler.job_status(out)                                # what `status DIR --json` prints
+    df = batch_scheduler.to_pandas(out)   # or to_polars / to_arrow: a row per input row, answers beside
+    batch_scheduler.export(out, "answers.parquet")                 # what the CLI's `export` writes
 
 `result` is a `JobResult` (exit_code, ok, message, summary). The names are imported when first used,
 so `import batch_scheduler.state.sqlite` (or the CLI's start) does not load the whole pipeline.
@@ -17,12 +19,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["JobResult", "__version__", "arun", "job_status", "read_results", "run"]
+__all__ = ["JobResult", "__version__", "arun", "export", "job_status", "read_results", "run", "to_arrow",
+           "to_pandas", "to_polars"]
+
+_FRAMES = ("to_arrow", "to_pandas", "to_polars", "export")
 
 if TYPE_CHECKING:
     from batch_scheduler.core.version import __version__
     from batch_scheduler.job.api import arun, run
     from batch_scheduler.job.engine import JobResult
+    from batch_scheduler.job.view.frames import export, to_arrow, to_pandas, to_polars
     from batch_scheduler.job.view.results import read_results
     from batch_scheduler.job.view.status import job_status
 
@@ -35,6 +41,9 @@ def __getattr__(name: str) -> Any:
         from batch_scheduler.job.engine import JobResult as value
     elif name == "read_results":
         from batch_scheduler.job.view.results import read_results as value
+    elif name in _FRAMES:
+        from batch_scheduler.job.view import frames
+        value = getattr(frames, name)
     elif name == "job_status":
         from batch_scheduler.job.view.status import job_status as value
     elif name == "__version__":  # core.version's: `import batch_scheduler` alone still loads nothing else

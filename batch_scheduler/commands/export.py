@@ -9,9 +9,7 @@ import sys
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.loop import tune_gc
-from batch_scheduler.job.view.export import FORMATS, export
-
-SUFFIXES = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+from batch_scheduler.job.view.export import FORMATS, SUFFIXES, export
 
 
 def main(args: argparse.Namespace) -> int:

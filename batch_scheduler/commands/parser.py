@@ -6,11 +6,13 @@ Job options come from the one table in core.options; the daemon and the simulato
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from batch_scheduler.cluster.arguments import add_arguments as add_node_arguments
 from batch_scheduler.core.options import add_job_options
 from batch_scheduler.core.version import __version__
 from batch_scheduler.daemon.arguments import add_arguments as add_daemon_arguments
+from batch_scheduler.job.money.models import did_you_mean
 from batch_scheduler.simulator.cli import add_arguments as add_simulator_arguments
 
 DESCRIPTION = """Push very large LLM workloads through provider batch APIs, exactly once.
@@ -20,6 +22,28 @@ Exit status: 0 every accepted request reached a final result; 1 anything else (r
 input changed under the job); 3 the API refused the key; 5 the provider's spend limit is reached
 (resumable); 129, 130, 143 stopped by SIGHUP, SIGINT, SIGTERM (resumable).
 """
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose "unrecognized arguments" says the closest option names (of any command)."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            flags = [w.split("=")[0] for w in message.removeprefix("unrecognized arguments: ").split()
+                     if w.startswith("--")]
+            hints = [f"{flag}{did_you_mean(flag, self._option_names(), quote='')}" for flag in flags]
+            hints = [h for h, flag in zip(hints, flags, strict=True) if h != flag]
+            if hints:
+                message += " (" + "; ".join(h.replace("; did you mean", ": did you mean") for h in hints) + ")"
+        super().error(message)
+
+    def _option_names(self) -> set[str]:
+        names = {o for action in self._actions for o in action.option_strings if o.startswith("--")}
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    names |= sub._option_names() if isinstance(sub, Parser) else set()
+        return names
 
 
 def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
@@ -40,7 +64,7 @@ def _run_only(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="batch-scheduler", description=DESCRIPTION,
+    p = Parser(prog="batch-scheduler", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, top=True)
     p.add_argument("--version", action="version", version=f"batch-scheduler {__version__}")

@@ -22,6 +22,7 @@ from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.job import results_here, unknown_results
+from batch_scheduler.job.money.models import unknown_model
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 from batch_scheduler.state.ledger import open_ledger
 from batch_scheduler.state.objects import is_object_url
@@ -104,6 +105,8 @@ def _run(args: argparse.Namespace, settings: Settings, out: str, inputs: list[st
         return run_loop(dry_run(settings, inputs, store.state_dir if store else out))
     if not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
+    if refused := unknown_model(settings):
+        raise errors.UsageError(refused)
     remembered = {k: v for k, v in flags_of(args).items() if k in REMEMBERED} if args.command == "run" else {}
     metrics_file = getattr(args, "metrics_file", None)
     metrics = None

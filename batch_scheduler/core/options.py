@@ -209,6 +209,10 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "midnight); outside them the job pauses", LANES, metavar="HH:MM-HH:MM", settings_type="tuple[str, ...]"),
     Option("realtime_concurrency", int, 8, "realtime calls at once at most (the provider's rate-limit headers "
            "and 429s pace them further)", LANES, metavar="N", minimum=1, maximum=1024),
+    # -- tables and answers (issue 25) ----------------------------------------------------------
+    Option("allow_unknown_model", bool, False, "send a --model no price table knows (a proxy's own, one newer "
+           "than the table); without it such a job is refused before anything is sent, with the closest names",
+           COST),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}

@@ -3,8 +3,11 @@
     result = batch_scheduler.run(inputs, out, **options)          # blocking
     result = await batch_scheduler.arun(inputs, out, **options)   # inside a running loop (Jupyter, apps)
 
-`inputs`: a path, a list of paths and globs (as `run` takes them), or an iterable of dicts: request
-lines in the provider's form, or rows when `template=` is given. An iterable is consumed once, as it
+`inputs`: a path, a list of paths and globs (as `run` takes them; a .parquet file holds rows), a table
+(a pandas or polars DataFrame, a polars LazyFrame, a pyarrow Table or RecordBatchReader, a Hugging
+Face `Dataset`: read a record batch at a time, see `input/tables.py`), or an iterable of dicts: request
+lines in the provider's form, or rows when `template=` is given. A row's custom id is its position
+(`input-1` is the first row), or its `id_field=`. Anything else is a TypeError naming what was given. An iterable is consumed once, as it
 comes, into OUT/input.jsonl (never held whole; OUT's lock is taken first, so a second caller on the
 same OUT is refused, exit 2, as a second `run` is, before it writes anything), and that file is the job's input from then on; a
 resumed run must be given the same iterable again: one that yields anything else is refused (exit 2)
@@ -23,11 +26,12 @@ stands in the main thread, put back after). The job's files are written owner-on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Iterable, Mapping
+import signal
+import threading
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from typing import Any
-
-import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
@@ -35,12 +39,14 @@ from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.loop import new_event_loop
 from batch_scheduler.core.options import JOB_OPTION_NAMES, REMEMBERED
 from batch_scheduler.core.settings import Settings, load_environment
-from batch_scheduler.job.dryrun import estimate, rejects_path
+from batch_scheduler.job.dryrun import estimate, nothing_to_send, rejects_path
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.input.sources import make_sources
+from batch_scheduler.job.input.tables import data_object_name, dumps_row, table_kind, table_rows
 from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.job import LocalStore, lock_dir
+from batch_scheduler.job.money.models import did_you_mean, unknown_model
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.providers import build_settings, missing_key_message
 
@@ -52,16 +58,73 @@ Inputs = str | os.PathLike | Iterable[Any]
 
 
 def run(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
-    """Run (or resume) the job until its input is done; blocking. See the module docstring."""
+    """Run (or resume) the job until its input is done; blocking. See the module docstring.
+
+    Inside a running event loop (a notebook's cell, an async app) the job runs on a loop of its own in a
+    worker thread, and the caller's thread waits for it: the caller's loop is blocked meanwhile (await
+    `arun` to keep it going). Ctrl-C (a notebook's "interrupt kernel") while it waits cancels the job as
+    Ctrl-C stops the CLI's run (what was sent stays in the ledger; the same call resumes it), then raises
+    KeyboardInterrupt."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    else:
-        raise RuntimeError("batch_scheduler.run() was called inside a running event loop (Jupyter, an async "
-                           "app): use `await batch_scheduler.arun(...)` there")
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(arun(inputs, out, **options))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(arun(inputs, out, **options))
+    return in_worker_thread(arun(inputs, out, **options))
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """In the main thread, Ctrl-C raises KeyboardInterrupt while the caller waits, whatever handler its loop put
+    there (asyncio's only cancels a task the blocked loop never runs); the handler is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def in_worker_thread(job: Coroutine[Any, Any, JobResult]) -> JobResult:
+    """Run `job` on a fresh loop in a worker thread and wait for it; KeyboardInterrupt cancels it first."""
+    outcome: dict[str, Any] = {}
+    started, done = threading.Event(), threading.Event()
+
+    def work() -> None:
+        async def main() -> JobResult:
+            outcome["loop"], outcome["task"] = asyncio.get_running_loop(), asyncio.current_task()
+            started.set()
+            return await job
+
+        try:
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                outcome["result"] = runner.run(main())
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            outcome["error"] = exc
+        finally:
+            started.set()
+            done.set()
+
+    worker = threading.Thread(target=work, name="batch-scheduler-run", daemon=True)
+    worker.start()
+    try:
+        with _interruptible():
+            while not done.wait(0.2):  # a timed wait: the main thread stays interruptible (Ctrl-C, interrupt
+                pass  # kernel); never Thread.join, whose state an interrupt can break (it then returns at once)
+    except KeyboardInterrupt:
+        started.wait()
+        if "task" in outcome:
+            outcome["loop"].call_soon_threadsafe(outcome["task"].cancel)
+        done.wait()
+        worker.join()
+        raise
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
@@ -73,6 +136,8 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
     make_sources(paths or [], settings)  # option problems (a template without max_tokens, ...) raise here
     if not settings.dry_run and not settings.api_key:
         raise errors.UsageError(missing_key_message(settings))
+    if not settings.dry_run and (refused := unknown_model(settings)):
+        raise errors.UsageError(refused)
     if paths is not None:
         return await _run_files(settings, flags, paths, out_dir, None)
     # an iterable is written into OUT: the job's lock first, so a second caller on OUT writes nothing
@@ -80,9 +145,10 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
         held = lock_dir(out_dir, OWNER, "out")
     except errors.JobBusy as err:  # the refusal a second `run` on a held --out gets
         return JobResult(ExitCode.USAGE, str(err), busy=True)
+    rows = table_rows(inputs) if table_kind(inputs) is not None else inputs
     try:
         try:
-            paths = [await asyncio.to_thread(spool_iterable, inputs, out_dir)]  # type: ignore[arg-type]
+            paths = [await asyncio.to_thread(spool_iterable, rows, out_dir)]  # type: ignore[arg-type]
         except errors.JobMismatch as err:
             return JobResult(ExitCode.USAGE, str(err))
         return await _run_files(settings, flags, paths, out_dir, held)
@@ -99,11 +165,22 @@ async def _run_files(settings: Settings, flags: dict[str, Any], paths: list[str]
     engine = Engine(settings, out_dir, paths, remembered=remembered, owner=OWNER,
                     store=HeldStore(out_dir, held) if held is not None else None)
     try:
-        return await engine.run()
+        return accepted_something(await engine.run())
     except errors.UsageError:
         raise
     except errors.SchedulerError as err:  # what the CLI prints with exit 1 (an unreadable input, ...)
         return JobResult(ExitCode.FAILED, str(err))
+
+
+def accepted_something(result: JobResult) -> JobResult:
+    """A job that ended without accepting a single request is not `ok`: its input held none (an empty
+    table, or every line rejected), which is never what the caller meant."""
+    requests = result.summary.get("requests") or {}
+    if result.exit_code != ExitCode.OK or requests.get("accepted", 1):
+        return result
+    rejected = requests.get("rejected") or 0
+    why = f"all {rejected:,} were rejected (see rejected.jsonl)" if rejected else "the input holds none"
+    return JobResult(ExitCode.FAILED, f"no request was accepted: {why}", result.summary)
 
 
 class HeldStore(LocalStore):
@@ -121,7 +198,8 @@ def job_flags(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options given (None: not given), by the option table's names; TypeError for any other."""
     unknown = sorted(set(options) - JOB_OPTION_NAMES - {"api_key"})
     if unknown:
-        names = ", ".join(repr(n) for n in unknown)
+        hints = {n: did_you_mean(n, {*JOB_OPTION_NAMES, "api_key"}).removeprefix("; ") for n in unknown}
+        names = ", ".join(repr(n) + (f" ({hints[n]})" if hints[n] else "") for n in unknown)
         raise TypeError(f"run() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} {names}: the options "
                         f"are the `run` command's long options with dashes as underscores (e.g. batch_size), "
                         f"and api_key")
@@ -132,6 +210,11 @@ def input_paths(inputs: Inputs) -> list[str] | None:
     """The input files of a path or a list of paths and globs; None for an iterable of dicts."""
     if isinstance(inputs, str | os.PathLike):
         return expand_inputs([os.fspath(inputs)])
+    if table_kind(inputs) is not None:
+        return None
+    if (name := data_object_name(inputs)) is not None:
+        raise TypeError(f"inputs: expected a table (a DataFrame, an Arrow table, a Dataset), a path, a list of "
+                        f"paths, or an iterable of dicts, not {name}")
     if isinstance(inputs, bytes | Mapping):
         raise TypeError(f"inputs: expected a path, a list of paths, or an iterable of dicts, not a "
                         f"{type(inputs).__name__} (a single request goes in a list: [request])")
@@ -158,7 +241,7 @@ def spool_iterable(items: Iterable[Any], out_dir: str) -> str:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             for i, item in enumerate(items):
                 try:
-                    f.write(orjson.dumps(item) + b"\n")
+                    f.write(dumps_row(item) + b"\n")
                 except TypeError as exc:
                     raise errors.UsageError(f"inputs item {i} cannot be written as JSON: {exc}") from None
             f.flush()
@@ -205,4 +288,7 @@ async def _dry_run(settings: Settings, paths: list[str], out_dir: str) -> JobRes
     if settings.strict and est.rejected:
         return JobResult(ExitCode.USAGE, f"--strict: {est.rejected:,} bad line(s); a run would refuse the whole "
                                          f"job and submit nothing", summary)
+    if not est.requests:
+        return JobResult(ExitCode.FAILED, f"dry run: a run would send nothing ({nothing_to_send(est.rejected)})",
+                         summary)
     return JobResult(ExitCode.OK, "dry run: nothing was submitted", summary)

@@ -126,7 +126,7 @@ def report(est: Estimate, settings: Settings, prices: PriceTable, stream: IO[str
 
 
 async def dry_run(settings: Settings, inputs: list[str], out: str | None) -> int:
-    """Exit status: 0; 2 with --strict when any line is bad."""
+    """Exit status: 0; 2 with --strict when any line is bad; 1 when a run would send nothing."""
     prices = PriceTable.load(settings.prices_file)
     rejects = Rejects(rejects_path(out), inputs)
     try:
@@ -140,4 +140,12 @@ async def dry_run(settings: Settings, inputs: list[str], out: str | None) -> int
         print(f"batch-scheduler: --strict: {rejects.count:,} bad line(s); a run would refuse the whole job and "
               f"submit nothing", file=sys.stderr)
         return 2
+    if not est.requests:
+        print(f"batch-scheduler: a run would send nothing ({nothing_to_send(rejects.count)})", file=sys.stderr)
+        return 1
     return 0
+
+
+def nothing_to_send(rejected: int) -> str:
+    """Why a job's input gives no request: every line rejected, or none at all."""
+    return f"all {rejected:,} line(s) rejected" if rejected else "the input holds no request"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import gc
 import logging
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import orjson
 import pytest
@@ -84,11 +86,43 @@ async def test_arun_is_awaited_inside_a_running_loop(sim, lib_env):
     assert sorted(ids_of(read_results(str(lib_env / "out")))) == ids
 
 
-async def test_run_inside_a_running_loop_says_to_await_arun(lib_env):
-    with pytest.raises(RuntimeError) as err:
-        batch_scheduler.run([], lib_env / "out", api_key="k")
-    assert str(err.value) == ("batch_scheduler.run() was called inside a running event loop (Jupyter, an async app): "
-                              "use `await batch_scheduler.arun(...)` there")
+async def test_run_inside_a_running_loop_runs_the_job_on_a_worker_thread_and_returns_its_result(sim_process, lib_env):
+    ids = write_requests(lib_env / "in.jsonl", 60)
+    caller = threading.get_ident()
+    result = batch_scheduler.run(lib_env / "in.jsonl", lib_env / "out", base_url=sim_process.url, **FAST)
+    assert (result.ok, result.message) == (True, "done")
+    assert sorted(ids_of(read_results(str(lib_env / "out")))) == ids
+    assert threading.get_ident() == caller and asyncio.get_running_loop().is_running()
+    with pytest.raises(UsageError, match="^--concurrency 0: must be at least 1$"):  # raised in the caller's thread
+        batch_scheduler.run(lib_env / "in.jsonl", lib_env / "out2", **{**FAST, "concurrency": 0})
+
+
+async def test_interrupting_run_inside_a_loop_stops_the_job_resumably(lib_env):
+    ids = write_requests(lib_env / "in.jsonl", 40)
+    out = lib_env / "out"
+
+    def interrupt_once_a_batch_is_out():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if batch_scheduler.job_status(out)["batches_in_flight"]:
+                    break
+            except UsageError:  # no ledger yet
+                pass
+            time.sleep(0.02)
+        _thread.interrupt_main()  # (past the deadline too: the test then fails on what it finds, never hangs)
+
+    with SimulatorProcess(["--processing-s", "2"]) as slow:  # a batch stays in flight long enough to be seen
+        watcher = threading.Thread(target=interrupt_once_a_batch_is_out)
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            batch_scheduler.run(lib_env / "in.jsonl", out, base_url=slow.url, **FAST)
+        watcher.join()
+        status = batch_scheduler.job_status(out)  # what was sent is in the ledger, to be picked up again
+        assert status["state"] == "in progress" and len(status["batches_in_flight"]) == 1
+        again = batch_scheduler.run(lib_env / "in.jsonl", out, base_url=slow.url, **FAST)
+    assert again.ok, again.message
+    assert sorted(ids_of(read_results(str(out)))) == ids
 
 
 async def test_an_iterable_of_request_dicts_is_streamed_into_the_job_and_checked_on_resume(sim, lib_env):
@@ -144,8 +178,9 @@ async def test_read_results_in_input_order_and_in_shard_order(sim, lib_env):
 async def test_an_unknown_option_is_a_type_error_naming_it(lib_env):
     with pytest.raises(TypeError) as err:
         await batch_scheduler.arun([], lib_env / "out", batchsize=10, api_key="k")
-    assert str(err.value) == ("run() got unexpected keyword argument 'batchsize': the options are the `run` command's "
-                              "long options with dashes as underscores (e.g. batch_size), and api_key")
+    assert str(err.value) == ("run() got unexpected keyword argument 'batchsize' (did you mean 'batch_size' or "
+                              "'batch_bytes'?): the options are the `run` command's long options with dashes as "
+                              "underscores (e.g. batch_size), and api_key")
     assert not (lib_env / "out").exists()
 
 

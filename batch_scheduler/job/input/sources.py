@@ -42,13 +42,14 @@ from batch_scheduler.job.input.reader import (
     Source,
     compressed_problem,
 )
+from batch_scheduler.job.input.tables import is_parquet, open_parquet, parquet_entries
 from batch_scheduler.job.input.template import Item, Renderer, check_template
 from batch_scheduler.job.input.validate import BLANK
 from batch_scheduler.providers import provider_class
 from batch_scheduler.state.objects import is_object_url
 
 ROWS_PER_BLOCK = 4096
-ROW_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
+ROW_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet", ".pq")
 csv.field_size_limit(256 << 20)  # an article is longer than csv's default 128 KiB field
 
 Entry = tuple[int, int, Any, int]  # (position, line number, row dict or Item, row number)
@@ -71,11 +72,15 @@ class TemplateSource:
         self.path = path
         self.index = index
         self.csv = path.lower().endswith((".csv", ".csv.gz"))
+        self.parquet = is_parquet(path)  # read in record batches (tables.py)
         self.render = Renderer(settings, settings.job_name or stem_of(path))
 
     def _open(self) -> Any:
         """Bytes for JSONL; text for CSV (UTF-8, a spreadsheet's BOM dropped, newlines left to csv; bytes that
-        are not UTF-8 kept as surrogates, so the row holding them is rejected with its own line number)."""
+        are not UTF-8 kept as surrogates, so the row holding them is rejected with its own line number);
+        a ParquetFile for Parquet."""
+        if self.parquet:
+            return open_parquet(self.path)
         gz = self.path.lower().endswith(".gz")
         raw = gzip.open(self.path, "rb") if gz else open(self.path, "rb")  # noqa: SIM115
         return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") if self.csv else raw
@@ -111,7 +116,13 @@ class TemplateSource:
             f.close()
 
     def header(self) -> list[str] | None:
-        """A CSV file's column names (None for JSONL rows, whose keys are their own)."""
+        """A CSV or Parquet file's column names (None for JSONL rows, whose keys are their own)."""
+        if self.parquet:
+            f = self._open()
+            try:
+                return list(f.schema_arrow.names)
+            finally:
+                f.close()
         if not self.csv:
             return None
         f = self._open()
@@ -138,6 +149,8 @@ class TemplateSource:
         return Block(self.index, lines, first_line, first_pos) if lines else None
 
     def _items(self, f: Any) -> Iterator[Entry]:
+        if self.parquet:
+            return parquet_entries(self.path, f)
         return self._csv_items(f) if self.csv else self._jsonl_items(f)
 
     def _csv_items(self, f: Any) -> Iterator[Entry]:
@@ -225,6 +238,10 @@ def make_sources(paths: list[str], settings: Settings) -> list[Source]:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{flags} shape{'s' if len(given) == 1 else ''} requests made from rows: give --template "
                          f"too (ready request lines carry their own params)")
+    for path in paths:
+        if is_parquet(path):
+            raise UsageError(f"{path}: a Parquet file holds rows: give --template (and --model, --max-tokens) to "
+                             f"make a request of each")
     return [ObjectJsonlSource(p, i, max_line_bytes=settings.batch_bytes) if is_object_url(p)
             else JsonlSource(p, i, max_line_bytes=settings.batch_bytes) for i, p in enumerate(paths)]
 

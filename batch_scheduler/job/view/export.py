@@ -29,6 +29,7 @@ import orjson
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.job.input.reader import Source
 from batch_scheduler.job.input.sources import TemplateSource
+from batch_scheduler.job.view.answer import answer_json, answer_text, error_text, stop_reason
 from batch_scheduler.job.view.results import (
     ORDERS,
     Entry,
@@ -42,7 +43,8 @@ from batch_scheduler.job.view.results import (
 from batch_scheduler.providers.base import OUTCOME_NAMES, Usage
 
 FORMATS = ("jsonl", "csv", "parquet")
-RESULT_COLUMNS = ("custom_id", "status", "text", "model", "input_tokens", "output_tokens", "cache_read_tokens",
+SUFFIXES = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}  # a file name's format
+RESULT_COLUMNS = ("custom_id", "status", "text", "stop_reason", "json", "model", "input_tokens", "output_tokens", "cache_read_tokens",
                   "cache_write_tokens", "cost_usd", "error", "attempts")
 _INTS = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "attempts"}
 ROW_GROUP = 10_000
@@ -60,57 +62,6 @@ class Exported:
 
 # -- one result as columns ---------------------------------------------------------------------------
 
-def answer_text(doc: dict) -> str | None:
-    """The answer's text: a Messages result's text blocks joined; a chat completion's message content; a
-    Responses answer's output_text parts. None when the line holds no answer."""
-    result = doc.get("result")
-    if isinstance(result, dict):
-        message = result.get("message") or {}
-        blocks = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(blocks, list):
-            return None
-        return "".join(b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text"
-                       and isinstance(b.get("text"), str))
-    candidates = (doc.get("response") or {}).get("candidates")
-    if isinstance(candidates, list):  # a Gemini GenerateContentResponse: the first candidate's text parts
-        content = candidates[0].get("content") if candidates and isinstance(candidates[0], dict) else None
-        parts = content.get("parts") if isinstance(content, dict) else None
-        return "".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
-                       and not p.get("thought")) if isinstance(parts, list) else None
-    body = (doc.get("response") or {}).get("body") or {}
-    choices = body.get("choices")
-    if isinstance(choices, list) and choices:
-        first = choices[0] or {}
-        content = (first.get("message") or {}).get("content") if "message" in first else first.get("text")
-        return content if isinstance(content, str) else None
-    output = body.get("output")
-    if isinstance(output, list):
-        return "".join(part.get("text", "") for item in output if isinstance(item, dict)
-                       for part in item.get("content") or [] if isinstance(part, dict)
-                       and part.get("type") == "output_text")
-    return None
-
-
-def error_text(doc: dict) -> str | None:
-    """`kind: message` of an errored result line (either provider's form); None when it did not err."""
-    result = doc.get("result")
-    if isinstance(result, dict):
-        if result.get("type") != "errored":
-            return None
-        err = result.get("error") or {}
-        inner = nested if isinstance(nested := err.get("error"), dict) else err
-        return f"{inner.get('type')}: {inner.get('message')}"
-    err = doc.get("error")
-    if isinstance(err, dict):
-        return f"{err.get('code')}: {err.get('message')}"
-    response = doc.get("response") or {}
-    if response.get("status_code") not in (None, 200):
-        body_err = (response.get("body") or {}).get("error") or {}
-        kind = body_err.get("type") or body_err.get("code") or f"http_{response['status_code']}"
-        return f"{kind}: {body_err.get('message')}"
-    return None
-
-
 class Columns:
     """Result columns of one line, through the job's provider (status, usage, model) and price table."""
 
@@ -122,16 +73,18 @@ class Columns:
     def of_result(self, line: bytes, doc: dict) -> list[Any]:
         cid, outcome, usage, model = self._classify(line)
         text = answer_text(doc)
+        data = answer_json(doc)
         if model is None:
             model = ((doc.get("response") or {}).get("body") or {}).get("model")
         u = Usage(*usage) if usage is not None else Usage()  # classify may give a plain tuple
-        return [cid, OUTCOME_NAMES[outcome], text, model, u.input_tokens, u.output_tokens, u.cache_read_tokens,
+        return [cid, OUTCOME_NAMES[outcome], text, stop_reason(doc), None if data is None else
+                orjson.dumps(data).decode(), model, u.input_tokens, u.output_tokens, u.cache_read_tokens,
                 u.cache_write_tokens, round(self._cost(model, u), 8) if usage is not None else 0.0,
                 error_text(doc), self._attempts(cid)]
 
     @staticmethod
     def of_rejected(cid: str | None, error: str, attempts: int) -> list[Any]:
-        return [cid, "rejected", None, None, 0, 0, 0, 0, 0.0, error, attempts]
+        return [cid, "rejected", None, None, None, None, 0, 0, 0, 0, 0.0, error, attempts]
 
 
 def rejected_reason(view: JobView, entry: Entry) -> tuple[str, int] | None:
@@ -196,10 +149,7 @@ class ParquetOut:
         except ImportError:
             raise UsageError(PARQUET_MISSING) from None
         self._pa = pa
-        kinds = {"cost_usd": pa.float64(), **{n: pa.int64() for n in _INTS}}
-        self._schema = pa.schema([(n, pa.string()) for n in names[:n_row]]
-                                 + [(n, kinds.get(c, pa.string())) for n, c in zip(names[n_row:], RESULT_COLUMNS,
-                                                                                   strict=True)])
+        self._schema = arrow_schema(pa, names, n_row)
         self._writer = pq.ParquetWriter(f, self._schema)
         self._rows: list[list[Any]] = []
 
@@ -210,15 +160,26 @@ class ParquetOut:
 
     def _flush(self) -> None:
         if self._rows:
-            columns = list(zip(*self._rows, strict=True))
-            self._writer.write_table(self._pa.Table.from_arrays(
-                [self._pa.array(c, type=t.type) for c, t in zip(columns, self._schema, strict=True)],
-                schema=self._schema))
+            self._writer.write_table(arrow_rows(self._pa, self._schema, self._rows))
             self._rows = []
 
     def close(self) -> None:
         self._flush()
         self._writer.close()
+
+
+def arrow_schema(pa: Any, names: list[str], n_row: int) -> Any:
+    """Row columns as strings, then the result columns typed (tokens and attempts int64, cost float64)."""
+    kinds = {"cost_usd": pa.float64(), **{n: pa.int64() for n in _INTS}}
+    return pa.schema([(n, pa.string()) for n in names[:n_row]]
+                     + [(n, kinds.get(c, pa.string())) for n, c in zip(names[n_row:], RESULT_COLUMNS, strict=True)])
+
+
+def arrow_rows(pa: Any, schema: Any, rows: list[list[Any]]) -> Any:
+    """A pyarrow Table of `rows` (lists of values in the schema's order)."""
+    columns = list(zip(*rows, strict=True))
+    return pa.Table.from_arrays([pa.array(c, type=t.type) for c, t in zip(columns, schema, strict=True)],
+                                schema=schema)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -261,11 +222,9 @@ def _write(view: JobView, fmt: str, order: str, f: BinaryIO) -> Exported:
     sources = view.sources()
     if fmt == "jsonl":
         return _jsonl_in_input_order(view, sources, f)
-    names = row_columns(sources)
-    header = (names or []) + [f"result_{c}" if names and c in names else c for c in RESULT_COLUMNS]
-    out = (CsvOut if fmt == "csv" else ParquetOut)(f, header, len(names or []))
+    header, n_row, rows = table_of(view, order, sources)
+    out = (CsvOut if fmt == "csv" else ParquetOut)(f, header, n_row)
     try:
-        rows = _input_order(view, sources, names) if order == "input" else _shard_order(view, sources, names)
         done, pending = Exported(), 0
         for kind, values in rows:
             if kind == "pending":
@@ -279,6 +238,17 @@ def _write(view: JobView, fmt: str, order: str, f: BinaryIO) -> Exported:
     finally:
         out.close()
     return done
+
+
+def table_of(view: JobView, order: str, sources: list[Source] | None = None
+             ) -> tuple[list[str], int, Iterator[tuple[str, list]]]:
+    """(the column names, how many of them are the rows' own, the rows as (kind, values)): what `export`
+    writes, for any writer. A kind is "result", "rejected" or "pending" (values empty: not written)."""
+    sources = view.sources() if sources is None else sources
+    names = row_columns(sources)
+    header = (names or []) + [f"result_{c}" if names and c in names else c for c in RESULT_COLUMNS]
+    rows = _input_order(view, sources, names) if order == "input" else _shard_order(view, sources, names)
+    return header, len(names or []), rows
 
 
 def _row_values(names: list[str] | None) -> Callable[[dict | None], list[Any]]:
