@@ -19,6 +19,7 @@ import pytest
 import batch_scheduler
 from batch_scheduler.commands.main import main
 from batch_scheduler.core.errors import UsageError
+from batch_scheduler.providers import NAMES
 from batch_scheduler.simulator.process import SimulatorProcess
 
 from ..helpers import ids_of, read_results, request, write_requests
@@ -186,7 +187,7 @@ async def test_an_unknown_option_is_a_type_error_naming_it(lib_env):
 
 @pytest.mark.parametrize(("option", "flag"), [({"concurrency": 0}, ["--concurrency", "0"]),
                                               ({"poll_min": 2, "poll_max": 1}, ["--poll-min", "2", "--poll-max", "1"]),
-                                              ({"provider": "gemini"}, None)])
+                                              ({"provider": "no-such-api"}, None)])
 def test_a_bad_value_is_the_error_the_cli_gives(lib_env, capsys, option, flag):
     write_requests(lib_env / "in.jsonl", 3)
     with pytest.raises(UsageError) as err:
@@ -195,7 +196,7 @@ def test_a_bad_value_is_the_error_the_cli_gives(lib_env, capsys, option, flag):
         assert main(["run", str(lib_env / "in.jsonl"), "--out", str(lib_env / "out2"), *flag]) == 2
         assert capsys.readouterr().err.strip() == f"batch-scheduler: {err.value}"
     else:
-        assert str(err.value) == "--provider 'gemini': choose one of anthropic, openai, inline"
+        assert str(err.value) == f"--provider 'no-such-api': choose one of {', '.join(NAMES)}"
     assert not (lib_env / "out").exists()
 
 
