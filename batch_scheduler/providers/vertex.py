@@ -8,9 +8,10 @@
 
 where J = {base}/v1/projects/{project}/locations/{location}/batchPredictionJobs, base the regional host
 `https://{location}-aiplatform.googleapis.com` (`aiplatform.googleapis.com` for `global`) unless --base-url /
-GOOGLE_VERTEX_BASE_URL names another. Auth is an OAuth token from the Application Default Credentials file
-(`gcp_auth`), sent to that host and to Cloud Storage's (`gcs`) only. One model per job: each line's lane is
-its model, so a job may mix models and no batch does (lines and results: `vertex_lines`).
+GOOGLE_VERTEX_BASE_URL names another. Auth is an OAuth token by Application Default Credentials (`gcp_auth`:
+a key or login file, gcloud's login, or the metadata server), sent to that host and to Cloud Storage's (`gcs`)
+only. One model per job: each line's lane is its model, so a job may mix models and no batch does (lines and
+results: `vertex_lines`).
 
 The upload is safe to repeat (its name is the chunk's tag); the create is not (`idempotent=False`): the tag
 is the job's display name and its `batch_scheduler` label, read back by `tag_of`, so a lost create is
@@ -67,6 +68,7 @@ SPEC = ProviderSpec(
     name="vertex", max_requests=200_000, max_bytes=1000 * MB, default_requests=10_000, default_bytes=200 * MB,
     key_env=("GOOGLE_APPLICATION_CREDENTIALS",), base_url_env=("GOOGLE_VERTEX_BASE_URL",),
     default_base_url="https://aiplatform.googleapis.com", default_auth="bearer",
+    own_credentials=True,  # Application Default Credentials: the file, gcloud's login, or the metadata server
     model_env=("VERTEX_MODEL", "CLAUDE_MODEL", "ANTHROPIC_MODEL"),
     # no documented queue quota (a shared pool): admission learns one only if Vertex answers that it is full
     queue_unit="requests", queue_start=1_000_000, queue_max=10_000_000)
@@ -109,12 +111,13 @@ class _Where:
 
     @classmethod
     def of(cls, settings: Settings, http: HttpClient) -> _Where:
-        """UsageError naming what to set when something is missing or unreadable."""
+        """UsageError naming what to set when something is missing or unreadable. Blocking: finding the
+        credentials may ask the metadata server."""
         if not settings.staging:
             raise errors.UsageError("--provider vertex needs --staging gs://BUCKET/PREFIX: where its input and "
                                     "output files go in Cloud Storage")
         bucket, prefix = split_gs(settings.staging, "--staging")
-        tokens = TokenSource(settings.api_key)
+        tokens = TokenSource.find(settings.api_key)
         project, location = _place(settings, tokens.project)
         base = settings.base_url
         if base == SPEC.default_base_url and location != "global":
@@ -135,13 +138,21 @@ class VertexProvider(Provider):
         self.settings = settings
         self.http = http
         self._place: _Where | None = None
+        self._placing = asyncio.Lock()
         self._claude_open: set[str] = set()  # this process's Claude jobs in progress (ids, or reservations)
         self._claude_changed = asyncio.Condition()
 
     def _where(self) -> _Where:
-        if self._place is None:
+        if self._place is None:  # every call awaits `_ready` first; this only keeps the type exact
             self._place = _Where.of(self.settings, self.http)
         return self._place
+
+    async def _ready(self) -> None:
+        """Where the calls go, found once, off the event loop (the metadata server may be asked)."""
+        if self._place is None:
+            async with self._placing:
+                if self._place is None:
+                    self._place = await asyncio.to_thread(_Where.of, self.settings, self.http)
 
     @staticmethod
     def headers(settings: Settings) -> dict[str, str]:
@@ -169,6 +180,7 @@ class VertexProvider(Provider):
 
     async def preflight(self) -> None:
         """The token, the staging bucket and the project's jobs, each checked once before the first upload."""
+        await self._ready()
         await self.http.retrying("token", self._where().tokens.token)
         try:
             await self._where().storage.bucket(self._where().bucket)
@@ -190,6 +202,7 @@ class VertexProvider(Provider):
         return "/".join(p for p in (self._where().prefix, tag, name) if p)
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
+        await self._ready()
         models, body_lines = zip(*(upload_line(line) for line in lines), strict=True)
         model = models[0]
         if any(m != model for m in models):
@@ -248,6 +261,7 @@ class VertexProvider(Provider):
         return info
 
     async def get(self, batch_id: str) -> BatchInfo:
+        await self._ready()
         data = await self.http.call("GET", f"{self._where().url}/{batch_id}", "retrieve", headers=await self._auth())
         info = self._info(document(data, f"batch {batch_id}: retrieve answer"), "retrieve answer", batch_id)
         if info.id != batch_id:
@@ -257,6 +271,7 @@ class VertexProvider(Provider):
     async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
         """The project's jobs labelled by this program and created at or after `since` (Vertex promises no
         order: every page is read, at most LIST_PAGES_MAX)."""
+        await self._ready()
         token: str | None = None
         for page_no in range(1, LIST_PAGES_MAX + 1):
             what = f"list answer (page {page_no})"
@@ -280,12 +295,14 @@ class VertexProvider(Provider):
         log.warning("list batches: stopped after %d pages", LIST_PAGES_MAX)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
+        await self._ready()
         await self.http.call("POST", f"{self._where().url}/{batch_id}:cancel", "cancel", body=b"{}",
                              headers=await self._auth(json_body=True))
         return await self.get(batch_id)
 
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """Every prediction file the ended job wrote, each line once; none for a job that wrote nothing."""
+        await self._ready()
         for directory in info.results:
             bucket, prefix = split_gs(directory, f"batch {info.id}: outputInfo.gcsOutputDirectory")
             mine = self._object(self.tag_of(info) or "", "output")
@@ -301,6 +318,7 @@ class VertexProvider(Provider):
 
     async def release(self, info: BatchInfo) -> None:
         """The batch's results are durable: its staged files go (unless --keep-staged)."""
+        await self._ready()
         tag = self.tag_of(info)
         if self.settings.keep_staged or not tag:
             return
