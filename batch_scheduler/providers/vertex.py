@@ -20,8 +20,9 @@ once: each request's line is collected once. States: SUCCEEDED, PARTIALLY_SUCCEE
 EXPIRED end the job (what its output holds is collected; the requests it leaves out go again), FAILED
 ends it the same way when it exported results, else fails it as a whole; QUEUED, PENDING, RUNNING,
 PAUSED, UPDATING, CANCELLING and anything unknown are in progress. Claude runs at most
-CLAUDE_JOBS_AT_ONCE jobs per project (Vertex's default quota): a Claude create waits for one of this
-process's Claude jobs to end before it uploads.
+CLAUDE_JOBS_AT_ONCE jobs per project (Vertex's default quota): admission holds a queue of that many jobs
+for Claude batches (`SPEC.jobs_queue`), and a 429 at a Claude create is that queue being full (QueueFull:
+no attempt used; the batch goes again when one of ours ends).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import MB, ProviderSpec, Settings
+from batch_scheduler.core.settings import MB, JobsQueue, ProviderSpec, Settings
 from batch_scheduler.providers.answers import BATCH_ID, document, items, mapping, shown, text
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, parse_time
 from batch_scheduler.providers.gcp_auth import TokenSource
@@ -71,7 +72,8 @@ SPEC = ProviderSpec(
     own_credentials=True,  # Application Default Credentials: the file, gcloud's login, or the metadata server
     model_env=("VERTEX_MODEL", "CLAUDE_MODEL", "ANTHROPIC_MODEL"),
     # no documented queue quota (a shared pool): admission learns one only if Vertex answers that it is full
-    queue_unit="requests", queue_start=1_000_000, queue_max=10_000_000)
+    queue_unit="requests", queue_start=1_000_000, queue_max=10_000_000,
+    jobs_queue=JobsQueue("claude jobs", r"(^|/)anthropic/|(^|/)claude[^/]*$", CLAUDE_JOBS_AT_ONCE))  # as is_claude
 
 
 def int64(value: Any, where: str, what: str) -> int:
@@ -139,8 +141,6 @@ class VertexProvider(Provider):
         self.http = http
         self._place: _Where | None = None
         self._placing = asyncio.Lock()
-        self._claude_open: set[str] = set()  # this process's Claude jobs in progress (ids, or reservations)
-        self._claude_changed = asyncio.Condition()
 
     def _where(self) -> _Where:
         if self._place is None:  # every call awaits `_ready` first; this only keeps the type exact
@@ -207,15 +207,7 @@ class VertexProvider(Provider):
         model = models[0]
         if any(m != model for m in models):
             raise errors.UsageError(f"chunk {tag}: lines of several models in one batch")
-        claude = is_claude(model)
-        reservation = f"creating {tag}"
-        if claude:
-            await self._claude_reserve(reservation)
-        try:
-            return await self._create(model, list(body_lines), tag, claude)
-        finally:
-            if claude:
-                await self._claude_release(reservation)
+        return await self._create(model, list(body_lines), tag, is_claude(model))
 
     async def _create(self, model: str, body_lines: list[bytes], tag: str, claude: bool) -> BatchInfo:
         source = self._object(tag, "input.jsonl")
@@ -228,37 +220,11 @@ class VertexProvider(Provider):
         })
         try:
             data = await self.http.call("POST", self._where().url, "create", body=body, idempotent=False,
-                                        headers=await self._auth(json_body=True))
-        except (errors.RequestRejected, errors.SpendLimited):
+                                        headers=await self._auth(json_body=True), full_at_429=claude)
+        except (errors.RequestRejected, errors.SpendLimited, errors.QueueFull):
             await self._where().storage.delete(self._where().bucket, source)  # refused outright: surely no job reads the file
             raise
-        info = self._info(document(data, "create answer"), "create answer")
-        if claude:
-            self._claude_open.add(info.id)
-        return info
-
-    async def _claude_reserve(self, reservation: str) -> None:
-        async with self._claude_changed:
-            await self._claude_changed.wait_for(lambda: len(self._claude_open) < CLAUDE_JOBS_AT_ONCE)
-            self._claude_open.add(reservation)
-
-    async def _claude_release(self, reservation: str) -> None:
-        async with self._claude_changed:
-            self._claude_open.discard(reservation)
-            self._claude_changed.notify_all()
-
-    async def _track(self, info: BatchInfo) -> BatchInfo:
-        """Keep count of this process's Claude jobs in progress (a resumed run learns them as it polls)."""
-        model = info.raw.get("model")
-        if not (isinstance(model, str) and is_claude(model)):
-            return info
-        if info.state is BatchState.IN_PROGRESS:
-            self._claude_open.add(info.id)
-        elif info.id in self._claude_open:
-            async with self._claude_changed:
-                self._claude_open.discard(info.id)
-                self._claude_changed.notify_all()
-        return info
+        return self._info(document(data, "create answer"), "create answer")
 
     async def get(self, batch_id: str) -> BatchInfo:
         await self._ready()
@@ -266,7 +232,7 @@ class VertexProvider(Provider):
         info = self._info(document(data, f"batch {batch_id}: retrieve answer"), "retrieve answer", batch_id)
         if info.id != batch_id:
             raise errors.BadAnswer(f"batch {batch_id}: retrieve answer: name ends in {shown(info.id)}")
-        return await self._track(info)
+        return info
 
     async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
         """The project's jobs labelled by this program and created at or after `since` (Vertex promises no
@@ -287,7 +253,7 @@ class VertexProvider(Provider):
                     log.warning("%s: batchPredictionJobs[%d] skipped: %s", what, i, err)
                     continue
                 if info.created_at is None or info.created_at >= since:
-                    yield await self._track(info)  # the poller lists when many are due
+                    yield info
             following = page.get("nextPageToken")
             if not following or not isinstance(following, str) or following == token:
                 return
