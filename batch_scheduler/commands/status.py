@@ -50,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
     for key, q in queue["queues"].items():
         where = f" ({key})" if key != "requests" else ""
         cap = f", hard cap {queue['hard_cap']:,}" if queue["hard_cap"] else ""
-        print(f"provider queue{where}: {q['queued']:,} {queue['unit']} {verb} of a limit of {q['limit']:,}{cap}; "
+        unit, cap = (q["unit"], "") if "unit" in q else (queue["unit"], cap)  # a jobs queue: no user's cap
+        print(f"provider queue{where}: {q['queued']:,} {unit} {verb} of a limit of {q['limit']:,}{cap}; "
               f"{queue['queue_full_answers']:,} queue-full answer(s), {queue['token_limit_failures']:,} "
               f"token-limit failure(s)")
     flights = st["batches_in_flight"]

@@ -14,6 +14,7 @@ header whose name says key, token, secret, password or authorization (a proxy's 
 `ANTHROPIC_CUSTOM_HEADERS` included).
 
 A 429 about the processing queue (`QueueFull`) is not retried either: admission waits for a batch to end.
+A call made with `full_at_429` reads every 429 so (Claude on Vertex: a create over the project's jobs).
 Redirects are never followed (as in the official SDKs): a 3xx is `Redirected`, naming the Location, and
 fatal, so neither the key nor the body ever goes to a host the configuration does not name.
 """
@@ -129,9 +130,9 @@ class HttpClient:
 
     async def call(self, method: str, url: str, endpoint: str, *, body: bytes | aiohttp.FormData | None = None,
                    headers: dict[str, str] | None = None, idempotent: bool = True,
-                   seen: dict[str, str] | None = None) -> bytes:
+                   seen: dict[str, str] | None = None, full_at_429: bool = False) -> bytes:
         """One API call, retried by policy; the answer body on 2xx. `seen` gets the last answer's headers
-        (a realtime call's rate limits), an error's included."""
+        (a realtime call's rate limits), an error's included. With `full_at_429`, a 429 is QueueFull."""
 
         async def once() -> bytes:
             t0 = self._clock()
@@ -148,7 +149,10 @@ class HttpClient:
             self.stats.calls[(endpoint, resp.status)] += 1
             self._called(endpoint, str(resp.status), t0)
             if resp.status >= 300:  # a redirect is never followed: errors.Redirected names its Location
-                raise errors.from_status(resp.status, data, dict(resp.headers), what=f"{method} {endpoint}")
+                err = errors.from_status(resp.status, data, dict(resp.headers), what=f"{method} {endpoint}")
+                if full_at_429 and isinstance(err, errors.RateLimited):
+                    err = errors.QueueFull(str(err), status=err.status, kind=err.kind)
+                raise err
             return data
 
         return await self.retrying(endpoint, once, idempotent=idempotent, sent=body is not None)

@@ -129,7 +129,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
     # vertex: where the jobs run (providers/vertex.py)
     Option("project", str, None, "vertex: the Google Cloud project", PROVIDER, metavar="P",
            env=("GOOGLE_CLOUD_PROJECT",), daemon_side=True,
-           default_text="`GOOGLE_CLOUD_PROJECT`, else the credentials file's project"),
+           default_text="`GOOGLE_CLOUD_PROJECT`, else the credentials' project (the file's, or the metadata server's)"),
     Option("location", str, None, "vertex: the region of the jobs (`global` for the global endpoint)", PROVIDER,
            metavar="L", env=("GOOGLE_CLOUD_LOCATION",), daemon_side=True, default_text="`GOOGLE_CLOUD_LOCATION`, else us-central1"),
     Option("storage_url", str, None, "vertex: where Cloud Storage's JSON API is", PROVIDER, metavar="URL",

@@ -29,6 +29,20 @@ OWN_CREDENTIALS = "own-credential-chain"  # the key of a provider that finds its
 
 
 @dataclass(frozen=True)
+class JobsQueue:
+    """A cap on how many jobs of some models a provider runs at once for a project (Vertex: 4 Claude jobs).
+    Admission keeps a queue of that many jobs for such batches (`key`, counted in "jobs"), apart from the
+    provider's queue of requests or tokens; a 429 at their create is this queue being full."""
+
+    key: str  # the queue's name, as `status` shows it
+    models: str  # a regular expression searched in a batch's model
+    limit: int
+
+    def holds(self, model: object) -> bool:
+        return isinstance(model, str) and re.search(self.models, model) is not None
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     """What a provider declares once, in its own module: limits, defaults, where its key and URL come from."""
 
@@ -60,6 +74,7 @@ class ProviderSpec:
     # The provider finds its own credentials (bedrock: botocore's chain); without a key in key_env, the key
     # is OWN_CREDENTIALS, which nothing sends.
     own_credentials: bool = False
+    jobs_queue: JobsQueue | None = None  # batches of some models count as jobs, in a queue of their own
 
     @property
     def queue_option(self) -> str:

@@ -8,9 +8,10 @@
 
 where J = {base}/v1/projects/{project}/locations/{location}/batchPredictionJobs, base the regional host
 `https://{location}-aiplatform.googleapis.com` (`aiplatform.googleapis.com` for `global`) unless --base-url /
-GOOGLE_VERTEX_BASE_URL names another. Auth is an OAuth token from the Application Default Credentials file
-(`gcp_auth`), sent to that host and to Cloud Storage's (`gcs`) only. One model per job: each line's lane is
-its model, so a job may mix models and no batch does (lines and results: `vertex_lines`).
+GOOGLE_VERTEX_BASE_URL names another. Auth is an OAuth token by Application Default Credentials (`gcp_auth`:
+a key or login file, gcloud's login, or the metadata server), sent to that host and to Cloud Storage's (`gcs`)
+only. One model per job: each line's lane is its model, so a job may mix models and no batch does (lines and
+results: `vertex_lines`).
 
 The upload is safe to repeat (its name is the chunk's tag); the create is not (`idempotent=False`): the tag
 is the job's display name and its `batch_scheduler` label, read back by `tag_of`, so a lost create is
@@ -19,8 +20,9 @@ once: each request's line is collected once. States: SUCCEEDED, PARTIALLY_SUCCEE
 EXPIRED end the job (what its output holds is collected; the requests it leaves out go again), FAILED
 ends it the same way when it exported results, else fails it as a whole; QUEUED, PENDING, RUNNING,
 PAUSED, UPDATING, CANCELLING and anything unknown are in progress. Claude runs at most
-CLAUDE_JOBS_AT_ONCE jobs per project (Vertex's default quota): a Claude create waits for one of this
-process's Claude jobs to end before it uploads.
+CLAUDE_JOBS_AT_ONCE jobs per project (Vertex's default quota): admission holds a queue of that many jobs
+for Claude batches (`SPEC.jobs_queue`), and a 429 at a Claude create is that queue being full (QueueFull:
+no attempt used; the batch goes again when one of ours ends).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import MB, ProviderSpec, Settings
+from batch_scheduler.core.settings import MB, JobsQueue, ProviderSpec, Settings
 from batch_scheduler.providers.answers import BATCH_ID, document, items, mapping, shown, text
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, parse_time
 from batch_scheduler.providers.gcp_auth import TokenSource
@@ -67,9 +69,11 @@ SPEC = ProviderSpec(
     name="vertex", max_requests=200_000, max_bytes=1000 * MB, default_requests=10_000, default_bytes=200 * MB,
     key_env=("GOOGLE_APPLICATION_CREDENTIALS",), base_url_env=("GOOGLE_VERTEX_BASE_URL",),
     default_base_url="https://aiplatform.googleapis.com", default_auth="bearer",
+    own_credentials=True,  # Application Default Credentials: the file, gcloud's login, or the metadata server
     model_env=("VERTEX_MODEL", "CLAUDE_MODEL", "ANTHROPIC_MODEL"),
     # no documented queue quota (a shared pool): admission learns one only if Vertex answers that it is full
-    queue_unit="requests", queue_start=1_000_000, queue_max=10_000_000)
+    queue_unit="requests", queue_start=1_000_000, queue_max=10_000_000,
+    jobs_queue=JobsQueue("claude jobs", r"(^|/)anthropic/|(^|/)claude[^/]*$", CLAUDE_JOBS_AT_ONCE))  # as is_claude
 
 
 def int64(value: Any, where: str, what: str) -> int:
@@ -109,12 +113,13 @@ class _Where:
 
     @classmethod
     def of(cls, settings: Settings, http: HttpClient) -> _Where:
-        """UsageError naming what to set when something is missing or unreadable."""
+        """UsageError naming what to set when something is missing or unreadable. Blocking: finding the
+        credentials may ask the metadata server."""
         if not settings.staging:
             raise errors.UsageError("--provider vertex needs --staging gs://BUCKET/PREFIX: where its input and "
                                     "output files go in Cloud Storage")
         bucket, prefix = split_gs(settings.staging, "--staging")
-        tokens = TokenSource(settings.api_key)
+        tokens = TokenSource.find(settings.api_key)
         project, location = _place(settings, tokens.project)
         base = settings.base_url
         if base == SPEC.default_base_url and location != "global":
@@ -135,13 +140,19 @@ class VertexProvider(Provider):
         self.settings = settings
         self.http = http
         self._place: _Where | None = None
-        self._claude_open: set[str] = set()  # this process's Claude jobs in progress (ids, or reservations)
-        self._claude_changed = asyncio.Condition()
+        self._placing = asyncio.Lock()
 
     def _where(self) -> _Where:
-        if self._place is None:
+        if self._place is None:  # every call awaits `_ready` first; this only keeps the type exact
             self._place = _Where.of(self.settings, self.http)
         return self._place
+
+    async def _ready(self) -> None:
+        """Where the calls go, found once, off the event loop (the metadata server may be asked)."""
+        if self._place is None:
+            async with self._placing:
+                if self._place is None:
+                    self._place = await asyncio.to_thread(_Where.of, self.settings, self.http)
 
     @staticmethod
     def headers(settings: Settings) -> dict[str, str]:
@@ -169,6 +180,7 @@ class VertexProvider(Provider):
 
     async def preflight(self) -> None:
         """The token, the staging bucket and the project's jobs, each checked once before the first upload."""
+        await self._ready()
         await self.http.retrying("token", self._where().tokens.token)
         try:
             await self._where().storage.bucket(self._where().bucket)
@@ -190,19 +202,12 @@ class VertexProvider(Provider):
         return "/".join(p for p in (self._where().prefix, tag, name) if p)
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
+        await self._ready()
         models, body_lines = zip(*(upload_line(line) for line in lines), strict=True)
         model = models[0]
         if any(m != model for m in models):
             raise errors.UsageError(f"chunk {tag}: lines of several models in one batch")
-        claude = is_claude(model)
-        reservation = f"creating {tag}"
-        if claude:
-            await self._claude_reserve(reservation)
-        try:
-            return await self._create(model, list(body_lines), tag, claude)
-        finally:
-            if claude:
-                await self._claude_release(reservation)
+        return await self._create(model, list(body_lines), tag, is_claude(model))
 
     async def _create(self, model: str, body_lines: list[bytes], tag: str, claude: bool) -> BatchInfo:
         source = self._object(tag, "input.jsonl")
@@ -215,48 +220,24 @@ class VertexProvider(Provider):
         })
         try:
             data = await self.http.call("POST", self._where().url, "create", body=body, idempotent=False,
-                                        headers=await self._auth(json_body=True))
-        except (errors.RequestRejected, errors.SpendLimited):
+                                        headers=await self._auth(json_body=True), full_at_429=claude)
+        except (errors.RequestRejected, errors.SpendLimited, errors.QueueFull):
             await self._where().storage.delete(self._where().bucket, source)  # refused outright: surely no job reads the file
             raise
-        info = self._info(document(data, "create answer"), "create answer")
-        if claude:
-            self._claude_open.add(info.id)
-        return info
-
-    async def _claude_reserve(self, reservation: str) -> None:
-        async with self._claude_changed:
-            await self._claude_changed.wait_for(lambda: len(self._claude_open) < CLAUDE_JOBS_AT_ONCE)
-            self._claude_open.add(reservation)
-
-    async def _claude_release(self, reservation: str) -> None:
-        async with self._claude_changed:
-            self._claude_open.discard(reservation)
-            self._claude_changed.notify_all()
-
-    async def _track(self, info: BatchInfo) -> BatchInfo:
-        """Keep count of this process's Claude jobs in progress (a resumed run learns them as it polls)."""
-        model = info.raw.get("model")
-        if not (isinstance(model, str) and is_claude(model)):
-            return info
-        if info.state is BatchState.IN_PROGRESS:
-            self._claude_open.add(info.id)
-        elif info.id in self._claude_open:
-            async with self._claude_changed:
-                self._claude_open.discard(info.id)
-                self._claude_changed.notify_all()
-        return info
+        return self._info(document(data, "create answer"), "create answer")
 
     async def get(self, batch_id: str) -> BatchInfo:
+        await self._ready()
         data = await self.http.call("GET", f"{self._where().url}/{batch_id}", "retrieve", headers=await self._auth())
         info = self._info(document(data, f"batch {batch_id}: retrieve answer"), "retrieve answer", batch_id)
         if info.id != batch_id:
             raise errors.BadAnswer(f"batch {batch_id}: retrieve answer: name ends in {shown(info.id)}")
-        return await self._track(info)
+        return info
 
     async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
         """The project's jobs labelled by this program and created at or after `since` (Vertex promises no
         order: every page is read, at most LIST_PAGES_MAX)."""
+        await self._ready()
         token: str | None = None
         for page_no in range(1, LIST_PAGES_MAX + 1):
             what = f"list answer (page {page_no})"
@@ -272,7 +253,7 @@ class VertexProvider(Provider):
                     log.warning("%s: batchPredictionJobs[%d] skipped: %s", what, i, err)
                     continue
                 if info.created_at is None or info.created_at >= since:
-                    yield await self._track(info)  # the poller lists when many are due
+                    yield info
             following = page.get("nextPageToken")
             if not following or not isinstance(following, str) or following == token:
                 return
@@ -280,12 +261,14 @@ class VertexProvider(Provider):
         log.warning("list batches: stopped after %d pages", LIST_PAGES_MAX)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
+        await self._ready()
         await self.http.call("POST", f"{self._where().url}/{batch_id}:cancel", "cancel", body=b"{}",
                              headers=await self._auth(json_body=True))
         return await self.get(batch_id)
 
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """Every prediction file the ended job wrote, each line once; none for a job that wrote nothing."""
+        await self._ready()
         for directory in info.results:
             bucket, prefix = split_gs(directory, f"batch {info.id}: outputInfo.gcsOutputDirectory")
             mine = self._object(self.tag_of(info) or "", "output")
@@ -301,6 +284,7 @@ class VertexProvider(Provider):
 
     async def release(self, info: BatchInfo) -> None:
         """The batch's results are durable: its staged files go (unless --keep-staged)."""
+        await self._ready()
         tag = self.tag_of(info)
         if self.settings.keep_staged or not tag:
             return

@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batch_scheduler.core import errors
 from batch_scheduler.job.api import arun
 from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.providers.gcp_auth import NO_CREDENTIALS
 from batch_scheduler.simulator import SimConfig
 
 from ..gcp import BUCKET, PROJECT, service_account, vertex_settings
@@ -127,12 +127,13 @@ async def test_refused_credentials_exit_3_before_anything_is_uploaded(sim, tmp_p
 
 async def test_without_credentials_or_staging_the_run_says_what_to_set(sim, tmp_path, credentials, monkeypatch):
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login, and no metadata server answers
+    monkeypatch.setenv("GCE_METADATA_IP", sim.url.removeprefix("http://"))
     write_requests(tmp_path / "in.jsonl", 10)
     options = dict(provider="vertex", base_url=sim.url, project=PROJECT, staging=f"gs://{BUCKET}/jobs",
                    storage_url=sim.url)
-    with pytest.raises(errors.UsageError) as missing:
-        await arun(str(tmp_path / "in.jsonl"), tmp_path / "out", **options)
-    assert str(missing.value) == "no API key: set GOOGLE_APPLICATION_CREDENTIALS in the environment or in .env"
+    missing = await arun(str(tmp_path / "in.jsonl"), tmp_path / "out0", **options)  # Application Default Credentials
+    assert (missing.exit_code, missing.message) == (ExitCode.USAGE, NO_CREDENTIALS)
     unreadable = await arun(str(tmp_path / "in.jsonl"), tmp_path / "out", api_key=str(tmp_path / "nothing.json"),
                             **options)
     assert unreadable.exit_code == ExitCode.USAGE

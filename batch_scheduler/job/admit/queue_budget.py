@@ -17,7 +17,8 @@ nothing to send, may use all of it (work-conserving).
 
 `Measure` says what a batch weighs in the provider's unit: its request count, or its estimated input
 tokens (`pricing.estimate_request` plus each message's few, scaled by what the provider's answers
-reported so far).
+reported so far). A batch of the models a provider caps by jobs (`ProviderSpec.jobs_queue`: Claude on
+Vertex) weighs one job in that queue instead, whose limit is the documented cap, held from the start.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from batch_scheduler.job.money.pricing import estimate_request
 
 TOKEN_MARGIN = 0.95  # of a stated token limit, for units we only estimate
 REQUESTS = "requests"  # the one queue of a provider that counts requests
+JOBS = "jobs"  # the unit of a provider's jobs queue
 
 
 class TooHeavy(Exception):
@@ -180,6 +182,22 @@ def account_of(settings: Settings) -> str:
     return f"{settings.provider}|{settings.base_url}|{digest}"
 
 
+def learner_for(spec: ProviderSpec, key: str, cap: int | None, start: int | None = None, *,
+                clock: Callable[[], float] = time.time, backoff_s: tuple[float, float] = BACKOFF_S
+                ) -> tuple[str, LimitLearner]:
+    """(unit, a new learner) of the queue `key`: the provider's jobs queue, whose documented cap is held from
+    the start and is also the most it may learn (the user's cap is of requests or tokens), or its queue of
+    requests or tokens, learned from `start` (the documented lowest tier) up to `cap` or the highest tier."""
+    jobs = spec.jobs_queue
+    if jobs is not None and key == jobs.key:
+        learner = LimitLearner(start=jobs.limit, cap=jobs.limit, backoff_s=backoff_s, clock=clock)
+        learner.confirmed = jobs.limit
+        return JOBS, learner
+    margin = TOKEN_MARGIN if spec.queue_unit == "tokens" else 1.0
+    return spec.queue_unit, LimitLearner(start=cap or start or spec.queue_start, cap=cap or spec.queue_max,
+                                         margin=margin, backoff_s=backoff_s, clock=clock)
+
+
 class QueuePool:
     """The queues of every account and model in use: one per run, or one for all of a daemon's jobs."""
 
@@ -194,12 +212,9 @@ class QueuePool:
         job's ledger kept of it (used when this pool knows nothing of it yet)."""
         q = self._queues.get((account, key))
         if q is None:
-            hard = cap or spec.queue_max
-            margin = TOKEN_MARGIN if spec.queue_unit == "tokens" else 1.0
-            learner = LimitLearner(start=cap or self._start or spec.queue_start, cap=hard, margin=margin, backoff_s=backoff_s,
-                                   clock=self.clock)
+            unit, learner = learner_for(spec, key, cap, self._start, clock=self.clock, backoff_s=backoff_s)
             learner.restore(restore)
-            q = self._queues[(account, key)] = Queue(key, spec.queue_unit, learner)
+            q = self._queues[(account, key)] = Queue(key, unit, learner)
         return q
 
     def snapshot(self) -> list[dict[str, object]]:
@@ -228,6 +243,7 @@ class Measure:
     def __init__(self, spec: ProviderSpec):
         self.unit = spec.queue_unit
         self._provider = spec.name
+        self._jobs = spec.jobs_queue
         self._actual = 0.0  # input tokens the provider reported for answered requests
         self._estimated = 0.0  # our estimate for the same requests
 
@@ -240,6 +256,8 @@ class Measure:
 
     def of(self, lines: list[bytes]) -> tuple[str, int, int]:
         """(queue key, units, our raw estimate) of a batch of request lines."""
+        if self._jobs is not None and lines and self._jobs.holds(_model_of(lines[0])):
+            return self._jobs.key, 1, 1  # one model per batch: the first line's is the batch's
         if self.unit != "tokens":
             return REQUESTS, len(lines), len(lines)
         by_model: dict[str | None, int] = {}
@@ -256,3 +274,10 @@ class Measure:
             return
         self._actual += input_tokens
         self._estimated += estimate * answered / requests
+
+
+def _model_of(line: bytes) -> object:
+    """The model a kept request line names (`body.model`, or `params.model`), or None."""
+    obj = orjson.loads(line)
+    body = obj.get("body") if isinstance(obj.get("body"), dict) else obj.get("params")
+    return body.get("model") if isinstance(body, dict) else None

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from batch_scheduler.core import errors
-from batch_scheduler.job.admit.queue_limit import LimitLearner
+from batch_scheduler.job.admit.queue_budget import learner_for
 from batch_scheduler.job.admit.queues import LEDGER_KEY
 from batch_scheduler.job.observe import hh_mm
 from batch_scheduler.job.view.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
@@ -106,9 +106,10 @@ def queue_status(meta: dict[str, Any], in_flight: list[ChunkRow], counters: dict
         queued[key] = queued.get(key, 0) + (r.units if r.units is not None else r.take)
     limits = {}
     for key in sorted(set(learned) | set(queued) | ({"requests"} if spec.queue_unit == "requests" else set())):
-        learner = LimitLearner(start=cap or spec.queue_start, cap=cap or spec.queue_max)
+        unit, learner = learner_for(spec, key, cap)
         learner.restore(learned.get(key))
-        limits[key] = {"queued": queued.get(key, 0), "limit": learner.limit, "stated": learner.stated}
+        limits[key] = {"queued": queued.get(key, 0), "limit": learner.limit, "stated": learner.stated,
+                       **({"unit": unit} if unit != spec.queue_unit else {})}
     return {"unit": spec.queue_unit, "hard_cap": cap, "queues": limits,
             "queue_full_answers": int(counters.get("queue_full", 0)),
             "token_limit_failures": int(counters.get("token_limit_failures", 0))}
