@@ -98,10 +98,10 @@ async def test_claude_jobs_wait_for_room_under_the_projects_cap_of_four(sim, tmp
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"gcs_buckets": ["another"]}, "--staging gs://sim-bucket: the bucket cannot be used with these credentials "
-                                   "(GET gcs.bucket: HTTP 404 404: The specified bucket does not exist.); create it, "
+                                   "(GET gcs.bucket: HTTP 404 NOT_FOUND: The specified bucket does not exist.); create it, "
                                    "grant the credentials Storage Object Admin on it, or choose another --staging"),
     ({"vertex_projects": ["another"]}, "project sim-project in us-central1: Vertex AI cannot be reached (GET list: "
-                                       "HTTP 403 403: Permission denied on resource project sim-project.); check "
+                                       "HTTP 403 PERMISSION_DENIED: Permission denied on resource project sim-project.); check "
                                        "--project (GOOGLE_CLOUD_PROJECT), --location (GOOGLE_CLOUD_LOCATION) and that "
                                        "the Vertex AI API is enabled for the credentials' project"),
 ])
