@@ -77,6 +77,7 @@ class ProviderCase:
     fault_seed: int
     changes: dict = field(default_factory=dict)
     batches_check: Callable[[object], None] = lambda sim: None  # what only this provider's batches show
+    errors_like: str = "anthropic"  # whose error bodies the simulator answers it with: anthropic, openai
 
     def settings(self, url: str, **changes) -> Settings:
         return fast_settings(url + self.url_path, provider=self.name, **{**self.changes, **changes})
@@ -87,10 +88,12 @@ PROVIDERS = {
                               lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=7),
     "openai": ProviderCase("openai", "", _openai_answer,
                            lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=11,
-                           changes={"auth": "bearer"}, batches_check=_openai_batches_are_tagged_for_one_job),
+                           changes={"auth": "bearer"}, batches_check=_openai_batches_are_tagged_for_one_job,
+                           errors_like="openai"),
     "azure": ProviderCase("azure", "", _openai_answer,
                           lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=13,
-                          changes={"auth": "api-key"}, batches_check=_openai_batches_are_tagged_for_one_job),
+                          changes={"auth": "api-key"}, batches_check=_openai_batches_are_tagged_for_one_job,
+                          errors_like="openai"),
     "inline": ProviderCase("inline", "/v1", _anthropic_answer,
                            lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
                            changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),
