@@ -130,7 +130,7 @@ async def test_a_spend_limit_stops_sending_collects_what_is_in_flight_and_exits_
     settings = provider.settings(sim.url, concurrency=2)
     first = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
     assert first.exit_code == ExitCode.SPEND_LIMIT == 5
-    said = ("insufficient_quota: You exceeded your current quota" if provider.name == "openai" else
+    said = ("insufficient_quota: You exceeded your current quota" if provider.openai_errors else
             "rate_limit_error: You have reached your specified API usage limits. You will regain access on ")
     assert first.message.startswith(f"the provider's spend limit is reached: POST create: HTTP 429 {said}")
     assert first.message.endswith("Nothing is lost: run the same command again once access resumes (800 request(s) "
