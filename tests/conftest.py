@@ -62,6 +62,16 @@ def _openai_batches_are_tagged_for_one_job(sim) -> None:
     assert len({tag.split("-chunk-")[0] for tag in tags}) == 1  # every batch names the same job
 
 
+def _together_batches_came_from_its_uploads(sim) -> None:
+    """Together keeps no metadata: each batch names an input file uploaded as `batch-api`, under its tag."""
+    assert sim.stats["uploads"] >= 20
+    files = sim.openai.files.records
+    names = {files[b.extra["input_file_id"]].filename for b in sim.store.batches.values()}
+    assert all(re.fullmatch(r"job-[0-9a-f]{12}-chunk-\d+\.jsonl", name) for name in names), names
+    assert {files[b.extra["input_file_id"]].purpose for b in sim.store.batches.values()} == {"batch-api"}
+    assert {b.kind for b in sim.store.batches.values()} == {"together"}
+
+
 def _inline_batches_are_its_own(sim) -> None:
     assert all(b.id.startswith("ibatch_") for b in sim.store.batches.values())
 
@@ -94,6 +104,14 @@ PROVIDERS = {
                           lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=13,
                           changes={"auth": "api-key"}, batches_check=_openai_batches_are_tagged_for_one_job,
                           errors_like="openai"),
+    "groq": ProviderCase("groq", "/groq", _openai_answer,  # /groq stands for api.groq.com (simulator/groq.py)
+                         lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=17,
+                         changes={"auth": "bearer"}, errors_like="openai",
+                         batches_check=_openai_batches_are_tagged_for_one_job),
+    "together": ProviderCase("together", "", _openai_answer,
+                             lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=19,
+                             changes={"auth": "bearer"}, errors_like="openai",
+                             batches_check=_together_batches_came_from_its_uploads),
     "inline": ProviderCase("inline", "/v1", _anthropic_answer,
                            lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
                            changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),

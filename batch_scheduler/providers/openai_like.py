@@ -10,8 +10,11 @@
               object or a bare array; 50,000 lines and 100 MB a file (the SDK's figure, the lower).
     together  api.together.xyz/v1/...; Bearer TOGETHER_API_KEY; upload purpose `batch-api`; lines
               `{custom_id, body}`; create names the model (`model_id`) and answers `{"job": ...}`;
-              uppercase statuses; the list is a bare array; no metadata (a lost create is not adopted:
-              no batch can be told as ours); 50,000 requests and 100 MB a batch.
+              uppercase statuses; the list is a bare array; no metadata and no request counts: a lost
+              create is found by its input file (each create uploads its own, and the provider
+              remembers which file it uploaded for which tag), in the process that lost it only; after
+              a restart it cannot be told as ours and is sent again (the summary's
+              `batches.resent_unadopted`); 50,000 requests and 100 MB a batch.
 
 Each is the OpenAI provider's class with its own name, spec and profile: nothing else differs.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings
-from batch_scheduler.providers.base import BatchState, Provider
+from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
 from batch_scheduler.providers.openai import SPEC as OPENAI_SPEC
 from batch_scheduler.providers.openai import OpenAIProvider
 from batch_scheduler.providers.profile import OPENAI_STATUSES, Profile
@@ -73,6 +76,7 @@ GROQ_SPEC = ProviderSpec(
 
 class GroqProvider(OpenAIProvider):
     name = "groq"
+    realtime_api = None  # its chat endpoint is not served by the simulator yet: no realtime lane until tested
     spec = GROQ_SPEC
     profile = GROQ_PROFILE
     token_count = None
@@ -93,8 +97,23 @@ TOGETHER_SPEC = ProviderSpec(
 
 class TogetherProvider(OpenAIProvider):
     name = "together"
+    realtime_api = None  # its chat endpoint is not served by the simulator yet: no realtime lane until tested
     spec = TOGETHER_SPEC
     profile = TOGETHER_PROFILE
     token_count = None
     count_tokens = Provider.count_tokens
-    tag_of = None  # no metadata on its batches
+
+    def __init__(self, settings: Settings, http: HttpClient):
+        super().__init__(settings, http)
+        self._uploaded: dict[str, str] = {}  # input file id -> the create tag it was uploaded for (this process)
+        self.tag_of = self._tag_of_input  # no metadata on its batches: the input file says whose a batch is
+
+    async def _upload(self, lines: list[bytes], tag: str) -> str:
+        file_id = await super()._upload(lines, tag)
+        self._uploaded[file_id] = tag
+        return file_id
+
+    def _tag_of_input(self, info: BatchInfo) -> str | None:
+        """The tag of the create this process uploaded the batch's input file for (None: not known here)."""
+        file_id = info.raw.get("input_file_id")
+        return self._uploaded.get(file_id) if isinstance(file_id, str) else None

@@ -22,13 +22,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
-
 from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.openai_files import OpenAIFiles
-from batch_scheduler.simulator.responses import json_response, parse_json, read_body
-from batch_scheduler.simulator.store import no_gc
+from batch_scheduler.simulator.store import Batch
 
 SURFACES = ("/openai/v1", "/openai")  # the v1 surface, the dated one (api-version in the query)
 _TIMES = ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
@@ -73,11 +70,6 @@ class AzureApi(OpenAIApi):
     def url_matches(url: Any, endpoint: str) -> bool:
         return without_v1(url) == without_v1(endpoint)
 
-    async def create_route(self, request: web.Request) -> web.Response:
-        body = await read_body(request, self.ctx.config.max_body_bytes)
-        with no_gc():
-            return self.create(parse_json(body))
-
     def doc(self, batch: Any, *, fresh: bool = False, cancelling: bool = False) -> dict[str, Any]:
         doc = super().doc(batch, fresh=fresh, cancelling=cancelling)
         doc["endpoint"] = without_v1(doc["endpoint"]) if batch.extra.get("bare_endpoint") else doc["endpoint"]
@@ -91,10 +83,8 @@ class AzureApi(OpenAIApi):
             doc["request_counts"] = {"total": None, "completed": None, "failed": None}
         return doc
 
-    def create(self, doc: Any) -> web.Response:
-        response = super().create(doc)
+    def make(self, doc: Any) -> Batch:
+        batch = super().make(doc)
         if isinstance(doc, dict) and not str(doc.get("endpoint", "")).startswith("/v1/"):
-            batch = next(reversed(self.ctx.store.batches.values()))
             batch.extra["bare_endpoint"] = True  # answered as it was asked
-            return json_response(self.doc(batch, fresh=True))
-        return response
+        return batch

@@ -13,6 +13,8 @@ from typing import Any
 OPENAI_MAX_REQUESTS = 50_000
 INLINE_MAX_REQUESTS = 10_000
 AZURE_MAX_REQUESTS = 100_000
+GROQ_MAX_REQUESTS = 50_000
+TOGETHER_MAX_REQUESTS = 50_000
 GEMINI_MAX_BATCHES = 100
 ORGANIZATION = "org-simulator0000000000000"
 # The kinds of failing call all_faults draws from; real_faults adds conflict_error (faults.FAULT_KINDS).
@@ -62,6 +64,11 @@ class SimConfig:
     # -- Azure OpenAI (azure.py)
     azure_max_requests: int = AZURE_MAX_REQUESTS
     azure_variants: bool = False  # what Azure's samples show: `Validating`, ISO-8601 times, null counts
+    # -- Groq and Together (groq.py, together.py)
+    groq_max_requests: int = GROQ_MAX_REQUESTS
+    groq_variants: bool = False  # what Groq's guide shows: `errors` as a bare array
+    together_max_requests: int = TOGETHER_MAX_REQUESTS
+    together_variants: bool = False  # what Together's legacy SDK knows: `CANCELING`
     gemini_max_batches: int = GEMINI_MAX_BATCHES  # Gemini: unfinished batch jobs per project (429 at create)
     # -- Vertex AI and its Cloud Storage (vertex.py, gcs.py, google.py)
     vertex_projects: list[str] | None = None  # the projects that exist (None: any)
@@ -87,10 +94,12 @@ class SimConfig:
         """`all_faults` plus what real providers were seen to do (`simulate --faults`): 409 conflict_error
         in the mix of failing calls, a 404 for the first second of every batch, 0.5% of requests
         missing from their results, 1% of OpenAI requests timed out, Azure's answers as its samples
-        show them (`azure_variants`), 2% of Vertex jobs expired unrun and 10% paused a while. No spend cap:
+        show them (`azure_variants`), Groq's `errors` array and Together's `CANCELING` (`groq_variants`,
+        `together_variants`), 2% of Vertex jobs expired unrun and 10% paused a while. No spend cap:
         that one ends a run by design."""
         preset = dict(ghost_404_s=1.0, missing_rate=0.005, request_timeout_rate=0.01, fail_kinds=None,
-                      azure_variants=True, vertex_expired_rate=0.02, vertex_paused_rate=0.1)
+                      azure_variants=True, groq_variants=True, together_variants=True, vertex_expired_rate=0.02,
+                      vertex_paused_rate=0.1)
         return cls.all_faults(**{**preset, **changes})
 
     def token_limit(self, model: str) -> int | None:

@@ -10,6 +10,7 @@ input, and the output and error files of an ended batch) are in openai_files.py.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.counting import json_tokens
 from batch_scheduler.simulator.openai_bodies import ENDPOINTS, completion_tokens, content_problem, model_of
 from batch_scheduler.simulator.openai_files import OpenAIFiles, expires_after
-from batch_scheduler.simulator.responses import Rejected, json_response
+from batch_scheduler.simulator.responses import Rejected, json_response, parse_json, read_body
 from batch_scheduler.simulator.store import DAY_S, Batch, Outcome, no_gc
 
 MAX_FILE_BYTES = 200 * 1000 * 1000
@@ -48,8 +49,9 @@ def same_url(url: Any, endpoint: str) -> bool:
 
 
 def _line_error(no: int, obj: Any, seen: set[str], model: str | None, endpoint: str,
-                url_matches: Callable[[Any, str], bool]) -> dict[str, Any] | None:
-    """What makes line `no` of an input file invalid (it fails the batch), or None."""
+                url_matches: Callable[[Any, str], bool] | None) -> dict[str, Any] | None:
+    """What makes line `no` of an input file invalid (it fails the batch), or None. `url_matches` None:
+    lines are `{custom_id, body}` (Together), with no method or url to check."""
     if type(obj) is not dict:
         return line_error(no, "invalid_json_line", "This line is not parseable as valid JSON.")
     cid, body = obj.get("custom_id"), obj.get("body")
@@ -58,9 +60,9 @@ def _line_error(no: int, obj: Any, seen: set[str], model: str | None, endpoint: 
     if cid in seen:
         return line_error(no, "duplicate_custom_id",
                           f"The custom_id '{cid}' is a duplicate of another request.", "custom_id")
-    if obj.get("method") != "POST":
+    if url_matches is not None and obj.get("method") != "POST":
         return line_error(no, "invalid_method", "The method must be POST.", "method")
-    if not url_matches(obj.get("url"), endpoint):
+    if url_matches is not None and not url_matches(obj.get("url"), endpoint):
         return line_error(no, "mismatched_endpoint",
                           f"The url '{obj.get('url')}' does not match the batch endpoint '{endpoint}'.", "url")
     if type(body) is not dict:
@@ -90,7 +92,8 @@ def _loads(raw: bytes) -> Any:
         return None
 
 
-def parse_input(data: bytes, endpoint: str, max_requests: int, url_matches: Callable[[Any, str], bool] = same_url,
+def parse_input(data: bytes, endpoint: str, max_requests: int,
+                url_matches: Callable[[Any, str], bool] | None = same_url,
                 ) -> tuple[Requests, list[dict], dict[int, dict]]:
     """The requests of an input file, or the validation errors that fail the batch; and the body
     fields some answers echo (image size, video prompt, ...), by request."""
@@ -133,6 +136,9 @@ class OpenAIApi:
 
     kind = "openai"  # its batches' kind in the store (an API served under other paths has its own)
     max_requests_field = "openai_max_requests"  # the config field that caps a file's requests
+    windows = "'24h'"  # the completion windows create takes, as its refusal names them
+    bare_lines = False  # lines are `{custom_id, body}`: no method, no url (Together)
+    cursor_param = "after"  # the list's paging parameter (Groq: cursor)
 
     def __init__(self, ctx: SimContext, files: OpenAIFiles):
         self.ctx = ctx
@@ -163,8 +169,8 @@ class OpenAIApi:
         if endpoint not in ENDPOINTS:
             raise Rejected("invalid_request_error",
                            f"endpoint: must be one of {', '.join(ENDPOINTS)}, not {endpoint!r}")
-        if doc.get("completion_window") != "24h":
-            raise Rejected("invalid_request_error", "completion_window: must be '24h'")
+        if not self.takes_window(doc.get("completion_window")):
+            raise Rejected("invalid_request_error", f"completion_window: must be {self.windows}")
         metadata = doc.get("metadata")
         if metadata is not None and not (
                 isinstance(metadata, dict) and len(metadata) <= 16
@@ -172,6 +178,10 @@ class OpenAIApi:
                         for k, v in metadata.items())):
             raise Rejected("invalid_request_error", "metadata: at most 16 string pairs (keys 64, values 512 chars)")
         return file_id, endpoint, metadata, expires_after(doc.get("output_expires_after"))
+
+    @staticmethod
+    def takes_window(window: Any) -> bool:
+        return window == "24h"
 
     def endpoint_of(self, endpoint: Any) -> Any:
         """The create's `endpoint` as ENDPOINTS spell it (an API that also takes other spellings says so)."""
@@ -195,7 +205,21 @@ class OpenAIApi:
         return [line_error(None, "token_limit_exceeded", token_limit_message(model, config.organization,
                                                                               limit or TOKEN_LIMIT_DEFAULT))]
 
+    async def create_route(self, request: web.Request) -> web.Response:
+        """A create on paths of its own (`POST /v1/batches` is shared: server.py routes it)."""
+        body = await read_body(request, self.ctx.config.max_body_bytes)
+        with no_gc():
+            return self.create(parse_json(body))
+
     def create(self, doc: Any) -> web.Response:
+        return json_response(self.created(self.make(doc)))
+
+    def created(self, batch: Batch) -> Any:
+        """The answer to the create that made `batch`."""
+        return self.doc(batch, fresh=True)
+
+    def make(self, doc: Any) -> Batch:
+        """The batch a create body asks for (Rejected when it cannot be made)."""
         ctx = self.ctx
         file_id, endpoint, metadata, output_ttl = self._check_create(doc)
         record = self.files.records.get(file_id)
@@ -204,7 +228,7 @@ class OpenAIApi:
         ctx.check_spend()
         with no_gc():
             reqs, errors, echoed = parse_input(record.data, endpoint, getattr(ctx.config, self.max_requests_field),
-                                               self.url_matches)
+                                               None if self.bare_lines else self.url_matches)
         now = ctx.now()
         model = next((m for m in reqs.models if m), None)
         tokens = sum(reqs.in_tokens)
@@ -218,7 +242,7 @@ class OpenAIApi:
         if errors:
             batch.ends_at = now + VALIDATING * duration
         ctx.add_batch(batch)
-        return json_response(self.doc(batch, fresh=True))
+        return batch
 
     async def retrieve(self, request: web.Request) -> web.Response:
         self.ctx.stats["retrieves"] += 1
@@ -226,13 +250,17 @@ class OpenAIApi:
 
     async def list(self, request: web.Request) -> web.Response:
         self.ctx.stats["lists"] += 1
-        page = self.ctx.store.page(self.kind, limit_arg(request, LIST_MAX), request.query.get("after"))
+        cursor = self.cursor_param
+        page = self.ctx.store.page(self.kind, limit_arg(request, LIST_MAX), request.query.get(cursor))
         if page is None:
-            raise Rejected("invalid_request_error", "after: no such batch")
+            raise Rejected("invalid_request_error", f"{cursor}: no such batch")
         batches, more = page
-        data = [self.doc(b) for b in batches]
-        return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                              "last_id": data[-1]["id"] if data else None, "has_more": more})
+        return json_response(self.page_doc([self.doc(b) for b in batches], more))
+
+    def page_doc(self, data: builtins.list[dict[str, Any]], more: bool) -> Any:
+        """A list answer around one page of batch objects."""
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": more}
 
     async def cancel(self, request: web.Request) -> web.Response:
         batch = self.find(request, ghosts=False)

@@ -8,7 +8,7 @@ after creation unless `expires_after` says otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,12 +134,18 @@ async def _read_upload(request: web.Request) -> tuple[str | None, str, bytes | N
 class OpenAIFiles:
     """The file records: uploaded inputs and the generated output and error files of ended batches."""
 
-    def __init__(self, ctx: SimContext, root: str = "/v1", purpose: str = "batch", empty_error_file: bool = False):
+    def __init__(self, ctx: SimContext, root: str = "/v1", purposes: tuple[str, ...] = ("batch",),
+                 empty_error_file: bool = False,
+                 shapes: Mapping[str, Callable[[FileRecord], dict[str, Any]]] | None = None):
         self.ctx = ctx
         self.records: dict[str, FileRecord] = {}
-        self.root = root  # the paths' prefix (Azure: /openai/v1)
-        self.purpose = purpose  # what an upload must say
+        self.root = root  # the paths' prefix (Azure, Groq: /openai/v1)
+        self.purposes = purposes  # what an upload may say (Together's batch-api beside OpenAI's batch)
         self.empty_error_file = empty_error_file  # an ended batch always has an error file, empty or not (Azure)
+        self.shapes = shapes or {}  # a file object by purpose, when it is not OpenAI's (Groq, Together)
+
+    def doc(self, record: FileRecord) -> dict[str, Any]:
+        return self.shapes.get(record.purpose, FileRecord.doc)(record)
 
     def routes(self) -> list[tuple[str, str, str, Any, bool]]:
         root = self.root
@@ -161,14 +167,15 @@ class OpenAIFiles:
         purpose, filename, data, expiry = await _read_upload(request)
         if data is None:
             raise Rejected("invalid_request_error", "Missing required parameter: 'file'.")
-        if purpose != self.purpose:
-            raise Rejected("invalid_request_error", f"purpose: the simulator only takes purpose '{self.purpose}'")
+        if purpose not in self.purposes:
+            raise Rejected("invalid_request_error",
+                           f"purpose: the simulator only takes purpose {' or '.join(map(repr, self.purposes))}")
         created = int(self.ctx.wall_time())
-        record = FileRecord(id=new_id("file-"), purpose=self.purpose, filename=filename, created_at=created,
+        record = FileRecord(id=new_id("file-"), purpose=purpose, filename=filename, created_at=created,
                             data=data, size=len(data), expires_at=created + expires_after(expiry or None))
         self.records[record.id] = record
         self.ctx.stats["uploads"] += 1
-        return json_response(record.doc())
+        return json_response(self.doc(record))
 
     def generated_size(self, record: FileRecord) -> int:
         if record.size is None:
@@ -180,7 +187,7 @@ class OpenAIFiles:
         record = self.find_file(request)
         if record.data is None:
             self.generated_size(record)
-        return json_response(record.doc())
+        return json_response(self.doc(record))
 
     async def content(self, request: web.Request) -> web.StreamResponse:
         record = self.find_file(request)
@@ -208,7 +215,7 @@ class OpenAIFiles:
                 if not lines and not (which == "error" and self.empty_error_file):
                     ids.append(None)
                     continue
-                record = FileRecord(id=new_id("file-"), purpose="batch_output",
+                record = FileRecord(id=new_id("file-"), purpose=batch.extra.get("output_purpose", "batch_output"),
                                     filename=f"{batch.id}_{which}.jsonl", created_at=created,
                                     batch_id=batch.id, which=which, expires_at=created + batch.extra["output_ttl_s"])
                 self.records[record.id] = record

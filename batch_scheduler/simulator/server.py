@@ -1,5 +1,5 @@
-"""The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline, Azure OpenAI, Bedrock, Gemini
-and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py,
+"""The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline, Azure OpenAI, Groq, Together,
+Bedrock, Gemini and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py,
 vertex.py), and the realtime Messages and Chat Completions endpoints (realtime.py).
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
@@ -33,6 +33,7 @@ from batch_scheduler.simulator.gcs import CloudStorage
 from batch_scheduler.simulator.gemini import GeminiApi
 from batch_scheduler.simulator.gemini_files import GeminiFiles
 from batch_scheduler.simulator.google import TOKEN_PATH, GoogleAuth, GoogleGate
+from batch_scheduler.simulator.groq import GroqApi
 from batch_scheduler.simulator.inline import InlineApi
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.openai_files import OpenAIFiles
@@ -48,6 +49,8 @@ from batch_scheduler.simulator.responses import (
     requests_of,
 )
 from batch_scheduler.simulator.store import Store, no_gc
+from batch_scheduler.simulator.together import PURPOSE as TOGETHER_PURPOSE
+from batch_scheduler.simulator.together import TogetherApi, together_file
 from batch_scheduler.simulator.validation import version_problem
 from batch_scheduler.simulator.vertex import VertexApi
 
@@ -68,7 +71,11 @@ class Simulator:
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self.anthropic = AnthropicApi(self.ctx)
-        self.openai = OpenAIApi(self.ctx, OpenAIFiles(self.ctx))
+        # one /v1/files store for OpenAI's uploads and Together's (purpose batch-api)
+        self.openai = OpenAIApi(self.ctx, OpenAIFiles(self.ctx, purposes=("batch", TOGETHER_PURPOSE),
+                                                      shapes={TOGETHER_PURPOSE: together_file}))
+        self.together = TogetherApi(self.ctx, self.openai.files)
+        self.groq = GroqApi(self.ctx)
         self.inline = InlineApi(self.ctx)
         self.bedrock = BedrockApi(self.ctx)
         self.azure = AzureApi(self.ctx)
@@ -191,10 +198,10 @@ class Simulator:
         # Gemini first: its /v1 batch and file routes take only its own ids, before OpenAI's take any
         for api, style in ((self.gemini, Style.GOOGLE), (self.anthropic, Style.ANTHROPIC),
                            (self.openai, Style.OPENAI), (self.inline, Style.INLINE),
-                           (self.bedrock, Style.BEDROCK), (self.azure, Style.OPENAI)):
+                           (self.bedrock, Style.BEDROCK), (self.azure, Style.OPENAI), (self.groq, Style.OPENAI)):
             for method, path, name, handler, create in api.routes():
-                if (method, path) == ("GET", "/v1/batches"):
-                    continue  # OpenAI's and Gemini's list: _list_batches
+                if (method, path) in (("GET", "/v1/batches"), ("POST", "/v1/batches/{id}/cancel")):
+                    continue  # shared with Gemini and Together: _list_batches, _cancel_batch
                 app.router.add_route(method, path, self.route(name, style, handler, create=create))
         app.router.add_get("/v1/batches", self._list_batches())
         for method, path, name, handler, create in self.realtime.routes():
@@ -203,6 +210,7 @@ class Simulator:
         app.router.add_post("/v1/batches", self.route("batches.create", Style.OPENAI, self._create_batch,
                                                       create=True))
         app.router.add_get("/v1/batches/{id}", self.route("batches.retrieve", Style.OPENAI, self._retrieve_batch))
+        app.router.add_post("/v1/batches/{id}/cancel", self.route("batches.cancel", Style.OPENAI, self._cancel_batch))
         google = GoogleGate(self.ctx, self.google)
         for method, path, name, handler, create in (*self.gcs.routes(), *self.vertex.routes()):
             app.router.add_route(method, path, google.route(name, handler, create=create))
@@ -213,23 +221,27 @@ class Simulator:
         return app
 
     def _list_batches(self) -> Handler:
-        """`GET /v1/batches` is OpenAI's list and Gemini's (google-genai 3.x calls /v1): Google's key header,
-        or its paging parameters, say which."""
+        """`GET /v1/batches` is OpenAI's list, Gemini's (google-genai 3.x calls /v1) and Together's: Google's key
+        header, or its paging parameters, say Gemini; the batches held say Together (together.py)."""
         openai_list = self.route("batches.list", Style.OPENAI, self.openai.list)
         gemini_list = self.route("gemini.batches.list", Style.GOOGLE, self.gemini.list)
+        together_list = self.route("together.batches.list", Style.OPENAI, self.together.list)
 
         async def dispatch(request: web.Request) -> web.StreamResponse:
             google = "x-goog-api-key" in request.headers or "pageSize" in request.query or "pageToken" in request.query
-            return await (gemini_list if google else openai_list)(request)
+            if google:
+                return await gemini_list(request)
+            return await (together_list if self.together.lists() else openai_list)(request)
         return dispatch
 
     async def _create_batch(self, request: web.Request) -> web.Response:
-        """`POST /v1/batches` is the inline proxy's create (`requests`) and OpenAI's (`input_file_id`)."""
+        """`POST /v1/batches` is the inline proxy's create (`requests`), Together's (on a `batch-api` file) and
+        OpenAI's (`input_file_id`)."""
         body = await read_body(request, self.ctx.config.max_body_bytes)
         with no_gc():  # the parsed body is freed before the GC runs again
             doc = parse_json(body)
             if not (isinstance(doc, dict) and "requests" in doc):
-                return self.openai.create(doc)
+                return (self.together if self.together.owns_create(doc) else self.openai).create(doc)
             try:
                 return self.inline.create(requests_of(doc))
             except Rejected as exc:
@@ -238,10 +250,14 @@ class Simulator:
                 del doc
 
     async def _retrieve_batch(self, request: web.Request) -> web.Response:
-        """`GET /v1/batches/{id}` is the inline proxy's retrieve (`ibatch_` ids) and OpenAI's."""
+        """`GET /v1/batches/{id}` is the inline proxy's retrieve (`ibatch_` ids), Together's and OpenAI's."""
         if request.match_info["id"].startswith("ibatch_"):
             return await self.inline.retrieve(request)
-        return await self.openai.retrieve(request)
+        return await (self.together if self.together.owns(request.match_info["id"]) else self.openai).retrieve(request)
+
+    async def _cancel_batch(self, request: web.Request) -> web.Response:
+        """`POST /v1/batches/{id}/cancel`: Together's or OpenAI's."""
+        return await (self.together if self.together.owns(request.match_info["id"]) else self.openai).cancel(request)
 
     async def _stats(self, request: web.Request) -> web.Response:
         return json_response(self.ctx.stats)

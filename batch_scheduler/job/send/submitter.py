@@ -140,6 +140,7 @@ class Submitter:
                 resends += 1
                 if resends > UNKNOWN_RESENDS:
                     raise
+                await self.ledger.add_counts({"creates_resent": 1})
                 out.intent_at = await self._intent_again(out, lines)
                 continue
             except errors.RequestTooLarge:

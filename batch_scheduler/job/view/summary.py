@@ -92,6 +92,9 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
             "collected": int(c.get("batches_collected", 0)),
             "failed": int(c.get("batches_failed", 0)),
             "create_outcome_unknown": int(c.get("creates_unknown", 0)),
+            # of those, the ones whose batch was not found and were sent again: if the lost create did make
+            # a batch, it runs and is paid as well (a provider that keeps no tag, after a restart)
+            "resent_unadopted": int(c.get("creates_resent", 0)),
         },
         "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in TOKEN_KINDS},
         "estimate": against_usage(estimate, c),

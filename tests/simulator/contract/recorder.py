@@ -120,7 +120,9 @@ class GapErrorObject(pydantic.BaseModel):
     message: str
 
 
-AZURE_SURFACES = ("/openai/v1/", "/openai/")  # Azure OpenAI's v1 and dated surfaces serve OpenAI's types
+# Azure OpenAI's v1 and dated surfaces serve OpenAI's types; Groq's (under its host's stand-in) its own,
+# on OpenAI's routes
+AZURE_SURFACES = ("/groq/openai/v1/", "/openai/v1/", "/openai/")
 
 
 def openai_path(path: str) -> str:
@@ -134,7 +136,8 @@ def openai_path(path: str) -> str:
 class Recorder:
     """Every answer an SDK client received: (method, path, status, body)."""
 
-    def __init__(self) -> None:
+    def __init__(self, routes: list[tuple[str, str, Any, bool]] | None = None) -> None:
+        self.routes = ROUTES if routes is None else routes  # another SDK's types for an OpenAI-like API
         self.seen: list[tuple[str, str, int, bytes]] = []
         self.endpoints: dict[str, str] = {}  # OpenAI output file id -> its batch's endpoint
 
@@ -154,7 +157,7 @@ class Recorder:
             if status >= 400:
                 found += error_problems(path, body, where)
                 continue
-            kind, complete = next(((t, c) for m, p, t, c in ROUTES if m == method and re.fullmatch(p, path)),
+            kind, complete = next(((t, c) for m, p, t, c in self.routes if m == method and re.fullmatch(p, path)),
                                   (None, False))
             assert kind is not None, f"no SDK type for {where}"
             if kind == "jsonl:anthropic":
