@@ -209,6 +209,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "midnight); outside them the job pauses", LANES, metavar="HH:MM-HH:MM", settings_type="tuple[str, ...]"),
     Option("realtime_concurrency", int, 8, "realtime calls at once at most (the provider's rate-limit headers "
            "and 429s pace them further)", LANES, metavar="N", minimum=1, maximum=1024),
+    # -- prompt caches (job.input.prefix, job.send.prime) -------------------------------------------
+    Option("prime_via", str, "realtime", "with cached prompts (--cache-system, or requests carrying "
+           "cache_control): one request per distinct cached prefix goes first, alone, with a 1-hour cache "
+           "write, and the rest of that prefix (kept together in batches) waits for it and reads its cache; "
+           "realtime (batch where the provider has no realtime endpoint), a one-request batch, or off", LANES,
+           shapes=True, choices=("realtime", "batch", "off")),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}

@@ -147,6 +147,7 @@ class Settings:
     at_deadline: str = "wait"
     window: tuple[str, ...] = ()
     realtime_concurrency: int = 8
+    prime_via: str = "realtime"
     # settings:end
     api_key: str = field(default="", repr=False)  # never in a repr, a log line or a file
     retry: RetryPolicy = field(default=RetryPolicy())
