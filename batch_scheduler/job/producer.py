@@ -240,6 +240,7 @@ class Producer:
         refused = await self._ledger.api_rejected(chunk.seq)
         if (key := self.primer.wants(chunk.lines[0])) is not None:
             await self._prime_again(chunk, rows, key, refused)
+            rows = await self._ledger.chunks_of_root(chunk.seq)  # the priming request's row is done now
         for row in rows:
             if row.id in self._book.live or row.state not in (ChunkState.SUBMITTING, ChunkState.PLANNED):
                 continue
