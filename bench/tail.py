@@ -9,7 +9,8 @@ answering after 20 ms, and the prompt cache as measured (a write is readable onl
 completed). Each scenario is `batch-scheduler run` in its own process:
   no-deadline   N requests, by batch only: the makespan and its tail, in round trips (the tail is what
                 comes after the first wave: makespan less the first create, less one round trip)
-  finish-by     the same with --finish-by 1.75 round trips: ended by the deadline? exactly once? its
+  finish-by     the same with --finish-by 1.75 round trips: ended by the deadline (the job's own wall time,
+                from its start as the deadline counts; the makespan adds the interpreter's start)? exactly once? its
                 cost against the all-batch price of the same tokens (target <= 1.06x)
   cold-cache    M requests sharing one cached system prompt, --prime-via off: the share of the
                 cached-prefix tokens read from the cache (expected about 0%)
@@ -104,6 +105,7 @@ def figures(summary: dict[str, Any], wall_s: float, batch_s: float) -> dict[str,
     cache = summary.get("cache") or {}
     cached = cache.get("read_tokens", 0) + cache.get("write_tokens", 0)
     return {"makespan_s": round(wall_s, 2), "makespan_round_trips": round(wall_s / batch_s, 2),
+            "job_wall_s": summary.get("wall_time_s"),  # from the job's start, as --finish-by counts
             "tail_round_trips": round(max(0.0, wall_s - first - batch_s) / batch_s, 2),
             "cost_usd": round(cost, 6), "realtime_requests": (summary.get("realtime") or {}).get("requests", 0),
             "cost_vs_all_batch": round(cost / (cost - extra), 4) if cost > extra else None,
@@ -140,7 +142,7 @@ def main(argv: list[str]) -> int:
     for name, (inp, n, extra) in runs.items():
         data["scenarios"][name] = run_scenario(name, o, inp, n, extra)
     fb = data["scenarios"]["finish-by"]
-    data["targets"] = {"finish_by_within_deadline": fb["makespan_s"] <= deadline_s,
+    data["targets"] = {"finish_by_within_deadline": (fb["job_wall_s"] or fb["makespan_s"]) <= deadline_s,
                        "finish_by_cost_at_most_1.06x": (fb["cost_vs_all_batch"] or 1.0) <= 1.06,
                        "primed_reads_at_least_95pct": data["scenarios"]["primed"]["cache_read_share"] >= 0.95}
     os.makedirs(o.out, exist_ok=True)
