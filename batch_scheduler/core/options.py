@@ -50,6 +50,9 @@ class Option:
     daemon_side: bool = False  # where the key goes, which files are read, how hard the key is used: only the
     #                            daemon's command line and environment set it, never a dropped options file
     settings_type: str = ""  # the Settings field's annotation, when `type` and `default` do not say it
+    # a shaping option newer than a job's ledger: what that job ran with before the option existed (a job
+    # resumed after an upgrade keeps cutting as it did); the default when it is None
+    before_it_existed: Any = None
 
     @property
     def flag(self) -> str:
@@ -214,6 +217,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("allow_unknown_model", bool, False, "send a --model no price table knows (a proxy's own, one newer "
            "than the table); without it such a job is refused before anything is sent, with the closest names",
            COST),
+    # -- prompt caches (job.input.prefix, job.send.prime) -------------------------------------------
+    Option("prime_via", str, "realtime", "with cached prompts (--cache-system, or requests carrying "
+           "cache_control): one request per distinct cached prefix goes first, alone, with a 1-hour cache "
+           "write, and the rest of that prefix (kept together in batches) waits for it and reads its cache; "
+           "realtime (batch where the provider has no realtime endpoint), a one-request batch, or off", LANES,
+           shapes=True, choices=("realtime", "batch", "off"), before_it_existed="off"),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}

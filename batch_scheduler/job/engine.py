@@ -27,6 +27,7 @@ from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.admit.queues import JobQueues
 from batch_scheduler.job.collect.collector import Collector
 from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, cut_chunks
+from batch_scheduler.job.input.prefix import job_lane_of
 from batch_scheduler.job.input.reader import span_blocks
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.job.input.validate import Rejects, Validator
@@ -189,7 +190,7 @@ class Engine:
                 return refused
             if s.max_cost_usd is not None and (refused := await self._price_check(job, provider, admission.budget)):
                 return refused
-            replay = Replay(job.sources, provider.check_request, job.ledger, lane_of=provider.lane_of,
+            replay = Replay(job.sources, provider.check_request, job.ledger, lane_of=job_lane_of(provider),
                             id_fields=provider.id_fields)
             submitter = Submitter(provider, job.ledger, job.rejects, overhead=provider.body_overhead,
                                   claims=self._claims, owner=self._where, lease=self._lease)

@@ -33,7 +33,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.joblock import JobLock
-from batch_scheduler.core.options import BY_NAME, kept_flags
+from batch_scheduler.core.options import BY_NAME, JOB_OPTIONS, kept_flags
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.reader import Source, fingerprint
 from batch_scheduler.job.input.sources import make_sources
@@ -259,8 +259,9 @@ def check_identity(ledger: Ledger, settings: Settings, out_dir: str, prints: lis
             ledger.close()
             raise errors.JobMismatch(f"input {new['path']} changed since the job started "
                                      f"(size or content differs); {how}")
-    # an option newer than the job's ledger counts as its default there (such a job resumes after an upgrade)
-    before = {k: meta["shaping"].get(k, BY_NAME[k].default) for k in shaping}
+    # an option newer than the job's ledger counts as what the job ran with before it (such a job resumes after
+    # an upgrade; as_started gives the run that value)
+    before = {k: meta["shaping"].get(k, _before_it_existed(k)) for k in shaping}
     changed = [k for k in shaping if before[k] != shaping[k]]
     if changed:
         ledger.close()
@@ -297,11 +298,24 @@ def unknown_results(out_dir: str, here: str) -> str:
             f"job's ledger.db (and ledger.db-wal) back, or move results/ and summary.json away to start afresh")
 
 
+def _before_it_existed(name: str) -> Any:
+    option = BY_NAME[name]
+    return option.default if option.before_it_existed is None else option.before_it_existed
+
+
 def as_started(settings: Settings, meta: dict) -> Settings:
     """The settings with what the job's first run fixed: the name its generated custom_ids carry (none for a
-    job started before ids carried one, so its ids stay what they were)."""
+    job started before ids carried one, so its ids stay what they were), and for a shaping option newer than
+    the job, what the job ran with before it existed (its batches are cut as they were)."""
+    changes: dict[str, Any] = {}
     name = meta.get("job_name", "")
-    return settings if name == settings.job_name else settings.replace(job_name=name)
+    if name != settings.job_name:
+        changes["job_name"] = name
+    recorded = meta.get("shaping") or {}
+    for option in JOB_OPTIONS:
+        if option.shapes and option.before_it_existed is not None and option.name not in recorded:
+            changes[option.attr] = option.before_it_existed
+    return settings.replace(**changes) if changes else settings
 
 
 def open_shards(out_dir: str, n: int, offsets: list[int]) -> ShardSet:

@@ -31,11 +31,13 @@ from batch_scheduler.job.admit.queue_budget import TooHeavy
 from batch_scheduler.job.admit.queues import Weight
 from batch_scheduler.job.collect.ended import Endings
 from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, Chunk, chunk_digest, cut_chunks, one_lane
+from batch_scheduler.job.input.prefix import job_lane_of, priming_via
 from batch_scheduler.job.input.reader import Block, span_blocks
 from batch_scheduler.job.input.replay import Replay, changed_message
 from batch_scheduler.job.input.validate import Validator
 from batch_scheduler.job.job import Job
 from batch_scheduler.job.send.flights import Flight, InFlight
+from batch_scheduler.job.send.prime import Primer
 from batch_scheduler.job.send.sender import Sender
 from batch_scheduler.job.send.submitter import Outgoing
 from batch_scheduler.providers.base import Provider
@@ -63,6 +65,7 @@ class Producer:
         self._book = book
         self.pending_retries = pending_retries  # requests parked for another attempt, as last counted
         self.input_error: errors.InputError | None = None  # why reading stopped before the end of the input
+        self.primer = Primer(job.ledger, priming_via(provider), provider.body_field)
 
     async def run(self) -> None:
         """Send every chunk this run can: what earlier runs left, the input, parked requests, the sweep."""
@@ -197,15 +200,19 @@ class Producer:
         """A chunk no run has recorded: admitted (or cut into parts when too heavy for the queue), its intent
         recorded, then handed to the sender."""
         ledger, admission = self._ledger, self._admission
+        if (key := self.primer.wants(chunk.lines[0])) is not None:
+            await self._input_parts(chunk, span, self._priming_ranges(chunk), prime=key)
+            return
         weight = self._queues.weigh(chunk.lines)
         limit = self._queues.part_limit(weight.key)
         if weight.units > limit and chunk.n > 1:
-            await self._input_parts(chunk, span, parts_needed(weight.units, limit))
+            await self._input_parts(chunk, span, bounds(chunk.n, parts_needed(weight.units, limit)))
             return
         try:
             ticket = await admission.admit(chunk.lines, weight, splittable=True)
         except TooHeavy:  # the queue turned out smaller while it waited
-            await self._input_parts(chunk, span, parts_needed(weight.units, self._queues.part_limit(weight.key)))
+            await self._input_parts(chunk, span, bounds(chunk.n, parts_needed(weight.units,
+                                                                             self._queues.part_limit(weight.key))))
             return
         if ticket is None:
             admission.held_back += chunk.n
@@ -231,6 +238,9 @@ class Producer:
         if known is not None and chunk_digest(chunk.lines) != known:
             raise errors.JobMismatch(changed_message(self._job.sources[chunk.start_file].path, chunk.start_line))
         refused = await self._ledger.api_rejected(chunk.seq)
+        if (key := self.primer.wants(chunk.lines[0])) is not None:
+            await self._prime_again(chunk, rows, key, refused)
+            rows = await self._ledger.chunks_of_root(chunk.seq)  # the priming request's row is done now
         for row in rows:
             if row.id in self._book.live or row.state not in (ChunkState.SUBMITTING, ChunkState.PLANNED):
                 continue
@@ -239,19 +249,45 @@ class Producer:
             await self._admission.take_slot()
             self._sender.resend_soon(row, parts)
 
-    async def _input_parts(self, chunk: Chunk, span: tuple[int, int, int, int, int], n_parts: int) -> None:
-        """A new chunk too heavy for one batch: recorded as split into parts, each sent as its own batch."""
+    def _priming_ranges(self, chunk: Chunk) -> list[tuple[int, int]]:
+        """The priming request alone, then the rest (in as many parts as the provider's queue needs)."""
+        if chunk.n == 1:
+            return [(0, 1)]
+        weight = self._queues.weigh(chunk.lines[1:])
+        limit = self._queues.part_limit(weight.key)
+        n_rest = parts_needed(weight.units, limit) if weight.units > limit and chunk.n > 2 else 1
+        return [(0, 1)] + [(1 + a, 1 + b) for a, b in bounds(chunk.n - 1, n_rest)]
+
+    async def _prime_again(self, chunk: Chunk, rows: list[ChunkRow], key: str, refused: dict[str, str]) -> None:
+        """A chunk an earlier run split for priming, killed before the prefix was noted primed: its priming
+        request goes again (or its batch is awaited) before the rest."""
+        first = next((r for r in rows if r.skip == 0 and r.take == 1 and r.state != ChunkState.SPLIT), None)
+        if first is None or len(rows) < 2:
+            return  # not split for priming (an earlier version's job): sent as it was cut
+        self.primer.expect(first.id)
+        if first.state in (ChunkState.COLLECTED, ChunkState.DROPPED):
+            self.primer.ended(first.id)
+        elif first.state in (ChunkState.SUBMITTING, ChunkState.PLANNED) and first.id not in self._book.live:
+            await self._admission.take_slot()
+            parts = [(chunk.lines[0], chunk.ids[0], 0)] if chunk.ids[0] not in refused else []
+            self._sender.resend_soon(first, parts)
+        await self.primer.wait(first.id, key, lambda: bool(self._admission.hold))
+
+    async def _input_parts(self, chunk: Chunk, span: tuple[int, int, int, int, int], ranges: list[tuple[int, int]],
+                           *, prime: str | None = None) -> None:
+        """A new chunk sent as parts, each its own batch: too heavy for one batch, or (`prime`) its first
+        request primes the prompt cache of its prefix and the rest waits for it."""
         ledger, admission, overhead = self._ledger, self._admission, self._provider.body_overhead
         parent = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                             nbytes=chunk.nbytes, span=span, skipped=chunk.skipped,
                                             digest=chunk_digest(chunk.lines), ids=chunk.ids)
-        ranges = bounds(chunk.n, n_parts)
         sizes = [BODY_WRAPPER_BYTES + sum(len(x) + overhead(len(x)) for x in chunk.lines[a:b]) for a, b in ranges]
         specs = split_specs(ranges, list(range(chunk.n)), chunk.ids, sizes, skip=0, take=chunk.n, from_input=True)
         child_ids = await ledger.record_split(parent, specs)
         self._book.live.update(child_ids)
-        log.info("chunk %s: %s requests sent as %s batches, to fit the provider's queue", parent,
-                 f"{chunk.n:,}", len(child_ids))
+        if prime is None:
+            log.info("chunk %s: %s requests sent as %s batches, to fit the provider's queue", parent,
+                     f"{chunk.n:,}", len(child_ids))
         for i, (child_id, (a, b), (_, _, nbytes, _)) in enumerate(zip(child_ids, ranges, specs, strict=True)):
             lines = chunk.lines[a:b]
             weight = self._queues.weigh(lines)
@@ -264,7 +300,11 @@ class Producer:
                                        est_cost=ticket.estimate_usd, units=weight.units, queue_key=weight.key)
             admission.sent(child_id, ticket.estimate_usd)
             out = Outgoing(child_id, ChunkKind.INPUT, chunk.seq, a, lines, chunk.ids[a:b], 1, time.time())
+            if prime is not None and i == 0:
+                self.primer.expect(child_id)
             await self._sender.send_new(out, ticket)
+            if prime is not None and i == 0:
+                await self.primer.wait(child_id, prime, lambda: bool(admission.hold))
 
     async def _retry_chunk(self, *, full_only: bool = False) -> bool:
         """Send one batch of the parked requests whose wait is over; whether one was sent (or should be
@@ -272,7 +312,7 @@ class Producer:
 
         full_only: only a full batch (while input is still being read, small ones wait for the end)."""
         s = self._settings
-        pending = one_lane(await self._ledger.pending_retries(s.batch_size), self._provider.lane_of)
+        pending = one_lane(await self._ledger.pending_retries(s.batch_size), job_lane_of(self._provider))
         if not pending:
             self.pending_retries = await self._ledger.count_retries(RetryState.PENDING)
             return False

@@ -63,6 +63,7 @@ class Run:
                                observer or Observer(), book, max_attempts=s.max_attempts)
         self.producer = Producer(job, provider, replay, Validator(provider, s.batch_bytes - BODY_WRAPPER_BYTES),
                                  admission, self.sender, self.endings, book, pending_retries=pending_retries)
+        self.sender.primer = self.producer.primer
         self.route = Route(s, turnaround_s=collector.turnaround_s, oldest_out_s=self._oldest_out_s)
         if answered is not None:
             self.sender.lane = RealtimeLane(provider, answered, job.ledger, job.stats, admission, self.route,
@@ -132,7 +133,10 @@ class Run:
         task.add_done_callback(self.endings.collected)
 
     async def _collect(self, payload: Tracked, info: BatchInfo) -> None:
-        await self._then(await self.endings.collect(payload, info))
+        ending = await self.endings.collect(payload, info)
+        await self._then(ending)
+        if ending.then is Then.DONE:
+            self.producer.primer.ended(payload.row.id)
         self._job.stats.turnaround_s = self.collector.turnaround_s()  # what the ETA and the deadline go by
         self._job.stats.waiting_retry = self.producer.pending_retries
 

@@ -164,7 +164,7 @@ class AnthropicApi:
         ctx.check_spend()
         now = ctx.now()
         reqs = parse_requests(items, "params", version=version, at_create=config.params_at_create,
-                              cache=ctx.prompt_cache, now=now)
+                              cache=ctx.prompt_cache, now=now, as_measured=ctx.config.cache_as_measured)
         check_queue(ctx, len(items), now)
         batch = new_batch(ctx, "anthropic", "msgbatch_", reqs, now)
         ctx.add_batch(batch)

@@ -8,6 +8,7 @@ while processing: a problem becomes that request's `errored` result (validation.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -25,7 +26,7 @@ CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 class Requests:
     """Parallel lists for the requests of one batch; cache tokens and problems are sparse."""
 
-    __slots__ = ("custom_ids", "models", "max_tokens", "in_tokens", "invalid", "cache")
+    __slots__ = ("custom_ids", "models", "max_tokens", "in_tokens", "invalid", "cache", "written")
 
     def __init__(self) -> None:
         self.custom_ids: list[str] = []
@@ -34,6 +35,7 @@ class Requests:
         self.in_tokens: list[int] = []
         self.invalid: dict[int, str] = {}
         self.cache: dict[int, tuple[int, int, int]] = {}
+        self.written: list[bytes] = []  # prompt-cache writes readable once the batch ends (cache_as_measured)
 
     def add_invalid(self, problem: str, model: str = "") -> None:
         self.invalid[len(self.custom_ids) - 1] = problem
@@ -58,8 +60,10 @@ def _custom_id(i: int, item: Any, seen: set[str]) -> str:
 
 
 def parse_requests(items: list, key: str, check: Any = None, *, version: str = LEGACY_VERSION,
-                   at_create: bool = False, cache: PromptCache | None = None, now: float = 0.0) -> Requests:
-    """Read `[{"custom_id", key: {...}}]` as the API does at create; raise Rejected naming requests.N."""
+                   at_create: bool = False, cache: PromptCache | None = None, now: float = 0.0,
+                   as_measured: bool = False) -> Requests:
+    """Read `[{"custom_id", key: {...}}]` as the API does at create; raise Rejected naming requests.N.
+    `as_measured`: the cache writes of these requests become readable when their batch ends (`new_batch`)."""
     out = Requests()
     seen: set[str] = set()
     models: dict[str, str] = {}
@@ -84,7 +88,7 @@ def parse_requests(items: list, key: str, check: Any = None, *, version: str = L
         out.max_tokens.append(params["max_tokens"])
         total, marked = prompt_tokens(params)
         if marked and cache is not None:
-            split = cache.split(params, total, now)
+            split = cache.split(params, total, now, math.inf if as_measured else None, out.written)
             if any(split):
                 out.cache[i] = split
                 total -= sum(split)
@@ -113,9 +117,12 @@ def new_batch(ctx: SimContext, kind: str, prefix: str, reqs: Requests, now: floa
     batch_id = new_id(prefix)
     outcomes = draw_outcomes(ctx.rng, n, reqs.invalid, config, timeouts=kind not in MESSAGE_KINDS)
     missing = draw_missing(ctx.rng, n, config.missing_rate)
+    ends_at = now + draw_duration(ctx.rng, config, n)
+    if reqs.written:
+        ctx.prompt_cache.settle(reqs.written, ends_at)
     return Batch(
         id=batch_id, kind=kind, created_wall=ctx.wall_time(), created_at=now,
-        ends_at=now + draw_duration(ctx.rng, config, n),
+        ends_at=ends_at,
         custom_ids=reqs.custom_ids, models=reqs.models, max_tokens=reqs.max_tokens, in_tokens=reqs.in_tokens,
         outcomes=outcomes, invalid=reqs.invalid, missing=missing, cache=reqs.cache,
         extra={"token": batch_id[-12:], **extra},

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params-at-create", action="store_true",
                         help="Anthropic: refuse bad params at create (400 naming requests.N), as some proxies "
                              "do, instead of as errored results")
+    parser.add_argument("--cache-as-measured", action="store_true",
+                        help="prompt cache as measured on the real API: a write is readable only once its request "
+                             "completed (a batch's requests never read each other's writes)")
     parser.add_argument("--billing-error", action="store_true", help="answer every call 402 billing_error")
     parser.add_argument("--keys", help="comma-separated API keys to accept (default: any key)")
     parser.add_argument("--faults", nargs="?", const="real", choices=PRESETS, metavar="real|classic",
@@ -67,7 +70,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
-    for name in ("params_at_create", "billing_error"):
+    for name in ("params_at_create", "billing_error", "cache_as_measured"):
         if getattr(args, name, False):
             setattr(config, name, True)
     kinds = getattr(args, "fail_kinds", None)

@@ -80,6 +80,9 @@ class SimConfig:
     realtime_rpm: int | None = None  # requests per minute per key (over it: 429 with retry-after)
     realtime_latency_s: float = 0.0  # each realtime call takes this long (wall-clock seconds) to answer
     realtime_window_s: float = 60.0  # the span realtime_rpm counts over (shorter: scaled time in tests, bench)
+    # -- the prompt cache (counting.py)
+    cache_as_measured: bool = False  # writes readable only once the writing request completed (a batch's end),
+    #                                  never by the requests of the same batch; cache_control marks not in the key
 
     @classmethod
     def all_faults(cls, **changes: Any) -> SimConfig:

@@ -15,11 +15,18 @@ Caching: breakpoints are the blocks (tools, system blocks, message content block
 breakpoint is the cached prefix; up to the last `ttl: "1h"` breakpoint it is written with the 1-hour
 TTL, the rest with 5 minutes. A prefix (same model, same bytes) already written and not yet expired on
 the simulator clock is read instead. No minimum cacheable length is applied.
+
+With `cache_as_measured` (SimConfig) the cache behaves as users measured it (Bike4Mind#2741,
+anthropics/skills#1475): a write becomes readable only once the request that wrote it has completed
+(`ready_at`: a batch's end, a realtime call's answer), so the requests of one batch never read each
+other's writes; it stays readable for its TTL from then (reads refresh it); and the prefix is its content,
+the `cache_control` marks left out (a 1-hour and a 5-minute mark on the same text are one prefix).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import orjson
@@ -90,8 +97,13 @@ def _ttl(cache_control: Any) -> str:
     return ttl if ttl in TTL_S else "5m"
 
 
-def cached_prefix(params: dict, total: int) -> tuple[int, int, bytes]:
-    """(tokens written with the 5-minute TTL, with the 1-hour TTL, the prefix's bytes) of a prompt."""
+def _bare(block: Any) -> Any:
+    return {k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
+
+
+def cached_prefix(params: dict, total: int, bare: bool = False) -> tuple[int, int, bytes]:
+    """(tokens written with the 5-minute TTL, with the 1-hour TTL, the prefix's bytes) of a prompt; `bare`:
+    the prefix's bytes without the cache_control marks."""
     segments = _segments(params)
     sizes = [json_tokens(block) for block, _ in segments]
     last = last_1h = -1
@@ -109,26 +121,42 @@ def cached_prefix(params: dict, total: int) -> tuple[int, int, bytes]:
         return 0, 0, b""
     cached = min(total, sum(sizes[:last + 1]))
     one_hour = min(cached, sum(sizes[:last_1h + 1])) if last_1h >= 0 else 0
-    prefix = orjson.dumps([params.get("model"), [block for block, _ in segments[:last + 1]]])
+    prefix = orjson.dumps([params.get("model"), [_bare(b) if bare else b for b, _ in segments[:last + 1]]])
     return cached - one_hour, one_hour, prefix
 
 
 class PromptCache:
-    """Prefixes written so far, by hash, with the clock time they expire; reads refresh the TTL."""
+    """Prefixes written so far, by hash: when each becomes readable, when it expires, its TTL; reads refresh
+    the TTL. A write with `ready_at` (cache_as_measured) is readable from then; math.inf: once `settle` says
+    when (a batch's end, drawn after its requests are read)."""
 
     def __init__(self) -> None:
-        self._expires: dict[bytes, tuple[float, float]] = {}  # key -> (expires at, ttl)
+        self._entries: dict[bytes, tuple[float, float, float]] = {}  # key -> (readable from, expires at, ttl)
 
-    def split(self, params: dict, total: int, now: float) -> tuple[int, int, int]:
-        """(5m write, 1h write, read) tokens for one request at clock time `now`."""
-        five, hour, prefix = cached_prefix(params, total)
+    def split(self, params: dict, total: int, now: float, ready_at: float | None = None,
+              written: list[bytes] | None = None) -> tuple[int, int, int]:
+        """(5m write, 1h write, read) tokens for one request at clock time `now`; the keys it writes pending
+        a `settle` go to `written`."""
+        five, hour, prefix = cached_prefix(params, total, bare=ready_at is not None)
         if not prefix:
             return 0, 0, 0
         key = hashlib.blake2b(prefix, digest_size=16).digest()
-        hit = self._expires.get(key)
+        hit = self._entries.get(key)
         ttl = TTL_S["1h"] if hour else TTL_S["5m"]
-        if hit is not None and hit[0] > now:
-            self._expires[key] = (now + hit[1], hit[1])
+        if hit is not None and hit[0] <= now < hit[1]:
+            self._entries[key] = (hit[0], max(hit[1], now + hit[2]), hit[2])
             return 0, 0, five + hour
-        self._expires[key] = (now + ttl, ttl)
+        ready = now if ready_at is None else ready_at
+        if hit is not None and hit[1] > now:  # written, not readable yet: this one writes too
+            ready, ttl = min(ready, hit[0]), max(ttl, hit[2])
+        self._entries[key] = (ready, ready + ttl, ttl)
+        if written is not None and ready == math.inf:
+            written.append(key)
         return five, hour, 0
+
+    def settle(self, written: list[bytes], ready_at: float) -> None:
+        """The writes pending their batch's end become readable at `ready_at` (for their TTL from then)."""
+        for key in written:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > ready_at:
+                self._entries[key] = (ready_at, ready_at + entry[2], entry[2])

@@ -72,7 +72,7 @@ class InlineApi:
         ctx.check_spend()
         now = ctx.now()
         reqs = parse_requests(items, "body", check_inline, at_create=ctx.config.params_at_create,
-                              cache=ctx.prompt_cache, now=now)
+                              cache=ctx.prompt_cache, now=now, as_measured=ctx.config.cache_as_measured)
         check_queue(ctx, len(items), now)
         batch = new_batch(ctx, "inline", "ibatch_", reqs, now)
         ctx.add_batch(batch)

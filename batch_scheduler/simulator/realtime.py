@@ -84,11 +84,14 @@ class RealtimeApi:
             raise Rejected("invalid_request_error", "stream: the simulator answers whole messages only")
         headers = self._admit(request, openai=False)
         total, marked = prompt_tokens(params)
-        await self._answered()
         five = hour = read = 0
-        if marked:  # the write is readable once this answer is given
+        if marked and self.ctx.config.cache_as_measured:  # read on arrival; written once the answer is given
+            ready_at = self.ctx.now() + self.ctx.config.realtime_latency_s
+            five, hour, read = self.ctx.prompt_cache.split(params, total, self.ctx.now(), ready_at)
+        await self._answered()
+        if marked and not self.ctx.config.cache_as_measured:  # the write is readable once this answer is given
             five, hour, read = self.ctx.prompt_cache.split(params, total, self.ctx.now())
-            total -= five + hour + read
+        total -= five + hour + read
         seed = _seed_of(params)
         out = output_tokens(seed, int(params["max_tokens"]))
         self._bill(total, out, five, hour, read)

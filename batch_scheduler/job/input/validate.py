@@ -15,6 +15,7 @@ from typing import IO
 
 import orjson
 
+from batch_scheduler.job.input.prefix import job_lane_of
 from batch_scheduler.job.input.reader import LineTooLong
 from batch_scheduler.providers.base import Provider
 
@@ -96,7 +97,7 @@ class Validator:
         self._custom_id_rule = provider.spec.custom_id_rule
         self._max_line = max_line_bytes
         self._seen = FingerprintSet()
-        self._lane_of = provider.lane_of
+        self._lane_of = job_lane_of(provider)  # the provider's lanes, and cached prefixes when the job primes
         self._id_fields = provider.id_fields
         self.lanes = self._lane_of is not None
         self.lane: str | None = None

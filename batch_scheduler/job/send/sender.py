@@ -27,10 +27,12 @@ from batch_scheduler.core import errors
 from batch_scheduler.job.admit.admission import Admission, Pass
 from batch_scheduler.job.admit.parts import bounds, parts_needed, split_specs
 from batch_scheduler.job.admit.queue_budget import TooHeavy
+from batch_scheduler.job.input.prefix import mark_one_hour
 from batch_scheduler.job.input.replay import Part, Replay
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.send.flights import Flight, InFlight, Tracked
 from batch_scheduler.job.send.poller import Poller
+from batch_scheduler.job.send.prime import Primer
 from batch_scheduler.job.send.realtime import RealtimeLane
 from batch_scheduler.job.send.submitter import Outgoing, Submitted, Submitter
 from batch_scheduler.providers.base import Provider
@@ -68,6 +70,7 @@ class Sender:
         self._uploads = asyncio.Semaphore(UPLOADS)
         self.spend_limit: str | None = None  # the provider's message, once a create met the spend limit
         self.lane: RealtimeLane | None = None  # where a chunk goes instead when the route says realtime
+        self.primer: Primer | None = None  # which chunks prime a prompt cache (sent marked, by its lane)
 
     async def send_new(self, out: Outgoing, ticket: Pass) -> None:
         """Send a new chunk once an upload permit is free: the producer waits here, so at most UPLOADS
@@ -154,7 +157,10 @@ class Sender:
             await self.resend(await self._ledger.chunk(child_id), parts[a:b])
 
     async def _submit(self, out: Outgoing, flight: Flight, *, permit: bool = False) -> None:
-        if self.lane is not None and self.lane.wants(out):
+        priming = self.primer.chunks.get(out.chunk_id) if self.primer is not None else None
+        if priming is not None:  # a priming request: its cache write lives an hour, and it goes by its lane
+            out.lines = [mark_one_hour(x) for x in out.lines]
+        if self.lane is not None and (priming == "realtime" or (priming is None and self.lane.wants(out))):
             await self._realtime(out, flight, permit=permit)
             return
         try:

@@ -102,6 +102,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
         "unknown_price_models": sorted(unknown_price_models),
         **standard_and_saving(c.get("cost_usd", 0.0), discount, c.get("realtime_extra_usd", 0.0)),
         "realtime": realtime_summary(c),
+        "cache": cache_summary(c, settings),
         "models": per_model(c, discount),
         "wall_time_s": round(wall_s, 3),
         "throughput_rps": round(stats.finished / wall_s, 1) if wall_s > 0 else None,
@@ -168,6 +169,33 @@ def realtime_summary(c: Mapping[str, float]) -> dict[str, Any]:
     return {"requests": int(c.get("realtime_requests", 0)),
             "extra_usd": round(c.get("realtime_extra_usd", 0.0), 6),
             "possibly_paid": int(c.get("realtime_possibly_paid", 0))}
+
+
+def cache_summary(c: Mapping[str, float], settings: Settings) -> dict[str, Any]:
+    """Prompt caching: tokens read from and written to the cache, the prefixes primed, and what the cache
+    saved against sending every cached token as plain input (reads' discount less writes' premium), at
+    the job's batch prices."""
+    saved = 0.0
+    try:
+        table = PriceTable.load(settings.prices_file)
+    except UsageError:
+        table = PriceTable.load()
+    for key, reads in c.items():
+        if not key.startswith(f"{MODEL_PREFIX}cache_read_tokens/"):
+            continue
+        model = key.split("/", 2)[2]
+        price = table.price(model)
+        if price is None:
+            continue
+        d = table.batch_discount
+        writes = c.get(f"{MODEL_PREFIX}cache_write_tokens/{model}", 0.0)
+        hour = c.get(f"{MODEL_PREFIX}cache_write_1h_tokens/{model}", 0.0)
+        base = price.rate("input", d)
+        saved += (reads * (base - price.rate("cache_read", d)) - (writes - hour) * (price.rate("cache_write", d) - base)
+                  - hour * (price.rate("cache_write_1h", d) - base)) / 1e6
+    return {"read_tokens": int(c.get("cache_read_tokens", 0)), "write_tokens": int(c.get("cache_write_tokens", 0)),
+            "write_1h_tokens": int(c.get("cache_write_1h_tokens", 0)), "primed_prefixes": int(c.get("cache_primed", 0)),
+            "saved_usd": round(saved, 6)}
 
 
 def batch_discount_of(settings: Settings) -> float:

@@ -1,0 +1,116 @@
+"""Cached prompt prefixes: which requests share one, the lane that keeps them in the same batches, and the
+1-hour mark a priming request carries.
+
+A request's cached prefix is what lies up to its last block carrying `cache_control` (tools, then system
+blocks, then message content blocks: the order the API reads the prompt), with the model; the
+`cache_control` values themselves are not part of it (a 5-minute and a 1-hour mark on the same text
+are the same prefix). A top-level `cache_control` caches each whole prompt: nothing is shared, so no
+prefix is named for it.
+
+With priming on (`--prime-via realtime|batch`, the default realtime; see job.send.prime), the cut keeps
+requests of one prefix together (`job_lane_of`: the provider's lane, then the prefix), so a batch's
+requests read the cache its priming request wrote. The same lane function is the validator's, the
+replay's and the retry batches' (one place, so a resumed run cuts the same chunks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+PRIME_VIA = ("realtime", "batch", "off")
+_MARK = "cache_control"
+
+
+def _blocks(params: dict) -> list[Any]:
+    """Every cacheable block in prompt order: tools, system blocks, message content blocks (or messages)."""
+    out: list[Any] = []
+    tools = params.get("tools")
+    if isinstance(tools, list):
+        out += tools
+    system = params.get("system")
+    if isinstance(system, list):
+        out += system
+    elif system is not None:
+        out.append(system)
+    messages = params.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        out += content if isinstance(content, list) else [message]
+    return out
+
+
+def prefix_key(params: Any) -> str | None:
+    """A short name of the request's cached prefix, or None when it marks no block for caching."""
+    if not isinstance(params, dict):
+        return None
+    blocks = _blocks(params)
+    last = max((i for i, b in enumerate(blocks) if isinstance(b, dict) and _MARK in b), default=-1)
+    if last < 0:
+        return None
+    bare = [{k: v for k, v in b.items() if k != _MARK} if isinstance(b, dict) else b for b in blocks[:last + 1]]
+    return hashlib.blake2b(orjson.dumps([params.get("model"), bare]), digest_size=8).hexdigest()
+
+
+def priming_via(provider: Any) -> str | None:
+    """How this job primes ("realtime" or "batch"), or None when it does not: --prime-via off, or a provider
+    with neither a realtime endpoint nor one-request batches (a batch floor above 1)."""
+    settings = getattr(provider, "settings", None)
+    via = getattr(settings, "prime_via", "off")
+    if via not in ("realtime", "batch"):
+        return None
+    one_request_batches = getattr(getattr(provider, "spec", None), "min_batch_requests", 1) <= 1
+    if via == "realtime" and getattr(provider, "realtime_api", None) is None:
+        via = "batch"
+    return via if via == "realtime" or one_request_batches else None
+
+
+def job_lane_of(provider: Any) -> Callable[[dict], str] | None:
+    """The lane of a line as the job cuts it: the provider's (None: one lane), then its cached prefix when
+    the job primes."""
+    base: Callable[[dict], str] | None = getattr(provider, "lane_of", None)
+    if priming_via(provider) is None:
+        return base
+    field = getattr(provider, "body_field", "params")
+
+    def lane_of(obj: dict) -> str:
+        own = base(obj) if base is not None else ""
+        key = prefix_key(obj.get(field) or obj.get("params"))
+        return own if key is None else f"{own}|{key}"
+
+    return lane_of
+
+
+def line_prefix(line: bytes, field: str) -> str | None:
+    """The cached prefix of a request line (None: none, or not a request object)."""
+    if _MARK.encode() not in line:
+        return None
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return prefix_key(obj.get(field) or obj.get("params")) if isinstance(obj, dict) else None
+
+
+def mark_one_hour(line: bytes) -> bytes:
+    """The request line with every `cache_control` it carries set to the 1-hour lifetime."""
+    if _MARK.encode() not in line:
+        return line
+    obj = orjson.loads(line)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == _MARK and isinstance(v, dict):
+                    v["ttl"] = "1h"
+                else:
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(obj)
+    return orjson.dumps(obj)
