@@ -259,9 +259,9 @@ def check_identity(ledger: Ledger, settings: Settings, out_dir: str, prints: lis
             ledger.close()
             raise errors.JobMismatch(f"input {new['path']} changed since the job started "
                                      f"(size or content differs); {how}")
-    # an option newer than the job's ledger counts as what the job ran with before it (such a job resumes after
-    # an upgrade; as_started gives the run that value)
-    before = {k: meta["shaping"].get(k, _before_it_existed(k)) for k in shaping}
+    # an option newer than the job's ledger is no change (such a job resumes after an upgrade; as_started gives
+    # the run what the job ran with before the option existed)
+    before = {k: meta["shaping"].get(k, shaping[k]) for k in shaping}
     changed = [k for k in shaping if before[k] != shaping[k]]
     if changed:
         ledger.close()
@@ -296,11 +296,6 @@ def unknown_results(out_dir: str, here: str) -> str:
     return (f"{out_dir} holds results its ledger.db does not know ({here}): the ledger is missing, empty, or "
             f"lost its ledger.db-wal file. Running would send everything again and pay for it twice; put the "
             f"job's ledger.db (and ledger.db-wal) back, or move results/ and summary.json away to start afresh")
-
-
-def _before_it_existed(name: str) -> Any:
-    option = BY_NAME[name]
-    return option.default if option.before_it_existed is None else option.before_it_existed
 
 
 def as_started(settings: Settings, meta: dict) -> Settings:
