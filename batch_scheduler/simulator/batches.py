@@ -107,7 +107,7 @@ def limit_arg(request: web.Request, maximum: int) -> int:
     return limit
 
 
-MESSAGE_KINDS = ("anthropic", "inline")  # the others are OpenAI-style file APIs (request_timeout lines)
+TIMEOUT_KINDS = ("openai", "azure", "groq", "together")  # OpenAI-style file APIs: `request_timeout` error lines
 
 
 def new_batch(ctx: SimContext, kind: str, prefix: str, reqs: Requests, now: float, **extra: Any) -> Batch:
@@ -115,7 +115,7 @@ def new_batch(ctx: SimContext, kind: str, prefix: str, reqs: Requests, now: floa
     config = ctx.config
     n = len(reqs.custom_ids)
     batch_id = new_id(prefix)
-    outcomes = draw_outcomes(ctx.rng, n, reqs.invalid, config, timeouts=kind not in MESSAGE_KINDS)
+    outcomes = draw_outcomes(ctx.rng, n, reqs.invalid, config, timeouts=kind in TIMEOUT_KINDS)
     missing = draw_missing(ctx.rng, n, config.missing_rate)
     ends_at = now + draw_duration(ctx.rng, config, n)
     if reqs.written:
