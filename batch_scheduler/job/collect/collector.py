@@ -134,9 +134,7 @@ class Collector:
             async with self.lock:
                 offsets = await self.ledger.shard_offsets(self.shards.n)
                 try:
-                    collected = await self._collect_once(row, info, offsets)
-                    await self.provider.release(info)
-                    return collected
+                    return await self._collect_once(row, info, offsets)
                 except errors.NotFound:
                     self.shards.rollback(offsets)
                     grace = self.settings.not_found_grace_s

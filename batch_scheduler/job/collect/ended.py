@@ -93,6 +93,9 @@ class Endings:
                 ending = await self._succeeded(row, info, flight)
             if ending.then is not Then.DONE:
                 return ending
+            # its results are durable (or it failed for good): what the provider staged for it may go (best
+            # effort: a kill before this leaves staged objects, never a lost or repeated answer)
+            await self._collector.provider.release(info)
             self._book.live.discard(row.id)
             flight.remaining -= 1
             if flight.remaining <= 0:
