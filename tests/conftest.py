@@ -72,6 +72,13 @@ def _together_batches_came_from_its_uploads(sim) -> None:
     assert {b.kind for b in sim.store.batches.values()} == {"together"}
 
 
+def _mistral_jobs_are_tagged_for_one_job(sim) -> None:
+    """Mistral's jobs keep their metadata: each names the job's chunk, on a file uploaded under /mistral."""
+    _openai_batches_are_tagged_for_one_job(sim)
+    assert {b.kind for b in sim.store.batches.values()} == {"mistral"}
+    assert all(b.extra["input_file_id"] in sim.mistral.files.records for b in sim.store.batches.values())
+
+
 def _inline_batches_are_its_own(sim) -> None:
     assert all(b.id.startswith("ibatch_") for b in sim.store.batches.values())
 
@@ -112,6 +119,10 @@ PROVIDERS = {
                              lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=19,
                              changes={"auth": "bearer"}, errors_like="openai",
                              batches_check=_together_batches_came_from_its_uploads),
+    "mistral": ProviderCase("mistral", "/mistral", _openai_answer,  # /mistral stands for api.mistral.ai
+                            lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=29,
+                            changes={"auth": "bearer"}, errors_like="openai",
+                            batches_check=_mistral_jobs_are_tagged_for_one_job),
     "inline": ProviderCase("inline", "/v1", _anthropic_answer,
                            lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
                            changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),
