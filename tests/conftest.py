@@ -72,6 +72,21 @@ def _together_batches_came_from_its_uploads(sim) -> None:
     assert {b.kind for b in sim.store.batches.values()} == {"together"}
 
 
+def _mistral_jobs_are_tagged_for_one_job(sim) -> None:
+    """Mistral's jobs keep their metadata: each names the job's chunk, on a file uploaded under /mistral."""
+    _openai_batches_are_tagged_for_one_job(sim)
+    assert {b.kind for b in sim.store.batches.values()} == {"mistral"}
+    assert all(b.extra["input_file_id"] in sim.mistral.files.records for b in sim.store.batches.values())
+
+
+def _xai_batches_are_named_for_one_job(sim) -> None:
+    """xAI's batches are named by their create's tag and count; their requests came in add calls."""
+    names = {b.name for b in sim.xai.batches.values()}
+    assert all(re.fullmatch(r"job-[0-9a-f]{12}-chunk-\d+:\d+", name) for name in names), names
+    assert len({name.split("-chunk-")[0] for name in names}) == 1
+    assert {b.kind for b in sim.store.batches.values()} == {"xai"}
+
+
 def _inline_batches_are_its_own(sim) -> None:
     assert all(b.id.startswith("ibatch_") for b in sim.store.batches.values())
 
@@ -112,6 +127,14 @@ PROVIDERS = {
                              lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=19,
                              changes={"auth": "bearer"}, errors_like="openai",
                              batches_check=_together_batches_came_from_its_uploads),
+    "mistral": ProviderCase("mistral", "/mistral", _openai_answer,  # /mistral stands for api.mistral.ai
+                            lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=29,
+                            changes={"auth": "bearer"}, errors_like="openai",
+                            batches_check=_mistral_jobs_are_tagged_for_one_job),
+    "xai": ProviderCase("xai", "/xai", _openai_answer,  # /xai stands for api.x.ai (simulator/xai.py)
+                        lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=31,
+                        changes={"auth": "bearer"}, errors_like="openai",
+                        batches_check=_xai_batches_are_named_for_one_job),
     "inline": ProviderCase("inline", "/v1", _anthropic_answer,
                            lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
                            changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),

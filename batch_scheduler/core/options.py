@@ -98,7 +98,8 @@ PROVIDER, BATCHING, INPUT, COST, LANES = "provider", "batching", "input", "cost"
 JOB_OPTIONS: tuple[Option, ...] = (
     # -- provider -------------------------------------------------------------------------------
     Option("provider", str, "anthropic", "which batch API", PROVIDER, env=("BATCH_PROVIDER",), shapes=True,
-           choices=("anthropic", "openai", "inline", "bedrock", "azure", "gemini", "vertex", "groq", "together"),
+           choices=("anthropic", "openai", "inline", "bedrock", "azure", "gemini", "vertex", "groq", "together",
+                    "mistral", "xai"),
            daemon_side=True),
     Option("base_url", str, "https://api.anthropic.com", "where the API is", PROVIDER, metavar="URL",
            daemon_side=True, default_text="`ANTHROPIC_BASE_URL`, `CLAUDE_BASE_URL` (`OPENAI_BASE_URL` for openai), else the public API"),

@@ -31,12 +31,15 @@ from batch_scheduler.providers.base import Provider
 from batch_scheduler.providers.bedrock import BedrockProvider
 from batch_scheduler.providers.gemini import GeminiProvider
 from batch_scheduler.providers.inline import InlineProvider
+from batch_scheduler.providers.mistral import MistralProvider
 from batch_scheduler.providers.openai import OpenAIProvider
 from batch_scheduler.providers.openai_like import AzureProvider, GroqProvider, TogetherProvider
 from batch_scheduler.providers.vertex import VertexProvider
+from batch_scheduler.providers.xai import XaiProvider
 
 __all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "AzureProvider", "BedrockProvider", "GeminiProvider",
-           "GroqProvider", "InlineProvider", "OpenAIProvider", "Provider", "TogetherProvider", "VertexProvider",
+           "GroqProvider", "InlineProvider", "MistralProvider", "OpenAIProvider", "Provider", "TogetherProvider", "VertexProvider",
+           "XaiProvider",
            "body_field", "build_settings", "headers_for", "key_refused_message", "make_provider", "missing_key_message",
            "provider_class", "spec_of"]
 
@@ -50,6 +53,8 @@ REGISTRY: dict[str, type[Provider]] = {cls.name: cls for cls in (
     VertexProvider,
     GroqProvider,
     TogetherProvider,
+    MistralProvider,
+    XaiProvider,
 )}
 NAMES = tuple(REGISTRY)
 DEFAULT = NAMES[0]  # what an unknown name (a ledger from elsewhere) is read as; core.options' default too

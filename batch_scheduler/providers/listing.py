@@ -3,6 +3,7 @@
     after   ?limit=N&after=<last_id>, while `has_more` (OpenAI, Azure): common.list_since
     cursor  ?limit=N&cursor=<c>, while `paging.next_cursor` is given (Groq's reference)
     array   one bare JSON array, no paging (Together)
+    page    ?page=N&page_size=M&order_by=-created from page 0, while pages hold less than `total` (Mistral)
 
 Each walk is bounded whatever the answers say (a cursor seen before, or LIST_PAGES_MAX pages, ends
 it with a warning); an item of another shape is skipped with a warning, a page of another shape is
@@ -19,7 +20,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.providers.answers import document, items, mapping, shown
+from batch_scheduler.providers.answers import document, items, mapping, shown, whole
 from batch_scheduler.providers.base import BatchInfo
 from batch_scheduler.providers.common import LIST_PAGES_MAX, list_since, log
 from batch_scheduler.providers.profile import ListStyle
@@ -78,6 +79,25 @@ async def _cursor(http: HttpClient, url: str, since: float,
     log.warning("list batches: stopped after %d pages (a list that always says there is more)", LIST_PAGES_MAX)
 
 
+async def _pages(http: HttpClient, url: str, since: float,
+                 info_of: Callable[[dict], BatchInfo]) -> AsyncIterator[BatchInfo]:
+    read = 0
+    for page_no in range(LIST_PAGES_MAX):
+        what = f"list answer (page {page_no})"
+        page = document(await http.call("GET", f"{url}?page={page_no}&page_size={LIST_LIMIT}&order_by=-created",
+                                        "list"), what)
+        total = whole(page.get("total"), "total", what)
+        found = items(page, "data", what)
+        for info in _infos(found, what, info_of):
+            if info.created_at is not None and info.created_at < since:
+                return
+            yield info
+        read += len(found)
+        if not found or read >= total:
+            return
+    log.warning("list batches: stopped after %d pages (a list that always says there is more)", LIST_PAGES_MAX)
+
+
 def list_batches(http: HttpClient, url: str, style: ListStyle, *, since: float,
                  info_of: Callable[[dict], BatchInfo]) -> AsyncIterator[BatchInfo]:
     """Batches created at or after `since` (epoch seconds), newest first."""
@@ -85,4 +105,6 @@ def list_batches(http: HttpClient, url: str, style: ListStyle, *, since: float,
         return _cursor(http, url, since, info_of)
     if style == "array":
         return _array(http, url, since, info_of)
+    if style == "page":
+        return _pages(http, url, since, info_of)
     return list_since(http, url, limit=LIST_LIMIT, cursor="after", since=since, info_of=info_of)

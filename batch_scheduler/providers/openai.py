@@ -172,7 +172,8 @@ class OpenAIProvider(Provider):
         profile = self.profile
         first = orjson.loads(lines[0])
         file_id = await self._upload(lines, tag)
-        doc: dict = {"input_file_id": file_id, "endpoint": profile.create_endpoint(first["url"])}
+        doc: dict = {"input_files": [file_id]} if profile.input_files else {"input_file_id": file_id}
+        doc["endpoint"] = profile.create_endpoint(first["url"])
         if profile.completion_window:
             doc["completion_window"] = profile.completion_window
         if profile.model_field:

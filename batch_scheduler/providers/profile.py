@@ -1,6 +1,6 @@
 """What differs between the OpenAI-style files + batches APIs, as data: a provider profile.
 
-OpenAI, Azure OpenAI, Groq and Together all upload a JSONL file, create a batch on it, poll it and
+OpenAI, Azure OpenAI, Groq, Together and Mistral all upload a JSONL file, create a batch on it, poll it and
 download an output and an error file; they differ in the purpose of the upload, the paths, the form
 of a line, the create body, how a status is spelled, how a create answer is wrapped, how a list
 pages and how `errors` is shaped (PROVIDERS.md §4, §6, §7). `OpenAIProvider` reads each of these from
@@ -33,7 +33,8 @@ OPENAI_STATUSES: Mapping[str, BatchState] = {
 _UNKNOWN_SEEN: set[tuple[str, str]] = set()
 
 LineForm = Literal["request", "body"]  # {custom_id, method, url, body} | {custom_id, body}
-ListStyle = Literal["after", "cursor", "array"]  # ?after=last_id | ?cursor= + paging.next_cursor | a bare array
+# ?after=last_id | ?cursor= + paging.next_cursor | a bare array | ?page=N + total (Mistral)
+ListStyle = Literal["after", "cursor", "array", "page"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Profile:
     endpoint_without_v1: bool = False  # create's `endpoint` is `/chat/completions` (Azure), not `/v1/...`
     completion_window: str | None = "24h"  # None: the create body has none
     model_field: str | None = None  # the create body names the file's model under this key (Together: model_id)
+    input_files: bool = False  # the create body names its file in a list, `input_files: [id]` (Mistral)
     create_wrap: str | None = None  # the create answer holds the batch under this key (Together: `job`)
     keeps_metadata: bool = True  # a batch keeps the create's metadata: lost creates are adopted by tag
     list_style: ListStyle = "after"

@@ -15,6 +15,7 @@ INLINE_MAX_REQUESTS = 10_000
 AZURE_MAX_REQUESTS = 100_000
 GROQ_MAX_REQUESTS = 50_000
 TOGETHER_MAX_REQUESTS = 50_000
+MISTRAL_MAX_REQUESTS = 1_000_000  # ongoing requests per workspace (a secondary source): no per-file limit found
 GEMINI_MAX_BATCHES = 100
 ORGANIZATION = "org-simulator0000000000000"
 # The kinds of failing call all_faults draws from; real_faults adds conflict_error (faults.FAULT_KINDS).
@@ -69,6 +70,8 @@ class SimConfig:
     groq_variants: bool = False  # what Groq's guide shows: `errors` as a bare array
     together_max_requests: int = TOGETHER_MAX_REQUESTS
     together_variants: bool = False  # what Together's legacy SDK knows: `CANCELING`
+    # -- Mistral (mistral.py)
+    mistral_max_requests: int = MISTRAL_MAX_REQUESTS
     gemini_max_batches: int = GEMINI_MAX_BATCHES  # Gemini: unfinished batch jobs per project (429 at create)
     # -- Vertex AI and its Cloud Storage (vertex.py, gcs.py, google.py)
     vertex_projects: list[str] | None = None  # the projects that exist (None: any)

@@ -1,5 +1,5 @@
 """The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline, Azure OpenAI, Groq, Together,
-Bedrock, Gemini and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py,
+Mistral, xAI, Bedrock, Gemini and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py,
 vertex.py), and the realtime Messages and Chat Completions endpoints (realtime.py).
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
@@ -35,6 +35,7 @@ from batch_scheduler.simulator.gemini_files import GeminiFiles
 from batch_scheduler.simulator.google import TOKEN_PATH, GoogleAuth, GoogleGate
 from batch_scheduler.simulator.groq import GroqApi
 from batch_scheduler.simulator.inline import InlineApi
+from batch_scheduler.simulator.mistral import MistralApi
 from batch_scheduler.simulator.openai import OpenAIApi
 from batch_scheduler.simulator.openai_files import OpenAIFiles
 from batch_scheduler.simulator.realtime import MESSAGES_PATH, RealtimeApi
@@ -53,6 +54,7 @@ from batch_scheduler.simulator.together import PURPOSE as TOGETHER_PURPOSE
 from batch_scheduler.simulator.together import TogetherApi, together_file
 from batch_scheduler.simulator.validation import version_problem
 from batch_scheduler.simulator.vertex import VertexApi
+from batch_scheduler.simulator.xai import XaiApi
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SIGV4 = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Za-z0-9]+)/\d{8}/[a-z0-9-]+/(?P<service>[a-z0-9-]+)/aws4_request, "
@@ -76,6 +78,8 @@ class Simulator:
                                                       shapes={TOGETHER_PURPOSE: together_file}))
         self.together = TogetherApi(self.ctx, self.openai.files)
         self.groq = GroqApi(self.ctx)
+        self.mistral = MistralApi(self.ctx)  # under /mistral: its /v1/files is OpenAI's path (mistral.py)
+        self.xai = XaiApi(self.ctx)  # under /xai: its /v1/batches is OpenAI's path (xai.py)
         self.inline = InlineApi(self.ctx)
         self.bedrock = BedrockApi(self.ctx)
         self.azure = AzureApi(self.ctx)
@@ -198,7 +202,8 @@ class Simulator:
         # Gemini first: its /v1 batch and file routes take only its own ids, before OpenAI's take any
         for api, style in ((self.gemini, Style.GOOGLE), (self.anthropic, Style.ANTHROPIC),
                            (self.openai, Style.OPENAI), (self.inline, Style.INLINE),
-                           (self.bedrock, Style.BEDROCK), (self.azure, Style.OPENAI), (self.groq, Style.OPENAI)):
+                           (self.bedrock, Style.BEDROCK), (self.azure, Style.OPENAI), (self.groq, Style.OPENAI),
+                           (self.mistral, Style.OPENAI), (self.xai, Style.OPENAI)):
             for method, path, name, handler, create in api.routes():
                 if (method, path) in (("GET", "/v1/batches"), ("POST", "/v1/batches/{id}/cancel")):
                     continue  # shared with Gemini and Together: _list_batches, _cancel_batch
