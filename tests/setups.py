@@ -41,7 +41,7 @@ def set_up(name: str, sim: Any, tmp_path: Path, key: str, moto: Any = None) -> S
     if name == "gemini":
         return Setup(name, {"GEMINI_API_KEY": key}, flags, "gemini-2.5-flash", 20)
     if name == "azure":
-        return Setup(name, {"AZURE_OPENAI_API_KEY": key}, flags, "gpt-4o-mini-batch", 20)
+        return Setup(name, {"AZURE_OPENAI_API_KEY": key}, flags, "gpt-4o-mini", 20)  # a deployment named for its model
     if name == "vertex":
         _also_valid(sim, EMAIL)  # Google's token endpoint knows the service account by its email
         credentials = service_account(tmp_path / "sa.json", sim.url)
