@@ -113,7 +113,7 @@ PROVIDERS = {
     "inline": ProviderCase("inline", "/v1", _anthropic_answer,
                            lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
                            changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),
-    "gemini": ProviderCase("gemini", "", _gemini_answer, _gemini_output_tokens, fault_seed=17,
+    "gemini": ProviderCase("gemini", "", _gemini_answer, _gemini_output_tokens, fault_seed=23,
                            batches_check=_gemini_batches_are_named_for_one_job, errors_like="google"),
 }
 
