@@ -55,6 +55,16 @@ def _openai_answer(line: dict) -> str | None:
     return response["body"]["choices"][0]["message"]["content"] if response.get("status_code") == 200 else None
 
 
+def _gemini_answer(line: dict) -> str | None:
+    response = line.get("response") or {}
+    return response["candidates"][0]["content"]["parts"][0]["text"] if "candidates" in response else None
+
+
+def _gemini_output_tokens(line: dict) -> int:
+    usage = line["response"]["usageMetadata"]
+    return int(usage.get("candidatesTokenCount", 0)) + int(usage.get("thoughtsTokenCount", 0))
+
+
 def _openai_batches_are_tagged_for_one_job(sim) -> None:
     assert sim.stats["uploads"] >= 20
     tags = {batch.extra["metadata"]["batch_scheduler"] for batch in sim.store.batches.values()}
@@ -91,6 +101,12 @@ def _inline_batches_are_its_own(sim) -> None:
     assert all(b.id.startswith("ibatch_") for b in sim.store.batches.values())
 
 
+def _gemini_batches_are_named_for_one_job(sim) -> None:
+    names = {batch.extra["display_name"] for batch in sim.store.batches.values()}
+    assert all(re.fullmatch(r"job-[0-9a-f]{12}-chunk-\d+", name) for name in names), names
+    assert len({name.split("-chunk-")[0] for name in names}) == 1  # every batch names the same job
+
+
 @dataclass
 class ProviderCase:
     """One provider as the pipeline meets it through the simulator."""
@@ -102,7 +118,7 @@ class ProviderCase:
     fault_seed: int
     changes: dict = field(default_factory=dict)
     batches_check: Callable[[object], None] = lambda sim: None  # what only this provider's batches show
-    errors_like: str = "anthropic"  # whose error bodies the simulator answers it with: anthropic, openai
+    errors_like: str = "anthropic"  # whose error bodies the simulator answers it with: anthropic, openai, google
 
     def settings(self, url: str, **changes) -> Settings:
         return fast_settings(url + self.url_path, provider=self.name, **{**self.changes, **changes})
@@ -138,6 +154,8 @@ PROVIDERS = {
     "inline": ProviderCase("inline", "/v1", _anthropic_answer,
                            lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
                            changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),
+    "gemini": ProviderCase("gemini", "", _gemini_answer, _gemini_output_tokens, fault_seed=23,
+                           batches_check=_gemini_batches_are_named_for_one_job, errors_like="google"),
 }
 
 

@@ -15,13 +15,14 @@ def request(cid: str, text: str = "hello", *, model: str | None = "claude-sonnet
     return {"custom_id": cid, "params": params}
 
 
-def write_requests(path: str, n: int, *, prefix: str = "req", start: int = 0) -> list[str]:
+def write_requests(path: str, n: int, *, prefix: str = "req", start: int = 0,
+                   model: str | None = "claude-sonnet-4-5") -> list[str]:
     ids = []
     with open(path, "wb") as f:
         for i in range(start, start + n):
             cid = f"{prefix}-{i:06d}"
             ids.append(cid)
-            f.write(orjson.dumps(request(cid, f"question {i}")) + b"\n")
+            f.write(orjson.dumps(request(cid, f"question {i}", model=model)) + b"\n")
     return ids
 
 

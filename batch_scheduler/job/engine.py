@@ -172,7 +172,7 @@ class Engine:
     async def _run_with(self, job: Job, start: Any, queues: JobQueues) -> JobResult:
         s = self.settings
         slots = self._shared_slots or asyncio.Semaphore(s.concurrency)
-        admission = self._admission = Admission(slots, Budget(s.max_cost_usd, self.prices), job.ledger, self.stats,
+        admission = self._admission = Admission(slots, Budget(s.max_cost_usd, self.prices, s.provider), job.ledger, self.stats,
                                                 queues, cancelled=start.cancelled, spent_usd=start.spent_usd)
         async with HttpClient(headers_for(s), s.retry, timeout_s=s.http_timeout_s, secret=s.api_key,
                               connections=max(16, s.concurrency * 2)) as http:

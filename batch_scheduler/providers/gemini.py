@@ -45,7 +45,7 @@ from batch_scheduler.providers.answers import (
 )
 from batch_scheduler.providers.base import BatchInfo, BatchState, Outcome, Provider, Usage, encode, parse_time
 from batch_scheduler.providers.common import LIST_PAGES_MAX, log
-from batch_scheduler.providers.gemini_convert import gemini_request
+from batch_scheduler.providers.gemini_convert import estimate_params, gemini_request
 
 API = "/v1beta"
 INLINE_MAX_BYTES = 4 * MB  # above this a batch goes through a file (inline < 20 MB; big inline results are slow)
@@ -179,15 +179,8 @@ class GeminiProvider(Provider):
         request = obj.get("request")
         if not isinstance(request, dict):
             return obj
-        config, system, contents = request.get("generationConfig"), request.get("systemInstruction"), \
-            request.get("contents")
         model = request.get("model")
-        messages = [{"role": c.get("role"), "content": c.get("parts")} for c in contents if isinstance(c, dict)] \
-            if isinstance(contents, list) else None
-        return {"params": {"model": model_name(model) if isinstance(model, str) else None,
-                           "system": system.get("parts") if isinstance(system, dict) else None,
-                           "messages": messages, "tools": request.get("tools"),
-                           "max_tokens": config.get("maxOutputTokens") if isinstance(config, dict) else None}}
+        return {"params": estimate_params(request, model_name(model) if isinstance(model, str) else None)}
 
     # -- input lines ----------------------------------------------------------------------------
 

@@ -175,6 +175,17 @@ def generation_config(params: dict) -> tuple[dict | None, Problem]:
     return config, None
 
 
+def estimate_params(request: dict, model: Any) -> dict:
+    """A GenerateContentRequest as the Messages-like params the estimates read (job.money.estimate): its
+    system instruction, its contents' parts, its tools and its most output tokens, under `model`."""
+    config, system, contents = request.get("generationConfig"), request.get("systemInstruction"), request.get("contents")
+    messages = [{"role": c.get("role"), "content": c.get("parts")} for c in contents if isinstance(c, dict)] \
+        if isinstance(contents, list) else None
+    return {"model": model, "system": system.get("parts") if isinstance(system, dict) else None,
+            "messages": messages, "tools": request.get("tools"),
+            "max_tokens": config.get("maxOutputTokens") if isinstance(config, dict) else None}
+
+
 def gemini_request(params: Any) -> tuple[dict | None, Problem]:
     """A GenerateContentRequest (without `model`) from Message Batches params."""
     if not isinstance(params, dict):

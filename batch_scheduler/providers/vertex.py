@@ -47,6 +47,7 @@ from batch_scheduler.providers.gcs import DEFAULT_STORAGE_URL, Storage, split_gs
 from batch_scheduler.providers.vertex_lines import (
     check_line,
     classify_line,
+    estimate_view,
     is_claude,
     lane_of_line,
     upload_line,
@@ -133,6 +134,7 @@ class VertexProvider(Provider):
     name = "vertex"
     spec = SPEC
     body_field = "body"  # where the kept lines hold the request (vertex_lines: the uploaded lines say `request`)
+    estimate_view = staticmethod(estimate_view)  # a Gemini body read as Messages-like params
 
     def __init__(self, settings: Settings, http: HttpClient):
         """Nothing is read or checked here (a job's views make a provider to read its lines); the first

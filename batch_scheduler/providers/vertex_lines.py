@@ -27,7 +27,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.providers.answers import ShapeError, custom_id_of, line_object, model_of, shown, tokens
 from batch_scheduler.providers.base import Outcome, Usage, encode
 from batch_scheduler.providers.common import check_message_params
-from batch_scheduler.providers.gemini_convert import gemini_request
+from batch_scheduler.providers.gemini_convert import estimate_params, gemini_request
 
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 CLAUDE_PUBLISHER = "publishers/anthropic/models/"
@@ -90,6 +90,14 @@ def check_line(obj: dict, default_model: str | None) -> tuple[bytes | None, str 
     elif not isinstance(request.get("contents"), list) or not request["contents"]:
         return None, "request.contents missing or not a non-empty list (a Gemini GenerateContentRequest)"
     return _kept(obj["custom_id"], model, request), None
+
+
+def estimate_view(obj: dict) -> dict:
+    """A kept line as the estimates read it: a Gemini body as Messages-like params (a Claude body is one)."""
+    body = obj.get("body")
+    if isinstance(body, dict) and "contents" in body:
+        return {"custom_id": obj.get("custom_id"), "body": estimate_params(body, body.get("model"))}
+    return obj
 
 
 def _kept(custom_id: str, model: Any, request: dict) -> bytes:

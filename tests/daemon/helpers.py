@@ -39,14 +39,15 @@ def wait_until(condition: Callable[[], bool], what: str = "condition", timeout_s
         time.sleep(0.02)
 
 
-def drop(spool: Path, name: str, n: int, *, options: dict | None = None) -> list[str]:
+def drop(spool: Path, name: str, n: int, *, options: dict | None = None,
+         model: str | None = "claude-sonnet-4-5") -> list[str]:
     """Put a job into the inbox the way a producer should: write aside, rename in (options first)."""
     inbox = spool / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     if options is not None:
         (inbox / f".{name}.options.tmp").write_text(json.dumps(options))
         os.rename(inbox / f".{name}.options.tmp", inbox / f"{name}.options.json")
-    ids = write_requests(str(inbox / f".{name}.tmp"), n, prefix=name)
+    ids = write_requests(str(inbox / f".{name}.tmp"), n, prefix=name, model=model)
     os.rename(inbox / f".{name}.tmp", inbox / f"{name}.jsonl")
     return ids
 

@@ -115,11 +115,18 @@ async def test_409_and_504_answers_are_retried(sim, provider, tmp_path, kind):
     sim.config.fail_rate = 0.3
     sim.config.fail_kinds = [kind]
     ids = write_requests(tmp_path / "in.jsonl", 300)
-    result = await run_job(provider.settings(sim.url), tmp_path / "out", [tmp_path / "in.jsonl"])
+    # batches of 20: enough calls that faults are drawn for a provider that makes few (Gemini's inline batches)
+    settings = provider.settings(sim.url, batch_size=20)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
     assert result.exit_code == ExitCode.OK, result.message
     assert_exactly_once(tmp_path / "out", ids)
     assert sim.stats["faults"][kind] > 0
     assert sim.stats["requests_created"] <= 300 * 1.05
+
+
+_USAGE_LIMITS = "You have reached your specified API usage limits. You will regain access on "
+SPEND_LIMIT_SAID = {"anthropic": f"rate_limit_error: {_USAGE_LIMITS}", "google": f"RESOURCE_EXHAUSTED: {_USAGE_LIMITS}",
+                    "openai": "insufficient_quota: You exceeded your current quota"}  # by whose error bodies
 
 
 async def test_a_spend_limit_stops_sending_collects_what_is_in_flight_and_exits_with_its_own_code(
@@ -130,8 +137,7 @@ async def test_a_spend_limit_stops_sending_collects_what_is_in_flight_and_exits_
     settings = provider.settings(sim.url, concurrency=2)
     first = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
     assert first.exit_code == ExitCode.SPEND_LIMIT == 5
-    said = ("insufficient_quota: You exceeded your current quota" if provider.errors_like == "openai" else
-            "rate_limit_error: You have reached your specified API usage limits. You will regain access on ")
+    said = SPEND_LIMIT_SAID[provider.errors_like]
     assert first.message.startswith(f"the provider's spend limit is reached: POST create: HTTP 429 {said}")
     assert first.message.endswith("Nothing is lost: run the same command again once access resumes (800 request(s) "
                                   "not sent; every batch in flight was collected)")

@@ -37,9 +37,10 @@ def unpriced_message(models: list[str], requests: dict[str, int] | None = None) 
 
 
 class Budget:
-    def __init__(self, cap_usd: float | None, prices: PriceTable):
+    def __init__(self, cap_usd: float | None, prices: PriceTable, provider_name: str | None = None):
         self.cap_usd = cap_usd
         self.prices = prices
+        self.provider_name = provider_name  # whose lines: read as the dry run reads them (a Gemini request too)
         self.ratio = 1.0  # exact / heuristic input tokens, measured on a sample of the job (estimate.measure)
         self.in_flight: dict[int, float] = {}  # chunk id -> estimate
         self.stopped_at: str | None = None
@@ -50,7 +51,7 @@ class Budget:
         if self.cap_usd is None:
             return 0.0
         high = 0.0
-        for model, totals in tally(lines).items():
+        for model, totals in tally(lines, self.provider_name).items():
             cost = cost_range(self.prices, model, totals, self.ratio)
             if cost is not None:
                 high += cost[1]

@@ -1,6 +1,9 @@
-"""What one result line says, read from either provider's form: the answer's text, its JSON (a tool
-call's input or arguments, or a JSON answer), why it stopped, and its error. Every field is checked
-where it is read: a line of an unexpected shape gives None, never an exception.
+"""What one result line says, read from any provider's form: the answer's text, its JSON (a tool
+call's input or arguments, or a JSON answer), why it stopped, and its error. The forms: a Message
+Batches line (`result.message`), an OpenAI line (`response.body`), a Gemini line (`response.candidates`,
+`error`), and a Vertex prediction line (its `response` a Message or a GenerateContentResponse, a
+non-empty `status` its error). Every field is checked where it is read: a line of an unexpected shape
+gives None, never an exception.
 """
 
 from __future__ import annotations
@@ -11,23 +14,23 @@ import orjson
 
 
 def answer_text(doc: dict) -> str | None:
-    """The answer's text: a Messages result's text blocks joined; a chat completion's message content; a
-    Responses answer's output_text parts. None when the line holds no answer."""
-    result = doc.get("result")
-    if isinstance(result, dict):
-        message = result.get("message") or {}
-        blocks = message.get("content") if isinstance(message, dict) else None
+    """The answer's text: a Message's text blocks joined; a chat completion's message content; a
+    Responses answer's output_text parts; a Gemini answer's text parts. None when the line holds no answer."""
+    message = _message(doc)
+    if message is not None:
+        blocks = message.get("content")
         if not isinstance(blocks, list):
             return None
         return "".join(b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text"
                        and isinstance(b.get("text"), str))
-    candidates = (doc.get("response") or {}).get("candidates")
+    candidates = _response(doc).get("candidates")
     if isinstance(candidates, list):  # a Gemini GenerateContentResponse: the first candidate's text parts
-        content = candidates[0].get("content") if candidates and isinstance(candidates[0], dict) else None
+        candidate = _first_candidate(doc)
+        content = candidate.get("content") if candidate is not None else None
         parts = content.get("parts") if isinstance(content, dict) else None
         return "".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
                        and not p.get("thought")) if isinstance(parts, list) else None
-    body = (doc.get("response") or {}).get("body") or {}
+    body = _body(doc)
     choices = body.get("choices")
     if isinstance(choices, list) and choices:
         first = choices[0] or {}
@@ -42,7 +45,8 @@ def answer_text(doc: dict) -> str | None:
 
 
 def error_text(doc: dict) -> str | None:
-    """`kind: message` of an errored result line (either provider's form); None when it did not err."""
+    """`kind: message` of an errored result line (any provider's form; a Vertex line's status string as it
+    is); None when it did not err."""
     result = doc.get("result")
     if isinstance(result, dict):
         if result.get("type") != "errored":
@@ -53,6 +57,11 @@ def error_text(doc: dict) -> str | None:
     err = doc.get("error")
     if isinstance(err, dict):
         return f"{err.get('code')}: {err.get('message')}"
+    status = doc.get("status")  # a Vertex prediction line's: "" when it succeeded
+    if isinstance(status, dict):  # a google.rpc.Status
+        return f"{status.get('status') or status.get('code')}: {status.get('message')}"
+    if isinstance(status, str) and status:
+        return status
     response = doc.get("response") or {}
     if response.get("status_code") not in (None, 200):
         body_err = (response.get("body") or {}).get("error") or {}
@@ -63,11 +72,15 @@ def error_text(doc: dict) -> str | None:
 
 def stop_reason(doc: dict) -> str | None:
     """Why the answer stopped: a Message's `stop_reason` (end_turn, max_tokens, tool_use, ...), a chat
-    completion's `finish_reason` (stop, length, tool_calls), a Responses answer's incomplete reason."""
-    result = doc.get("result")
-    if isinstance(result, dict):
-        message = result.get("message")
-        reason = message.get("stop_reason") if isinstance(message, dict) else None
+    completion's `finish_reason` (stop, length, tool_calls), a Responses answer's incomplete reason, a Gemini
+    candidate's `finishReason` (STOP, MAX_TOKENS)."""
+    message = _message(doc)
+    if message is not None:
+        reason = message.get("stop_reason")
+        return reason if isinstance(reason, str) else None
+    candidate = _first_candidate(doc)
+    if candidate is not None:
+        reason = candidate.get("finishReason")
         return reason if isinstance(reason, str) else None
     body = _body(doc)
     choices = body.get("choices")
@@ -107,10 +120,9 @@ def json_of(text: Any) -> Any:
 
 
 def _tool_input(doc: dict) -> Any:
-    result = doc.get("result")
-    if isinstance(result, dict):
-        message = result.get("message")
-        blocks = message.get("content") if isinstance(message, dict) else None
+    message = _message(doc)
+    if message is not None:
+        blocks = message.get("content")
         for block in blocks if isinstance(blocks, list) else ():
             if isinstance(block, dict) and block.get("type") == "tool_use" and "input" in block:
                 return block["input"]
@@ -140,7 +152,28 @@ def _arguments(value: Any) -> Any:
     return value
 
 
-def _body(doc: dict) -> dict:
+def _message(doc: dict) -> dict | None:
+    """The Message of a line that answers with one: Message Batches' `result.message` ({} when the result
+    has none), or a Vertex Claude line's `response`; None for the other forms."""
+    result = doc.get("result")
+    if isinstance(result, dict):
+        message = result.get("message")
+        return message if isinstance(message, dict) else {}
+    response = _response(doc)
+    return response if response.get("type") == "message" else None
+
+
+def _first_candidate(doc: dict) -> dict | None:
+    candidates = _response(doc).get("candidates")
+    first = candidates[0] if isinstance(candidates, list) and candidates else None
+    return first if isinstance(first, dict) else None
+
+
+def _response(doc: dict) -> dict:
     response = doc.get("response")
-    body = response.get("body") if isinstance(response, dict) else None
+    return response if isinstance(response, dict) else {}
+
+
+def _body(doc: dict) -> dict:
+    body = _response(doc).get("body")
     return body if isinstance(body, dict) else {}
