@@ -27,11 +27,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "batch_scheduler"
 RANKS = {"core": 0, "state": 1, "providers": 1, "job": 2, "daemon": 3, "cluster": 3, "": 4, "testing": 4, "commands": 5, "__main__": 6}
 APART = {("daemon", "cluster"), ("cluster", "daemon")}  # same rank, and neither imports the other
 # job/: observe (the hooks a run reports to, importing nothing) < the stages in pipeline order < the top
-# modules: job (a job directory: ledger, inputs, summary) < run (one pass over it) < engine (the runs of
-# a process) and dryrun and cancel (beside it) < outcome (what a run's result means for the job, used by
+# modules: job (a job directory: ledger, inputs, summary) < run and producer (one pass over it, and what it
+# sends next) < engine (the runs of a process) and dryrun and cancel (beside it) < outcome (what a run's result means for the job, used by
 # the daemon and the cluster alike) and api (the library entry points, over engine and dryrun)
 JOB_RANKS = {"observe": 0, "input": 1, "money": 2, "admit": 3, "send": 4, "collect": 5, "view": 6,
-             "job": 7, "run": 8, "engine": 9, "dryrun": 9, "cancel": 9, "outcome": 10, "api": 10}
+             "job": 7, "run": 8, "producer": 8, "engine": 9, "dryrun": 9, "cancel": 9, "outcome": 10, "api": 10}
 MAX_LINES = {"job": 400}  # a module of job/ at most; elsewhere MAX_LINES_ELSEWHERE
 MAX_LINES_ELSEWHERE = 500
 MAX_CLASS_LINES = 400

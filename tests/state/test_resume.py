@@ -59,8 +59,9 @@ async def test_a_postgres_ledger_made_by_the_earlier_schema_runs_a_job_to_done_e
     from ..cluster.helpers import manifest_lines, queue_job
     inp, out = str(tmp_path / "in.jsonl"), str(tmp_path / "out")
     want = write_requests(inp, 40)
-    await asyncio.to_thread(queue_job, pg_url, "old", [inp], out, {"batch_size": 15, **FAST})
-    node = Node(NodeConfig(pg_url, node_id="node-a", lease_s=6, poll_s=0.05),
+    await asyncio.to_thread(queue_job, pg_url, "old", [inp], out, {"batch_size": 15})
+    node = Node(NodeConfig(pg_url, node_id="node-a", lease_s=6, poll_s=0.05, flags=FAST,  # how it polls: the node's
+                           allow_roots=(str(tmp_path),)),
                 load_env=lambda: {"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": sim.url})
     task = asyncio.create_task(node.serve())
     q = Queue(pg_url)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import glob
 import gzip
-import hashlib
 import os
 import zlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
@@ -254,15 +253,3 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             if path not in files:
                 files.append(path)
     return files
-
-
-def fingerprint(path: str, edge_bytes: int = 1 << 20) -> dict:
-    """Size and a checksum of the head and tail: enough to notice a changed input."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(edge_bytes))
-        if size > edge_bytes:
-            f.seek(max(edge_bytes, size - edge_bytes))
-            h.update(f.read(edge_bytes))
-    return {"path": os.path.abspath(path), "size": size, "sha256_edges": h.hexdigest()}
