@@ -27,7 +27,7 @@ from typing import Any
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.options import BY_NAME
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.input.reader import Source
+from batch_scheduler.job.input.reader import Source, pin_inputs
 from batch_scheduler.job.input.sources import make_sources
 from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.money.pricing import PriceTable
@@ -69,6 +69,7 @@ class Job:
         self.stats = stats
         self.prices = prices
         self.sources: list[Source] = make_sources(inputs, settings)
+        pin_inputs(self.sources, ledger.read_meta().get("inputs") or [])  # objects: read at their start's ETag
 
     @classmethod
     async def open(cls, settings: Settings, out_dir: str, inputs: list[str], *, remembered: dict,

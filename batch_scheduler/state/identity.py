@@ -70,7 +70,7 @@ class InputIdentity:
         diff = [what for what, a, b in (("size", self.size, now.size), ("mtime", self.mtime_ns, now.mtime_ns),
                                         ("inode", self.inode, now.inode), ("content", self.edges, now.edges))
                 if a != b]
-        return ", ".join(diff) + " differ" if diff else None
+        return f"its {', '.join(diff)} changed" if diff else None
 
 
 def local_identities(inputs: list[str]) -> list[InputIdentity]:

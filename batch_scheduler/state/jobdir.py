@@ -23,7 +23,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.state import ledger as ledgers
-from batch_scheduler.state.identity import check_identity, fingerprint
+from batch_scheduler.state.identity import check_identity, fingerprints
 from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.shards import ShardSet
 
@@ -58,7 +58,7 @@ def lock_dir(path: str, owner: str, what: str) -> JobLock:
 
 
 def open_ledger(settings: Settings, out_dir: str, inputs: list[str], remembered: dict) -> Ledger:
-    prints = [fingerprint(p) for p in inputs]  # before the ledger opens: an unreadable input leaks nothing
+    prints = fingerprints(inputs)  # before the ledger opens: an unreadable input leaks nothing
     path = os.path.join(out_dir, "ledger.db")
     here = results_here(out_dir)
     if here and (not os.path.exists(path) or os.path.getsize(path) == 0):

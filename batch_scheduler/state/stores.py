@@ -36,7 +36,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.state import jobdir, owner
-from batch_scheduler.state.identity import check_identity, fingerprint, fingerprints
+from batch_scheduler.state.identity import check_identity, fingerprints
 from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.object_shards import ObjectShards, collect_garbage, write_manifest
 from batch_scheduler.state.objects import LocalObjects, Objects, open_objects
@@ -51,7 +51,7 @@ class LocalStore:
         self.where = self.out_dir = out_dir
 
     def fingerprints(self, inputs: list[str]) -> list[dict]:
-        return [fingerprint(p) for p in inputs]
+        return fingerprints(inputs)
 
     def lock(self, owner: str) -> JobLock:
         return jobdir.lock_dir(self.out_dir, owner, "--out")

@@ -205,10 +205,18 @@ class ObjectJsonlSource(JsonlSource):
 
     def __init__(self, url: str, index: int, max_line_bytes: int = 256 << 20):
         super().__init__(url, index, max_line_bytes)
+        self.etag: str | None = None  # the version the job started with: every read is of it (pin_inputs)
 
     def _open(self, pos: int) -> ByteStream:
         base, key = split_object_url(self.path)
-        return RangeReader(BucketObjects(base), key, pos)
+        return RangeReader(BucketObjects(base), key, pos, etag=self.etag)
+
+
+def pin_inputs(sources: Sequence[Source], prints: Sequence[object]) -> None:
+    """Each object input read only at the ETag the job started with (its fingerprint in the ledger)."""
+    for source, found in zip(sources, prints, strict=False):
+        if isinstance(source, ObjectJsonlSource) and isinstance(found, dict) and isinstance(found.get("etag"), str):
+            source.etag = found["etag"]
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None
