@@ -25,27 +25,14 @@ from typing import Any, TypeVar
 
 from batch_scheduler.core import errors
 from batch_scheduler.state import pg
+from batch_scheduler.state.queries import load
 
 T = TypeVar("T")
 
 STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
 
-_CLAIM = """
-UPDATE jobs SET state='running', claim_token=%(token)s, node_id=%(node)s,
-       lease_until=clock_timestamp() + make_interval(secs => %(lease)s), claims=claims+1, updated_at=now()
-WHERE id = (SELECT id FROM jobs
-            WHERE (state IN ('queued', 'paused') OR (state = 'running' AND lease_until < clock_timestamp()))
-              AND (not_before IS NULL OR not_before <= clock_timestamp())
-            ORDER BY submitted_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-RETURNING id, name, spec, cancel_requested, claims, restarts
-"""
-
-_FEWEST = """
-SELECT MIN((SELECT count(*) FROM jobs j WHERE j.node_id = n.node_id AND j.state = 'running'
-                                       AND j.lease_until > clock_timestamp()))
-FROM nodes n WHERE n.node_id <> %s AND n.seen_at > clock_timestamp() - make_interval(secs => %s)
-"""
+Q = load("queue")  # the statements, named, in state/sql/queue.sql
 
 
 @dataclass
@@ -106,63 +93,67 @@ class Queue:
     # -- commands -------------------------------------------------------------------------------
 
     def submit(self, name: str, spec: dict[str, Any]) -> int:
-        """A new queued job; UsageError if the name, or the output, is another job's."""
+        """A new queued job; UsageError if the name, or the output, is another job's (any job's, finished
+        or not: a finished output is never reused). Submits to one output take turns (a lock held to the
+        end of the transaction), so two of them never both pass the check."""
+        out = str(spec["out"]).rstrip("/")
+
         def q(db: Any) -> int:
-            if db.execute("SELECT 1 FROM jobs WHERE name=%s", (name,)).fetchone():
+            db.execute(Q["lock_output"], {"out": out})
+            if db.execute(Q["named"], {"name": name}).fetchone():
                 raise errors.UsageError(f"a job named {name!r} exists already; choose another --name")
-            other = db.execute("SELECT name FROM jobs WHERE spec->>'out' = %s AND state <> ALL(%s)",
-                               (spec["out"], list(FINAL))).fetchone()
-            if other:
+            other = db.execute(Q["output_owner"], {"out": out}).fetchone()
+            if other and other[1] not in FINAL:
                 raise errors.UsageError(f"--out {spec['out']} belongs to job {other[0]!r}, which is not finished")
-            return int(db.execute("INSERT INTO jobs (name, state, spec) VALUES (%s, 'queued', %s::jsonb) RETURNING id",
-                                  (name, json.dumps(spec))).fetchone()[0])
-        return self.sync(q)
+            if other:
+                raise errors.UsageError(f"--out {spec['out']} belongs to job {other[0]!r}, which is {other[1]}: an "
+                                        f"output is never reused, not even a finished one; choose another --out")
+            return int(db.execute(Q["submit"], {"name": name, "spec": json.dumps(spec)}).fetchone()[0])
+        try:
+            return self.sync(q)
+        except Exception as err:
+            if type(err).__name__ == "UniqueViolation":  # the same name submitted at the same moment
+                raise errors.UsageError(f"a job named {name!r} exists already; choose another --name") from None
+            raise
 
     def cancel(self, name: str) -> str:
         """Mark the job cancelled: a queued job with nothing in flight is cancelled at once; one that runs
         (or has batches at the provider) is cancelled by the node that runs it. Returns its state."""
         def q(db: Any) -> str:
-            row = db.execute("SELECT id, state FROM jobs WHERE name=%s FOR UPDATE", (name,)).fetchone()
+            row = db.execute(Q["hold_named"], {"name": name}).fetchone()
             if row is None:
                 raise errors.UsageError(f"no job named {name!r}")
             job_id, state = row
             if state in FINAL:
                 return state
-            db.execute("UPDATE jobs SET cancel_requested=TRUE, updated_at=now() WHERE id=%s", (job_id,))
-            in_flight = db.execute("SELECT 1 FROM chunks WHERE job_id=%s AND state IN ('submitted', 'submitting')"
-                                   " LIMIT 1", (job_id,)).fetchone()
+            db.execute(Q["cancel_requested"], {"job_id": job_id})
+            in_flight = db.execute(Q["in_flight"], {"job_id": job_id}).fetchone()
             if state in ("queued", "paused") and not in_flight:
-                db.execute("UPDATE jobs SET state='cancelled', reason='cancelled before it ran',"
-                           " claim_token=NULL, node_id=NULL, lease_until=NULL WHERE id=%s", (job_id,))
+                db.execute(Q["cancel_now"], {"job_id": job_id})
                 return "cancelled"
             return state
         return self.sync(q)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         def q(db: Any) -> list[dict[str, Any]]:
-            rows = db.execute(
-                "SELECT j.id, j.name, j.state, j.reason, j.node_id, j.spec, j.cancel_requested, j.claims,"
-                " CASE WHEN j.state='running' THEN EXTRACT(EPOCH FROM j.lease_until - clock_timestamp()) END,"
-                " EXTRACT(EPOCH FROM j.submitted_at), EXTRACT(EPOCH FROM j.updated_at),"
-                " COALESCE((SELECT jsonb_object_agg(c.name, c.value) FROM counters c WHERE c.job_id=j.id), '{}'),"
-                " (SELECT value FROM meta m WHERE m.job_id=j.id AND m.key='accepted_total')"
-                " FROM jobs j WHERE (%s::text IS NULL OR j.name=%s) ORDER BY j.submitted_at, j.id",
-                (name, name)).fetchall()
-            return [_status_row(*r) for r in rows]
+            return [_status_row(*r) for r in db.execute(Q["status"], {"name": name}).fetchall()]
         out = self.sync(q)
         if name is not None and not out:
             raise errors.UsageError(f"no job named {name!r}")
         return out
 
+    def batches_of_others(self, job_id: int, since: float) -> set[str]:
+        """The batch ids every job but `job_id` records since `since` (blocking): never adopted by it."""
+        return self.sync(lambda db: {r[0] for r in db.execute(Q["batches_of_others"],
+                                                              {"job_id": job_id, "since": since}).fetchall()})
+
     # -- the node's side ------------------------------------------------------------------------
 
     async def register(self, node_id: str, listen: str | None) -> None:
-        await self.run(lambda db: db.execute(
-            "INSERT INTO nodes (node_id, listen) VALUES (%s, %s) ON CONFLICT (node_id) DO UPDATE SET"
-            " started_at=now(), seen_at=now(), listen=excluded.listen", (node_id, listen)))
+        await self.run(lambda db: db.execute(Q["register"], {"node": node_id, "listen": listen}))
 
     async def heartbeat(self, node_id: str) -> None:
-        await self.run(lambda db: db.execute("UPDATE nodes SET seen_at=now() WHERE node_id=%s", (node_id,)))
+        await self.run(lambda db: db.execute(Q["heartbeat"], {"node": node_id}))
 
     async def claim(self, node_id: str, lease_s: float, *, running: int = 0, live_s: float = 3.0) -> Claimed | None:
         """The oldest claimable job, unless another live node (seen within live_s) runs fewer jobs than
@@ -170,10 +161,10 @@ class Queue:
         token = secrets.token_hex(16)
 
         def q(db: Any) -> Claimed | None:
-            fewest = db.execute(_FEWEST, (node_id, live_s)).fetchone()[0]
+            fewest = db.execute(Q["fewest"], {"node": node_id, "live_s": live_s}).fetchone()[0]
             if fewest is not None and int(fewest) < running:
                 return None
-            row = db.execute(_CLAIM, {"token": token, "node": node_id, "lease": lease_s}).fetchone()
+            row = db.execute(Q["claim"], {"token": token, "node": node_id, "lease": lease_s}).fetchone()
             if row is None:
                 return None
             job_id, name, spec, cancel, claims, restarts = row
@@ -183,24 +174,16 @@ class Queue:
     async def renew(self, job_id: int, token: str, lease_s: float) -> tuple[bool, bool]:
         """(still ours, cancel requested): the lease moved to now + lease_s, if the claim is still ours."""
         def q(db: Any) -> tuple[bool, bool]:
-            row = db.execute("UPDATE jobs SET lease_until=clock_timestamp() + make_interval(secs => %s)"
-                             " WHERE id=%s AND claim_token=%s AND lease_until > clock_timestamp()"
-                             " RETURNING cancel_requested", (lease_s, job_id, token)).fetchone()
+            row = db.execute(Q["renew"], {"lease": lease_s, "job_id": job_id, "token": token}).fetchone()
             return (row is not None, bool(row and row[0]))
         return await self.run(q)
 
     async def settle(self, job_id: int, token: str, state: str, reason: str | None, *,
                      wait_s: float | None = None, restarts: int | None = None) -> bool:
         """Give the claim up with the job's next state; False if the claim was no longer ours."""
-        def q(db: Any) -> bool:
-            row = db.execute(
-                "UPDATE jobs SET state=%s, reason=%s, claim_token=NULL, node_id=NULL, lease_until=NULL,"
-                " not_before = CASE WHEN %s::float8 IS NULL THEN NULL"
-                "                   ELSE clock_timestamp() + make_interval(secs => %s::float8) END,"
-                " restarts=COALESCE(%s, restarts), updated_at=now() WHERE id=%s AND claim_token=%s RETURNING id",
-                (state, reason, wait_s, wait_s, restarts, job_id, token)).fetchone()
-            return row is not None
-        return await self.run(q)
+        params = {"state": state, "reason": reason, "wait_s": wait_s, "restarts": restarts, "job_id": job_id,
+                  "token": token}
+        return await self.run(lambda db: db.execute(Q["settle"], params).fetchone() is not None)
 
 
 def _status_row(job_id: int, name: str, state: str, reason: str | None, node: str | None, spec: dict,

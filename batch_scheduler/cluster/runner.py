@@ -6,7 +6,9 @@ What the run's result makes of the job is the spool daemon's table (job.outcome)
 refused key, the provider's spend limit or a full disk (claimed again once --key-check-s is over, and
 run: its first create tells whether access is back), cancelled, queued again after a wait when it may
 pass, failed. A run that raises what the engine does not turn into a result counts as such a restart
-(one line, no traceback), then fails. A job whose claim is lost (LeaseLost, in its run or while its
+(one line, no traceback), then fails. Every job of the node shares the process's claims registry, which sees
+every other job's batch ids through PostgreSQL (whichever node made them): no job adopts another's
+batch, even when their custom_ids are the same. A job whose claim is lost (LeaseLost, in its run or while its
 batches are cancelled, or the lease ran out while PostgreSQL could not be reached) is dropped at once
 and settled by no one here: the node that claims it next resumes it from the ledger. A job dropped
 because PostgreSQL went away is given back (queued) once it is reachable again, if its claim is still
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +44,7 @@ from batch_scheduler.job.outcome import (
     outcome_line,
     unexpected,
 )
+from batch_scheduler.job.send.claims import shared
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 from batch_scheduler.state import budget
 from batch_scheduler.state.postgres import PgLedger
@@ -73,6 +77,9 @@ class JobRunner:
         self.queue_limit = queue_limit  # requests queued per provider account, shared by every node (budget.py)
         self.allow_roots = allow_roots  # local paths a job may name (cluster.places)
         self.queues = QueuePool()  # issue 16's budget of the provider queues, shared by this node's jobs
+        # whose batch is whose: this process's registry, and every other job's batch ids in PostgreSQL
+        self.claims = shared(elsewhere=self._batches_elsewhere)
+        self._job_of: dict[str, int] = {}  # a running job's output, as its engine names itself -> its id
         self.to_give_back: list[Claimed] = []  # dropped while PostgreSQL was away: queued again once it is back
 
     def settings_of(self, claimed: Claimed) -> Any:
@@ -109,8 +116,10 @@ class JobRunner:
                                    wait_s=self.key_check_s)
                 return
             remembered = {k: v for k, v in (claimed.spec.get("options") or {}).items() if k in REMEMBERED}
+            self._job_of[where_of(claimed)] = claimed.job_id
             engine = job.engine = Engine(settings, claimed.spec["out"], list(claimed.spec["inputs"]), quiet=True,
-                                         store=store, lease=job.lease, remembered=remembered, queues=self.queues)
+                                         store=store, lease=job.lease, remembered=remembered, queues=self.queues,
+                                         claims=self.claims)
             log.info("job %s: running (claim %d)", claimed.name, claimed.claims, extra={**extra, "state": "running"})
             if claimed.cancel_requested:
                 await self.cancel_batches(job)
@@ -131,8 +140,14 @@ class JobRunner:
             await self._unexpected(job, err)
         finally:
             keeper.cancel()
+            self._job_of.pop(where_of(claimed), None)
             if store is not None:
                 store.cleanup()
+
+    def _batches_elsewhere(self, where: str, since: float) -> set[str]:
+        """The batch ids every other job records in PostgreSQL since `since` (blocking): a job never adopts
+        another's batch, whichever node made it (jobs may share custom_ids)."""
+        return self.queue.batches_of_others(self._job_of.get(where, -1), since)
 
     async def _share(self, claimed: Claimed, settings: Any) -> budget.Share | None:
         """The job's share of its account's queue, when the nodes share a limit: requests (the node's
@@ -216,3 +231,7 @@ class JobRunner:
             await self.queue.settle(claimed.job_id, claimed.token, "queued", "resumes after PostgreSQL came back")
             self.to_give_back.pop(0)
 
+
+def where_of(claimed: Claimed) -> str:
+    """The job as its engine names itself to the claims registry (its output, made absolute)."""
+    return os.path.abspath(str(claimed.spec.get("out")))

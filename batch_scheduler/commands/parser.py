@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(r, top=False)
 
     r = sub.add_parser("resume", help="resume the job in DIR with the options it was started with")
-    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    r.add_argument("dir", metavar="DIR", help="the job's output directory (or its bucket output, s3://..., gs://..., "
+                                              "az://...: jsonl in shard order)")
     add_job_options(r, only=("retry_cancelled", "concurrency", "base_url", "header"))
     _trust_ledger_url(r)
     _run_only(r)
@@ -114,13 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(r, top=False)
 
     r = sub.add_parser("export", help="the job in DIR as one table: a row per input request, in input order")
-    r.add_argument("dir", metavar="DIR", help="the job's output directory")
+    r.add_argument("dir", metavar="DIR", help="the job's output directory (or its bucket output, s3://..., gs://..., "
+                                              "az://...: jsonl in shard order)")
     r.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write (replaced whole)")
     r.add_argument("--format", choices=("jsonl", "csv", "parquet"),
                    help="jsonl: the result lines verbatim; csv, parquet: the row's columns, then custom_id, status, "
                         "text, model, tokens, cost_usd, error, attempts (default: from FILE's suffix)")
-    r.add_argument("--order", choices=("input", "shard"), default="input",
-                   help="input: as the input lists the requests (default); shard: as the shards hold them (fastest)")
+    r.add_argument("--order", choices=("input", "shard"),
+                   help="input: as the input lists the requests (default; a bucket output: shard); shard: as the "
+                        "shards hold them (fastest)")
     _common(r, top=False)
 
     r = sub.add_parser("simulate", help="serve the batch APIs on loopback, faults and all")

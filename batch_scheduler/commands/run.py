@@ -21,11 +21,12 @@ from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import dry_run
 from batch_scheduler.job.engine import Engine, JobResult
 from batch_scheduler.job.input.reader import expand_inputs
-from batch_scheduler.job.job import results_here, unknown_results
 from batch_scheduler.job.money.models import unknown_model
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
+from batch_scheduler.state.jobdir import results_here, unknown_results
 from batch_scheduler.state.ledger import open_ledger
 from batch_scheduler.state.objects import is_object_url
+from batch_scheduler.state.stores import BucketRunStore, state_dir_for
 
 RESUME_OVERRIDES = ("retry_cancelled", "concurrency", "base_url", "header")  # what `resume DIR` may change
 
@@ -89,8 +90,7 @@ def main(args: argparse.Namespace) -> int:
     env = load_environment()
     settings, out, inputs = job_settings(args, env)
     store = None
-    if is_object_url(out):  # imported only then: most runs write to a directory
-        from batch_scheduler.cluster.store import BucketRunStore, state_dir_for
+    if is_object_url(out):
         store = BucketRunStore(out, state_dir_for(out, env))
     try:  # an OUT in a bucket: results there, the ledger on this machine (docs/cluster.md)
         return _run(args, settings, out, inputs, store)

@@ -45,10 +45,11 @@ from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.input.sources import make_sources
 from batch_scheduler.job.input.tables import data_object_name, dumps_row, table_kind, table_rows
 from batch_scheduler.job.input.validate import Rejects
-from batch_scheduler.job.job import LocalStore, lock_dir
 from batch_scheduler.job.money.models import did_you_mean, unknown_model
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.providers import build_settings, missing_key_message
+from batch_scheduler.state.jobdir import lock_dir
+from batch_scheduler.state.stores import LocalStore
 
 SPOOL = "input.jsonl"  # where an iterable of dicts is written, in OUT
 OWNER = "batch-scheduler run"  # who holds OUT's lock, as a refused caller is told (the engine's default)

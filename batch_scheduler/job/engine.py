@@ -46,6 +46,7 @@ from batch_scheduler.job.view.progress import show_progress
 from batch_scheduler.job.view.summary import build_summary
 from batch_scheduler.providers import headers_for, key_refused_message, make_provider, provider_class, spec_of
 from batch_scheduler.providers.base import Provider
+from batch_scheduler.state.identity import InputIdentity, changed_input, local_identities
 from batch_scheduler.state.sqlite import RetryState
 
 __all__ = ["Engine", "ExitCode", "JobResult"]
@@ -132,7 +133,8 @@ class Engine:
             return full
         self.settings = job.settings  # what the job keeps of its own (its anthropic-version)
         try:
-            result = await self._run_once(job)
+            found = local_identities(self.inputs)  # checked at the end: an input edited meanwhile fails the run
+            result = unchanged(await self._run_once(job), found)
         except asyncio.CancelledError:
             # stopped from outside (daemon shutdown): everything durable is in the ledger already
             job.close_files(read_all=self._read_all)
@@ -326,6 +328,14 @@ class Engine:
             queue=self._admission.queues.summary() if self._admission is not None else None)
         job.store.write_summary(summary)
         return summary
+
+
+def unchanged(result: JobResult, found: list[InputIdentity]) -> JobResult:
+    """The run's result, unless a local input changed while it ran (then refused: its answers may be of two
+    versions of the input, so the job is not done, and its account stays as it was)."""
+    if result.exit_code == ExitCode.USAGE or (message := changed_input(found)) is None:
+        return result
+    return JobResult(ExitCode.USAGE, message)
 
 
 def disk_full(err: BaseException) -> JobResult | None:

@@ -1,12 +1,13 @@
 """A cluster job's results: write-once objects, listed by the ledger, and OUT/_manifest.json at the end.
 
-    results/<claim>-<n>-shard-<i>.jsonl     one object per shard a collected batch wrote lines to
+    results/<owner>-<claim>-<n>-shard-<i>.jsonl     one object per shard a collected batch wrote lines to
 
 A batch's lines are spilled to local temporary files (memory stays bounded), then each shard's file
 becomes one object, PUT write-once (`If-None-Match: *`), under a key that names the claim and the
-batch's place in it, so two nodes never write the same key. The objects count once
-`record_collected` lists them (the commit point, in the claim's fenced transaction); objects a
-fenced node or an interrupted download left are listed nowhere and the GC pass removes them.
+batch's place in it, so two nodes never write the same key; the key starts with the job's owner token
+(owner.py). The objects count once `record_collected` lists them (the commit point, in the claim's
+fenced transaction); objects a fenced node or an interrupted download left are listed nowhere, and the
+clean-up removes them: only objects whose names carry this job's token, never another job's.
 
 When the job is done, OUT/_manifest.json is written once: {"job": NAME, "objects": [KEY, ...]} with
 keys relative to OUT; every accepted custom_id is in exactly one listed object. Readers use it, never
@@ -31,8 +32,9 @@ MANIFEST = "_manifest.json"
 RESULTS = "results"
 
 
-def object_key(claim: str, n: int, shard: int) -> str:
-    return f"{RESULTS}/{claim[:16]}-{n:06d}-shard-{shard:05d}.jsonl"
+def object_key(writer: str, n: int, shard: int) -> str:
+    """`writer`: the job's owner token and the claim's, as the store names them (ObjectsStore.open_shards)."""
+    return f"{RESULTS}/{writer}-{n:06d}-shard-{shard:05d}.jsonl"
 
 
 class ObjectShards:
@@ -85,15 +87,18 @@ class ObjectShards:
         shutil.rmtree(self._spill_dir, ignore_errors=True)
 
 
-async def collect_garbage(objects: Objects, listed: set[str]) -> list[str]:
-    """Remove result objects the ledger does not list; the keys removed."""
+async def collect_garbage(objects: Objects, listed: set[str], owner_token: str) -> list[str]:
+    """Remove the result objects this job wrote (its owner token in their names) that its ledger does not
+    list; the keys removed. Another job's objects are never touched, whatever its ledger says."""
     gone = []
+    mine = f"{RESULTS}/{owner_token[:16]}-"
     for info in await objects.list(RESULTS):
-        if info.key not in listed:
+        if info.key.startswith(mine) and info.key not in listed:
             await objects.delete(info.key)
             gone.append(info.key)
     if gone:
-        log.info("removed %d result object(s) no ledger row lists (left by a fenced node or a cut download)",
+        log.info("removed %d result object(s) of this job no ledger row lists (left by a fenced node or a cut "
+                 "download)",
                  len(gone))
     return gone
 

@@ -35,6 +35,16 @@ class ObjectExists(errors.SchedulerError):
     """A write-once key holds another object."""
 
 
+class InputChanged(errors.JobMismatch):
+    """An input object is not the version the job started with (its ETag changed): nothing is read mixed."""
+
+    def __init__(self, url: str, etag: str):
+        super().__init__(f"input {url} changed since the job started (it is no longer the object of ETag {etag}); "
+                         f"nothing of it is read mixed and the job is not done. Put the original object back to "
+                         f"carry on, or start afresh with another --out")
+        self.url = url
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -204,14 +214,30 @@ class BucketObjects:
         meta = obstore.head(self._store, key)
         return ObjectInfo(key, int(meta["size"]), meta.get("e_tag"))
 
+    def get_range_sync(self, key: str, start: int, end: int, *, etag: str | None = None) -> bytes:
+        """Bytes [start, end) of `key` (blocking); with `etag`, only of that version of it (`If-Match`:
+        the S3 and Azure ETag, the GCS object's, which names its generation), else `InputChanged`."""
+        import obstore
+        from obstore.exceptions import PreconditionError
+        if etag is None:
+            return bytes(obstore.get_range(self._store, key, start=start, end=end))
+        try:
+            got = obstore.get(self._store, key, options={"range": (start, end), "if_match": etag})
+            return bytes(got.bytes())
+        except PreconditionError:
+            raise InputChanged(f"{self.url}/{key}", etag) from None
+
 
 class RangeReader:
-    """A bucket object as a read-only file: each `read(n)` is one ranged GET (blocking: call it in a thread)."""
+    """A bucket object as a read-only file: each `read(n)` is one ranged GET (blocking: call it in a thread).
+    With `etag` (the version the job started with) every GET sends `If-Match`, and a changed object is
+    `InputChanged`, never bytes of another version."""
 
-    def __init__(self, objects: BucketObjects, key: str, pos: int = 0):
+    def __init__(self, objects: BucketObjects, key: str, pos: int = 0, *, etag: str | None = None):
         self._objects = objects
         self._key = key
         self._pos = pos
+        self._etag = etag
         self._size: int | None = None
 
     def seek(self, pos: int) -> int:
@@ -219,13 +245,15 @@ class RangeReader:
         return pos
 
     def read(self, n: int = -1) -> bytes:
-        import obstore
         if self._size is None:
-            self._size = self._objects.head_sync(self._key).size
+            info = self._objects.head_sync(self._key)
+            if self._etag is not None and info.etag != self._etag:
+                raise InputChanged(f"{self._objects.url}/{self._key}", self._etag)
+            self._size = info.size
         end = self._size if n < 0 else min(self._size, self._pos + n)
         if end <= self._pos:
             return b""
-        data = bytes(obstore.get_range(self._objects._store, self._key, start=self._pos, end=end))
+        data = self._objects.get_range_sync(self._key, self._pos, end, etag=self._etag)
         self._pos += len(data)
         return data
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 
 import obstore
@@ -12,9 +13,11 @@ import pytest
 from obstore.store import S3Store
 
 from batch_scheduler.cluster.node import Node, NodeConfig
-from batch_scheduler.state.objects import BucketObjects, ObjectExists
+from batch_scheduler.job.engine import Engine, ExitCode
+from batch_scheduler.state.objects import BucketObjects, InputChanged, ObjectExists, RangeReader
 
-from ..conftest import KEY
+from ..conftest import KEY, fast_settings
+from ..daemon.helpers import until
 from ..helpers import write_requests
 from .faultproxy import FaultProxy
 from .helpers import bucket_lines, queue_job
@@ -90,3 +93,43 @@ def test_run_out_s3_writes_results_manifest_and_summary_to_the_bucket_and_resume
     assert paid - summary["attempts"]["requests_retried"] <= 300 * 1.05  # sent again on purpose: paid again
     assert not list((tmp_path).glob("s3:*")), "nothing local is named after the URL"
     assert "300 of 300 requests finished" in capsys.readouterr().err
+
+
+async def test_a_ranged_read_sends_if_match_and_an_overwritten_object_is_refused_never_mixed(s3):
+    """Issue 22 row 10: an input object is read only at the version the job started with."""
+    bucket = s3.new_bucket()
+    objects = BucketObjects(f"s3://{bucket}")
+    await objects.put("in.jsonl", b"one\ntwo\n")
+    etag = (await objects.head("in.jsonl")).etag
+    assert etag
+    reader = RangeReader(objects, "in.jsonl", 4, etag=etag)
+    assert await asyncio.to_thread(reader.read, 3) == b"two"
+    await objects.put("in.jsonl", b"ONE\nTWO\n")  # overwritten, the same size
+    with pytest.raises(InputChanged, match=rf"^input s3://{bucket}/in.jsonl changed since the job started \(it is "
+                                           rf"no longer the object of ETag {re.escape(etag)}\)"):
+        await asyncio.to_thread(RangeReader(objects, "in.jsonl", 0, etag=etag).read, 3)
+    reader.seek(0)
+    with pytest.raises(InputChanged):  # the If-Match of the GET itself, the size known already
+        await asyncio.to_thread(reader.read, 3)
+
+
+async def test_an_input_object_overwritten_mid_run_fails_the_job_naming_it(sim, s3, tmp_path):
+    bucket = s3.new_bucket()
+    store = S3Store(bucket)
+    local = tmp_path / "in.jsonl"
+    pad = "x" * 1000
+    with open(local, "wb") as f:  # 13,000 lines of ~1 KB: four of the reader's blocks, read one after another
+        for i in range(13_000):
+            f.write(json.dumps({"custom_id": f"o-{i:05d}", "params": {"model": "claude-haiku-4-5", "max_tokens": 8,
+                                "messages": [{"role": "user", "content": f"q {i} {pad}"}]}}).encode() + b"\n")
+    obstore.put(store, "in.jsonl", local.read_bytes())
+    sim.config.processing_s = 1.0
+    settings = fast_settings(sim.url, batch_size=500, concurrency=1)
+    url = f"s3://{bucket}/in.jsonl"
+    run = asyncio.create_task(Engine(settings, str(tmp_path / "out"), [url], quiet=True).run())
+    await until(lambda: sim.stats["creates"] >= 1 or run.done(), "a batch created")
+    obstore.put(store, "in.jsonl", local.read_bytes().replace(b'"q 1', b'"Q 1'))  # the same size, other prompts
+    result = await run
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message.startswith(f"input {url} changed since the job started (it is no longer the object of "
+                                     f"ETag "), result.message

@@ -8,13 +8,19 @@ import json
 import random
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
+import orjson
+import psycopg
 import pytest
 
+from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.simulator.process import SimulatorProcess
+from batch_scheduler.state import pg
 
 from .faultproxy import FaultProxy
+from .helpers import manifest_lines
 from .scenario import Cluster
 
 LEASE_S = 3.0
@@ -219,3 +225,41 @@ def test_kill_9_at_each_phase_create_poll_put_commit_loses_nothing_and_pays_once
             check_common(c)  # exactly once, every object listed by the manifest, none left unlisted; paid <= 1.05x
         finally:
             c.stop_all()
+
+
+MODELS = ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4", "claude-3-5-haiku", "claude-3-7-sonnet",
+          "claude-3-haiku")
+
+
+def test_six_jobs_with_the_same_custom_ids_under_lost_creates_keep_their_own_answers_and_pay_once(cluster):
+    """Issue 22 row 4: the same custom_ids in six jobs on three nodes (three processes), 30% of create answers
+    lost. A lost create looks for its batch among the provider's recent ones; every batch another job
+    records in PostgreSQL is ruled out, whichever node made it. Each job's answers are its own (each job
+    asks another model, which its answers name), and a lost create is paid about once."""
+    cluster.sim.set_config(lost_create_rate=0.3)
+    ids = [f"same-{i:05d}" for i in range(300)]
+    pg.ensure_schema(cluster.url)
+    q = Queue(cluster.url)
+    try:
+        for name, model in zip((f"six{i}" for i in range(6)), MODELS, strict=True):
+            inp = cluster.root / f"{name}.jsonl"
+            inp.write_bytes(b"".join(orjson.dumps({"custom_id": cid, "params": {
+                "model": model, "max_tokens": 16, "messages": [{"role": "user", "content": f"{name} {cid}"}]}})
+                + b"\n" for cid in ids))
+            cluster.expected[name], cluster.outs[name] = ids, str(cluster.root / "out" / name)
+            q.submit(name, {"inputs": [str(inp)], "out": cluster.outs[name], "options": {}})
+    finally:
+        q.close()
+    for node in NODES:
+        cluster.start(node, "--batch-size", "25")
+    cluster.wait_done(120)
+    stats = check_common(cluster)  # every id once in each job; paid <= 1.05x
+    assert stats["lost_creates"] > 0, stats
+    for name, model in zip((f"six{i}" for i in range(6)), MODELS, strict=True):
+        models = Counter(r["result"]["message"]["model"] for r in manifest_lines(cluster.outs[name])
+                         if r["result"]["type"] == "succeeded")
+        assert set(models) == {model}, (name, models)  # no answer of another job's batch
+    with psycopg.connect(cluster.url) as db:
+        shared = db.execute("SELECT batch_id, array_agg(DISTINCT job_id) FROM batch_scheduler.chunks WHERE batch_id"
+                            " IS NOT NULL GROUP BY batch_id HAVING COUNT(DISTINCT job_id) > 1").fetchall()
+    assert shared == []

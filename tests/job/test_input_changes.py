@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -14,6 +16,7 @@ from batch_scheduler.providers import make_provider
 from batch_scheduler.state.sqlite import ChunkState, Ledger
 
 from ..conftest import fast_settings
+from ..daemon.helpers import until
 from ..helpers import request
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,3 +73,23 @@ async def test_a_chunk_read_again_for_its_requests_must_read_as_it_was_cut(sim, 
             await replay.parts(rows[1])
     finally:
         ledger.close()
+
+
+async def test_a_local_input_edited_in_place_while_the_job_runs_fails_it_naming_the_input(sim, tmp_path):
+    """Issue 22 row 10: the input's identity (size, mtime_ns, inode, edge hashes) taken as the run opens the
+    job is checked when it ends: an edit in place meanwhile, even one the same size, is never "done"."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out"
+    write_big(inp)
+    sim.config.processing_s = 0.5  # the batches are in flight when the input is edited
+    settings = fast_settings(sim.url, batch_size=500)
+    run = asyncio.create_task(Engine(settings, str(out), [str(inp)], quiet=True).run())
+    await until(lambda: sim.stats["creates"] >= 1 or run.done(), "a batch created")
+    with open(inp, "r+b") as f:  # in place: the same inode, the same size, another prompt in the middle
+        f.seek(inp.stat().st_size // 2)
+        f.write(b"X")
+    result = await run
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == (f"input {inp} changed while the job ran (its mtime changed): its answers may "
+                              f"belong to two versions of it, so the job is not done. Put the original input back "
+                              f"and run again, or start afresh with another --out")
+    assert not (out / "summary.json").exists(), "no account says it is done"

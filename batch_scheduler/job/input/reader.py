@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import glob
 import gzip
-import hashlib
 import os
 import zlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
@@ -206,10 +205,18 @@ class ObjectJsonlSource(JsonlSource):
 
     def __init__(self, url: str, index: int, max_line_bytes: int = 256 << 20):
         super().__init__(url, index, max_line_bytes)
+        self.etag: str | None = None  # the version the job started with: every read is of it (pin_inputs)
 
     def _open(self, pos: int) -> ByteStream:
         base, key = split_object_url(self.path)
-        return RangeReader(BucketObjects(base), key, pos)
+        return RangeReader(BucketObjects(base), key, pos, etag=self.etag)
+
+
+def pin_inputs(sources: Sequence[Source], prints: Sequence[object]) -> None:
+    """Each object input read only at the ETag the job started with (its fingerprint in the ledger)."""
+    for source, found in zip(sources, prints, strict=False):
+        if isinstance(source, ObjectJsonlSource) and isinstance(found, dict) and isinstance(found.get("etag"), str):
+            source.etag = found["etag"]
 
 
 async def span_blocks(sources: Sequence[Source], start: tuple[int, int, int], end: tuple[int, int] | None
@@ -254,15 +261,3 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             if path not in files:
                 files.append(path)
     return files
-
-
-def fingerprint(path: str, edge_bytes: int = 1 << 20) -> dict:
-    """Size and a checksum of the head and tail: enough to notice a changed input."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(edge_bytes))
-        if size > edge_bytes:
-            f.seek(max(edge_bytes, size - edge_bytes))
-            h.update(f.read(edge_bytes))
-    return {"path": os.path.abspath(path), "size": size, "sha256_edges": h.hexdigest()}

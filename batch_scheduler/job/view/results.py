@@ -31,13 +31,14 @@ from batch_scheduler.core.lines import split_lines
 from batch_scheduler.core.options import BY_NAME, JOB_OPTIONS
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES
-from batch_scheduler.job.input.reader import BLOCK_BYTES, JsonlSource, Source, fingerprint
+from batch_scheduler.job.input.reader import BLOCK_BYTES, JsonlSource, Source
 from batch_scheduler.job.input.sources import TemplateSource, make_sources
 from batch_scheduler.job.input.validate import BLANK, Validator
 from batch_scheduler.job.money.pricing import PriceTable
-from batch_scheduler.job.view.summary import finished
 from batch_scheduler.providers import make_provider
 from batch_scheduler.providers.base import Provider
+from batch_scheduler.state.identity import fingerprint
+from batch_scheduler.state.jobdir import finished
 from batch_scheduler.state.ledger import open_ledger
 from batch_scheduler.state.shards import shard_path
 

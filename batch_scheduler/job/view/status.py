@@ -10,8 +10,9 @@ from batch_scheduler.core import errors
 from batch_scheduler.job.admit.queue_budget import learner_for
 from batch_scheduler.job.admit.queues import LEDGER_KEY
 from batch_scheduler.job.observe import hh_mm
-from batch_scheduler.job.view.summary import RESULT_TYPES, TOKEN_KINDS, finished, waiting_retry
+from batch_scheduler.job.view.summary import TOKEN_KINDS, waiting_retry
 from batch_scheduler.providers import DEFAULT, NAMES, spec_of
+from batch_scheduler.state.jobdir import RESULT_TYPES, finished
 from batch_scheduler.state.ledger import open_ledger
 from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
 

@@ -5,17 +5,14 @@ saving; kept as ledger counters `model/<kind>/<model>` that the collector adds w
 
 A request is finished once its final line is in the shards: a result of type succeeded, errored or
 expired (or canceled, as the API spells the type). `status`, the progress line and the summary all
-count it so. The summary is written whole to a temporary file and renamed over the old one, so a
-reader sees the last run's account or the one before, never half of one.
+count it so (state/jobdir.py). The summary is written whole to a temporary file and renamed over the
+old one, so a reader sees the last run's account or the one before, never half of one.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
-
-import orjson
 
 from batch_scheduler.core.errors import ExitCode, UsageError
 from batch_scheduler.core.settings import Settings
@@ -23,14 +20,8 @@ from batch_scheduler.job.money.estimate import against_usage
 from batch_scheduler.job.money.pricing import MODEL_PREFIX, TOKEN_KINDS, PriceTable
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.send.poller import PollStats
+from batch_scheduler.state.jobdir import RESULT_TYPES, finished
 from batch_scheduler.state.sqlite import RetryState
-
-RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")  # final lines, by result type (the API's spelling)
-
-
-def finished(counters: Mapping[str, float]) -> int:
-    """Requests whose final line is in the shards."""
-    return int(sum(counters.get(k, 0) for k in RESULT_TYPES))
 
 
 def waiting_retry(retries: Mapping[RetryState, int]) -> int:
@@ -123,15 +114,6 @@ def queue_summary(run: Mapping[str, Any] | None, counters: Mapping[str, float]) 
     out["queue_full_answers"] = int(counters.get("queue_full", 0))
     out["token_limit_failures"] = int(counters.get("token_limit_failures", 0))
     return out
-
-
-def write_summary(out_dir: str, summary: dict[str, Any]) -> None:
-    path = os.path.join(out_dir, "summary.json")
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
 
 
 # -- per model ------------------------------------------------------------------------------------
