@@ -213,6 +213,9 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("allow_unknown_model", bool, False, "send a --model no price table knows (a proxy's own, one newer "
            "than the table); without it such a job is refused before anything is sent, with the closest names",
            COST),
+    Option("retry_invalid", int, 0, "answers whose JSON does not fit the Python API's response_model= are sent "
+           "again up to N times (each a new attempt, billed); past them the row's status is `invalid`, the "
+           "validation error its `error`", INPUT, metavar="N", minimum=0, maximum=10, in_option_file=False),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}

@@ -163,6 +163,7 @@ class Settings:
     window: tuple[str, ...] = ()
     realtime_concurrency: int = 8
     allow_unknown_model: bool = False
+    retry_invalid: int = 0
     # settings:end
     api_key: str = field(default="", repr=False)  # never in a repr, a log line or a file
     retry: RetryPolicy = field(default=RetryPolicy())

@@ -33,6 +33,7 @@ from batch_scheduler.job.view.export import (
 )
 from batch_scheduler.job.view.export import export as export_file
 from batch_scheduler.job.view.results import ORDERS, JobView
+from batch_scheduler.job.view.structured import fields_of
 
 ARROW_MISSING = "{what} needs pyarrow: pip install 'batch-scheduler[{extra}]'"
 
@@ -50,6 +51,8 @@ def to_arrow(out: str | os.PathLike, *, order: str = "input", json_columns: Json
     """The job in `out` as a pyarrow Table (see the module docstring)."""
     pa = _import("pyarrow", "to_arrow()", "parquet")
     table = _table(pa, out, order)
+    if json_columns is None:  # a job of response_model=: its fields are columns
+        json_columns = fields_of(os.fspath(out))
     return expand_json(pa, table, json_columns) if json_columns else table
 
 

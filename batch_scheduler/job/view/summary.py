@@ -26,11 +26,20 @@ from batch_scheduler.job.send.poller import PollStats
 from batch_scheduler.state.sqlite import RetryState
 
 RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")  # final lines, by result type (the API's spelling)
+FINAL_TYPES = (*RESULT_TYPES, "invalid")  # and answers whose JSON does not fit response_model= (shown when any)
 
 
 def finished(counters: Mapping[str, float]) -> int:
     """Requests whose final line is in the shards."""
-    return int(sum(counters.get(k, 0) for k in RESULT_TYPES))
+    return int(sum(counters.get(k, 0) for k in FINAL_TYPES))
+
+
+def results_by_type(counters: Mapping[str, float]) -> dict[str, int]:
+    """Final lines by result type; `invalid` only when some are."""
+    out = {k: int(counters.get(k, 0)) for k in RESULT_TYPES}
+    if counters.get("invalid"):
+        out["invalid"] = int(counters["invalid"])
+    return out
 
 
 def waiting_retry(retries: Mapping[RetryState, int]) -> int:
@@ -74,7 +83,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
             "in_failed_batches": retries.get(RetryState.FAILED, 0),
             "missing_from_results": int(c.get("missing_from_results", 0)),
         },
-        "results": {k: int(c.get(k, 0)) for k in RESULT_TYPES},
+        "results": results_by_type(c),
         "errored_after_all_attempts": int(c.get("errored_transient_final", 0)),
         # result lines the API should not have sent: never written
         "ignored_result_lines": {"repeated": int(c.get("results_repeated", 0)),
@@ -82,6 +91,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
         "attempts": {
             "requests_sent": int(c.get("requests_sent", 0)),
             "requests_retried": int(c.get("retried", 0)),
+            **({"invalid_retried": int(c["invalid_retried"])} if c.get("invalid_retried") else {}),  # response_model=
             "max_attempts": settings.max_attempts,
             "max_unbilled_attempts": max(settings.max_attempts, settings.max_unbilled_attempts),
             **{k.removeprefix("final_"): int(v) for k, v in sorted(c.items()) if k.startswith("final_after_")},
