@@ -2,6 +2,7 @@
 
     result = batch_scheduler.run(inputs, out, **options)          # blocking
     result = await batch_scheduler.arun(inputs, out, **options)   # inside a running loop (Jupyter, apps)
+    again = batch_scheduler.rerun(out, where="status=errored|invalid")   # a subset again, in OUT.rerun-N
 
 `inputs`: a path, a list of paths and globs (as `run` takes them; a .parquet file holds rows), a table
 (a pandas or polars DataFrame, a polars LazyFrame, a pyarrow Table or RecordBatchReader, a Hugging
@@ -50,6 +51,7 @@ from batch_scheduler.job.job import LocalStore, lock_dir
 from batch_scheduler.job.money.models import did_you_mean, unknown_model
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.job.view.live import NotebookBar, ProgressFn, in_notebook, resolve
+from batch_scheduler.job.view.rerun import Where, plan_rerun
 from batch_scheduler.job.view.structured import Judge, remember_model
 from batch_scheduler.providers import build_settings, missing_key_message
 
@@ -131,6 +133,26 @@ def in_worker_thread(job: Coroutine[Any, Any, JobResult]) -> JobResult:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def rerun(out: str | os.PathLike, where: Where = "status=errored|invalid", params: dict | None = None,
+          **options: Any) -> JobResult:
+    """Run the rows of the finished job in `out` that `where` picks (by their latest answer) again, as a new
+    job in OUT.rerun-N with `out`'s options, `params` merged over its own, `options` over them all (e.g.
+    response_model=, model=); `to_pandas(out)` then shows each row's latest answer (view/rerun.py)."""
+    plan = plan_rerun(os.fspath(out), where, params)
+    if not plan.rows:
+        return JobResult(ExitCode.OK, f"no row of {os.fspath(out)} matches {where!r}: nothing to re-run")
+    return run(plan.rows, plan.out, **{**plan.options, **options})
+
+
+async def arerun(out: str | os.PathLike, where: Where = "status=errored|invalid", params: dict | None = None,
+                 **options: Any) -> JobResult:
+    """`rerun`, awaited in the caller's event loop."""
+    plan = await asyncio.to_thread(plan_rerun, os.fspath(out), where, params)
+    if not plan.rows:
+        return JobResult(ExitCode.OK, f"no row of {os.fspath(out)} matches {where!r}: nothing to re-run")
+    return await arun(plan.rows, plan.out, **{**plan.options, **options})
 
 
 async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
