@@ -85,29 +85,35 @@ def resolve(progress: Any) -> tuple[ProgressFn | None, bool]:
 
 
 def _tqdm_bar() -> Any:
-    """tqdm's notebook widget (it needs ipywidgets), else its text bar on the cell's stdout."""
+    """tqdm's notebook widget (where ipywidgets is installed), else its text bar on the cell's stdout."""
     options = dict(total=None, unit="req", desc="batch-scheduler")
     try:
+        import ipywidgets  # noqa: F401 - tqdm's widget needs it (without it, it fails once made)
         from tqdm.notebook import tqdm as widget
-        return widget(**options)
     except ImportError:
         from tqdm import tqdm as text
         return text(file=sys.stdout, ncols=100, **options)
+    return widget(**options)
 
 
 class NotebookBar:
-    """A live bar in the notebook cell that runs the job (see the module docstring)."""
+    """A live bar in the notebook cell that runs the job (see the module docstring), drawn at the first
+    report: a job refused before it starts shows none."""
 
     def __init__(self) -> None:
         self._bar: Any = None
         self._handle: Any = None
+
+    def _draw(self, p: Progress) -> None:
         try:
             self._bar = _tqdm_bar()
         except ImportError:  # no tqdm: a line of text, updated in place
             from IPython.display import display
-            self._handle = display(Progress(0, None, False, None, 0.0, 0.0, 0.0).text(), display_id=True)
+            self._handle = display(p.text(), display_id=True)
 
     def __call__(self, p: Progress) -> None:
+        if self._bar is None and self._handle is None:
+            self._draw(p)
         if self._bar is None:
             self._handle.update(p.text())
             return
