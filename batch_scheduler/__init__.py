@@ -9,6 +9,7 @@
     batch_scheduler.job_status(out)                                # what `status DIR --json` prints
     df = batch_scheduler.to_pandas(out)   # or to_polars / to_arrow: a row per input row, answers beside
     batch_scheduler.export(out, "answers.parquet")                 # what the CLI's `export` writes
+    batch_scheduler.rerun(out, where="status=errored|invalid")     # those rows again, in OUT.rerun-N
 
 `result` is a `JobResult` (exit_code, ok, message, summary). The names are imported when first used,
 so `import batch_scheduler.state.sqlite` (or the CLI's start) does not load the whole pipeline.
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["JobResult", "__version__", "arun", "export", "job_status", "read_results", "run", "to_arrow",
-           "to_pandas", "to_polars"]
+__all__ = ["JobResult", "__version__", "arerun", "arun", "export", "job_status", "read_results", "rerun", "run",
+           "to_arrow", "to_pandas", "to_polars"]
 
 _FRAMES = ("to_arrow", "to_pandas", "to_polars", "export")
 
 if TYPE_CHECKING:
     from batch_scheduler.core.version import __version__
-    from batch_scheduler.job.api import arun, run
+    from batch_scheduler.job.api import arerun, arun, rerun, run
     from batch_scheduler.job.engine import JobResult
     from batch_scheduler.job.view.frames import export, to_arrow, to_pandas, to_polars
     from batch_scheduler.job.view.results import read_results
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("run", "arun"):
+    if name in ("run", "arun", "rerun", "arerun"):
         from batch_scheduler.job import api
         value = getattr(api, name)
     elif name == "JobResult":

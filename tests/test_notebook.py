@@ -27,3 +27,9 @@ def test_the_notebook_runs_from_a_dataframe_to_a_dataframe(tmp_path, monkeypatch
     assert "answer:input-1" in outputs[5]
     assert "answer:q0" in outputs[7]
     assert outputs[9].startswith("--model 'claude-haiku-4.5': no price table knows this model; did you mean")
+    # the live bar in the cell's output (tqdm's text bar: the tests' kernel has no ipywidgets), then the
+    # structured answers: invalid ones sent again, the model's fields as columns, instances, a rerun
+    assert "batch-scheduler: 100%" in outputs[11] and "40/40" in outputs[11] and "saved" in outputs[11]
+    assert outputs[11].strip().endswith("True True")
+    assert outputs[12].strip() == "Sum True"
+    assert outputs[13].strip() == "True 40"

@@ -19,7 +19,8 @@ from batch_scheduler.job.view.progress import BarAwareHandler
 
 # each command's module, imported when it runs (a `status` need not load the daemon or the cluster)
 COMMANDS = {"run": "run", "resume": "run", "status": "status", "cancel": "cancel", "export": "export",
-            "simulate": "simulate", "daemon": "daemon", "submit": "submit", "completion": "completion"}
+            "simulate": "simulate", "daemon": "daemon", "submit": "submit", "completion": "completion",
+            "rerun": "rerun"}
 
 
 def command(name: str) -> Callable[..., int]:

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "shards hold them (fastest)")
     _common(r, top=False)
 
+    r = sub.add_parser("rerun", help="run the rows of the finished job in DIR that --where picks again, as a new "
+                                     "job in DIR.rerun-N (export DIR then shows each row's latest answer)")
+    r.add_argument("dir", metavar="DIR", help="the finished job's output directory (a job of rows and a template)")
+    r.add_argument("--where", required=True, metavar="'status=errored|invalid|max_tokens'",
+                   help="KEY=V1|V2 conditions on the result columns, joined by commas; status matches the stop "
+                        "reason too (max_tokens, length)")
+    r.add_argument("--params", metavar="FILE.json", help="fields merged over the job's own params for the rerun")
+    _common(r, top=False)
+
     r = sub.add_parser("simulate", help="serve the batch APIs on loopback, faults and all")
     add_simulator_arguments(r)
     _common(r, top=False)

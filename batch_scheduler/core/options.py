@@ -224,6 +224,9 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "write, and the rest of that prefix (kept together in batches) waits for it and reads its cache; "
            "realtime (batch where the provider has no realtime endpoint), a one-request batch, or off", LANES,
            shapes=True, choices=("realtime", "batch", "off"), before_it_existed="off"),
+    Option("retry_invalid", int, 0, "answers whose JSON does not fit the Python API's response_model= are sent "
+           "again up to N times (each a new attempt, billed); past them the row's status is `invalid`, the "
+           "validation error its `error`", INPUT, metavar="N", minimum=0, maximum=10, in_option_file=False),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in JOB_OPTIONS}

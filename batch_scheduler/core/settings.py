@@ -164,6 +164,7 @@ class Settings:
     realtime_concurrency: int = 8
     allow_unknown_model: bool = False
     prime_via: str = "realtime"
+    retry_invalid: int = 0
     # settings:end
     api_key: str = field(default="", repr=False)  # never in a repr, a log line or a file
     retry: RetryPolicy = field(default=RetryPolicy())

@@ -2,6 +2,7 @@
 
     result = batch_scheduler.run(inputs, out, **options)          # blocking
     result = await batch_scheduler.arun(inputs, out, **options)   # inside a running loop (Jupyter, apps)
+    again = batch_scheduler.rerun(out, where="status=errored|invalid")   # a subset again, in OUT.rerun-N
 
 `inputs`: a path, a list of paths and globs (as `run` takes them; a .parquet file holds rows), a table
 (a pandas or polars DataFrame, a polars LazyFrame, a pyarrow Table or RecordBatchReader, a Hugging
@@ -31,7 +32,7 @@ import os
 import signal
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.errors import ExitCode
@@ -41,17 +42,22 @@ from batch_scheduler.core.options import JOB_OPTION_NAMES, REMEMBERED
 from batch_scheduler.core.settings import Settings, load_environment
 from batch_scheduler.job.dryrun import estimate, nothing_to_send, rejects_path
 from batch_scheduler.job.engine import Engine, JobResult
+from batch_scheduler.job.input.output_schema import job_params
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.job.input.sources import make_sources
 from batch_scheduler.job.input.tables import data_object_name, dumps_row, table_kind, table_rows
 from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.money.models import did_you_mean, unknown_model
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
+from batch_scheduler.job.view.live import NotebookBar, ProgressFn, in_notebook, resolve
+from batch_scheduler.job.view.rerun import Where, plan_rerun
+from batch_scheduler.job.view.structured import Judge, remember_model
 from batch_scheduler.providers import build_settings, missing_key_message
 from batch_scheduler.state.jobdir import lock_dir
 from batch_scheduler.state.stores import LocalStore
 
 SPOOL = "input.jsonl"  # where an iterable of dicts is written, in OUT
+PYTHON_ONLY = ("api_key", "response_model", "progress")  # keywords of run/arun that are no CLI option
 OWNER = "batch-scheduler run"  # who holds OUT's lock, as a refused caller is told (the engine's default)
 _COMPARE_BYTES = 1 << 20
 
@@ -66,6 +72,8 @@ def run(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
     `arun` to keep it going). Ctrl-C (a notebook's "interrupt kernel") while it waits cancels the job as
     Ctrl-C stops the CLI's run (what was sent stays in the ledger; the same call resumes it), then raises
     KeyboardInterrupt."""
+    if options.get("progress", "auto") in ("auto", None) and in_notebook():
+        options["progress"] = NotebookBar()  # made in the cell's own thread, whichever thread runs the job
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -128,11 +136,41 @@ def in_worker_thread(job: Coroutine[Any, Any, JobResult]) -> JobResult:
     return outcome["result"]
 
 
+def rerun(out: str | os.PathLike, where: Where = "status=errored|invalid", params: dict | None = None,
+          **options: Any) -> JobResult:
+    """Run the rows of the finished job in `out` that `where` picks (by their latest answer) again, as a new
+    job in OUT.rerun-N with `out`'s options, `params` merged over its own, `options` over them all (e.g.
+    response_model=, model=); `to_pandas(out)` then shows each row's latest answer (view/rerun.py)."""
+    plan = plan_rerun(os.fspath(out), where, params)
+    if not plan.rows:
+        return JobResult(ExitCode.OK, f"no row of {os.fspath(out)} matches {where!r}: nothing to re-run")
+    return run(plan.rows, plan.out, **{**plan.options, **options})
+
+
+async def arerun(out: str | os.PathLike, where: Where = "status=errored|invalid", params: dict | None = None,
+                 **options: Any) -> JobResult:
+    """`rerun`, awaited in the caller's event loop."""
+    plan = await asyncio.to_thread(plan_rerun, os.fspath(out), where, params)
+    if not plan.rows:
+        return JobResult(ExitCode.OK, f"no row of {os.fspath(out)} matches {where!r}: nothing to re-run")
+    return await arun(plan.rows, plan.out, **{**plan.options, **options})
+
+
 async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobResult:
     """`run`, awaited in the caller's event loop."""
     out_dir = os.fspath(out)
+    model = options.pop("response_model", None)
+    report, quiet = resolve(options.pop("progress", "auto"))
     flags = job_flags(options)
-    settings = build_settings(flags, load_environment())
+    env = load_environment()
+    settings = build_settings(flags, env)
+    if model is not None:  # its schema goes into every templated request's params
+        if not settings.template:
+            raise errors.UsageError("response_model= shapes templated rows: give template= too (a ready request "
+                                    "carries its own output schema or tool; its answers' JSON is the `json` column)")
+        flags["params"] = job_params(settings.params, model, settings.provider, settings.anthropic_version)
+        settings = build_settings(flags, env)
+    judged = Judged(Judge(model) if model is not None else None, report, quiet)
     paths = input_paths(inputs)
     make_sources(paths or [], settings)  # option problems (a template without max_tokens, ...) raise here
     if not settings.dry_run and not settings.api_key:
@@ -140,7 +178,7 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
     if not settings.dry_run and (refused := unknown_model(settings)):
         raise errors.UsageError(refused)
     if paths is not None:
-        return await _run_files(settings, flags, paths, out_dir, None)
+        return await _run_files(settings, flags, paths, out_dir, None, judged)
     # an iterable is written into OUT: the job's lock first, so a second caller on OUT writes nothing
     try:
         held = lock_dir(out_dir, OWNER, "out")
@@ -152,19 +190,30 @@ async def arun(inputs: Inputs, out: str | os.PathLike, **options: Any) -> JobRes
             paths = [await asyncio.to_thread(spool_iterable, rows, out_dir)]  # type: ignore[arg-type]
         except errors.JobMismatch as err:
             return JobResult(ExitCode.USAGE, str(err))
-        return await _run_files(settings, flags, paths, out_dir, held)
+        return await _run_files(settings, flags, paths, out_dir, held, judged)
     finally:
         held.release()  # the engine released it already when it ran (a second release does nothing)
 
 
+class Judged(NamedTuple):
+    """What the Python API adds to a run: the answers' judge (response_model=) and the progress reporter."""
+
+    judge: Judge | None
+    report: ProgressFn | None
+    quiet: bool
+
+
 async def _run_files(settings: Settings, flags: dict[str, Any], paths: list[str], out_dir: str,
-                     held: JobLock | None) -> JobResult:
+                     held: JobLock | None, judged: Judged) -> JobResult:
     """The job over input files; `held`: OUT's lock, taken by the caller (the engine keeps it)."""
     if settings.dry_run:
         return await _dry_run(settings, paths, out_dir)
     remembered = {k: v for k, v in flags.items() if k in REMEMBERED}
+    if judged.judge is not None:
+        remember_model(out_dir, judged.judge.model)
     engine = Engine(settings, out_dir, paths, remembered=remembered, owner=OWNER,
-                    store=HeldStore(out_dir, held) if held is not None else None)
+                    store=HeldStore(out_dir, held) if held is not None else None, judge=judged.judge,
+                    report=judged.report, quiet=judged.quiet)
     try:
         return accepted_something(await engine.run())
     except errors.UsageError:
@@ -199,7 +248,7 @@ def job_flags(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options given (None: not given), by the option table's names; TypeError for any other."""
     unknown = sorted(set(options) - JOB_OPTION_NAMES - {"api_key"})
     if unknown:
-        hints = {n: did_you_mean(n, {*JOB_OPTION_NAMES, "api_key"}).removeprefix("; ") for n in unknown}
+        hints = {n: did_you_mean(n, {*JOB_OPTION_NAMES, *PYTHON_ONLY}).removeprefix("; ") for n in unknown}
         names = ", ".join(repr(n) + (f" ({hints[n]})" if hints[n] else "") for n in unknown)
         raise TypeError(f"run() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} {names}: the options "
                         f"are the `run` command's long options with dashes as underscores (e.g. batch_size), "

@@ -25,7 +25,7 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.admit.admission import Admission
 from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.admit.queues import JobQueues
-from batch_scheduler.job.collect.collector import Collector
+from batch_scheduler.job.collect.collector import Collector, Judge
 from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, cut_chunks
 from batch_scheduler.job.input.prefix import job_lane_of
 from batch_scheduler.job.input.reader import span_blocks
@@ -42,6 +42,7 @@ from batch_scheduler.job.send.poller import Poller, PollStats
 from batch_scheduler.job.send.realtime import Answered
 from batch_scheduler.job.send.route import lanes_problem
 from batch_scheduler.job.send.submitter import Submitter
+from batch_scheduler.job.view.live import ProgressFn, progress_of, report_progress
 from batch_scheduler.job.view.progress import show_progress
 from batch_scheduler.job.view.summary import build_summary
 from batch_scheduler.providers import headers_for, key_refused_message, make_provider, provider_class, spec_of
@@ -79,7 +80,7 @@ class Engine:
                  progress_tty: bool = False, quiet: bool = False, remembered: dict | None = None,
                  slots: Any = None, observer: Observer | None = None, owner: str = "batch-scheduler run",
                  claims: Claims | None = None, queues: QueuePool | None = None, store: Any = None,
-                 lease: Any = None):
+                 lease: Any = None, judge: Judge | None = None, report: ProgressFn | None = None):
         self.settings = settings
         self.out_dir = out_dir
         self.inputs = inputs
@@ -95,6 +96,8 @@ class Engine:
         self._pool = queues or QueuePool()  # the provider queues' budget, shared by jobs (daemon)
         self._store = store  # where the job's state lives (job.LocalStore(out_dir) when None; see job.py)
         self._lease = lease  # cluster: the claim a create call must have time left on (see submitter)
+        self._judge = judge  # response_model=: each succeeded answer checked (view/structured.py)
+        self._report = report  # progress=: a callable told the counters (view/live.py)
         self.stats = JobStats()
         self.prices = PriceTable.load(settings.prices_file)
         self.http: HttpClient | None = None
@@ -198,7 +201,7 @@ class Engine:
                                   claims=self._claims, owner=self._where, lease=self._lease)
             answered = Answered(provider)  # the realtime lane's answers, collected as a batch's
             collector = Collector(cast(Provider, answered), job.ledger, job.shards, s, replay, self.prices.cost,
-                                  realtime_cost=self.prices.realtime().cost)
+                                  realtime_cost=self.prices.realtime().cost, judge=self._judge)
             try:
                 async with asyncio.TaskGroup() as tg:
                     run = self._run = Run(job, provider, replay, submitter, collector, admission, tg,
@@ -207,11 +210,18 @@ class Engine:
                     progress = tg.create_task(show_progress(
                         self.stats, tty=self._tty, spent=lambda: admission.spent_usd,
                         max_cost_usd=s.max_cost_usd), name="progress") if not self._quiet else None
+                    reports = tg.create_task(report_progress(
+                        self.stats, self._report, lambda: admission.spent_usd, self.prices.batch_discount),
+                        name="progress-report") if self._report is not None else None
                     try:
                         await run.go()
                     finally:
-                        if progress:
-                            progress.cancel()
+                        for task in (progress, reports):
+                            if task:
+                                task.cancel()
+                        if self._report is not None:
+                            self._report(progress_of(self.stats, admission.spent_usd, self.prices.batch_discount,
+                                                     final=True))
             except BaseExceptionGroup as eg:
                 return self._failure(first_error(eg), http)
         return await self._final_result(job, admission)

@@ -52,11 +52,12 @@ class Outcome(enum.IntEnum):
     ERRORED_TRANSIENT = 2  # worth another attempt
     EXPIRED = 3  # worth another attempt
     CANCELED = 4
+    INVALID = 5  # succeeded, but its JSON does not fit `response_model=` (the collector's judge says so)
 
 
 # the result types users see (a transient error that ran out of attempts is an `errored` result)
 OUTCOME_NAMES = {Outcome.SUCCEEDED: "succeeded", Outcome.ERRORED: "errored", Outcome.ERRORED_TRANSIENT: "errored",
-                 Outcome.EXPIRED: "expired", Outcome.CANCELED: "canceled"}
+                 Outcome.EXPIRED: "expired", Outcome.CANCELED: "canceled", Outcome.INVALID: "invalid"}
 # Error kinds (Anthropic `error.type`, OpenAI error-file `code`) of an answer worth another attempt; OpenAI's
 # `request_timeout` is "the underlying call to the model timed out". Anything else errored is final.
 TRANSIENT_ERROR_KINDS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error",

@@ -26,6 +26,7 @@ from batch_scheduler.simulator.responses import (
     stream_jsonl,
 )
 from batch_scheduler.simulator.store import DAY_S, Batch, Outcome, no_gc, output_tokens, rfc3339
+from batch_scheduler.simulator.structured import answer_for, messages_content, shapes_of
 from batch_scheduler.simulator.validation import LEGACY_VERSION, messages_problem
 
 PATH = "/v1/messages/batches"
@@ -69,6 +70,7 @@ def result_lines(batch: Batch, order: list[int]):
     token = batch.extra["token"]
     model_json: dict[str, str] = {}
     cids, outcomes, missing, cache = batch.custom_ids, batch.outcomes, batch.missing, batch.cache
+    shapes = batch.extra.get("shapes") or {}
     for i in order:
         if i in missing:
             continue
@@ -81,6 +83,9 @@ def result_lines(batch: Batch, order: list[int]):
                 mj = model_json[model] = orjson.dumps(model).decode()
             out = output_tokens(cid, batch.max_tokens[i])
             five, hour, read = cache.get(i, _NO_CACHE)
+            if i in shapes:
+                yield structured_line(batch, i, out, (five, hour, read))
+                continue
             yield _SUCCEEDED % (cid, token, i, mj, cid, batch.in_tokens[i], out, five + hour, read, five, hour)
         elif outcome == Outcome.EXPIRED:
             yield _PLAIN % (cid, "expired")
@@ -89,6 +94,22 @@ def result_lines(batch: Batch, order: list[int]):
         else:
             kind, message = _ERRORS[Outcome(outcome)]
             yield errored_line(cid, kind, batch.invalid.get(i, message))
+
+
+def structured_line(batch: Batch, i: int, out: int, cache: tuple[int, int, int]) -> str:
+    """The succeeded line of a request that asked for JSON of a schema (structured.py)."""
+    cid, shape = batch.custom_ids[i], batch.extra["shapes"][i]
+    data = answer_for(shape, cid, batch.id, batch.extra.get("invalid_json_rate", 0.0))
+    content, stop = messages_content(shape, data)
+    five, hour, read = cache
+    usage = {"input_tokens": batch.in_tokens[i], "output_tokens": out, "cache_creation_input_tokens": five + hour,
+             "cache_read_input_tokens": read, "cache_creation": {"ephemeral_5m_input_tokens": five,
+                                                                 "ephemeral_1h_input_tokens": hour},
+             "service_tier": "batch"}
+    message = {"id": f"msg_{batch.extra['token']}{i:08x}", "type": "message", "role": "assistant",
+               "model": batch.models[i], "content": content, "stop_reason": stop, "stop_sequence": None,
+               "usage": usage}
+    return orjson.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": message}}).decode() + "\n"
 
 
 def anthropic_counts(batch: Batch, ended: bool) -> dict[str, int]:
@@ -166,7 +187,8 @@ class AnthropicApi:
         reqs = parse_requests(items, "params", version=version, at_create=config.params_at_create,
                               cache=ctx.prompt_cache, now=now, as_measured=ctx.config.cache_as_measured)
         check_queue(ctx, len(items), now)
-        batch = new_batch(ctx, "anthropic", "msgbatch_", reqs, now)
+        batch = new_batch(ctx, "anthropic", "msgbatch_", reqs, now, shapes=shapes_of(items, "params"),
+                          invalid_json_rate=config.invalid_json_rate)
         ctx.add_batch(batch)
         return json_response(self.doc(batch, fresh=True))
 

@@ -26,6 +26,8 @@ FLAGS: tuple[tuple[str, type, str], ...] = (
     ("missing-rate", float, "share of requests left out of their batch's results"),
     ("request-timeout-rate", float, "share of OpenAI requests answered with a request_timeout error line"),
     ("cut-rate", float, "share of results downloads cut short mid-line"),
+    ("invalid-json-rate", float, "share of answers asked for JSON of a schema (an output schema, a forced tool, "
+                                 "response_format) that do not fit it"),
     ("batch-fail-rate", float, "share of OpenAI batches failed at random as over the enqueued token limit"),
     ("queue-limit", int, "Anthropic / inline: most requests queued across all batches (429 at create)"),
     ("enqueued-token-limit", int, "OpenAI: most input tokens enqueued per model (the batch fails while "

@@ -42,6 +42,7 @@ class SimConfig:
     missing_rate: float = 0.0  # requests absent from their batch's results (counts still include them)
     request_timeout_rate: float = 0.0  # OpenAI: error-file lines with code `request_timeout`
     cut_rate: float = 0.0  # results downloads cut short mid-line
+    invalid_json_rate: float = 0.0  # answers asked for JSON of a schema that do not fit it (structured.py)
     params_at_create: bool = False  # Anthropic: params checked at create (400 naming requests.N), as some
     #                                 proxies do; the real API checks them while processing (errored results)
     # -- limits of the organisation

@@ -16,6 +16,7 @@ from batch_scheduler.simulator.batches import new_batch, parse_requests
 from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.responses import Rejected, json_response, stream_jsonl
 from batch_scheduler.simulator.store import Batch, Outcome, rfc3339
+from batch_scheduler.simulator.structured import shapes_of
 
 MESSAGES_URL = "/v1/messages"
 
@@ -74,7 +75,8 @@ class InlineApi:
         reqs = parse_requests(items, "body", check_inline, at_create=ctx.config.params_at_create,
                               cache=ctx.prompt_cache, now=now, as_measured=ctx.config.cache_as_measured)
         check_queue(ctx, len(items), now)
-        batch = new_batch(ctx, "inline", "ibatch_", reqs, now)
+        batch = new_batch(ctx, "inline", "ibatch_", reqs, now, shapes=shapes_of(items, "body"),
+                          invalid_json_rate=ctx.config.invalid_json_rate)
         ctx.add_batch(batch)
         return json_response(self.doc(batch, fresh=True))
 

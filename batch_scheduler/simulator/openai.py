@@ -31,7 +31,8 @@ LIST_MAX = 100
 DEFAULT_MAX_TOKENS = 4096
 VALIDATING, FINALIZING = 0.1, 0.9  # shares of a batch's duration
 TOKEN_LIMIT_DEFAULT = 2_000_000  # what batch_fail_rate names when no limit is set (gpt-4o-mini, tier 1)
-_ECHOED = ("prompt", "size", "quality", "seconds", "max_output_tokens")  # kept for image/video/response bodies
+# kept for image/video/response bodies, and what asks a chat answer for JSON of a schema (structured.py)
+_ECHOED = ("prompt", "size", "quality", "seconds", "max_output_tokens", "response_format", "tools", "tool_choice")
 
 
 def token_limit_message(model: str, organization: str, limit: int) -> str:
@@ -237,7 +238,7 @@ class OpenAIApi:
             reqs, tokens, echoed = Requests(), 0, {}
         batch = new_batch(ctx, self.kind, "batch_", reqs, now, endpoint=endpoint, input_file_id=file_id,
                           metadata=metadata, errors=errors or None, model=model, enqueued_tokens=tokens,
-                          bodies=echoed, output_ttl_s=output_ttl)
+                          bodies=echoed, output_ttl_s=output_ttl, invalid_json_rate=ctx.config.invalid_json_rate)
         batch.extra["duration"] = duration = batch.ends_at - now
         if errors:
             batch.ends_at = now + VALIDATING * duration

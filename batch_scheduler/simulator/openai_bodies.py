@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from batch_scheduler.simulator.store import Batch, output_tokens
+from batch_scheduler.simulator.structured import answer_for, chat_message, chat_shape
 
 # endpoint -> the body field that carries the input
 ENDPOINTS = {
@@ -137,7 +138,12 @@ def response_body(endpoint: str, batch: Batch, i: int, created: int) -> dict[str
     answer = "answer:" + cid
     body = batch.extra.get("bodies", {}).get(i, {})
     if endpoint == "/v1/chat/completions":
-        return _chat(ident, model, created, answer, prompt, completion)
+        chat = _chat(ident, model, created, answer, prompt, completion)
+        if (shape := chat_shape(body)) is not None:
+            data = answer_for(shape, cid, batch.id, batch.extra.get("invalid_json_rate", 0.0))
+            choice = chat["choices"][0]
+            choice["message"], choice["finish_reason"] = chat_message(shape, data)
+        return chat
     if endpoint == "/v1/responses":
         return _response(ident, model, created, answer, prompt, completion, body.get("max_output_tokens"))
     if endpoint == "/v1/completions":

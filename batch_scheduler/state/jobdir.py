@@ -28,11 +28,20 @@ from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.shards import ShardSet
 
 RESULT_TYPES = ("succeeded", "errored", "expired", "canceled")  # final lines, by result type (the API's spelling)
+FINAL_TYPES = (*RESULT_TYPES, "invalid")  # and answers whose JSON does not fit response_model= (shown when any)
 
 
 def finished(counters: Mapping[str, float]) -> int:
     """Requests whose final line is in the shards."""
-    return int(sum(counters.get(k, 0) for k in RESULT_TYPES))
+    return int(sum(counters.get(k, 0) for k in FINAL_TYPES))
+
+
+def results_by_type(counters: Mapping[str, float]) -> dict[str, int]:
+    """Final lines by result type; `invalid` only when some are."""
+    out = {k: int(counters.get(k, 0)) for k in RESULT_TYPES}
+    if counters.get("invalid"):
+        out["invalid"] = int(counters["invalid"])
+    return out
 
 
 def write_summary(out_dir: str, summary: dict[str, Any]) -> None:

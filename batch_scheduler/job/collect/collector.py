@@ -56,6 +56,7 @@ from batch_scheduler.state.sqlite import ChunkRow, RetryState, RetryWait
 log = logging.getLogger("batch_scheduler.collector")
 
 CostFn = Callable[[str | None, object], float]
+Judge = Callable[[bytes], bytes | None]  # a succeeded line -> None when its answer is valid, else the line to keep
 Park = tuple[str, bytes, int, RetryState, bytes | None]  # (custom_id, request, attempts, state, last line)
 
 
@@ -104,7 +105,8 @@ def realtime_extra(info: BatchInfo, realtime_cost: CostFn, usages: dict[str | No
 class Collector:
     def __init__(self, provider: Provider, ledger: Ledger, shards: ShardSet, settings: Settings,
                  replay: Replay, cost: CostFn, *, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, realtime_cost: CostFn | None = None):
+                 clock: Callable[[], float] = time.monotonic, realtime_cost: CostFn | None = None,
+                 judge: Judge | None = None):
         self.provider = provider
         self.ledger = ledger
         self.shards = shards
@@ -112,6 +114,7 @@ class Collector:
         self._replay = replay
         self._cost = cost
         self._realtime_cost = realtime_cost or cost  # answers of the realtime lane (BatchInfo.lane)
+        self._judge = judge  # response_model=: a succeeded answer's JSON checked (None: valid)
         self._rng = rng or random.Random()
         self._clock = clock
         self.lock = asyncio.Lock()
@@ -178,6 +181,7 @@ class Collector:
         first_retryable = Outcome.ERRORED_TRANSIENT  # this and above: may be parked (see Outcome)
         billed_limit = self.settings.max_attempts
         free_limit = unbilled_limit(self.settings)
+        judge, invalid_retries, invalid_parked = self._judge, self.settings.retry_invalid, 0
 
         # what the batch carried (custom_ids, at most one batch's worth), and attempts made before
         expected, sent, before = await self._carried(row)
@@ -214,7 +218,15 @@ class Collector:
                     repeated += 1  # the request was answered already in this download
                     continue
                 seen.add(cid)
-                if outcome >= first_retryable:
+                if judge is not None and outcome is Outcome.SUCCEEDED and (kept := judge(line)) is not None:
+                    outcome, line = Outcome.INVALID, kept
+                    if before.get(cid, 0) < invalid_retries:  # sent again: a new attempt, this one billed
+                        to_park.append((cid, outcome, line))
+                        invalid_parked += 1
+                        if usage is not None:
+                            usages.setdefault(model, []).append(usage)
+                        continue
+                elif outcome >= first_retryable:
                     # an answer that reports usage was billed: it gets fewer attempts than one that was not
                     limit = billed_limit if usage is not None else free_limit
                     if outcome is Outcome.CANCELED or before.get(cid, 0) + 1 < limit:
@@ -284,6 +296,8 @@ class Collector:
         parked_retry = sum(1 for p in park if p[3] == RetryState.PENDING)
         if parked_retry:
             summary["retried"] = parked_retry
+        if invalid_parked:
+            summary["invalid_retried"] = invalid_parked
         await self.ledger.record_collected(row.id, offsets=new_offsets, counts=summary, park=park,
                                            finals=finals_retried, wait=retry_wait(self.settings, self.turnaround_s()),
                                            objects=shards.uploaded)

@@ -40,6 +40,7 @@ from batch_scheduler.job.view.results import (
     input_entries,
     shard_lines,
 )
+from batch_scheduler.job.view.structured import invalid_reason
 from batch_scheduler.providers.base import OUTCOME_NAMES, Usage
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -77,10 +78,13 @@ class Columns:
         if model is None:
             model = ((doc.get("response") or {}).get("body") or {}).get("model")
         u = Usage(*usage) if usage is not None else Usage()  # classify may give a plain tuple
-        return [cid, OUTCOME_NAMES[outcome], text, stop_reason(doc), None if data is None else
-                orjson.dumps(data).decode(), model, u.input_tokens, u.output_tokens, u.cache_read_tokens,
-                u.cache_write_tokens, round(self._cost(model, u), 8) if usage is not None else 0.0,
-                error_text(doc), self._attempts(cid)]
+        invalid = invalid_reason(doc)  # response_model=: its JSON did not fit (view/structured.py)
+        if invalid is not None:
+            data = None
+        return [cid, OUTCOME_NAMES[outcome] if invalid is None else "invalid", text, stop_reason(doc),
+                None if data is None else orjson.dumps(data).decode(), model, u.input_tokens, u.output_tokens,
+                u.cache_read_tokens, u.cache_write_tokens, round(self._cost(model, u), 8) if usage is not None
+                else 0.0, error_text(doc) if invalid is None else f"invalid: {invalid}", self._attempts(cid)]
 
     @staticmethod
     def of_rejected(cid: str | None, error: str, attempts: int) -> list[Any]:

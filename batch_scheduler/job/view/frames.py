@@ -8,7 +8,8 @@ then the answer's (custom_id, status, text, stop_reason, json, model, token coun
 attempts); rejected rows are rows too, requests without a final result yet are left out. The table is
 built as Arrow record batches of `export.ROW_GROUP` rows, so what is held beside the result is one
 batch of Python values; pandas gets it with Arrow's `self_destruct` (each column freed once
-converted), polars without a copy. `json_columns=` expands the answers' JSON objects into columns
+converted), polars a batch at a time (each Arrow batch dropped once converted; the frame is left in
+those chunks: `.rechunk()` makes it one). `json_columns=` expands the answers' JSON objects into columns
 (`json.<key>`, or the names given), typed by Arrow; `rerun` pairs (see `rerun.py`) read as one table.
 pyarrow (and pandas or polars) are optional extras, imported when called.
 """
@@ -32,7 +33,9 @@ from batch_scheduler.job.view.export import (
     table_of,
 )
 from batch_scheduler.job.view.export import export as export_file
+from batch_scheduler.job.view.rerun import follow, reruns_of
 from batch_scheduler.job.view.results import ORDERS, JobView
+from batch_scheduler.job.view.structured import fields_of
 
 ARROW_MISSING = "{what} needs pyarrow: pip install 'batch-scheduler[{extra}]'"
 
@@ -46,20 +49,32 @@ def _import(module: str, what: str, extra: str) -> Any:
         raise UsageError(ARROW_MISSING.format(what=what, extra=extra).replace("pyarrow", module)) from None
 
 
-def to_arrow(out: str | os.PathLike, *, order: str = "input", json_columns: JsonColumns = None) -> Any:
-    """The job in `out` as a pyarrow Table (see the module docstring)."""
+def to_arrow(out: str | os.PathLike, *, order: str = "input", json_columns: JsonColumns = None,
+             reruns: bool = True) -> Any:
+    """The job in `out` as a pyarrow Table (see the module docstring); with `reruns`, each row's latest
+    answer across `out`'s reruns (`rerun.py`)."""
     pa = _import("pyarrow", "to_arrow()", "parquet")
-    table = _table(pa, out, order)
+    table = _table(pa, out, order, reruns)
+    if json_columns is None:  # a job of response_model=: its fields are columns
+        json_columns = fields_of(os.fspath(out))
     return expand_json(pa, table, json_columns) if json_columns else table
 
 
-def _table(pa: Any, out: str | os.PathLike, order: str) -> Any:
+def _table(pa: Any, out: str | os.PathLike, order: str, reruns: bool = False) -> Any:
+    schema, batches = _parts(pa, out, order, reruns)
+    return pa.concat_tables([schema.empty_table(), *batches])  # no copy: the batches joined
+
+
+def _parts(pa: Any, out: str | os.PathLike, order: str, reruns: bool) -> tuple[Any, Iterator[Any]]:
+    """(the table's schema, its record batches as pyarrow Tables of ROW_GROUP rows, made as they are read)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     view = JobView.open(os.fspath(out))
     header, n_row, rows = table_of(view, order)
+    if reruns and reruns_of(os.fspath(out)):
+        rows = follow(os.fspath(out), rows, n_row)
     schema = arrow_schema(pa, header, n_row)
-    return pa.concat_tables([schema.empty_table(), *_batches(pa, schema, rows)])  # no copy: the batches joined
+    return schema, _batches(pa, schema, rows)
 
 
 def _batches(pa: Any, schema: Any, rows: Iterator[tuple[str, list]]) -> Iterator[Any]:
@@ -83,17 +98,31 @@ def arrow_batches(out: str | os.PathLike, order: str = "input") -> Iterator[Any]
     yield from _batches(pa, arrow_schema(pa, header, n_row), rows)
 
 
-def to_pandas(out: str | os.PathLike, *, order: str = "input", json_columns: JsonColumns = None) -> Any:
+def to_pandas(out: str | os.PathLike, *, order: str = "input", json_columns: JsonColumns = None,
+              reruns: bool = True) -> Any:
     """The job in `out` as a pandas DataFrame, one row per input row, in input order."""
     _import("pandas", "to_pandas()", "pandas")
-    table = to_arrow(out, order=order, json_columns=json_columns)
+    table = to_arrow(out, order=order, json_columns=json_columns, reruns=reruns)
     return table.to_pandas(self_destruct=True, split_blocks=True)
 
 
-def to_polars(out: str | os.PathLike, *, order: str = "input", json_columns: JsonColumns = None) -> Any:
+def to_polars(out: str | os.PathLike, *, order: str = "input", json_columns: JsonColumns = None,
+              reruns: bool = True) -> Any:
     """The job in `out` as a polars DataFrame, one row per input row, in input order."""
     pl = _import("polars", "to_polars()", "polars")
-    return pl.from_arrow(to_arrow(out, order=order, json_columns=json_columns))
+    pa = _import("pyarrow", "to_polars()", "polars")
+    if json_columns is None:  # a job of response_model=: its fields are columns
+        json_columns = fields_of(os.fspath(out))
+    schema, batches = _parts(pa, out, order, reruns)
+    frames = []
+    for batch in batches:  # each Arrow batch converted and dropped: the whole Arrow table is never held
+        frames.append(pl.from_arrow(expand_json(pa, batch, json_columns) if json_columns else batch, rechunk=False))
+        del batch
+    if not frames:
+        empty = schema.empty_table()
+        return pl.from_arrow(expand_json(pa, empty, json_columns) if json_columns else empty)
+    # relaxed: a JSON key typed apart in two batches takes their common type; diagonal: keys met in some only
+    return pl.concat(frames, how="diagonal_relaxed" if json_columns is True else "vertical_relaxed", rechunk=False)
 
 
 def export(out: str | os.PathLike, path: str | os.PathLike, format: str | None = None,  # noqa: A002 - the CLI's

@@ -275,10 +275,17 @@ def in_input_order(view: JobView, index: ResultIndex, sources: list[Source] | No
 
 # -- the library's reader ---------------------------------------------------------------------------
 
-def read_results(out_dir: str | os.PathLike, order: str = "input") -> Iterator[dict]:
+def read_results(out_dir: str | os.PathLike, order: str = "input", *, model: Any = None) -> Iterator[dict]:
     """Every final result line of the job in DIR, parsed: in input order (default), or as the shards hold
     them (`order="shard"`: fastest, reads nothing but the shards). Requests without a result line
-    (rejected, or not final yet) are left out."""
+    (rejected, or not final yet) are left out. With `model=` (a Pydantic model class), each line's
+    `"parsed"` is its answer as a model instance (None: no answer, or one that does not validate)."""
+    if model is not None:
+        from batch_scheduler.job.view.structured import instance
+        for doc in read_results(out_dir, order):
+            doc["parsed"] = instance(doc, model)
+            yield doc
+        return
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     view = JobView.open(os.fspath(out_dir))

@@ -12,7 +12,7 @@ from batch_scheduler.job.admit.queues import LEDGER_KEY
 from batch_scheduler.job.observe import hh_mm
 from batch_scheduler.job.view.summary import TOKEN_KINDS, waiting_retry
 from batch_scheduler.providers import DEFAULT, NAMES, spec_of
-from batch_scheduler.state.jobdir import RESULT_TYPES, finished
+from batch_scheduler.state.jobdir import finished, results_by_type
 from batch_scheduler.state.ledger import open_ledger
 from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
 
@@ -62,7 +62,7 @@ def job_status(out_dir: str) -> dict[str, Any]:
                      "in_failed_batches": retries.get(RetryState.FAILED, 0)},
         "failed_batches": [{"chunk": r.id, "batch_id": r.batch_id, "requests": r.take, "reason": r.note}
                            for r in rows if r.state == ChunkState.FAILED][-10:],
-        "results": {k: int(c.get(k, 0)) for k in RESULT_TYPES},
+        "results": results_by_type(c),
         "tokens": {k: int(c.get(f"{k}_tokens", 0)) for k in TOKEN_KINDS},
         "cost_usd": round(c.get("cost_usd", 0.0), 6),
         "eta_s": round(eta, 1) if eta is not None else None,

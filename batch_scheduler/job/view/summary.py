@@ -20,7 +20,7 @@ from batch_scheduler.job.money.estimate import against_usage
 from batch_scheduler.job.money.pricing import MODEL_PREFIX, TOKEN_KINDS, PriceTable
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.send.poller import PollStats
-from batch_scheduler.state.jobdir import RESULT_TYPES, finished
+from batch_scheduler.state.jobdir import finished, results_by_type
 from batch_scheduler.state.sqlite import RetryState
 
 
@@ -65,7 +65,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
             "in_failed_batches": retries.get(RetryState.FAILED, 0),
             "missing_from_results": int(c.get("missing_from_results", 0)),
         },
-        "results": {k: int(c.get(k, 0)) for k in RESULT_TYPES},
+        "results": results_by_type(c),
         "errored_after_all_attempts": int(c.get("errored_transient_final", 0)),
         # result lines the API should not have sent: never written
         "ignored_result_lines": {"repeated": int(c.get("results_repeated", 0)),
@@ -73,6 +73,7 @@ def build_summary(exit_code: int, message: str, *, cancelled: bool, settings: Se
         "attempts": {
             "requests_sent": int(c.get("requests_sent", 0)),
             "requests_retried": int(c.get("retried", 0)),
+            **({"invalid_retried": int(c["invalid_retried"])} if c.get("invalid_retried") else {}),  # response_model=
             "max_attempts": settings.max_attempts,
             "max_unbilled_attempts": max(settings.max_attempts, settings.max_unbilled_attempts),
             **{k.removeprefix("final_"): int(v) for k, v in sorted(c.items()) if k.startswith("final_after_")},
