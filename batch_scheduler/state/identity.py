@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.options import kept_flags
+from batch_scheduler.core.options import BY_NAME, kept_flags
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.objects import is_object_url, object_fingerprint
@@ -109,9 +109,9 @@ def check_identity(ledger: Ledger, settings: Settings, out_dir: str, prints: lis
             ledger.close()
             raise errors.JobMismatch(f"input {new['path']} changed since the job started "
                                      f"(size or content differs); {how}")
-    # an option newer than the job's ledger is no change (such a job resumes after an upgrade; job.as_started
-    # gives the run what the job ran with before the option existed)
-    before = {k: meta["shaping"].get(k, shaping[k]) for k in shaping}
+    # an option newer than the job's ledger counts as its default there (such a job resumes after an upgrade;
+    # job.as_started gives the run what the job ran with before the option existed, where that differs)
+    before = {k: meta["shaping"].get(k, BY_NAME[k].default) for k in shaping}
     changed = [k for k in shaping if before[k] != shaping[k]]
     if changed:
         ledger.close()
