@@ -25,6 +25,7 @@ from batch_scheduler.providers.answers import (
     tokens,
 )
 from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, BatchInfo, Outcome
+from batch_scheduler.providers.result_lines import classify_fast
 
 log = logging.getLogger("batch_scheduler.providers")
 
@@ -63,7 +64,15 @@ def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int
     """Route and count one `{"custom_id", "result": {...}}` line (also the inline proxy's form).
 
     ValueError when the custom_id cannot be read; `answers.ShapeError` (a ValueError) when it can but a
-    field read here is missing or of another type."""
+    field read here is missing or of another type. A line of the expected shape is read by the typed
+    decoder (`result_lines`); any other is read here in full, which decides what it is."""
+    fast = classify_fast(line)
+    return fast if fast is not None else classify_result_full(line)
+
+
+def classify_result_full(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int, int] | None, str | None]:
+    """`classify_result` by parsing the whole line and checking each field it reads (the reading that
+    decides whatever the typed decoder leaves, and names what is wrong)."""
     doc, cid = custom_id_of(line)
     result = line_object(doc.get("result"), cid, "result")
     kind = result.get("type")
