@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from batch_scheduler.providers import result_lines
 from batch_scheduler.providers.answers import ShapeError
 from batch_scheduler.providers.base import Outcome
 from batch_scheduler.providers.common import classify_result, classify_result_full
-from batch_scheduler.providers.result_lines import classify_fast
 
 from .test_fuzzed_answers import mutated_line
 
@@ -27,6 +27,13 @@ ERRORED = {"custom_id": "req-2", "result": {"type": "errored", "error": {"type":
     "type": "overloaded_error", "message": "Overloaded"}}}}
 
 
+@pytest.fixture
+def classify_fast(monkeypatch):
+    """`classify_result` with the full reading replaced by a marker: what the typed decoder makes of a line."""
+    monkeypatch.setattr(result_lines, "classify_result_full", lambda line: "full")
+    return result_lines.classify_result
+
+
 def reading(classify, line: bytes):
     """What a reading makes of a line: its answer, or its error's type and message (the errors the collector
     turns into a message)."""
@@ -36,14 +43,19 @@ def reading(classify, line: bytes):
         return type(exc), str(exc)
 
 
-def test_a_succeeded_line_is_read_by_the_typed_decoder():
+def test_a_succeeded_line_is_read_by_the_typed_decoder(classify_fast):
     line = json.dumps(SUCCEEDED).encode()
     assert classify_fast(line) == ("req-1", Outcome.SUCCEEDED, (200, 40, 7, 3, 5), "claude-sonnet-4-5")
-    assert classify_result(line) == classify_result_full(line)
+
+
+def test_a_succeeded_line_reads_the_same_both_ways():
+    line = json.dumps(SUCCEEDED).encode()
+    assert classify_result(line) == classify_result_full(line) == (
+        "req-1", Outcome.SUCCEEDED, (200, 40, 7, 3, 5), "claude-sonnet-4-5")
 
 
 @pytest.mark.parametrize("kind, outcome", [("expired", Outcome.EXPIRED), ("canceled", Outcome.CANCELED)])
-def test_expired_and_canceled_lines_are_read_by_the_typed_decoder(kind, outcome):
+def test_expired_and_canceled_lines_are_read_by_the_typed_decoder(classify_fast, kind, outcome):
     line = json.dumps({"custom_id": "req-3", "result": {"type": kind}}).encode()
     assert classify_fast(line) == ("req-3", outcome, None, None)
 
@@ -55,6 +67,10 @@ def test_expired_and_canceled_lines_are_read_by_the_typed_decoder(kind, outcome)
     b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"usage":{"input_tokens":true}}}}',
     b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"usage":{"output_tokens":99999999999999999999}}}}',
     b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"model":5}}}',
+    b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"usage":{"input_tokens":null}}}}',
+    b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"usage":[]}}}',
+    b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"usage":{"cache_creation":[]}}}}',
+    b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"content":' + b"[" * 2000 + b"]" * 2000 + b'}}}',
     b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"content":"\xff"}}}',
     b'{"custom_id":"req-1","result":{"type":"succeeded","message":{"content":"\xed\xa0\x80"}}}',
     b'{"custom_id":"req-1","result":{"type":"succeeded"}}',
@@ -64,8 +80,8 @@ def test_expired_and_canceled_lines_are_read_by_the_typed_decoder(kind, outcome)
     b'[1, 2]',
     b'{"custom_id":"req-1","result":{"type":"expired"}',
 ])
-def test_a_line_of_another_shape_is_left_to_the_full_reading(line):
-    assert classify_fast(line) is None
+def test_a_line_of_another_shape_is_left_to_the_full_reading(classify_fast, line):
+    assert classify_fast(line) == "full"
 
 
 def test_a_line_that_is_not_utf8_where_it_is_not_read_stops_as_before():
