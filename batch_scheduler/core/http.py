@@ -127,7 +127,8 @@ class HttpClient:
             text = text.replace(secret, "[key]")
         return text
 
-    async def call(self, method: str, url: str, endpoint: str, *, body: bytes | aiohttp.FormData | None = None,
+    async def call(self, method: str, url: str, endpoint: str, *,
+                   body: bytes | aiohttp.FormData | aiohttp.payload.Payload | None = None,
                    headers: dict[str, str] | None = None, idempotent: bool = True) -> bytes:
         """One API call, retried by policy; the answer body on 2xx."""
 
