@@ -47,7 +47,7 @@ PIECE_BYTES = 1 << 20  # what RequestsBody hands the connection at a time
 
 class RequestsBody(Payload):
     """`requests_body(lines)` as an upload that is never held whole: written to the connection a piece of
-    about PIECE_BYTES at a time (aiohttp waits while the socket's buffer is full). A body is up to 256 MB,
+    about PIECE_BYTES (on average) at a time (aiohttp waits while the socket's buffer is full). A body is up to 256 MB,
     and the joined copy, with aiohttp's own copy of it behind the headers, were a run's largest objects.
     Its size is known, so the request has a Content-Length as before; it can be written again (a retry)."""
 
@@ -63,18 +63,14 @@ class RequestsBody(Payload):
         if not lines:
             await writer.write(b'{"requests":[]}')
             return
-        start, n = 0, len(lines)
-        while start < n:
-            end, size = start, 0
-            while end < n and size < PIECE_BYTES:
-                size += len(lines[end])
-                end += 1
-            piece = lines[start:end]  # references only
+        n = len(lines)
+        step = max(1, n * PIECE_BYTES // (self._size or 1))  # lines a piece, from their mean size
+        for start in range(0, n, step):
+            piece = lines[start:start + step]  # references only
             piece[0] = (b'{"requests":[' if start == 0 else b",") + piece[0]
-            if end == n:
+            if start + step >= n:
                 piece[-1] = piece[-1] + b"]}"
             await writer.write(b",".join(piece))
-            start = end
 
     async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
         await self.write(writer)  # the Content-Length is this body's own size
