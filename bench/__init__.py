@@ -6,5 +6,6 @@
     floor       (a) read + parse + write one answer line per request to shards, no network
     baselines/  (b) the official SDK the obvious way, (c) the article's approach
     metrics     what the runs left behind: per-batch delays, poll calls, exactly-once check
+    profile     `python -m bench profile`: the scheduler's CPU by function (cProfile table, pyinstrument flame graph)
     report      markdown table, targets, JSON and PNG chart under bench/results/
 """

@@ -1,6 +1,7 @@
 """`python -m bench`: the scheduler against the floor and two baselines, on one simulator, per input size.
 (`python -m bench provider-bound --help`: whether the provider's queue is kept full; bench/provider_bound.py.
-`python -m bench tail --help`: the tail, a deadline, prompt caches that hit; bench/tail.py.)
+`python -m bench tail --help`: the tail, a deadline, prompt caches that hit; bench/tail.py.
+`python -m bench profile --help`: where the scheduler's CPU goes, a sorted table and a flame graph; bench/profile.py.)
 
     python -m bench [--sizes 10000,100000,200000,1000000] [--batch-size 10000] [--concurrency 8]
                     [--poll-min 0.05] [--poll-max 1] [--processing-s 0] [--skip-baselines]
@@ -306,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["tail"]:  # the tail, a deadline, prompt caches (bench/tail.py)
         from . import tail
         return tail.main(args[1:])
+    if args[:1] == ["profile"]:  # where the scheduler's CPU goes (bench/profile.py)
+        from . import profile
+        return profile.main(args[1:])
     o = parse_args(args)
     from batch_scheduler.simulator.process import SimulatorProcess
 

@@ -128,7 +128,8 @@ class HttpClient:
             text = text.replace(secret, "[key]")
         return text
 
-    async def call(self, method: str, url: str, endpoint: str, *, body: bytes | aiohttp.FormData | None = None,
+    async def call(self, method: str, url: str, endpoint: str, *,
+                   body: bytes | aiohttp.FormData | aiohttp.payload.Payload | None = None,
                    headers: dict[str, str] | None = None, idempotent: bool = True,
                    seen: dict[str, str] | None = None, full_at_429: bool = False) -> bytes:
         """One API call, retried by policy; the answer body on 2xx. `seen` gets the last answer's headers

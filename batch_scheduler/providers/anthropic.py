@@ -16,7 +16,7 @@ from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
 from batch_scheduler.providers.answers import ANTHROPIC_COUNTS, asked_for, batch_id, document, text
 from batch_scheduler.providers.answers import counts as request_counts
 from batch_scheduler.providers.anthropic_versions import KNOWN_VERSIONS, params_check
-from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, encode, parse_time, requests_body
+from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, RequestsBody, encode, parse_time
 from batch_scheduler.providers.common import (
     auth_headers,
     check_message_params,
@@ -86,8 +86,7 @@ class AnthropicProvider(Provider):
         return 1  # the comma between requests
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
-        body = requests_body(lines)
-        data = await self.http.call("POST", self._url, "create", body=body, idempotent=False)
+        data = await self.http.call("POST", self._url, "create", body=RequestsBody(lines), idempotent=False)
         return self._info(document(data, "create answer"), "create answer")
 
     async def get(self, batch_id: str) -> BatchInfo:

@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import orjson
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import ProviderSpec, Settings
@@ -38,6 +40,40 @@ def requests_body(lines: list[bytes]) -> bytes:
     parts[0] = b'{"requests":[' + parts[0]
     parts[-1] = parts[-1] + b"]}"
     return b",".join(parts)
+
+
+PIECE_BYTES = 1 << 20  # what RequestsBody hands the connection at a time
+
+
+class RequestsBody(Payload):
+    """`requests_body(lines)` as an upload that is never held whole: written to the connection a piece of
+    about PIECE_BYTES (on average) at a time (aiohttp waits while the socket's buffer is full). A body is up to 256 MB,
+    and the joined copy, with aiohttp's own copy of it behind the headers, were a run's largest objects.
+    Its size is known, so the request has a Content-Length as before; it can be written again (a retry)."""
+
+    def __init__(self, lines: list[bytes]):
+        super().__init__(lines, content_type="application/json")
+        self._size = sum(map(len, lines)) + max(len(lines) - 1, 0) + len(b'{"requests":[]}')
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return requests_body(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        lines: list[bytes] = self._value
+        if not lines:
+            await writer.write(b'{"requests":[]}')
+            return
+        n = len(lines)
+        step = max(1, n * PIECE_BYTES // (self._size or 1))  # lines a piece, from their mean size
+        for start in range(0, n, step):
+            piece = lines[start:start + step]  # references only
+            piece[0] = (b'{"requests":[' if start == 0 else b",") + piece[0]
+            if start + step >= n:
+                piece[-1] = piece[-1] + b"]}"
+            await writer.write(b",".join(piece))
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        await self.write(writer)  # the Content-Length is this body's own size
 
 
 class BatchState(enum.Enum):

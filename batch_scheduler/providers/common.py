@@ -14,17 +14,11 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.providers.answers import (
-    ShapeError,
-    custom_id_of,
-    document,
-    items,
-    line_object,
-    model_of,
-    shown,
-    tokens,
-)
-from batch_scheduler.providers.base import TRANSIENT_ERROR_KINDS, BatchInfo, Outcome
+from batch_scheduler.providers.answers import document, items, shown
+from batch_scheduler.providers.base import BatchInfo
+from batch_scheduler.providers.result_lines import classify_result, classify_result_full
+
+__all__ = ["classify_result", "classify_result_full"]  # result lines are read in result_lines.py; imported from here
 
 log = logging.getLogger("batch_scheduler.providers")
 
@@ -57,35 +51,6 @@ def check_message_params(params: object, model: str | None, prefix: str = "param
 def same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
-
-
-def classify_result(line: bytes) -> tuple[str, Outcome, tuple[int, int, int, int, int] | None, str | None]:
-    """Route and count one `{"custom_id", "result": {...}}` line (also the inline proxy's form).
-
-    ValueError when the custom_id cannot be read; `answers.ShapeError` (a ValueError) when it can but a
-    field read here is missing or of another type."""
-    doc, cid = custom_id_of(line)
-    result = line_object(doc.get("result"), cid, "result")
-    kind = result.get("type")
-    if kind == "succeeded":
-        message = line_object(result.get("message"), cid, "result.message")
-        u = line_object(message.get("usage") or {}, cid, "result.message.usage")
-        ttl = u.get("cache_creation")  # {"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
-        where = "result.message.usage"
-        usage = (tokens(u, "input_tokens", cid, where), tokens(u, "output_tokens", cid, where),  # a Usage, as a tuple
-                 tokens(u, "cache_creation_input_tokens", cid, where), tokens(u, "cache_read_input_tokens", cid, where),
-                 tokens(ttl, "ephemeral_1h_input_tokens", cid, where + ".cache_creation") if type(ttl) is dict else 0)
-        return cid, Outcome.SUCCEEDED, usage, model_of(message.get("model"), cid, "result.message.model")
-    if kind == "errored":
-        err = result.get("error") or {}
-        inner = err.get("error") if isinstance(err, dict) and isinstance(err.get("error"), dict) else err
-        transient = isinstance(inner, dict) and inner.get("type") in TRANSIENT_ERROR_KINDS
-        return cid, (Outcome.ERRORED_TRANSIENT if transient else Outcome.ERRORED), None, None
-    if kind == "expired":
-        return cid, Outcome.EXPIRED, None, None
-    if kind == "canceled":
-        return cid, Outcome.CANCELED, None, None
-    raise ShapeError(cid, f"result.type is {shown(kind)}, expected succeeded, errored, expired or canceled")
 
 
 LIST_PAGES_MAX = 100  # pages one list walk reads at most (100,000 Anthropic batches, 10,000 OpenAI ones)
