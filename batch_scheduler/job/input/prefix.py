@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from batch_scheduler.providers.base import Provider
+
 PRIME_VIA = ("realtime", "batch", "off")
 _MARK = "cache_control"
 
@@ -55,26 +57,25 @@ def prefix_key(params: Any) -> str | None:
     return hashlib.blake2b(orjson.dumps([params.get("model"), bare]), digest_size=8).hexdigest()
 
 
-def priming_via(provider: Any) -> str | None:
+def priming_via(provider: Provider) -> str | None:
     """How this job primes ("realtime" or "batch"), or None when it does not: --prime-via off, or a provider
     with neither a realtime endpoint nor one-request batches (a batch floor above 1)."""
-    settings = getattr(provider, "settings", None)
-    via = getattr(settings, "prime_via", "off")
+    via = provider.settings.prime_via
     if via not in ("realtime", "batch"):
         return None
-    one_request_batches = getattr(getattr(provider, "spec", None), "min_batch_requests", 1) <= 1
-    if via == "realtime" and getattr(provider, "realtime_api", None) is None:
+    one_request_batches = provider.spec.min_batch_requests <= 1
+    if via == "realtime" and provider.realtime_api is None:
         via = "batch"
     return via if via == "realtime" or one_request_batches else None
 
 
-def job_lane_of(provider: Any) -> Callable[[dict], str] | None:
+def job_lane_of(provider: Provider) -> Callable[[dict], str] | None:
     """The lane of a line as the job cuts it: the provider's (None: one lane), then its cached prefix when
     the job primes."""
-    base: Callable[[dict], str] | None = getattr(provider, "lane_of", None)
+    base: Callable[[dict], str] | None = provider.lane_of
     if priming_via(provider) is None:
         return base
-    field = getattr(provider, "body_field", "params")
+    field = provider.body_field
 
     def lane_of(obj: dict) -> str:
         own = base(obj) if base is not None else ""
