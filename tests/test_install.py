@@ -104,3 +104,21 @@ def test_the_tiktoken_extra_installs_tiktoken(wheel, tmp_path):
     python = fresh_venv(tmp_path / "venv", wheel, "tiktoken")
     found = run_in(python, "-c", "import tiktoken, batch_scheduler; print('ok')", cwd=tmp_path)
     assert found.stdout.strip() == "ok", found.stderr
+
+
+# the other extras: each installs into a fresh venv and brings what its feature imports
+EXTRA_USES = {
+    "pandas": "import batch_scheduler, pandas, pyarrow; assert callable(batch_scheduler.to_pandas)",
+    "polars": "import batch_scheduler, polars, pyarrow; assert callable(batch_scheduler.to_polars)",
+    "structured": "import batch_scheduler, pydantic",
+    "notebook": "import batch_scheduler, tqdm, ipywidgets",
+    "vertex": "import batch_scheduler.providers.gcp_auth, google.auth",
+    "bedrock": "import batch_scheduler.providers.aws, botocore.auth",
+}
+
+
+@pytest.mark.parametrize("extra", list(EXTRA_USES))
+def test_each_other_extra_installs_what_its_feature_imports(wheel, tmp_path, extra):
+    python = fresh_venv(tmp_path / "venv", wheel, extra)
+    used = run_in(python, "-c", EXTRA_USES[extra] + "; print('ok')", cwd=tmp_path)
+    assert used.stdout.strip() == "ok", used.stderr[-2000:]
