@@ -12,6 +12,7 @@
         ├── TransientError              worth another try, after a wait
         │   ├── RateLimited             429; retry_after_s from the server when it gave one
         │   ├── QueueFull               429 at create: the organisation's processing queue is full
+        │   │                           (`jobs`: its cap on jobs at once, not on requests or tokens)
         │   ├── ServerError             500, 502, 503, 529 (overloaded), other 5xx
         │   ├── Conflict                409 conflict_error (a concurrent change; the SDKs retry it)
         │   ├── NetworkError            connection refused, reset or dropped
@@ -118,12 +119,22 @@ class RateLimited(TransientError):
 class QueueFull(TransientError):
     """A create refused because the provider's processing queue holds all it will take (Anthropic and
     the inline proxy: a 429 that names the queue). Not retried by the HTTP layer: admission waits for a
-    batch of ours to end, and learns a smaller limit (`stated_limit` when the message gives one)."""
+    batch of ours to end, and learns a smaller limit (`stated_limit` when the message gives one).
+
+    `jobs`: the answer is about the number of jobs at once (Bedrock's jobs-in-progress quota, Gemini's
+    concurrent batch jobs, Vertex's Claude jobs), not the requests or tokens queued: admission learns it
+    in the provider's jobs queue and never shrinks a batch for it. The provider sets it where it maps the
+    answer (`about_jobs`)."""
 
     def __init__(self, message: str, *, status: int | None = 429, kind: str | None = None,
-                 stated_limit: int | None = None):
+                 stated_limit: int | None = None, jobs: bool = False):
         super().__init__(message, status=status, kind=kind)
         self.stated_limit = stated_limit
+        self.jobs = jobs
+
+    def about_jobs(self) -> QueueFull:
+        """The same answer, known to be about the number of jobs."""
+        return QueueFull(str(self), status=self.status, kind=self.kind, stated_limit=self.stated_limit, jobs=True)
 
 
 class ServerError(TransientError):

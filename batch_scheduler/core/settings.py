@@ -30,16 +30,31 @@ OWN_CREDENTIALS = "own-credential-chain"  # the key of a provider that finds its
 
 @dataclass(frozen=True)
 class JobsQueue:
-    """A cap on how many jobs of some models a provider runs at once for a project (Vertex: 4 Claude jobs).
-    Admission keeps a queue of that many jobs for such batches (`key`, counted in "jobs"), apart from the
-    provider's queue of requests or tokens; a 429 at their create is this queue being full."""
+    """A cap on how many jobs a provider runs at once (Vertex: 4 Claude jobs per project; Bedrock: 20 jobs in
+    progress per model; Gemini: 100 batch jobs per project). Admission keeps a queue of that many jobs (`key`,
+    counted in "jobs"), its limit learned down from `limit` by the provider's queue-full answers about jobs
+    (`errors.QueueFull.jobs`), never below 1.
+
+    `alone`: the batches of `models` count in this queue only (Vertex's Claude, which has no queue of
+    requests). Otherwise every batch of the provider counts here and in its queue of requests or tokens
+    (Gemini: a batch takes a job of the project's and tokens of its model's), and `models` is not read."""
 
     key: str  # the queue's name, as `status` shows it
     models: str  # a regular expression searched in a batch's model
     limit: int
+    alone: bool = True
+    per_model: bool = False  # one queue per model (Bedrock's quota): the job's --model, as a job runs one
 
     def holds(self, model: object) -> bool:
         return isinstance(model, str) and re.search(self.models, model) is not None
+
+    def key_of(self, model: str | None) -> str:
+        """The queue a job of `model` counts in."""
+        return f"{self.key} of {model or '(no model)'}" if self.per_model else self.key
+
+    def owns(self, key: str) -> bool:
+        """Whether the queue `key` is one of these."""
+        return key == self.key or (self.per_model and key.startswith(f"{self.key} of "))
 
 
 @dataclass(frozen=True)

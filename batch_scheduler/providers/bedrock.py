@@ -19,7 +19,9 @@ records (max_tokens 1, ids `<id>.padN`) whose answers are dropped: they cost a l
 States: Completed, PartiallyCompleted, Stopped and Expired end a batch (records missing from the output,
 i.e. not processed, are sent again unbilled); Failed fails it with Bedrock's `message`; the rest, and a
 status never seen before (logged once), are still running. A full jobs-in-progress quota
-(`ServiceQuotaExceededException`) is a full queue: admission waits for a job to end. Once a batch's
+(`ServiceQuotaExceededException` at create) is a full jobs queue (`QueueFull.jobs`; the quota is per model,
+`SPEC.jobs_queue`): admission holds the next create until a job of ours ends, and never makes a batch
+smaller for it (a smaller batch is one more job, padded up to the floor). Once a batch's
 results are durable its staged objects are deleted (`release`), unless --keep-staged.
 """
 
@@ -37,7 +39,7 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import MB, ProviderSpec, Settings
+from batch_scheduler.core.settings import MB, JobsQueue, ProviderSpec, Settings
 from batch_scheduler.providers.answers import document, items, mapping, shown, text, whole
 from batch_scheduler.providers.aws import AwsAccess, AwsChain, split_s3_uri
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, parse_time
@@ -61,6 +63,7 @@ NOTHING_RAN = frozenset({"Stopped", "Expired"})  # may end without an output fil
 JOB_ID = re.compile(r"[a-z0-9]{12}")
 INPUT_NAME = "input.jsonl"
 LIST_MAX = 100
+JOBS_AT_ONCE = 20  # the quota of in-progress and submitted jobs per base model (Service Quotas' default)
 _COUNTS = {"total": "totalRecordCount", "processed": "processedRecordCount", "succeeded": "successRecordCount",
            "errored": "errorRecordCount"}
 _warned: set[str] = set()
@@ -71,7 +74,8 @@ SPEC = ProviderSpec(
     default_base_url=DEFAULT_URL, default_auth="bearer", model_env=("BEDROCK_MODEL",), own_credentials=True,
     # record ids go into S3 object lines only; the same rule as Message Batches keeps them safe everywhere
     queue_unit="requests", queue_start=200_000, queue_max=1_000_000,  # 20 jobs in progress per model x 50,000
-    min_batch_requests=100)
+    min_batch_requests=100,
+    jobs_queue=JobsQueue("jobs", "", JOBS_AT_ONCE, alone=False, per_model=True))
 
 
 def job_id_of(arn: str, what: str) -> str:
@@ -179,7 +183,10 @@ class BedrockProvider(Provider):
                 "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/out/"}}}
         if not is_claude(self._model):
             body["modelInvocationType"] = "Converse"
-        doc = await self._call("POST", "/model-invocation-job", "create", orjson.dumps(body))  # idempotent: the token
+        try:  # idempotent: the token
+            doc = await self._call("POST", "/model-invocation-job", "create", orjson.dumps(body))
+        except errors.QueueFull as err:  # the only quota checked at create: jobs in progress for the model
+            raise err.about_jobs() from None
         arn = text(doc, "jobArn", "create answer", required=True) or ""
         return BatchInfo(id=job_id_of(arn, "create answer"), state=BatchState.IN_PROGRESS, validated=False,
                          total=len(lines), raw={**body, "jobArn": arn})

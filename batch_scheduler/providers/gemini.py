@@ -18,10 +18,16 @@ mapped on the suffix; int64 counts come as strings, zeros left out. Result lines
 collector as `{"custom_id": key, "response" | "error": ...}` (the key first, as every provider's lines
 start); a per-request `error` is a google.rpc.Status whose `code` may be a gRPC number or an HTTP status.
 `EXPIRED` (48 h) has no results at all: every request of the batch is missing and is sent again, unbilled.
+
+Limits: a project runs at most JOBS_AT_ONCE batch jobs, and a model holds so many enqueued tokens; a batch
+counts in both (`SPEC.jobs_queue` beside the token queue of its model). A 429 at create that names the
+queue is one of them: about jobs when it speaks of concurrent batch jobs and not of tokens (`QueueFull.jobs`:
+the next create waits for a batch of ours to end, batches keep their size), else about the model's tokens.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +36,7 @@ import orjson
 from batch_scheduler.core import errors
 from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
-from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
+from batch_scheduler.core.settings import MB, JobsQueue, ProviderSpec, Settings, join_url
 from batch_scheduler.providers.answers import (
     BATCH_ID,
     ShapeError,
@@ -50,6 +56,8 @@ from batch_scheduler.providers.gemini_convert import estimate_params, gemini_req
 API = "/v1beta"
 INLINE_MAX_BYTES = 4 * MB  # above this a batch goes through a file (inline < 20 MB; big inline results are slow)
 LIST_PAGE_SIZE = 100
+JOBS_AT_ONCE = 100  # concurrent batch jobs per project
+_JOBS_FULL = re.compile(r"concurrent|batch jobs", re.IGNORECASE)  # a queue-full 429 about the project's jobs
 _STATES = {"PENDING": BatchState.IN_PROGRESS, "RUNNING": BatchState.IN_PROGRESS,
            "UNSPECIFIED": BatchState.IN_PROGRESS, "SUCCEEDED": BatchState.ENDED, "CANCELLED": BatchState.ENDED,
            "EXPIRED": BatchState.ENDED, "FAILED": BatchState.FAILED}
@@ -151,7 +159,13 @@ SPEC = ProviderSpec(
     model_env=("GEMINI_MODEL",), custom_headers_env=("GEMINI_CUSTOM_HEADERS",),
     custom_id=r"[^\x00-\x1f\x7f]{1,512}", custom_id_rule="1-512 characters, no control characters",
     # enqueued tokens per model: Tier 1's smallest batch figure (Gemini 3 Flash Preview) .. a generous top
-    queue_unit="tokens", queue_start=3_000_000, queue_max=5_000_000_000)
+    queue_unit="tokens", queue_start=3_000_000, queue_max=5_000_000_000,
+    jobs_queue=JobsQueue("batch jobs", "", JOBS_AT_ONCE, alone=False))
+
+
+def jobs_full(message: str) -> bool:
+    """Whether a queue-full answer's message is about the project's batch jobs, not a model's enqueued tokens."""
+    return _JOBS_FULL.search(message) is not None and "token" not in message.lower()
 
 
 class GeminiProvider(Provider):
@@ -230,8 +244,11 @@ class GeminiProvider(Provider):
             config = {"fileName": await self._upload(b"\n".join(lines) + b"\n", tag)}
         body = orjson.dumps({"batch": {"displayName": tag, "model": f"models/{model}", "inputConfig": config}})
         url = join_url(self._base, f"{API}/models/{model}:batchGenerateContent")
-        data = await self.http.call("POST", url, "create", body=body, idempotent=False,
-                                    headers={"content-type": "application/json"})
+        try:
+            data = await self.http.call("POST", url, "create", body=body, idempotent=False,
+                                        headers={"content-type": "application/json"})
+        except errors.QueueFull as err:
+            raise err.about_jobs() if jobs_full(str(err)) else err from None
         return self._info(document(data, "create answer"), "create answer")
 
     async def _upload(self, data: bytes, tag: str) -> str:

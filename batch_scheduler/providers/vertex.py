@@ -223,8 +223,10 @@ class VertexProvider(Provider):
         try:
             data = await self.http.call("POST", self._where().url, "create", body=body, idempotent=False,
                                         headers=await self._auth(json_body=True), full_at_429=claude)
-        except (errors.RequestRejected, errors.SpendLimited, errors.QueueFull):
+        except (errors.RequestRejected, errors.SpendLimited, errors.QueueFull) as err:
             await self._where().storage.delete(self._where().bucket, source)  # refused outright: surely no job reads the file
+            if isinstance(err, errors.QueueFull) and claude:
+                raise err.about_jobs() from None  # the project's Claude jobs
             raise
         return self._info(document(data, "create answer"), "create answer")
 

@@ -84,3 +84,25 @@ async def test_a_bedrock_job_under_the_floor_is_refused_before_anything_is_sent(
              "100, or send these with another provider")
     assert (result.exit_code, result.message) == (ExitCode.USAGE, floor)
     assert sim.stats["creates"] == 0 and sim.stats["calls"] == {}
+
+
+async def test_a_full_jobs_quota_holds_the_next_create_and_never_shrinks_the_batches(sim, moto, staging, tmp_path):
+    """Bedrock's `ServiceQuotaExceededException` is about the number of jobs: the next create waits for one of
+    ours to end, no attempt is used, and every batch keeps the job's size (never cut down and padded up)."""
+    sim.config = SimConfig(seed=3, processing_s=0.3, bedrock_s3_endpoint=moto.endpoint, bedrock_jobs_limit=2)
+    ids = write_lines(tmp_path / "in.jsonl", 850)
+    settings = fast_settings(sim.url, provider="bedrock", model=CLAUDE, role_arn=ROLE, staging=staging, batch_size=100,
+                             concurrency=6, max_attempts=1)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    got = ids_of(read_results(str(tmp_path / "out")))
+    assert len(got) == len(set(got)) and sorted(got) == sorted(ids)
+    jobs = [b for b in sim.store.batches.values() if b.kind == "bedrock"]
+    padding = sum(1 for b in jobs for cid in b.custom_ids if ".pad" in cid)
+    assert sum(b.n for b in jobs) - padding <= 1.05 * len(ids)  # the requests paid for: each about once
+    assert padding == 0  # no retry batch: nothing under the floor was sent
+    assert sim.stats["queue_full"] >= 1  # the quota was met, and waited out
+    queue = result.summary["queue"]
+    assert queue["queue_full_answers"] == sim.stats["queue_full"]
+    assert queue["limits"][f"jobs of {CLAUDE}"]["limit"] == 2  # learned: what was in flight when it came
+    assert queue["limits"]["requests"]["ceiling"] is None  # the request limit learned nothing from it

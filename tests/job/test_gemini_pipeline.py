@@ -71,3 +71,22 @@ async def test_a_line_without_a_model_names_its_field(sim, tmp_path):
     rejected = [orjson.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_bytes().splitlines()]
     assert rejected[0]["custom_id"] == "a"
     assert rejected[0]["error"].startswith("request.model missing or not a model name (give --model or GEMINI_MODEL")
+
+
+async def test_a_full_batch_jobs_quota_waits_for_a_batch_to_end_and_keeps_the_batch_size(sim, tmp_path):
+    """A 429 about the project's concurrent batch jobs holds the next create until one of ours ends: the
+    batches stay at --batch-size (the enqueued-token limit learns nothing from it), each request answered once."""
+    sim.config = SimConfig(seed=7, processing_s=0.3, gemini_max_batches=3)
+    ids = write_mixed(tmp_path / "in.jsonl", 1_000)
+    settings = fast_settings(sim.url, provider="gemini", batch_size=100, concurrency=8, max_attempts=1)
+    result = await run(settings, tmp_path / "out", tmp_path / "in.jsonl")
+    assert result.exit_code == ExitCode.OK, result.message
+    got = ids_of(read_results(str(tmp_path / "out")))
+    assert len(got) == len(set(got)) and sorted(got) == ids
+    batches = list(sim.store.batches.values())
+    assert len(batches) == 10 and all(b.n == 100 for b in batches)  # never shrunk
+    assert sim.stats["queue_full"] >= 1
+    queue = result.summary["queue"]
+    assert queue["queue_full_answers"] == sim.stats["queue_full"]
+    assert queue["limits"]["batch jobs"]["limit"] == 3  # learned: what was in flight when it came
+    assert all(queue["limits"][model]["ceiling"] is None for model in MODELS)  # the token limits learned nothing

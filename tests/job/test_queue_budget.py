@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import orjson
 
-from batch_scheduler.core.settings import Settings
-from batch_scheduler.job.admit.queue_budget import Measure, QueuePool, account_of
+from batch_scheduler.core.settings import JobsQueue, Settings
+from batch_scheduler.job.admit.queue_budget import Measure, QueuePool, account_of, reserve_all
 from batch_scheduler.providers.anthropic import SPEC as ANTHROPIC
+from batch_scheduler.providers.gemini import SPEC as GEMINI
 from batch_scheduler.providers.openai import SPEC as OPENAI
 
 
@@ -103,3 +105,63 @@ def test_a_batch_weighs_its_requests_or_its_estimated_tokens_scaled_by_what_answ
     assert tokens.of(requests) == ("gpt-4o-mini", 1_070, 1_070)  # 350 characters ~100 tokens, and 7 for the message
     tokens.observe(1_070, requests=10, answered=5, input_tokens=642)  # the provider counted 128.4 each
     assert tokens.of(requests) == ("gpt-4o-mini", 1_284, 1_070)
+
+
+def two_queues(jobs_limit=2):
+    """A Gemini-like account's token queue of one model and its jobs queue (a batch counts in both)."""
+    spec = replace(GEMINI, jobs_queue=JobsQueue("batch jobs", "", jobs_limit, alone=False))
+    pool = QueuePool()
+    return pool.queue("acct", "gemini-2.5-flash", spec, None), pool.queue("acct", "batch jobs", spec, None)
+
+
+async def test_a_batch_in_two_queues_waits_for_room_in_both_and_holds_none_while_it_waits():
+    tokens, jobs = two_queues()
+    assert (jobs.unit, jobs.limit) == ("jobs", 2)  # the documented cap, held from the start
+    held = []
+    for _ in range(2):
+        both = await reserve_all("job", [(tokens, 1_000), (jobs, 1)])
+        for t in both:
+            t.queue.accepted(t)
+        held.append(both)
+    waiter = asyncio.ensure_future(reserve_all("job", [(tokens, 1_000), (jobs, 1)]))
+    await settle()
+    assert not waiter.done()  # the token queue has room, the jobs queue none
+    assert (tokens.in_flight, tokens.peak, dict(tokens.held)) == (2_000, 2_000, {"job": 2_000})  # nothing kept there
+    assert tokens.waiting["job"] == jobs.waiting["job"] == 1
+    for t in held.pop():
+        t.queue.ended(t)
+    got = await asyncio.wait_for(waiter, 5)
+    assert [(t.queue, t.units) for t in got] == [(tokens, 1_000), (jobs, 1)]
+    assert (tokens.in_flight, jobs.in_flight) == (2_000, 2) and not tokens.waiting and not jobs.waiting
+
+
+async def test_a_batch_in_two_queues_waits_for_the_token_queue_too():
+    tokens, jobs = two_queues(jobs_limit=5)
+    first = await reserve_all("job", [(tokens, 600_000), (jobs, 1)])
+    for t in first:
+        t.queue.accepted(t)
+    tokens.refused(tokens.try_reserve("job", 600_000), stated=1_000_000)  # the model holds 1,000,000 tokens
+    waiter = asyncio.ensure_future(reserve_all("job", [(tokens, 600_000), (jobs, 1)]))
+    await settle()
+    assert not waiter.done() and jobs.in_flight == 1  # no job taken while the tokens wait
+    for t in first:
+        t.queue.ended(t)
+    got = await asyncio.wait_for(waiter, 5)
+    assert (tokens.in_flight, jobs.in_flight) == (600_000, 1) and got[1].queue is jobs
+
+
+def test_a_ticket_given_back_keeps_its_queues_hold_and_teaches_nothing():
+    tokens, jobs = two_queues(jobs_limit=5)
+    for q, units in ((tokens, 1_000), (jobs, 1)):
+        q.accepted(q.try_reserve("job", units))
+    t, j = tokens.try_reserve("job", 1_000), jobs.try_reserve("job", 1)
+    jobs.refused(j, stated=None)  # the provider runs our one job, no more
+    tokens.given_back(t)  # the batch never reached the token queue: nothing to learn there
+    assert (jobs.limit, jobs.hold_until_end) == (1, True)
+    assert (tokens.in_flight, tokens.learner.ceiling, tokens.learner.queue_full, tokens.hold_until_end) == \
+        (1_000, None, 0, False)
+    held = jobs.try_reserve("job", 1)
+    assert held is None  # the next create waits for a job of ours to end
+    other = tokens.try_reserve("job", 1_000)
+    tokens.given_back(other)
+    assert not tokens.hold_until_end and jobs.hold_until_end  # a give-back is not an end

@@ -10,6 +10,10 @@ and who waits. A run has a pool of its own; the daemon gives every job the same 
                                                nothing more goes until a batch of ours there ends
                                                (unless the limit it stated explains the answer)
     queue.ended(ticket)                        the batch ended (or was never created): units come back
+    queue.given_back(ticket)                   the batch was not created, for a reason of another queue:
+                                               units come back, nothing learned, a hold kept
+    await reserve_all(job, [(q1, u1), (q2, u2)])  room in two queues at once (a batch of a provider that
+                                               caps its jobs as well as its tokens or requests)
 
 Fair shares: while other jobs wait for the same queue, a job takes room only if it holds no more of
 it than each of them, so room goes to whoever holds least; a job alone, or whose neighbours have
@@ -17,8 +21,11 @@ nothing to send, may use all of it (work-conserving).
 
 `Measure` says what a batch weighs in the provider's unit: its request count, or its estimated input
 tokens (`pricing.estimate_request` plus each message's few, scaled by what the provider's answers
-reported so far). A batch of the models a provider caps by jobs (`ProviderSpec.jobs_queue`: Claude on
-Vertex) weighs one job in that queue instead, whose limit is the documented cap, held from the start.
+reported so far). A batch of the models a provider caps by jobs alone (`ProviderSpec.jobs_queue`: Claude
+on Vertex) weighs one job in that queue instead; where a provider caps both (Gemini: jobs per project and
+tokens per model; Bedrock: jobs per model and requests), a batch takes one job in its jobs queue as well
+(`Ticket.jobs`). A jobs queue's limit starts at the documented cap, held from the start, and is learned
+down by queue-full answers about jobs like any other (to what was in flight, never below 1).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class Ticket:
     probe: bool
     confirmed: bool = False
     done: bool = False
+    jobs: Ticket | None = None  # the batch's room in its provider's jobs queue, when it counts in both
 
 
 @dataclass(eq=False)
@@ -105,23 +113,12 @@ class Queue:
         """Wait until a batch of `units` may go for `job` (a change in the queue, or a backoff, wakes it).
         With `split_into`, a batch over that share of what the queue is known to hold raises TooHeavy (it is
         to go in parts), also when the limit becomes known while it waits."""
-        self.waiting[job] += 1
-        try:
-            while True:
-                if split_into and self.too_heavy(units, split_into):
-                    raise TooHeavy(f"{units:,} {self.unit} is more than the queue holds")
-                if (ticket := self.try_reserve(job, units)) is not None:
-                    break
-                if self._signal is None or self._signal.done():
-                    self._signal = asyncio.get_running_loop().create_future()
-                wait_s = self.learner.backoff_until - clock()
-                await asyncio.wait([self._signal], timeout=wait_s if wait_s > 0 else None)
-            return ticket
-        finally:
-            self.waiting[job] -= 1
-            if not self.waiting[job]:
-                del self.waiting[job]
-            self._wake()  # a job that stops waiting may give another its turn
+        return (await reserve_all(job, [(self, units)], clock, split_into=split_into))[0]
+
+    def _next_change(self) -> asyncio.Future:
+        if self._signal is None or self._signal.done():
+            self._signal = asyncio.get_running_loop().create_future()
+        return self._signal
 
     def _wake(self) -> None:
         if self._signal is not None and not self._signal.done():
@@ -167,12 +164,61 @@ class Queue:
         self.hold_until_end = False
         self._wake()
 
+    def given_back(self, ticket: Ticket) -> None:
+        """The ticket's batch was not created, for a reason that is not this queue's: its units come back,
+        and a hold of this queue stays until a batch of ours in it ends."""
+        if ticket.done:
+            return
+        self._release(ticket)
+        self._wake()
+
     def restore(self, ticket_units: int, job: str) -> Ticket:
         """A batch an earlier run left in the queue: held again at once, as accepted."""
         self.in_flight += ticket_units
         self.held[job] += ticket_units
         self.peak = max(self.peak, self.in_flight)
         return Ticket(self, job, ticket_units, self.in_flight, probe=False, confirmed=True)
+
+
+async def reserve_all(job: str, wants: list[tuple[Queue, int]], clock: Callable[[], float] = time.time, *,
+                      split_into: int | None = None) -> list[Ticket]:
+    """Wait until a batch may take its units in every one of its queues at once (the first is its queue of
+    requests or tokens, a second its provider's jobs queue); room is never held in one while another is
+    waited for. `split_into`: TooHeavy as in `Queue.reserve`, of the first queue."""
+    for q, _ in wants:
+        q.waiting[job] += 1
+    try:
+        while True:
+            first, units = wants[0]
+            if split_into and first.too_heavy(units, split_into):
+                raise TooHeavy(f"{units:,} {first.unit} is more than the queue holds")
+            if (tickets := _try_all(job, wants)) is not None:
+                return tickets
+            changes = [q._next_change() for q, _ in wants]
+            now = clock()
+            backoffs = [q.learner.backoff_until - now for q, _ in wants if q.learner.backoff_until > now]
+            await asyncio.wait(changes, timeout=min(backoffs) if backoffs else None)
+    finally:
+        for q, _ in wants:
+            q.waiting[job] -= 1
+            if not q.waiting[job]:
+                del q.waiting[job]
+            q._wake()  # a job that stops waiting may give another its turn
+
+
+def _try_all(job: str, wants: list[tuple[Queue, int]]) -> list[Ticket] | None:
+    """Tickets in every queue, or None with nothing changed (what one queue gave is given back)."""
+    tickets: list[Ticket] = []
+    peaks = [q.peak for q, _ in wants]
+    for q, units in wants:
+        ticket = q.try_reserve(job, units)
+        if ticket is None:
+            for taken, peak in zip(tickets, peaks, strict=False):
+                taken.queue._release(taken)
+                taken.queue.peak = peak
+            return None
+        tickets.append(ticket)
+    return tickets
 
 
 def account_of(settings: Settings) -> str:
@@ -189,7 +235,7 @@ def learner_for(spec: ProviderSpec, key: str, cap: int | None, start: int | None
     the start and is also the most it may learn (the user's cap is of requests or tokens), or its queue of
     requests or tokens, learned from `start` (the documented lowest tier) up to `cap` or the highest tier."""
     jobs = spec.jobs_queue
-    if jobs is not None and key == jobs.key:
+    if jobs is not None and jobs.owns(key):
         learner = LimitLearner(start=jobs.limit, cap=jobs.limit, backoff_s=backoff_s, clock=clock)
         learner.confirmed = jobs.limit
         return JOBS, learner
@@ -256,7 +302,7 @@ class Measure:
 
     def of(self, lines: list[bytes]) -> tuple[str, int, int]:
         """(queue key, units, our raw estimate) of a batch of request lines."""
-        if self._jobs is not None and lines and self._jobs.holds(_model_of(lines[0])):
+        if self._jobs is not None and self._jobs.alone and lines and self._jobs.holds(_model_of(lines[0])):
             return self._jobs.key, 1, 1  # one model per batch: the first line's is the batch's
         if self.unit != "tokens":
             return REQUESTS, len(lines), len(lines)

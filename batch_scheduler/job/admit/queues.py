@@ -5,6 +5,11 @@ side: it weighs a batch (`Measure`), asks the pool's queue for room, tells it wh
 answered, writes what the queues learned to the job's ledger (so that a resumed run starts from it)
 and keeps the job's figures (`JobStats`: queued units, the current limit, queue-full answers) for the
 progress line and summary.json.
+
+Where the provider caps its jobs as well as its requests or tokens (`JobsQueue.alone` false: Bedrock,
+Gemini), a batch takes room in both: a job in the jobs queue (`Ticket.jobs`) beside its units in the other.
+A queue-full answer about jobs (`errors.QueueFull.jobs`) is told to the jobs queue only: it holds the
+next create until a job of ours ends, and what the other queue admits (so the size of a batch) is untouched.
 """
 
 from __future__ import annotations
@@ -15,7 +20,15 @@ from typing import Any
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.settings import ProviderSpec, Settings
-from batch_scheduler.job.admit.queue_budget import REQUESTS, Measure, Queue, QueuePool, Ticket, account_of
+from batch_scheduler.job.admit.queue_budget import (
+    REQUESTS,
+    Measure,
+    Queue,
+    QueuePool,
+    Ticket,
+    account_of,
+    reserve_all,
+)
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.state.ledger import Ledger
 
@@ -54,6 +67,8 @@ class JobQueues:
         self._used: dict[str, Queue] = {}
         self._tickets: set[Ticket] = set()  # what this run holds in the queues (given back by `close`)
         self._last_units = 1
+        jobs = spec.jobs_queue
+        self._jobs_key = jobs.key_of(settings.model) if jobs is not None and not jobs.alone else None
         self.measure = Measure(spec)
         self.queue_full = 0  # 429s at create for a full queue, this run
         self.token_limit_failures = 0
@@ -73,8 +88,12 @@ class JobQueues:
         return q
 
     def has_room(self) -> bool:
-        """Whether a queue of the job's has room for another batch now (what a batch weighed last)."""
-        return any(q.in_flight + self._last_units <= q.limit for q in self._used.values())
+        """Whether a queue of the job's has room for another batch now (what a batch weighed last), and its
+        jobs queue (where the provider caps jobs as well) for one more job."""
+        jobs = self._used.get(self._jobs_key) if self._jobs_key is not None else None
+        if jobs is not None and jobs.in_flight + 1 > jobs.limit:
+            return False
+        return any(q.in_flight + self._last_units <= q.limit for q in self._used.values() if q is not jobs)
 
     def weigh(self, lines: list[bytes]) -> Weight:
         key, units, estimate = self.measure.of(lines)
@@ -88,9 +107,12 @@ class JobQueues:
     async def reserve(self, weight: Weight, *, splittable: bool = False) -> Ticket:
         """Wait for room for a batch; a splittable one heavier than `part_limit` (once the queue's limit is
         known) raises TooHeavy."""
-        ticket = await self.queue(weight.key).reserve(
-            self._job, weight.units, self._pool.clock,
-            split_into=OVERLAP_BATCHES if splittable and weight.requests > 1 else None)
+        wants = [(self.queue(weight.key), weight.units)]
+        if self._jobs_key is not None:
+            wants.append((self.queue(self._jobs_key), 1))
+        ticket, *jobs = await reserve_all(self._job, wants, self._pool.clock,
+                                          split_into=OVERLAP_BATCHES if splittable and weight.requests > 1 else None)
+        ticket.jobs = jobs[0] if jobs else None
         self._tickets.add(ticket)
         self._show(ticket.queue)
         return ticket
@@ -99,22 +121,32 @@ class JobQueues:
         """A batch an earlier run left at the provider: it holds its room at once."""
         q = self.queue(key)
         ticket = q.restore(units, self._job)
+        if self._jobs_key is not None:
+            ticket.jobs = self.queue(self._jobs_key).restore(1, self._job)
         self._tickets.add(ticket)
         self._show(q)
         return ticket
 
     async def accepted(self, ticket: Ticket) -> None:
-        if ticket.queue.accepted(ticket):
-            await self._keep(ticket.queue)
+        for t in _both(ticket):
+            if t.queue.accepted(t):
+                await self._keep(t.queue)
         self._show(ticket.queue)
 
     async def refused(self, ticket: Ticket, stated: int | None, *, token_limit: bool, chunk_id: int,
-                      note: str) -> None:
-        """A queue-full answer for the chunk's batch: the learner is told, the chunk waits to be sent again
-        (no attempt used), and both are in the ledger in one step."""
-        q = ticket.queue
-        in_flight = q.in_flight - ticket.units
-        q.refused(ticket, stated)
+                      note: str, jobs: bool = False) -> None:
+        """A queue-full answer for the chunk's batch: the learner of the queue it is about is told (its jobs
+        queue's, for an answer about jobs), the chunk waits to be sent again (no attempt used), and both are
+        in the ledger in one step. The batch's room in its other queue comes back, nothing learned there."""
+        full = ticket.jobs if jobs and ticket.jobs is not None else ticket
+        for other in _both(ticket):
+            if other is not full and token_limit:  # the batch failed: it ended there
+                other.queue.ended(other)
+            elif other is not full:  # refused at create: it never entered the other queue
+                other.queue.given_back(other)
+        q = full.queue
+        in_flight = q.in_flight - full.units
+        q.refused(full, stated)
         self._tickets.discard(ticket)
         self.queue_full += int(not token_limit)
         self.token_limit_failures += int(token_limit)
@@ -122,28 +154,29 @@ class JobQueues:
         what = "token limit" if token_limit else "queue full"
         log.warning("%s at the provider (%s %s of ours queued, this batch %s%s): admitting up to %s %s; "
                     "the batch is sent again, no attempt used", what, f"{in_flight:,}", q.unit,
-                    f"{ticket.units:,}", f", stated limit {stated:,}" if stated else "", f"{q.limit:,}", q.unit)
+                    f"{full.units:,}", f", stated limit {stated:,}" if stated else "", f"{q.limit:,}", q.unit)
         self._learned[q.key] = q.learner.to_doc()
         await self._ledger.record_queue_full(chunk_id, note, limits=self._learned,
                                              counter="token_limit_failures" if token_limit else "queue_full")
-        self._show(q)
+        self._show(ticket.queue)
         if q.learner.alone >= ALONE_MAX:
             raise QueueStuck(f"the provider's queue ({q.key}) stayed full with nothing of this job in it: "
                              f"{q.learner.alone} queue-full answers in a row")
 
     def ended(self, ticket: Ticket, *, validated: bool) -> None:
-        q = ticket.queue
-        if validated:
-            q.accepted(ticket)  # it ran: the provider held it (OpenAI: past validating unseen)
-        q.ended(ticket)
+        for t in _both(ticket):
+            if validated:
+                t.queue.accepted(t)  # it ran: the provider held it (OpenAI: past validating unseen)
+            t.queue.ended(t)
         self._tickets.discard(ticket)
-        self._show(q)
+        self._show(ticket.queue)
 
     def close(self) -> None:
         """The run is over: what it still holds in the queues is given back (a shared pool outlives it; the
         next run of the job holds its batches in flight again from the ledger)."""
         for ticket in list(self._tickets):
-            ticket.queue.ended(ticket)
+            for t in _both(ticket):
+                t.queue.ended(t)
         self._tickets.clear()
 
     def observed(self, weight_estimate: int, requests: int, answered: int, input_tokens: float) -> None:
@@ -169,3 +202,8 @@ class JobQueues:
             "token_limit_failures": self.token_limit_failures,
             "peak_queued": self._stats.queue_peak,
         }
+
+
+def _both(ticket: Ticket) -> list[Ticket]:
+    """A batch's tickets: its room in its queue, and in its provider's jobs queue if it counts there too."""
+    return [ticket] if ticket.jobs is None else [ticket, ticket.jobs]

@@ -233,7 +233,8 @@ class Sender:
         ticket, flight.ticket = flight.ticket, None
         note = f"queue full at create: {err}"
         if ticket is not None:
-            await self._queues.refused(ticket, err.stated_limit, token_limit=False, chunk_id=out.chunk_id, note=note)
+            await self._queues.refused(ticket, err.stated_limit, token_limit=False, chunk_id=out.chunk_id, note=note,
+                                       jobs=err.jobs)
         else:
             await self._ledger.set_state(out.chunk_id, ChunkState.PLANNED, note)
         if split:
