@@ -53,14 +53,18 @@ def fresh_venv(where: Path, wheel: Path, extra: str) -> Path:
     python = where / "bin" / "python"
     target = f"{wheel}[{extra}]" if extra else str(wheel)
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", target],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=clean_env())
     assert done.returncode == 0, done.stderr[-2000:]
     return python
 
 
+def clean_env() -> dict[str, str]:
+    """The environment without a path to this checkout (pip would take it for an installed copy)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def run_in(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run([str(python), *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run([str(python), *args], capture_output=True, text=True, cwd=cwd, env=clean_env())
 
 
 def test_the_core_wheel_runs_a_job_and_names_the_extra_a_feature_needs(wheel, tmp_path):
