@@ -102,6 +102,10 @@ def test_the_cluster_extra_reaches_for_postgresql(wheel, tmp_path):
     assert status.returncode != 0
     assert "batch-scheduler[cluster]" not in status.stderr and "127.0.0.1:1" in status.stderr, status.stderr
     assert "Traceback" not in status.stderr
+    # the node's own modules are in the wheel (a node is `daemon --ledger`)
+    node = run_in(python, "-c", "import batch_scheduler.cluster.node, batch_scheduler.state.queries; print('ok')",
+                  cwd=tmp_path)
+    assert node.stdout.strip() == "ok", node.stderr[-2000:]
 
 
 def test_the_tiktoken_extra_installs_tiktoken(wheel, tmp_path):
