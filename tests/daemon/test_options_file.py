@@ -107,9 +107,10 @@ async def test_a_bad_price_table_or_ledger_fails_its_job_and_the_daemon_stays_up
 
 def test_what_an_options_file_may_set_is_what_shapes_batches_and_prompts():
     assert sorted(OPTION_FILE_NAMES - DAEMON_SIDE) == [
-        "batch_bytes", "batch_size", "cache_system", "concurrency", "count_sample", "id_field", "max_attempts",
-        "max_cost", "max_tokens", "max_unbilled_attempts", "model", "model_field", "not_found_grace", "params",
-        "params_field", "retry_cancelled", "retry_wait", "shards", "strict", "system", "template"]
+        "allow_unknown_model", "at_deadline", "batch_bytes", "batch_size", "cache_system", "concurrency",
+        "count_sample", "finish_by", "id_field", "max_attempts", "max_cost", "max_tokens", "max_unbilled_attempts",
+        "mode", "model", "model_field", "not_found_grace", "params", "params_field", "prime_via",
+        "realtime_concurrency", "retry_cancelled", "retry_wait", "shards", "strict", "system", "template", "window"]
 
 
 def test_params_in_an_options_file_is_the_object_never_a_file_to_read():

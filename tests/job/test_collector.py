@@ -220,3 +220,5 @@ def test_the_first_retry_wait_follows_a_turnaround_faster_than_retry_wait():
     assert retry_wait(settings, 2.5).after(1) == 2.5  # batches back in 2.5 s: one round trip
     assert retry_wait(settings, 2.5).after(3) == 10.0  # doubling from there
     assert retry_wait(settings, 0.01).after(1) == RETRY_WAIT_MIN_S  # never less than the floor
+    given = fast_settings("http://127.0.0.1:9", retry_wait_s=600.0)
+    assert retry_wait(given, 2.5).after(1) == 600.0  # a --retry-wait the user gave is kept

@@ -44,6 +44,7 @@ from zlib import crc32
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import backoff_s
+from batch_scheduler.core.options import BY_NAME
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.job.money.pricing import model_counters
@@ -84,12 +85,13 @@ TURNAROUNDS_KEPT = 32  # the batches whose turnaround sets the first wait: the l
 def retry_wait(settings: Settings, turnaround_s: float | None = None) -> RetryWait:
     """How long a request waits before its next attempt: --retry-wait after the first, doubling.
 
-    Where this job's batches come back faster than --retry-wait (the median turnaround of its latest
-    batches, create to ended), the first wait is that turnaround instead (at least RETRY_WAIT_MIN_S):
-    the provider spaces attempts by a round trip anyway, and waiting longer than one only lengthens the
-    tail. Batches that take an hour, as real ones do, keep --retry-wait."""
+    With the default --retry-wait, where this job's batches come back faster than it (the median
+    turnaround of its latest batches, create to ended), the first wait is that turnaround instead (at
+    least RETRY_WAIT_MIN_S): the provider spaces attempts by a round trip anyway, and waiting longer than
+    one only lengthens the tail. Batches that take an hour, as real ones do, keep 10 s; a --retry-wait the
+    user gave is kept as given."""
     first = settings.retry_wait_s
-    if turnaround_s is not None:
+    if turnaround_s is not None and first == BY_NAME["retry_wait"].default:
         first = min(first, max(RETRY_WAIT_MIN_S, turnaround_s))
     return RetryWait(first, max(settings.retry_wait_s, RETRY_WAIT_MAX_S))
 
