@@ -224,7 +224,13 @@ class Engine:
                                                      final=True))
             except BaseExceptionGroup as eg:
                 return self._failure(first_error(eg), http)
-        return await self._final_result(job, admission)
+            result = await self._final_result(job, admission)
+            if result.exit_code == ExitCode.OK:
+                try:
+                    await provider.release_job(submitter.job_tag)  # what a killed run's releases missed
+                except errors.SchedulerError as err:  # best effort: the job is done whatever stays staged
+                    log.warning("staged objects of the job not all removed: %s", http.redact(str(err)))
+        return result
 
     def _failure(self, err: BaseException, http: HttpClient) -> JobResult:
         """The one clear line for a run that stopped on an error; everything durable stays in the ledger."""

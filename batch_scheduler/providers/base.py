@@ -211,6 +211,12 @@ class Provider(Protocol):
     def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
         """Every result line of an ended batch, in blocks; one attempt (restart on failure)."""
 
+    async def release_job(self, job_tag: str) -> None:
+        """The job is done: whatever the provider still stages for it (every create tag starts with `job_tag`)
+        may go, such as what a run killed between a batch's collection and its `release` left. Best effort,
+        never raises; by default nothing."""
+        return None
+
     async def release(self, info: BatchInfo) -> None:
         """The batch's results are durable: free what the provider keeps for it (Bedrock: the staged S3
         objects, Vertex: the staged Cloud Storage files). Best effort, never raises; by default nothing."""

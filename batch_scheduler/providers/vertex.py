@@ -301,6 +301,20 @@ class VertexProvider(Provider):
         for name in names:
             await self._where().storage.delete(self._where().bucket, name)
 
+    async def release_job(self, job_tag: str) -> None:
+        """The job is done: every file still staged under its tag goes (unless --keep-staged)."""
+        if self.settings.keep_staged:
+            return
+        await self._ready()
+        where = self._where()
+        try:
+            names = await where.storage.names(where.bucket, self._object(job_tag, ""))
+            for name in names:
+                await where.storage.delete(where.bucket, name)
+        except errors.ProviderError as err:
+            log.warning("staged files of this job not all removed (%s): gs://%s/%s*", err, where.bucket,
+                        self._object(job_tag, ""))
+
     classify = staticmethod(classify_line)
 
     @staticmethod

@@ -119,7 +119,12 @@ class Submitter:
 
     def tag(self, chunk_id: int) -> str:
         """What a create for this chunk is tagged with: unique across jobs, the same after a restart."""
-        return f"job-{self._token}-chunk-{chunk_id}"
+        return f"{self.job_tag}chunk-{chunk_id}"
+
+    @property
+    def job_tag(self) -> str:
+        """What every create tag of this job starts with."""
+        return f"job-{self._token}-"
 
     def nbytes(self, lines: list[bytes]) -> int:
         return sum(len(x) + self._overhead(len(x)) for x in lines) + 64
