@@ -119,6 +119,10 @@ class ProviderCase:
     changes: dict = field(default_factory=dict)
     batches_check: Callable[[object], None] = lambda sim: None  # what only this provider's batches show
     errors_like: str = "anthropic"  # whose error bodies the simulator answers it with: anthropic, openai, google
+    # how a create whose answer was lost is found again: "adopted" (the batch is listed and adopted), "settled"
+    # (xAI: the requests are added to a batch the job made, and a lost add is settled by reading the batch's
+    # count: nothing to adopt, nothing paid twice), "none" (inline: nothing of a batch says whose it is)
+    lost_creates: str = "adopted"
 
     def settings(self, url: str, **changes) -> Settings:
         return fast_settings(url + self.url_path, provider=self.name, **{**self.changes, **changes})
@@ -150,7 +154,7 @@ PROVIDERS = {
     "xai": ProviderCase("xai", "/xai", _openai_answer,  # /xai stands for api.x.ai (simulator/xai.py)
                         lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=31,
                         changes={"auth": "bearer"}, errors_like="openai",
-                        batches_check=_xai_batches_are_named_for_one_job),
+                        batches_check=_xai_batches_are_named_for_one_job, lost_creates="settled"),
     "inline": ProviderCase("inline", "/v1", _anthropic_answer,
                            lambda r: r["result"]["message"]["usage"]["output_tokens"], fault_seed=5,
                            changes={"auth": "bearer", "system": None}, batches_check=_inline_batches_are_its_own),
