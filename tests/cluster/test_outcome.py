@@ -139,4 +139,8 @@ async def test_a_claim_lost_while_cancelling_batches_drops_that_job_and_the_node
         await until_state(pg_url, "more", "done")
         assert not task.done(), "the node is still up"
     check_out(str(tmp_path / "out-more"), "more", ids)
-    assert sim.stats["cancels"] == 0, "nothing cancelled under a claim that is not ours"
+    # nothing of the job's is cancelled under a claim that is not ours; what is cancelled is only a batch this
+    # node's create made after its claim was gone (an orphan: nobody's, cancelled by design unless adopted)
+    with pg.connect(pg_url, autocommit=True) as db:
+        orphans = db.execute("SELECT count(*) FROM orphans").fetchone()[0]
+    assert sim.stats["cancels"] <= orphans, (sim.stats["cancels"], orphans)
