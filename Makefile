@@ -10,18 +10,24 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recomm
 
 .PHONY: demo test bench lint readme settings clean system
 
+# pip's output goes to .venv/pip.log, shown only when an install fails
+PIP_LOG := $(VENV)/pip.log
+PIP := $(BIN)/pip install -q --disable-pip-version-check
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@$(PIP) --upgrade pip >$(PIP_LOG) 2>&1 || { cat $(PIP_LOG); false; }
 
 # the demo needs the core only (what `pip install .` gives)
 $(CORE): pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e .
-	touch $(CORE)
+	@echo "installing batch-scheduler (the core) into $(VENV); log: $(PIP_LOG)"
+	@$(PIP) -e . >$(PIP_LOG) 2>&1 || { cat $(PIP_LOG); false; }
+	@touch $(CORE)
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e '.[dev,bench,parquet,cluster,vertex]'
-	touch $(STAMP) $(CORE)
+	@echo "installing batch-scheduler with the dev extras into $(VENV); log: $(PIP_LOG)"
+	@$(PIP) -e '.[dev,bench,parquet,cluster,vertex]' >$(PIP_LOG) 2>&1 || { cat $(PIP_LOG); false; }
+	@touch $(STAMP) $(CORE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
