@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -69,8 +70,14 @@ def staged(sim_url: str, credentials: str) -> list[str]:
     creds.refresh(Request())
     req = urllib.request.Request(f"{sim_url}/storage/v1/b/{BUCKET}/o?prefix=jobs/",
                                  headers={"authorization": f"Bearer {creds.token}"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return [item["name"] for item in json.loads(resp.read()).get("items", [])]
+    for _ in range(20):  # the simulator's real faults answer this check too: a failed call is asked again
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return [item["name"] for item in json.loads(resp.read()).get("items", [])]
+        except urllib.error.HTTPError as err:
+            if err.code not in (429, 500, 502, 503, 504, 529):
+                raise
+    raise AssertionError("the staging bucket could not be listed in 20 tries")
 
 
 def setup(tmp: Path, sim_url: str, family: str) -> tuple[list[str], dict[str, str], str]:
