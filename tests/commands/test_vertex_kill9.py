@@ -4,6 +4,7 @@ and its job's create; while a job's output files are read) and at random moments
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from google.auth.exceptions import GoogleAuthError
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account as sa
 
@@ -67,16 +69,19 @@ def write_input(tmp: Path, family: str) -> tuple[Path, list[str]]:
 def staged(sim_url: str, credentials: str) -> list[str]:
     """The objects left in the staging bucket, read through the simulator's Cloud Storage API."""
     creds = sa.Credentials.from_service_account_file(credentials, scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    creds.refresh(Request())
-    req = urllib.request.Request(f"{sim_url}/storage/v1/b/{BUCKET}/o?prefix=jobs/",
-                                 headers={"authorization": f"Bearer {creds.token}"})
     for _ in range(20):  # the simulator's real faults answer this check too: a failed call is asked again
         try:
+            if not creds.valid:
+                creds.refresh(Request())
+            req = urllib.request.Request(f"{sim_url}/storage/v1/b/{BUCKET}/o?prefix=jobs/",
+                                         headers={"authorization": f"Bearer {creds.token}"})
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return [item["name"] for item in json.loads(resp.read()).get("items", [])]
-        except urllib.error.HTTPError as err:
-            if err.code not in (429, 500, 502, 503, 504, 529):
+        except urllib.error.HTTPError as err:  # 409 ABORTED is one of the faults Google's storage answers
+            if err.code not in (409, 429, 500, 502, 503, 504, 529):
                 raise
+        except (urllib.error.URLError, ConnectionError, http.client.HTTPException, GoogleAuthError):
+            pass  # a dropped call, also one of the faults
     raise AssertionError("the staging bucket could not be listed in 20 tries")
 
 
