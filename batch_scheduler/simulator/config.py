@@ -80,6 +80,8 @@ class SimConfig:
     vertex_claude_jobs: int = 4  # Claude batch jobs running at once per project (a create past it: 429)
     vertex_expired_rate: float = 0.0  # jobs that end EXPIRED (queued too long) with no output at all
     vertex_paused_rate: float = 0.0  # jobs PAUSED for a stretch of their life
+    vertex_gcs_endpoint: str | None = None  # Vertex: another server's Cloud Storage its jobs read and write (a GCS
+    # emulator in the tests); None: the simulator's own (gcs.py)
     # -- the realtime endpoints (POST /v1/messages, /v1/chat/completions: realtime.py)
     realtime_rpm: int | None = None  # requests per minute per key (over it: 429 with retry-after)
     realtime_latency_s: float = 0.0  # each realtime call takes this long (wall-clock seconds) to answer

@@ -8,14 +8,18 @@
 
 Buckets exist when `gcs_buckets` is None or names them. A media download of a results file may be cut
 mid-line (`cut_rate`), as the other providers' result downloads are. Objects live in memory, in `objects`.
+
+`StorageServer` is the other way: the Vertex jobs read and write another server's Cloud Storage (a GCS
+emulator in the tests, set by `vertex_gcs_endpoint`), as Vertex reads and writes the user's bucket.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Protocol
+from urllib.parse import quote, unquote
 
+import aiohttp
 from aiohttp import web
 
 from batch_scheduler.simulator.context import SimContext
@@ -23,6 +27,14 @@ from batch_scheduler.simulator.responses import Rejected, json_response, stream_
 from batch_scheduler.simulator.store import rfc3339
 
 LIST_MAX = 1000
+
+
+class Files(Protocol):
+    """Where a Vertex job reads its input and writes its output."""
+
+    async def read_object(self, uri: str) -> bytes | None: ...
+
+    async def put_object(self, bucket: str, name: str, data: bytes) -> None: ...
 
 
 class CloudStorage:
@@ -48,6 +60,12 @@ class CloudStorage:
     def read(self, uri: str) -> bytes | None:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
         return self.objects.get((bucket, name))
+
+    async def read_object(self, uri: str) -> bytes | None:
+        return self.read(uri)
+
+    async def put_object(self, bucket: str, name: str, data: bytes) -> None:
+        self.put(bucket, name, data)
 
     # -- handlers -------------------------------------------------------------------------------------
 
@@ -117,3 +135,30 @@ class CloudStorage:
         del self.objects[(bucket, name)]
         self.ctx.stats["deletes"] += 1
         return web.Response(status=204)
+
+
+class StorageServer:
+    """Another server's Cloud Storage JSON API, read and written as Vertex reads and writes a user's bucket."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint.rstrip("/")
+
+    async def read_object(self, uri: str) -> bytes | None:
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        url = f"{self.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}?alt=media"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            data = await resp.read()
+            if resp.status == 404:
+                return None
+            if resp.status >= 300:
+                raise Rejected("api_error", f"Cloud Storage GET {uri}: HTTP {resp.status}")
+            return data
+
+    async def put_object(self, bucket: str, name: str, data: bytes) -> None:
+        url = f"{self.endpoint}/upload/storage/v1/b/{quote(bucket, safe='')}/o"
+        params = {"uploadType": "media", "name": name}
+        async with aiohttp.ClientSession() as session, session.post(
+                url, params=params, data=data, headers={"content-type": "application/jsonl"}) as resp:
+            await resp.read()
+            if resp.status >= 300:
+                raise Rejected("api_error", f"Cloud Storage upload of gs://{bucket}/{name}: HTTP {resp.status}")

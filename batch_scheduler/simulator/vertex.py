@@ -27,7 +27,7 @@ from aiohttp import web
 from batch_scheduler.simulator.batches import Requests, new_batch
 from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.counting import json_tokens
-from batch_scheduler.simulator.gcs import CloudStorage
+from batch_scheduler.simulator.gcs import CloudStorage, Files, StorageServer
 from batch_scheduler.simulator.google import Handler
 from batch_scheduler.simulator.responses import Rejected, json_response, parse_json
 from batch_scheduler.simulator.store import Batch, Outcome, output_tokens, rfc3339
@@ -92,6 +92,20 @@ class VertexApi:
     def __init__(self, ctx: SimContext, gcs: CloudStorage):
         self.ctx = ctx
         self.gcs = gcs
+        self._pending: list[tuple[str, str, bytes]] = []  # output files exported, written before the answer
+
+    def files(self) -> Files:
+        """The simulator's own Cloud Storage, or another server's (`vertex_gcs_endpoint`)."""
+        endpoint = self.ctx.config.vertex_gcs_endpoint
+        return StorageServer(endpoint) if endpoint else self.gcs
+
+    async def _flush(self) -> None:
+        """Write the files a job exported, before the answer that shows them (one failed write stays queued)."""
+        files = self.files()
+        while self._pending:
+            bucket, path, data = self._pending[0]
+            await files.put_object(bucket, path, data)
+            self._pending.pop(0)
 
     def routes(self) -> list[tuple[str, str, str, Handler, bool]]:
         out: list[tuple[str, str, str, Handler, bool]] = []
@@ -154,7 +168,7 @@ class VertexApi:
             self._claude_room(project)
         reqs, kept = Requests(), list[dict]()
         for uri in uris:
-            data = self.gcs.read(uri)
+            data = await self.files().read_object(uri)
             if data is None:
                 raise Rejected("invalid_request_error", f"The input file {uri} does not exist.")
             for raw in data.split(b"\n"):
@@ -183,7 +197,9 @@ class VertexApi:
 
     async def get(self, request: web.Request) -> web.Response:
         self.ctx.stats["retrieves"] += 1
-        return json_response(self.doc(self.find(request)))
+        doc = self.doc(self.find(request))
+        await self._flush()
+        return json_response(doc)
 
     async def list(self, request: web.Request) -> web.Response:
         self.ctx.stats["lists"] += 1
@@ -199,6 +215,7 @@ class VertexApi:
         doc: dict[str, Any] = {"batchPredictionJobs": [self.doc(b) for b in jobs[start:start + size]]}
         if start + size < len(jobs):
             doc["nextPageToken"] = str(start + size)
+        await self._flush()
         return json_response(doc)
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -285,7 +302,7 @@ class VertexApi:
         self.ctx.rng.shuffle(order)
         data = b"".join(orjson.dumps(self._result(batch, i)) + b"\n" for i in order)
         bucket, _, path = f"{batch.extra['output_dir']}/{file}".removeprefix("gs://").partition("/")
-        self.gcs.put(bucket, path, data)
+        self._pending.append((bucket, path, data))
 
     def _result(self, batch: Batch, i: int) -> dict[str, Any]:
         line = dict(batch.extra["lines"][i])

