@@ -53,10 +53,10 @@ demo: $(CORE)
 	$(BIN)/python -m batch_scheduler.commands.demo
 
 readme: $(STAMP)  # the option table in README.md, from batch_scheduler/core/options.py
-	$(BIN)/python -m batch_scheduler.core.options --readme README.md
+	$(BIN)/python -m batch_scheduler.core.option_docs --readme README.md
 
 settings: $(STAMP)  # the typed option fields of Settings in batch_scheduler/core/settings.py, from the same table
-	$(BIN)/python -m batch_scheduler.core.options --settings batch_scheduler/core/settings.py
+	$(BIN)/python -m batch_scheduler.core.option_docs --settings batch_scheduler/core/settings.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 
 from batch_scheduler.core.errors import UsageError
+from batch_scheduler.core.option_docs import markdown_table, settings_fields
 from batch_scheduler.core.options import (
     JOB_OPTIONS,
     REMEMBERED,
@@ -16,8 +17,6 @@ from batch_scheduler.core.options import (
     add_job_options,
     coerce_option_file,
     flags_of,
-    markdown_table,
-    settings_fields,
 )
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.providers import build_settings
