@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -107,3 +108,61 @@ async def test_mode_realtime_inside_an_open_window_drives_a_chat_endpoint(sim, t
     assert result.exit_code == ExitCode.OK, result.message
     results = assert_exactly_once(tmp_path / "out", ids)
     assert all(r["response"]["status_code"] == 200 for r in results) and sim.stats["creates"] == 0
+
+
+class ScriptedClock:
+    """The wall clock --window is read on: it moves only when the lane waits for a window (or `jump`)."""
+
+    def __init__(self, start: float, sim):
+        self.now, self.sim = start, sim
+        self.pauses: list[tuple[float, float, int]] = []  # (when, how long, realtime calls made by then)
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def pause(self, seconds: float) -> None:
+        self.pauses.append((self.now, seconds, self.sim.stats.get("realtime_calls", 0)))
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock(sim, monkeypatch) -> ScriptedClock:
+    from batch_scheduler.job.send import realtime
+    scripted = ScriptedClock(datetime(2025, 7, 1, 15, 50, tzinfo=UTC).timestamp(), sim)
+    monkeypatch.setattr(realtime, "wall_clock", scripted)
+    monkeypatch.setattr(realtime, "window_pause", scripted.pause)
+    return scripted
+
+
+async def test_mode_realtime_waits_for_its_window_to_open_and_calls_nothing_before(sim, tmp_path, clock):
+    ids = write_requests(tmp_path / "in.jsonl", 40)
+    settings = fast_settings(sim.url + "/v1", provider="openai", mode="realtime", window=("16:00-17:00",),
+                             realtime_concurrency=4)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(tmp_path / "out", ids)
+    opens = datetime(2025, 7, 1, 16, 0, tzinfo=UTC).timestamp()
+    assert clock.pauses and all(when < opens and calls == 0 for when, _, calls in clock.pauses)
+    assert all(seconds <= 60 for _, seconds, _ in clock.pauses)  # it looks again at least each minute
+    assert clock.now == opens and sim.stats["realtime_calls"] == 40  # every call made once it opened
+
+
+async def test_a_window_that_closes_mid_job_pauses_the_calls_until_it_opens_the_next_day(sim, tmp_path, clock):
+    clock.now = datetime(2025, 7, 1, 16, 59, 59, tzinfo=UTC).timestamp()  # open, for one more second
+    sim.config = SimConfig(realtime_latency_s=0.002)
+    ids = write_requests(tmp_path / "in.jsonl", 60)
+    settings = fast_settings(sim.url + "/v1", provider="openai", mode="realtime", window=("16:00-17:00",),
+                             realtime_concurrency=1, batch_size=20)
+    job = asyncio.create_task(run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"]))
+    while sim.stats.get("realtime_calls", 0) < 10:
+        await asyncio.sleep(0.001)
+    clock.now += 1  # 17:00: the window closes with calls still to make
+    result = await job
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(tmp_path / "out", ids)
+    closed_at = datetime(2025, 7, 1, 17, 0, tzinfo=UTC).timestamp()
+    reopens = closed_at + 23 * 3600
+    assert clock.pauses[0][0] == closed_at and 10 <= clock.pauses[0][2] < 60  # paused part-way through
+    assert {calls for _, _, calls in clock.pauses} == {clock.pauses[0][2]}  # no call while it was closed
+    assert clock.now == reopens and sim.stats["realtime_calls"] == 60

@@ -42,6 +42,10 @@ log = logging.getLogger("batch_scheduler.engine")
 REALTIME_NOTE = "realtime calls under way"
 REALTIME_PREFIX = "realtime-"
 MIN_SPACING_S, MAX_SPACING_S = 0.05, 60.0  # the pacer's spacing between calls after 429s
+WINDOW_NAP_S = 60.0  # outside every --window a call waits this long at most, then looks again
+# the clock --window is read on and the wait outside it (a test scripts both)
+wall_clock: Callable[[], float] = time.time
+window_pause: Callable[[float], Awaitable[Any]] = asyncio.sleep
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _GO_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # (limit, remaining, reset) headers of requests and of tokens: Anthropic's, then OpenAI's
@@ -199,9 +203,9 @@ class RealtimeLane:
         """One request's answer as a results line; a 429 waits and goes again, never fails it."""
         provider = self._provider
         while True:
-            if (closed := self.route.windows.wait_s(time.time())) > 0:
+            if (closed := self.route.windows.wait_s(wall_clock())) > 0:
                 log.info("outside every --window: realtime calls pause for %.0f s", closed)
-                await asyncio.sleep(min(closed, 60.0))
+                await window_pause(min(closed, WINDOW_NAP_S))
                 continue
             await self.pacer.turn()
             seen: dict[str, str] = {}
