@@ -7,7 +7,8 @@ becomes one object, PUT write-once (`If-None-Match: *`), under a key that names 
 batch's place in it, so two nodes never write the same key; the key starts with the job's owner token
 (owner.py). The objects count once `record_collected` lists them (the commit point, in the claim's
 fenced transaction); objects a fenced node or an interrupted download left are listed nowhere, and the
-clean-up removes them: only objects whose names carry this job's token, never another job's.
+clean-up removes them, with the temporaries of puts a kill -9 cut short (objects.py `leftovers`: their
+names start with the key they were for): only names that carry this job's token, never another job's.
 
 When the job is done, OUT/_manifest.json is written once: {"job": NAME, "objects": [KEY, ...]} with
 keys relative to OUT; every accepted custom_id is in exactly one listed object. Readers use it, never
@@ -89,17 +90,18 @@ class ObjectShards:
 
 async def collect_garbage(objects: Objects, listed: set[str], owner_token: str) -> list[str]:
     """Remove the result objects this job wrote (its owner token in their names) that its ledger does not
-    list; the keys removed. Another job's objects are never touched, whatever its ledger says."""
+    list, and the temporaries of its puts a kill cut short; the keys removed. Another job's objects are
+    never touched, whatever its ledger says."""
     gone = []
     mine = f"{RESULTS}/{owner_token[:16]}-"
-    for info in await objects.list(RESULTS):
-        if info.key.startswith(mine) and info.key not in listed:
-            await objects.delete(info.key)
-            gone.append(info.key)
+    keys = [info.key for info in await objects.list(RESULTS)] + await objects.leftovers(RESULTS)
+    for key in sorted(keys):
+        if key.startswith(mine) and key not in listed:
+            await objects.delete(key)
+            gone.append(key)
     if gone:
-        log.info("removed %d result object(s) of this job no ledger row lists (left by a fenced node or a cut "
-                 "download)",
-                 len(gone))
+        log.info("removed %d result object(s) of this job no ledger row lists (left by a fenced node, a cut "
+                 "download or a put a kill cut short)", len(gone))
     return gone
 
 

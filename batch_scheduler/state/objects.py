@@ -10,12 +10,16 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP=true for a 
 the GCS and Azure equivalents). A write-once PUT is `If-None-Match: *`; when its answer was lost and
 a retry finds the object there, an object of the same size and ETag (the MD5 of a single PUT) is ours,
 anything else is `ObjectExists`. On a local directory a write-once put is a hard link of a complete,
-fsync'd temporary file: it fails if the name exists, so a reader never sees half an object.
+fsync'd temporary file (`KEY.tmp-RANDOM`, never listed): it fails if the name exists, so a reader never
+sees half an object. A kill -9 between the temporary's write and its removal leaves it behind, under
+a name that starts with its key: `leftovers(prefix)` names them (a bucket has none: a PUT lands whole
+or not at all), so the clean-up of the job that wrote them removes them (object_shards.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -29,6 +33,7 @@ if TYPE_CHECKING:  # the cluster extra's types, for the checker only
     from obstore.store import RetryConfig
 
 OBJECT_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://")
+TMP_MARK = ".tmp-"  # a local write's temporary: KEY.tmp-RANDOM until it is linked (or renamed) into place
 
 
 class ObjectExists(errors.SchedulerError):
@@ -71,7 +76,7 @@ class LocalObjects:
 
     def _write_tmp(self, path: str, data: bytes) -> str:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        tmp = f"{path}{TMP_MARK}{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
@@ -91,23 +96,25 @@ class LocalObjects:
             if os.path.getsize(path) != len(data) or _read(path) != data:
                 raise ObjectExists(f"{path} exists and holds something else") from None
         finally:
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):  # a finished job's clean-up took a fenced node's
+                os.unlink(tmp)
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.replace(self._write_tmp(path, data), path)
 
-    def _list(self, prefix: str) -> list[ObjectInfo]:
+    def _walk(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, path) of every file under `prefix`, temporaries included."""
         base = self._path(prefix) if prefix else self.root
-        out: list[ObjectInfo] = []
-        for dirpath, _, files in os.walk(base):
-            for name in files:
-                if ".tmp-" in name:
-                    continue
-                full = os.path.join(dirpath, name)
-                key = os.path.relpath(full, self.root).replace(os.sep, "/")
-                out.append(ObjectInfo(key, os.path.getsize(full)))
+        return [(os.path.relpath(full, self.root).replace(os.sep, "/"), full)
+                for dirpath, _, files in os.walk(base) for full in (os.path.join(dirpath, n) for n in files)]
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
+        out = [ObjectInfo(key, os.path.getsize(full)) for key, full in self._walk(prefix) if not _temporary(key)]
         return sorted(out, key=lambda o: o.key)
+
+    def _leftovers(self, prefix: str) -> list[str]:
+        return sorted(key for key, _ in self._walk(prefix) if _temporary(key))
 
     def _delete(self, key: str) -> None:
         try:
@@ -128,6 +135,10 @@ class LocalObjects:
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
+
+    async def leftovers(self, prefix: str = "") -> list[str]:
+        """The temporaries of writes a kill cut short under `prefix` (never listed); `delete` removes one."""
+        return await asyncio.to_thread(self._leftovers, prefix)
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         return await asyncio.to_thread(self._list, prefix)
@@ -179,6 +190,10 @@ class BucketObjects:
     async def put(self, key: str, data: bytes) -> None:
         import obstore
         await obstore.put_async(self._store, key, data)
+
+    async def leftovers(self, prefix: str = "") -> list[str]:
+        """None: a PUT lands whole or not at all."""
+        return []
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         import obstore
@@ -292,6 +307,10 @@ def open_objects(url: str) -> Objects:
     if "://" in url and not url.startswith("file://"):
         raise errors.UsageError(f"{url}: not a local path nor an s3://, gs:// or az:// URL")
     return LocalObjects(url.removeprefix("file://"))
+
+
+def _temporary(key: str) -> bool:
+    return TMP_MARK in key.rpartition("/")[2]
 
 
 def _read(path: str) -> bytes:

@@ -23,7 +23,7 @@ import orjson
 
 from batch_scheduler.core import errors
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.objects import ObjectExists, Objects
+from batch_scheduler.state.objects import TMP_MARK, ObjectExists, Objects
 
 OWNER_KEY = "_owner.json"
 META_KEY = "owner"  # ledger meta: this job's {"job", "token"}
@@ -95,7 +95,7 @@ async def traces(objects: Objects, *, besides: tuple[str, ...] = ()) -> list[str
     """What OUT holds of a job (results, summary, manifest, a local run's ledger or lock), `besides` aside."""
     found = []
     for info in await objects.list():
-        if info.key.startswith(TRACES) and not info.key.startswith(besides) and ".tmp-" not in info.key:
+        if info.key.startswith(TRACES) and not info.key.startswith(besides) and TMP_MARK not in info.key:
             found.append(info.key)
     return found
 

@@ -203,7 +203,7 @@ class Cluster:
             got = Counter(r["custom_id"] for r in lines)
             assert set(got) == set(ids), f"{name}: {len(set(ids) - set(got))} lost"
             assert max(got.values()) == 1, f"{name}: duplicated {[k for k, v in got.items() if v > 1][:5]}"
-            assert present == listed, "result objects no manifest lists were left behind"
+            assert present == listed, f"result objects no manifest lists were left behind: {sorted(set(present) ^ set(listed))}"
 
     def paid_ratio(self, stats: dict) -> float:
         """Requests paid for over requests accepted (those sent again on purpose after a transient error or

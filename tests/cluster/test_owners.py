@@ -159,3 +159,41 @@ async def test_the_clean_up_deletes_only_what_this_job_wrote(tmp_path):
     assert [o.key for o in await objects.list()] == ["results/aaaaaaaaaaaaaaaa-c1-000001-shard-00000.jsonl",
                                                       "results/bbbbbbbbbbbbbbbb-c1-000001-shard-00000.jsonl",
                                                       "results/shard-00000.jsonl"]
+
+
+# A process killed -9 in the middle of a write-once put into a shared directory: after the temporary is
+# written and fsync'd, at its link into place, or once linked, at its removal. What the scenario test
+# with random kills (test_scenarios.py) met now and then: one `KEY.tmp-RANDOM` under results/ that no
+# listing showed, so no clean-up removed it and the finished output held a file its manifest does not list.
+KILLED_PUT = """
+import asyncio, os, signal, sys
+from batch_scheduler.state.objects import LocalObjects
+out, key, step = sys.argv[1:]
+real = getattr(os, step)
+def killed(*args, **kwargs):
+    if step == "link" or ".tmp-" in str(args[0]):
+        os.kill(os.getpid(), signal.SIGKILL)  # the kill -9 lands at this exact step of the put
+    return real(*args, **kwargs)
+setattr(os, step, killed)
+asyncio.run(LocalObjects(out).put_once(key, b'{"custom_id": "a"}\\n'))
+"""
+
+
+def put_killed_at(out: str, key: str, step: str) -> None:
+    child = subprocess.run([sys.executable, "-c", KILLED_PUT, out, key, step], timeout=60, capture_output=True)
+    assert child.returncode == -9, child.stderr.decode()
+
+
+@pytest.mark.parametrize("step", ["link", "unlink"])
+async def test_a_put_killed_mid_way_leaves_nothing_the_finished_output_does_not_list(tmp_path, step):
+    out = str(tmp_path / "out")
+    objects = LocalObjects(out)
+    listed = "results/aaaaaaaaaaaaaaaa-c1-000001-shard-00000.jsonl"
+    await objects.put_once(listed, b'{"custom_id": "b"}\n')
+    await asyncio.to_thread(put_killed_at, out, "results/aaaaaaaaaaaaaaaa-c2-000001-shard-00001.jsonl", step)
+    await asyncio.to_thread(put_killed_at, out, "results/bbbbbbbbbbbbbbbb-c1-000001-shard-00000.jsonl", step)
+    others = sorted(f"results/{n}" for n in os.listdir(os.path.join(out, "results")) if n.startswith("b"))
+    assert [k for k in others if ".tmp-" in k], others  # the kill left the other job's temporary too
+    gone = await collect_garbage(objects, {listed}, "a" * 32)  # this job's clean-up, as it finishes
+    assert gone and all(k.startswith("results/aaaaaaaaaaaaaaaa-c2-000001-shard-00001.jsonl") for k in gone)
+    assert sorted(f"results/{n}" for n in os.listdir(os.path.join(out, "results"))) == [listed, *others]

@@ -69,8 +69,6 @@ def test_three_nodes_share_four_jobs_local_and_s3_in_and_out_with_faults_on(clus
     assert proxy.counts["503"] and proxy.counts["stored_500"], proxy.counts
 
 
-@pytest.mark.xfail(strict=False, reason="now and then a result object no manifest lists is left behind after "
-                   "random kills (every answer is still in the manifest exactly once); not found yet (issue 22 row 2)")
 def test_kill_9_a_node_repeatedly_and_every_orphan_is_claimed_again_within_two_leases(cluster):
     for node in NODES:
         cluster.start(node)
