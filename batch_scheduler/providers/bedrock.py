@@ -3,7 +3,8 @@
     create:  PUT s3://{staging}/{name}/input.jsonl  ->  POST /model-invocation-job {jobName, roleArn, modelId,
              inputDataConfig, outputDataConfig, clientRequestToken, [modelInvocationType]}  ->  {"jobArn"}
     poll:    GET /model-invocation-job/{jobId}, GET /model-invocation-jobs?submitTimeAfter=&nextToken=
-    results: GET s3://{staging}/{name}/out/{jobId}/input.jsonl.out  (matched by recordId, never by order)
+    results: GET s3://{staging}/{name}/out/{jobId}/manifest.json.out, then .../input.jsonl.out (matched by
+             recordId, never by order; counted against the manifest, bedrock_output.py)
     stop:    POST /model-invocation-job/{jobId}/stop
 
 Credentials, region, endpoints and SigV4 come from botocore (aws.py). One job runs one model: `--model` is
@@ -48,10 +49,11 @@ from batch_scheduler.providers.bedrock_lines import (
     converse_body,
     is_claude,
     kept_line,
+    output_line,
     padded_line,
     record_line,
-    result_line,
 )
+from batch_scheduler.providers.bedrock_output import MANIFEST_NAME, Manifest, OutputTally, read_manifest
 from batch_scheduler.providers.common import LIST_PAGES_MAX, check_message_params, classify_result
 
 log = logging.getLogger("batch_scheduler.providers")
@@ -221,21 +223,36 @@ class BedrockProvider(Provider):
         return await self.get(batch_id)
 
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
-        """The output file of the batch's one input file, each line as a Message Batches result line."""
+        """The output file of the batch's one input file, each line as a Message Batches result line, counted
+        against the job's manifest (bedrock_output: the lines it lacks are named; tokens the lines lack)."""
         aws = await self._chain.access()
         info = await self._described(info)
         bucket, key = self._output_key(info)
         url = aws.object_url(bucket, key)
         model = str(info.raw.get("modelId") or self._model)
+        tally = OutputTally(await self._manifest(aws, bucket, key, info.id), f"batch {info.id}")
         try:
             async for block in self.http.line_blocks(url, "results", headers=aws.sign("GET", url, "s3")):
-                lines = [out for line in block if line.strip() and (out := result_line(line, model)) is not None]
+                lines = tally.take([output_line(line, model) for line in block if line.strip()])
                 if lines:
                     yield lines
         except errors.NotFound:
             if info.raw.get("status") not in NOTHING_RAN:
                 raise
-            # stopped or expired before a record ran: no output file; every record is sent again
+            return  # stopped or expired before a record ran: no output file; every record is sent again
+        if last := tally.end():
+            yield last
+
+    async def _manifest(self, aws: AwsAccess, bucket: str, out_key: str, batch_id: str) -> Manifest | None:
+        """The job's manifest.json.out beside its output file; None when there is none (a job that ran nothing)."""
+        key = out_key.rpartition("/")[0] + "/" + MANIFEST_NAME
+        url = aws.object_url(bucket, key)
+        try:
+            data = await self.http.call("GET", url, "s3.manifest", headers=aws.sign("GET", url, "s3"))
+        except errors.NotFound:
+            log.debug("batch %s: no %s", batch_id, MANIFEST_NAME)
+            return None
+        return read_manifest(data, f"batch {batch_id}: s3://{bucket}/{key}")
 
     classify = staticmethod(classify_result)
 
@@ -259,7 +276,7 @@ class BedrockProvider(Provider):
         except (errors.UsageError, errors.ProviderError) as err:
             log.warning("batch %s: staged objects not deleted: %s", info.id, err)
             return
-        manifest = out_key.rpartition("/")[0] + "/manifest.json.out"
+        manifest = out_key.rpartition("/")[0] + "/" + MANIFEST_NAME
         for b, key in ((in_bucket, in_key), (bucket, out_key), (bucket, manifest)):
             url = aws.object_url(b, key)
             try:

@@ -23,6 +23,7 @@ import orjson
 
 from batch_scheduler.providers.answers import ShapeError, line_object, shown, tokens
 from batch_scheduler.providers.base import encode
+from batch_scheduler.providers.bedrock_output import OutputLine
 from batch_scheduler.providers.openai_lines import text_of
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
@@ -113,11 +114,12 @@ def _converse_message(out: dict, rid: str, model: str) -> dict:
     if not isinstance(content, list):
         raise ShapeError(rid, f"modelOutput.output.message.content is {shown(content)}, expected a list")
     blocks = [{"type": "text", "text": b["text"]} for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
-    u = line_object(out.get("usage") or {}, rid, "modelOutput.usage")
     where = "modelOutput.usage"
-    usage = {"input_tokens": tokens(u, "inputTokens", rid, where), "output_tokens": tokens(u, "outputTokens", rid, where),
-             "cache_read_input_tokens": tokens(u, "cacheReadInputTokens", rid, where),
-             "cache_creation_input_tokens": tokens(u, "cacheWriteInputTokens", rid, where)}
+    u = line_object(out.get("usage") or {}, rid, where)
+    usage = None if out.get("usage") is None else {  # none reported: the manifest's may stand in (bedrock_output)
+        "input_tokens": tokens(u, "inputTokens", rid, where), "output_tokens": tokens(u, "outputTokens", rid, where),
+        "cache_read_input_tokens": tokens(u, "cacheReadInputTokens", rid, where),
+        "cache_creation_input_tokens": tokens(u, "cacheWriteInputTokens", rid, where)}
     return {"type": "message", "role": "assistant", "model": model, "content": blocks,
             "stop_reason": out.get("stopReason"), "usage": usage}
 
@@ -135,19 +137,39 @@ def result_of(doc: dict, rid: str, model: str) -> dict:
     return {"type": "succeeded", "message": {**out, "model": model}}
 
 
-def result_line(line: bytes, model: str) -> bytes | None:
-    """An output line as a Message Batches result line; None for a pad's answer. Unreadable: as it came."""
+def _reported(usage: Any) -> tuple[int, int] | None:
+    """(input, output) tokens a Messages usage reports (cache reads and writes are input); None: none."""
+    if not isinstance(usage, dict):
+        return None
+    def count(name: str) -> int:  # another shape counts 0 here: classify names it
+        value = usage.get(name)
+        return value if type(value) is int and value > 0 else 0
+
+    return count("input_tokens") + count("cache_read_input_tokens") + count("cache_creation_input_tokens"), \
+        count("output_tokens")
+
+
+def output_line(line: bytes, model: str) -> OutputLine:
+    """An output line as a Message Batches result line, with what the manifest check needs of it (a pad's
+    answer is counted, then dropped). A line whose fields cannot be read is passed on as it came."""
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return line  # the collector names it
+        return OutputLine(line)  # the collector names it
     rid = doc.get("recordId") if isinstance(doc, dict) else None
     if not isinstance(rid, str) or not rid:
-        return line
-    if is_pad(rid):
-        return None
+        return OutputLine(line)
     try:
-        return encode({"custom_id": rid, "result": result_of(doc, rid, model)})
+        result = result_of(doc, rid, model)
     except ShapeError:
         doc.pop("modelInput", None)
-        return encode({"custom_id": rid, **{k: v for k, v in doc.items() if k != "recordId"}})
+        kept = None if is_pad(rid) else encode({"custom_id": rid, **{k: v for k, v in doc.items() if k != "recordId"}})
+        return OutputLine(kept, record=True)
+    if result["type"] != "succeeded":
+        return OutputLine(None if is_pad(rid) else encode({"custom_id": rid, "result": result}), record=True)
+    reported = _reported(result["message"].get("usage"))
+    if is_pad(rid):
+        return OutputLine(None, record=True, succeeded=True, reported=reported or (0, 0))
+    out = {"custom_id": rid, "result": result}
+    return OutputLine(encode(out), record=True, succeeded=True, reported=reported,
+                      doc=out if reported is None else None)

@@ -63,6 +63,9 @@ class SimConfig:
     bedrock_min_records: int = 100  # Bedrock: fewer records in a job is a ValidationException
     bedrock_max_records: int = 50_000
     bedrock_jobs_limit: int = 20  # Bedrock: jobs submitted or in progress per model (ServiceQuotaExceeded)
+    bedrock_usage_absent_rate: float = 0.0  # Bedrock: answers whose output line reports no usage (the manifest does)
+    bedrock_lines_lost_rate: float = 0.0  # Bedrock: processed records left out of the output file (the manifest
+    #                                       counts them)
     # -- Azure OpenAI (azure.py)
     azure_max_requests: int = AZURE_MAX_REQUESTS
     azure_variants: bool = False  # what Azure's samples show: `Validating`, ISO-8601 times, null counts

@@ -106,3 +106,32 @@ async def test_a_full_jobs_quota_holds_the_next_create_and_never_shrinks_the_bat
     assert queue["queue_full_answers"] == sim.stats["queue_full"]
     assert queue["limits"][f"jobs of {CLAUDE}"]["limit"] == 2  # learned: what was in flight when it came
     assert queue["limits"]["requests"]["ceiling"] is None  # the request limit learned nothing from it
+
+
+async def test_the_manifest_stands_in_for_lost_lines_and_for_answers_that_report_no_tokens(sim, moto, staging, tmp_path,
+                                                                                          caplog):
+    """Lines lost from `.jsonl.out` but counted by `manifest.json.out` are named and sent again; answers without
+    usage get the manifest's tokens, so the job's tokens are what the manifests of its batches add up to."""
+    import boto3
+
+    sim.config = SimConfig(seed=5, bedrock_s3_endpoint=moto.endpoint, bedrock_usage_absent_rate=1.0,
+                           bedrock_lines_lost_rate=0.03)
+    ids = write_lines(tmp_path / "in.jsonl", 400)
+    settings = bedrock_settings(sim.url, NOVA, staging, batch_size=200, keep_staged=True)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    got = ids_of(read_results(str(tmp_path / "out")))
+    assert len(got) == len(set(got)) and sorted(got) == sorted(ids)
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["requests"]["missing_from_results"] > 0
+    assert any("manifest.json.out counts" in r.getMessage() and "missing are sent again" in r.getMessage()
+               for r in caplog.records)
+    bucket = staging.removeprefix("s3://").partition("/")[0]
+    s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith("manifest.json.out")]
+    manifests = [orjson.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys]
+    assert len(manifests) == len([b for b in sim.store.batches.values() if b.kind == "bedrock"])
+    tokens = summary["tokens"]
+    assert tokens["input"] == sum(m["inputTokenCount"] for m in manifests) > 0
+    assert tokens["output"] == sum(m["outputTokenCount"] for m in manifests) > 0
+    assert summary["cost_usd"] > 0
