@@ -7,8 +7,10 @@
              recordId, never by order; counted against the manifest, bedrock_output.py)
     stop:    POST /model-invocation-job/{jobId}/stop
 
-Credentials, region, endpoints and SigV4 come from botocore (aws.py). One job runs one model: `--model` is
-the job's `modelId`; a line naming another model is refused. The job's name and its `clientRequestToken`
+Credentials, region, endpoints and SigV4 come from botocore (aws.py). A Bedrock job runs one model (its
+`modelId`): a line names its model (`params.model`, or `modelId` beside `modelInput`) or runs `--model`'s,
+and `lane_of` keeps one lane per model, so the cut makes batches of one model each (job.input.batcher),
+each a job of its lane's model. The job's name and its `clientRequestToken`
 are the create tag (job and chunk) and a digest of the lines, so a create sent again (a lost answer, a
 restart) is the same request to Bedrock, which answers it with the job it made: create is idempotent, and
 `tag_of` reads the tag back from a listed job for adoption.
@@ -49,6 +51,7 @@ from batch_scheduler.providers.bedrock_lines import (
     converse_body,
     is_claude,
     kept_line,
+    model_of_kept,
     output_line,
     padded_line,
     record_line,
@@ -120,23 +123,37 @@ class BedrockProvider(Provider):
     # -- input lines ----------------------------------------------------------------------------
 
     def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
-        if not self._model:
-            return "no model: give --model (or BEDROCK_MODEL), the Bedrock model id the job runs", None
         if "modelInput" in obj and "params" not in obj:
+            model = obj.get("modelId", self._model)
+            if not isinstance(model, str) or not model:
+                return "no model: give --model (or BEDROCK_MODEL), or modelId in the line", None
             if not isinstance(obj["modelInput"], dict):
                 return "modelInput must be an object (the model's request body)", None
-            return None, kept_line(obj["custom_id"], obj["modelInput"])
+            return None, kept_line(obj["custom_id"], obj["modelInput"], self._own(model))
         params = obj.get("params")
         problem = check_message_params(params, self._model)
         if problem or not isinstance(params, dict):
+            if not self._model and isinstance(params, dict) and "model" not in params:
+                return "no model: give --model (or BEDROCK_MODEL), the Bedrock model id the job runs", None
             return problem or "params must be an object", None
-        if params.get("model") not in (None, self._model):
-            return (f"params.model {params['model']!r}: a Bedrock job runs one model, {self._model!r} (--model); "
-                    f"send the others as another job"), None
-        if is_claude(self._model):
-            return None, kept_line(obj["custom_id"], claude_body(params))
+        model = params.get("model") or self._model
+        if not isinstance(model, str):
+            return f"params.model is {shown(model)}, expected a Bedrock model id", None
+        if is_claude(model):
+            return None, kept_line(obj["custom_id"], claude_body(params), self._own(model))
         body, problem = converse_body(params)
-        return (problem, None) if problem else (None, kept_line(obj["custom_id"], body or {}))
+        return (problem, None) if problem else (None, kept_line(obj["custom_id"], body or {}, self._own(model)))
+
+    def _own(self, model: str) -> str | None:
+        """The model a kept line names: None for the job's own (`--model`)."""
+        return None if model == self._model else model
+
+    def lane_of(self, obj: dict) -> str:
+        """The job a line belongs in: one per model (a Bedrock job takes one modelId). `obj` is a line
+        `check_request` accepted, in the input's form or as kept."""
+        params = obj.get("params")
+        model = params.get("model") if isinstance(params, dict) else None
+        return model or model_of_kept(obj, self._model)
 
     def body_overhead(self, line_bytes: int) -> int:
         return 1  # the newline
@@ -174,16 +191,17 @@ class BedrockProvider(Provider):
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
         bucket, prefix = self._staging()
         aws = await self._chain.access()
+        model = model_of_kept(orjson.loads(lines[0]), self._model) if lines else self._model  # the lane's
         floor = self.spec.min_batch_requests
         pads = [padded_line(lines[i % len(lines)], i) for i in range(floor - len(lines))] if lines else []
         name = name_of(tag, lines)
         base = f"{prefix}/{name}" if prefix else name
         await self._put(aws, bucket, f"{base}/{INPUT_NAME}", b"\n".join(record_line(x) for x in lines + pads) + b"\n")
-        body = {"jobName": name, "roleArn": self.settings.role_arn, "modelId": self._model, "clientRequestToken": name,
+        body = {"jobName": name, "roleArn": self.settings.role_arn, "modelId": model, "clientRequestToken": name,
                 "inputDataConfig": {"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/{INPUT_NAME}",
                                                           "s3InputFormat": "JSONL"}},
                 "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/out/"}}}
-        if not is_claude(self._model):
+        if not is_claude(model):
             body["modelInvocationType"] = "Converse"
         try:  # idempotent: the token
             doc = await self._call("POST", "/model-invocation-job", "create", orjson.dumps(body))

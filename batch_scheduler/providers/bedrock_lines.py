@@ -4,8 +4,10 @@ In: a Message Batches line `{custom_id, params}` becomes, for a Claude model, th
 (`anthropic_version: bedrock-2023-05-31`, the params without `model`: the job names the model); for any
 other model, a Converse body (system and text messages as blocks, `inferenceConfig` for max_tokens,
 temperature, top_p, stop_sequences), and the job runs with `modelInvocationType: Converse`. A line
-`{custom_id, modelInput}` is sent as it is. Lines are kept as `{"custom_id", "modelInput"}` (what the
-ledger and retries read); `record_line` renames the id to `recordId` when the file is written.
+`{custom_id, modelInput}` (with `modelId` when it names its own model) is sent as it is. Lines are kept
+as `{"custom_id", "modelInput"}` (what the ledger and retries read), led by `"modelId"` when the line's
+model is not the job's `--model`; `record_line` renames the id to `recordId` and leaves the model out
+when the file is written (the job names the model: one job, one model).
 
 Out: an output line `{recordId, modelInput, modelOutput}` or `{recordId, modelInput, error: {errorCode,
 errorMessage}}` becomes `{"custom_id", "result": ...}` in the Message Batches result form (the echoed
@@ -68,15 +70,26 @@ def converse_body(params: dict) -> tuple[dict | None, str | None]:
     return body, None
 
 
-def kept_line(custom_id: str, model_input: dict) -> bytes:
+def kept_line(custom_id: str, model_input: dict, model: str | None = None) -> bytes:
+    """The line the ledger keeps; `model` (first: `record_line` sees it at once) when it is not the job's."""
+    if model:
+        return encode({"modelId": model, "custom_id": custom_id, "modelInput": model_input})
     return encode({"custom_id": custom_id, "modelInput": model_input})
 
 
+def model_of_kept(obj: dict, default: str) -> str:
+    """The model a kept line runs on: its own `modelId`, else the job's."""
+    model = obj.get("modelId")
+    return model if isinstance(model, str) and model else default
+
+
 def record_line(line: bytes) -> bytes:
-    """A kept line as Bedrock reads it: `custom_id` renamed `recordId` (kept lines start with it)."""
+    """A kept line as Bedrock reads it: `custom_id` renamed `recordId` (kept lines start with it) and its
+    `modelId` left out (the job names the model)."""
     if line.startswith(_ID_KEY):
         return _RECORD_KEY + line[len(_ID_KEY):]
     doc = orjson.loads(line)
+    doc.pop("modelId", None)
     return encode({"recordId": doc.pop("custom_id"), **doc})
 
 
@@ -90,7 +103,7 @@ def padded_line(line: bytes, n: int) -> bytes:
     config = model_input.get("inferenceConfig")
     if isinstance(config, dict) and "maxTokens" in config:
         model_input = {**model_input, "inferenceConfig": {**config, "maxTokens": 1}}
-    return kept_line(f"{doc['custom_id']}.pad{n}", model_input)
+    return kept_line(f"{doc['custom_id']}.pad{n}", model_input, doc.get("modelId"))
 
 
 def is_pad(record_id: str) -> bool:

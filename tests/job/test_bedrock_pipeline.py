@@ -135,3 +135,35 @@ async def test_the_manifest_stands_in_for_lost_lines_and_for_answers_that_report
     assert tokens["input"] == sum(m["inputTokenCount"] for m in manifests) > 0
     assert tokens["output"] == sum(m["outputTokenCount"] for m in manifests) > 0
     assert summary["cost_usd"] > 0
+
+
+async def test_a_job_of_two_models_runs_one_bedrock_job_per_model_each_of_its_lanes_model(sim, moto, staging,
+                                                                                          tmp_path):
+    """A Bedrock job takes one modelId: lines naming two models are cut per model (the provider's lanes), each
+    batch a job of its model, Claude's with InvokeModel bodies and Nova's with Converse ones; a model's small
+    remainder joins its own model's batch, never the other's."""
+    sim.config = SimConfig.real_faults(seed=13, bedrock_s3_endpoint=moto.endpoint)
+    rows = [(f"req-{i:05d}", CLAUDE if i % 3 else NOVA) for i in range(760)]
+    (tmp_path / "in.jsonl").write_bytes(b"".join(
+        orjson.dumps(request(cid, f"question {cid}", model=model)) + b"\n" for cid, model in rows))
+    settings = fast_settings(sim.url, provider="bedrock", model=None, role_arn=ROLE, staging=staging, batch_size=200,
+                             max_attempts=6)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    results = read_results(str(tmp_path / "out"))
+    got = ids_of(results)
+    assert len(got) == len(set(got)) and sorted(got) == sorted(cid for cid, _ in rows)
+    model_of = dict(rows)
+    assert all(r["result"]["message"]["model"] == model_of[r["custom_id"]] for r in results)
+    jobs = [b for b in sim.store.batches.values() if b.kind == "bedrock"]
+    for job in jobs:
+        model = job.extra["modelId"]
+        assert {model_of[cid.partition(".pad")[0]] for cid in job.custom_ids} == {model}
+        assert (job.extra["doc"].get("modelInvocationType") == "Converse") == (model == NOVA)
+        assert all(("anthropic_version" in body) == (model == CLAUDE) for body in job.extra["inputs"])
+    # the cut: Claude's 506 lines as 200, 200 and 106; Nova's 254 as 200 + 54 (under the floor: joined)
+    cut = sorted((b.extra["modelId"], b.n) for b in jobs if b.n >= 106 and b.custom_ids[0] in ("req-00000", "req-00001", "req-00301",
+                                                                                "req-00601"))
+    assert cut == sorted([(CLAUDE, 200), (CLAUDE, 200), (CLAUDE, 106), (NOVA, 254)])
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert set(summary["models"]) == {CLAUDE, NOVA}
