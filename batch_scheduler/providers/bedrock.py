@@ -44,7 +44,7 @@ from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, JobsQueue, ProviderSpec, Settings
 from batch_scheduler.providers.answers import document, items, mapping, shown, text, whole
-from batch_scheduler.providers.aws import AwsAccess, AwsChain, split_s3_uri
+from batch_scheduler.providers.aws import AWS_ENV, AwsAccess, AwsChain, split_s3_uri
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, parse_time
 from batch_scheduler.providers.bedrock_lines import (
     claude_body,
@@ -79,7 +79,7 @@ SPEC = ProviderSpec(
     default_base_url=DEFAULT_URL, default_auth="bearer", model_env=("BEDROCK_MODEL",), own_credentials=True,
     # record ids go into S3 object lines only; the same rule as Message Batches keeps them safe everywhere
     queue_unit="requests", queue_start=200_000, queue_max=1_000_000,  # 20 jobs in progress per model x 50,000
-    min_batch_requests=100,
+    min_batch_requests=100, credential_env=AWS_ENV,
     jobs_queue=JobsQueue("jobs", "", JOBS_AT_ONCE, alone=False, per_model=True))
 
 
@@ -113,7 +113,8 @@ class BedrockProvider(Provider):
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings
         self.http = http
-        self._chain = AwsChain(None if settings.base_url == DEFAULT_URL else settings.base_url)
+        self._chain = AwsChain(None if settings.base_url == DEFAULT_URL else settings.base_url,
+                               dict(settings.credential_env))
         self._model = settings.model or ""
 
     @staticmethod
