@@ -66,6 +66,8 @@ ENDED = frozenset({"Completed", "PartiallyCompleted", "Stopped", "Expired"})
 RUNNING = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
 NOTHING_RAN = frozenset({"Stopped", "Expired"})  # may end without an output file
 JOB_ID = re.compile(r"[a-z0-9]{12}")
+ROLE_ARN = re.compile(r"arn:aws(-[a-z-]+)?:iam::[0-9]{12}:role/[\w+=,.@/-]+")
+PROBE_NAME = ".batch-scheduler-probe"  # written and deleted by preflight: the staging prefix takes writes
 INPUT_NAME = "input.jsonl"
 LIST_MAX = 100
 JOBS_AT_ONCE = 20  # the quota of in-progress and submitted jobs per base model (Service Quotas' default)
@@ -98,6 +100,16 @@ def name_of(tag: str, lines: list[bytes]) -> str:
         h.update(line)
         h.update(b"\n")
     return f"{tag}-{h.hexdigest()[:12]}"
+
+
+def s3_said(err: errors.ProviderError) -> str:
+    """What S3 answered, on one line: `HTTP 404 NoSuchBucket: The specified bucket does not exist` from its
+    XML error body (untrusted: only the code and message are kept, each shortened), else the error's text."""
+    said = str(err)
+    code, message = (re.search(f"<{tag}>([^<]{{1,200}})</{tag}>", said) for tag in ("Code", "Message"))
+    if code is None:
+        return " ".join(said.split())[:300]
+    return f"HTTP {err.status} {code.group(1)}" + (f": {message.group(1)}" if message else "")
 
 
 def _unknown_status(status: str | None, what: str) -> None:
@@ -175,8 +187,8 @@ class BedrockProvider(Provider):
         try:
             await self.http.call("PUT", url, "s3.put", body=body, headers=headers)
         except (errors.AuthRefused, errors.NotFound) as err:
-            raise errors.UsageError(f"--staging s3://{bucket}: cannot write {key} ({err}): check that the bucket "
-                                    f"exists and that these AWS credentials may write to it") from None
+            raise errors.UsageError(f"--staging s3://{bucket}: cannot write {key} ({s3_said(err)}): check that the "
+                                    f"bucket exists and that these AWS credentials may write to it") from None
 
     def _staging(self) -> tuple[str, str]:
         if not self.settings.role_arn:
@@ -187,7 +199,41 @@ class BedrockProvider(Provider):
                                     "where records go in and results come out")
         return split_s3_uri(self.settings.staging, "--staging")
 
+    async def _delete(self, aws: AwsAccess, bucket: str, key: str, what: str) -> None:
+        url = aws.object_url(bucket, key)
+        try:
+            await self.http.call("DELETE", url, "s3.delete", headers=aws.sign("DELETE", url, "s3"))
+        except errors.ProviderError as err:
+            log.warning("%s: staged object s3://%s/%s not deleted: %s", what, bucket, key, err)
+
+    def _role_refused(self, err: errors.ProviderError) -> errors.UsageError | None:
+        """Create's refusal of the service role (iam:PassRole denied, a role Bedrock cannot assume) as one
+        line naming --role-arn; None for any other refusal."""
+        said = str(err)
+        role = self.settings.role_arn or ""
+        if not isinstance(err, errors.FatalError) or not ("iam:PassRole" in said or (role and role in said)
+                                                          or "assume" in said.lower()):
+            return None
+        return errors.UsageError(f"--role-arn {role}: Bedrock cannot use this role ({self.http.redact(said)}); set "
+                                 f"--role-arn (or BEDROCK_ROLE_ARN) to a service role whose trust policy lets "
+                                 f"bedrock.amazonaws.com assume it, and let these credentials pass it (iam:PassRole)")
+
     # -- the Provider's calls -------------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """Before anything is uploaded: --role-arn and --staging given and of their shape, the credentials and
+        region found, and the staging prefix writable (an empty probe object written, then deleted). Whether
+        Bedrock may assume the role is known at the first create only (`_role_refused`)."""
+        bucket, prefix = self._staging()
+        role = self.settings.role_arn or ""
+        if not ROLE_ARN.fullmatch(role):
+            raise errors.UsageError(f"--role-arn {role!r}: expected an IAM role ARN, arn:aws:iam::<account>:role/<name> "
+                                    f"(the service role Bedrock assumes; or BEDROCK_ROLE_ARN)")
+        aws = await self._chain.access()
+        key = f"{prefix}/{PROBE_NAME}" if prefix else PROBE_NAME
+        await self._put(aws, bucket, key, b"")
+        await self._delete(aws, bucket, key, "preflight")
+
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
         bucket, prefix = self._staging()
@@ -197,7 +243,8 @@ class BedrockProvider(Provider):
         pads = [padded_line(lines[i % len(lines)], i) for i in range(floor - len(lines))] if lines else []
         name = name_of(tag, lines)
         base = f"{prefix}/{name}" if prefix else name
-        await self._put(aws, bucket, f"{base}/{INPUT_NAME}", b"\n".join(record_line(x) for x in lines + pads) + b"\n")
+        input_key = f"{base}/{INPUT_NAME}"
+        await self._put(aws, bucket, input_key, b"\n".join(record_line(x) for x in lines + pads) + b"\n")
         body = {"jobName": name, "roleArn": self.settings.role_arn, "modelId": model, "clientRequestToken": name,
                 "inputDataConfig": {"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/{INPUT_NAME}",
                                                           "s3InputFormat": "JSONL"}},
@@ -208,6 +255,11 @@ class BedrockProvider(Provider):
             doc = await self._call("POST", "/model-invocation-job", "create", orjson.dumps(body))
         except errors.QueueFull as err:  # the only quota checked at create: jobs in progress for the model
             raise err.about_jobs() from None
+        except errors.FatalError as err:
+            if (refused := self._role_refused(err)) is None:
+                raise
+            await self._delete(aws, bucket, input_key, f"chunk {tag}")  # nothing of the job is left staged
+            raise refused from None
         arn = text(doc, "jobArn", "create answer", required=True) or ""
         return BatchInfo(id=job_id_of(arn, "create answer"), state=BatchState.IN_PROGRESS, validated=False,
                          total=len(lines), raw={**body, "jobArn": arn})
@@ -297,11 +349,7 @@ class BedrockProvider(Provider):
             return
         manifest = out_key.rpartition("/")[0] + "/" + MANIFEST_NAME
         for b, key in ((in_bucket, in_key), (bucket, out_key), (bucket, manifest)):
-            url = aws.object_url(b, key)
-            try:
-                await self.http.call("DELETE", url, "s3.delete", headers=aws.sign("DELETE", url, "s3"))
-            except errors.ProviderError as err:
-                log.warning("batch %s: staged object s3://%s/%s not deleted: %s", info.id, b, key, err)
+            await self._delete(aws, b, key, f"batch {info.id}")
 
     # -- reading answers ------------------------------------------------------------------------
 

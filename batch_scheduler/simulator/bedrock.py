@@ -143,6 +143,10 @@ class BedrockApi:
             raise validation("Value at 'jobName' failed to satisfy constraint: Member must satisfy regular expression pattern")
         if not isinstance(role, str) or not ROLE_ARN.fullmatch(role):
             raise validation("Value at 'roleArn' failed to satisfy constraint: Member must satisfy regular expression pattern")
+        if role in self.ctx.config.bedrock_refused_roles:  # the caller may not pass it (as AWS answers that)
+            raise Rejected("AccessDeniedException", f"User: arn:aws:iam::{ACCOUNT}:user/simulator is not authorized to "
+                           f"perform: iam:PassRole on resource: {role} because no identity-based policy allows the "
+                           f"iam:PassRole action", status=403)
         if not isinstance(model, str) or not model:
             raise validation("Value at 'modelId' failed to satisfy constraint: Member must have length >= 1")
         if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):

@@ -63,6 +63,7 @@ class SimConfig:
     bedrock_min_records: int = 100  # Bedrock: fewer records in a job is a ValidationException
     bedrock_max_records: int = 50_000
     bedrock_jobs_limit: int = 20  # Bedrock: jobs submitted or in progress per model (ServiceQuotaExceeded)
+    bedrock_refused_roles: list[str] = field(default_factory=list)  # Bedrock: roles create refuses (iam:PassRole)
     bedrock_usage_absent_rate: float = 0.0  # Bedrock: answers whose output line reports no usage (the manifest does)
     bedrock_lines_lost_rate: float = 0.0  # Bedrock: processed records left out of the output file (the manifest
     #                                       counts them)
@@ -124,6 +125,8 @@ class SimConfig:
         for name, value in fields.items():
             if name == "valid_keys" and value is not None:
                 value = set(value)
+            if name == "bedrock_refused_roles":
+                value = list(value or [])
             if name == "fail_kinds" and value is not None:
                 value = list(value)
             if name == "enqueued_token_limits":

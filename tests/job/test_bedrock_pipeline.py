@@ -167,3 +167,48 @@ async def test_a_job_of_two_models_runs_one_bedrock_job_per_model_each_of_its_la
     assert cut == sorted([(CLAUDE, 200), (CLAUDE, 200), (CLAUDE, 106), (NOVA, 254)])
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
     assert set(summary["models"]) == {CLAUDE, NOVA}
+
+
+async def test_a_staging_bucket_that_cannot_be_written_is_said_before_anything_is_uploaded(sim, moto, staging,
+                                                                                           tmp_path):
+    sim.config = SimConfig(bedrock_s3_endpoint=moto.endpoint)
+    write_lines(tmp_path / "in.jsonl", 150)
+    settings = bedrock_settings(sim.url, CLAUDE, "s3://no-such-bucket-here/stage")
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert (result.exit_code, result.message) == (ExitCode.USAGE, (
+        "--staging s3://no-such-bucket-here: cannot write stage/.batch-scheduler-probe (HTTP 404 NoSuchBucket: The "
+        "specified bucket does not exist): check that the bucket exists and that these AWS credentials may write to it"))
+    assert sim.stats["creates"] == 0 and sim.stats["calls"] == {}
+
+
+@pytest.mark.parametrize("role", ["batch", "arn:aws:iam::123:role/batch", "arn:aws:s3:::bucket"])
+async def test_a_role_arn_of_another_shape_is_said_before_anything_is_uploaded(sim, moto, staging, tmp_path, role):
+    sim.config = SimConfig(bedrock_s3_endpoint=moto.endpoint)
+    write_lines(tmp_path / "in.jsonl", 150)
+    settings = bedrock_settings(sim.url, CLAUDE, staging).replace(role_arn=role)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert (result.exit_code, result.message) == (ExitCode.USAGE, (
+        f"--role-arn {role!r}: expected an IAM role ARN, arn:aws:iam::<account>:role/<name> (the service role "
+        f"Bedrock assumes; or BEDROCK_ROLE_ARN)"))
+    assert sim.stats["creates"] == 0 and sim.stats["calls"] == {}
+
+
+async def test_a_role_bedrock_may_not_use_is_named_at_the_first_create_and_nothing_stays_staged(sim, moto, staging,
+                                                                                              tmp_path):
+    """Whether the role can be passed to Bedrock is known only when a job is created: the first create's
+    AccessDeniedException is one line naming --role-arn (exit 2, not a refused key), and its staged input goes."""
+    import boto3
+
+    sim.config = SimConfig(bedrock_s3_endpoint=moto.endpoint, bedrock_refused_roles=[ROLE])
+    write_lines(tmp_path / "in.jsonl", 150)
+    result = await run_job(bedrock_settings(sim.url, CLAUDE, staging), tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message.startswith(f"--role-arn {ROLE}: Bedrock cannot use this role (")
+    assert "is not authorized to perform: iam:PassRole on resource" in result.message
+    assert result.message.endswith("); set --role-arn (or BEDROCK_ROLE_ARN) to a service role whose trust policy "
+                                   "lets bedrock.amazonaws.com assume it, and let these credentials pass it "
+                                   "(iam:PassRole)")
+    assert sim.stats["creates"] == 0
+    bucket = staging.removeprefix("s3://").partition("/")[0]
+    s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
