@@ -21,11 +21,12 @@ Each is the OpenAI provider's class with its own name, spec and profile: nothing
 
 from __future__ import annotations
 
+from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
 from batch_scheduler.providers.openai import SPEC as OPENAI_SPEC
-from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.providers.openai import OpenAIProvider, error_items
 from batch_scheduler.providers.profile import OPENAI_STATUSES, Profile
 
 AZURE_ROOT = "/openai/v1"  # under the resource's endpoint
@@ -61,6 +62,28 @@ class AzureProvider(OpenAIProvider):
     def __init__(self, settings: Settings, http: HttpClient):
         super().__init__(settings.replace(base_url=resource_root(settings.base_url)), http)
         self.settings = settings
+
+    async def get(self, batch_id: str) -> BatchInfo:
+        """The batch; a batch failed because its deployment cannot run batches stops the job, one line saying
+        what to set (every other batch would fail the same way)."""
+        info = await super().get(batch_id)
+        if info.state is BatchState.FAILED and (said := deployment_refused(info.raw)) is not None:
+            raise errors.UsageError(f"batch {batch_id}: the deployment cannot run batches ({said}): name a "
+                                    f"Global-Batch (or Data Zone Batch) deployment in the lines' model, or "
+                                    f"--model (AZURE_OPENAI_DEPLOYMENT)")
+        return info
+
+
+def deployment_refused(doc: dict) -> str | None:
+    """What a failed Azure batch's `errors` say of its deployment (`model_not_found`, or an `invalid_request`
+    naming the deployment: not of a batch SKU), on one line; None when they say nothing of it."""
+    for item in error_items(doc):
+        if not isinstance(item, dict):
+            continue
+        code, message = item.get("code"), str(item.get("message") or "")
+        if code == "model_not_found" or (code == "invalid_request" and "deployment" in message.lower()):
+            return " ".join(f"{code}: {message}".split())[:300]
+    return None
 
 
 GROQ_PROFILE = Profile(name="groq", files_path="/openai/v1/files", batches_path="/openai/v1/batches",

@@ -69,6 +69,7 @@ class SimConfig:
     #                                       counts them)
     # -- Azure OpenAI (azure.py)
     azure_max_requests: int = AZURE_MAX_REQUESTS
+    azure_batch_deployments: list[str] | None = None  # the Global-Batch deployments (None: every one is)
     azure_variants: bool = False  # what Azure's samples show: `Validating`, ISO-8601 times, null counts
     # -- Groq and Together (groq.py, together.py)
     groq_max_requests: int = GROQ_MAX_REQUESTS
@@ -125,6 +126,8 @@ class SimConfig:
         for name, value in fields.items():
             if name == "valid_keys" and value is not None:
                 value = set(value)
+            if name == "azure_batch_deployments" and value is not None:
+                value = list(value)
             if name == "bedrock_refused_roles":
                 value = list(value or [])
             if name == "fail_kinds" and value is not None:
