@@ -89,6 +89,10 @@ class ProviderSpec:
     # The provider finds its own credentials (bedrock: botocore's chain); without a key in key_env, the key
     # is OWN_CREDENTIALS, which nothing sends.
     own_credentials: bool = False
+    # The variables the provider's own credential chain reads (bedrock: botocore's), taken from `.env` and
+    # the environment alike into Settings.credential_env and handed to the chain explicitly (a `.env` is
+    # never copied into the process environment, where botocore alone would look).
+    credential_env: tuple[str, ...] = ()
     jobs_queue: JobsQueue | None = None  # batches of some models count as jobs, in a queue of their own
 
     @property
@@ -182,6 +186,9 @@ class Settings:
     retry_invalid: int = 0
     # settings:end
     api_key: str = field(default="", repr=False)  # never in a repr, a log line or a file
+    # the provider's own credential chain's variables as found (ProviderSpec.credential_env): secrets too,
+    # so never in a repr, a log line or a file either
+    credential_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     retry: RetryPolicy = field(default=RetryPolicy())
     progress: bool = False  # a live progress line on a terminal
     job_name: str = ""  # a daemon job's name: generated custom_ids carry it (sources.safe_id)
@@ -242,6 +249,7 @@ def settings_from(flags: Mapping[str, Any], env: Mapping[str, str], spec: Provid
         values[o.attr] = check_value(o, value, "") if value is not None else o.default
     values["provider"] = spec.name
     values["api_key"], values["auth"] = _credential(flags, env, spec)
+    values["credential_env"] = tuple((name, str(env[name])) for name in spec.credential_env if env.get(name))
     base = _first(flags.get("base_url"), *(env.get(n) for n in spec.base_url_env), spec.default_base_url)
     if not base:  # a provider without a public URL (Azure: the user's own resource)
         raise UsageError(f"--provider {spec.name}: set {' or '.join(spec.base_url_env)} (or --base-url)")

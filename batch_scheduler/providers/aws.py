@@ -7,6 +7,11 @@ region, its client metadata says the endpoints as it reads them (`AWS_ENDPOINT_U
 call (SigV4, signing names `bedrock` and `s3`). The calls themselves go through the program's HttpClient,
 so they share its retry policy, its error mapping and its metrics; botocore is not asked to send anything.
 
+What the job's environment says (`.env` as well as the process's: Settings.credential_env, AWS_ENV here)
+is handed to botocore's session explicitly: the keys (and session token), the region (AWS_REGION, then
+AWS_DEFAULT_REGION), the profile, the config and credentials files, S3's endpoint. The process
+environment is never written, so what a daemon reads from `.env` stays in its Settings, never in a log.
+
 Resolving the chain may take network calls (an instance role), so it runs once, off the loop (`ready`).
 S3 objects are addressed virtual-hosted on AWS and path-style on any other endpoint (moto, MinIO).
 """
@@ -25,6 +30,9 @@ NO_CREDENTIALS = ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRE
                   "(or run where an instance or container role applies)")
 NO_REGION = "no AWS region: set AWS_DEFAULT_REGION (or region in ~/.aws/config, for AWS_PROFILE)"
 _SAFE_KEY = "/-_.~"  # what stays unquoted in an S3 key's path
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+           "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_FILES = (("AWS_CONFIG_FILE", "config_file"), ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file"))
 
 
 def botocore_modules() -> Any:
@@ -73,16 +81,39 @@ class AwsAccess:
         return f"{self.s3_url.rstrip('/')}/{bucket}/{path}"
 
 
-def _resolve(base_url: str | None) -> AwsAccess:
-    """The chain's answer (blocking: may ask an instance's metadata service)."""
+def _session(env: dict[str, str]) -> Any:
+    """A botocore session told what `env` holds (the rest of its chain as botocore has it)."""
     session = botocore_modules().Session()
+    from botocore.exceptions import ProfileNotFound
+
+    for variable, name in _FILES:
+        if env.get(variable):
+            session.set_config_variable(name, env[variable])
+    if env.get("AWS_PROFILE"):
+        session.set_config_variable("profile", env["AWS_PROFILE"])
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        session.set_config_variable("region", region)
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        session.set_credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN"))
+    try:
+        session.get_scoped_config()
+    except ProfileNotFound:
+        raise UsageError(f"AWS_PROFILE {env.get('AWS_PROFILE')!r}: no such profile in the AWS config files") from None
+    return session
+
+
+def _resolve(base_url: str | None, env: dict[str, str]) -> AwsAccess:
+    """The chain's answer (blocking: may ask an instance's metadata service)."""
+    session = _session(env)
     region = session.get_config_variable("region")
     if not region:
         raise UsageError(NO_REGION)
     credentials = session.get_credentials()
     if credentials is None:
         raise UsageError(NO_CREDENTIALS)
-    s3 = session.create_client("s3", region_name=region)
+    s3 = session.create_client("s3", region_name=region,
+                               endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None)
     bedrock_url = base_url
     if bedrock_url is None:
         bedrock_url = session.create_client("bedrock", region_name=region).meta.endpoint_url
@@ -92,8 +123,9 @@ def _resolve(base_url: str | None) -> AwsAccess:
 class AwsChain:
     """The chain resolved once, on first use, off the event loop; every later caller gets the same answer."""
 
-    def __init__(self, base_url: str | None):
+    def __init__(self, base_url: str | None, env: dict[str, str] | None = None):
         self._base_url = base_url
+        self._env = env or {}
         self._access: AwsAccess | None = None
         self._lock = asyncio.Lock()
 
@@ -101,5 +133,5 @@ class AwsChain:
         if self._access is None:
             async with self._lock:
                 if self._access is None:
-                    self._access = await asyncio.to_thread(_resolve, self._base_url)
+                    self._access = await asyncio.to_thread(_resolve, self._base_url, self._env)
         return self._access

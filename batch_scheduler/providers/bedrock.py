@@ -3,11 +3,14 @@
     create:  PUT s3://{staging}/{name}/input.jsonl  ->  POST /model-invocation-job {jobName, roleArn, modelId,
              inputDataConfig, outputDataConfig, clientRequestToken, [modelInvocationType]}  ->  {"jobArn"}
     poll:    GET /model-invocation-job/{jobId}, GET /model-invocation-jobs?submitTimeAfter=&nextToken=
-    results: GET s3://{staging}/{name}/out/{jobId}/input.jsonl.out  (matched by recordId, never by order)
+    results: GET s3://{staging}/{name}/out/{jobId}/manifest.json.out, then .../input.jsonl.out (matched by
+             recordId, never by order; counted against the manifest, bedrock_output.py)
     stop:    POST /model-invocation-job/{jobId}/stop
 
-Credentials, region, endpoints and SigV4 come from botocore (aws.py). One job runs one model: `--model` is
-the job's `modelId`; a line naming another model is refused. The job's name and its `clientRequestToken`
+Credentials, region, endpoints and SigV4 come from botocore (aws.py). A Bedrock job runs one model (its
+`modelId`): a line names its model (`params.model`, or `modelId` beside `modelInput`) or runs `--model`'s,
+and `lane_of` keeps one lane per model, so the cut makes batches of one model each (job.input.batcher),
+each a job of its lane's model. The job's name and its `clientRequestToken`
 are the create tag (job and chunk) and a digest of the lines, so a create sent again (a lost answer, a
 restart) is the same request to Bedrock, which answers it with the job it made: create is idempotent, and
 `tag_of` reads the tag back from a listed job for adoption.
@@ -41,17 +44,19 @@ from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, JobsQueue, ProviderSpec, Settings
 from batch_scheduler.providers.answers import document, items, mapping, shown, text, whole
-from batch_scheduler.providers.aws import AwsAccess, AwsChain, split_s3_uri
+from batch_scheduler.providers.aws import AWS_ENV, AwsAccess, AwsChain, split_s3_uri
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, parse_time
 from batch_scheduler.providers.bedrock_lines import (
     claude_body,
     converse_body,
     is_claude,
     kept_line,
+    model_of_kept,
+    output_line,
     padded_line,
     record_line,
-    result_line,
 )
+from batch_scheduler.providers.bedrock_output import MANIFEST_NAME, Manifest, OutputTally, read_manifest
 from batch_scheduler.providers.common import LIST_PAGES_MAX, check_message_params, classify_result
 
 log = logging.getLogger("batch_scheduler.providers")
@@ -61,6 +66,8 @@ ENDED = frozenset({"Completed", "PartiallyCompleted", "Stopped", "Expired"})
 RUNNING = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
 NOTHING_RAN = frozenset({"Stopped", "Expired"})  # may end without an output file
 JOB_ID = re.compile(r"[a-z0-9]{12}")
+ROLE_ARN = re.compile(r"arn:aws(-[a-z-]+)?:iam::[0-9]{12}:role/[\w+=,.@/-]+")
+PROBE_NAME = ".batch-scheduler-probe"  # written and deleted by preflight: the staging prefix takes writes
 INPUT_NAME = "input.jsonl"
 LIST_MAX = 100
 JOBS_AT_ONCE = 20  # the quota of in-progress and submitted jobs per base model (Service Quotas' default)
@@ -74,7 +81,7 @@ SPEC = ProviderSpec(
     default_base_url=DEFAULT_URL, default_auth="bearer", model_env=("BEDROCK_MODEL",), own_credentials=True,
     # record ids go into S3 object lines only; the same rule as Message Batches keeps them safe everywhere
     queue_unit="requests", queue_start=200_000, queue_max=1_000_000,  # 20 jobs in progress per model x 50,000
-    min_batch_requests=100,
+    min_batch_requests=100, credential_env=AWS_ENV,
     jobs_queue=JobsQueue("jobs", "", JOBS_AT_ONCE, alone=False, per_model=True))
 
 
@@ -95,6 +102,16 @@ def name_of(tag: str, lines: list[bytes]) -> str:
     return f"{tag}-{h.hexdigest()[:12]}"
 
 
+def s3_said(err: errors.ProviderError) -> str:
+    """What S3 answered, on one line: `HTTP 404 NoSuchBucket: The specified bucket does not exist` from its
+    XML error body (untrusted: only the code and message are kept, each shortened), else the error's text."""
+    said = str(err)
+    code, message = (re.search(f"<{tag}>([^<]{{1,200}})</{tag}>", said) for tag in ("Code", "Message"))
+    if code is None:
+        return " ".join(said.split())[:300]
+    return f"HTTP {err.status} {code.group(1)}" + (f": {message.group(1)}" if message else "")
+
+
 def _unknown_status(status: str | None, what: str) -> None:
     if status not in _warned:
         _warned.add(str(status))
@@ -108,7 +125,8 @@ class BedrockProvider(Provider):
     def __init__(self, settings: Settings, http: HttpClient):
         self.settings = settings
         self.http = http
-        self._chain = AwsChain(None if settings.base_url == DEFAULT_URL else settings.base_url)
+        self._chain = AwsChain(None if settings.base_url == DEFAULT_URL else settings.base_url,
+                               dict(settings.credential_env))
         self._model = settings.model or ""
 
     @staticmethod
@@ -118,23 +136,37 @@ class BedrockProvider(Provider):
     # -- input lines ----------------------------------------------------------------------------
 
     def check_request(self, obj: dict, raw: bytes) -> tuple[str | None, bytes | None]:
-        if not self._model:
-            return "no model: give --model (or BEDROCK_MODEL), the Bedrock model id the job runs", None
         if "modelInput" in obj and "params" not in obj:
+            model = obj.get("modelId", self._model)
+            if not isinstance(model, str) or not model:
+                return "no model: give --model (or BEDROCK_MODEL), or modelId in the line", None
             if not isinstance(obj["modelInput"], dict):
                 return "modelInput must be an object (the model's request body)", None
-            return None, kept_line(obj["custom_id"], obj["modelInput"])
+            return None, kept_line(obj["custom_id"], obj["modelInput"], self._own(model))
         params = obj.get("params")
         problem = check_message_params(params, self._model)
         if problem or not isinstance(params, dict):
+            if not self._model and isinstance(params, dict) and "model" not in params:
+                return "no model: give --model (or BEDROCK_MODEL), the Bedrock model id the job runs", None
             return problem or "params must be an object", None
-        if params.get("model") not in (None, self._model):
-            return (f"params.model {params['model']!r}: a Bedrock job runs one model, {self._model!r} (--model); "
-                    f"send the others as another job"), None
-        if is_claude(self._model):
-            return None, kept_line(obj["custom_id"], claude_body(params))
+        model = params.get("model") or self._model
+        if not isinstance(model, str):
+            return f"params.model is {shown(model)}, expected a Bedrock model id", None
+        if is_claude(model):
+            return None, kept_line(obj["custom_id"], claude_body(params), self._own(model))
         body, problem = converse_body(params)
-        return (problem, None) if problem else (None, kept_line(obj["custom_id"], body or {}))
+        return (problem, None) if problem else (None, kept_line(obj["custom_id"], body or {}, self._own(model)))
+
+    def _own(self, model: str) -> str | None:
+        """The model a kept line names: None for the job's own (`--model`)."""
+        return None if model == self._model else model
+
+    def lane_of(self, obj: dict) -> str:
+        """The job a line belongs in: one per model (a Bedrock job takes one modelId). `obj` is a line
+        `check_request` accepted, in the input's form or as kept."""
+        params = obj.get("params")
+        model = params.get("model") if isinstance(params, dict) else None
+        return model or model_of_kept(obj, self._model)
 
     def body_overhead(self, line_bytes: int) -> int:
         return 1  # the newline
@@ -155,8 +187,8 @@ class BedrockProvider(Provider):
         try:
             await self.http.call("PUT", url, "s3.put", body=body, headers=headers)
         except (errors.AuthRefused, errors.NotFound) as err:
-            raise errors.UsageError(f"--staging s3://{bucket}: cannot write {key} ({err}): check that the bucket "
-                                    f"exists and that these AWS credentials may write to it") from None
+            raise errors.UsageError(f"--staging s3://{bucket}: cannot write {key} ({s3_said(err)}): check that the "
+                                    f"bucket exists and that these AWS credentials may write to it") from None
 
     def _staging(self) -> tuple[str, str]:
         if not self.settings.role_arn:
@@ -167,26 +199,67 @@ class BedrockProvider(Provider):
                                     "where records go in and results come out")
         return split_s3_uri(self.settings.staging, "--staging")
 
+    async def _delete(self, aws: AwsAccess, bucket: str, key: str, what: str) -> None:
+        url = aws.object_url(bucket, key)
+        try:
+            await self.http.call("DELETE", url, "s3.delete", headers=aws.sign("DELETE", url, "s3"))
+        except errors.ProviderError as err:
+            log.warning("%s: staged object s3://%s/%s not deleted: %s", what, bucket, key, err)
+
+    def _role_refused(self, err: errors.ProviderError) -> errors.UsageError | None:
+        """Create's refusal of the service role (iam:PassRole denied, a role Bedrock cannot assume) as one
+        line naming --role-arn; None for any other refusal."""
+        said = str(err)
+        role = self.settings.role_arn or ""
+        if not isinstance(err, errors.FatalError) or not ("iam:PassRole" in said or (role and role in said)
+                                                          or "assume" in said.lower()):
+            return None
+        return errors.UsageError(f"--role-arn {role}: Bedrock cannot use this role ({self.http.redact(said)}); set "
+                                 f"--role-arn (or BEDROCK_ROLE_ARN) to a service role whose trust policy lets "
+                                 f"bedrock.amazonaws.com assume it, and let these credentials pass it (iam:PassRole)")
+
     # -- the Provider's calls -------------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """Before anything is uploaded: --role-arn and --staging given and of their shape, the credentials and
+        region found, and the staging prefix writable (an empty probe object written, then deleted). Whether
+        Bedrock may assume the role is known at the first create only (`_role_refused`)."""
+        bucket, prefix = self._staging()
+        role = self.settings.role_arn or ""
+        if not ROLE_ARN.fullmatch(role):
+            raise errors.UsageError(f"--role-arn {role!r}: expected an IAM role ARN, arn:aws:iam::<account>:role/<name> "
+                                    f"(the service role Bedrock assumes; or BEDROCK_ROLE_ARN)")
+        aws = await self._chain.access()
+        key = f"{prefix}/{PROBE_NAME}" if prefix else PROBE_NAME
+        await self._put(aws, bucket, key, b"")
+        await self._delete(aws, bucket, key, "preflight")
+
 
     async def create(self, lines: list[bytes], *, tag: str) -> BatchInfo:
         bucket, prefix = self._staging()
         aws = await self._chain.access()
+        model = model_of_kept(orjson.loads(lines[0]), self._model) if lines else self._model  # the lane's
         floor = self.spec.min_batch_requests
         pads = [padded_line(lines[i % len(lines)], i) for i in range(floor - len(lines))] if lines else []
         name = name_of(tag, lines)
         base = f"{prefix}/{name}" if prefix else name
-        await self._put(aws, bucket, f"{base}/{INPUT_NAME}", b"\n".join(record_line(x) for x in lines + pads) + b"\n")
-        body = {"jobName": name, "roleArn": self.settings.role_arn, "modelId": self._model, "clientRequestToken": name,
+        input_key = f"{base}/{INPUT_NAME}"
+        await self._put(aws, bucket, input_key, b"\n".join(record_line(x) for x in lines + pads) + b"\n")
+        body = {"jobName": name, "roleArn": self.settings.role_arn, "modelId": model, "clientRequestToken": name,
                 "inputDataConfig": {"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/{INPUT_NAME}",
                                                           "s3InputFormat": "JSONL"}},
                 "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/{base}/out/"}}}
-        if not is_claude(self._model):
+        if not is_claude(model):
             body["modelInvocationType"] = "Converse"
         try:  # idempotent: the token
             doc = await self._call("POST", "/model-invocation-job", "create", orjson.dumps(body))
         except errors.QueueFull as err:  # the only quota checked at create: jobs in progress for the model
             raise err.about_jobs() from None
+        except errors.FatalError as err:
+            if (refused := self._role_refused(err)) is None:
+                raise
+            await self._delete(aws, bucket, input_key, f"chunk {tag}")  # nothing of the job is left staged
+            raise refused from None
         arn = text(doc, "jobArn", "create answer", required=True) or ""
         return BatchInfo(id=job_id_of(arn, "create answer"), state=BatchState.IN_PROGRESS, validated=False,
                          total=len(lines), raw={**body, "jobArn": arn})
@@ -221,21 +294,36 @@ class BedrockProvider(Provider):
         return await self.get(batch_id)
 
     async def result_blocks(self, info: BatchInfo) -> AsyncIterator[list[bytes]]:
-        """The output file of the batch's one input file, each line as a Message Batches result line."""
+        """The output file of the batch's one input file, each line as a Message Batches result line, counted
+        against the job's manifest (bedrock_output: the lines it lacks are named; tokens the lines lack)."""
         aws = await self._chain.access()
         info = await self._described(info)
         bucket, key = self._output_key(info)
         url = aws.object_url(bucket, key)
         model = str(info.raw.get("modelId") or self._model)
+        tally = OutputTally(await self._manifest(aws, bucket, key, info.id), f"batch {info.id}")
         try:
             async for block in self.http.line_blocks(url, "results", headers=aws.sign("GET", url, "s3")):
-                lines = [out for line in block if line.strip() and (out := result_line(line, model)) is not None]
+                lines = tally.take([output_line(line, model) for line in block if line.strip()])
                 if lines:
                     yield lines
         except errors.NotFound:
             if info.raw.get("status") not in NOTHING_RAN:
                 raise
-            # stopped or expired before a record ran: no output file; every record is sent again
+            return  # stopped or expired before a record ran: no output file; every record is sent again
+        if last := tally.end():
+            yield last
+
+    async def _manifest(self, aws: AwsAccess, bucket: str, out_key: str, batch_id: str) -> Manifest | None:
+        """The job's manifest.json.out beside its output file; None when there is none (a job that ran nothing)."""
+        key = out_key.rpartition("/")[0] + "/" + MANIFEST_NAME
+        url = aws.object_url(bucket, key)
+        try:
+            data = await self.http.call("GET", url, "s3.manifest", headers=aws.sign("GET", url, "s3"))
+        except errors.NotFound:
+            log.debug("batch %s: no %s", batch_id, MANIFEST_NAME)
+            return None
+        return read_manifest(data, f"batch {batch_id}: s3://{bucket}/{key}")
 
     classify = staticmethod(classify_result)
 
@@ -259,13 +347,9 @@ class BedrockProvider(Provider):
         except (errors.UsageError, errors.ProviderError) as err:
             log.warning("batch %s: staged objects not deleted: %s", info.id, err)
             return
-        manifest = out_key.rpartition("/")[0] + "/manifest.json.out"
+        manifest = out_key.rpartition("/")[0] + "/" + MANIFEST_NAME
         for b, key in ((in_bucket, in_key), (bucket, out_key), (bucket, manifest)):
-            url = aws.object_url(b, key)
-            try:
-                await self.http.call("DELETE", url, "s3.delete", headers=aws.sign("DELETE", url, "s3"))
-            except errors.ProviderError as err:
-                log.warning("batch %s: staged object s3://%s/%s not deleted: %s", info.id, b, key, err)
+            await self._delete(aws, b, key, f"batch {info.id}")
 
     # -- reading answers ------------------------------------------------------------------------
 

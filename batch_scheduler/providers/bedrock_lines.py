@@ -4,8 +4,10 @@ In: a Message Batches line `{custom_id, params}` becomes, for a Claude model, th
 (`anthropic_version: bedrock-2023-05-31`, the params without `model`: the job names the model); for any
 other model, a Converse body (system and text messages as blocks, `inferenceConfig` for max_tokens,
 temperature, top_p, stop_sequences), and the job runs with `modelInvocationType: Converse`. A line
-`{custom_id, modelInput}` is sent as it is. Lines are kept as `{"custom_id", "modelInput"}` (what the
-ledger and retries read); `record_line` renames the id to `recordId` when the file is written.
+`{custom_id, modelInput}` (with `modelId` when it names its own model) is sent as it is. Lines are kept
+as `{"custom_id", "modelInput"}` (what the ledger and retries read), led by `"modelId"` when the line's
+model is not the job's `--model`; `record_line` renames the id to `recordId` and leaves the model out
+when the file is written (the job names the model: one job, one model).
 
 Out: an output line `{recordId, modelInput, modelOutput}` or `{recordId, modelInput, error: {errorCode,
 errorMessage}}` becomes `{"custom_id", "result": ...}` in the Message Batches result form (the echoed
@@ -23,6 +25,7 @@ import orjson
 
 from batch_scheduler.providers.answers import ShapeError, line_object, shown, tokens
 from batch_scheduler.providers.base import encode
+from batch_scheduler.providers.bedrock_output import OutputLine
 from batch_scheduler.providers.openai_lines import text_of
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
@@ -67,15 +70,26 @@ def converse_body(params: dict) -> tuple[dict | None, str | None]:
     return body, None
 
 
-def kept_line(custom_id: str, model_input: dict) -> bytes:
+def kept_line(custom_id: str, model_input: dict, model: str | None = None) -> bytes:
+    """The line the ledger keeps; `model` (first: `record_line` sees it at once) when it is not the job's."""
+    if model:
+        return encode({"modelId": model, "custom_id": custom_id, "modelInput": model_input})
     return encode({"custom_id": custom_id, "modelInput": model_input})
 
 
+def model_of_kept(obj: dict, default: str) -> str:
+    """The model a kept line runs on: its own `modelId`, else the job's."""
+    model = obj.get("modelId")
+    return model if isinstance(model, str) and model else default
+
+
 def record_line(line: bytes) -> bytes:
-    """A kept line as Bedrock reads it: `custom_id` renamed `recordId` (kept lines start with it)."""
+    """A kept line as Bedrock reads it: `custom_id` renamed `recordId` (kept lines start with it) and its
+    `modelId` left out (the job names the model)."""
     if line.startswith(_ID_KEY):
         return _RECORD_KEY + line[len(_ID_KEY):]
     doc = orjson.loads(line)
+    doc.pop("modelId", None)
     return encode({"recordId": doc.pop("custom_id"), **doc})
 
 
@@ -89,7 +103,7 @@ def padded_line(line: bytes, n: int) -> bytes:
     config = model_input.get("inferenceConfig")
     if isinstance(config, dict) and "maxTokens" in config:
         model_input = {**model_input, "inferenceConfig": {**config, "maxTokens": 1}}
-    return kept_line(f"{doc['custom_id']}.pad{n}", model_input)
+    return kept_line(f"{doc['custom_id']}.pad{n}", model_input, doc.get("modelId"))
 
 
 def is_pad(record_id: str) -> bool:
@@ -113,11 +127,12 @@ def _converse_message(out: dict, rid: str, model: str) -> dict:
     if not isinstance(content, list):
         raise ShapeError(rid, f"modelOutput.output.message.content is {shown(content)}, expected a list")
     blocks = [{"type": "text", "text": b["text"]} for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
-    u = line_object(out.get("usage") or {}, rid, "modelOutput.usage")
     where = "modelOutput.usage"
-    usage = {"input_tokens": tokens(u, "inputTokens", rid, where), "output_tokens": tokens(u, "outputTokens", rid, where),
-             "cache_read_input_tokens": tokens(u, "cacheReadInputTokens", rid, where),
-             "cache_creation_input_tokens": tokens(u, "cacheWriteInputTokens", rid, where)}
+    u = line_object(out.get("usage") or {}, rid, where)
+    usage = None if out.get("usage") is None else {  # none reported: the manifest's may stand in (bedrock_output)
+        "input_tokens": tokens(u, "inputTokens", rid, where), "output_tokens": tokens(u, "outputTokens", rid, where),
+        "cache_read_input_tokens": tokens(u, "cacheReadInputTokens", rid, where),
+        "cache_creation_input_tokens": tokens(u, "cacheWriteInputTokens", rid, where)}
     return {"type": "message", "role": "assistant", "model": model, "content": blocks,
             "stop_reason": out.get("stopReason"), "usage": usage}
 
@@ -135,19 +150,39 @@ def result_of(doc: dict, rid: str, model: str) -> dict:
     return {"type": "succeeded", "message": {**out, "model": model}}
 
 
-def result_line(line: bytes, model: str) -> bytes | None:
-    """An output line as a Message Batches result line; None for a pad's answer. Unreadable: as it came."""
+def _reported(usage: Any) -> tuple[int, int] | None:
+    """(input, output) tokens a Messages usage reports (cache reads and writes are input); None: none."""
+    if not isinstance(usage, dict):
+        return None
+    def count(name: str) -> int:  # another shape counts 0 here: classify names it
+        value = usage.get(name)
+        return value if type(value) is int and value > 0 else 0
+
+    return count("input_tokens") + count("cache_read_input_tokens") + count("cache_creation_input_tokens"), \
+        count("output_tokens")
+
+
+def output_line(line: bytes, model: str) -> OutputLine:
+    """An output line as a Message Batches result line, with what the manifest check needs of it (a pad's
+    answer is counted, then dropped). A line whose fields cannot be read is passed on as it came."""
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return line  # the collector names it
+        return OutputLine(line)  # the collector names it
     rid = doc.get("recordId") if isinstance(doc, dict) else None
     if not isinstance(rid, str) or not rid:
-        return line
-    if is_pad(rid):
-        return None
+        return OutputLine(line)
     try:
-        return encode({"custom_id": rid, "result": result_of(doc, rid, model)})
+        result = result_of(doc, rid, model)
     except ShapeError:
         doc.pop("modelInput", None)
-        return encode({"custom_id": rid, **{k: v for k, v in doc.items() if k != "recordId"}})
+        kept = None if is_pad(rid) else encode({"custom_id": rid, **{k: v for k, v in doc.items() if k != "recordId"}})
+        return OutputLine(kept, record=True)
+    if result["type"] != "succeeded":
+        return OutputLine(None if is_pad(rid) else encode({"custom_id": rid, "result": result}), record=True)
+    reported = _reported(result["message"].get("usage"))
+    if is_pad(rid):
+        return OutputLine(None, record=True, succeeded=True, reported=reported or (0, 0))
+    out = {"custom_id": rid, "result": result}
+    return OutputLine(encode(out), record=True, succeeded=True, reported=reported,
+                      doc=out if reported is None else None)

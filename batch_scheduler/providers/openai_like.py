@@ -11,22 +11,29 @@
     together  api.together.xyz/v1/...; Bearer TOGETHER_API_KEY; upload purpose `batch-api`; lines
               `{custom_id, body}`; create names the model (`model_id`) and answers `{"job": ...}`;
               uppercase statuses; the list is a bare array; no metadata and no request counts: a lost
-              create is found by its input file (each create uploads its own, and the provider
-              remembers which file it uploaded for which tag), in the process that lost it only; after
-              a restart it cannot be told as ours and is sent again (the summary's
-              `batches.resent_unadopted`); 50,000 requests and 100 MB a batch.
+              create is found by its input file (each create uploads its own, named `{tag}.jsonl`:
+              the provider remembers which file it uploaded for which tag, and after a restart reads
+              the tag from the name of a listed batch's input file); 50,000 requests and 100 MB a batch.
 
 Each is the OpenAI provider's class with its own name, spec and profile: nothing else differs.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings
+from batch_scheduler.providers.answers import document, text
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
 from batch_scheduler.providers.openai import SPEC as OPENAI_SPEC
-from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.providers.openai import OpenAIProvider, error_items
 from batch_scheduler.providers.profile import OPENAI_STATUSES, Profile
+
+log = logging.getLogger("batch_scheduler.providers")
 
 AZURE_ROOT = "/openai/v1"  # under the resource's endpoint
 AZURE_PROFILE = Profile(name="azure", files_path=f"{AZURE_ROOT}/files", batches_path=f"{AZURE_ROOT}/batches",
@@ -62,6 +69,28 @@ class AzureProvider(OpenAIProvider):
         super().__init__(settings.replace(base_url=resource_root(settings.base_url)), http)
         self.settings = settings
 
+    async def get(self, batch_id: str) -> BatchInfo:
+        """The batch; a batch failed because its deployment cannot run batches stops the job, one line saying
+        what to set (every other batch would fail the same way)."""
+        info = await super().get(batch_id)
+        if info.state is BatchState.FAILED and (said := deployment_refused(info.raw)) is not None:
+            raise errors.UsageError(f"batch {batch_id}: the deployment cannot run batches ({said}): name a "
+                                    f"Global-Batch (or Data Zone Batch) deployment in the lines' model, or "
+                                    f"--model (AZURE_OPENAI_DEPLOYMENT)")
+        return info
+
+
+def deployment_refused(doc: dict) -> str | None:
+    """What a failed Azure batch's `errors` say of its deployment (`model_not_found`, or an `invalid_request`
+    naming the deployment: not of a batch SKU), on one line; None when they say nothing of it."""
+    for item in error_items(doc):
+        if not isinstance(item, dict):
+            continue
+        code, message = item.get("code"), str(item.get("message") or "")
+        if code == "model_not_found" or (code == "invalid_request" and "deployment" in message.lower()):
+            return " ".join(f"{code}: {message}".split())[:300]
+    return None
+
 
 GROQ_PROFILE = Profile(name="groq", files_path="/openai/v1/files", batches_path="/openai/v1/batches",
                        list_style="cursor")
@@ -83,6 +112,7 @@ class GroqProvider(OpenAIProvider):
     count_tokens = Provider.count_tokens
 
 
+_TAG = re.compile(r"(job-[A-Za-z0-9_.-]+-)?chunk-[A-Za-z0-9_.-]+")  # a create tag (submitter), as a file name keeps it
 TOGETHER_STATUSES = {**OPENAI_STATUSES, "canceling": BatchState.IN_PROGRESS}  # its SDK's one-L spelling
 TOGETHER_PROFILE = Profile(name="together", purpose="batch-api", line_form="body", model_field="model_id",
                            create_wrap="job", keeps_metadata=False, list_style="array",
@@ -114,6 +144,32 @@ class TogetherProvider(OpenAIProvider):
         return file_id
 
     def _tag_of_input(self, info: BatchInfo) -> str | None:
-        """The tag of the create this process uploaded the batch's input file for (None: not known here)."""
+        """The tag of the create the batch's input file was uploaded for (None: not known, not ours)."""
         file_id = info.raw.get("input_file_id")
         return self._uploaded.get(file_id) if isinstance(file_id, str) else None
+
+    async def recent(self, since: float) -> AsyncIterator[BatchInfo]:
+        """The list, each batch's input file known by the create tag it was uploaded for: this process's
+        uploads from memory, any other's (a run before a restart) from the file's name (`{tag}.jsonl`)."""
+        async for info in OpenAIProvider.recent(self, since):
+            file_id = info.raw.get("input_file_id")
+            if isinstance(file_id, str) and file_id not in self._uploaded:
+                tag = await self._tag_of_file(file_id, info.id)
+                if tag is not None:
+                    self._uploaded[file_id] = tag
+            yield info
+
+    async def _tag_of_file(self, file_id: str, batch: str) -> str | None:
+        """The create tag in the name of an input file (`{tag}.jsonl`, as `_upload` names it); None for a file
+        of another name or gone. Untrusted: the name is read only if it is a string of a tag's shape."""
+        try:
+            data = await self.http.call("GET", f"{self._files_url}/{file_id}", "file")
+        except (errors.NotFound, errors.FatalError):
+            return None
+        try:
+            name = text(document(data, f"batch {batch}: input file {file_id}"), "filename", f"file {file_id}")
+        except errors.BadAnswer as err:
+            log.warning("%s; the batch is not taken as ours", err)
+            return None
+        tag = name.removesuffix(".jsonl") if name and name.endswith(".jsonl") else ""
+        return tag if _TAG.fullmatch(tag) else None

@@ -8,7 +8,8 @@ header (the server's gate takes it); each line's model is a deployment name, the
 create's `endpoint` may say `/chat/completions` as well as `/v1/chat/completions`, and so may each
 line's `url` (`url_mismatch` only when they name different endpoints); at most 100,000 requests a
 file (`azure_max_requests`); an ended batch always has an error file, empty when nothing failed; the
-enqueued tokens are counted per deployment.
+enqueued tokens are counted per deployment; a deployment not of a batch SKU (`azure_batch_deployments`
+names those that are) fails its batch at validation with `invalid_request`.
 
 By default the answers are what the openai SDK's types accept (lowercase statuses, epoch seconds).
 `azure_variants` (a fault option, on in `SimConfig.real_faults`) serves what Azure's own samples
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batch_scheduler.simulator.context import SimContext
-from batch_scheduler.simulator.openai import OpenAIApi
+from batch_scheduler.simulator.openai import OpenAIApi, line_error
 from batch_scheduler.simulator.openai_files import OpenAIFiles
 from batch_scheduler.simulator.store import Batch
 
@@ -82,6 +83,15 @@ class AzureApi(OpenAIApi):
         if doc["status"] == "Validating":
             doc["request_counts"] = {"total": None, "completed": None, "failed": None}
         return doc
+
+    def _token_limit(self, model: str | None, tokens: int, now: float) -> list[dict] | None:
+        """A deployment that is not a batch one (`azure_batch_deployments`) fails the batch at validation;
+        then the enqueued tokens, as OpenAI's."""
+        batch_ones = self.ctx.config.azure_batch_deployments
+        if model and batch_ones is not None and model not in batch_ones:
+            return [line_error(None, "invalid_request", f"The deployment '{model}' is not a batch deployment: a batch "
+                               f"must name a deployment of type Global-Batch or Data Zone Batch.")]
+        return super()._token_limit(model, tokens, now)
 
     def make(self, doc: Any) -> Batch:
         batch = super().make(doc)

@@ -11,8 +11,8 @@ with botocore's signer as a fixed role (moto wants a signed call, and does not c
 `ServiceQuotaExceededException` when the model has `bedrock_jobs_limit` jobs in progress. A job's life over
 its drawn duration: Submitted, Validating (to 5%), Scheduled (to 10%), InProgress, then Completed, or
 PartiallyCompleted when records were left unprocessed (expired or missing), Expired when none ran. Its
-output file (`{out}/{jobId}/{input name}.out`) and `manifest.json.out` are written when it is first seen
-ended. Errors are rest-json: the exception's name in `x-amzn-ErrorType`, the body `{"message"}`.
+output file (`{out}/{jobId}/{input name}.out`) and `manifest.json.out` (its counts and tokens) are written
+when it is first seen ended; faults: answers without their usage, lines lost from the output file. Errors are rest-json: the exception's name in `x-amzn-ErrorType`, the body `{"message"}`.
 """
 
 from __future__ import annotations
@@ -143,6 +143,10 @@ class BedrockApi:
             raise validation("Value at 'jobName' failed to satisfy constraint: Member must satisfy regular expression pattern")
         if not isinstance(role, str) or not ROLE_ARN.fullmatch(role):
             raise validation("Value at 'roleArn' failed to satisfy constraint: Member must satisfy regular expression pattern")
+        if role in self.ctx.config.bedrock_refused_roles:  # the caller may not pass it (as AWS answers that)
+            raise Rejected("AccessDeniedException", f"User: arn:aws:iam::{ACCOUNT}:user/simulator is not authorized to "
+                           f"perform: iam:PassRole on resource: {role} because no identity-based policy allows the "
+                           f"iam:PassRole action", status=403)
         if not isinstance(model, str) or not model:
             raise validation("Value at 'modelId' failed to satisfy constraint: Member must have length >= 1")
         if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
@@ -268,7 +272,7 @@ class BedrockApi:
             out["endTime"] = iso(batch.wall(batch.ends_at))
         return out
 
-    def _output_line(self, batch: Batch, i: int) -> bytes | None:
+    def _output_line(self, batch: Batch, i: int) -> dict[str, Any] | None:
         """Record i's output line; None when it was not processed."""
         outcome = batch.outcomes[i]
         if outcome in (Outcome.EXPIRED, Outcome.CANCELED) or i in batch.missing:
@@ -279,7 +283,7 @@ class BedrockApi:
         else:
             code = {Outcome.API_ERROR: 500, Outcome.OVERLOADED: 429}.get(Outcome(outcome), 400)
             line["error"] = {"errorCode": code, "errorMessage": "simulated error"}
-        return orjson.dumps(line)
+        return line
 
     def _model_output(self, batch: Batch, i: int) -> dict[str, Any]:
         cid, n_in = batch.custom_ids[i], batch.in_tokens[i]
@@ -292,6 +296,30 @@ class BedrockApi:
                 "content": [{"type": "text", "text": f"answer to {cid}"}], "stop_reason": "end_turn",
                 "usage": {"input_tokens": n_in, "output_tokens": n_out}}
 
+    def _manifest(self, batch: Batch, lines: list[dict[str, Any]]) -> bytes:
+        """manifest.json.out as Bedrock writes it (batch-inference-results): the job's counts, and the tokens
+        of the records answered (an errored record counts none)."""
+        doc = self.doc(batch)
+        manifest = {k: doc[k] for k in ("totalRecordCount", "processedRecordCount", "successRecordCount",
+                                        "errorRecordCount")}
+        index = {cid: i for i, cid in enumerate(batch.custom_ids)}
+        done = [index[x["recordId"]] for x in lines if "modelOutput" in x]
+        manifest["inputTokenCount"] = sum(batch.in_tokens[i] for i in done)
+        manifest["outputTokenCount"] = sum(output_tokens(batch.custom_ids[i], batch.max_tokens[i]) for i in done)
+        return orjson.dumps(manifest)
+
+    def _faulty(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The output lines after the Bedrock faults: answers without their usage, lines lost from the file
+        (the manifest still counts them)."""
+        config, rng = self.ctx.config, self.ctx.rng
+        if config.bedrock_usage_absent_rate:
+            for line in lines:
+                if "modelOutput" in line and rng.random() < config.bedrock_usage_absent_rate:
+                    line["modelOutput"] = {k: v for k, v in line["modelOutput"].items() if k != "usage"}
+        if config.bedrock_lines_lost_rate:
+            lines = [x for x in lines if rng.random() >= config.bedrock_lines_lost_rate]
+        return lines
+
     async def _write_output(self, batch: Batch) -> None:
         """The output file and the manifest, once, when the job is first seen ended."""
         if batch.extra["written"] or not batch.ended(self.ctx.now()) or self.status(batch) == "Expired":
@@ -302,11 +330,10 @@ class BedrockApi:
         input_name = request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"].rstrip("/").rpartition("/")[2]
         base = f"{prefix.rstrip('/')}/{batch.id}".lstrip("/")
         lines = [x for i in range(batch.n) if (x := self._output_line(batch, i)) is not None]
-        await self._s3("PUT", bucket, f"{base}/{input_name}.out", b"".join(x + b"\n" for x in lines))
-        doc = self.doc(batch)
-        manifest = {k: doc[k] for k in ("totalRecordCount", "processedRecordCount", "successRecordCount",
-                                        "errorRecordCount")}
-        await self._s3("PUT", bucket, f"{base}/manifest.json.out", orjson.dumps(manifest))
+        manifest = self._manifest(batch, lines)
+        lines = self._faulty(lines)
+        await self._s3("PUT", bucket, f"{base}/{input_name}.out", b"".join(orjson.dumps(x) + b"\n" for x in lines))
+        await self._s3("PUT", bucket, f"{base}/manifest.json.out", manifest)
         batch.extra["written"] = True
 
     async def get(self, request: web.Request) -> web.Response:

@@ -63,8 +63,13 @@ class SimConfig:
     bedrock_min_records: int = 100  # Bedrock: fewer records in a job is a ValidationException
     bedrock_max_records: int = 50_000
     bedrock_jobs_limit: int = 20  # Bedrock: jobs submitted or in progress per model (ServiceQuotaExceeded)
+    bedrock_refused_roles: list[str] = field(default_factory=list)  # Bedrock: roles create refuses (iam:PassRole)
+    bedrock_usage_absent_rate: float = 0.0  # Bedrock: answers whose output line reports no usage (the manifest does)
+    bedrock_lines_lost_rate: float = 0.0  # Bedrock: processed records left out of the output file (the manifest
+    #                                       counts them)
     # -- Azure OpenAI (azure.py)
     azure_max_requests: int = AZURE_MAX_REQUESTS
+    azure_batch_deployments: list[str] | None = None  # the Global-Batch deployments (None: every one is)
     azure_variants: bool = False  # what Azure's samples show: `Validating`, ISO-8601 times, null counts
     # -- Groq and Together (groq.py, together.py)
     groq_max_requests: int = GROQ_MAX_REQUESTS
@@ -123,6 +128,10 @@ class SimConfig:
         for name, value in fields.items():
             if name == "valid_keys" and value is not None:
                 value = set(value)
+            if name == "azure_batch_deployments" and value is not None:
+                value = list(value)
+            if name == "bedrock_refused_roles":
+                value = list(value or [])
             if name == "fail_kinds" and value is not None:
                 value = list(value)
             if name == "enqueued_token_limits":

@@ -106,3 +106,109 @@ async def test_a_full_jobs_quota_holds_the_next_create_and_never_shrinks_the_bat
     assert queue["queue_full_answers"] == sim.stats["queue_full"]
     assert queue["limits"][f"jobs of {CLAUDE}"]["limit"] == 2  # learned: what was in flight when it came
     assert queue["limits"]["requests"]["ceiling"] is None  # the request limit learned nothing from it
+
+
+async def test_the_manifest_stands_in_for_lost_lines_and_for_answers_that_report_no_tokens(sim, moto, staging, tmp_path,
+                                                                                          caplog):
+    """Lines lost from `.jsonl.out` but counted by `manifest.json.out` are named and sent again; answers without
+    usage get the manifest's tokens, so the job's tokens are what the manifests of its batches add up to."""
+    import boto3
+
+    sim.config = SimConfig(seed=5, bedrock_s3_endpoint=moto.endpoint, bedrock_usage_absent_rate=1.0,
+                           bedrock_lines_lost_rate=0.03)
+    ids = write_lines(tmp_path / "in.jsonl", 400)
+    settings = bedrock_settings(sim.url, NOVA, staging, batch_size=200, keep_staged=True)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    got = ids_of(read_results(str(tmp_path / "out")))
+    assert len(got) == len(set(got)) and sorted(got) == sorted(ids)
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["requests"]["missing_from_results"] > 0
+    assert any("manifest.json.out counts" in r.getMessage() and "missing are sent again" in r.getMessage()
+               for r in caplog.records)
+    bucket = staging.removeprefix("s3://").partition("/")[0]
+    s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith("manifest.json.out")]
+    manifests = [orjson.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys]
+    assert len(manifests) == len([b for b in sim.store.batches.values() if b.kind == "bedrock"])
+    tokens = summary["tokens"]
+    assert tokens["input"] == sum(m["inputTokenCount"] for m in manifests) > 0
+    assert tokens["output"] == sum(m["outputTokenCount"] for m in manifests) > 0
+    assert summary["cost_usd"] > 0
+
+
+async def test_a_job_of_two_models_runs_one_bedrock_job_per_model_each_of_its_lanes_model(sim, moto, staging,
+                                                                                          tmp_path):
+    """A Bedrock job takes one modelId: lines naming two models are cut per model (the provider's lanes), each
+    batch a job of its model, Claude's with InvokeModel bodies and Nova's with Converse ones; a model's small
+    remainder joins its own model's batch, never the other's."""
+    sim.config = SimConfig.real_faults(seed=13, bedrock_s3_endpoint=moto.endpoint)
+    rows = [(f"req-{i:05d}", CLAUDE if i % 3 else NOVA) for i in range(760)]
+    (tmp_path / "in.jsonl").write_bytes(b"".join(
+        orjson.dumps(request(cid, f"question {cid}", model=model)) + b"\n" for cid, model in rows))
+    settings = fast_settings(sim.url, provider="bedrock", model=None, role_arn=ROLE, staging=staging, batch_size=200,
+                             max_attempts=6)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    results = read_results(str(tmp_path / "out"))
+    got = ids_of(results)
+    assert len(got) == len(set(got)) and sorted(got) == sorted(cid for cid, _ in rows)
+    model_of = dict(rows)
+    assert all(r["result"]["message"]["model"] == model_of[r["custom_id"]] for r in results)
+    jobs = [b for b in sim.store.batches.values() if b.kind == "bedrock"]
+    for job in jobs:
+        model = job.extra["modelId"]
+        assert {model_of[cid.partition(".pad")[0]] for cid in job.custom_ids} == {model}
+        assert (job.extra["doc"].get("modelInvocationType") == "Converse") == (model == NOVA)
+        assert all(("anthropic_version" in body) == (model == CLAUDE) for body in job.extra["inputs"])
+    # the cut: Claude's 506 lines as 200, 200 and 106; Nova's 254 as 200 + 54 (under the floor: joined)
+    cut = sorted((b.extra["modelId"], b.n) for b in jobs if b.n >= 106 and b.custom_ids[0] in ("req-00000", "req-00001", "req-00301",
+                                                                                "req-00601"))
+    assert cut == sorted([(CLAUDE, 200), (CLAUDE, 200), (CLAUDE, 106), (NOVA, 254)])
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert set(summary["models"]) == {CLAUDE, NOVA}
+
+
+async def test_a_staging_bucket_that_cannot_be_written_is_said_before_anything_is_uploaded(sim, moto, staging,
+                                                                                           tmp_path):
+    sim.config = SimConfig(bedrock_s3_endpoint=moto.endpoint)
+    write_lines(tmp_path / "in.jsonl", 150)
+    settings = bedrock_settings(sim.url, CLAUDE, "s3://no-such-bucket-here/stage")
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert (result.exit_code, result.message) == (ExitCode.USAGE, (
+        "--staging s3://no-such-bucket-here: cannot write stage/.batch-scheduler-probe (HTTP 404 NoSuchBucket: The "
+        "specified bucket does not exist): check that the bucket exists and that these AWS credentials may write to it"))
+    assert sim.stats["creates"] == 0 and sim.stats["calls"] == {}
+
+
+@pytest.mark.parametrize("role", ["batch", "arn:aws:iam::123:role/batch", "arn:aws:s3:::bucket"])
+async def test_a_role_arn_of_another_shape_is_said_before_anything_is_uploaded(sim, moto, staging, tmp_path, role):
+    sim.config = SimConfig(bedrock_s3_endpoint=moto.endpoint)
+    write_lines(tmp_path / "in.jsonl", 150)
+    settings = bedrock_settings(sim.url, CLAUDE, staging).replace(role_arn=role)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert (result.exit_code, result.message) == (ExitCode.USAGE, (
+        f"--role-arn {role!r}: expected an IAM role ARN, arn:aws:iam::<account>:role/<name> (the service role "
+        f"Bedrock assumes; or BEDROCK_ROLE_ARN)"))
+    assert sim.stats["creates"] == 0 and sim.stats["calls"] == {}
+
+
+async def test_a_role_bedrock_may_not_use_is_named_at_the_first_create_and_nothing_stays_staged(sim, moto, staging,
+                                                                                              tmp_path):
+    """Whether the role can be passed to Bedrock is known only when a job is created: the first create's
+    AccessDeniedException is one line naming --role-arn (exit 2, not a refused key), and its staged input goes."""
+    import boto3
+
+    sim.config = SimConfig(bedrock_s3_endpoint=moto.endpoint, bedrock_refused_roles=[ROLE])
+    write_lines(tmp_path / "in.jsonl", 150)
+    result = await run_job(bedrock_settings(sim.url, CLAUDE, staging), tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message.startswith(f"--role-arn {ROLE}: Bedrock cannot use this role (")
+    assert "is not authorized to perform: iam:PassRole on resource" in result.message
+    assert result.message.endswith("); set --role-arn (or BEDROCK_ROLE_ARN) to a service role whose trust policy "
+                                   "lets bedrock.amazonaws.com assume it, and let these credentials pass it "
+                                   "(iam:PassRole)")
+    assert sim.stats["creates"] == 0
+    bucket = staging.removeprefix("s3://").partition("/")[0]
+    s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0

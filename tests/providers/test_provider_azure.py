@@ -101,3 +101,21 @@ def test_an_unknown_status_is_logged_once_and_read_as_running(caplog):
     assert states == [BatchState.IN_PROGRESS] * 3
     assert [r.getMessage() for r in caplog.records] == [
         "batch batch_1: list answer: status 'Paused' is not one azure documents; read as still running (said once)"]
+
+
+async def test_a_deployment_that_is_not_a_batch_one_stops_the_job_with_one_line_naming_what_to_set(sim, tmp_path):
+    """Azure takes the upload and the create, then fails the batch at validation (`invalid_request`): the
+    first such batch seen stops the job, exit 2, naming the deployment, never a retry of every request."""
+    from batch_scheduler.job.engine import Engine, ExitCode
+
+    sim.config = SimConfig(seed=5, processing_s=0.2, azure_batch_deployments=["gpt-4o-mini-batch"])
+    write_requests(tmp_path / "in.jsonl", 30, model="gpt-4o-mini-standard")
+    settings = fast_settings(sim.url, provider="azure", auth="api-key", batch_size=10)
+    result = await Engine(settings, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message.startswith("batch batch_")
+    assert result.message.endswith(
+        ": the deployment cannot run batches (invalid_request: The deployment 'gpt-4o-mini-standard' is not a batch "
+        "deployment: a batch must name a deployment of type Global-Batch or Data Zone Batch.): name a Global-Batch "
+        "(or Data Zone Batch) deployment in the lines' model, or --model (AZURE_OPENAI_DEPLOYMENT)")
+    assert "\n" not in result.message

@@ -99,3 +99,24 @@ def test_groq_reads_errors_as_an_array_and_together_its_error_string():
     assert info.state is BatchState.FAILED and info.error == "the file is invalid" and info.created_at == 1767323045
     assert together.tag_of is not None and together.tag_of(info) is None  # not a file this process uploaded
     assert SimConfig.real_faults().groq_variants and SimConfig.real_faults().together_variants
+
+
+async def test_together_knows_a_batch_of_a_run_before_a_restart_by_its_input_files_name(sim, tmp_path):
+    """Nothing of a Together batch carries the create's tag but its input file, which `create` uploads as
+    `{tag}.jsonl`: a new process (the restart after a lost create) lists the batch and reads the tag from the
+    file's name, so adoption finds it; a batch whose file has another name is not taken as ours."""
+    from batch_scheduler.core.http import HttpClient
+
+    settings = PROVIDERS["together"].settings(sim.url)
+    line = orjson.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "meta-llama/Llama-3.3-70B-Instruct-Turbo", "max_tokens": 5,
+                                  "messages": [{"role": "user", "content": "q"}]}})
+    async with HttpClient(TogetherProvider.headers(settings), settings.retry, secret=KEY) as http:
+        before = TogetherProvider(settings, http)
+        ours = await before.create([line], tag="job-0a1b2c-chunk-7")
+        stray = await before.create([line], tag="someone-elses-file")
+        after = TogetherProvider(settings, http)  # a new process: it uploaded nothing
+        assert after.tag_of(ours) is None
+        listed = {info.id: info async for info in after.recent(0.0)}
+        assert after.tag_of(listed[ours.id]) == "job-0a1b2c-chunk-7"
+        assert after.tag_of(listed[stray.id]) is None

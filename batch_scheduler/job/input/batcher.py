@@ -44,6 +44,10 @@ class Chunk:
     ids: list[str] = field(default_factory=list)
     nbytes: int = BODY_WRAPPER_BYTES
     skipped: list[tuple[int, int]] = field(default_factory=list)  # (file, line) refused inside the span
+    lane: str | None = None  # with lanes: the lane its lines are in
+    # with lanes: lines refused after it closed while its lane had no open chunk (what a merge with the
+    # lane's next chunk must skip too: `_with_lane_floor`); not kept anywhere
+    gap_skipped: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -54,12 +58,13 @@ async def cut_chunks(blocks: AsyncGenerator[Block, None], validator: Validator, 
                      batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
                      unit_of: Callable[[int], str]) -> AsyncGenerator[Chunk, None]:
     """Validated chunks from a stream of blocks, in input order, numbered from 0. A provider with a floor
-    (`min_batch_requests`) gets no chunk under it (`_with_floor`; with lanes, no floor is kept)."""
+    (`min_batch_requests`) gets no chunk under it (`_with_floor`), with lanes none but a lane's only one
+    (`_with_lane_floor`)."""
     cut = _cut_lanes if validator.lanes else _cut
     chunks = cut(blocks, validator, rejects, batch_size=batch_size, batch_bytes=batch_bytes, overhead=overhead,
                  unit_of=unit_of)
-    if validator.min_batch > 1 and not validator.lanes:
-        chunks = _with_floor(chunks, validator.min_batch)
+    if validator.min_batch > 1:
+        chunks = (_with_lane_floor if validator.lanes else _with_floor)(chunks, validator.min_batch)
     async with aclosing(chunks):
         async for ready in chunks:
             yield ready
@@ -80,15 +85,52 @@ async def _with_floor(chunks: AsyncGenerator[Chunk, None], floor: int) -> AsyncG
         if before is None:
             raise UsageError(f"the job has {held.n:,} requests, fewer than the {floor:,} the provider takes in a "
                              f"batch: add requests to reach {floor:,}, or send these with another provider")
-        before.lines += held.lines
-        before.ids += held.ids
-        before.skipped += held.skipped
-        before.nbytes += held.nbytes - BODY_WRAPPER_BYTES
-        before.end_file, before.end_pos = held.end_file, held.end_pos
+        _merge(before, held)
         held = None
     for last in (before, held):
         if last is not None:
             yield last
+
+
+def _merge(before: Chunk, after: Chunk) -> None:
+    """`after` (the next chunk of `before`'s lane) joins `before`: one span, the lines refused between them
+    skipped too."""
+    before.lines += after.lines
+    before.ids += after.ids
+    before.skipped += before.gap_skipped + after.skipped
+    before.nbytes += after.nbytes - BODY_WRAPPER_BYTES
+    before.end_file, before.end_pos = after.end_file, after.end_pos
+
+
+async def _with_lane_floor(chunks: AsyncGenerator[Chunk, None], floor: int) -> AsyncGenerator[Chunk, None]:
+    """`_with_floor` per lane: each lane's last two chunks are held, and at the end a lane's last chunk under
+    `floor` joins the one before it. A lane with one chunk under the floor goes as it is (the provider fills
+    it up: Bedrock's padding), unless the whole input is under the floor: then it is refused before anything
+    is sent, as without lanes (nothing has gone: a chunk goes only when its lane has closed two after it).
+    Chunks are numbered again as they go, which depends on the input alone. Holds two batches a lane."""
+    held: dict[str | None, list[Chunk]] = {}
+    seq = 0
+
+    def out(chunk: Chunk) -> Chunk:
+        nonlocal seq
+        chunk.seq, seq = seq, seq + 1
+        return chunk
+
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            lane = held.setdefault(chunk.lane, [])
+            lane.append(chunk)
+            if len(lane) > 2:
+                yield out(lane.pop(0))
+    total = sum(c.n for lane in held.values() for c in lane)
+    if seq == 0 and 0 < total < floor:
+        raise UsageError(f"the job has {total:,} requests, fewer than the {floor:,} the provider takes in a "
+                         f"batch: add requests to reach {floor:,}, or send these with another provider")
+    for lane in held.values():
+        if len(lane) == 2 and lane[1].n < floor:
+            _merge(lane[0], lane.pop())
+    for chunk in sorted((c for lane in held.values() for c in lane), key=lambda c: c.seq):
+        yield out(chunk)
 
 
 async def _cut(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
@@ -182,6 +224,7 @@ async def _cut_lanes(blocks: AsyncGenerator[Block, None], validator: Validator, 
     reject = rejects.add
     per_line = overhead(0)
     lanes: dict[str | None, Chunk] = {}  # open chunks, in the order they were opened
+    closed: dict[str | None, Chunk] = {}  # each lane's last closed chunk (its gap_skipped while none is open)
     held = [0, 0]  # requests and bytes in the open chunks
     seq = 0
     unreadable: list[InputError] = []  # as in cut_chunks: what was read still goes, then the error
@@ -191,6 +234,7 @@ async def _cut_lanes(blocks: AsyncGenerator[Block, None], validator: Validator, 
         chunk = lanes.pop(lane)
         chunk.seq = seq
         seq += 1
+        closed[lane] = chunk
         held[0] -= chunk.n
         held[1] -= chunk.nbytes
         return chunk
@@ -211,6 +255,9 @@ async def _cut_lanes(blocks: AsyncGenerator[Block, None], validator: Validator, 
                         reject(fi, line_no, cid, err)
                         for open_chunk in lanes.values():
                             open_chunk.skipped.append((fi, line_no))
+                        for lane_closed, last in closed.items():
+                            if lane_closed not in lanes:
+                                last.gap_skipped.append((fi, line_no))
                     continue
                 assert out is not None and cid is not None
                 lane = validator.lane
@@ -220,7 +267,7 @@ async def _cut_lanes(blocks: AsyncGenerator[Block, None], validator: Validator, 
                     yield close(lane)
                     chunk = None
                 if chunk is None:
-                    chunk = lanes[lane] = Chunk(-1, fi, line_start, line_no)
+                    chunk = lanes[lane] = Chunk(-1, fi, line_start, line_no, lane=lane)
                     held[1] += chunk.nbytes
                 chunk.lines.append(out)
                 chunk.ids.append(cid)

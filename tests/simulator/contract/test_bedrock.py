@@ -112,6 +112,10 @@ async def test_a_job_through_boto3_from_submitted_to_completed_with_its_output_i
     assert sorted(orjson.loads(x)["recordId"] for x in output) == sorted(f"r{i}" for i in range(120))
     manifest = orjson.loads(s3.get_object(Bucket=bucket, Key=f"out/{job_id}/manifest.json.out")["Body"].read())
     assert manifest["processedRecordCount"] == 120
+    # the six fields of batch-inference-results, tokens included
+    assert set(manifest) == {"totalRecordCount", "processedRecordCount", "successRecordCount", "errorRecordCount",
+                             "inputTokenCount", "outputTokenCount"}
+    assert manifest["inputTokenCount"] > 0 and manifest["outputTokenCount"] > 0
 
 
 async def test_boto3_lists_jobs_newest_first_by_pages_and_stops_one(sim, aws, bucket, clock):
