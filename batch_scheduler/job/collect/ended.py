@@ -141,7 +141,7 @@ class Endings:
     async def _not_ours(self, row: ChunkRow, info: BatchInfo, flight: Flight, exc: NotOurs) -> Ending:
         log.warning("adopted batch %s is not ours (it answers %s); looking again for chunk %s's batch before "
                     "sending it again", info.id, exc, row.id)
-        self._submitter.not_ours(info.id)
+        self._submitter.not_ours(info.id, row.id)
         await self._ledger.disown(row.id, f"batch {info.id} was not ours")
         self._book.live.discard(row.id)
         fresh = await self._ledger.chunk(row.id)

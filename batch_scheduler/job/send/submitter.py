@@ -110,16 +110,18 @@ class Submitter:
         self._lease = lease  # cluster: async before_create() -> seconds the create may take (LeaseLost if none)
         self._claimed: set[str] = set()
         self._created_at: dict[int, float] = {}  # chunk -> when its create in the air was marked started
+        self._not_for: dict[int, set[str]] = {}  # chunk -> batches it adopted whose results were not its own
         self._token, self._token_at = job_token(ledger, clock)
 
     def claim(self, batch_id: str) -> None:
         """A batch of ours no chunk records any more (one the provider failed): never adopted for another."""
         self._claimed.add(batch_id)
 
-    def not_ours(self, batch_id: str) -> None:
-        """An adopted batch whose results are another job's: never adopted by this job again, and let go for
-        the job that made it to find."""
-        self._claimed.add(batch_id)
+    def not_ours(self, batch_id: str, chunk_id: int) -> None:
+        """An adopted batch whose results are not this chunk's: never adopted for it again, and let go for the
+        chunk that made it to find (another job's, or, after a crash left two creates unrecorded, another
+        chunk of this job: so it is ruled out for this chunk only)."""
+        self._not_for.setdefault(chunk_id, set()).add(batch_id)
         self.claims.disown(batch_id, self._owner)
 
     def tag(self, chunk_id: int) -> str:
@@ -288,7 +290,7 @@ class Submitter:
 
     async def _adopt(self, chunk_id: int, n: int, since: float, intent_at: float | None) -> BatchInfo | None:
         recent = [info async for info in self.provider.recent(since)]
-        claimed = (self._claimed | await self.ledger.claimed_batch_ids()
+        claimed = (self._claimed | self._not_for.get(chunk_id, set()) | await self.ledger.claimed_batch_ids()
                    | await self.claims.held_by_others(self._owner, since))
         candidates = [info for info in recent
                       if info.id not in claimed and self._may_be_ours(info, chunk_id, n, intent_at)]
