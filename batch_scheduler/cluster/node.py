@@ -123,6 +123,7 @@ class Node:
             if self._http is not None:
                 await self._http.cleanup()
             await asyncio.to_thread(self.queue.close)
+            await asyncio.to_thread(self.runner.turns.close)
         return ExitCode.OK
 
     async def main_loop(self) -> None:

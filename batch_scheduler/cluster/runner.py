@@ -7,8 +7,9 @@ refused key, the provider's spend limit or a full disk (claimed again once --key
 run: its first create tells whether access is back), cancelled, queued again after a wait when it may
 pass, failed. A run that raises what the engine does not turn into a result counts as such a restart
 (one line, no traceback), then fails. Every job of the node shares the process's claims registry, which sees
-every other job's batch ids through PostgreSQL (whichever node made them): no job adopts another's
-batch, even when their custom_ids are the same. A job whose claim is lost (LeaseLost, in its run or while its
+every other job's batch ids through PostgreSQL (whichever node made them), and whose turns to create and
+look for a lost batch are also taken from the account's lock in PostgreSQL (state/turns.py): no job
+adopts another's batch, recorded or not yet, even when their custom_ids are the same. A job whose claim is lost (LeaseLost, in its run or while its
 batches are cancelled, or the lease ran out while PostgreSQL could not be reached) is dropped at once
 and settled by no one here: the node that claims it next resumes it from the ledger. A job dropped
 because PostgreSQL went away is given back (queued) once it is reachable again, if its claim is still
@@ -48,6 +49,7 @@ from batch_scheduler.job.send.claims import shared
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
 from batch_scheduler.state import budget
 from batch_scheduler.state.postgres import PgLedger
+from batch_scheduler.state.turns import Turns
 
 log = logging.getLogger("batch_scheduler.cluster")
 
@@ -78,8 +80,10 @@ class JobRunner:
         self.allow_roots = allow_roots  # local paths a job may name (cluster.places)
         self.queues = QueuePool()  # issue 16's budget of the provider queues, shared by this node's jobs
         # whose batch is whose: this process's registry, and every other job's batch ids in PostgreSQL
-        self.claims = shared(elsewhere=self._batches_elsewhere)
         self._job_of: dict[str, int] = {}  # a running job's output, as its engine names itself -> its id
+        self._account_of: dict[str, str] = {}  # ... -> its provider account (budget.account_of)
+        self.turns = Turns(url, self._account_of.get)  # every node's turns on an account (closed by the node)
+        self.claims = shared(elsewhere=self._batches_elsewhere, gate=self.turns)
         self.to_give_back: list[Claimed] = []  # dropped while PostgreSQL was away: queued again once it is back
 
     def settings_of(self, claimed: Claimed) -> Any:
@@ -117,6 +121,8 @@ class JobRunner:
                 return
             remembered = {k: v for k, v in (claimed.spec.get("options") or {}).items() if k in REMEMBERED}
             self._job_of[where_of(claimed)] = claimed.job_id
+            self._account_of[where_of(claimed)] = budget.account_of(settings.provider, settings.base_url,
+                                                                    settings.api_key)
             engine = job.engine = Engine(settings, claimed.spec["out"], list(claimed.spec["inputs"]), quiet=True,
                                          store=store, lease=job.lease, remembered=remembered, queues=self.queues,
                                          claims=self.claims)
@@ -141,6 +147,7 @@ class JobRunner:
         finally:
             keeper.cancel()
             self._job_of.pop(where_of(claimed), None)
+            self._account_of.pop(where_of(claimed), None)
             if store is not None:
                 store.cleanup()
 

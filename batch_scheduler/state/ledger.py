@@ -6,15 +6,20 @@ Two backends keep it: `SqliteLedger` (sqlite.py: DIR/ledger.db, one job per file
 URL's scheme.
 
 Write-ahead order, which every caller keeps and every backend implements:
-  1. `record_intent` before a create call is sent (state `submitting`, with the time; in a cluster with
-     a shared budget, the batch's room is taken in the same transaction);
-  2. `record_submitted` the moment create returns a batch id, before anything else is done with it
+  1. `record_intent` when a chunk is planned, before it waits for its create (state `submitting`, with
+     the time, `create_at` cleared; in a cluster with a shared budget, the batch's room is taken in the
+     same transaction);
+  2. `record_creating` just before the create call is sent (`create_at`: the chunk's create may have
+     happened from now on; written through, as 3 is);
+  3. `record_submitted` the moment create returns a batch id, before anything else is done with it
      (written through to the main file at once: a lost SQLite -wal loses no batch);
-  3. shard lines are flushed and fsync'd (or uploaded as objects) first, then `record_collected` lists
+  4. shard lines are flushed and fsync'd (or uploaded as objects) first, then `record_collected` lists
      the objects, moves the shard offsets forward, parks the requests that go again, marks retried
      requests final, adds the counts and marks the batch collected, in one transaction.
-A crash between 1 and 2 leaves `submitting`: the next run looks for the batch before sending again.
-A crash between 3's two halves leaves lines past the recorded offsets (or objects nobody lists): the
+A crash between 1 and 2 leaves `submitting` without `create_at`: no batch can exist, the chunk is simply
+sent. A crash between 2 and 3 leaves `submitting` with `create_at`: the next run looks for the batch
+(created since then) before sending again; a ledger made before step 2 existed has its `submitting`
+chunks marked when it is migrated. A crash between 4's two halves leaves lines past the recorded offsets (or objects nobody lists): the
 next run truncates (or collects) them. Every other state change (`record_failed`, `record_split`,
 `record_queue_full`, ...) is one method and one transaction, run on the ledger's own thread and
 shielded from cancellation, so a cancelled task cannot tear it.
@@ -59,6 +64,7 @@ class Ledger(Protocol):
                             retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
                             digest: str | None = None, ids: list[str] | None = None,
                             units: int | None = None, queue_key: str | None = None) -> int: ...
+    async def record_creating(self, chunk_id: int) -> float: ...
     async def record_submitted(self, chunk_id: int, batch_id: str, *, adopted: bool = False) -> None: ...
     async def set_state(self, chunk_id: int, state: ChunkState, note: str | None = None) -> None: ...
     async def set_note(self, chunk_id: int, note: str) -> None: ...

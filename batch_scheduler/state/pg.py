@@ -55,11 +55,19 @@ CREATE TABLE IF NOT EXISTS chunks (
     intent_at DOUBLE PRECISION, submitted_at DOUBLE PRECISION, ended_at DOUBLE PRECISION,
     collected_at DOUBLE PRECISION, est_cost DOUBLE PRECISION NOT NULL DEFAULT 0, note TEXT, skipped TEXT,
     digest TEXT, units BIGINT, queue_key TEXT,
+    create_at DOUBLE PRECISION,          -- when the create call of its latest intent was started (NULL: never)
     UNIQUE (job_id, batch_id)
 );
 ALTER TABLE chunks ADD COLUMN IF NOT EXISTS units BIGINT;      -- a schema made before these columns
 ALTER TABLE chunks ADD COLUMN IF NOT EXISTS queue_key TEXT;
 ALTER TABLE chunks ADD COLUMN IF NOT EXISTS digest TEXT;       -- input kind: sha256 of the root chunk's lines
+DO $$ BEGIN  -- a schema made before create_at: a chunk left submitting may have been at its create (looked for)
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{SCHEMA_NAME}'
+                   AND table_name = 'chunks' AND column_name = 'create_at') THEN
+        ALTER TABLE chunks ADD COLUMN create_at DOUBLE PRECISION;
+        UPDATE chunks SET create_at = intent_at WHERE state = 'submitting';
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS chunk_ids (                -- the custom_ids an input chunk carries (completeness)
     chunk_id BIGINT PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, ids BYTEA NOT NULL
 );

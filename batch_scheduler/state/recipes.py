@@ -155,7 +155,8 @@ class SqlLedger:
                             retry_ids: list[str] | None = None, skipped: list[tuple[int, int]] | None = None,
                             digest: str | None = None, ids: list[str] | None = None,
                             units: int | None = None, queue_key: str | None = None) -> int:
-        """Write-ahead step 1: a new chunk row (or an existing one sent again) in state submitting."""
+        """Write-ahead step 1: a new chunk row (or an existing one sent again) in state submitting, not yet at
+        its create call (`record_creating` marks that)."""
         return await self._with_room(Intent(kind, take, nbytes, root_seq, skip, span, attempt, est_cost, chunk_id,
                                             retry_ids, skipped, digest, ids, units, queue_key))
 
@@ -187,8 +188,18 @@ class SqlLedger:
             return orjson.loads(bytes(rows[0][0])) if rows else None
         return await self._run(q)
 
+    async def record_creating(self, chunk_id: int) -> float:
+        """Write-ahead step 2: the chunk's create call is about to be sent (the time it was, returned). Only a
+        chunk so marked may have made a batch its ledger does not know: a run after a crash looks for it."""
+        now = time.time()
+
+        def q(c: Any) -> None:
+            c.execute(self.q["creating"], self._p(now=now, id=chunk_id, state=ChunkState.SUBMITTING))
+        await self._run(q, checkpoint=True)
+        return now
+
     async def record_submitted(self, chunk_id: int, batch_id: str, *, adopted: bool = False) -> None:
-        """Write-ahead step 2: the batch id, the moment create returned (or the batch was adopted)."""
+        """Write-ahead step 3: the batch id, the moment create returned (or the batch was adopted)."""
         def q(c: Any) -> None:
             if adopted:
                 self._check_adoption(c, batch_id)
@@ -316,7 +327,7 @@ class SqlLedger:
     async def record_collected(self, chunk_id: int, *, offsets: list[int], counts: dict[str, float],
                                park: Park, finals: list[str], wait: RetryWait | None = None, now: float | None = None,
                                objects: list[tuple[str, int, int, int]] | None = None) -> None:
-        """Write-ahead step 3 (after the shard fsync): collected, offsets, counts, parked requests.
+        """Write-ahead step 4 (after the shard fsync): collected, offsets, counts, parked requests.
 
         park: (custom_id, request, attempts, state PENDING, CANCELLED or FAILED, last result line or None when
         the results left the request out); each waits `wait.after(attempts)` before it is sent again.

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     skipped TEXT,                       -- input kind: JSON [[file, line], ...] of rejected lines inside the span
     digest TEXT,                        -- input kind: sha256 of the root chunk's request lines, as cut
     units INTEGER,                      -- what the batch weighs in the provider's queue (requests or tokens)
-    queue_key TEXT                      -- which of the provider's queues: 'requests', or the model
+    queue_key TEXT,                     -- which of the provider's queues: 'requests', or the model
+    create_at REAL                      -- when the create call of its latest intent was started (NULL: never)
 );
 CREATE INDEX IF NOT EXISTS chunks_root ON chunks(root_seq);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
@@ -124,6 +125,7 @@ class ChunkRow:
     digest: str | None = None  # input chunks: sha256 of the root chunk's request lines when cut (None: older ledger)
     units: int | None = None  # what its batch weighs in the provider's queue (see job.queue_budget)
     queue_key: str | None = None
+    create_at: float | None = None  # the create call of its latest intent was started then; None: not (yet)
 
     def __post_init__(self) -> None:
         self.kind = ChunkKind(self.kind)
@@ -133,4 +135,8 @@ class ChunkRow:
         return {(f, n) for f, n in json.loads(self.skipped)} if self.skipped else set()
 
 
-ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT", "units": "INTEGER", "queue_key": "TEXT"}  # chunks columns later versions added: migrated on open
+ADDED_COLUMNS = {"skipped": "TEXT", "digest": "TEXT", "units": "INTEGER", "queue_key": "TEXT",
+                 "create_at": "REAL"}  # chunks columns later versions added: migrated on open
+# What a ledger made before `create_at` knew: a chunk left `submitting` may have been at its create call,
+# so it is marked as if it were (looked for before it is sent again, as those versions did).
+MARK_OLD_SUBMITTING = "UPDATE chunks SET create_at = intent_at WHERE state = 'submitting' AND create_at IS NULL"

@@ -27,6 +27,7 @@ from batch_scheduler.state.recipes import SqlLedger
 from batch_scheduler.state.rows import (  # noqa: F401 - the ledger's names, re-exported
     _OLD_CANCELLED,
     ADDED_COLUMNS,
+    MARK_OLD_SUBMITTING,
     SCHEMA,
     ChunkKind,
     ChunkRow,
@@ -67,6 +68,8 @@ class SqliteLedger(SqlLedger):
         for name, kind in ADDED_COLUMNS.items():  # a ledger made before the column (a job resumed after an upgrade)
             if name not in columns:
                 db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {kind}")
+                if name == "create_at":
+                    db.execute(MARK_OLD_SUBMITTING)
         if "not_before" not in {row[1] for row in db.execute("PRAGMA table_info(retries)")}:
             db.execute("ALTER TABLE retries ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
         self._select_columns(db)

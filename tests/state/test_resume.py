@@ -1,6 +1,6 @@
 """State written by the code before the ledgers shared their statements resumes on this code, exactly once:
 a job directory killed mid-run (fixtures/killed_job, made by fixtures/make_killed_job.py), and a
-PostgreSQL ledger made by that code's schema (fixtures/postgres_schema_1e25baa.sql)."""
+PostgreSQL ledger made by that code's schema (fixtures/postgres_schema_1e25baa.sql), migrated on open."""
 
 from __future__ import annotations
 
@@ -47,12 +47,29 @@ async def test_a_job_directory_killed_mid_run_by_the_earlier_code_resumes_and_fi
     assert result.summary["requests"]["finished"] == 9
 
 
-async def test_a_postgres_ledger_made_by_the_earlier_schema_runs_a_job_to_done_exactly_once(pg_url, sim, tmp_path):
+def columns(url: str) -> list[tuple]:
+    with psycopg.connect(url) as db:
+        return db.execute("SELECT table_name, column_name, data_type, is_nullable, column_default"
+                          " FROM information_schema.columns WHERE table_schema = %s ORDER BY 1, 2",
+                          (pg.SCHEMA_NAME,)).fetchall()
+
+
+async def test_a_postgres_ledger_made_by_the_earlier_schema_runs_a_job_to_done_exactly_once(pg_server, sim, tmp_path):
+    pg_url, fresh = pg_server.new_database(), pg_server.new_database()
     with open(os.path.join(FIXTURES, "postgres_schema_1e25baa.sql")) as f:
         old = f.read()
-    assert old.split("\n", 2)[2] == pg.SCHEMA  # this work changed no table: the fixture is the schema in use
     with psycopg.connect(pg_url, autocommit=True) as db:  # the ledger as the earlier code made it
         db.execute(old)
+        db.execute("INSERT INTO batch_scheduler.jobs (id, name, state, spec) VALUES (1000, 'before', 'done', '{}')")
+        db.execute("INSERT INTO batch_scheduler.chunks (job_id, kind, take, state, intent_at) VALUES"
+                   " (1000, 'input', 5, 'submitting', 100.0), (1000, 'input', 5, 'collected', 90.0)")
+    # the migration brings the earlier tables to the schema in use: column for column what a new one has
+    await asyncio.to_thread(pg.ensure_schema, pg_url)
+    await asyncio.to_thread(pg.ensure_schema, fresh)
+    assert columns(pg_url) == columns(fresh)
+    with psycopg.connect(pg_url) as db:  # a chunk the earlier code left submitting may have been at its create
+        assert db.execute("SELECT state, create_at FROM batch_scheduler.chunks ORDER BY intent_at").fetchall() == [
+            ("collected", None), ("submitting", 100.0)]
     from batch_scheduler.cluster.node import Node, NodeConfig
     from batch_scheduler.cluster.queue import Queue
 
@@ -68,7 +85,7 @@ async def test_a_postgres_ledger_made_by_the_earlier_schema_runs_a_job_to_done_e
     q = Queue(pg_url)
     try:
         deadline = asyncio.get_running_loop().time() + 60
-        while (await asyncio.to_thread(q.status))[0]["state"] != "done":
+        while {j["name"]: j["state"] for j in await asyncio.to_thread(q.status)}["old"] != "done":
             assert asyncio.get_running_loop().time() < deadline, await asyncio.to_thread(q.status)
             assert not task.done()
             await asyncio.sleep(0.05)

@@ -25,7 +25,7 @@ out, missing); such a request gets up to `--max-unbilled-attempts`, one whose an
 A 404 for the results of a batch this job recorded is a ghost (the real API has answered so for a
 while after create): the download is tried again with backoff, the lock given up meanwhile, for up to
 `--not-found-grace` since the poll that saw the batch ended; past it the run stops naming the batch.
-After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 3).
+After the download: flush + fsync the shards, then `Ledger.record_collected` (write-ahead step 4).
 A cluster job's shards are write-once objects instead: uploaded first, then listed in the same
 `record_collected`, which is their commit point.
 """

@@ -141,7 +141,7 @@ class Endings:
     async def _not_ours(self, row: ChunkRow, info: BatchInfo, flight: Flight, exc: NotOurs) -> Ending:
         log.warning("adopted batch %s is not ours (it answers %s); looking again for chunk %s's batch before "
                     "sending it again", info.id, exc, row.id)
-        self._submitter.not_ours(info.id)
+        self._submitter.not_ours(info.id, row.id)
         await self._ledger.disown(row.id, f"batch {info.id} was not ours")
         self._book.live.discard(row.id)
         fresh = await self._ledger.chunk(row.id)
@@ -149,7 +149,8 @@ class Endings:
         self._book.live.add(row.id)
         flight.remaining -= 1  # this batch is replaced by the one adopted or sent now
         # its lost create's own batch may still be listed (held by no one now): looked for, as after any lost create
-        return Ending(Then.RESEND, replace(fresh, state=ChunkState.SUBMITTING), flight, parts)
+        return Ending(Then.RESEND, replace(fresh, state=ChunkState.SUBMITTING,
+                                           create_at=fresh.create_at or fresh.intent_at), flight, parts)
 
     async def _token_limited(self, row: ChunkRow, info: BatchInfo, flight: Flight) -> Ending:
         """OpenAI failed the batch for its model's enqueued-token limit: its requests come back without an

@@ -10,7 +10,13 @@ same ids in two inputs) cannot be told apart that way. So what other jobs hold i
   batch id the other jobs' ledgers record since the time looked at (a daemon's view adds its spool's
   ledgers, so no daemon job takes another's batch, even one made before a restart);
 - no adoption looks while a create of any job of the process is in the air (its batch may be listed
-  already while its id is not yet recorded).
+  already while its id is not yet recorded);
+- where only counts tell batches apart, the jobs take turns (`turn`): one job at a time creates (its
+  creates may overlap: the custom_ids of a job's results tell its own chunks apart) and looks, and a
+  create whose answer was lost keeps the turn until its chunk has looked. So a batch nobody records is
+  never another job's, even when two jobs' requests share custom_ids. In a cluster the turn is also
+  taken from a `Gate` (a lock every node sees: state/turns.py), so the nodes' jobs take turns too; a
+  turn there lets no new create join once it is TURN_S old, so that every node gets its turn.
 
 Every engine of the process shares one registry (`shared()`): the daemon's jobs, a node's, and `run()`
 called from several threads, each with its own event loop (so the registry is guarded by a thread
@@ -24,10 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 Elsewhere = Callable[[str, float], set[str]]  # (this job's dir, since) -> batch ids other jobs hold (blocking)
+TURN_S = 1.0  # with a gate: a turn older than this takes no new create (the other nodes' jobs go first)
+
+
+class Gate(Protocol):
+    """A lock beyond the process (a cluster's), taken while a job of the process has the turn."""
+
+    async def acquire(self, owner: str) -> None: ...
+    async def release(self, owner: str) -> None: ...
 
 
 class _Registry:
@@ -38,16 +54,25 @@ class _Registry:
         self.owner_of: dict[str, str] = {}  # batch id -> the job (its directory) that holds it
         self.creating = 0  # create calls in the air, of every job sharing this
         self.adopting = False  # one look for a lost batch at a time
+        self.turn: str | None = None  # the job whose turn it is to create and look (see `Claims.turn`)
+        self.turn_holds = 0  # its creates and looks under the turn
+        self.turn_ready = False  # the turn's gate is held (taken by its first hold, given back by its last)
+        self.turn_since = 0.0  # monotonic: when the turn was taken
+        self.wanting: list[str] = []  # jobs waiting for the turn, first come first
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
-    async def when(self, ready: Callable[[], bool], then: Callable[[], None]) -> None:
-        """Wait until `ready()` holds, then run `then()` under the same lock."""
+    async def when(self, ready: Callable[[], bool], then: Callable[[], None],
+                   waiting: Callable[[], None] | None = None) -> None:
+        """Wait until `ready()` holds, then run `then()` under the same lock (`waiting()` too, under it, each
+        time it does not hold yet)."""
         loop = asyncio.get_running_loop()
         while True:
             with self.lock:
                 if ready():
                     then()
                     return
+                if waiting is not None:
+                    waiting()
                 waiter = (loop, loop.create_future())
                 self._waiters.append(waiter)
             try:
@@ -77,15 +102,18 @@ def _wake(future: asyncio.Future) -> None:
 _PROCESS = _Registry()
 
 
-def shared(elsewhere: Elsewhere | None = None) -> Claims:
-    """The process's one registry, seen with `elsewhere` (a daemon's spool ledgers) when given."""
-    return Claims(elsewhere, registry=_PROCESS)
+def shared(elsewhere: Elsewhere | None = None, gate: Gate | None = None) -> Claims:
+    """The process's one registry, seen with `elsewhere` (a daemon's spool ledgers, a cluster's ledgers) and
+    its turns also taken from `gate` (a cluster's lock) when given."""
+    return Claims(elsewhere, registry=_PROCESS, gate=gate)
 
 
 class Claims:
-    def __init__(self, elsewhere: Elsewhere | None = None, *, registry: _Registry | None = None):
+    def __init__(self, elsewhere: Elsewhere | None = None, *, registry: _Registry | None = None,
+                 gate: Gate | None = None):
         self._elsewhere = elsewhere
         self._r = registry or _Registry()
+        self._gate = gate
 
     def claim(self, batch_id: str, owner: str) -> None:
         self._r.change(lambda: self._r.owner_of.__setitem__(batch_id, owner))
@@ -145,3 +173,69 @@ class Claims:
             yield
         finally:
             r.change(done)
+
+    @asynccontextmanager
+    async def turn(self, owner: str) -> AsyncIterator[None]:
+        """Around a create and, when its answer was lost, the look for its batch (or around a look alone):
+        `owner`'s turn, which no other job's create or look shares. Its own creates join the turn while no
+        other job waits for it (and, with a gate, while it is younger than TURN_S); the first hold takes
+        the gate, the last gives it back."""
+        r, gate = self._r, self._gate
+        first = wants = False
+
+        def ready() -> bool:
+            if r.turn == owner:
+                young = gate is None or time.monotonic() - r.turn_since < TURN_S
+                return r.turn_ready and young and all(w == owner for w in r.wanting)
+            return r.turn is None and (not r.wanting or r.wanting[0] == owner)
+
+        def take() -> None:
+            nonlocal first
+            if r.turn is None:
+                r.turn, r.turn_ready, r.turn_since, first = owner, gate is None, time.monotonic(), True
+            r.turn_holds += 1
+            unwant()
+
+        def want() -> None:
+            nonlocal wants
+            if not wants:
+                r.wanting.append(owner)
+                wants = True
+
+        def unwant() -> None:
+            nonlocal wants
+            if wants:
+                r.wanting.remove(owner)
+                wants = False
+        try:
+            await r.when(ready, take, want)
+        except BaseException:
+            r.change(unwant)
+            raise
+        try:
+            if first and gate is not None:
+                await gate.acquire(owner)
+                r.change(lambda: setattr(r, "turn_ready", True))
+            yield
+        finally:
+            await self._leave_turn(gate)
+
+    async def _leave_turn(self, gate: Gate | None) -> None:
+        r = self._r
+        last = False
+
+        def leave() -> None:
+            nonlocal last
+            r.turn_holds -= 1
+            last = r.turn_holds == 0
+            if last:
+                r.turn_ready = False  # closing: nobody joins while the gate is given back
+                if gate is None:
+                    r.turn = None
+        r.change(leave)
+        if last and gate is not None:
+            owner = r.turn or ""
+            try:
+                await asyncio.shield(gate.release(owner))
+            finally:
+                r.change(lambda: setattr(r, "turn", None))

@@ -92,8 +92,9 @@ class Sender:
         self._poller.track(batch_id, Tracked(flight, row), created_at, now=now)
 
     async def resend(self, row: ChunkRow, parts: list[Part] | None, flight: Flight | None = None) -> None:
-        """A chunk whose create may or may not have happened (SUBMITTING) or surely did not (PLANNED):
-        sent again once there is room for it (as several batches if it is too heavy for one).
+        """A chunk whose create may or may not have happened (SUBMITTING, marked at its create call:
+        looked for first) or surely did not (PLANNED, or SUBMITTING with no mark: planned, never at its create
+        call): sent again once there is room for it (as several batches if it is too heavy for one).
 
         parts: what to send (see `Replay.parts`); None to read them again. The slot is held.
         """
@@ -105,8 +106,8 @@ class Sender:
                 parts = await self._replay.parts(row)
             lines = [p[0] for p in parts]
             weight = self._queues.weigh(lines) if parts else None
-            if row.state == ChunkState.SUBMITTING and parts and weight is not None:
-                info = await self._submitter.adopt(row.id, len(parts), row.intent_at)
+            if row.state == ChunkState.SUBMITTING and row.create_at is not None and parts and weight is not None:
+                info = await self._submitter.adopt(row.id, len(parts), row.create_at)
                 if info is not None:
                     fl = flight or Flight()
                     fl.ticket, fl.weight = self._queues.restore(weight.key, weight.units), weight

@@ -1,15 +1,18 @@
 """Stage 3: turn a chunk into a batch at the provider, exactly once.
 
-Write-ahead: the intent is in the ledger before the create call is sent, and the batch id the moment
-it returns. When a create's outcome is unknown (the connection dropped after the body was sent, a
+Write-ahead: the intent is in the ledger when the chunk is planned, the chunk is marked at its create
+call just before the call is sent (`record_creating`: only a marked chunk may have made a batch its
+ledger does not know), and the batch id is recorded the moment it returns. When a create's outcome is unknown (the connection dropped after the body was sent, a
 timeout, or the process died there), a batch may exist that we would pay for twice: before sending
 again we look for it with the list endpoint and adopt it. What may be ours: a batch created after the
 intent that no chunk of this job claims and, where the provider keeps metadata (OpenAI), that carries
 this chunk's tag (`job-<token>-chunk-<id>`: the token is made once per job and kept in the ledger, so
 jobs sharing an account never take each other's batches and a restart still knows its own); where it
 keeps none (Anthropic), that has the same request count and that no other job holds (`claims`: the
-batches other jobs of this process created or adopted, and those their ledgers record). The collector
-confirms ownership from the custom_ids of its results.
+batches other jobs of this process created or adopted, and those their ledgers record), nearest the
+time the create was started. There the job creates and looks in its turn (`Claims.turn`), and a lost
+create keeps the turn until its chunk has looked: no other job's unrecorded batch can be in the list.
+The collector confirms ownership from the custom_ids of its results.
 
 In a cluster (a `lease` given) a create is only started with more of the node's lease left than the
 call may take, and the call is cut off at that deadline (an unknown outcome, as a timeout is): a
@@ -33,6 +36,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,16 +109,19 @@ class Submitter:
         self._owner = owner  # this job, as `claims` knows it (its directory)
         self._lease = lease  # cluster: async before_create() -> seconds the create may take (LeaseLost if none)
         self._claimed: set[str] = set()
+        self._created_at: dict[int, float] = {}  # chunk -> when its create in the air was marked started
+        self._not_for: dict[int, set[str]] = {}  # chunk -> batches it adopted whose results were not its own
         self._token, self._token_at = job_token(ledger, clock)
 
     def claim(self, batch_id: str) -> None:
         """A batch of ours no chunk records any more (one the provider failed): never adopted for another."""
         self._claimed.add(batch_id)
 
-    def not_ours(self, batch_id: str) -> None:
-        """An adopted batch whose results are another job's: never adopted by this job again, and let go for
-        the job that made it to find."""
-        self._claimed.add(batch_id)
+    def not_ours(self, batch_id: str, chunk_id: int) -> None:
+        """An adopted batch whose results are not this chunk's: never adopted for it again, and let go for the
+        chunk that made it to find (another job's, or, after a crash left two creates unrecorded, another
+        chunk of this job: so it is ruled out for this chunk only)."""
+        self._not_for.setdefault(chunk_id, set()).add(batch_id)
         self.claims.disown(batch_id, self._owner)
 
     def tag(self, chunk_id: int) -> str:
@@ -135,19 +142,7 @@ class Submitter:
         resends = 0
         while lines:
             try:
-                info = await self._create(out.chunk_id, lines)
-            except (errors.OutcomeUnknown, errors.TimeoutError_, errors.BadAnswer) as err:
-                await self.ledger.add_counts({"creates_unknown": 1})
-                log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", out.chunk_id, err)
-                adopted = await self.adopt(out.chunk_id, len(lines), out.intent_at)
-                if adopted is not None:
-                    return [Submitted(out.chunk_id, adopted, len(lines))]
-                resends += 1
-                if resends > UNKNOWN_RESENDS:
-                    raise
-                await self.ledger.add_counts({"creates_resent": 1})
-                out.intent_at = await self._intent_again(out, lines)
-                continue
+                info, unknown = await self._create_or_find(out, lines)
             except errors.RequestTooLarge:
                 return await self._split(out, lines, ids, index)
             except errors.RequestRejected as err:
@@ -163,23 +158,54 @@ class Submitter:
                 # the API answered: no batch was created; the chunk waits for the next run
                 await self.ledger.set_state(out.chunk_id, ChunkState.PLANNED)
                 raise
-            await self.ledger.add_counts({"batches_created": 1, "requests_sent": len(lines)})
-            return [Submitted(out.chunk_id, info, len(lines))]
+            if info is not None:
+                if unknown is None:
+                    await self.ledger.add_counts({"batches_created": 1, "requests_sent": len(lines)})
+                return [Submitted(out.chunk_id, info, len(lines))]  # created, or found after a lost answer
+            resends += 1
+            if resends > UNKNOWN_RESENDS and unknown is not None:
+                raise unknown
+            await self.ledger.add_counts({"creates_resent": 1})
+            out.intent_at = await self._intent_again(out, lines)
         await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "every request was refused")
         return []
 
+    async def _create_or_find(self, out: Outgoing, lines: list[bytes]
+                              ) -> tuple[BatchInfo | None, errors.SchedulerError | None]:
+        """One create, in this job's turn (where only counts tell batches apart); when its answer is lost,
+        the look for its batch before the turn is given back, so that no other job's look takes it.
+        Returns (the batch created, None), (the batch adopted, the lost answer's error) or (None, that error).
+        """
+        chunk_id = out.chunk_id
+        async with self._turn():
+            try:
+                return await self._create(chunk_id, lines), None
+            except (errors.OutcomeUnknown, errors.TimeoutError_, errors.BadAnswer) as err:
+                await self.ledger.add_counts({"creates_unknown": 1})
+                log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", chunk_id, err)
+                started = self._created_at.get(chunk_id) or out.intent_at
+                return await self._look(chunk_id, len(lines), started), err
+            finally:
+                self._created_at.pop(chunk_id, None)
+
+    def _turn(self) -> AbstractAsyncContextManager[None]:
+        """This job's turn to create and look, where batches are told apart by their request count only."""
+        return self.claims.turn(self._owner) if self.provider.tag_of is None else nullcontext()
+
     async def _create(self, chunk_id: int, lines: list[bytes]) -> BatchInfo:
-        """One create call, counted so that adoption never runs while a create (of any job sharing the
-        claims) is in the air.
+        """One create call, marked in the ledger just before it is sent (`record_creating`: only then may a
+        batch exist for a later run to look for), and counted so that adoption never runs while a create (of
+        any job sharing the claims) is in the air.
 
         Otherwise a batch just created (visible in the list, its id not yet recorded) could be adopted by
         another chunk, or another job. The batch id is recorded before the count drops.
         """
         async with self.claims.creating():
-            if self._lease is None:
+            deadline_s = None if self._lease is None else await self._lease.before_create()
+            self._created_at[chunk_id] = await self.ledger.record_creating(chunk_id)
+            if deadline_s is None:
                 info = await self.provider.create(lines, tag=self.tag(chunk_id))
             else:
-                deadline_s = await self._lease.before_create()
                 try:
                     async with asyncio.timeout(deadline_s):
                         info = await self.provider.create(lines, tag=self.tag(chunk_id))
@@ -252,14 +278,19 @@ class Submitter:
         return done
 
     async def adopt(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
-        """A batch created after our intent that nobody claims and that may be this chunk's, or None."""
+        """A batch created after `intent_at` (when the chunk's create was started) that nobody claims and
+        that may be this chunk's, or None. Looked for in this job's turn."""
+        async with self._turn():
+            return await self._look(chunk_id, n, intent_at)
+
+    async def _look(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
         since = (intent_at or self._clock()) - ADOPT_WINDOW_S
         async with self.claims.adopting():
             return await self._adopt(chunk_id, n, since, intent_at)
 
     async def _adopt(self, chunk_id: int, n: int, since: float, intent_at: float | None) -> BatchInfo | None:
         recent = [info async for info in self.provider.recent(since)]
-        claimed = (self._claimed | await self.ledger.claimed_batch_ids()
+        claimed = (self._claimed | self._not_for.get(chunk_id, set()) | await self.ledger.claimed_batch_ids()
                    | await self.claims.held_by_others(self._owner, since))
         candidates = [info for info in recent
                       if info.id not in claimed and self._may_be_ours(info, chunk_id, n, intent_at)]

@@ -30,7 +30,10 @@ SELECT batch_id FROM chunks WHERE job_id = %(job_id)s AND batch_id IS NOT NULL A
 
 -- name: intent_again
 UPDATE chunks SET state = %(state)s, intent_at = %(now)s, nbytes = %(nbytes)s, est_cost = %(est_cost)s,
-    units = %(units)s, queue_key = %(queue_key)s WHERE job_id = %(job_id)s AND id = %(id)s
+    units = %(units)s, queue_key = %(queue_key)s, create_at = NULL WHERE job_id = %(job_id)s AND id = %(id)s
+
+-- name: creating
+UPDATE chunks SET create_at = %(now)s WHERE job_id = %(job_id)s AND id = %(id)s AND state = %(state)s
 
 -- name: intent_new
 INSERT INTO chunks (job_id, kind, root_seq, skip, take, start_file, start_pos, start_line, end_file, end_pos,

@@ -74,3 +74,11 @@ WHERE id = %(job_id)s AND claim_token = %(token)s RETURNING id
 -- the batch ids every other job records (created or adopted) since a time: what a job must never adopt
 SELECT batch_id FROM chunks WHERE job_id <> %(job_id)s AND batch_id IS NOT NULL AND submitted_at >= %(since)s
 UNION SELECT batch_id FROM orphans WHERE job_id <> %(job_id)s
+
+-- name: turn_lock
+-- a provider account's turn to create and look for lost batches (state/turns.py): a session lock, first come
+-- first served, given back by PostgreSQL when the session ends (a killed node)
+SELECT pg_advisory_lock(%(space)s, hashtext(%(account)s))
+
+-- name: turn_unlock
+SELECT pg_advisory_unlock(%(space)s, hashtext(%(account)s))

@@ -28,7 +28,10 @@ SELECT batch_id FROM chunks WHERE batch_id IS NOT NULL AND submitted_at >= :sinc
 
 -- name: intent_again
 UPDATE chunks SET state = :state, intent_at = :now, nbytes = :nbytes, est_cost = :est_cost, units = :units,
-    queue_key = :queue_key WHERE id = :id
+    queue_key = :queue_key, create_at = NULL WHERE id = :id
+
+-- name: creating
+UPDATE chunks SET create_at = :now WHERE id = :id AND state = :state
 
 -- name: intent_new
 INSERT INTO chunks (kind, root_seq, skip, take, start_file, start_pos, start_line, end_file, end_pos, nbytes,
