@@ -179,10 +179,11 @@ def arrow_schema(pa: Any, names: list[str], n_row: int) -> Any:
                      + [(n, kinds.get(c, pa.string())) for n, c in zip(names[n_row:], RESULT_COLUMNS, strict=True)])
 
 
-def arrow_rows(pa: Any, schema: Any, rows: list[list[Any]]) -> Any:
-    """A pyarrow Table of `rows` (lists of values in the schema's order)."""
+def arrow_rows(pa: Any, schema: Any, rows: list[list[Any]], pool: Any = None) -> Any:
+    """A pyarrow Table of `rows` (lists of values in the schema's order), its buffers from `pool` (None:
+    pyarrow's default)."""
     columns = list(zip(*rows, strict=True))
-    return pa.Table.from_arrays([pa.array(c, type=t.type) for c, t in zip(columns, schema, strict=True)],
+    return pa.Table.from_arrays([pa.array(c, type=t.type, memory_pool=pool) for c, t in zip(columns, schema, strict=True)],
                                 schema=schema)
 
 
