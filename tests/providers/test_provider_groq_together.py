@@ -4,22 +4,20 @@ sent again without its batch found is counted in the summary."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import orjson
 import pytest
 
-from batch_scheduler.commands.main import main
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers.base import BatchState
 from batch_scheduler.providers.openai_like import GroqProvider, TogetherProvider
 from batch_scheduler.simulator import SimConfig
 from batch_scheduler.simulator.groq import HOST
-from batch_scheduler.simulator.process import SimulatorProcess
 
 from ..conftest import KEY, PROVIDERS, fast_settings
 from ..helpers import ids_of, read_results, write_requests
+from .real_run import run_under_real_faults
 
 CASES = {"groq": ("GROQ_API_KEY", "GROQ_BASE_URL", HOST, "llama-3.1-8b-instant"),
          "together": ("TOGETHER_API_KEY", "TOGETHER_BASE_URL", "", "meta-llama/Llama-3.3-70B-Instruct-Turbo")}
@@ -36,24 +34,8 @@ def env(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_job_finishes_exactly_once_under_real_faults_then_status(env, monkeypatch, capsys, name):
     key_env, url_env, host, model = CASES[name]
-    ids = write_requests(env / "in.jsonl", 600)
-    with SimulatorProcess(["--faults", "--seed", "23", "--keys", KEY]) as sim:
-        monkeypatch.setenv(key_env, KEY)
-        monkeypatch.setenv(url_env, sim.url + host)
-        code = main(["run", str(env / "in.jsonl"), "--out", str(env / "out"), "--provider", name, "--model", model,
-                     "--batch-size", "50", "--poll-min", "0.02", "--poll-max", "0.1", "--retry-wait", "0",
-                     "--max-attempts", "6"])
-        stats = sim.stats()
-    assert code == 0, capsys.readouterr().err
-    got = ids_of(read_results(str(env / "out")))
-    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
-    assert sum(stats["faults"].values()) > 0
-    capsys.readouterr()
-    assert main(["status", str(env / "out"), "--json"]) == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["state"] == "done" and status["requests"]["finished"] == 600
-    summary = orjson.loads((env / "out" / "summary.json").read_bytes())
-    assert summary["cost_usd"] > 0 and summary["unknown_price_models"] == []
+    run_under_real_faults(env, monkeypatch, capsys, provider=name, model=model, key_env=key_env, url_env=url_env,
+                          host=host)
 
 
 async def test_together_adopts_a_lost_create_by_its_input_file_and_pays_it_once(sim, tmp_path):

@@ -3,24 +3,22 @@ job keeps in `metadata`, the list walked page by page, and Mistral's job object 
 
 from __future__ import annotations
 
-import json
 import logging
 
 import orjson
 import pytest
 
 import batch_scheduler.providers.listing as listing
-from batch_scheduler.commands.main import main
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers.base import BatchState
 from batch_scheduler.providers.mistral import MistralProvider
 from batch_scheduler.simulator.mistral import HOST
-from batch_scheduler.simulator.process import SimulatorProcess
 
 from ..conftest import KEY, PROVIDERS, fast_settings
 from ..helpers import ids_of, read_results, write_requests
+from .real_run import run_under_real_faults
 
 MODEL = "mistral-small-latest"
 
@@ -38,24 +36,9 @@ def mistral(url: str = "https://x", http=None) -> MistralProvider:
 
 
 def test_a_job_finishes_exactly_once_under_real_faults_then_status(env, monkeypatch, capsys):
-    ids = write_requests(env / "in.jsonl", 600)
-    with SimulatorProcess(["--faults", "--seed", "23", "--keys", KEY]) as sim:
-        monkeypatch.setenv("MISTRAL_API_KEY", KEY)
-        monkeypatch.setenv("MISTRAL_BASE_URL", sim.url + HOST)
-        code = main(["run", str(env / "in.jsonl"), "--out", str(env / "out"), "--provider", "mistral", "--model",
-                     MODEL, "--batch-size", "50", "--poll-min", "0.02", "--poll-max", "0.1", "--retry-wait", "0",
-                     "--max-attempts", "6"])
-        stats = sim.stats()
-    assert code == 0, capsys.readouterr().err
-    got = ids_of(read_results(str(env / "out")))
-    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
-    assert sum(stats["faults"].values()) > 0 and stats["calls"]["mistral.jobs.create"] >= 12
-    capsys.readouterr()
-    assert main(["status", str(env / "out"), "--json"]) == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["state"] == "done" and status["requests"]["finished"] == 600
-    summary = orjson.loads((env / "out" / "summary.json").read_bytes())
-    assert summary["cost_usd"] > 0 and summary["unknown_price_models"] == []
+    stats = run_under_real_faults(env, monkeypatch, capsys, provider="mistral", model=MODEL,
+                                  key_env="MISTRAL_API_KEY", url_env="MISTRAL_BASE_URL", host=HOST)
+    assert stats["calls"]["mistral.jobs.create"] >= 12
 
 
 async def test_a_lost_create_is_adopted_by_its_metadata_tag_and_paid_once(sim, tmp_path):

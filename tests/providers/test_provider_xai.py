@@ -3,21 +3,19 @@ a half-filled batch never adopted, and xAI's status-less batch object read from 
 
 from __future__ import annotations
 
-import json
 import logging
 
 import orjson
 import pytest
 
-from batch_scheduler.commands.main import main
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers.base import BatchState
 from batch_scheduler.providers.xai import XaiProvider, batch_tag, result_line
-from batch_scheduler.simulator.process import SimulatorProcess
 from batch_scheduler.simulator.xai import HOST
 
-from ..conftest import KEY, PROVIDERS, fast_settings
+from ..conftest import PROVIDERS, fast_settings
 from ..helpers import ids_of, read_results, write_requests
+from .real_run import run_under_real_faults
 
 MODEL = "grok-4-fast"
 
@@ -35,24 +33,9 @@ def xai() -> XaiProvider:
 
 
 def test_a_job_finishes_exactly_once_under_real_faults_then_status(env, monkeypatch, capsys):
-    ids = write_requests(env / "in.jsonl", 600)
-    with SimulatorProcess(["--faults", "--seed", "23", "--keys", KEY]) as sim:
-        monkeypatch.setenv("XAI_API_KEY", KEY)
-        monkeypatch.setenv("XAI_BASE_URL", sim.url + HOST)
-        code = main(["run", str(env / "in.jsonl"), "--out", str(env / "out"), "--provider", "xai", "--model", MODEL,
-                     "--batch-size", "50", "--poll-min", "0.02", "--poll-max", "0.1", "--retry-wait", "0",
-                     "--max-attempts", "6"])
-        stats = sim.stats()
-    assert code == 0, capsys.readouterr().err
-    got = ids_of(read_results(str(env / "out")))
-    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
-    assert sum(stats["faults"].values()) > 0 and stats["calls"]["xai.batches.add_requests"] >= 12
-    capsys.readouterr()
-    assert main(["status", str(env / "out"), "--json"]) == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["state"] == "done" and status["requests"]["finished"] == 600
-    summary = orjson.loads((env / "out" / "summary.json").read_bytes())
-    assert summary["cost_usd"] > 0 and summary["unknown_price_models"] == []
+    stats = run_under_real_faults(env, monkeypatch, capsys, provider="xai", model=MODEL, key_env="XAI_API_KEY",
+                                  url_env="XAI_BASE_URL", host=HOST)
+    assert stats["calls"]["xai.batches.add_requests"] >= 12
 
 
 async def test_lost_add_answers_are_settled_by_the_batch_count_and_no_request_is_paid_twice(sim, tmp_path):
