@@ -87,8 +87,10 @@ class Validator:
     """Checks one raw line: (custom_id, bytes to send, None) or (custom_id or None, None, error).
 
     A provider whose batches must keep requests apart (OpenAI: one model and one endpoint per batch file)
-    has a `lane_of(obj)` (the `Provider` default is None); then `lanes` is True and, after each line `check` accepts, `lane` names the lane
-    the batcher must put it in (`lanes.py`).
+    has a `lane_of(obj)` (the `Provider` default is None), and a job that primes lanes requests by their
+    cached prefix (`prefix.job_lane_of`); then `lanes` is True and, after each line `check` accepts, `lane`
+    names the lane the batcher must put it in, None for a line of no lane (the empty lane: a request without
+    a cache mark in a job whose provider has no lanes), which the cut takes on its fast path.
     """
 
     def __init__(self, provider: Provider, max_line_bytes: int):
@@ -135,7 +137,7 @@ class Validator:
         if not self._seen.add(hash(cid)):
             return cid, None, f"duplicate custom_id {cid!r} (the first one is kept)"
         if self._lane_of is not None:
-            self.lane = self._lane_of(obj)
+            self.lane = self._lane_of(obj) or None
         return cid, out, None
 
     @staticmethod
