@@ -62,6 +62,18 @@ def _marked(params: dict) -> bool:
     return False
 
 
+def _plainly_unmarked(params: dict) -> bool:
+    """True for the most common request without a mark (no tools, the system prompt a string, each message's
+    content a string, no mark on a message): decided in a few looks. False: ask `_marked`."""
+    messages = params.get("messages")
+    if "tools" in params or type(params.get("system", "")) is not str or type(messages) is not list:
+        return False
+    for message in messages:
+        if type(message) is not dict or type(message.get("content")) is not str or _MARK in message:
+            return False
+    return True
+
+
 def _any_marked(blocks: list) -> bool:
     return any(isinstance(b, dict) and _MARK in b for b in blocks)
 
@@ -104,7 +116,10 @@ def job_lane_of(provider: Provider) -> Callable[[dict], str] | None:
         return own if key is None else f"{own}|{key}"
 
     def prefix_lane_of(obj: dict) -> str:  # the same without the provider's lanes (the common case, kept lean)
-        key = prefix_key(obj.get(field) or obj.get("params"))
+        params = obj.get(field) or obj.get("params")
+        if type(params) is dict and _plainly_unmarked(params):
+            return ""
+        key = prefix_key(params)
         return "" if key is None else f"|{key}"
 
     return lane_of if base is not None else prefix_lane_of
