@@ -101,6 +101,7 @@ class Validator:
         self._seen = FingerprintSet()
         self._lane_of = job_lane_of(provider)  # the provider's lanes, and cached prefixes when the job primes
         self._id_fields = provider.id_fields
+        self._id_field = provider.id_fields[0]
         self.lanes = self._lane_of is not None
         self.lane: str | None = None
         self.min_batch = provider.spec.min_batch_requests  # the fewest requests a batch may hold (the cut's floor)
@@ -122,7 +123,8 @@ class Validator:
             return None, None, self._why_unparsable(raw, exc)
         if type(obj) is not dict:
             return None, None, f"not a JSON object (got {type(obj).__name__})"
-        cid = next((obj[f] for f in self._id_fields if f in obj), None)
+        id_field = self._id_field  # the first of the id fields present names the request
+        cid = obj[id_field] if id_field in obj else next((obj[f] for f in self._id_fields if f in obj), None)
         if cid is None:
             return None, None, f"{' or '.join(self._id_fields)} missing"
         if type(cid) is not str:
