@@ -99,7 +99,10 @@ def say(msg: str) -> None:
 
 
 def child_env() -> dict[str, str]:
+    """Every program's environment: the simulator's key, and bytecode cached as an installed package has it
+    (PYTHONDONTWRITEBYTECODE set around us would make each run compile every module again: ~0.2 s a run)."""
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["ANTHROPIC_API_KEY"] = KEY
     for name in ("ANTHROPIC_BASE_URL", "CLAUDE_BASE_URL", "CLAUDE_API_KEY"):
@@ -272,10 +275,13 @@ def process_cpu_s(pid: int | None) -> float | None:
 
 
 def warm(path: str) -> None:
-    """Read the input once so that every program finds it in the page cache."""
+    """Read the input once so that every program finds it in the page cache, and compile the code once so
+    that no measured run pays for it (`child_env`)."""
     with open(path, "rb", buffering=0) as f:
         while f.read(16 << 20):
             pass
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "batch_scheduler"), str(ROOT / "bench")],
+                   env=child_env(), check=False, stdout=subprocess.DEVNULL)
 
 
 def machine_info() -> dict[str, Any]:

@@ -7,8 +7,7 @@ import asyncio
 import signal
 import sys
 
-from batch_scheduler.simulator.config import SimConfig
-from batch_scheduler.simulator.faults import FAULT_KINDS
+from batch_scheduler.simulator.config import FAULT_KINDS, SimConfig
 
 EXIT_OK = 0
 PRESETS = {"real": SimConfig.real_faults, "classic": SimConfig.all_faults}

@@ -18,7 +18,10 @@ TOGETHER_MAX_REQUESTS = 50_000
 MISTRAL_MAX_REQUESTS = 1_000_000  # ongoing requests per workspace (a secondary source): no per-file limit found
 GEMINI_MAX_BATCHES = 100
 ORGANIZATION = "org-simulator0000000000000"
-# The kinds of failing call all_faults draws from; real_faults adds conflict_error (faults.FAULT_KINDS).
+# Every kind of failing call (fail_rate draws from these, or from fail_kinds); here, not in faults.py, so
+# the CLI's parser is built without loading the server's modules.
+FAULT_KINDS = ("rate_limit_error", "api_error", "timeout_error", "conflict_error", "overloaded_error", "dropped")
+# The kinds of failing call all_faults draws from; real_faults adds conflict_error (FAULT_KINDS).
 SURVIVABLE_KINDS = ("rate_limit_error", "api_error", "timeout_error", "overloaded_error", "dropped")
 
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from batch_scheduler.simulator.config import FAULT_KINDS
 from batch_scheduler.simulator.responses import Rejected, Style
 
-FAULT_KINDS = ("rate_limit_error", "api_error", "timeout_error", "conflict_error", "overloaded_error", "dropped")
 RATE_LIMIT_RPM = 1_000  # the lowest tier's requests per minute on the batch endpoints, named in the message
 
 _MESSAGES = {

@@ -60,9 +60,8 @@ async def cut_chunks(blocks: AsyncGenerator[Block, None], validator: Validator, 
     """Validated chunks from a stream of blocks, in input order, numbered from 0. A provider with a floor
     (`min_batch_requests`) gets no chunk under it (`_with_floor`), with lanes none but a lane's only one
     (`_with_lane_floor`)."""
-    cut = _cut_lanes if validator.lanes else _cut
-    chunks = cut(blocks, validator, rejects, batch_size=batch_size, batch_bytes=batch_bytes, overhead=overhead,
-                 unit_of=unit_of)
+    chunks = _cut(blocks, validator, rejects, batch_size=batch_size, batch_bytes=batch_bytes, overhead=overhead,
+                  unit_of=unit_of)
     if validator.min_batch > 1:
         chunks = (_with_lane_floor if validator.lanes else _with_floor)(chunks, validator.min_batch)
     async with aclosing(chunks):
@@ -136,11 +135,15 @@ async def _with_lane_floor(chunks: AsyncGenerator[Chunk, None], floor: int) -> A
 async def _cut(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
                batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
                unit_of: Callable[[int], str]) -> AsyncGenerator[Chunk, None]:
-    """The cut without lanes: one open chunk at a time."""
+    """The cut. Lines without a lane (`validator.lane` None: most jobs' every line) fill one open chunk; from
+    the first line with a lane on, `_Lanes` cuts, the open chunk becoming the lane-None chunk, so the chunks
+    are those `_Lanes` would have cut from the start."""
     check = validator.check
     reject = rejects.add
     seq = 0
     chunk: Chunk | None = None
+    last: Chunk | None = None  # the chunk closed last (the lines refused before the next opens: its gap_skipped)
+    lanes: _Lanes | None = None
     per_line = overhead(0)
     # The open chunk's lists and byte count live in locals (this loop runs once per input line);
     # `room` is how many more requests it may take.
@@ -164,16 +167,30 @@ async def _cut(blocks: AsyncGenerator[Block, None], validator: Validator, reject
                 if err is not None:
                     if err is not BLANK:
                         reject(fi, line_no, cid, err)
-                        if chunk is not None:
+                        if lanes is not None:
+                            lanes.skip(fi, line_no)
+                        elif chunk is not None:
                             chunk.skipped.append((fi, line_no))
+                        elif last is not None:
+                            last.gap_skipped.append((fi, line_no))
                     continue
                 assert out is not None and cid is not None  # check() accepted the line
                 size = len(out) + per_line
+                if lanes is not None or validator.lane is not None:
+                    if lanes is None:
+                        lanes = _Lanes(seq, batch_size, batch_bytes, last)
+                        if chunk is not None:
+                            chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
+                            lanes.adopt(chunk)
+                            chunk = None
+                    for ready in lanes.add(validator.lane, fi, line_start, line_no, pos, cid, out, size):
+                        yield ready
+                    continue
                 if chunk is not None and nbytes + size > batch_bytes:
                     chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
                     yield chunk
                     seq += 1
-                    chunk = None
+                    last, chunk = chunk, None
                 if chunk is None:
                     chunk = Chunk(seq, fi, line_start, line_no)
                     lines, ids, nbytes, room = chunk.lines, chunk.ids, BODY_WRAPPER_BYTES, batch_size
@@ -186,8 +203,11 @@ async def _cut(blocks: AsyncGenerator[Block, None], validator: Validator, reject
                     chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
                     yield chunk
                     seq += 1
-                    chunk = None
-    if chunk is not None:
+                    last, chunk = chunk, None
+    if lanes is not None:
+        for ready in lanes.close_all():
+            yield ready
+    elif chunk is not None:
         chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
         yield chunk
     if unreadable:
@@ -216,73 +236,69 @@ def chunk_digest(lines: list[bytes]) -> str:
     return h.hexdigest()
 
 
-async def _cut_lanes(blocks: AsyncGenerator[Block, None], validator: Validator, rejects: Rejects, *,
-                     batch_size: int, batch_bytes: int, overhead: Callable[[int], int],
-                     unit_of: Callable[[int], str]) -> AsyncGenerator[Chunk, None]:
-    """The cut with one open chunk per lane (see the module docstring); numbered as they close."""
-    check = validator.check
-    reject = rejects.add
-    per_line = overhead(0)
-    lanes: dict[str | None, Chunk] = {}  # open chunks, in the order they were opened
-    closed: dict[str | None, Chunk] = {}  # each lane's last closed chunk (its gap_skipped while none is open)
-    held = [0, 0]  # requests and bytes in the open chunks
-    seq = 0
-    unreadable: list[InputError] = []  # as in cut_chunks: what was read still goes, then the error
+class _Lanes:
+    """The open chunks of a cut with lanes, one per lane, in the order they were opened, numbered as they close
+    (see the module docstring)."""
 
-    def close(lane: str | None) -> Chunk:
-        nonlocal seq
-        chunk = lanes.pop(lane)
-        chunk.seq = seq
-        seq += 1
-        closed[lane] = chunk
-        held[0] -= chunk.n
-        held[1] -= chunk.nbytes
+    def __init__(self, seq: int, batch_size: int, batch_bytes: int, last: Chunk | None):
+        self._open: dict[str | None, Chunk] = {}
+        # each lane's last closed chunk (`last`: the lane-None one the cut closed before lanes): the lines
+        # refused while its lane has no open chunk go in its gap_skipped (a merge with the lane's next chunk
+        # under the floor skips them too: `_with_lane_floor`)
+        self._closed: dict[str | None, Chunk] = {} if last is None else {None: last}
+        self._seq = seq
+        self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
+        self._requests = 0  # held by the open chunks together
+        self._nbytes = 0
+
+    def adopt(self, chunk: Chunk) -> None:
+        """The cut's open chunk, so far without lanes: the lane-None chunk from now on."""
+        self._open[None] = chunk
+        self._requests += chunk.n
+        self._nbytes += chunk.nbytes
+
+    def skip(self, file_index: int, line: int) -> None:
+        for chunk in self._open.values():
+            chunk.skipped.append((file_index, line))
+        for lane, last in self._closed.items():
+            if lane not in self._open:
+                last.gap_skipped.append((file_index, line))
+
+    def add(self, lane: str | None, fi: int, line_start: int, line_no: int, pos: int, cid: str, out: bytes,
+            size: int) -> Sequence[Chunk]:
+        """Put an accepted line in its lane's chunk; the chunks that closed."""
+        closed: Sequence[Chunk] = ()
+        chunk = self._open.get(lane)
+        if chunk is not None and chunk.nbytes + size > self._batch_bytes:
+            closed = [self._close(lane)]
+            chunk = None
+        if chunk is None:
+            chunk = self._open[lane] = Chunk(-1, fi, line_start, line_no, lane=lane)
+            self._nbytes += chunk.nbytes
+        chunk.lines.append(out)
+        chunk.ids.append(cid)
+        chunk.nbytes += size
+        chunk.end_file, chunk.end_pos = fi, pos
+        self._requests += 1
+        self._nbytes += size
+        if chunk.n >= self._batch_size:
+            closed = [*closed, self._close(lane)]
+        elif self._requests > LANE_HOLD * self._batch_size or self._nbytes > LANE_HOLD * self._batch_bytes:
+            closed = [*closed, self._close(max(self._open, key=lambda k: self._open[k].nbytes))]
+        return closed
+
+    def close_all(self) -> list[Chunk]:
+        return [self._close(lane) for lane in list(self._open)]
+
+    def _close(self, lane: str | None) -> Chunk:
+        chunk = self._open.pop(lane)
+        self._closed[lane] = chunk
+        chunk.seq = self._seq
+        self._seq += 1
+        self._requests -= chunk.n
+        self._nbytes -= chunk.nbytes
         return chunk
-
-    async with aclosing(blocks), aclosing(_until_unreadable(blocks, unreadable)) as readable:
-        async for block in readable:
-            fi = block.file_index
-            rows = unit_of(fi) == "rows"
-            pos = block.start_pos
-            line_no = block.first_line - 1
-            for raw in block.lines:
-                line_no += 1
-                line_start = pos
-                pos += 1 if rows else len(raw) + 1
-                cid, out, err = check(raw)
-                if err is not None:
-                    if err is not BLANK:
-                        reject(fi, line_no, cid, err)
-                        for open_chunk in lanes.values():
-                            open_chunk.skipped.append((fi, line_no))
-                        for lane_closed, last in closed.items():
-                            if lane_closed not in lanes:
-                                last.gap_skipped.append((fi, line_no))
-                    continue
-                assert out is not None and cid is not None
-                lane = validator.lane
-                size = len(out) + per_line
-                chunk = lanes.get(lane)
-                if chunk is not None and chunk.nbytes + size > batch_bytes:
-                    yield close(lane)
-                    chunk = None
-                if chunk is None:
-                    chunk = lanes[lane] = Chunk(-1, fi, line_start, line_no, lane=lane)
-                    held[1] += chunk.nbytes
-                chunk.lines.append(out)
-                chunk.ids.append(cid)
-                chunk.nbytes += size
-                chunk.end_file, chunk.end_pos = fi, pos
-                held[0] += 1
-                held[1] += size
-                if chunk.n >= batch_size:
-                    yield close(lane)
-                elif held[0] > LANE_HOLD * batch_size or held[1] > LANE_HOLD * batch_bytes:
-                    yield close(max(lanes, key=lambda k: lanes[k].nbytes))
-    for lane in list(lanes):
-        yield close(lane)
-    if unreadable:
-        raise unreadable[0]
 
 
 def one_lane(pending: Sequence[tuple[str, bytes, int]], lane_of: Callable[[dict], str] | None

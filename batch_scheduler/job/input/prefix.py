@@ -10,7 +10,9 @@ prefix is named for it.
 With priming on (`--prime-via realtime|batch`, the default realtime; see job.send.prime), the cut keeps
 requests of one prefix together (`job_lane_of`: the provider's lane, then the prefix), so a batch's
 requests read the cache its priming request wrote. The same lane function is the validator's, the
-replay's and the retry batches' (one place, so a resumed run cuts the same chunks).
+replay's and the retry batches' (one place, so a resumed run cuts the same chunks). A request without a
+mark is told apart first, without building its list of blocks (`_marked`), so a job without marks pays
+little for priming being on.
 """
 
 from __future__ import annotations
@@ -45,9 +47,40 @@ def _blocks(params: dict) -> list[Any]:
     return out
 
 
+def _marked(params: dict) -> bool:
+    """Whether a block of `_blocks(params)` carries the mark, without building the list (most carry none)."""
+    tools, system, messages = params.get("tools"), params.get("system"), params.get("messages")
+    if isinstance(tools, list) and _any_marked(tools):
+        return True
+    if _any_marked(system) if isinstance(system, list) else isinstance(system, dict) and _MARK in system:
+        return True
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, dict):
+            content = message.get("content")
+            if _any_marked(content) if isinstance(content, list) else _MARK in message:
+                return True
+    return False
+
+
+def _plainly_unmarked(params: dict) -> bool:
+    """True for the most common request without a mark (no tools, the system prompt a string, each message's
+    content a string, no mark on a message): decided in a few looks. False: ask `_marked`."""
+    messages = params.get("messages")
+    if "tools" in params or type(params.get("system", "")) is not str or type(messages) is not list:
+        return False
+    for message in messages:
+        if type(message) is not dict or type(message.get("content")) is not str or _MARK in message:
+            return False
+    return True
+
+
+def _any_marked(blocks: list) -> bool:
+    return any(isinstance(b, dict) and _MARK in b for b in blocks)
+
+
 def prefix_key(params: Any) -> str | None:
     """A short name of the request's cached prefix, or None when it marks no block for caching."""
-    if not isinstance(params, dict):
+    if not isinstance(params, dict) or not _marked(params):
         return None
     blocks = _blocks(params)
     last = max((i for i, b in enumerate(blocks) if isinstance(b, dict) and _MARK in b), default=-1)
@@ -82,7 +115,14 @@ def job_lane_of(provider: Provider) -> Callable[[dict], str] | None:
         key = prefix_key(obj.get(field) or obj.get("params"))
         return own if key is None else f"{own}|{key}"
 
-    return lane_of
+    def prefix_lane_of(obj: dict) -> str:  # the same without the provider's lanes (the common case, kept lean)
+        params = obj.get(field) or obj.get("params")
+        if type(params) is dict and _plainly_unmarked(params):
+            return ""
+        key = prefix_key(params)
+        return "" if key is None else f"|{key}"
+
+    return lane_of if base is not None else prefix_lane_of
 
 
 def line_prefix(line: bytes, field: str) -> str | None:

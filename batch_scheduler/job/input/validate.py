@@ -87,8 +87,10 @@ class Validator:
     """Checks one raw line: (custom_id, bytes to send, None) or (custom_id or None, None, error).
 
     A provider whose batches must keep requests apart (OpenAI: one model and one endpoint per batch file)
-    has a `lane_of(obj)` (the `Provider` default is None); then `lanes` is True and, after each line `check` accepts, `lane` names the lane
-    the batcher must put it in (`lanes.py`).
+    has a `lane_of(obj)` (the `Provider` default is None), and a job that primes lanes requests by their
+    cached prefix (`prefix.job_lane_of`); then `lanes` is True and, after each line `check` accepts, `lane`
+    names the lane the batcher must put it in, None for a line of no lane (the empty lane: a request without
+    a cache mark in a job whose provider has no lanes), which the cut takes on its fast path.
     """
 
     def __init__(self, provider: Provider, max_line_bytes: int):
@@ -99,6 +101,7 @@ class Validator:
         self._seen = FingerprintSet()
         self._lane_of = job_lane_of(provider)  # the provider's lanes, and cached prefixes when the job primes
         self._id_fields = provider.id_fields
+        self._id_field = provider.id_fields[0]
         self.lanes = self._lane_of is not None
         self.lane: str | None = None
         self.min_batch = provider.spec.min_batch_requests  # the fewest requests a batch may hold (the cut's floor)
@@ -120,7 +123,8 @@ class Validator:
             return None, None, self._why_unparsable(raw, exc)
         if type(obj) is not dict:
             return None, None, f"not a JSON object (got {type(obj).__name__})"
-        cid = next((obj[f] for f in self._id_fields if f in obj), None)
+        id_field = self._id_field  # the first of the id fields present names the request
+        cid = obj[id_field] if id_field in obj else next((obj[f] for f in self._id_fields if f in obj), None)
         if cid is None:
             return None, None, f"{' or '.join(self._id_fields)} missing"
         if type(cid) is not str:
@@ -135,7 +139,7 @@ class Validator:
         if not self._seen.add(hash(cid)):
             return cid, None, f"duplicate custom_id {cid!r} (the first one is kept)"
         if self._lane_of is not None:
-            self.lane = self._lane_of(obj)
+            self.lane = self._lane_of(obj) or None
         return cid, out, None
 
     @staticmethod
