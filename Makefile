@@ -46,8 +46,10 @@ system: | $(VENV)/bin/python
 		( [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT) $$missing ) >$(APT_LOG) 2>&1 \
 		|| { tail -n 30 $(APT_LOG); [ "$$CI" != "true" ]; }; fi
 
+# two workers, each taking whole files (a file's module fixtures and servers are started once): the suite
+# mostly waits on subprocesses, simulators and servers, so two cores run it in about half the time
 test: $(STAMP) lint system
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: $(CORE)
 	$(BIN)/python -m batch_scheduler.commands.demo
