@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.timeout(20)
 
 
 async def test_healthz_answers_while_jobs_run_and_metrics_parse(sim, env_dir, tmp_path):
-    sim.config.processing_s = 1.0
+    sim.config.processing_s = 5.0  # no batch ends while the test looks
     spool = tmp_path / "spool"
     async with running_daemon(spool, env_dir, job_flags(sim.url)) as run, aiohttp.ClientSession() as http:
         drop(spool, "slow", 60)
@@ -32,8 +34,12 @@ async def test_healthz_answers_while_jobs_run_and_metrics_parse(sim, env_dir, tm
             assert r.status == 200
             health = await r.json()
         assert health["status"] == "ok" and health["jobs"] == {"running": 1}
-        async with http.get(run.daemon.url + "/jobs/slow") as r:
-            job = await r.json()
+        for _ in range(200):  # a slot is taken before its create: the second batch is recorded a moment later
+            async with http.get(run.daemon.url + "/jobs/slow") as r:
+                job = await r.json()
+            if job["batches_in_flight"] == 2:
+                break
+            await asyncio.sleep(0.02)
         assert job["state"] == "running" and job["reason"] is None
         assert set(job["progress"]) >= {"read", "submitted", "finished", "accepted"}
         assert job["batches_in_flight"] == 2
