@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from batch_scheduler.core import errors
-from batch_scheduler.state import pg
-from batch_scheduler.state.queries import load
+from batch_scheduler.state.ledger import pg
+from batch_scheduler.state.ledger.queries import load
 
 T = TypeVar("T")
 

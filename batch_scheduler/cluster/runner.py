@@ -47,9 +47,9 @@ from batch_scheduler.job.outcome import (
 )
 from batch_scheduler.job.send.claims import shared
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
-from batch_scheduler.state import budget
-from batch_scheduler.state.postgres import PgLedger
-from batch_scheduler.state.turns import Turns
+from batch_scheduler.state.ledger import budget
+from batch_scheduler.state.ledger.postgres import PgLedger
+from batch_scheduler.state.ledger.turns import Turns
 
 log = logging.getLogger("batch_scheduler.cluster")
 

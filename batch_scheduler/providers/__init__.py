@@ -26,16 +26,16 @@ from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import ProviderSpec, Settings, provider_name, settings_from
 from batch_scheduler.core.version import USER_AGENT
-from batch_scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.providers.anthropic.inline import InlineProvider
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
+from batch_scheduler.providers.aws.bedrock import BedrockProvider
 from batch_scheduler.providers.base import Provider
-from batch_scheduler.providers.bedrock import BedrockProvider
-from batch_scheduler.providers.gemini import GeminiProvider
-from batch_scheduler.providers.inline import InlineProvider
-from batch_scheduler.providers.mistral import MistralProvider
-from batch_scheduler.providers.openai import OpenAIProvider
-from batch_scheduler.providers.openai_like import AzureProvider, GroqProvider, TogetherProvider
-from batch_scheduler.providers.vertex import VertexProvider
-from batch_scheduler.providers.xai import XaiProvider
+from batch_scheduler.providers.google.gemini import GeminiProvider
+from batch_scheduler.providers.google.vertex import VertexProvider
+from batch_scheduler.providers.openai.like import AzureProvider, GroqProvider, TogetherProvider
+from batch_scheduler.providers.openai.mistral import MistralProvider
+from batch_scheduler.providers.openai.provider import OpenAIProvider
+from batch_scheduler.providers.openai.xai import XaiProvider
 
 __all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "AzureProvider", "BedrockProvider", "GeminiProvider",
            "GroqProvider", "InlineProvider", "MistralProvider", "OpenAIProvider", "Provider", "TogetherProvider", "VertexProvider",

@@ -9,14 +9,14 @@ import logging
 import orjson
 import pytest
 
-import batch_scheduler.providers.listing as listing
+import batch_scheduler.providers.openai.listing as listing
 from batch_scheduler.commands.main import main
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers.base import BatchState
-from batch_scheduler.providers.mistral import MistralProvider
-from batch_scheduler.simulator.mistral import HOST
+from batch_scheduler.providers.openai.mistral import MistralProvider
+from batch_scheduler.simulator.openai.mistral import HOST
 from batch_scheduler.simulator.process import SimulatorProcess
 
 from ..conftest import KEY, PROVIDERS, fast_settings
