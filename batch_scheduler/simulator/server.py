@@ -1,5 +1,5 @@
 """The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline, Azure OpenAI, Groq, Together,
-Mistral, xAI, Bedrock, Gemini and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py,
+Mistral, xAI, Bedrock, Gemini and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google/cloud.py, gcs.py,
 vertex.py), and the realtime Messages and Chat Completions endpoints (realtime.py).
 
 Every API call goes through one gate, in this order: count the call, check the key, check the

@@ -1,6 +1,6 @@
 """Anthropic Message Batches (`--provider anthropic`, the default).
 
-A request line is checked against what its job's `anthropic-version` accepts (anthropic_versions)
+A request line is checked against what its job's `anthropic-version` accepts (versions.py)
 before it joins a batch: the API itself checks params only while processing, hours later.
 """
 

@@ -7,7 +7,7 @@
              recordId, never by order; counted against the manifest, bedrock_output.py)
     stop:    POST /model-invocation-job/{jobId}/stop
 
-Credentials, region, endpoints and SigV4 come from botocore (aws.py). A Bedrock job runs one model (its
+Credentials, region, endpoints and SigV4 come from botocore (access.py). A Bedrock job runs one model (its
 `modelId`): a line names its model (`params.model`, or `modelId` beside `modelInput`) or runs `--model`'s,
 and `lane_of` keeps one lane per model, so the cut makes batches of one model each (job.input.batcher),
 each a job of its lane's model. The job's name and its `clientRequestToken`

@@ -4,7 +4,7 @@ OpenAI, Azure OpenAI, Groq, Together and Mistral all upload a JSONL file, create
 download an output and an error file; they differ in the purpose of the upload, the paths, the form
 of a line, the create body, how a status is spelled, how a create answer is wrapped, how a list
 pages and how `errors` is shaped (PROVIDERS.md §4, §6, §7). `OpenAIProvider` reads each of these from
-its class's `profile` instead of hard-coding them; the providers of openai_like.py are that class
+its class's `profile` instead of hard-coding them; the providers of like.py are that class
 with another profile and spec.
 
 Status spellings are read in any case. A spelling the profile does not know is logged once (per

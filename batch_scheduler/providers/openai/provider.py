@@ -6,8 +6,8 @@
 
 The paths, the upload's purpose, the lines' form, the create body, the status spellings, the
 wrapping of a create answer and the list's paging come from the class's `profile` (profile.py):
-OpenAI's here, Azure's, Groq's and Together's in openai_like.py, the same class otherwise.
-Input lines and result lines are read in openai_lines.py. One batch file has one endpoint and one
+OpenAI's here, Azure's, Groq's and Together's in like.py, the same class otherwise.
+Input lines and result lines are read in lines.py. One batch file has one endpoint and one
 model: `lane_of` names a line's pair, and the batcher keeps one open batch per pair
 (`job.batcher`), so a job may mix models and endpoints and no batch does.
 

@@ -5,7 +5,7 @@ A batch's life, over its drawn duration D: `validating` (request_counts all 0) f
 `expired` when requests expired, `cancelling` -> `cancelled`. It fails (`failed`, with `errors`) at the
 end of validating when the input file is invalid, or when its model's enqueued input tokens would pass
 the organisation's limit (`token_limit_exceeded`: accepted at create, never a 429). The files (the
-input, and the output and error files of an ended batch) are in openai_files.py.
+input, and the output and error files of an ended batch) are in files.py.
 """
 
 from __future__ import annotations

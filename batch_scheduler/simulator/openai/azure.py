@@ -3,7 +3,7 @@
     v1      /openai/v1/files, /openai/v1/batches, ...        (no api-version)
     dated   /openai/files?api-version=..., /openai/batches?api-version=...
 
-What differs from OpenAI (simulator/openai.py, which this reuses): the key comes in the `api-key`
+What differs from OpenAI (simulator/openai/api.py, which this reuses): the key comes in the `api-key`
 header (the server's gate takes it); each line's model is a deployment name, the same on every line;
 create's `endpoint` may say `/chat/completions` as well as `/v1/chat/completions`, and so may each
 line's `url` (`url_mismatch` only when they name different endpoints); at most 100,000 requests a

@@ -5,7 +5,7 @@ tells the two apart (both take a Bearer key and purpose `batch`): Groq's host is
 prefix `/groq`, so `{simulator}/groq` is where `https://api.groq.com` would be (GROQ_BASE_URL, or
 the groq SDK's `base_url`), and every path under it is Groq's own.
 
-What differs from OpenAI (simulator/openai.py, which this reuses): the paths' root; the list pages
+What differs from OpenAI (simulator/openai/api.py, which this reuses): the paths' root; the list pages
 by `?cursor=` and answers `paging.next_cursor` (no `has_more`, `first_id`, `last_id`); a
 `completion_window` from `24h` to `7d`; the batch object has no `model` and no `usage`, the file
 object only `id, object, bytes, created_at, filename, purpose` (the groq SDK's types); at most

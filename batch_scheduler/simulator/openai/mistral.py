@@ -6,7 +6,7 @@ apart. Mistral's host is stood for by the prefix `/mistral`, so `{simulator}/mis
 `https://api.mistral.ai` would be (MISTRAL_BASE_URL, or the SDK's `server_url`), and every path under
 it is Mistral's own.
 
-What differs from OpenAI (simulator/openai.py, which this reuses): lines are `{custom_id, body}`; create
+What differs from OpenAI (simulator/openai/api.py, which this reuses): lines are `{custom_id, body}`; create
 takes `input_files` (one file here: the simulator does not join several), `endpoint`, `model`,
 `metadata` and `timeout_hours`, and no completion window (inline `requests` are refused: not
 simulated); the job object is Mistral's (statuses QUEUED, RUNNING, SUCCESS, FAILED, TIMEOUT_EXCEEDED,

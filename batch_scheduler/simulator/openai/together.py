@@ -1,6 +1,6 @@
 """Together batch (PROVIDERS.md §7): OpenAI-like batches on OpenAI's own paths, `/v1/files` and `/v1/batches`.
 
-What differs from OpenAI (simulator/openai.py, which this reuses): the upload's purpose is
+What differs from OpenAI (simulator/openai/api.py, which this reuses): the upload's purpose is
 `batch-api` (the one /v1/files store holds both kinds: a create on a `batch-api` file makes a
 Together batch, server.py routes it here); lines are `{custom_id, body}`, no method or url; create
 takes `model_id` and `priority`, no metadata (it is not kept), an optional `completion_window` of

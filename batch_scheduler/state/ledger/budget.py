@@ -4,7 +4,7 @@
     reservations(chunk_id, job_id, ..., requests)   what each batch in flight holds of it
     waiters(job_id, ..., weight, seen_at)           jobs that found no room, and their weight
 
-A batch's room is taken in the same fenced transaction that records its create intent (ledger.py):
+A batch's room is taken in the same fenced transaction that records its create intent (base.py):
 the pool's budget row is locked FOR UPDATE, so two nodes never both take the last room. The room comes
 back when the batch ends at the provider (`mark_ended`), or when it turns out never to have been created
 (planned again, dropped, failed, disowned).

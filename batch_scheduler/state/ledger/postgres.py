@@ -1,6 +1,6 @@
 """One cluster job's ledger in PostgreSQL: the `Ledger` interface over the tables keyed by job.
 
-The job layer runs over either backend unchanged: the write-ahead order (state/ledger.py) and the
+The job layer runs over either backend unchanged: the write-ahead order (state/ledger/base.py) and the
 recipes (recipes.py) are the SQLite ledger's, over the statements of sql/postgres.sql. What is added is
 the fence. Every transaction first locks the job's row and checks that it still carries this node's
 claim token and an unexpired lease (the database's clock, statement `fence`). A claim by another node

@@ -1,7 +1,7 @@
 """Every state change both ledgers make the same way, written once over each backend's named statements.
 
 A recipe is which statements run, in which order, in one transaction (the order itself is stated in
-state/ledger.py). The statements come from sql/<dialect>.sql (`queries`), all with named parameters,
+state/ledger/base.py). The statements come from sql/<dialect>.sql (`queries`), all with named parameters,
 and each is given the backend's key (`key`: the job's id in PostgreSQL, nothing in SQLite) with its own
 values. A backend supplies the plumbing (`_run`, `sync`, `_read`: one transaction, or one blocking read,
 on the ledger's own thread) and the few steps that are its own: what a meta value looks like once read,
@@ -52,7 +52,7 @@ class Intent(NamedTuple):
 
 
 class SqlLedger:
-    """The shared body of `SqliteLedger` and `PgLedger` (see state/ledger.py for the interface)."""
+    """The shared body of `SqliteLedger` and `PgLedger` (see state/ledger/base.py for the interface)."""
 
     q: dict[str, str]  # the backend's statements by name
     key: dict[str, Any]  # parameters every statement is given (PostgreSQL: the job's id)

@@ -1,6 +1,6 @@
 """The SQLite ledger: an embedded database (WAL) at DIR/ledger.db, the truth about a job.
 
-It keeps the `Ledger` interface and its write-ahead order (state/ledger.py); its recipes are the ones
+It keeps the `Ledger` interface and its write-ahead order (state/ledger/base.py); its recipes are the ones
 the PostgreSQL ledger shares (recipes.py), over the statements of sql/sqlite.sql. Per-request rows exist
 only for the few requests that need another attempt (`retries`, each with the time before which it is
 not sent again) or were refused by the API (`api_rejected`); each input chunk keeps the list of its
