@@ -12,7 +12,7 @@
     batch_scheduler.rerun(out, where="status=errored|invalid")     # those rows again, in OUT.rerun-N
 
 `result` is a `JobResult` (exit_code, ok, message, summary). The names are imported when first used,
-so `import batch_scheduler.state.sqlite` (or the CLI's start) does not load the whole pipeline.
+so `import batch_scheduler.state.ledger.sqlite` (or the CLI's start) does not load the whole pipeline.
 `batch_scheduler.testing.simulator()` serves the built-in simulator for your own tests.
 """
 

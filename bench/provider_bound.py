@@ -72,7 +72,7 @@ def sim_tokens_per_request(path: str, sample: int = 2_000) -> float:
     """Input tokens the simulator counts for a request of the bench input sent through --provider openai
     (its chat-completions form), averaged over the first `sample` lines."""
     from batch_scheduler.core.settings import Settings
-    from batch_scheduler.providers.openai import OpenAIProvider
+    from batch_scheduler.providers.openai.provider import OpenAIProvider
     from batch_scheduler.simulator.counting import json_tokens
 
     provider = OpenAIProvider(Settings(provider="openai"), None)  # type: ignore[arg-type]  # no calls made

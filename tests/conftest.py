@@ -139,7 +139,7 @@ PROVIDERS = {
                           lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=13,
                           changes={"auth": "api-key"}, batches_check=_openai_batches_are_tagged_for_one_job,
                           errors_like="openai"),
-    "groq": ProviderCase("groq", "/groq", _openai_answer,  # /groq stands for api.groq.com (simulator/groq.py)
+    "groq": ProviderCase("groq", "/groq", _openai_answer,  # /groq stands for api.groq.com (simulator/openai/groq.py)
                          lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=17,
                          changes={"auth": "bearer"}, errors_like="openai",
                          batches_check=_openai_batches_are_tagged_for_one_job),
@@ -151,7 +151,7 @@ PROVIDERS = {
                             lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=29,
                             changes={"auth": "bearer"}, errors_like="openai",
                             batches_check=_mistral_jobs_are_tagged_for_one_job),
-    "xai": ProviderCase("xai", "/xai", _openai_answer,  # /xai stands for api.x.ai (simulator/xai.py)
+    "xai": ProviderCase("xai", "/xai", _openai_answer,  # /xai stands for api.x.ai (simulator/openai/xai.py)
                         lambda r: r["response"]["body"]["usage"]["completion_tokens"], fault_seed=31,
                         changes={"auth": "bearer"}, errors_like="openai",
                         batches_check=_xai_batches_are_named_for_one_job, lost_creates="settled"),

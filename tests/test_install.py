@@ -106,7 +106,7 @@ def test_the_cluster_extra_reaches_for_postgresql(wheel, tmp_path):
     assert "batch-scheduler[cluster]" not in status.stderr and "127.0.0.1:1" in status.stderr, status.stderr
     assert "Traceback" not in status.stderr
     # the node's own modules are in the wheel (a node is `daemon --ledger`)
-    node = run_in(python, "-c", "import batch_scheduler.cluster.node, batch_scheduler.state.queries; print('ok')",
+    node = run_in(python, "-c", "import batch_scheduler.cluster.node, batch_scheduler.state.ledger.queries; print('ok')",
                   cwd=tmp_path)
     assert node.stdout.strip() == "ok", node.stderr[-2000:]
 
@@ -123,8 +123,8 @@ EXTRA_USES = {
     "polars": "import batch_scheduler, polars, pyarrow; assert callable(batch_scheduler.to_polars)",
     "structured": "import batch_scheduler, pydantic",
     "notebook": "import batch_scheduler, tqdm, ipywidgets",
-    "vertex": "import batch_scheduler.providers.gcp_auth, google.auth",
-    "bedrock": "import batch_scheduler.providers.aws, botocore.auth",
+    "vertex": "import batch_scheduler.providers.google.gcp_auth, google.auth",
+    "bedrock": "import batch_scheduler.providers.aws.access, botocore.auth",
 }
 
 

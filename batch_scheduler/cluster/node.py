@@ -39,7 +39,7 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.loop import signal_handlers
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.job.outcome import RESTART_WAITS_S
-from batch_scheduler.state import pg
+from batch_scheduler.state.ledger import pg
 
 log = logging.getLogger("batch_scheduler.cluster")
 

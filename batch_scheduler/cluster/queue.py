@@ -10,7 +10,7 @@
 A claim is one statement: the oldest claimable job, locked `FOR UPDATE SKIP LOCKED` (nodes never wait
 for each other), gets a new random token and `lease_until = clock_timestamp() + lease` — the
 database's clock, so the nodes' clocks do not matter. A renewal, and every settle, only succeeds for
-the token it names (see ledger.py for the fence every ledger transaction checks).
+the token it names (see state/ledger/postgres.py for the fence every ledger transaction checks).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from batch_scheduler.core import errors
-from batch_scheduler.state import pg
-from batch_scheduler.state.queries import load
+from batch_scheduler.state.ledger import pg
+from batch_scheduler.state.ledger.queries import load
 
 T = TypeVar("T")
 
 STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
 
-Q = load("queue")  # the statements, named, in state/sql/queue.sql
+Q = load("queue")  # the statements, named, in state/ledger/sql/queue.sql
 
 
 @dataclass

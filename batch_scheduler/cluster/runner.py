@@ -8,7 +8,7 @@ run: its first create tells whether access is back), cancelled, queued again aft
 pass, failed. A run that raises what the engine does not turn into a result counts as such a restart
 (one line, no traceback), then fails. Every job of the node shares the process's claims registry, which sees
 every other job's batch ids through PostgreSQL (whichever node made them), and whose turns to create and
-look for a lost batch are also taken from the account's lock in PostgreSQL (state/turns.py): no job
+look for a lost batch are also taken from the account's lock in PostgreSQL (state/ledger/turns.py): no job
 adopts another's batch, recorded or not yet, even when their custom_ids are the same. A job whose claim is lost (LeaseLost, in its run or while its
 batches are cancelled, or the lease ran out while PostgreSQL could not be reached) is dropped at once
 and settled by no one here: the node that claims it next resumes it from the ledger. A job dropped
@@ -47,9 +47,9 @@ from batch_scheduler.job.outcome import (
 )
 from batch_scheduler.job.send.claims import shared
 from batch_scheduler.providers import build_settings, missing_key_message, spec_of
-from batch_scheduler.state import budget
-from batch_scheduler.state.postgres import PgLedger
-from batch_scheduler.state.turns import Turns
+from batch_scheduler.state.ledger import budget
+from batch_scheduler.state.ledger.postgres import PgLedger
+from batch_scheduler.state.ledger.turns import Turns
 
 log = logging.getLogger("batch_scheduler.cluster")
 

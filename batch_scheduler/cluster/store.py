@@ -8,10 +8,10 @@ publishes nothing. Like every store it claims OUT before anything is written the
 from __future__ import annotations
 
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.state.budget import Share, account_of
 from batch_scheduler.state.ledger import Ledger
+from batch_scheduler.state.ledger.budget import Share, account_of
+from batch_scheduler.state.ledger.postgres import PgLedger
 from batch_scheduler.state.objects import Objects
-from batch_scheduler.state.postgres import PgLedger
 from batch_scheduler.state.stores import ObjectsStore
 
 

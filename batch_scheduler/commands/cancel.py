@@ -22,8 +22,7 @@ from batch_scheduler.core.options import flags_of
 from batch_scheduler.core.settings import load_environment
 from batch_scheduler.job.cancel import cancel_batches
 from batch_scheduler.providers import build_settings, missing_key_message
-from batch_scheduler.state import pg
-from batch_scheduler.state.ledger import open_ledger
+from batch_scheduler.state.ledger import open_ledger, pg
 
 OWNER = "batch-scheduler cancel"
 

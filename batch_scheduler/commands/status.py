@@ -10,8 +10,8 @@ import orjson
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.core import errors
 from batch_scheduler.job.view.status import job_status
-from batch_scheduler.state import pg
-from batch_scheduler.state.sqlite import ChunkState
+from batch_scheduler.state.ledger import pg
+from batch_scheduler.state.ledger.sqlite import ChunkState
 
 
 def main(args: argparse.Namespace) -> int:

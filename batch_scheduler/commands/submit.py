@@ -20,7 +20,7 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.options import JOB_OPTION_NAMES, SUBMITTED, flags_of, job_options
 from batch_scheduler.job.input.reader import expand_inputs
 from batch_scheduler.providers import build_settings
-from batch_scheduler.state import pg
+from batch_scheduler.state.ledger import pg
 from batch_scheduler.state.objects import is_object_url
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

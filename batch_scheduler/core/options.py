@@ -126,12 +126,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
            env=("INLINE_RESULTS_PATH",), daemon_side=True),
     Option("role_arn", str, None, "bedrock: the IAM service role Bedrock assumes to read and write --staging",
            PROVIDER, metavar="ARN", env=("BEDROCK_ROLE_ARN",), daemon_side=True),
-    # bedrock and vertex: where each batch's records go in and results come out (providers/bedrock.py, vertex.py)
+    # bedrock and vertex: where each batch's records go in and results come out (providers/aws/bedrock.py, providers/google/vertex.py)
     Option("staging", str, None, "bedrock: `s3://bucket/prefix`, vertex: `gs://bucket/prefix`, where records go in "
            "and results come out", PROVIDER, metavar="URL", env=("BATCH_STAGING", "BEDROCK_STAGING"), daemon_side=True),
     Option("keep_staged", bool, False, "bedrock, vertex: keep a batch's staged input and output once collected",
            PROVIDER, env=("BATCH_KEEP_STAGED", "BEDROCK_KEEP_STAGED"), daemon_side=True),
-    # vertex: where the jobs run (providers/vertex.py)
+    # vertex: where the jobs run (providers/google/vertex.py)
     Option("project", str, None, "vertex: the Google Cloud project", PROVIDER, metavar="P",
            env=("GOOGLE_CLOUD_PROJECT",), daemon_side=True,
            default_text="`GOOGLE_CLOUD_PROJECT`, else the credentials' project (the file's, or the metadata server's)"),

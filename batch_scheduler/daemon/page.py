@@ -39,7 +39,7 @@ from batch_scheduler.job.money.pricing import MODEL_PREFIX
 from batch_scheduler.job.view.status import job_status
 from batch_scheduler.job.view.summary import batch_discount_of, standard_and_saving
 from batch_scheduler.state.ledger import Ledger, open_ledger
-from batch_scheduler.state.sqlite import RetryState
+from batch_scheduler.state.ledger.sqlite import RetryState
 
 HISTORY_S = 6 * 3600.0
 BATCHES_SHOWN = 200  # the newest; the page says how many older ones there are

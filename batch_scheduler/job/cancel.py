@@ -18,7 +18,7 @@ from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import RetryPolicy, Settings
 from batch_scheduler.providers import headers_for, make_provider
 from batch_scheduler.state.ledger import open_ledger
-from batch_scheduler.state.sqlite import ChunkState
+from batch_scheduler.state.ledger.sqlite import ChunkState
 
 
 @dataclass

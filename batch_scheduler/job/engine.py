@@ -48,7 +48,7 @@ from batch_scheduler.job.view.summary import build_summary
 from batch_scheduler.providers import headers_for, key_refused_message, make_provider, provider_class, spec_of
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.state.identity import InputIdentity, changed_input, local_identities
-from batch_scheduler.state.sqlite import RetryState
+from batch_scheduler.state.ledger.sqlite import RetryState
 
 __all__ = ["Engine", "ExitCode", "JobResult"]
 

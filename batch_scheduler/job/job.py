@@ -36,8 +36,8 @@ from batch_scheduler.providers import provider_class
 from batch_scheduler.state.identity import VERSION_KEY
 from batch_scheduler.state.jobdir import finished
 from batch_scheduler.state.ledger import Ledger
+from batch_scheduler.state.ledger.sqlite import RetryState
 from batch_scheduler.state.shards import ShardSet
-from batch_scheduler.state.sqlite import RetryState
 from batch_scheduler.state.stores import LocalStore
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces

@@ -41,7 +41,7 @@ from batch_scheduler.job.send.prime import Primer
 from batch_scheduler.job.send.sender import Sender
 from batch_scheduler.job.send.submitter import Outgoing
 from batch_scheduler.providers.base import Provider
-from batch_scheduler.state.sqlite import ChunkKind, ChunkRow, ChunkState, RetryState
+from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkRow, ChunkState, RetryState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

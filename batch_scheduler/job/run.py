@@ -40,7 +40,7 @@ from batch_scheduler.job.send.route import Route
 from batch_scheduler.job.send.sender import Sender
 from batch_scheduler.job.send.submitter import Submitter
 from batch_scheduler.providers.base import BatchInfo, Provider
-from batch_scheduler.state.sqlite import RetryState
+from batch_scheduler.state.ledger.sqlite import RetryState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

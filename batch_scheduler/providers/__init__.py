@@ -1,14 +1,21 @@
-"""The providers, one module each, and the registry that picks one by name.
+"""The providers, one module each in its family's folder, and the registry that picks one by name.
+
+Here, at the top: the interface (base.py) and what more than one family shares: an answer's fields
+checked where they are read (answers.py), Messages auth, params checks and result lines (common.py,
+result_lines.py), exact token counts (counting.py), the realtime endpoints (realtime.py). The families:
+anthropic/ (Message Batches, the inline proxy), openai/ (OpenAI Batch and the providers that follow its
+flow: Azure, Groq, Together, Mistral; xAI), google/ (Gemini, Vertex AI, Cloud Storage), aws/ (Bedrock).
 
 Adding a provider is four steps, and nothing outside them names it:
 
-1. its module here, `providers/<name>.py`: a class that subclasses `base.Provider` with its `name`,
-   its `spec` (limits, defaults, env names, auth), `headers(settings)` and the `Provider` methods;
+1. its module in its family's folder, `providers/<family>/<name>.py` (a new family is a new folder): a
+   class that subclasses `base.Provider` with its `name`, its `spec` (limits, defaults, env names, auth),
+   `headers(settings)` and the `Provider` methods;
    the hooks it needs beyond the defaults (`body_field`, `row_api`, `lane_of`, `tag_of`,
    `token_count` with `count_tokens`, `sends_anthropic_version`) set on the class;
 2. one line in `REGISTRY` below (the `--provider` choices in `core.options` list the same names, a
    test holds the two equal);
-3. its API in the simulator (`simulator/<name>.py`, mounted in `simulator/server.py`), so the pipeline's
+3. its API in the simulator (`simulator/<family>/<name>.py`, mounted in `simulator/server.py`), so the pipeline's
    tests run against it;
 4. its models' prices in `data/prices.json` (or `--prices FILE`), so `--max-cost` can price it.
 
@@ -26,16 +33,16 @@ from batch_scheduler.core.headers import merge_headers
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import ProviderSpec, Settings, provider_name, settings_from
 from batch_scheduler.core.version import USER_AGENT
-from batch_scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.providers.anthropic.inline import InlineProvider
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
+from batch_scheduler.providers.aws.bedrock import BedrockProvider
 from batch_scheduler.providers.base import Provider
-from batch_scheduler.providers.bedrock import BedrockProvider
-from batch_scheduler.providers.gemini import GeminiProvider
-from batch_scheduler.providers.inline import InlineProvider
-from batch_scheduler.providers.mistral import MistralProvider
-from batch_scheduler.providers.openai import OpenAIProvider
-from batch_scheduler.providers.openai_like import AzureProvider, GroqProvider, TogetherProvider
-from batch_scheduler.providers.vertex import VertexProvider
-from batch_scheduler.providers.xai import XaiProvider
+from batch_scheduler.providers.google.gemini import GeminiProvider
+from batch_scheduler.providers.google.vertex import VertexProvider
+from batch_scheduler.providers.openai.like import AzureProvider, GroqProvider, TogetherProvider
+from batch_scheduler.providers.openai.mistral import MistralProvider
+from batch_scheduler.providers.openai.provider import OpenAIProvider
+from batch_scheduler.providers.openai.xai import XaiProvider
 
 __all__ = ["DEFAULT", "NAMES", "REGISTRY", "AnthropicProvider", "AzureProvider", "BedrockProvider", "GeminiProvider",
            "GroqProvider", "InlineProvider", "MistralProvider", "OpenAIProvider", "Provider", "TogetherProvider", "VertexProvider",

@@ -5,9 +5,11 @@
     add_arguments(parser), run(args) the `simulate` command (cli.py)
     process.SimulatorProcess         the simulator in a subprocess (benchmark, kill -9 tests)
 
-Providers: Anthropic Message Batches and count_tokens (anthropic.py), OpenAI batches (openai.py),
-its files (openai_files.py) and the answer bodies of each endpoint (openai_bodies.py), the article's
-inline proxy (inline.py). What the APIs share (config, clock, random draws, stats, store, prompt
+Providers, one folder per family as in `providers/`: Anthropic Message Batches and count_tokens
+(anthropic/api.py) and the article's inline proxy (anthropic/inline.py); OpenAI batches (openai/api.py),
+its files (openai/files.py), the answer bodies of each endpoint (openai/bodies.py) and the providers
+served on them (Azure, Groq, Together, Mistral, xAI: openai/); Gemini and Vertex AI with Cloud Storage
+(google/); Bedrock (aws/). The server core stays at the top. What the APIs share (config, clock, random draws, stats, store, prompt
 cache, and the steps every handler takes with them) is one SimContext (context.py), built by the
 server and handed to each API; no API module imports the server. A create's requests are read in
 batches.py, their params checked per `anthropic-version` in validation.py, their tokens counted

@@ -82,7 +82,7 @@ class SimConfig:
     # -- Mistral (mistral.py)
     mistral_max_requests: int = MISTRAL_MAX_REQUESTS
     gemini_max_batches: int = GEMINI_MAX_BATCHES  # Gemini: unfinished batch jobs per project (429 at create)
-    # -- Vertex AI and its Cloud Storage (vertex.py, gcs.py, google.py)
+    # -- Vertex AI and its Cloud Storage (google/vertex.py, google/gcs.py, google/cloud.py)
     vertex_projects: list[str] | None = None  # the projects that exist (None: any)
     gcs_buckets: list[str] | None = None  # the buckets that exist (None: any)
     vertex_claude_jobs: int = 4  # Claude batch jobs running at once per project (a create past it: 429)

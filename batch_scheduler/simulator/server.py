@@ -1,5 +1,5 @@
 """The simulator server: one aiohttp app serving the Anthropic, OpenAI, inline, Azure OpenAI, Groq, Together,
-Mistral, xAI, Bedrock, Gemini and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google.py, gcs.py,
+Mistral, xAI, Bedrock, Gemini and Vertex AI batch APIs (Vertex with its Cloud Storage subset and OAuth token endpoint: google/cloud.py, gcs.py,
 vertex.py), and the realtime Messages and Chat Completions endpoints (realtime.py).
 
 Every API call goes through one gate, in this order: count the call, check the key, check the
@@ -24,20 +24,24 @@ import orjson
 from aiohttp import web
 
 import batch_scheduler.simulator.faults as faults
-from batch_scheduler.simulator.anthropic import AnthropicApi
-from batch_scheduler.simulator.azure import AzureApi
-from batch_scheduler.simulator.bedrock import BedrockApi
+from batch_scheduler.simulator.anthropic.api import AnthropicApi
+from batch_scheduler.simulator.anthropic.inline import InlineApi
+from batch_scheduler.simulator.aws.bedrock import BedrockApi
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.context import SimContext
-from batch_scheduler.simulator.gcs import CloudStorage
-from batch_scheduler.simulator.gemini import GeminiApi
-from batch_scheduler.simulator.gemini_files import GeminiFiles
-from batch_scheduler.simulator.google import TOKEN_PATH, GoogleAuth, GoogleGate
-from batch_scheduler.simulator.groq import GroqApi
-from batch_scheduler.simulator.inline import InlineApi
-from batch_scheduler.simulator.mistral import MistralApi
-from batch_scheduler.simulator.openai import OpenAIApi
-from batch_scheduler.simulator.openai_files import OpenAIFiles
+from batch_scheduler.simulator.google.cloud import TOKEN_PATH, GoogleAuth, GoogleGate
+from batch_scheduler.simulator.google.gcs import CloudStorage
+from batch_scheduler.simulator.google.gemini import GeminiApi
+from batch_scheduler.simulator.google.gemini_files import GeminiFiles
+from batch_scheduler.simulator.google.vertex import VertexApi
+from batch_scheduler.simulator.openai.api import OpenAIApi
+from batch_scheduler.simulator.openai.azure import AzureApi
+from batch_scheduler.simulator.openai.files import OpenAIFiles
+from batch_scheduler.simulator.openai.groq import GroqApi
+from batch_scheduler.simulator.openai.mistral import MistralApi
+from batch_scheduler.simulator.openai.together import PURPOSE as TOGETHER_PURPOSE
+from batch_scheduler.simulator.openai.together import TogetherApi, together_file
+from batch_scheduler.simulator.openai.xai import XaiApi
 from batch_scheduler.simulator.realtime import MESSAGES_PATH, RealtimeApi
 from batch_scheduler.simulator.responses import (
     Rejected,
@@ -50,11 +54,7 @@ from batch_scheduler.simulator.responses import (
     requests_of,
 )
 from batch_scheduler.simulator.store import Store, no_gc
-from batch_scheduler.simulator.together import PURPOSE as TOGETHER_PURPOSE
-from batch_scheduler.simulator.together import TogetherApi, together_file
 from batch_scheduler.simulator.validation import version_problem
-from batch_scheduler.simulator.vertex import VertexApi
-from batch_scheduler.simulator.xai import XaiApi
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SIGV4 = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Za-z0-9]+)/\d{8}/[a-z0-9-]+/(?P<service>[a-z0-9-]+)/aws4_request, "

@@ -38,10 +38,10 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.state import jobdir, owner
 from batch_scheduler.state.identity import check_identity, fingerprints
 from batch_scheduler.state.ledger import Ledger
+from batch_scheduler.state.ledger.sqlite import SqliteLedger
 from batch_scheduler.state.object_shards import ObjectShards, collect_garbage, write_manifest
 from batch_scheduler.state.objects import LocalObjects, Objects, open_objects
 from batch_scheduler.state.shards import ShardSet
-from batch_scheduler.state.sqlite import SqliteLedger
 
 
 class LocalStore:

@@ -11,7 +11,7 @@ import obstore
 import orjson
 
 from batch_scheduler.cluster.queue import Claimed, Queue
-from batch_scheduler.state import pg
+from batch_scheduler.state.ledger import pg
 
 
 def queue_job(url: str, name: str, inputs: list[str], out: str, options: dict | None = None) -> int:

@@ -26,7 +26,7 @@ import psycopg
 from obstore.store import S3Store
 
 from batch_scheduler.cluster.queue import Queue
-from batch_scheduler.state import pg
+from batch_scheduler.state.ledger import pg
 
 from ..conftest import KEY
 from .helpers import bucket_lines, manifest_lines, result_files

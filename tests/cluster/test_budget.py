@@ -9,9 +9,9 @@ import asyncio
 import psycopg
 import pytest
 
-from batch_scheduler.state import budget
-from batch_scheduler.state.postgres import PgLedger
-from batch_scheduler.state.sqlite import ChunkKind
+from batch_scheduler.state.ledger import budget
+from batch_scheduler.state.ledger.postgres import PgLedger
+from batch_scheduler.state.ledger.sqlite import ChunkKind
 
 from .helpers import aclaim, queue_job
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from batch_scheduler.cluster.node import Node, NodeConfig
-from batch_scheduler.state import pg
+from batch_scheduler.state.ledger import pg
 
 from ..daemon.helpers import until
 from ..helpers import write_requests
@@ -82,7 +82,7 @@ async def test_a_run_that_raises_counts_as_a_restart_then_fails_in_one_line_each
                                                                                  monkeypatch):
     """A bug no rule foresaw (every answer's shape is checked, so a fault of ours stands in for it): the
     create raises something no layer maps."""
-    from batch_scheduler.providers.anthropic import AnthropicProvider
+    from batch_scheduler.providers.anthropic.provider import AnthropicProvider
 
     calls: Counter = Counter()
 

@@ -20,7 +20,7 @@ import batch_scheduler
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.core import errors
 from batch_scheduler.simulator.process import SimulatorProcess
-from batch_scheduler.state import pg
+from batch_scheduler.state.ledger import pg
 from batch_scheduler.state.object_shards import collect_garbage
 from batch_scheduler.state.objects import LocalObjects
 

@@ -17,7 +17,7 @@ import pytest
 
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.simulator.process import SimulatorProcess
-from batch_scheduler.state import pg
+from batch_scheduler.state.ledger import pg
 
 from .faultproxy import FaultProxy
 from .helpers import manifest_lines

@@ -66,7 +66,7 @@ def test_sigkills_lose_nothing_and_repeat_nothing_with_gemini(tmp_path):
 # one ledger call in the child process; nothing else about the run is changed.
 KILLER = """
 import os, signal, sys
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger.sqlite import Ledger
 record_collected = Ledger.record_collected
 
 async def killing(self, chunk_id, **kw):

@@ -20,7 +20,7 @@ SYSTEM = "You label support tickets by topic. Answer with one word. " * 40
 # BEFORE: killed as the priming call is about to go; AFTER: killed as the first batch of the rest is created
 KILLER = """
 import os, signal, sys
-from batch_scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
 WHERE = sys.argv.pop(1)
 answer_now, create = AnthropicProvider.answer_now, AnthropicProvider.create
 

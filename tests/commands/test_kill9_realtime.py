@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The kill is placed inside the burst: after the 25th realtime answer arrives, before it is recorded.
 KILLER = """
 import os, signal, sys
-from batch_scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
 answer_now = AnthropicProvider.answer_now
 calls = 0
 

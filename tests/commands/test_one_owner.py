@@ -15,7 +15,7 @@ import pytest
 from batch_scheduler.commands.main import main
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.simulator.process import SimulatorProcess
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger.sqlite import Ledger
 
 from ..helpers import ids_of, read_results, write_requests
 

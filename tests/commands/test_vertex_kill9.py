@@ -34,7 +34,7 @@ N = 300
 # or right after the first block of the first output file is handed to the collector
 KILLER = """
 import os, signal, sys
-from batch_scheduler.providers import gcs
+from batch_scheduler.providers.google import gcs
 upload, lines = gcs.Storage.upload, gcs.Storage.lines
 
 async def upload_then_die(self, bucket, name, data):

@@ -15,7 +15,7 @@ from batch_scheduler.job.engine import Engine
 from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.job.send.submitter import Outgoing
 from batch_scheduler.providers import build_settings
-from batch_scheduler.state.sqlite import ChunkKind
+from batch_scheduler.state.ledger.sqlite import ChunkKind
 
 from ..helpers import ids_of, read_results
 from ..job.test_submitter import job, lines_for

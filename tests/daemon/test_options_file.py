@@ -15,7 +15,7 @@ from batch_scheduler.commands.main import main
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.core.options import DAEMON_SIDE, OPTION_FILE_NAMES, coerce_option_file
 from batch_scheduler.simulator import SimConfig, Simulator
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger.sqlite import Ledger
 
 from .helpers import KEY, assert_exactly_once, drop, job_flags, running_daemon, state, summary, until
 

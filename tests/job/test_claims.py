@@ -7,7 +7,7 @@ import time
 
 from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.job.send.submitter import Outgoing
-from batch_scheduler.state.sqlite import ChunkKind
+from batch_scheduler.state.ledger.sqlite import ChunkKind
 
 from .test_submitter import job, lines_for
 

@@ -17,10 +17,10 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.job.collect.collector import Collector
 from batch_scheduler.job.input.replay import Replay
-from batch_scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
 from batch_scheduler.providers.base import BatchInfo, BatchState
+from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkRow, ChunkState, Ledger, RetryState
 from batch_scheduler.state.shards import ShardSet
-from batch_scheduler.state.sqlite import ChunkKind, ChunkRow, ChunkState, Ledger, RetryState
 
 from ..conftest import fast_settings
 from ..helpers import ids_of, read_results, request
@@ -179,7 +179,7 @@ async def test_results_answering_404_past_the_grace_stop_the_run_naming_the_batc
 
 
 async def test_a_billed_transient_answer_is_final_at_max_attempts_an_unbilled_one_gets_more(tmp_path):
-    from batch_scheduler.providers.openai import OpenAIProvider
+    from batch_scheduler.providers.openai.provider import OpenAIProvider
     settings = fast_settings("http://openai.test", provider="openai", auth="bearer", max_attempts=2,
                              max_unbilled_attempts=5)
     ledger = Ledger(str(tmp_path / "ledger.db"))

@@ -21,7 +21,7 @@ from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.money.pricing import PriceTable, cost_range
 from batch_scheduler.providers.base import Usage
 from batch_scheduler.providers.common import classify_result
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger.sqlite import Ledger
 
 from ..conftest import KEY, fast_settings
 from ..helpers import request

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.view.progress import bar_line
 from batch_scheduler.job.view.status import tail_of
-from batch_scheduler.state.sqlite import ChunkKind, ChunkRow, ChunkState
+from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkRow, ChunkState
 
 WALL = datetime(2025, 7, 1, 2, 0, tzinfo=UTC).timestamp()  # 02:00 UTC
 

@@ -13,7 +13,7 @@ from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.job.input.reader import JsonlSource
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.providers import make_provider
-from batch_scheduler.state.sqlite import ChunkState, Ledger
+from batch_scheduler.state.ledger.sqlite import ChunkState, Ledger
 
 from ..conftest import fast_settings
 from ..daemon.helpers import until

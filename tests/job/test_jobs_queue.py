@@ -12,8 +12,8 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.admit.queue_budget import QueuePool
 from batch_scheduler.job.admit.queues import JobQueues, Weight
 from batch_scheduler.job.observe import JobStats
-from batch_scheduler.providers.bedrock import SPEC as BEDROCK
-from batch_scheduler.providers.gemini import SPEC as GEMINI
+from batch_scheduler.providers.aws.bedrock import SPEC as BEDROCK
+from batch_scheduler.providers.google.gemini import SPEC as GEMINI
 from batch_scheduler.state import open_ledger
 
 MODEL = "gemini-2.5-flash"

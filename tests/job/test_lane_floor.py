@@ -13,8 +13,8 @@ from batch_scheduler.job.input.batcher import cut_chunks
 from batch_scheduler.job.input.reader import JsonlSource
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.job.input.validate import Rejects, Validator
-from batch_scheduler.providers.bedrock import BedrockProvider
-from batch_scheduler.state.sqlite import ChunkKind, Ledger
+from batch_scheduler.providers.aws.bedrock import BedrockProvider
+from batch_scheduler.state.ledger.sqlite import ChunkKind, Ledger
 
 CLAUDE = "anthropic.claude-3-5-haiku-20241022-v1:0"
 NOVA = "amazon.nova-lite-v1:0"

@@ -14,9 +14,9 @@ from batch_scheduler.job.input.batcher import LANE_HOLD, cut_chunks, one_lane
 from batch_scheduler.job.input.reader import JsonlSource
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.job.input.validate import Rejects, Validator
-from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.providers.openai.provider import OpenAIProvider
 from batch_scheduler.simulator import SimConfig
-from batch_scheduler.state.sqlite import ChunkKind, Ledger
+from batch_scheduler.state.ledger.sqlite import ChunkKind, Ledger
 
 from ..helpers import ids_of, read_results
 

@@ -17,7 +17,7 @@ from batch_scheduler.job.input.params import check_params
 from batch_scheduler.job.input.sources import make_sources
 from batch_scheduler.job.input.template import Renderer
 from batch_scheduler.providers import build_settings
-from batch_scheduler.providers.inline import fold_system
+from batch_scheduler.providers.anthropic.inline import fold_system
 from batch_scheduler.simulator import SimConfig, Simulator
 
 FAST = dict(poll_min=0.01, poll_max=0.05, shards=2, api_key="sk-params-test")

@@ -10,7 +10,7 @@ import pytest
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.job.send.poller import Poller
-from batch_scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
 
 from ..conftest import fast_settings
 from ..helpers import request

@@ -13,8 +13,8 @@ from batch_scheduler.job.input.prefix import job_lane_of
 from batch_scheduler.job.input.reader import JsonlSource
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.job.input.validate import Rejects, Validator
-from batch_scheduler.providers.anthropic import AnthropicProvider
-from batch_scheduler.state.sqlite import ChunkKind, Ledger
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
+from batch_scheduler.state.ledger.sqlite import ChunkKind, Ledger
 
 SYSTEMS = ("You label tickets. " * 20, "You label tickets tersely. " * 20)
 

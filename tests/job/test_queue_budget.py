@@ -9,9 +9,9 @@ import orjson
 
 from batch_scheduler.core.settings import JobsQueue, Settings
 from batch_scheduler.job.admit.queue_budget import Measure, QueuePool, account_of, reserve_all
-from batch_scheduler.providers.anthropic import SPEC as ANTHROPIC
-from batch_scheduler.providers.gemini import SPEC as GEMINI
-from batch_scheduler.providers.openai import SPEC as OPENAI
+from batch_scheduler.providers.anthropic.provider import SPEC as ANTHROPIC
+from batch_scheduler.providers.google.gemini import SPEC as GEMINI
+from batch_scheduler.providers.openai.provider import SPEC as OPENAI
 
 
 def queue(cap=300, pool=None):

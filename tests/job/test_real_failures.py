@@ -11,7 +11,7 @@ import pytest
 
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.simulator import SimConfig
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger.sqlite import Ledger
 
 from ..conftest import fast_settings
 from ..helpers import ids_of, read_results, request, write_requests

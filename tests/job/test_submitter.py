@@ -22,7 +22,7 @@ from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.send.submitter import JOB_TOKEN_KEY, Outgoing, Submitter
 from batch_scheduler.providers import headers_for, make_provider
 from batch_scheduler.providers.base import Provider
-from batch_scheduler.state.sqlite import ChunkKind, Ledger
+from batch_scheduler.state.ledger.sqlite import ChunkKind, Ledger
 
 from ..conftest import fast_settings
 from ..helpers import ids_of, read_results, request, write_requests

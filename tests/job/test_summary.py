@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from batch_scheduler.job.engine import Engine
-from batch_scheduler.state.sqlite import Ledger
+from batch_scheduler.state.ledger.sqlite import Ledger
 
 from ..conftest import fast_settings
 from ..helpers import request

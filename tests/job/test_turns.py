@@ -12,7 +12,7 @@ import orjson
 
 from batch_scheduler.job.send.claims import Claims
 from batch_scheduler.job.send.submitter import Outgoing
-from batch_scheduler.state.sqlite import ChunkKind
+from batch_scheduler.state.ledger.sqlite import ChunkKind
 
 from ..helpers import request
 from .test_submitter import job

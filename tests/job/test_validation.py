@@ -9,7 +9,7 @@ from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.batcher import cut_chunks
 from batch_scheduler.job.input.reader import JsonlSource
 from batch_scheduler.job.input.validate import FingerprintSet, Rejects, Validator
-from batch_scheduler.providers.anthropic import AnthropicProvider
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
 
 from ..helpers import request
 

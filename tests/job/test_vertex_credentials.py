@@ -20,7 +20,7 @@ from aiohttp import web
 from batch_scheduler.core import errors
 from batch_scheduler.core.settings import OWN_CREDENTIALS
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.providers.gcp_auth import NO_CREDENTIALS, TokenSource
+from batch_scheduler.providers.google.gcp_auth import NO_CREDENTIALS, TokenSource
 from batch_scheduler.simulator import SimConfig
 
 from ..gcp import BUCKET, EMAIL, PROJECT, service_account, vertex_settings

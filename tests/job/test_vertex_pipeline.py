@@ -11,7 +11,7 @@ import pytest
 
 from batch_scheduler.job.api import arun
 from batch_scheduler.job.engine import Engine, ExitCode
-from batch_scheduler.providers.gcp_auth import NO_CREDENTIALS
+from batch_scheduler.providers.google.gcp_auth import NO_CREDENTIALS
 from batch_scheduler.simulator import SimConfig
 
 from ..gcp import BUCKET, PROJECT, service_account, vertex_settings

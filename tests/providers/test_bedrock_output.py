@@ -8,8 +8,8 @@ import logging
 import orjson
 import pytest
 
-from batch_scheduler.providers.bedrock_lines import output_line
-from batch_scheduler.providers.bedrock_output import Manifest, OutputTally, read_manifest
+from batch_scheduler.providers.aws.bedrock_lines import output_line
+from batch_scheduler.providers.aws.bedrock_output import Manifest, OutputTally, read_manifest
 
 MODEL = "amazon.nova-lite-v1:0"
 WHAT = "batch abcdefabcdef: s3://b/out/abcdefabcdef/manifest.json.out"

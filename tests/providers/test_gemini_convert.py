@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_scheduler.providers.gemini_convert import gemini_request
+from batch_scheduler.providers.google.gemini_convert import gemini_request
 
 
 def test_every_convertible_param_lands_where_gemini_reads_it():

@@ -12,8 +12,8 @@ import pytest
 
 from batch_scheduler.core.options import BY_NAME
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.providers.anthropic import AnthropicProvider
-from batch_scheduler.providers.anthropic_versions import CURRENT_VERSION, LEGACY_VERSION
+from batch_scheduler.providers.anthropic.provider import AnthropicProvider
+from batch_scheduler.providers.anthropic.versions import CURRENT_VERSION, LEGACY_VERSION
 
 
 def check(version: str, params: dict, *, model: str | None = None) -> str | None:

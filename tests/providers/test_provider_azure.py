@@ -13,7 +13,7 @@ from batch_scheduler.commands.main import main
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.providers import build_settings
 from batch_scheduler.providers.base import BatchState
-from batch_scheduler.providers.openai_like import AzureProvider, resource_root
+from batch_scheduler.providers.openai.like import AzureProvider, resource_root
 from batch_scheduler.simulator import SimConfig
 from batch_scheduler.simulator.process import SimulatorProcess
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 
 from batch_scheduler.core.settings import Settings
-from batch_scheduler.providers.bedrock import BedrockProvider
-from batch_scheduler.providers.bedrock_lines import padded_line, record_line
+from batch_scheduler.providers.aws.bedrock import BedrockProvider
+from batch_scheduler.providers.aws.bedrock_lines import padded_line, record_line
 
 CLAUDE = "anthropic.claude-3-5-haiku-20241022-v1:0"
 LLAMA = "meta.llama3-1-8b-instruct-v1:0"

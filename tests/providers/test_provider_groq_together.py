@@ -11,9 +11,9 @@ import pytest
 
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers.base import BatchState
-from batch_scheduler.providers.openai_like import GroqProvider, TogetherProvider
+from batch_scheduler.providers.openai.like import GroqProvider, TogetherProvider
 from batch_scheduler.simulator import SimConfig
-from batch_scheduler.simulator.groq import HOST
+from batch_scheduler.simulator.openai.groq import HOST
 
 from ..conftest import KEY, PROVIDERS, fast_settings
 from ..helpers import ids_of, read_results, write_requests

@@ -11,8 +11,8 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import RetryPolicy, Settings
 from batch_scheduler.providers import build_settings
+from batch_scheduler.providers.anthropic.inline import InlineProvider
 from batch_scheduler.providers.base import BatchState, Outcome
-from batch_scheduler.providers.inline import InlineProvider
 
 from ..conftest import KEY
 

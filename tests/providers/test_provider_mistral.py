@@ -8,13 +8,13 @@ import logging
 import orjson
 import pytest
 
-import batch_scheduler.providers.listing as listing
+import batch_scheduler.providers.openai.listing as listing
 from batch_scheduler.core import errors
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers.base import BatchState
-from batch_scheduler.providers.mistral import MistralProvider
-from batch_scheduler.simulator.mistral import HOST
+from batch_scheduler.providers.openai.mistral import MistralProvider
+from batch_scheduler.simulator.openai.mistral import HOST
 
 from ..conftest import KEY, PROVIDERS, fast_settings
 from ..helpers import ids_of, read_results, write_requests

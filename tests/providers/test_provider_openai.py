@@ -14,7 +14,7 @@ from batch_scheduler.core.settings import RetryPolicy, Settings
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.job.view.status import job_status
 from batch_scheduler.providers.base import BatchState, Outcome, Usage
-from batch_scheduler.providers.openai import OpenAIProvider
+from batch_scheduler.providers.openai.provider import OpenAIProvider
 from batch_scheduler.simulator import SimConfig
 
 from ..conftest import KEY, fast_settings

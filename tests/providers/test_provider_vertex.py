@@ -11,7 +11,7 @@ from batch_scheduler.core.http import HttpClient
 from batch_scheduler.providers import headers_for, make_provider
 from batch_scheduler.providers.answers import ShapeError
 from batch_scheduler.providers.base import BatchState, Outcome, Usage
-from batch_scheduler.providers.vertex_lines import check_line, classify_line, upload_line
+from batch_scheduler.providers.google.vertex_lines import check_line, classify_line, upload_line
 from batch_scheduler.simulator import SimConfig
 
 from ..gcp import BUCKET, service_account, vertex_settings

@@ -10,8 +10,8 @@ import pytest
 
 from batch_scheduler.job.engine import Engine, ExitCode
 from batch_scheduler.providers.base import BatchState
-from batch_scheduler.providers.xai import XaiProvider, batch_tag, result_line
-from batch_scheduler.simulator.xai import HOST
+from batch_scheduler.providers.openai.xai import XaiProvider, batch_tag, result_line
+from batch_scheduler.simulator.openai.xai import HOST
 
 from ..conftest import PROVIDERS, fast_settings
 from ..helpers import ids_of, read_results, write_requests

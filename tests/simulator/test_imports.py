@@ -9,7 +9,7 @@ import pathlib
 
 SIMULATOR = pathlib.Path(__file__).resolve().parents[2] / "batch_scheduler" / "simulator"
 PACKAGE = "batch_scheduler.simulator"
-API_MODULES = ("anthropic", "openai", "openai_files", "inline", "batches", "context")
+API_MODULES = ("anthropic.api", "openai.api", "openai.files", "anthropic.inline", "batches", "context")
 
 
 def imports_of(path: pathlib.Path, modules: set[str]) -> set[str]:
@@ -25,7 +25,8 @@ def imports_of(path: pathlib.Path, modules: set[str]) -> set[str]:
 
 
 def import_graph(root: pathlib.Path = SIMULATOR, package: str = PACKAGE) -> dict[str, set[str]]:
-    paths = {package if p.stem == "__init__" else f"{package}.{p.stem}": p for p in root.glob("*.py")}
+    paths = {".".join([package, *p.relative_to(root).with_suffix("").parts]).removesuffix(".__init__"): p
+             for p in root.rglob("*.py")}
     modules = set(paths)
     return {name: imports_of(path, modules) - {name} for name, path in paths.items()}
 

@@ -8,7 +8,7 @@ import re
 import sqlite3
 
 from batch_scheduler.state import open_ledger
-from batch_scheduler.state.rows import SCHEMA, ChunkKind, ChunkState
+from batch_scheduler.state.ledger.rows import SCHEMA, ChunkKind, ChunkState
 
 
 async def test_a_planned_chunk_is_not_marked_until_its_create_is_started_and_a_new_intent_clears_the_mark(ledger):

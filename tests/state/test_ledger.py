@@ -7,8 +7,8 @@ import asyncio
 import time
 
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.postgres import PgLedger
-from batch_scheduler.state.sqlite import ChunkKind, ChunkState, RetryState, RetryWait, SqliteLedger
+from batch_scheduler.state.ledger.postgres import PgLedger
+from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkState, RetryState, RetryWait, SqliteLedger
 
 
 def test_both_backends_are_ledgers():

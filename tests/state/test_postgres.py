@@ -10,8 +10,8 @@ import pytest
 
 from batch_scheduler.cluster.queue import Queue
 from batch_scheduler.core import errors
-from batch_scheduler.state.postgres import PgLedger
-from batch_scheduler.state.sqlite import ChunkKind, ChunkState
+from batch_scheduler.state.ledger.postgres import PgLedger
+from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkState
 from tests.cluster.helpers import aclaim, queue_job
 
 

@@ -14,8 +14,8 @@ from collections import Counter
 import psycopg
 
 import batch_scheduler
-from batch_scheduler.state import pg
-from batch_scheduler.state.rows import ChunkState
+from batch_scheduler.state.ledger import pg
+from batch_scheduler.state.ledger.rows import ChunkState
 
 from ..conftest import KEY
 from ..helpers import ids_of, read_results, write_requests

@@ -4,7 +4,7 @@ of earlier versions: test_resume.py)."""
 import re
 import sqlite3
 
-from batch_scheduler.state.sqlite import SCHEMA, Ledger, RetryState
+from batch_scheduler.state.ledger.sqlite import SCHEMA, Ledger, RetryState
 
 
 def test_a_ledger_from_before_the_skipped_column_opens_and_gains_it(tmp_path):

@@ -51,8 +51,8 @@ from batch_scheduler.job.money.pricing import model_counters
 from batch_scheduler.providers.answers import ShapeError
 from batch_scheduler.providers.base import OUTCOME_NAMES, BatchInfo, Outcome, Provider, Usage
 from batch_scheduler.state.ledger import Ledger
+from batch_scheduler.state.ledger.sqlite import ChunkRow, RetryState, RetryWait
 from batch_scheduler.state.shards import ShardSet
-from batch_scheduler.state.sqlite import ChunkRow, RetryState, RetryWait
 
 log = logging.getLogger("batch_scheduler.collector")
 

@@ -27,7 +27,7 @@ from batch_scheduler.job.send.flights import Flight, InFlight, Tracked
 from batch_scheduler.job.send.submitter import Submitter
 from batch_scheduler.providers.base import BatchInfo, BatchState
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
+from batch_scheduler.state.ledger.sqlite import ChunkRow, ChunkState, RetryState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.providers import provider_class
-from batch_scheduler.providers.anthropic_versions import CURRENT_VERSION
+from batch_scheduler.providers.anthropic.versions import CURRENT_VERSION
 
 PYDANTIC_MISSING = "response_model= needs pydantic: pip install 'batch-scheduler[structured]'"
 

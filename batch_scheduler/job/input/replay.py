@@ -19,7 +19,7 @@ from batch_scheduler.core.errors import JobMismatch
 from batch_scheduler.job.input.batcher import chunk_digest
 from batch_scheduler.job.input.reader import Source, span_blocks
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.sqlite import ChunkKind, ChunkRow
+from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkRow
 
 CheckRequest = Callable[[dict, bytes], tuple[str | None, bytes | None]]  # Provider.check_request
 Part = tuple[bytes, str, int]  # (request line, custom_id, index in the root chunk)

@@ -15,7 +15,7 @@ same ids in two inputs) cannot be told apart that way. So what other jobs hold i
   creates may overlap: the custom_ids of a job's results tell its own chunks apart) and looks, and a
   create whose answer was lost keeps the turn until its chunk has looked. So a batch nobody records is
   never another job's, even when two jobs' requests share custom_ids. In a cluster the turn is also
-  taken from a `Gate` (a lock every node sees: state/turns.py), so the nodes' jobs take turns too; a
+  taken from a `Gate` (a lock every node sees: state/ledger/turns.py), so the nodes' jobs take turns too; a
   turn there lets no new create join once it is TURN_S old, so that every node gets its turn.
 
 Every engine of the process shares one registry (`shared()`): the daemon's jobs, a node's, and `run()`

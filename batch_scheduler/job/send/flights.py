@@ -17,7 +17,7 @@ from typing import Any
 from batch_scheduler.job.admit.queue_budget import Ticket
 from batch_scheduler.job.admit.queues import JobQueues, Weight
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider
-from batch_scheduler.state.sqlite import ChunkRow
+from batch_scheduler.state.ledger.sqlite import ChunkRow
 
 
 @dataclass

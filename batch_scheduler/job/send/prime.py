@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from batch_scheduler.job.input.prefix import line_prefix
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.sqlite import ChunkState
+from batch_scheduler.state.ledger.sqlite import ChunkState
 
 log = logging.getLogger("batch_scheduler.engine")
 

@@ -35,7 +35,7 @@ from batch_scheduler.job.send.route import Lane, Route
 from batch_scheduler.job.send.submitter import Outgoing
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, parse_time
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.sqlite import ChunkRow, ChunkState
+from batch_scheduler.state.ledger.sqlite import ChunkRow, ChunkState
 
 log = logging.getLogger("batch_scheduler.engine")
 

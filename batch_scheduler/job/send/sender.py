@@ -37,7 +37,7 @@ from batch_scheduler.job.send.realtime import RealtimeLane
 from batch_scheduler.job.send.submitter import Outgoing, Submitted, Submitter
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.sqlite import ChunkRow, ChunkState
+from batch_scheduler.state.ledger.sqlite import ChunkRow, ChunkState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 

@@ -45,7 +45,7 @@ from batch_scheduler.job.input.validate import Rejects
 from batch_scheduler.job.send.claims import Claims, shared
 from batch_scheduler.providers.base import BatchInfo, Provider
 from batch_scheduler.state.ledger import Ledger
-from batch_scheduler.state.sqlite import ChunkKind, ChunkState
+from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkState
 
 log = logging.getLogger("batch_scheduler.submitter")
 

@@ -14,7 +14,7 @@ from batch_scheduler.job.view.summary import TOKEN_KINDS, waiting_retry
 from batch_scheduler.providers import DEFAULT, NAMES, spec_of
 from batch_scheduler.state.jobdir import finished, results_by_type
 from batch_scheduler.state.ledger import open_ledger
-from batch_scheduler.state.sqlite import ChunkRow, ChunkState, RetryState
+from batch_scheduler.state.ledger.sqlite import ChunkRow, ChunkState, RetryState
 
 
 def job_status(out_dir: str) -> dict[str, Any]:

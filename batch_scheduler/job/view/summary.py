@@ -21,7 +21,7 @@ from batch_scheduler.job.money.pricing import MODEL_PREFIX, TOKEN_KINDS, PriceTa
 from batch_scheduler.job.observe import JobStats
 from batch_scheduler.job.send.poller import PollStats
 from batch_scheduler.state.jobdir import finished, results_by_type
-from batch_scheduler.state.sqlite import RetryState
+from batch_scheduler.state.ledger.sqlite import RetryState
 
 
 def waiting_retry(retries: Mapping[RetryState, int]) -> int:

@@ -17,7 +17,7 @@ from groq.types import (
 )
 from groq.types.batch_list_response import Data
 
-from batch_scheduler.simulator.groq import HOST
+from batch_scheduler.simulator.openai.groq import HOST
 
 from .conftest import KEY
 from .recorder import Recorder

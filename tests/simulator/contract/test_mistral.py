@@ -19,7 +19,7 @@ from mistralai.client.models import (
     ListBatchJobsResponse,
 )
 
-from batch_scheduler.simulator.mistral import HOST
+from batch_scheduler.simulator.openai.mistral import HOST
 
 from ..strict import problems
 from .conftest import KEY

@@ -1,0 +1,1 @@
+"""The simulated AWS Bedrock batch inference (bedrock.py): model invocation jobs over the simulator's S3."""
