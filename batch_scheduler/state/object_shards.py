@@ -24,12 +24,14 @@ import shutil
 
 import orjson
 
-from batch_scheduler.state.objects import ObjectInfo, Objects
+from batch_scheduler.state.objects import TMP_MARK, ObjectInfo, Objects
+from batch_scheduler.state.owner import OWNER_KEY
 from batch_scheduler.state.shards import ShardSet
 
 log = logging.getLogger("batch_scheduler.cluster")
 
 MANIFEST = "_manifest.json"
+OUT_FILES = ("summary.json", "rejected.jsonl", MANIFEST, OWNER_KEY)  # what OUT holds beside results/
 RESULTS = "results"
 
 
@@ -90,13 +92,20 @@ class ObjectShards:
 
 async def collect_garbage(objects: Objects, listed: set[str], owner_token: str) -> list[str]:
     """Remove the result objects this job wrote (its owner token in their names) that its ledger does not
-    list, and the temporaries of its puts a kill cut short; the keys removed. Another job's objects are
-    never touched, whatever its ledger says."""
+    list, the temporaries of its puts a kill cut short, and those of OUT's own files (summary, rejected
+    lines, manifest, owner record); the keys removed. Another job's objects are never touched, whatever
+    its ledger says."""
     gone = []
     mine = f"{RESULTS}/{owner_token[:16]}-"
     keys = [info.key for info in await objects.list(RESULTS)] + await objects.leftovers(RESULTS)
     for key in sorted(keys):
         if key.startswith(mine) and key not in listed:
+            await objects.delete(key)
+            gone.append(key)
+    # the temporaries of OUT's own files (summary, rejected lines, manifest, owner record) a kill left: OUT
+    # is this job's alone (its owner record), so whoever's write it was, nothing reads them
+    for key in await objects.leftovers(""):
+        if "/" not in key and key.split(TMP_MARK, 1)[0] in OUT_FILES:
             await objects.delete(key)
             gone.append(key)
     if gone:

@@ -197,3 +197,16 @@ async def test_a_put_killed_mid_way_leaves_nothing_the_finished_output_does_not_
     gone = await collect_garbage(objects, {listed}, "a" * 32)  # this job's clean-up, as it finishes
     assert gone and all(k.startswith("results/aaaaaaaaaaaaaaaa-c2-000001-shard-00001.jsonl") for k in gone)
     assert sorted(f"results/{n}" for n in os.listdir(os.path.join(out, "results"))) == [listed, *others]
+
+
+async def test_the_temporaries_of_outs_own_files_a_kill_left_are_removed_when_the_job_finishes(tmp_path):
+    out = str(tmp_path / "out")
+    objects = LocalObjects(out)
+    await objects.put("summary.json", b"{}")
+    for name in ("summary.json", "_manifest.json", "rejected.jsonl", "_owner.json", "notes.txt"):
+        with open(os.path.join(out, f"{name}.tmp-0badf00d"), "wb") as f:  # as a kill between write and rename
+            f.write(b"partial")
+    gone = await collect_garbage(objects, set(), "a" * 32)
+    assert sorted(gone) == [f"{n}.tmp-0badf00d" for n in ("_manifest.json", "_owner.json", "rejected.jsonl",
+                                                             "summary.json")]
+    assert sorted(os.listdir(out)) == ["notes.txt.tmp-0badf00d", "summary.json"]  # not ours to judge: kept
