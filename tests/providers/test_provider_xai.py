@@ -38,8 +38,11 @@ def test_a_job_finishes_exactly_once_under_real_faults_then_status(env, monkeypa
     assert stats["calls"]["xai.batches.add_requests"] >= 12
 
 
-async def test_lost_add_answers_are_settled_by_the_batch_count_and_no_request_is_paid_twice(sim, tmp_path):
+@pytest.mark.parametrize("ghost_404_s", [0.0, 0.3], ids=["readable", "ghost-404s-after-create"])
+async def test_lost_add_answers_are_settled_by_the_batch_count_and_no_request_is_paid_twice(sim, tmp_path,
+                                                                                          ghost_404_s):
     sim.config.lost_create_rate = 0.4
+    sim.config.ghost_404_s = ghost_404_s  # a batch just made answers 404 a while: its count is asked again
     ids = write_requests(tmp_path / "in.jsonl", 1_000)
     result = await Engine(PROVIDERS["xai"].settings(sim.url), str(tmp_path / "out"),
                           [str(tmp_path / "in.jsonl")], quiet=True).run()

@@ -26,6 +26,8 @@ summary's `batches.resent_unadopted`).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -44,6 +46,7 @@ from batch_scheduler.providers.openai.provider import OpenAIProvider
 ADD_BYTES = 20 * MB  # per add-requests call (xAI: 25 MB)
 PAGE_SIZE = 100
 ADD_ATTEMPTS = 4  # add-requests calls of one piece whose outcome was unknown, settled by the batch's count
+GHOST_FIRST_WAIT_S, GHOST_MAX_WAIT_S = 0.05, 5.0  # a batch answering 404 just after its create: asked again
 # google.rpc codes worth another attempt: CANCELLED by xAI, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED,
 # INTERNAL, UNAVAILABLE
 _TRANSIENT_RPC = {4: "request_timeout", 8: "rate_limit_exceeded", 10: "server_error", 13: "server_error",
@@ -147,14 +150,28 @@ class XaiProvider(OpenAIProvider):
             except (errors.OutcomeUnknown, errors.TimeoutError_):
                 if attempt == ADD_ATTEMPTS:
                     raise
-            try:
-                held = (await self.get(batch_id)).total
-            except (errors.NotFound, errors.TransientError) as err:  # not readable yet: the create is sent again
-                raise errors.OutcomeUnknown(f"batch {batch_id}: an add's outcome is unknown ({err})") from err
+            held = await self._held(batch_id)
             if held == before + count:
                 return
             if held != before:
                 raise errors.BadAnswer(f"batch {batch_id}: holds {held} requests after an add of {count} to {before}")
+
+    async def _held(self, batch_id: str) -> int | None:
+        """The batch's request count, to settle an add. A batch just made may answer 404 for a while (a ghost,
+        as a poll may meet): asked again, backing off, within --not-found-grace; past it, or on a transient
+        failure, the add's outcome stays unknown (the caller cancels the batch and the chunk goes again)."""
+        deadline = time.monotonic() + self.settings.not_found_grace_s
+        wait = GHOST_FIRST_WAIT_S
+        while True:
+            try:
+                return (await self.get(batch_id)).total
+            except errors.NotFound as err:
+                if time.monotonic() + wait > deadline:
+                    raise errors.OutcomeUnknown(f"batch {batch_id}: an add's outcome is unknown ({err})") from err
+            except errors.TransientError as err:
+                raise errors.OutcomeUnknown(f"batch {batch_id}: an add's outcome is unknown ({err})") from err
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, GHOST_MAX_WAIT_S)
 
     async def _cancel_quietly(self, batch_id: str) -> None:
         try:
