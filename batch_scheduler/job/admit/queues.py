@@ -127,6 +127,14 @@ class JobQueues:
         self._show(q)
         return ticket
 
+    def given_back(self, ticket: Ticket) -> None:
+        """A batch that was not created after all (a restored chunk with no batch at the provider): its room
+        comes back, nothing learned."""
+        for t in _both(ticket):
+            t.queue.given_back(t)
+        self._tickets.discard(ticket)
+        self._show(ticket.queue)
+
     async def accepted(self, ticket: Ticket) -> None:
         for t in _both(ticket):
             if t.queue.accepted(t):

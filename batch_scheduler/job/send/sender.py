@@ -26,7 +26,8 @@ from dataclasses import replace
 from batch_scheduler.core import errors
 from batch_scheduler.job.admit.admission import Admission, Pass
 from batch_scheduler.job.admit.parts import bounds, parts_needed, split_specs
-from batch_scheduler.job.admit.queue_budget import TooHeavy
+from batch_scheduler.job.admit.queue_budget import Ticket, TooHeavy
+from batch_scheduler.job.admit.queues import Weight
 from batch_scheduler.job.input.prefix import mark_one_hour
 from batch_scheduler.job.input.replay import Part, Replay
 from batch_scheduler.job.observe import JobStats
@@ -41,6 +42,7 @@ from batch_scheduler.state.ledger.sqlite import ChunkRow, ChunkState
 
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 
+Held = tuple[Ticket, Weight]  # the room a chunk holds while its lost create's batch is looked for, and its weight
 UPLOADS = 2  # create calls (batch bodies being built and sent) at once; more slots wait at the provider
 
 
@@ -83,7 +85,23 @@ class Sender:
     def resend_soon(self, row: ChunkRow, parts: list[Part] | None, flight: Flight | None = None) -> None:
         """`resend` in a task of its own (the slot is held)."""
         self._book.live.add(row.id)
-        self._tg.create_task(self.resend(row, parts, flight), name=f"resend chunk {row.id}")
+        held = self._hold(row, parts)
+        self._tg.create_task(self.resend(row, parts, flight, held=held), name=f"resend chunk {row.id}")
+
+    def _hold(self, row: ChunkRow, parts: list[Part] | None) -> Held | None:
+        """A chunk whose create may have happened holds its room in the queue at once, as a batch an earlier
+        run left does: looking for its batch takes a while, and a new chunk must not take the room that batch
+        has at the provider (the new create would meet a full queue). None when its weight is not known
+        without reading its requests again (`resend` holds it then, before it looks)."""
+        if row.state != ChunkState.SUBMITTING or row.create_at is None:
+            return None
+        if parts:
+            weight = self._queues.weigh([p[0] for p in parts])
+        elif parts is None and row.units is not None and row.queue_key:
+            weight = Weight(row.queue_key, row.units, row.units, row.take)
+        else:
+            return None
+        return self._queues.restore(weight.key, weight.units), weight
 
     def track(self, flight: Flight, row: ChunkRow, batch_id: str, created_at: float | None, *,
               now: bool = False) -> None:
@@ -91,12 +109,15 @@ class Sender:
         self._book.add(flight, row.id, batch_id)
         self._poller.track(batch_id, Tracked(flight, row), created_at, now=now)
 
-    async def resend(self, row: ChunkRow, parts: list[Part] | None, flight: Flight | None = None) -> None:
+    async def resend(self, row: ChunkRow, parts: list[Part] | None, flight: Flight | None = None, *,
+                     held: Held | None = None) -> None:
         """A chunk whose create may or may not have happened (SUBMITTING, marked at its create call:
         looked for first) or surely did not (PLANNED, or SUBMITTING with no mark: planned, never at its create
         call): sent again once there is room for it (as several batches if it is too heavy for one).
 
         parts: what to send (see `Replay.parts`); None to read them again. The slot is held.
+        held: the room a chunk whose create may have happened holds while its batch is looked for (`_hold`);
+        given back if there is no batch to adopt (the create that follows waits for room as any other).
         """
         try:
             if self.lane is not None and self.lane.was_realtime(row):
@@ -107,13 +128,16 @@ class Sender:
             lines = [p[0] for p in parts]
             weight = self._queues.weigh(lines) if parts else None
             if row.state == ChunkState.SUBMITTING and row.create_at is not None and parts and weight is not None:
+                held = held or (self._queues.restore(weight.key, weight.units), weight)
                 info = await self._submitter.adopt(row.id, len(parts), row.create_at)
                 if info is not None:
                     fl = flight or Flight()
-                    fl.ticket, fl.weight = self._queues.restore(weight.key, weight.units), weight
+                    fl.ticket, fl.weight = held
                     fl.remaining += 1
                     self.track(fl, await self._ledger.chunk(row.id), info.id, info.created_at)
                     return
+            if held is not None:  # no batch made: the room it held comes back
+                self._queues.given_back(held[0])
             if not parts or weight is None:
                 await self._ledger.set_state(row.id, ChunkState.DROPPED, "every request was refused")
                 self._admission.give_slot()
