@@ -346,8 +346,11 @@ class VertexProvider(Provider):
             if state not in _RUNNING:
                 log.info("%s: state %s read as still running", what, shown(state))
             kind = BatchState.IN_PROGRESS
+        # completionStats count what is done so far: the job's size only once it ended (a running job's partial
+        # count is no size: a lost create's batch found mid-run must not look like another chunk's)
+        total = sum(counts.values()) if counts and kind is not BatchState.IN_PROGRESS else None
         return BatchInfo(
             id=bid, state=kind, created_at=parse_time(doc.get("createTime")), ended_at=parse_time(doc.get("endTime")),
-            total=sum(counts.values()) if counts else None, counts=counts, results=[directory] if directory else [],
+            total=total, counts=counts, results=[directory] if directory else [],
             error=(str(error) if error else f"the job ended {state}") if kind is BatchState.FAILED else None,
             raw=doc)

@@ -180,7 +180,10 @@ class VertexApi:
                           expired=ctx.rng.random() < ctx.config.vertex_expired_rate,
                           paused=ctx.rng.random() < ctx.config.vertex_paused_rate, exported=None,
                           output_dir=f"{prefix}/prediction-model-{rfc3339(ctx.wall_time())}")
-        batch.id = str(ctx.rng.randrange(10 ** 18, 10 ** 19))
+        ctx.rng.randrange(10 ** 18, 10 ** 19)  # drawn as before, so that the seeded draws after it do not change
+        # unique across simulators as Vertex's ids are: two seeded simulators in one process (a test suite's)
+        # would give the same ids, and the process's claims would take one job's batch for another's
+        batch.id = str(10 ** 18 + secrets.randbelow(9 * 10 ** 18))
         if batch.extra["expired"]:
             batch.outcomes[:] = bytes([Outcome.EXPIRED]) * batch.n  # nothing runs, nothing is billed
         ctx.add_batch(batch)
