@@ -112,7 +112,9 @@ async def test_openai_request_timeout_lines_get_another_attempt(sim, tmp_path):
 
 @pytest.mark.parametrize("kind", ["conflict_error", "timeout_error"])
 async def test_409_and_504_answers_are_retried(sim, provider, tmp_path, kind):
-    sim.config.fail_rate = 0.3
+    # at 0.3, about one run in 300 had a chunk meet UNKNOWN_RESENDS + 1 lost create answers in a row (0.3 ** 7 a chunk)
+    # and the job stopped, resumable, as it should; this test is about the retries, not that stop
+    sim.config.fail_rate = 0.2
     sim.config.fail_kinds = [kind]
     ids = write_requests(tmp_path / "in.jsonl", 300)
     # batches of 20: enough calls that faults are drawn for a provider that makes few (Gemini's inline batches)
