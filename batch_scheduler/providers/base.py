@@ -161,6 +161,10 @@ class Provider(Protocol):
     tag_of: Callable[[BatchInfo], str | None] | None = None
     # Where an input line names its request: the first of these fields it has (Gemini's own form says `key`).
     id_fields: ClassVar[tuple[str, ...]] = ("custom_id",)
+    # The fast check of an input line of the provider's most common shape: its custom_id when the full check
+    # (orjson, `check_request`) would accept it as it came and put it in no lane, else None (then the full
+    # check decides). None here: every line takes the full check.
+    plain_check: Callable[[bytes], str | None] | None = None
     # Estimates: a provider whose lines keep no Messages-like `params`/`body` maps a line to one that does
     # (`{"params": {model, system, messages, tools, max_tokens}}`) for job.money; None: read it as it is.
     estimate_view: Callable[[dict], dict] | None = None

@@ -109,3 +109,64 @@ def test_reserving_room_keeps_what_the_set_holds():
     s.reserve(50_000)
     assert len(s) == 1_000 and not s.add(hash("id-999")) and s.add(hash("id-1000"))
     assert all(s.add(hash(f"more-{i}")) for i in range(20_000))
+
+
+PLAIN = b'{"custom_id":"%s","params":{"model":"claude-sonnet-4-5","max_tokens":%s,"system":"Be brief.",' \
+        b'"messages":[{"role":"user","content":"hello"}]}}'
+
+
+def _shapes() -> list[bytes]:
+    """Lines of the plain shape and of every way a line can differ from it (each must be judged as the full
+    check judges it)."""
+    base = orjson.loads(PLAIN % (b"base", b"64"))
+    lines = [PLAIN % (b"p%d" % i, n) for i, n in enumerate([b"0", b"1", b"64", b"-1", b"true", b"64.0", b"null",
+                                                             b'"64"', b"1e999", b"99999999999999999999999",
+                                                             b"9223372036854775807"])]
+    changes = {"stream-false": {"stream": False}, "stream-true": {"stream": True}, "temperature": {"temperature": 0.5},
+               "top-k": {"top_k": -1}, "system-null": {"system": None}, "system-blocks":
+               {"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]},
+               "model-null": {"model": None}, "model-int": {"model": 4}, "unknown": {"frobnicate": 1},
+               "metadata": {"metadata": {"user_id": "u"}}, "tools": {"tools": []},
+               "top-cache": {"cache_control": {"type": "ephemeral"}},
+               "marked-message": {"messages": [{"role": "user", "content": "x", "cache_control": {"type": "ephemeral"}}]},
+               "block-content": {"messages": [{"role": "user", "content": [{"type": "text", "text": "x",
+                                                                            "cache_control": {"type": "ephemeral"}}]}]},
+               "role-int": {"messages": [{"role": 1, "content": "x"}]}, "no-messages": {"messages": None},
+               "messages-empty": {"messages": []}, "message-extra": {"messages": [{"role": "user", "content": "x",
+                                                                                     "name": "n"}]}}
+    for name, change in changes.items():
+        params = {**base["params"], **change}
+        lines.append(orjson.dumps({"custom_id": name, "params": {k: v for k, v in params.items() if v is not None}
+                                   if name == "no-messages" else params}))
+    lines += [
+        orjson.dumps({"custom_id": "extra-key", "params": base["params"], "note": 1}),
+        orjson.dumps({"custom_id": "no-model", "params": {k: v for k, v in base["params"].items() if k != "model"}}),
+        PLAIN % (b"has space", b"5"), PLAIN % (b"x" * 65, b"5"), PLAIN % (b"base", b"5"),  # invalid ids; a duplicate
+        PLAIN.replace(b'"role":"user"', b'"role":1e999') % (b"huge-role", b"5"),
+        PLAIN.replace(b'"hello"', b'"\\ud800"') % (b"surrogate", b"5"),
+        PLAIN.replace(b'"params"', b'"\\u0070arams"') % (b"escaped-key", b"5"),
+        PLAIN.replace(b'"max_tokens"', b'"max_tokens":-5,"max_tokens"') % (b"dup-key", b"5"),
+        PLAIN.replace(b'"content"', b'"\\u0063ache_control":{"type":"ephemeral"},"content"') % (b"escaped-mark", b"5"),
+        PLAIN.replace(b'"hello"', b'"caf\xe9"') % (b"latin1", b"5"),
+        (PLAIN % (b"trailing", b"5")) + b" x", b"  " + PLAIN % (b"spaced", b"5") + b"\r",
+        orjson.dumps({"custom_id": "base", "params": base["params"]}),  # the duplicate of the first base line
+    ]
+    return [PLAIN % (b"base", b"64")] + lines
+
+
+@pytest.mark.parametrize("version", ["2026-10-21", "2023-06-01", "2099-01-01"])
+@pytest.mark.parametrize("prime_via", ["realtime", "off"])
+def test_the_fast_check_judges_every_line_as_the_full_check_does(version, prime_via):
+    settings = Settings(model="claude-sonnet-4-5", anthropic_version=version, prime_via=prime_via)
+    fast = Validator(AnthropicProvider(settings, http=None), 1 << 20)
+    full = Validator(AnthropicProvider(settings, http=None), 1 << 20)
+    full._plain = None
+    lines = _shapes()
+    judged = [(fast.check(raw), fast.lane) for raw in lines]
+    assert judged == [(full.check(raw), full.lane) for raw in lines]
+    accepted = {j[0][0] for j in judged if j[0][1] is not None}
+    assert {"base", "p2", "spaced"} <= accepted  # the plain shape went through
+    assert not {"stream-true", "no-messages", "huge-role", "surrogate", "latin1", "trailing"} & accepted
+    assert not {"p3", "p4", "p5", "p9"} & accepted or version == "2099-01-01"  # the API judges an unknown version
+    # a version this program knows reads the plain shape with the fast check; an unknown one never does
+    assert (fast._plain is not None and fast._plain(PLAIN % (b"z", b"5")) == "z") == (version != "2099-01-01")

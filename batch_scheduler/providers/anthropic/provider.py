@@ -15,6 +15,7 @@ from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import MB, ProviderSpec, Settings, join_url
 from batch_scheduler.providers.answers import ANTHROPIC_COUNTS, asked_for, batch_id, document, text
 from batch_scheduler.providers.answers import counts as request_counts
+from batch_scheduler.providers.anthropic.plain import plain_check
 from batch_scheduler.providers.anthropic.versions import KNOWN_VERSIONS, params_check
 from batch_scheduler.providers.base import BatchInfo, BatchState, Provider, RequestsBody, encode, parse_time
 from batch_scheduler.providers.common import (
@@ -54,6 +55,7 @@ class AnthropicProvider(Provider):
         self._url = join_url(settings.base_url, _PATH)
         self._model_bytes = orjson.dumps(settings.model) if settings.model else None
         self._params_problem = params_check(settings.anthropic_version)
+        self.plain_check = plain_check(settings.anthropic_version)
         if settings.anthropic_version not in KNOWN_VERSIONS:
             log.warning("anthropic-version %s is not one this program knows (%s): its lines are checked only for "
                         "what every version requires", settings.anthropic_version, ", ".join(KNOWN_VERSIONS))
