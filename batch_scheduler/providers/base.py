@@ -42,7 +42,7 @@ def requests_body(lines: list[bytes]) -> bytes:
     return b",".join(parts)
 
 
-PIECE_BYTES = 1 << 20  # what RequestsBody hands the connection at a time
+PIECE_BYTES = 256 << 10  # what RequestsBody hands the connection at a time (under the mmap threshold: see reader)
 
 
 class RequestsBody(Payload):
