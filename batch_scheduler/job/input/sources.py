@@ -14,7 +14,7 @@ blank lines), so positions and line numbers stay in step through multi-line fiel
 file of one row a line, a position is the row index. Reading from a position parses (but does not
 render) the rows before it: CSV cannot be entered in the middle.
 
-Files are read in a thread, `ROWS_PER_BLOCK` rows or `reader.BLOCK_BYTES` of requests at a time.
+Files are read in a thread, `ROWS_PER_BLOCK` rows or `ROW_BLOCK_BYTES` of requests at a time.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from batch_scheduler.core.errors import InputError, UsageError
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.params import check_params
 from batch_scheduler.job.input.reader import (
-    BLOCK_BYTES,
     Block,
     JsonlSource,
     ObjectJsonlSource,
@@ -49,6 +48,7 @@ from batch_scheduler.providers import provider_class
 from batch_scheduler.state.objects import is_object_url
 
 ROWS_PER_BLOCK = 4096
+ROW_BLOCK_BYTES = 4 << 20  # a block's requests are many small lines (no one large buffer, as a JSONL read has)
 ROW_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet", ".pq")
 csv.field_size_limit(256 << 20)  # an article is longer than csv's default 128 KiB field
 
@@ -144,7 +144,7 @@ class TemplateSource:
             item = self.render(row, row_no) if type(row) is dict else row
             lines.append(item)
             nbytes += len(item)
-            if len(lines) >= ROWS_PER_BLOCK or nbytes >= BLOCK_BYTES:
+            if len(lines) >= ROWS_PER_BLOCK or nbytes >= ROW_BLOCK_BYTES:
                 break
         return Block(self.index, lines, first_line, first_pos) if lines else None
 
