@@ -46,8 +46,9 @@ def limit_malloc_arenas(arenas: int = 2, mmap_threshold_bytes: int = MMAP_THRESH
     was freed in it: the reader's, the ledger's and the executor's threads held ~50 MiB more RSS than the
     live heap at 200,000 requests (229 -> 180 MiB peak with two arenas, the same CPU).
 
-    Blocks from `mmap_threshold_bytes` up (the reader's 4 MiB reads, a create's 1 MiB pieces) are mapped
-    apart and unmapped when freed. glibc's own threshold rises to the largest block freed, so those
+    Blocks from `mmap_threshold_bytes` up (a bucket input's 4 MiB ranges, a long line joined) are mapped
+    apart and unmapped when freed; the reader's blocks and a create's body pieces (256 KiB) stay under it, so
+    their buffers are used again rather than mapped and zeroed afresh. glibc's own threshold rises to the largest block freed, so those
     blocks came from the heap, and the request lines and answers allocated around them kept the heap
     from shrinking: at 1,000,000 requests the heap held 40-60 MiB free and the peak RSS was 156 MiB,
     141 MiB with the threshold fixed. Process-wide: entry points only; nothing where the C library has
