@@ -16,7 +16,8 @@
         │   ├── ServerError             500, 502, 503, 529 (overloaded), other 5xx
         │   ├── Conflict                409 conflict_error (a concurrent change; the SDKs retry it)
         │   ├── NetworkError            connection refused, reset or dropped
-        │   │   └── OutcomeUnknown      dropped after the body was sent: a batch may exist
+        │   │   └── OutcomeUnknown      dropped after the body was sent, or (for a create) a 5xx no
+        │   │                           provider worded: a batch may exist
         │   └── TimeoutError_           408, 504 timeout_error, no answer in time (an unknown outcome on create)
         ├── SpendLimited                a spend limit (429 enforced_spend_limit_reached, 402 billing_error,
         │                               OpenAI insufficient_quota): a pause until the date the message names
@@ -146,7 +147,8 @@ class NetworkError(TransientError):
 
 
 class OutcomeUnknown(NetworkError):
-    """The connection dropped after the request was sent: the call may have taken effect."""
+    """The connection dropped after the request was sent, or a gateway answered a 5xx in the provider's place:
+    the call may have taken effect."""
 
 
 class Conflict(TransientError):
@@ -343,6 +345,25 @@ def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = No
         return RateLimited(text, status=status, kind=kind,
                            retry_after_s=parse_retry_after(h.get("retry-after"), ms=h.get("retry-after-ms")))
     return cls(text, status=status, kind=kind)
+
+
+# 5xx a gateway sends when it never reached the provider, or that say the provider did not take the call
+NOT_TAKEN_5XX = frozenset({501, 503, 529})
+
+
+def for_unsafe_call(err: ProviderError) -> ProviderError:
+    """What a failed call that must not be repeated blindly (a batch create, a paid live call) means.
+
+    A 5xx the provider did not word (no error body of its own: a gateway's or proxy's page, as nginx's 502
+    when the provider dropped the connection mid-answer) cannot say the call was not done: OutcomeUnknown,
+    looked for before it is sent again. The provider's own 5xx error says it failed, and is retried as the
+    official SDKs do; a 503 or 529 says the call was not taken.
+    """
+    if isinstance(err, ServerError) and err.kind is None and err.status is not None \
+            and err.status not in NOT_TAKEN_5XX:
+        return OutcomeUnknown(f"{err} (not the provider's own error: the call may have been done)",
+                              status=err.status)
+    return err
 
 
 def _class_of(status: int) -> type[ProviderError]:

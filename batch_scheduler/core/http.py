@@ -4,8 +4,8 @@ Every provider call goes through `HttpClient.call` (whole answer) or `HttpClient
 JSONL download). Transient failures are retried here with exponential backoff and full jitter; the
 server's `retry-after` beats the computed wait, and a 429 closes the endpoint's gate so every caller
 of that endpoint waits, not just the one that was told. Calls that must not be repeated blindly
-(`idempotent=False`, i.e. batch creation) are not retried on a dropped connection or a timeout: the
-caller gets `OutcomeUnknown` and decides (see submitter: look for the batch before sending again).
+(`idempotent=False`, i.e. batch creation) are not retried on a dropped connection, a timeout or a 5xx
+no provider worded (a gateway's page): the caller gets `OutcomeUnknown` and decides (see submitter: look for the batch before sending again).
 
 Proxies come from the process environment as in the official SDKs (`trust_env`: `HTTPS_PROXY`,
 `HTTP_PROXY`, `NO_PROXY`; aiohttp then reads `~/.netrc` too, and sends nothing from it to a host it
@@ -181,6 +181,8 @@ class HttpClient:
                 err = errors.from_exception(exc, what=endpoint, sent=sent and not idempotent)
                 if not isinstance(exc, errors.ProviderError):
                     self.stats.calls[(endpoint, type(exc).__name__)] += 1
+                if not idempotent:
+                    err = errors.for_unsafe_call(err)
                 err.args = (self.redact(str(err)),)
                 if isinstance(err, errors.OutcomeUnknown | errors.TimeoutError_) and not idempotent:
                     raise err from None

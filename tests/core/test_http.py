@@ -62,6 +62,28 @@ async def test_create_is_retried_when_the_server_answered_with_an_error(client):
         assert await client.call("POST", URL, "create", body=b"{}", idempotent=False) == b'{"id":"b1"}'
 
 
+@pytest.mark.parametrize("status", [500, 502, 520])
+async def test_a_5xx_no_provider_worded_on_create_is_an_unknown_outcome_not_a_blind_resend(client, status):
+    """A gateway's page (nginx's 502 when the provider dropped mid-answer) cannot say no batch was made."""
+    with aioresponses() as m:
+        m.post(URL, status=status, body=b"<html>502 Bad Gateway</html>")
+        m.post(URL, status=200, body=b'{"id":"b2"}')
+        with pytest.raises(errors.OutcomeUnknown, match=f"HTTP {status}.*may have been done"):
+            await client.call("POST", URL, "create", body=b"{}", idempotent=False)
+    assert client.stats.retries["create"] == 0
+
+
+async def test_the_providers_own_500_on_create_and_any_5xx_on_a_read_are_retried(client):
+    with aioresponses() as m:
+        m.post(URL, status=500, body=b'{"type":"error","error":{"type":"api_error","message":"oops"}}')
+        m.post(URL, status=200, body=b'{"id":"b1"}')
+        m.get(URL, status=502, body=b"<html>502 Bad Gateway</html>")
+        m.get(URL, status=200, body=b'{"ok":1}')
+        assert await client.call("POST", URL, "create", body=b"{}", idempotent=False) == b'{"id":"b1"}'
+        assert await client.call("GET", URL, "list") == b'{"ok":1}'
+    assert (client.stats.retries["create"], client.stats.retries["list"]) == (1, 1)
+
+
 async def test_409_conflict_and_504_timeout_are_retried_as_the_sdks_do(client):
     with aioresponses() as m:
         m.get(URL, status=409, body=b'{"type":"error","error":{"type":"conflict_error","message":"busy"}}')
