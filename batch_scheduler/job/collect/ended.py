@@ -91,6 +91,8 @@ class Endings:
                 ending = await self._failed(row, info, flight)
             else:
                 ending = await self._succeeded(row, info, flight)
+            if row.adopted:  # the ledger says now whose it was: a chunk waiting to know looks again
+                self._submitter.settled()
             if ending.then is not Then.DONE:
                 return ending
             # its results are durable (or it failed for good): what the provider staged for it may go (best

@@ -188,11 +188,18 @@ class Sender:
         if self.lane is not None and (priming == "realtime" or (priming is None and self.lane.wants(out))):
             await self._realtime(out, flight, permit=permit)
             return
+
+        def give_permit() -> None:  # the chunk waits for its lost create's batch: others may upload meanwhile
+            nonlocal permit
+            if permit:
+                self._uploads.release()
+                permit = False
+
         try:
             while True:
                 try:
                     try:
-                        done = await self._submitter.submit(out)
+                        done = await self._submitter.submit(out, on_wait=give_permit)
                     except errors.SpendLimited as err:
                         self._spend_limited(out, err)  # the chunk is PLANNED again: the next run sends it
                         done = []

@@ -111,6 +111,7 @@ class Submitter:
         self._claimed: set[str] = set()
         self._created_at: dict[int, float] = {}  # chunk -> when its create in the air was marked started
         self._not_for: dict[int, set[str]] = {}  # chunk -> batches it adopted whose results were not its own
+        self._settled = asyncio.Event()  # an adopted batch was proved this job's chunk's, or let go
         self._token, self._token_at = job_token(ledger, clock)
 
     def claim(self, batch_id: str) -> None:
@@ -122,6 +123,7 @@ class Submitter:
         chunk that made it to find (another job's, or, after a crash left two creates unrecorded, another
         chunk of this job: so it is ruled out for this chunk only)."""
         self._not_for.setdefault(chunk_id, set()).add(batch_id)
+        self._claimed.discard(batch_id)
         self.claims.disown(batch_id, self._owner)
 
     def tag(self, chunk_id: int) -> str:
@@ -136,13 +138,16 @@ class Submitter:
     def nbytes(self, lines: list[bytes]) -> int:
         return sum(len(x) + self._overhead(len(x)) for x in lines) + 64
 
-    async def submit(self, out: Outgoing) -> list[Submitted]:
-        """Create the batch (two or more after a 413 split). Raises FatalError to stop the job."""
+    async def submit(self, out: Outgoing, *, on_wait: Callable[[], None] | None = None) -> list[Submitted]:
+        """Create the batch (two or more after a 413 split). Raises FatalError to stop the job.
+
+        on_wait: called before a lost create's chunk waits for other chunks' adoptions to settle (it may
+        be hours: what the caller holds for the upload goes back)."""
         lines, ids, index = out.lines, out.ids, out.raw_index or []
         resends = 0
         while lines:
             try:
-                info, unknown = await self._create_or_find(out, lines)
+                info, unknown = await self._create_or_find(out, lines, on_wait)
             except errors.RequestTooLarge:
                 return await self._split(out, lines, ids, index)
             except errors.RequestRejected as err:
@@ -170,7 +175,7 @@ class Submitter:
         await self.ledger.set_state(out.chunk_id, ChunkState.DROPPED, "every request was refused")
         return []
 
-    async def _create_or_find(self, out: Outgoing, lines: list[bytes]
+    async def _create_or_find(self, out: Outgoing, lines: list[bytes], on_wait: Callable[[], None] | None = None
                               ) -> tuple[BatchInfo | None, errors.SchedulerError | None]:
         """One create, in this job's turn (where only counts tell batches apart); when its answer is lost,
         the look for its batch before the turn is given back, so that no other job's look takes it.
@@ -184,9 +189,12 @@ class Submitter:
                 await self.ledger.add_counts({"creates_unknown": 1})
                 log.warning("create for chunk %s: outcome unknown (%s); looking for the batch", chunk_id, err)
                 started = self._created_at.get(chunk_id) or out.intent_at
-                return await self._look(chunk_id, len(lines), started), err
+                found, unknown = await self._look(chunk_id, len(lines), started), err
             finally:
                 self._created_at.pop(chunk_id, None)
+        if found is None:  # out of the turn: the batch may be one another chunk adopted, not yet proved its
+            found = await self._when_adoptions_settle(chunk_id, len(lines), started, on_wait)
+        return found, unknown
 
     def _turn(self) -> AbstractAsyncContextManager[None]:
         """This job's turn to create and look, where batches are told apart by their request count only."""
@@ -281,7 +289,40 @@ class Submitter:
         """A batch created after `intent_at` (when the chunk's create was started) that nobody claims and
         that may be this chunk's, or None. Looked for in this job's turn."""
         async with self._turn():
-            return await self._look(chunk_id, n, intent_at)
+            found = await self._look(chunk_id, n, intent_at)
+        return found if found is not None else await self._when_adoptions_settle(chunk_id, n, intent_at)
+
+    def settled(self) -> None:
+        """An adopted batch ended and the ledger says what became of it (collected as its chunk's, or let go)."""
+        self._settled.set()
+
+    async def _when_adoptions_settle(self, chunk_id: int, n: int, intent_at: float | None,
+                                     on_wait: Callable[[], None] | None = None) -> BatchInfo | None:
+        """Where only counts tell batches apart (no tags): a chunk that found no batch of its own while other
+        chunks of this job hold adopted batches not yet proved theirs waits until each is proved (its results
+        collected) or let go, looking again after each; None once none is held. Otherwise two chunks whose
+        creates were both lost (a kill with creates in the air) could each miss: the first adopts the
+        second's batch, the second finds nothing and sends again, and the first's batch turns out not to be
+        its own when it ends: the second's requests paid twice."""
+        if self.provider.tag_of is not None:
+            return None
+        said = False
+        while True:
+            self._settled.clear()
+            held = [r.id for r in await self.ledger.chunks_in(ChunkState.SUBMITTED) if r.adopted and r.id != chunk_id]
+            if not held:
+                return None
+            if not said:
+                log.info("chunk %s: no batch of its own listed; it waits until the batches chunks %s adopted "
+                         "prove theirs or not before it is sent again", chunk_id, ", ".join(map(str, held[:5])))
+                said = True
+                if on_wait is not None:
+                    on_wait()
+            await self._settled.wait()
+            async with self._turn():
+                found = await self._look(chunk_id, n, intent_at)
+            if found is not None:
+                return found
 
     async def _look(self, chunk_id: int, n: int, intent_at: float | None) -> BatchInfo | None:
         since = (intent_at or self._clock()) - ADOPT_WINDOW_S
