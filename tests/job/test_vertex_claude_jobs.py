@@ -27,9 +27,11 @@ async def test_a_429_at_a_claude_create_is_a_full_queue_and_uses_no_attempt(sim,
     sim.config = SimConfig(seed=5, processing_s=0.2, vertex_claude_jobs=2)  # a project below the default
     ids = write_requests(tmp_path / "in.jsonl", 400)
     settings = vertex_settings(sim.url, credentials, batch_size=50, concurrency=16, max_attempts=1)
-    result = await Engine(settings, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True).run()
+    engine = Engine(settings, str(tmp_path / "out"), [str(tmp_path / "in.jsonl")], quiet=True)
+    result = await engine.run()
     assert result.exit_code == ExitCode.OK, result.message
     assert sorted(ids_of(read_results(str(tmp_path / "out")))) == sorted(ids)
+    assert engine.stats.queue_text().startswith("queued 0/2 jobs")  # the progress line counts jobs (learned: 2)
     queue = result.summary["queue"]
     assert queue["queue_full_answers"] >= 1  # each a 429 at create, sent again with its one attempt unused
     assert queue["limits"]["claude jobs"]["peak_in_flight"] <= 4

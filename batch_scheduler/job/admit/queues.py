@@ -195,6 +195,7 @@ class JobQueues:
         await self._ledger.record_queue_limits(self._learned)
 
     def _show(self, q: Queue) -> None:
+        self._stats.queue_unit = q.unit  # Claude on Vertex: its batches weigh one of 4 jobs, not requests
         self._stats.queued = q.held.get(self._job, 0)
         self._stats.queue_limit = q.limit
         self._stats.queue_peak = max(self._stats.queue_peak, self._stats.queued)
