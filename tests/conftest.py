@@ -21,10 +21,12 @@ AMBIENT = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "
 
 
 @pytest.fixture(autouse=True)
-def _hermetic_environment(monkeypatch):
-    """Every HTTP client trusts the environment (proxies); tests set what they need, nothing else."""
+def _hermetic_environment(monkeypatch, tmp_path_factory):
+    """Every HTTP client trusts the environment (proxies); tests set what they need, nothing else. The jobs'
+    machine-wide state (state/host.py) goes to the session's temporary directory, not the user's home."""
     for name in AMBIENT:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BATCH_STATE_DIR", str(tmp_path_factory.getbasetemp() / "machine-state"))
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ from batch_scheduler.daemon.slots import FairSlots
 from batch_scheduler.daemon.spool import Job, JobState, Spool, job_name
 from batch_scheduler.job.money.pricing import PriceTable
 from batch_scheduler.job.outcome import RESTART_WAITS_S
-from batch_scheduler.job.send.claims import shared as shared_claims
+from batch_scheduler.job.send.claims import machine_wide
 from batch_scheduler.providers import build_settings
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
@@ -107,7 +107,7 @@ class Daemon:
         self._claim_errors: dict[str, str] = {}  # inbox file -> why its last claim failed (logged once)
         self.runner = JobRunner(config.flags, key_check_s=config.key_check_s,
                                 restart_waits_s=config.restart_waits_s, wake=self._wake.set, observer=self.metrics,
-                                claims=shared_claims(elsewhere=self.spool.batches_since))
+                                claims=machine_wide(elsewhere=self.spool.batches_since))
         self.api = Api(self, config.token)
         self.notifier = Notifier(config.notify_socket)
         self.hooks = Hooks(config.hooks)

@@ -15,7 +15,6 @@ import asyncio
 import enum
 import errno
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.logs import CONTROL
 from batch_scheduler.core.options import coerce_option_file
 from batch_scheduler.daemon.logs import log
-from batch_scheduler.state.ledger import open_ledger
+from batch_scheduler.state.host import recorded_since, written_since
 
 if TYPE_CHECKING:
     from batch_scheduler.job.engine import Engine
@@ -161,18 +160,8 @@ class Spool:
             dirs = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
         for d in dirs:
             path = os.path.join(d, "ledger.db")
-            if os.path.abspath(d) == job_dir or not _written_since(path, since):
-                continue
-            try:
-                ledger = open_ledger(path, readonly=True)
-            except (errors.SchedulerError, sqlite3.Error):
-                continue  # a damaged ledger fails its own job; it claims nothing
-            try:
-                held |= ledger.batch_ids_since(since)
-            except (errors.SchedulerError, sqlite3.Error):
-                pass
-            finally:
-                ledger.close()
+            if os.path.abspath(d) != job_dir and written_since(path, since):
+                held |= recorded_since(path, since)
         return held
 
     def taken(self, name: str) -> bool:
@@ -276,16 +265,6 @@ class Spool:
         return Job(name, path, input_name, str(doc.get("source") or input_name),
                    float(claimed) if isinstance(claimed, int | float) else os.stat(path).st_ctime,
                    state=state, reason=doc.get("reason"))
-
-
-def _written_since(ledger_path: str, since: float) -> bool:
-    for path in (ledger_path, ledger_path + "-wal"):
-        try:
-            if os.stat(path).st_mtime >= since:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def owner_only(path: str) -> bool:

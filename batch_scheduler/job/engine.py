@@ -23,7 +23,7 @@ from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.http import HttpClient
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.admit.admission import Admission
-from batch_scheduler.job.admit.queue_budget import QueuePool
+from batch_scheduler.job.admit.queue_budget import QueuePool, account_of
 from batch_scheduler.job.admit.queues import JobQueues
 from batch_scheduler.job.collect.collector import Collector, Judge
 from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, cut_chunks
@@ -37,7 +37,7 @@ from batch_scheduler.job.money.estimate import measure, survey
 from batch_scheduler.job.money.pricing import PriceTable
 from batch_scheduler.job.observe import JobStats, Observer
 from batch_scheduler.job.run import Run
-from batch_scheduler.job.send.claims import Claims, shared
+from batch_scheduler.job.send.claims import Claims, host, machine_wide
 from batch_scheduler.job.send.poller import Poller, PollStats
 from batch_scheduler.job.send.realtime import Answered
 from batch_scheduler.job.send.route import lanes_problem
@@ -91,7 +91,10 @@ class Engine:
         self._shared_slots = slots  # an object with async acquire() and release(), shared by jobs (daemon)
         self.observer = observer or Observer()  # HTTP latencies and batch timings (metrics)
         self._owner = owner  # who holds the job's lock, as a process refused by it is told
-        self._claims = claims or shared()  # whose batch is whose, shared by every job of the process (claims.py)
+        # whose batch is whose: shared by every job of the process, and on its own also with this machine's
+        # other processes' jobs on the account (claims.py)
+        self._claims = claims or machine_wide()
+        self._on_host = self._claims.machine_wide
         self._where = os.path.abspath(out_dir)  # this job, as the claims know it
         self._pool = queues or QueuePool()  # the provider queues' budget, shared by jobs (daemon)
         self._store = store  # where the job's state lives (job.LocalStore(out_dir) when None; see job.py)
@@ -135,6 +138,9 @@ class Engine:
                 raise
             return full
         self.settings = job.settings  # what the job keeps of its own (its anthropic-version)
+        if self._on_host:  # what a lost create of another process must not take
+            await asyncio.to_thread(host().join, self._where, account_of(self.settings),
+                                    os.path.join(self._where, "ledger.db"))
         try:
             found = local_identities(self.inputs)  # checked at the end: an input edited meanwhile fails the run
             result = unchanged(await self._run_once(job), found)
@@ -150,6 +156,8 @@ class Engine:
             raise
         finally:
             self._claims.release(self._where)  # what it holds is in its ledger now, where others look
+            if self._on_host:
+                host().leave(self._where)
         refused = result.exit_code == ExitCode.USAGE  # e.g. the input changed: the job's files stay as they were
         job.close_files(read_all=self._read_all and not refused)
         try:

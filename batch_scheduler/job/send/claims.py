@@ -21,9 +21,11 @@ same ids in two inputs) cannot be told apart that way. So what other jobs hold i
 Every engine of the process shares one registry (`shared()`): the daemon's jobs, a node's, and `run()`
 called from several threads, each with its own event loop (so the registry is guarded by a thread
 lock, and a waiter is woken on its own loop). An adopted batch whose results turn out to be another's
-is let go (`disown`), so that the job that made it can find it. Jobs in other processes are known by
-their batches' custom_ids only (README: give concurrent jobs distinct custom_ids; generated ids carry
-the job's name).
+is let go (`disown`), so that the job that made it can find it. A job run on its own (`machine_wide()`)
+also sees the jobs of this machine's other processes on its account (state/host.py: their ledgers'
+batch ids, and a lock for the turn); jobs on other machines are known by their batches' custom_ids only,
+unless they share a cluster (README: give concurrent jobs distinct custom_ids; generated ids carry the
+job's name).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+from batch_scheduler.state.host import HostAccounts
+
 Elsewhere = Callable[[str, float], set[str]]  # (this job's dir, since) -> batch ids other jobs hold (blocking)
 TURN_S = 1.0  # with a gate: a turn older than this takes no new create (the other nodes' jobs go first)
 
@@ -44,6 +48,7 @@ class Gate(Protocol):
 
     async def acquire(self, owner: str) -> None: ...
     async def release(self, owner: str) -> None: ...
+    def contended(self, owner: str) -> bool: ...  # another process may wait: the turn ends within TURN_S
 
 
 class _Registry:
@@ -102,6 +107,30 @@ def _wake(future: asyncio.Future) -> None:
 _PROCESS = _Registry()
 
 
+_HOST: HostAccounts | None = None
+
+
+def host() -> HostAccounts:
+    """This machine's jobs per provider account, whatever process runs them (state/host.py)."""
+    global _HOST
+    if _HOST is None:
+        _HOST = HostAccounts()
+    return _HOST
+
+
+def machine_wide(elsewhere: Elsewhere | None = None) -> Claims:
+    """The claims of a job run on this machine (`batch-scheduler run`, the Python API, a daemon's jobs): the
+    process's registry, and the jobs of this machine's other processes on the same account, their batches
+    and their turns; with what `elsewhere` says too (a daemon's spool ledgers)."""
+    h = host()
+
+    def others(owner: str, since: float) -> set[str]:
+        return h.batches_since(owner, since) | (elsewhere(owner, since) if elsewhere is not None else set())
+    claims = Claims(others, registry=_PROCESS, gate=h)
+    claims.machine_wide = True
+    return claims
+
+
 def shared(elsewhere: Elsewhere | None = None, gate: Gate | None = None) -> Claims:
     """The process's one registry, seen with `elsewhere` (a daemon's spool ledgers, a cluster's ledgers) and
     its turns also taken from `gate` (a cluster's lock) when given."""
@@ -114,6 +143,7 @@ class Claims:
         self._elsewhere = elsewhere
         self._r = registry or _Registry()
         self._gate = gate
+        self.machine_wide = False  # its jobs are listed in this machine's state directory (`machine_wide`)
 
     def claim(self, batch_id: str, owner: str) -> None:
         self._r.change(lambda: self._r.owner_of.__setitem__(batch_id, owner))
@@ -185,7 +215,7 @@ class Claims:
 
         def ready() -> bool:
             if r.turn == owner:
-                young = gate is None or time.monotonic() - r.turn_since < TURN_S
+                young = gate is None or time.monotonic() - r.turn_since < TURN_S or not gate.contended(owner)
                 return r.turn_ready and young and all(w == owner for w in r.wanting)
             return r.turn is None and (not r.wanting or r.wanting[0] == owner)
 

@@ -53,6 +53,10 @@ class Turns:
                 db.cancel()  # the wait ends in the database; a lock granted meanwhile is released next
             raise
 
+    def contended(self, owner: str) -> bool:
+        """Always: another node may wait, and PostgreSQL does not say (a turn ends within TURN_S)."""
+        return True
+
     async def release(self, owner: str) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._unlock)
 

@@ -1,0 +1,102 @@
+"""Jobs of separate processes on one machine and one account (two `batch-scheduler run`s) take turns and rule
+out each other's batches through the state directory (state/host.py), as the jobs of one process do in
+memory: two jobs whose requests carry the same custom_ids never adopt each other's batch when every create
+answer is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from batch_scheduler.job.send.claims import Claims, _Registry
+from batch_scheduler.job.send.submitter import Outgoing
+from batch_scheduler.state.host import HostAccounts
+from batch_scheduler.state.ledger.sqlite import ChunkKind
+
+from ..helpers import request
+from .test_submitter import job
+
+MODELS = ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4")
+
+
+def process(root, owner: str, ledger_path, account: str = "anthropic|sim|key") -> Claims:
+    """What one process of its own sees: its own registry, and the machine's state directory."""
+    host = HostAccounts(str(root))
+    open(ledger_path, "a").close()  # noqa: SIM115 - the ledger file the job's directory holds
+    host.join(owner, account, str(ledger_path))
+    return Claims(host.batches_since, registry=_Registry(), gate=host)
+
+
+async def test_jobs_of_three_processes_sharing_custom_ids_never_adopt_each_others_batch_when_every_create_is_lost(
+        sim, tmp_path):
+    sim.ctx.config = replace(sim.ctx.config, lost_create_rate=1.0)  # every batch is made, every answer lost
+    ids = [f"same-{i}" for i in range(5)]
+    root = tmp_path / "state"
+    claims = {o: process(root, o, tmp_path / f"{o}.db") for o in "abc"}
+    async with job(sim.url, tmp_path / "a.db", provider="anthropic", claims=claims["a"], owner="a") as a, \
+            job(sim.url, tmp_path / "b.db", provider="anthropic", claims=claims["b"], owner="b") as b, \
+            job(sim.url, tmp_path / "c.db", provider="anthropic", claims=claims["c"], owner="c") as c:
+        async def send(one, model: str) -> list[str]:
+            lines = [orjson.dumps(request(cid, model=model)) for cid in ids]
+            chunk_id = await one.ledger.record_intent(kind=ChunkKind.INPUT, root_seq=0, take=5, nbytes=1_000)
+            (done,) = await one.submitter.submit(Outgoing(chunk_id, ChunkKind.INPUT, 0, 0, lines, ids, 1,
+                                                          time.time()))
+            return sim.ctx.store.batches[done.info.id].models
+
+        for _ in range(3):  # creates of three jobs at once, each answer lost, each looked for
+            got = await asyncio.gather(*(send(one, model) for one, model in zip((a, b, c), MODELS, strict=True)))
+            assert got == [[model] * 5 for model in MODELS]
+        counts = [await one.ledger.acounters() for one in (a, b, c)]
+        assert [(n["creates_unknown"], n["batches_adopted"]) for n in counts] == [(3, 3)] * 3
+
+
+async def test_a_process_waits_for_the_turn_another_holds_and_a_waiter_ends_the_holders_turn(tmp_path):
+    root = tmp_path / "state"
+    first, second = process(root, "a", tmp_path / "a.db"), process(root, "b", tmp_path / "b.db")
+    entered: list[str] = []
+
+    async def enter(claims: Claims, owner: str) -> None:
+        async with claims.turn(owner):
+            entered.append(owner)
+
+    async with first.turn("a"):
+        waiting = asyncio.create_task(enter(second, "b"))
+        await asyncio.sleep(0.3)
+        assert entered == []  # b's process waits for the account's lock a's holds
+        assert first._gate is not None and first._gate.contended("a")  # and says so
+    await asyncio.wait_for(waiting, 5)
+    assert entered == ["b"]
+
+
+def test_a_job_whose_directory_is_gone_is_forgotten_and_an_unwritable_root_is_said_once(tmp_path, caplog):
+    root = tmp_path / "state"
+    hosts = HostAccounts(str(root))
+    for o in "ab":
+        open(tmp_path / f"{o}.db", "a").close()  # noqa: SIM115
+        hosts.join(o, "acct", str(tmp_path / f"{o}.db"))
+    os.unlink(tmp_path / "b.db")
+    assert hosts.batches_since("a", 0.0) == set()
+    (jobs,) = (root / "accounts").iterdir()
+    assert [p.read_text() for p in (jobs / "jobs").iterdir()] == [str(tmp_path / "a.db")]
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    nowhere = HostAccounts(str(blocked / "state"))  # under a file: cannot be made
+    for o in "ab":
+        nowhere.join(o, "acct", str(tmp_path / "a.db"))
+    said = [r for r in caplog.records if "BATCH_STATE_DIR" in r.getMessage()]
+    assert len(said) == 1
+    assert nowhere.batches_since("a", 0.0) == set()
+
+
+@pytest.mark.parametrize("env", ["BATCH_STATE_DIR", "XDG_STATE_HOME"])
+def test_the_state_root_comes_from_the_environment(monkeypatch, tmp_path, env):
+    from batch_scheduler.state.host import state_root
+    monkeypatch.delenv("BATCH_STATE_DIR", raising=False)
+    monkeypatch.setenv(env, str(tmp_path))
+    assert state_root() == (str(tmp_path) if env == "BATCH_STATE_DIR" else str(tmp_path / "batch-scheduler"))
