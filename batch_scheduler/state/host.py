@@ -41,6 +41,7 @@ log = logging.getLogger("batch_scheduler.submitter")
 
 LOCK_POLL_S = (0.01, 0.05)  # a process waiting for another's turn tries again after this long (jittered)
 WANT_FRESH_S = 0.5  # a waiter touches `turn.want` at each try: the holder's turn then ends within TURN_S
+SAY_WAIT_S = 60.0  # a turn waited for this long is said in the log, naming its holder
 
 
 def state_root() -> str:
@@ -144,6 +145,7 @@ class HostAccounts:
             return
         fd = os.open(os.path.join(where, "turn.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         want = os.path.join(where, "turn.want")
+        since, said = time.monotonic(), False
         try:
             while True:
                 try:
@@ -153,7 +155,14 @@ class HostAccounts:
                     with contextlib.suppress(OSError):
                         os.close(os.open(want, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
                         os.utime(want)
+                    if not said and time.monotonic() - since > SAY_WAIT_S:
+                        said = True
+                        log.warning("job %s: creates wait for the turn on this provider account, which %s holds (a "
+                                    "stopped process holds it until it goes on or ends)", owner, _holder(fd))
                     await asyncio.sleep(random.uniform(*LOCK_POLL_S))
+            with contextlib.suppress(OSError):  # who holds it, for a process that waits long to say
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}, job {owner}".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
@@ -175,6 +184,13 @@ class HostAccounts:
             fd = self._held.pop(owner, None)
         if fd is not None:
             os.close(fd)  # closing the file gives the lock back
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
 
 
 def recorded_since(ledger_path: str, since: float) -> set[str]:

@@ -15,6 +15,7 @@ import pytest
 
 from batch_scheduler.job.send.claims import Claims, _Registry
 from batch_scheduler.job.send.submitter import Outgoing
+from batch_scheduler.state import host
 from batch_scheduler.state.host import HostAccounts
 from batch_scheduler.state.ledger.sqlite import ChunkKind
 
@@ -55,7 +56,8 @@ async def test_jobs_of_three_processes_sharing_custom_ids_never_adopt_each_other
         assert [(n["creates_unknown"], n["batches_adopted"]) for n in counts] == [(3, 3)] * 3
 
 
-async def test_a_process_waits_for_the_turn_another_holds_and_a_waiter_ends_the_holders_turn(tmp_path):
+async def test_a_process_waits_for_the_turn_another_holds_says_who_holds_it_and_ends_the_holders_turn(
+        tmp_path, monkeypatch, caplog):
     root = tmp_path / "state"
     first, second = process(root, "a", tmp_path / "a.db"), process(root, "b", tmp_path / "b.db")
     entered: list[str] = []
@@ -64,6 +66,7 @@ async def test_a_process_waits_for_the_turn_another_holds_and_a_waiter_ends_the_
         async with claims.turn(owner):
             entered.append(owner)
 
+    monkeypatch.setattr(host, "SAY_WAIT_S", 0.1)
     async with first.turn("a"):
         waiting = asyncio.create_task(enter(second, "b"))
         await asyncio.sleep(0.3)
@@ -71,6 +74,9 @@ async def test_a_process_waits_for_the_turn_another_holds_and_a_waiter_ends_the_
         assert first._gate is not None and first._gate.contended("a")  # and says so
     await asyncio.wait_for(waiting, 5)
     assert entered == ["b"]
+    said = [r.getMessage() for r in caplog.records if "wait for the turn" in r.getMessage()]
+    assert said == [f"job b: creates wait for the turn on this provider account, which pid {os.getpid()}, job a "
+                    f"holds (a stopped process holds it until it goes on or ends)"]
 
 
 def test_a_job_whose_directory_is_gone_is_forgotten_and_an_unwritable_root_is_said_once(tmp_path, caplog):
