@@ -33,7 +33,7 @@
                                         one line naming the batch and the field (providers.answers)
 
 `from_status` and `from_exception` are the only places where HTTP statuses and aiohttp
-exceptions become these errors; `from_sqlite` does the same for the ledger's SQLite errors. `from_status`
+exceptions become these errors (the ledger's SQLite errors are mapped in state/ledger/sqlite.py). `from_status`
 decides as the official SDKs do: an `x-should-retry: true|false` header beats the status (except for a
 refused key and a spend limit, which pause the job whatever the header says); without it 408, 409, 429
 and 5xx are transient.
@@ -46,7 +46,6 @@ import email.utils
 import enum
 import math
 import re
-import sqlite3
 import time
 from collections.abc import Mapping
 
@@ -347,25 +346,6 @@ def from_status(status: int, body: bytes, headers: Mapping[str, str] | None = No
     return cls(text, status=status, kind=kind)
 
 
-# 5xx a gateway sends when it never reached the provider, or that say the provider did not take the call
-NOT_TAKEN_5XX = frozenset({501, 503, 529})
-
-
-def for_unsafe_call(err: ProviderError) -> ProviderError:
-    """What a failed call that must not be repeated blindly (a batch create, a paid live call) means.
-
-    A 5xx the provider did not word (no error body of its own: a gateway's or proxy's page, as nginx's 502
-    when the provider dropped the connection mid-answer) cannot say the call was not done: OutcomeUnknown,
-    looked for before it is sent again. The provider's own 5xx error says it failed, and is retried as the
-    official SDKs do; a 503 or 529 says the call was not taken.
-    """
-    if isinstance(err, ServerError) and err.kind is None and err.status is not None \
-            and err.status not in NOT_TAKEN_5XX:
-        return OutcomeUnknown(f"{err} (not the provider's own error: the call may have been done)",
-                              status=err.status)
-    return err
-
-
 def _class_of(status: int) -> type[ProviderError]:
     """The error class of a status without headers (the SDKs retry 408, 409, 429 and 5xx)."""
     if status == 429:
@@ -406,22 +386,6 @@ def from_exception(exc: BaseException, *, what: str = "", sent: bool = False) ->
     if isinstance(exc, aiohttp.ClientError):
         return NetworkError(f"{what}: {name}: {exc}")
     return ProtocolError(f"{what}: {name}: {exc}")
-
-
-def from_sqlite(err: sqlite3.Error, path: str) -> SchedulerError | None:
-    """What an SQLite error of the ledger at `path` means to a user, as one of ours; None for an unexpected one."""
-    text = str(err)
-    if isinstance(err, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
-        return DiskFull(f"no room left to write {path} ({text})")
-    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
-        return UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a copy, "
-                          f"or start the job afresh in another directory")
-    if "no such table" in text:
-        return UsageError(f"{path} holds no ledger (an empty or foreign file); restore the job's ledger.db from "
-                          f"a copy, or start the job afresh in another directory")
-    if "readonly" in text or "unable to open" in text:
-        return UsageError(f"cannot write {path} ({text}): check that its directory is writable")
-    return None
 
 
 class ExitCode(enum.IntEnum):

@@ -182,7 +182,7 @@ class HttpClient:
                 if not isinstance(exc, errors.ProviderError):
                     self.stats.calls[(endpoint, type(exc).__name__)] += 1
                 if not idempotent:
-                    err = errors.for_unsafe_call(err)
+                    err = for_unsafe_call(err)
                 err.args = (self.redact(str(err)),)
                 if isinstance(err, errors.OutcomeUnknown | errors.TimeoutError_) and not idempotent:
                     raise err from None
@@ -236,3 +236,22 @@ class HttpClient:
             mapped = errors.from_exception(exc, what=endpoint)
             mapped.args = (self.redact(str(mapped)),)
             raise mapped from None
+
+
+# 5xx a gateway sends when it never reached the provider, or that say the provider did not take the call
+NOT_TAKEN_5XX = frozenset({501, 503, 529})
+
+
+def for_unsafe_call(err: errors.ProviderError) -> errors.ProviderError:
+    """What a failed call that must not be repeated blindly (a batch create, a paid live call) means.
+
+    A 5xx the provider did not word (no error body of its own: a gateway's or proxy's page, as nginx's 502
+    when the provider dropped the connection mid-answer) cannot say the call was not done: OutcomeUnknown,
+    looked for before it is sent again. The provider's own 5xx error says it failed, and is retried as the
+    official SDKs do; a 503 or 529 says the call was not taken.
+    """
+    if isinstance(err, errors.ServerError) and err.kind is None and err.status is not None \
+            and err.status not in NOT_TAKEN_5XX:
+        return errors.OutcomeUnknown(f"{err} (not the provider's own error: the call may have been done)",
+                                     status=err.status)
+    return err

@@ -49,7 +49,7 @@ class SqliteLedger(SqlLedger):
             self._db: sqlite3.Connection = self._pool.submit(self._connect).result()
         except sqlite3.Error as err:
             self._pool.shutdown(wait=False)
-            raise errors.from_sqlite(err, path) or err from None
+            raise from_sqlite(err, path) or err from None
 
     def _connect(self) -> sqlite3.Connection:
         if self._readonly:
@@ -106,7 +106,7 @@ class SqliteLedger(SqlLedger):
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
             return out
         except sqlite3.Error as err:
-            raise errors.from_sqlite(err, self.path) or err from None
+            raise from_sqlite(err, self.path) or err from None
 
     def _tx_once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
@@ -135,7 +135,7 @@ class SqliteLedger(SqlLedger):
             try:
                 return fn(self._db)
             except sqlite3.Error as err:
-                raise errors.from_sqlite(err, self.path) or err from None
+                raise from_sqlite(err, self.path) or err from None
         return self._pool.submit(q).result()
 
     # -- what only this backend keeps in meta ---------------------------------------------------
@@ -153,3 +153,19 @@ class SqliteLedger(SqlLedger):
 
 
 Ledger = SqliteLedger  # the name callers and tests of a job directory's ledger have always used
+
+
+def from_sqlite(err: sqlite3.Error, path: str) -> errors.SchedulerError | None:
+    """What an SQLite error of the ledger at `path` means to a user, as one of ours; None for an unexpected one."""
+    text = str(err)
+    if isinstance(err, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
+        return errors.DiskFull(f"no room left to write {path} ({text})")
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return errors.UsageError(f"{path} cannot be read as a ledger ({text}): it is damaged; restore it from a "
+                                 f"copy, or start the job afresh in another directory")
+    if "no such table" in text:
+        return errors.UsageError(f"{path} holds no ledger (an empty or foreign file); restore the job's ledger.db "
+                                 f"from a copy, or start the job afresh in another directory")
+    if "readonly" in text or "unable to open" in text:
+        return errors.UsageError(f"cannot write {path} ({text}): check that its directory is writable")
+    return None
