@@ -5,7 +5,8 @@ JSONL download). Transient failures are retried here with exponential backoff an
 server's `retry-after` beats the computed wait, and a 429 closes the endpoint's gate so every caller
 of that endpoint waits, not just the one that was told. Calls that must not be repeated blindly
 (`idempotent=False`, i.e. batch creation) are not retried on a dropped connection, a timeout or a 5xx
-no provider worded (a gateway's page): the caller gets `OutcomeUnknown` and decides (see submitter: look for the batch before sending again).
+no provider worded (a gateway's page: `for_unsafe_call`): the caller gets `OutcomeUnknown` and decides
+(see submitter: look for the batch before sending again).
 
 Proxies come from the process environment as in the official SDKs (`trust_env`: `HTTPS_PROXY`,
 `HTTP_PROXY`, `NO_PROXY`; aiohttp then reads `~/.netrc` too, and sends nothing from it to a host it

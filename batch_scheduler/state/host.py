@@ -33,6 +33,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 
 from batch_scheduler.core import errors
 from batch_scheduler.state.ledger import open_ledger
@@ -44,12 +45,15 @@ WANT_FRESH_S = 0.5  # a waiter touches `turn.want` at each try: the holder's tur
 SAY_WAIT_S = 60.0  # a turn waited for this long is said in the log, naming its holder
 
 
+def user_state_dir(env: Mapping[str, str]) -> str:
+    """This program's directory in the user's state home: $XDG_STATE_HOME (or ~/.local/state)/batch-scheduler."""
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "batch-scheduler")
+
+
 def state_root() -> str:
     """Where this machine's account directories live (see the module's docstring)."""
-    if root := os.environ.get("BATCH_STATE_DIR"):
-        return root
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "batch-scheduler")
+    return os.environ.get("BATCH_STATE_DIR") or user_state_dir(os.environ)
 
 
 def written_since(ledger_path: str, since: float) -> bool:

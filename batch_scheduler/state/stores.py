@@ -36,6 +36,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.state import jobdir, owner
+from batch_scheduler.state.host import user_state_dir
 from batch_scheduler.state.identity import check_identity, fingerprints
 from batch_scheduler.state.ledger import Ledger
 from batch_scheduler.state.ledger.sqlite import SqliteLedger
@@ -167,8 +168,7 @@ class BucketRunStore(ObjectsStore):
 
 def state_dir_for(out: str, env: Mapping[str, str]) -> str:
     """Where `run --out s3://...` keeps its ledger: $XDG_STATE_HOME (or ~/.local/state)/batch-scheduler/<hash of OUT>."""
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "batch-scheduler", hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16])
+    return os.path.join(user_state_dir(env), hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16])
 
 
 def _read(path: str) -> bytes | None:
