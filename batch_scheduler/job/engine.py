@@ -48,7 +48,7 @@ from batch_scheduler.job.view.summary import build_summary
 from batch_scheduler.providers import headers_for, key_refused_message, make_provider, provider_class, spec_of
 from batch_scheduler.providers.base import Provider
 from batch_scheduler.state.identity import InputIdentity, changed_input, local_identities
-from batch_scheduler.state.ledger.sqlite import RetryState
+from batch_scheduler.state.ledger.sqlite import RetryState, SqliteLedger
 
 __all__ = ["Engine", "ExitCode", "JobResult"]
 
@@ -138,9 +138,9 @@ class Engine:
                 raise
             return full
         self.settings = job.settings  # what the job keeps of its own (its anthropic-version)
-        if self._on_host:  # what a lost create of another process must not take
-            await asyncio.to_thread(host().join, self._where, account_of(self.settings),
-                                    os.path.join(self._where, "ledger.db"))
+        if self._on_host and isinstance(job.ledger, SqliteLedger):  # what another process's lost create must not
+            # take (a job directory's ledger, or a bucket output's in its state directory)
+            await asyncio.to_thread(host().join, self._where, account_of(self.settings), job.ledger.path)
         try:
             found = local_identities(self.inputs)  # checked at the end: an input edited meanwhile fails the run
             result = unchanged(await self._run_once(job), found)

@@ -78,6 +78,7 @@ def test_run_out_s3_writes_results_manifest_and_summary_to_the_bucket_and_resume
     ids = write_requests(str(inp), 300, prefix="run")
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("BATCH_STATE_DIR", str(tmp_path / "machine"))
     out = f"s3://{bucket}/runs/first"
     with SimulatorProcess(["--faults", "--seed", "9", "--processing-s", "0.2"]) as sim:  # as soak.py
         argv = ["run", str(inp), "--out", out, "--base-url", sim.url, "--batch-size", "50", "--poll-min", "0.02",
@@ -93,6 +94,9 @@ def test_run_out_s3_writes_results_manifest_and_summary_to_the_bucket_and_resume
     assert paid - summary["attempts"]["requests_retried"] <= 300 * 1.05  # sent again on purpose: paid again
     assert not list((tmp_path).glob("s3:*")), "nothing local is named after the URL"
     assert "300 of 300 requests finished" in capsys.readouterr().err
+    # its local ledger is listed for this machine's other processes on the account (state/host.py)
+    listed_ledgers = [p.read_text() for p in (tmp_path / "machine").glob("accounts/*/jobs/*")]
+    assert listed_ledgers == [str(next((tmp_path / "state").glob("batch-scheduler/*/ledger.db")))]
 
 
 async def test_a_ranged_read_sends_if_match_and_an_overwritten_object_is_refused_never_mixed(s3):
