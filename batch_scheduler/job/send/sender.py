@@ -189,7 +189,7 @@ class Sender:
             await self._realtime(out, flight, permit=permit)
             return
 
-        def give_permit() -> None:  # the chunk waits for its lost create's batch: others may upload meanwhile
+        def give_permit() -> None:  # its create is done, or it waits for a lost create's batch: others may upload
             nonlocal permit
             if permit:
                 self._uploads.release()
@@ -204,9 +204,7 @@ class Sender:
                         self._spend_limited(out, err)  # the chunk is PLANNED again: the next run sends it
                         done = []
                     finally:
-                        if permit:
-                            self._uploads.release()
-                            permit = False
+                        give_permit()
                 except errors.QueueFull as err:
                     done = getattr(err, "sent", None) or []
                     then = await self._queue_full_at_create(out, flight, err, split=bool(done))
