@@ -11,6 +11,7 @@ is not one is `UsageError` (exit 2).
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
 from typing import Any
 
@@ -128,6 +129,17 @@ ALTER TABLE waiters ADD COLUMN IF NOT EXISTS team TEXT NOT NULL DEFAULT '';
 """
 
 
+SCHEMA_STAMP = hashlib.sha256(SCHEMA.encode()).hexdigest()[:16]  # a schema made (or brought) to this version
+
+
+def _stamped(db: Any) -> bool:
+    """Whether the schema carries this version's stamp (a read: no table lock taken but the stamp's)."""
+    if db.execute("SELECT to_regclass(%s)", (f"{SCHEMA_NAME}.schema_stamp",)).fetchone()[0] is None:
+        return False
+    row = db.execute(f"SELECT stamp FROM {SCHEMA_NAME}.schema_stamp").fetchone()
+    return row is not None and row[0] == SCHEMA_STAMP
+
+
 def _psycopg() -> Any:
     try:
         import psycopg
@@ -201,13 +213,23 @@ def connect(url: str, *, autocommit: bool = False, timeout_s: float = CONNECT_TI
 
 
 def ensure_schema(url: str) -> None:
-    """Make the tables once (concurrent nodes take turns on an advisory lock)."""
+    """Make the tables, or bring older ones to this version, once: concurrent callers take turns on an advisory
+    lock, and a schema stamped with this version's digest is left alone. Its DDL is not run again: its
+    `ALTER TABLE ... IF NOT EXISTS` takes each table's exclusive lock even when there is nothing to add, which
+    nodes at work hold row locks against (a `submit` beside busy nodes met "deadlock detected")."""
     psycopg = _psycopg()
     db = connect(url)
     try:
         with db.transaction():
+            if _stamped(db):
+                return
             db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            if _stamped(db):  # another caller made it meanwhile
+                return
             db.execute(SCHEMA)
+            db.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.schema_stamp (stamp TEXT NOT NULL)")
+            db.execute(f"DELETE FROM {SCHEMA_NAME}.schema_stamp")
+            db.execute(f"INSERT INTO {SCHEMA_NAME}.schema_stamp (stamp) VALUES (%s)", (SCHEMA_STAMP,))
     except psycopg.OperationalError as err:
         raise unavailable(url, err) from None
     finally:
