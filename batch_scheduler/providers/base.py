@@ -13,7 +13,7 @@ one", so the job reads every member directly and never asks a provider's name.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol
@@ -161,10 +161,11 @@ class Provider(Protocol):
     tag_of: Callable[[BatchInfo], str | None] | None = None
     # Where an input line names its request: the first of these fields it has (Gemini's own form says `key`).
     id_fields: ClassVar[tuple[str, ...]] = ("custom_id",)
-    # The fast check of an input line of the provider's most common shape: its custom_id when the full check
-    # (orjson, `check_request`) would accept it as it came and put it in no lane, else None (then the full
-    # check decides). None here: every line takes the full check.
-    plain_check: Callable[[bytes], str | None] | None = None
+    # The fast check of input lines of the provider's most common shape: given raw lines, the custom_ids of the
+    # longest run of them from the first that the full check (orjson, `check_request`) would accept as they came
+    # and put in no lane (the line after the run: the full check decides). None here: every line takes the full
+    # check.
+    plain_check: Callable[[Sequence[bytes]], list[str]] | None = None
     # Estimates: a provider whose lines keep no Messages-like `params`/`body` maps a line to one that does
     # (`{"params": {model, system, messages, tools, max_tokens}}`) for job.money; None: read it as it is.
     estimate_view: Callable[[dict], dict] | None = None

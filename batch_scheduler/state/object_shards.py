@@ -50,6 +50,7 @@ class ObjectShards:
         self._claim = claim
         self._spill_dir = spill_dir
         self._spill = ShardSet(spill_dir, n)
+        self.pending = self._spill.pending  # ShardSet's: `add` for a loop over answers
         self._batches = 0
         self._uploaded: list[tuple[str, int, int, int]] = []
 

@@ -35,7 +35,8 @@ class ShardSet:
         os.makedirs(os.path.join(out_dir, "results"), mode=0o700, exist_ok=True)
         self._fds = [os.open(shard_path(out_dir, i), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                      for i in range(shards)]
-        self._pending: list[list[bytes]] = [[] for _ in range(shards)]  # lines since the last `account`
+        # lines since the last `account`, a list a shard: `add`, or appended to directly by a loop over answers
+        self.pending: list[list[bytes]] = [[] for _ in range(shards)]
         self._bufs = [bytearray() for _ in range(shards)]
         self._buffered = 0
         self._dirty: set[int] = set()
@@ -43,7 +44,7 @@ class ShardSet:
 
     def add(self, idx: int, line: bytes) -> None:
         """Buffer one line (without its newline); call `account` after each block of lines."""
-        self._pending[idx].append(line)
+        self.pending[idx].append(line)
 
     def account(self, nbytes: int) -> None:
         """The lines added since the last call (nbytes with newlines) join their shard's buffer, so the line
@@ -54,7 +55,7 @@ class ShardSet:
             self.flush()
 
     def _gather(self) -> None:
-        for i, lines in enumerate(self._pending):
+        for i, lines in enumerate(self.pending):
             if lines:
                 lines.append(b"")
                 self._bufs[i] += b"\n".join(lines)  # each line and its newline
@@ -97,7 +98,7 @@ class ShardSet:
 
     def rollback(self, offsets: list[int]) -> None:
         """Drop everything past `offsets` (buffered or written)."""
-        for lines in self._pending:
+        for lines in self.pending:
             lines.clear()
         for buf in self._bufs:
             buf.clear()

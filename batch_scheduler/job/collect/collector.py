@@ -178,7 +178,7 @@ class Collector:
         # parse, two set/dict looks, an append to a shard buffer and an append of the usage tuple.
         shards = self.shards
         nshards = shards.n
-        add = shards.add
+        pending = shards.pending  # shards.add, inlined
         classify = self.provider.classify
         first_retryable = Outcome.ERRORED_TRANSIENT  # this and above: may be parked (see Outcome)
         billed_limit = self.settings.max_attempts
@@ -238,7 +238,7 @@ class Collector:
                     attempts = before.get(cid, 0) + 1
                     finals_retried.append(cid)
                     final_attempts[attempts] = final_attempts.get(attempts, 0) + 1
-                add(crc32(cid.encode()) % nshards, line)  # writer.shard_of, inlined
+                pending[crc32(cid.encode()) % nshards].append(line)  # writer.shard_of and shards.add, inlined
                 counts[outcome] += 1
                 if usage is not None:
                     if model != model_seen:

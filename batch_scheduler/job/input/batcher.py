@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from itertools import islice
 
 import orjson
 
@@ -159,7 +160,37 @@ async def _cut(blocks: AsyncGenerator[Block, None], validator: Validator, reject
             rows = unit_of(fi) == "rows"
             pos = block.start_pos
             line_no = block.first_line - 1
-            for raw in block.lines:
+            todo = block.lines
+            # The block's first lines in bulk, while the fast check takes them (most blocks: all of them);
+            # the same chunks, lists and positions as the loop below gives them one by one.
+            run = validator.accept_plain(todo) if lanes is None and not rows else ()
+            taken, j = len(run), 0
+            while j < taken:
+                if chunk is None:
+                    chunk = Chunk(seq, fi, pos, line_no + 1)
+                    lines, ids, nbytes, room = chunk.lines, chunk.ids, BODY_WRAPPER_BYTES, batch_size
+                take = min(room, taken - j)
+                part = todo[j:j + take]
+                part_bytes = sum(map(len, part))
+                full = False  # a line of the run is left that does not fit: the chunk closes before it
+                if nbytes + part_bytes + per_line * take > batch_bytes:
+                    fit, part_bytes = _fitting(part, nbytes, per_line, batch_bytes, bool(lines))
+                    full, take, part = fit < take, fit, part[:fit]
+                if take:
+                    lines += part
+                    ids += run[j:j + take]
+                    nbytes += part_bytes + per_line * take
+                    room -= take
+                    j += take
+                    line_no += take
+                    pos += part_bytes + take
+                    end_file, end_pos = fi, pos
+                if room == 0 or full:
+                    chunk.end_file, chunk.end_pos, chunk.nbytes = end_file, end_pos, nbytes
+                    yield chunk
+                    seq += 1
+                    last, chunk = chunk, None
+            for raw in islice(todo, taken, None) if taken else todo:
                 line_no += 1
                 line_start = pos
                 pos += 1 if rows else len(raw) + 1
@@ -221,6 +252,20 @@ async def _until_unreadable(blocks: AsyncGenerator[Block, None], unreadable: lis
             yield block
     except InputError as err:
         unreadable.append(err)
+
+
+def _fitting(part: list[bytes], nbytes: int, per_line: int, batch_bytes: int, started: bool) -> tuple[int, int]:
+    """How many of `part` the open chunk (`nbytes` so far; `started`: it holds a line) takes before
+    `batch_bytes`, and their bytes: the cut's rule, line by line (a chunk's first line always goes)."""
+    take = total = 0
+    for raw in part:
+        size = len(raw) + per_line
+        if nbytes + size > batch_bytes and (take or started):
+            break
+        nbytes += size
+        total += size - per_line
+        take += 1
+    return take, total
 
 
 def chunk_digest(lines: list[bytes]) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from array import array
+from itertools import islice
 from typing import IO
 
 import orjson
@@ -62,6 +63,30 @@ class FingerprintSet:
         if self._counts[k] > self._limits[k]:
             self._grow(k)
         return True
+
+    def add_ids(self, ids: list[str]) -> int:
+        """Add the fingerprints (`hash`) of `ids` in order, up to the first already there (itself not added):
+        how many were added. `add` for a run of lines (this loop runs once per input line)."""
+        segs, counts, limits = self._segs, self._counts, self._limits
+        for j, cid in enumerate(ids):
+            h = hash(cid) or 1
+            k = (h >> 58) & 63
+            slots = segs[k]
+            size = len(slots)
+            i = h % size
+            while (v := slots[i]) != 0:
+                if v == h:
+                    self._n += j
+                    return j
+                i += 1
+                if i == size:
+                    i = 0
+            slots[i] = h
+            counts[k] += 1
+            if counts[k] > limits[k]:
+                self._grow(k)
+        self._n += len(ids)
+        return len(ids)
 
     def reserve(self, n: int) -> None:
         """Make room for about n fingerprints in all, now, so the table does not grow step by step."""
@@ -115,14 +140,33 @@ class Validator:
         can be far too high, and past that the table grows as usual."""
         self._seen.reserve(min(n, RESERVE_MAX))
 
+    def accept_plain(self, lines: list) -> list[str]:
+        """The custom_ids of the longest run of `lines` (raw lines, from the first) that `check` would accept
+        as they came on its fast path, now counted by the duplicate check, as `check` of each in turn would;
+        the line after the run is for `check`. Empty when the provider has no fast check (or lanes)."""
+        if self._plain is None:
+            return []
+        ids = self._plain(lines)
+        n = len(ids)
+        if n and max(map(len, islice(lines, n))) > self._max_line:
+            n = next(i for i, raw in enumerate(lines) if len(raw) > self._max_line)
+        fullmatch = self._custom_id.fullmatch
+        if n and not all(map(fullmatch, islice(ids, n))):
+            n = next(i for i, cid in enumerate(ids) if not fullmatch(cid))
+        del ids[n:]
+        if n:
+            del ids[self._seen.add_ids(ids):]
+            self.lane = None
+        return ids
+
     def check(self, raw) -> tuple[str | None, bytes | None, str | None]:
         if self._plain is not None and type(raw) is bytes and len(raw) <= self._max_line:
-            cid = self._plain(raw)  # the common line in one call; None: the full check below decides
-            if cid is not None and self._custom_id.fullmatch(cid):
-                if not self._seen.add(hash(cid)):
-                    return cid, None, f"duplicate custom_id {cid!r} (the first one is kept)"
+            ids = self._plain((raw,))  # the common line in one call; none: the full check below decides
+            if ids and self._custom_id.fullmatch(ids[0]):
+                if not self._seen.add(hash(ids[0])):
+                    return ids[0], None, f"duplicate custom_id {ids[0]!r} (the first one is kept)"
                 self.lane = None
-                return cid, raw, None
+                return ids[0], raw, None
         if type(raw) is not bytes:
             if isinstance(raw, LineTooLong):
                 return None, None, f"line is {raw.size:,} bytes, larger than a batch may be ({self._max_line:,})"

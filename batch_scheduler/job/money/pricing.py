@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
+from operator import add
 from typing import Any
 
 from batch_scheduler.core.errors import UsageError
@@ -155,10 +156,13 @@ class PriceTable:
             return self._priced(p, usage, self._is_long(p, usage))
         if not usage:
             return 0.0
-        if p.long_context is None:
-            return self._priced(p, [sum(col) for col in zip(*usage, strict=True)], False)
+        cols = list(zip(*usage, strict=True))
+        tier = p.long_context
+        # no answer's prompt (input + cache writes + cache reads) past the tier: all priced at once
+        if tier is None or max(map(add, map(add, cols[0], cols[2]), cols[3])) <= tier.above_input_tokens:
+            return self._priced(p, [sum(col) for col in cols], False)
         # prices are linear in tokens: the answers at each tier are summed first, then priced once
-        above = p.long_context.above_input_tokens
+        above = tier.above_input_tokens
         long = [u for u in usage if u[0] + u[2] + u[3] > above]
         short = [u for u in usage if u[0] + u[2] + u[3] <= above] if long else usage
         return sum(self._priced(p, [sum(col) for col in zip(*us, strict=True)], tier) for us, tier

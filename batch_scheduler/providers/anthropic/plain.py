@@ -15,7 +15,7 @@ cache mark anywhere (so the request is of no priming lane).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import msgspec
@@ -24,7 +24,8 @@ from batch_scheduler.providers.anthropic.versions import CURRENT_VERSION, KNOWN_
 
 MAX_TOKENS_MAX = 2**62  # orjson reads a larger number as a float (refused by the full check): left to it
 
-PlainCheck = Callable[[bytes], str | None]  # a line -> its custom_id when it is of the plain shape, else None
+# raw lines -> the custom_ids of the longest run of them from the first that is of the plain shape
+PlainCheck = Callable[[Sequence[bytes]], list[str]]
 
 
 class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -42,16 +43,24 @@ def _decoder(lowest: int) -> msgspec.json.Decoder:
 
 
 def plain_check(version: str) -> PlainCheck | None:
-    """The fast check under `version`; None for a version this program does not know (the full check only)."""
+    """The fast check under `version`; None for a version this program does not know (the full check only).
+    A line this check takes is one the full check accepts as it came; the one after the run it returns is
+    left to the full check, which decides it."""
     if version not in KNOWN_VERSIONS:
         return None
     decode = _decoder(0 if version == CURRENT_VERSION else 1).decode
-    refused = (msgspec.DecodeError, msgspec.ValidationError)
+    refused = (msgspec.DecodeError, msgspec.ValidationError, TypeError)  # TypeError: not bytes (a reader's note)
 
-    def custom_id(raw: bytes) -> str | None:
+    def custom_ids(lines: Sequence[bytes]) -> list[str]:
+        """The custom_ids of `lines` up to the first that is not of the plain shape (a whole block in one loop:
+        the reader's blocks are mostly such lines)."""
+        ids: list[str] = []
+        append = ids.append
         try:
-            return decode(raw).custom_id
+            for raw in lines:
+                append(decode(raw).custom_id)
         except refused:
-            return None
+            pass
+        return ids
 
-    return custom_id
+    return custom_ids
