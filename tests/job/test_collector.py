@@ -61,7 +61,7 @@ async def harness(sim, tmp_path, clock=time.monotonic, **changes):
         async with HttpClient(AnthropicProvider.headers(settings), settings.retry, secret=settings.api_key) as http:
             provider = AnthropicProvider(settings, http)
             collector = Collector(provider, ledger, shards, settings, Replay([], provider.check_request, ledger),
-                                  lambda model, usage: 0.0, clock=clock)
+                                  lambda model, usage, columns=None: 0.0, clock=clock)
             yield Harness(provider, ledger, collector, settings.shards)
     finally:
         shards.close()
@@ -198,7 +198,7 @@ async def test_a_billed_transient_answer_is_final_at_max_attempts_an_unbilled_on
         async with HttpClient(OpenAIProvider.headers(settings), settings.retry, secret=settings.api_key) as http:
             provider = OpenAIProvider(settings, http)
             collector = Collector(provider, ledger, shards, settings, Replay([], provider.check_request, ledger),
-                                  lambda model, usage: 0.0)
+                                  lambda model, usage, columns=None: 0.0)
             with aioresponses() as m:
                 m.get("http://openai.test/v1/files/file-err/content", status=200, body=b"\n".join(lines) + b"\n")
                 got = await collector.collect(await ledger.chunk(chunk_id),

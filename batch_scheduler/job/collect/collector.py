@@ -56,7 +56,7 @@ from batch_scheduler.state.shards import ShardSet
 
 log = logging.getLogger("batch_scheduler.collector")
 
-CostFn = Callable[[str | None, object], float]
+CostFn = Callable[..., float]  # PriceTable.cost: (model, usages[, their columns]) -> USD
 Judge = Callable[[bytes], bytes | None]  # a succeeded line -> None when its answer is valid, else the line to keep
 Park = tuple[str, bytes, int, RetryState, bytes | None]  # (custom_id, request, attempts, state, last line)
 
@@ -248,7 +248,8 @@ class Collector:
             shards.account(sum(map(len, block)) + len(block))
         if not retry:
             final_attempts[1] = sum(counts)
-        missing = [cid for cid in expected if cid not in seen]
+        # `seen` holds only ids the batch carried: as many as it carried, none is missing
+        missing = [] if len(seen) == len(expected) else [cid for cid in expected if cid not in seen]
         del expected, seen
         if (to_park or missing) and sent is None:
             sent = await self._replay.lookup(row)  # the request lines, read again only when some go back
@@ -264,9 +265,10 @@ class Collector:
         if repeated or foreign:
             log.warning("batch %s: ignored %s repeated result line(s) and %s for custom_ids it did not carry",
                         info.id, f"{repeated:,}", f"{foreign:,}")
-        by_model = {m: Usage(*map(sum, zip(*us, strict=True))) for m, us in usages.items() if us}
+        columns = {m: list(zip(*us, strict=True)) for m, us in usages.items() if us}  # each token kind's counts
+        by_model = {m: Usage(*map(sum, cols)) for m, cols in columns.items()}
         # each model's answers priced once (per long-context tier): the batch's cost and the model's counter
-        costs = {m: self._cost(m, usages[m]) for m in by_model}
+        costs = {m: self._cost(m, usages[m], cols) for m, cols in columns.items()}
         extra = realtime_extra(info, self._realtime_cost, usages, costs)
         self._committing = True
         new_offsets = await shards.durable()

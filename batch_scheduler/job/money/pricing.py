@@ -145,10 +145,10 @@ class PriceTable:
         self._cache[model] = found
         return found
 
-    def cost(self, model: str | None, usage: Any) -> float:
+    def cost(self, model: str | None, usage: Any, columns: list[tuple[int, ...]] | None = None) -> float:
         """USD at batch prices for one answer's usage, or for a list of answers' usages (then a request
         whose prompt reaches the model's long-context tier is priced at it); 0.0 for an unknown model
-        (listed in .unknown)."""
+        (listed in .unknown). `columns`: the list's `zip(*usage)`, when the caller has it already."""
         p = self.price(model)
         if p is None or usage is None:
             return 0.0
@@ -156,7 +156,7 @@ class PriceTable:
             return self._priced(p, usage, self._is_long(p, usage))
         if not usage:
             return 0.0
-        cols = list(zip(*usage, strict=True))
+        cols = columns if columns is not None else list(zip(*usage, strict=True))
         tier = p.long_context
         # no answer's prompt (input + cache writes + cache reads) past the tier: all priced at once
         if tier is None or max(map(add, map(add, cols[0], cols[2]), cols[3])) <= tier.above_input_tokens:
