@@ -103,11 +103,11 @@ class Source(Protocol):
     def blocks(self, start_pos: int = 0, start_line: int = 1) -> AsyncGenerator[Block, None]: ...
 
 
-def _next_blocks(read: Iterator[Block]) -> tuple[list[Block], Exception | None]:
-    """Up to HOP_BLOCKS blocks (none: the end), and the error that stopped the read if one did."""
+def _next_blocks(read: Iterator[Block], n: int) -> tuple[list[Block], Exception | None]:
+    """Up to n blocks (none: the end), and the error that stopped the read if one did."""
     blocks: list[Block] = []
     try:
-        blocks.extend(islice(read, HOP_BLOCKS))
+        blocks.extend(islice(read, n))
     except Exception as exc:  # noqa: BLE001 - raised by the caller once the blocks before it have gone
         return blocks, exc
     return blocks, None
@@ -137,8 +137,9 @@ class JsonlSource:
             if start_pos:
                 await asyncio.to_thread(self._read, f, start_line, start_pos)
             read = self.read_blocks(f, start_pos, start_line)
+            hop = 1 if isinstance(f, RangeReader) else HOP_BLOCKS  # a bucket's ranged GET is a hop's worth
             while True:  # one thread hop for HOP_BLOCKS reads and splits of BLOCK_BYTES
-                blocks, failed = await asyncio.to_thread(_next_blocks, read)
+                blocks, failed = await asyncio.to_thread(_next_blocks, read, hop)
                 for block in blocks:
                     yield block
                 if failed is not None:
