@@ -106,3 +106,39 @@ def test_the_state_root_comes_from_the_environment(monkeypatch, tmp_path, env):
     monkeypatch.delenv("BATCH_STATE_DIR", raising=False)
     monkeypatch.setenv(env, str(tmp_path))
     assert state_root() == (str(tmp_path) if env == "BATCH_STATE_DIR" else str(tmp_path / "batch-scheduler"))
+
+
+async def test_a_run_stopped_while_it_lists_itself_for_the_machine_closes_its_files_and_can_run_again(
+        sim, tmp_path, monkeypatch):
+    """A daemon stopping a job just after it opened: its rejected list, shards and ledger are closed and its
+    lock released (before, they stayed open until the process ended), and its listing ends before the run's
+    leave."""
+    from batch_scheduler.job.engine import Engine, ExitCode
+
+    from ..conftest import fast_settings
+    from ..helpers import write_requests
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out"
+    write_requests(inp, 20)
+    listing, listed = asyncio.Event(), []
+    loop = asyncio.get_running_loop()
+    real_join = HostAccounts.join
+
+    def slow_join(self, *args):
+        loop.call_soon_threadsafe(listing.set)
+        time.sleep(0.3)
+        real_join(self, *args)
+        listed.append(args[0])
+
+    monkeypatch.setattr(HostAccounts, "join", slow_join)
+    run = asyncio.create_task(Engine(fast_settings(sim.url), str(out), [str(inp)], quiet=True).run())
+    await asyncio.wait_for(listing.wait(), 20)
+    assert (out / "rejected.jsonl.partial").exists()  # the job is open
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert listed == [str(out)]  # the listing ended before the run did
+    assert not (out / "rejected.jsonl.partial").exists()  # the list this run was writing is closed and dropped
+    monkeypatch.setattr(HostAccounts, "join", real_join)
+    again = await Engine(fast_settings(sim.url), str(out), [str(inp)], quiet=True).run()  # the lock is free
+    assert again.exit_code == ExitCode.OK, again.message
