@@ -121,20 +121,6 @@ class Engine:
     def cancelled(self) -> bool:
         return self._admission is not None and self._admission.cancelled
 
-    async def _join_host(self, job: Job) -> None:
-        """The job's batches listed for this machine's other processes, which a lost create of theirs must not
-        take (a job directory's ledger, or a bucket output's in its state directory). Stopped meanwhile, the
-        listing (a small file) ends first, so the run's `leave` comes after it."""
-        if not (self._on_host and isinstance(job.ledger, SqliteLedger)):
-            return
-        joining = asyncio.ensure_future(asyncio.to_thread(host().join, self._where, account_of(self.settings),
-                                                          job.ledger.path))
-        try:
-            await asyncio.shield(joining)
-        except asyncio.CancelledError:
-            await asyncio.wait([joining])
-            raise
-
     async def run(self) -> JobResult:
         started = time.time()
         if problem := lanes_problem(self.settings, provider_class(self.settings.provider).realtime_api, started):
@@ -153,7 +139,9 @@ class Engine:
             return full
         self.settings = job.settings  # what the job keeps of its own (its anthropic-version)
         try:
-            await self._join_host(job)
+            if self._on_host and isinstance(job.ledger, SqliteLedger):  # what another process's lost create must
+                # not take (a job directory's ledger, or a bucket output's in its state directory)
+                await host().join_off_loop(self._where, account_of(self.settings), job.ledger.path)
             found = local_identities(self.inputs)  # checked at the end: an input edited meanwhile fails the run
             result = unchanged(await self._run_once(job), found)
         except asyncio.CancelledError:

@@ -106,6 +106,16 @@ class HostAccounts:
         with self._lock:
             self._account[owner], self._ledger[owner] = where, os.path.abspath(ledger_path)
 
+    async def join_off_loop(self, owner: str, account: str, ledger_path: str) -> None:
+        """`join` in a thread. Stopped meanwhile, the listing (a small file) ends first, so a `leave` that
+        follows the stop comes after it."""
+        joining = asyncio.ensure_future(asyncio.to_thread(self.join, owner, account, ledger_path))
+        try:
+            await asyncio.shield(joining)
+        except asyncio.CancelledError:
+            await asyncio.wait([joining])
+            raise
+
     def leave(self, owner: str) -> None:
         """The job's run ended (its entry stays: its batches are still not another's to adopt)."""
         with self._lock:
