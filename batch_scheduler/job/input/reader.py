@@ -4,7 +4,7 @@ A source yields `Block`s: a list of raw lines (bytes, no newline) with the line 
 of the first one. Positions let a later stage read a range of the input again (to find the request
 behind a result that must be retried). For JSONL (plain or .gz) a position is a byte offset in the
 uncompressed stream; for row sources (CSV, templates; see `sources.py`) it is a row index.
-There is no await per line: one await per block of `BLOCK_BYTES`.
+There is no await per line: one await per HOP_BLOCKS blocks of `BLOCK_BYTES` (a bucket object: per ranged GET).
 """
 
 from __future__ import annotations
