@@ -70,3 +70,45 @@ async def test_two_lost_creates_with_one_batch_made_pay_once(sim, tmp_path, monk
     assert result.exit_code == ExitCode.OK, result.message
     assert sorted(ids_of(read_results(out))) == sorted(ids)
     assert sim.stats["requests_created"] == 200  # the batch made was adopted by its own chunk in the end
+
+
+async def test_a_chunk_reading_the_ledger_as_an_adoption_settles_is_woken_by_that_settle():
+    """Two chunks wait for the batches other chunks adopted. One reads the ledger (still one held), the only
+    adoption settles meanwhile, and the other chunk wakes, looks and goes on: the first must wake too, not wait
+    for a settle that never comes (its chunk never sent, the job never done)."""
+    from contextlib import asynccontextmanager
+    from types import SimpleNamespace
+
+    held = [7]  # the chunk whose adopted batch is not yet proved its own
+    reading, go_on = asyncio.Event(), asyncio.Event()
+
+    class Ledger:
+        async def chunks_in(self, state):
+            now = [SimpleNamespace(id=i, adopted=True) for i in held]
+            if asyncio.current_task().get_name() == "first" and not reading.is_set():
+                reading.set()
+                await go_on.wait()  # read before the settle, answered after it
+            return now
+
+    submitter = Submitter.__new__(Submitter)
+    submitter.provider = SimpleNamespace(tag_of=None)
+    submitter.ledger = Ledger()
+    submitter._settled = asyncio.Event()
+
+    @asynccontextmanager
+    async def turn():
+        yield
+
+    async def look(chunk_id, n, intent_at):
+        return None
+
+    submitter._turn, submitter._look = turn, look
+    second = asyncio.create_task(submitter._when_adoptions_settle(2, 10, None), name="second")
+    await asyncio.sleep(0.05)  # the second waits
+    first = asyncio.create_task(submitter._when_adoptions_settle(1, 10, None), name="first")
+    await reading.wait()
+    held.clear()
+    submitter.settled()
+    assert await asyncio.wait_for(second, 2) is None
+    go_on.set()
+    assert await asyncio.wait_for(first, 2) is None

@@ -111,7 +111,7 @@ class Submitter:
         self._claimed: set[str] = set()
         self._created_at: dict[int, float] = {}  # chunk -> when its create in the air was marked started
         self._not_for: dict[int, set[str]] = {}  # chunk -> batches it adopted whose results were not its own
-        self._settled = asyncio.Event()  # an adopted batch was proved this job's chunk's, or let go
+        self._settled = asyncio.Event()  # set (and replaced) when an adopted batch was proved its chunk's, or let go
         self._token, self._token_at = job_token(ledger, clock)
 
     def claim(self, batch_id: str) -> None:
@@ -293,8 +293,11 @@ class Submitter:
         return found if found is not None else await self._when_adoptions_settle(chunk_id, n, intent_at)
 
     def settled(self) -> None:
-        """An adopted batch ended and the ledger says what became of it (collected as its chunk's, or let go)."""
+        """An adopted batch ended and the ledger says what became of it (collected as its chunk's, or let go).
+        Each waiter holds the event of the moment it read the ledger: a settle after that read wakes it, even
+        when another waiter has woken and read again meanwhile."""
         self._settled.set()
+        self._settled = asyncio.Event()
 
     async def _when_adoptions_settle(self, chunk_id: int, n: int, intent_at: float | None,
                                      on_wait: Callable[[], None] | None = None) -> BatchInfo | None:
@@ -308,7 +311,7 @@ class Submitter:
             return None
         said = False
         while True:
-            self._settled.clear()
+            settled = self._settled  # taken before the ledger is read: a settle after the read wakes this chunk
             held = [r.id for r in await self.ledger.chunks_in(ChunkState.SUBMITTED) if r.adopted and r.id != chunk_id]
             if not held:
                 return None
@@ -318,7 +321,7 @@ class Submitter:
                 said = True
                 if on_wait is not None:
                     on_wait()
-            await self._settled.wait()
+            await settled.wait()
             async with self._turn():
                 found = await self._look(chunk_id, n, intent_at)
             if found is not None:
