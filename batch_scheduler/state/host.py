@@ -97,14 +97,17 @@ class HostAccounts:
                     f.write(os.path.abspath(ledger_path))
                 os.replace(tmp, entry)
         except OSError as err:
-            if not self._broken:
-                self._broken = True
-                log.warning("cannot keep this machine's jobs per account in %s (%s): a lost create is looked for "
-                            "without knowing the batches of jobs in other processes (set BATCH_STATE_DIR to a "
-                            "writable directory)", where, err.strerror or err)
+            self._cannot(where, err)
             return
         with self._lock:
             self._account[owner], self._ledger[owner] = where, os.path.abspath(ledger_path)
+
+    def _cannot(self, where: str, err: OSError) -> None:
+        if not self._broken:
+            self._broken = True
+            log.warning("cannot keep this machine's jobs per account in %s (%s): a lost create is looked for "
+                        "without knowing the batches of jobs in other processes (set BATCH_STATE_DIR to a "
+                        "writable directory)", where, err.strerror or err)
 
     async def join_off_loop(self, owner: str, account: str, ledger_path: str) -> None:
         """`join` in a thread. Stopped meanwhile, the listing (a small file) ends first, so a `leave` that
@@ -157,7 +160,11 @@ class HostAccounts:
             where = self._account.get(owner)
         if where is None:
             return
-        fd = os.open(os.path.join(where, "turn.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(os.path.join(where, "turn.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:  # the directory went away or became read-only since `join`: as if never joined
+            self._cannot(where, err)
+            return
         want = os.path.join(where, "turn.want")
         since, said = time.monotonic(), False
         try:

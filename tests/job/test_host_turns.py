@@ -142,3 +142,18 @@ async def test_a_run_stopped_while_it_lists_itself_for_the_machine_closes_its_fi
     monkeypatch.setattr(HostAccounts, "join", real_join)
     again = await Engine(fast_settings(sim.url), str(out), [str(inp)], quiet=True).run()  # the lock is free
     assert again.exit_code == ExitCode.OK, again.message
+
+
+async def test_a_state_directory_removed_under_a_running_job_leaves_its_creates_going(tmp_path, caplog):
+    """A tidy-up that deletes the state directory while a job runs: its next turn is taken as if it had never
+    joined (said once), not an error that stops its creates."""
+    import shutil
+
+    root, ledger = tmp_path / "state", tmp_path / "ledger.db"
+    ledger.write_bytes(b"")
+    accounts = HostAccounts(str(root))
+    accounts.join("job", "anthropic|sim|key", str(ledger))
+    shutil.rmtree(root)
+    await accounts.acquire("job")
+    await accounts.release("job")
+    assert "cannot keep this machine's jobs per account" in caplog.text
