@@ -50,12 +50,9 @@ class ObjectShards:
         self._claim = claim
         self._spill_dir = spill_dir
         self._spill = ShardSet(spill_dir, n)
-        self.pending = self._spill.pending  # ShardSet's: `add` for a loop over answers
+        self.pending = self._spill.pending  # the collector appends each shard's lines here (ShardSet's)
         self._batches = 0
         self._uploaded: list[tuple[str, int, int, int]] = []
-
-    def add(self, idx: int, line: bytes) -> None:
-        self._spill.add(idx, line)
 
     def account(self, nbytes: int) -> None:
         self._spill.account(nbytes)
