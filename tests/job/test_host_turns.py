@@ -157,3 +157,26 @@ async def test_a_state_directory_removed_under_a_running_job_leaves_its_creates_
     await accounts.acquire("job")
     await accounts.release("job")
     assert "cannot keep this machine's jobs per account" in caplog.text
+
+
+def test_jobs_started_from_several_threads_at_once_share_one_machine_registry(monkeypatch):
+    """`run()` called from several threads at once: every job's turn is taken where it joined (one object)."""
+    import threading
+
+    from batch_scheduler.job.send import claims as claims_module
+
+    real_init = HostAccounts.__init__
+
+    def slow_init(self, *args, **kwargs):
+        time.sleep(0.05)  # the window where a second thread could make its own
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(claims_module, "_HOST", None)
+    monkeypatch.setattr(HostAccounts, "__init__", slow_init)
+    got: list[HostAccounts] = []
+    threads = [threading.Thread(target=lambda: got.append(claims_module.host())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(h) for h in got}) == 1

@@ -108,14 +108,17 @@ _PROCESS = _Registry()
 
 
 _HOST: HostAccounts | None = None
+_HOST_MADE = threading.Lock()
 
 
 def host() -> HostAccounts:
-    """This machine's jobs per provider account, whatever process runs them (state/host.py)."""
+    """This machine's jobs per provider account, whatever process runs them (state/host.py): one for the process,
+    whichever thread asks first (`run()` from several threads), so a job's gate is where it joined."""
     global _HOST
-    if _HOST is None:
-        _HOST = HostAccounts()
-    return _HOST
+    with _HOST_MADE:
+        if _HOST is None:
+            _HOST = HostAccounts()
+        return _HOST
 
 
 def machine_wide(elsewhere: Elsewhere | None = None) -> Claims:
