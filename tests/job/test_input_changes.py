@@ -93,3 +93,21 @@ async def test_a_local_input_edited_in_place_while_the_job_runs_fails_it_naming_
                               f"belong to two versions of it, so the job is not done. Put the original input back "
                               f"and run again, or start afresh with another --out")
     assert not (out / "summary.json").exists(), "no account says it is done"
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 100, 3000, 1 << 20])
+def test_a_chunks_digest_is_the_sha256_of_its_lines_each_with_its_newline_however_it_is_hashed(
+        monkeypatch, piece_bytes):
+    """The digest a ledger keeps is what earlier versions kept (sha256 over each line and its newline): a job
+    started by one goes on under the other, however the lines are pieced together to hash them."""
+    import hashlib
+    import random
+
+    from batch_scheduler.job.input import batcher
+
+    monkeypatch.setattr(batcher, "DIGEST_PIECE_BYTES", piece_bytes)
+    rng = random.Random(piece_bytes)
+    for n in (0, 1, 2, 7, 500):
+        lines = [bytes(rng.randrange(32, 127) for _ in range(rng.choice([0, 1, 40, 2500]))) for _ in range(n)]
+        assert batcher.chunk_digest(lines) == hashlib.sha256(b"".join(x + b"\n" for x in lines)).hexdigest()
+    assert asyncio.run(batcher.digest_off_loop([b"a", b"b"])) == hashlib.sha256(b"a\nb\n").hexdigest()
