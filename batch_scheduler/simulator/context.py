@@ -101,12 +101,13 @@ class SimContext:
     def _count_tokens(self, batch: Batch) -> None:
         """Tokens of the requests that will succeed, by kind (what a client would be billed for)."""
         tokens = self.stats["tokens"]
-        for i, outcome in enumerate(batch.outcomes):
-            if outcome != Outcome.SUCCEEDED:
-                continue
-            tokens["input"] += batch.in_tokens[i]
-            tokens["output"] += output_tokens(batch.custom_ids[i], batch.max_tokens[i])
-            five, hour, read = batch.cache.get(i, (0, 0, 0))
+        succeeded = Outcome.SUCCEEDED
+        done = [i for i, outcome in enumerate(batch.outcomes) if outcome == succeeded]
+        cids, max_tokens, in_tokens = batch.custom_ids, batch.max_tokens, batch.in_tokens
+        tokens["input"] += sum([in_tokens[i] for i in done])
+        tokens["output"] += sum([output_tokens(cids[i], max_tokens[i]) for i in done])
+        cached = [split for i, split in batch.cache.items() if batch.outcomes[i] == succeeded]
+        for five, hour, read in cached:
             tokens["cache_write_5m"] += five
             tokens["cache_write_1h"] += hour
             tokens["cache_read"] += read

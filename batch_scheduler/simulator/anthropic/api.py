@@ -68,25 +68,24 @@ def errored_line(cid: str, kind: str, message: str) -> str:
 def result_lines(batch: Batch, order: list[int]):
     """Anthropic-style results lines (also the inline proxy's), in `order`."""
     token = batch.extra["token"]
-    model_json: dict[str, str] = {}
     cids, outcomes, missing, cache = batch.custom_ids, batch.outcomes, batch.missing, batch.cache
+    models, max_tokens, in_tokens = batch.models, batch.max_tokens, batch.in_tokens
+    model_json = {model: orjson.dumps(model).decode() for model in set(models)}
     shapes = batch.extra.get("shapes") or {}
-    for i in order:
-        if i in missing:
+    succeeded = Outcome.SUCCEEDED
+    for i in order:  # once per answer: the common case (no missing, no cache, no shape) asks least
+        if missing and i in missing:
             continue
         cid = cids[i]
         outcome = outcomes[i]
-        if outcome == Outcome.SUCCEEDED:
-            model = batch.models[i]
-            mj = model_json.get(model)
-            if mj is None:
-                mj = model_json[model] = orjson.dumps(model).decode()
-            out = output_tokens(cid, batch.max_tokens[i])
-            five, hour, read = cache.get(i, _NO_CACHE)
-            if i in shapes:
+        if outcome == succeeded:
+            out = output_tokens(cid, max_tokens[i])
+            five, hour, read = cache.get(i, _NO_CACHE) if cache else _NO_CACHE
+            if shapes and i in shapes:
                 yield structured_line(batch, i, out, (five, hour, read))
                 continue
-            yield _SUCCEEDED % (cid, token, i, mj, cid, batch.in_tokens[i], out, five + hour, read, five, hour)
+            yield _SUCCEEDED % (cid, token, i, model_json[models[i]], cid, in_tokens[i], out, five + hour, read,
+                                five, hour)
         elif outcome == Outcome.EXPIRED:
             yield _PLAIN % (cid, "expired")
         elif outcome == Outcome.CANCELED:
