@@ -98,3 +98,22 @@ def test_provider_bound_bench_reports_each_scenario_against_its_limit(tmp_path: 
     assert anthropic["ok"] and anthropic["exact"]["exact"] and anthropic["peak_queued"] <= 1_000
     assert anthropic["summary"]["queue"]["limits"]["requests"]["stated"] == 1_000  # learned from the 429
     assert runs["openai"]["ok"] and runs["openai"]["unit"] == "tokens"
+
+
+def test_the_targets_compare_cpu_seconds_with_the_sdk_and_the_floor_as_well_as_throughput() -> None:
+    from bench.report import targets
+
+    def rec(rps: float, cpu: float) -> dict:
+        return {"ok": True, "throughput_rps": rps, "cpu_s": cpu, "peak_rss_bytes": 100 << 20}
+
+    def result(sdk_cpu: float, floor_cpu: float) -> dict[str, str]:
+        data = {"options": {"poll_min_s": 0.05}, "sizes": {
+            "200000": {"scheduler": rec(50_000, 3.0), "sdk": rec(8_000, sdk_cpu), "floor": rec(200_000, floor_cpu)}}}
+        return {t["target"]: t["result"] for t in targets(data)}
+
+    sdk = ">= 10x the SDK baseline's CPU seconds at 200,000 requests"
+    floor = "scheduler CPU seconds within 3x of the floor's (largest N)"
+    assert result(sdk_cpu=30.0, floor_cpu=1.0)[sdk] == "PASS"
+    assert result(sdk_cpu=29.0, floor_cpu=1.0)[sdk] == "MISS"
+    assert result(sdk_cpu=30.0, floor_cpu=1.0)[floor] == "PASS"
+    assert result(sdk_cpu=30.0, floor_cpu=0.9)[floor] == "MISS"
