@@ -32,7 +32,6 @@ from typing import Any
 import orjson
 
 TTL_S = {"5m": 300.0, "1h": 3600.0}
-_CACHE_MARK = b'"cache_control"'
 # bytes.translate deletes all but: the lead bytes of 3- and 4-byte characters / UTF-8 continuation bytes
 _ALL_BUT_WIDE_LEADS = bytes(b for b in range(256) if not 0xE0 <= b <= 0xF7)
 _ALL_BUT_CONTINUATIONS = bytes(b for b in range(256) if not 0x80 <= b <= 0xBF)
@@ -60,19 +59,34 @@ _PROMPT_KEYS = ("tools", "system", "messages")  # the prompt in the order the AP
 
 
 def prompt_tokens(params: dict) -> tuple[int, bool]:
-    """(tokens of the whole prompt, whether it carries cache_control anywhere): each part of
+    """(tokens of the whole prompt, whether it carries a cache_control `cached_prefix` reads): each part of
     `_PROMPT_KEYS` present, as its JSON text. Runs once per request a batch carries, so the loop is written out."""
     total = 0
-    marked = "cache_control" in params
     get, dumps = params.get, orjson.dumps
     for key in _PROMPT_KEYS:
         part = get(key)
         if part is not None:
             data = dumps(part)
             total += (len(data) + 3) // 4 if data.isascii() else _encoded_tokens(data)
-            if not marked:
-                marked = _CACHE_MARK in data
-    return max(1, total), marked
+    return max(1, total), _marked(params)
+
+
+def _marked(params: dict) -> bool:
+    """Whether the prompt or a block `_segments` lists (a tool, a system block, a message's content block)
+    carries a cache_control: a look at those blocks' keys, not a search through the prompt's text."""
+    if "cache_control" in params:
+        return True
+    for blocks in (params.get("tools"), params.get("system")):
+        if isinstance(blocks, list) and any(isinstance(b, dict) and b.get("cache_control") is not None
+                                            for b in blocks):
+            return True
+    messages = params.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("cache_control") is not None
+                                             for b in content):
+            return True
+    return False
 
 
 def _segments(params: dict) -> list[tuple[Any, dict | None]]:

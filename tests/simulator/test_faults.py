@@ -265,6 +265,26 @@ async def test_cache_reads_follow_writes_until_the_ttl_ends(sim, http, clock):
     assert tokens["cache_write_5m"] == 2 * usage[0]["cache_creation_input_tokens"] and tokens["cache_write_1h"] == 0
 
 
+@pytest.mark.parametrize("where", ["tools", "system", "content", "top"])
+async def test_a_cache_mark_is_read_wherever_the_api_reads_it_and_a_mention_in_text_is_not_one(sim, http, where):
+    text = "Long shared context. " * 100
+    mark = {"type": "ephemeral"}
+    p = {**params("q"), "system": text + ' "cache_control"'}  # the text names it: no mark
+    if where == "tools":
+        p["tools"] = [{"name": "t", "description": text, "input_schema": {}, "cache_control": mark}]
+    elif where == "system":
+        p["system"] = [{"type": "text", "text": text, "cache_control": mark}]
+    elif where == "content":
+        p["messages"] = [{"role": "user", "content": [{"type": "text", "text": text, "cache_control": mark}]}]
+    else:
+        p["cache_control"] = mark
+    plain = {**params("q"), "system": text + ' "cache_control"', "messages": [{"role": "user", "content": "cache_control"}]}
+    got = await _results(http, sim, [{"custom_id": "marked", "params": p}, {"custom_id": "plain", "params": plain}],
+                         "2023-06-01")
+    assert got["marked"]["message"]["usage"]["cache_creation_input_tokens"] > 0
+    assert got["plain"]["message"]["usage"]["cache_creation_input_tokens"] == 0
+
+
 # -- /_sim/config ----------------------------------------------------------------------------------------
 
 
