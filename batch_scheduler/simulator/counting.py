@@ -37,7 +37,7 @@ _ALL_BUT_WIDE_LEADS = bytes(b for b in range(256) if not 0xE0 <= b <= 0xF7)
 _ALL_BUT_CONTINUATIONS = bytes(b for b in range(256) if not 0x80 <= b <= 0xBF)
 
 
-def _encoded_tokens(data: bytes) -> int:
+def encoded_tokens(data: bytes) -> int:
     """Tokens of UTF-8 text: a token per wide (3- or 4-byte) character, 4 other characters a token."""
     if data.isascii():
         return (len(data) + 3) // 4
@@ -48,11 +48,11 @@ def _encoded_tokens(data: bytes) -> int:
 
 def text_tokens(text: str) -> int:
     """~1 token per CJK character, ~4 characters per token for the rest (rounded up)."""
-    return _encoded_tokens(text.encode())
+    return encoded_tokens(text.encode())
 
 
 def json_tokens(value: Any) -> int:
-    return _encoded_tokens(orjson.dumps(value))
+    return encoded_tokens(orjson.dumps(value))
 
 
 _PROMPT_KEYS = ("tools", "system", "messages")  # the prompt in the order the API tokenises it
@@ -67,7 +67,7 @@ def prompt_tokens(params: dict) -> tuple[int, bool]:
         part = get(key)
         if part is not None:
             data = dumps(part)
-            total += (len(data) + 3) // 4 if data.isascii() else _encoded_tokens(data)
+            total += (len(data) + 3) // 4 if data.isascii() else encoded_tokens(data)
     return max(1, total), _marked(params)
 
 

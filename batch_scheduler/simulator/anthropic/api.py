@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from batch_scheduler.simulator.anthropic.plain import plain_requests
 from batch_scheduler.simulator.batches import limit_arg, new_batch, parse_requests
 from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.counting import prompt_tokens
@@ -177,15 +178,17 @@ class AnthropicApi:
     def _create(self, body: bytes, version: str) -> web.Response:
         ctx = self.ctx
         config = ctx.config
-        items = requests_of(parse_json(body))
-        if len(items) > config.max_requests:  # schema maxItems: a 400, not a 413
+        plain = plain_requests(body, version)  # the same requests as the general path, when all are plain
+        items = requests_of(parse_json(body)) if plain is None else []
+        n = len(items) if plain is None else len(plain.custom_ids)
+        if n > config.max_requests:  # schema maxItems: a 400, not a 413
             raise Rejected("invalid_request_error", f"requests: List should have at most {config.max_requests} "
-                           f"items after validation, not {len(items)}")
+                           f"items after validation, not {n}")
         ctx.check_spend()
         now = ctx.now()
-        reqs = parse_requests(items, "params", version=version, at_create=config.params_at_create,
-                              cache=ctx.prompt_cache, now=now, as_measured=ctx.config.cache_as_measured)
-        check_queue(ctx, len(items), now)
+        reqs = plain or parse_requests(items, "params", version=version, at_create=config.params_at_create,
+                                       cache=ctx.prompt_cache, now=now, as_measured=ctx.config.cache_as_measured)
+        check_queue(ctx, n, now)
         batch = new_batch(ctx, "anthropic", "msgbatch_", reqs, now, shapes=shapes_of(items, "params"),
                           invalid_json_rate=config.invalid_json_rate)
         ctx.add_batch(batch)
