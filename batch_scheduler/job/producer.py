@@ -30,7 +30,7 @@ from batch_scheduler.job.admit.parts import bounds, parts_needed, split_specs
 from batch_scheduler.job.admit.queue_budget import TooHeavy
 from batch_scheduler.job.admit.queues import Weight
 from batch_scheduler.job.collect.ended import Endings
-from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, Chunk, cut_chunks, digest_off_loop, one_lane
+from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES, Chunk, chunk_digest, cut_chunks, one_lane
 from batch_scheduler.job.input.prefix import job_lane_of, priming_via
 from batch_scheduler.job.input.reader import Block, span_blocks
 from batch_scheduler.job.input.replay import Replay, changed_message
@@ -217,7 +217,7 @@ class Producer:
         if ticket is None:
             admission.held_back += chunk.n
             return
-        digest = await digest_off_loop(chunk.lines)
+        digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself (in a worker thread it was slower: see chunk_digest)
         chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                               nbytes=chunk.nbytes, span=span, est_cost=ticket.estimate_usd,
                                               skipped=chunk.skipped, digest=digest, ids=chunk.ids,
@@ -235,7 +235,7 @@ class Producer:
             raise errors.JobMismatch(f"chunk {chunk.seq} of the input no longer matches the ledger; the input "
                                      f"or the options changed. Start fresh with another --out")
         known = next((r.digest for r in rows if r.digest), None)
-        if known is not None and await digest_off_loop(chunk.lines) != known:
+        if known is not None and chunk_digest(chunk.lines) != known:
             raise errors.JobMismatch(changed_message(self._job.sources[chunk.start_file].path, chunk.start_line))
         refused = await self._ledger.api_rejected(chunk.seq)
         if (key := self.primer.wants(chunk.lines[0])) is not None:
@@ -280,7 +280,7 @@ class Producer:
         ledger, admission, overhead = self._ledger, self._admission, self._provider.body_overhead
         parent = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                             nbytes=chunk.nbytes, span=span, skipped=chunk.skipped,
-                                            digest=await digest_off_loop(chunk.lines), ids=chunk.ids)
+                                            digest=chunk_digest(chunk.lines), ids=chunk.ids)
         sizes = [BODY_WRAPPER_BYTES + sum(len(x) + overhead(len(x)) for x in chunk.lines[a:b]) for a, b in ranges]
         specs = split_specs(ranges, list(range(chunk.n)), chunk.ids, sizes, skip=0, take=chunk.n, from_input=True)
         child_ids = await ledger.record_split(parent, specs)

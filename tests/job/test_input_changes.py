@@ -110,4 +110,3 @@ def test_a_chunks_digest_is_the_sha256_of_its_lines_each_with_its_newline_howeve
     for n in (0, 1, 2, 7, 500):
         lines = [bytes(rng.randrange(32, 127) for _ in range(rng.choice([0, 1, 40, 2500]))) for _ in range(n)]
         assert batcher.chunk_digest(lines) == hashlib.sha256(b"".join(x + b"\n" for x in lines)).hexdigest()
-    assert asyncio.run(batcher.digest_off_loop([b"a", b"b"])) == hashlib.sha256(b"a\nb\n").hexdigest()
