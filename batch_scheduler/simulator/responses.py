@@ -198,10 +198,16 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         async for _ in request.content.iter_chunked(1 << 20):
             pass
         raise Rejected("request_too_large", f"request body is larger than {max_bytes:,} bytes")
-    body = await request.read()
-    if len(body) > max_bytes:
-        raise Rejected("request_too_large", f"request body is larger than {max_bytes:,} bytes")
-    return body
+    pieces: list[bytes] = []  # joined once: aiohttp's read() grows a bytearray, then copies it
+    size = 0
+    async for piece in request.content.iter_any():
+        pieces.append(piece)
+        size += len(piece)
+        if size > max_bytes:
+            async for _ in request.content.iter_chunked(1 << 20):
+                pass
+            raise Rejected("request_too_large", f"request body is larger than {max_bytes:,} bytes")
+    return b"".join(pieces)
 
 
 def parse_json(body: bytes) -> Any:
