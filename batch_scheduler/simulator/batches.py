@@ -17,7 +17,14 @@ from aiohttp import web
 from batch_scheduler.simulator.context import SimContext
 from batch_scheduler.simulator.counting import PromptCache, prompt_tokens
 from batch_scheduler.simulator.responses import Rejected
-from batch_scheduler.simulator.store import Batch, draw_duration, draw_missing, draw_outcomes, new_id
+from batch_scheduler.simulator.store import (
+    Batch,
+    draw_duration,
+    draw_missing,
+    draw_outcomes,
+    new_id,
+    output_tokens,
+)
 from batch_scheduler.simulator.validation import LEGACY_VERSION, params_problem
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -124,6 +131,7 @@ def new_batch(ctx: SimContext, kind: str, prefix: str, reqs: Requests, now: floa
         id=batch_id, kind=kind, created_wall=ctx.wall_time(), created_at=now,
         ends_at=ends_at,
         custom_ids=reqs.custom_ids, models=reqs.models, max_tokens=reqs.max_tokens, in_tokens=reqs.in_tokens,
+        out_tokens=list(map(output_tokens, reqs.custom_ids, reqs.max_tokens)),
         outcomes=outcomes, invalid=reqs.invalid, missing=missing, cache=reqs.cache,
         extra={"token": batch_id[-12:], **extra},
     )

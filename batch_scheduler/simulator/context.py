@@ -17,7 +17,7 @@ from typing import Any
 import batch_scheduler.simulator.faults as faults
 from batch_scheduler.simulator.config import SimConfig
 from batch_scheduler.simulator.counting import PromptCache
-from batch_scheduler.simulator.store import Batch, Outcome, Store, output_tokens
+from batch_scheduler.simulator.store import Batch, Outcome, Store
 
 
 def new_stats() -> dict[str, Any]:
@@ -103,9 +103,9 @@ class SimContext:
         tokens = self.stats["tokens"]
         succeeded = Outcome.SUCCEEDED
         done = [i for i, outcome in enumerate(batch.outcomes) if outcome == succeeded]
-        cids, max_tokens, in_tokens = batch.custom_ids, batch.max_tokens, batch.in_tokens
+        in_tokens, out_tokens = batch.in_tokens, batch.out_tokens
         tokens["input"] += sum([in_tokens[i] for i in done])
-        tokens["output"] += sum([output_tokens(cids[i], max_tokens[i]) for i in done])
+        tokens["output"] += sum([out_tokens[i] for i in done])
         cached = [split for i, split in batch.cache.items() if batch.outcomes[i] == succeeded]
         for five, hour, read in cached:
             tokens["cache_write_5m"] += five

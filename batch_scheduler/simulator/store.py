@@ -79,6 +79,7 @@ class Batch:
     max_tokens: list[int]
     in_tokens: list[int]
     outcomes: bytearray
+    out_tokens: list[int] = field(default_factory=list)  # output_tokens of each request, drawn once at create
     invalid: dict[int, str] = field(default_factory=dict)  # index -> why, for content problems
     missing: frozenset[int] = frozenset()  # requests left out of every results download
     cache: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # index -> (5m, 1h, read) tokens

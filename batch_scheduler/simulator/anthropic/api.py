@@ -26,7 +26,7 @@ from batch_scheduler.simulator.responses import (
     requests_of,
     stream_jsonl,
 )
-from batch_scheduler.simulator.store import DAY_S, Batch, Outcome, no_gc, output_tokens, rfc3339
+from batch_scheduler.simulator.store import DAY_S, Batch, Outcome, no_gc, rfc3339
 from batch_scheduler.simulator.structured import answer_for, messages_content, shapes_of
 from batch_scheduler.simulator.validation import LEGACY_VERSION, messages_problem
 
@@ -70,7 +70,7 @@ def result_lines(batch: Batch, order: list[int]):
     """Anthropic-style results lines (also the inline proxy's), in `order`."""
     token = batch.extra["token"]
     cids, outcomes, missing, cache = batch.custom_ids, batch.outcomes, batch.missing, batch.cache
-    models, max_tokens, in_tokens = batch.models, batch.max_tokens, batch.in_tokens
+    models, in_tokens, out_tokens = batch.models, batch.in_tokens, batch.out_tokens
     model_json = {model: orjson.dumps(model).decode() for model in set(models)}
     shapes = batch.extra.get("shapes") or {}
     succeeded = Outcome.SUCCEEDED
@@ -80,7 +80,7 @@ def result_lines(batch: Batch, order: list[int]):
         cid = cids[i]
         outcome = outcomes[i]
         if outcome == succeeded:
-            out = output_tokens(cid, max_tokens[i])
+            out = out_tokens[i]
             five, hour, read = cache.get(i, _NO_CACHE) if cache else _NO_CACHE
             if shapes and i in shapes:
                 yield structured_line(batch, i, out, (five, hour, read))
