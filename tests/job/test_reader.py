@@ -81,3 +81,45 @@ async def test_a_cut_gz_gives_every_complete_line_before_the_cut_then_says_where
     assert got == complete
     assert info.value.line == len(complete) + 1
     assert info.value.reason.startswith("the compressed data ends early")
+
+
+@pytest.mark.parametrize("cached", [True, False])
+async def test_a_local_file_reads_the_same_on_the_loop_from_the_page_cache_as_in_a_thread(tmp_path, monkeypatch,
+                                                                                      cached):
+    """Bytes in the page cache are read on the event loop, others in a worker thread: the same lines either way,
+    from the start or from a position."""
+    import threading
+
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 11)
+    monkeypatch.setattr(reader.LocalFile, "cached", lambda self, n: cached)
+    threads = set()
+    real = reader._next_blocks
+
+    def seen(read, n):
+        threads.add(threading.current_thread() is threading.main_thread())
+        return real(read, n)
+
+    monkeypatch.setattr(reader, "_next_blocks", seen)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(b"line-%d-" % i + b"x" * (i % 23) + b"\n" for i in range(200)) + b"tail")
+    expected = [(i + 1, b"line-%d-" % i + b"x" * (i % 23)) for i in range(200)] + [(201, b"tail")]
+    assert await all_lines(JsonlSource(str(path), 0)) == expected
+    start = len(path.read_bytes().split(b"\n", 150)[-1])
+    assert await all_lines(JsonlSource(str(path), 0), len(path.read_bytes()) - start, 151) == expected[150:]
+    assert threads == {cached}  # on the loop's thread only when cached
+
+
+def test_a_file_just_written_is_in_the_page_cache_and_a_device_is_read_in_order(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"a\n" * 100_000)
+    f = reader.LocalFile(str(path))
+    try:
+        if reader._NOWAIT is not None:  # Linux
+            assert f.cached(1 << 20)
+        f.seek(len(path.read_bytes()))
+        assert f.read(10) == b"" and f.cached(1 << 20)  # at the end: nothing to wait for
+    finally:
+        f.close()
+    device = JsonlSource("/dev/zero", 0)._open(0)  # not a regular file: read in order, in a thread
+    device.close()
+    assert not isinstance(device, reader.LocalFile)

@@ -4,7 +4,8 @@ A source yields `Block`s: a list of raw lines (bytes, no newline) with the line 
 of the first one. Positions let a later stage read a range of the input again (to find the request
 behind a result that must be retried). For JSONL (plain or .gz) a position is a byte offset in the
 uncompressed stream; for row sources (CSV, templates; see `sources.py`) it is a row index.
-There is no await per line: one await per HOP_BLOCKS blocks of `BLOCK_BYTES` (a bucket object: per ranged GET).
+There is no await per line: one await per HOP_BLOCKS blocks of `BLOCK_BYTES` (a bucket object: per ranged GET),
+in a worker thread unless the bytes are in the page cache (`LocalFile.cached`): then on the loop.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from batch_scheduler.state.objects import BucketObjects, RangeReader, split_obje
 # and is used again, where a 4 MiB read was mapped and zeroed afresh each time (200,000 requests: 30,000 page
 # faults against 150,000, 0.2 s less CPU). A bucket object is read in larger ranged GETs (fewer calls).
 BLOCK_BYTES = 256 << 10
-HOP_BLOCKS = 4  # blocks read a thread hop: each hop costs the loop a wake-up and a handover of the GIL
+HOP_BLOCKS = 4  # blocks read at a time: a thread hop costs the loop a wake-up and a handover of the GIL
 RANGE_BYTES = 4 << 20
 
 
@@ -69,6 +70,52 @@ class GzipBlocks:
 
     def close(self) -> None:
         self._f.close()
+
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux: a read that fails rather than wait for the disk
+
+
+class LocalFile:
+    """A regular file read at explicit offsets (`os.pread`) that can say whether its next bytes are in the page
+    cache (`cached`). Then a read cannot wait on the disk, and the reader reads on the event loop: a thread
+    hop (a wake-up each way and the GIL handed over and back) cost more than reading a cached MiB, -9% CPU
+    at 200,000 requests."""
+
+    def __init__(self, path: str):
+        self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._pos = 0
+        self._probe = bytearray(1)
+
+    def read(self, n: int = -1) -> bytes:
+        assert self._fd is not None, "read after close"
+        if n < 0:
+            n = max(0, os.fstat(self._fd).st_size - self._pos)
+        data = os.pread(self._fd, n, self._pos)
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int) -> int:
+        self._pos = pos
+        return pos
+
+    def cached(self, n: int) -> bool:
+        """Whether the first and the last page of the next n bytes are in the page cache (what lies between has
+        as good as surely come with them: the kernel reads ahead of a file read in order). False where the
+        kernel cannot say (no RWF_NOWAIT, a file system without it)."""
+        if _NOWAIT is None or self._fd is None:
+            return False
+        for at in (self._pos, self._pos + max(n, 1) - 1):
+            try:
+                if os.preadv(self._fd, [self._probe], at, _NOWAIT) == 0:
+                    return True  # past the end: nothing to wait for
+            except OSError:  # BlockingIOError: not cached; EOPNOTSUPP and the like: cannot say
+                return False
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class LineTooLong:
@@ -124,7 +171,13 @@ class JsonlSource:
         self.max_line_bytes = max_line_bytes
 
     def _open(self, pos: int) -> ByteStream:
-        f: ByteStream = cast(BinaryIO, GzipBlocks(self.path)) if self.path.endswith(".gz") else open(self.path, "rb")  # noqa: SIM115
+        f: ByteStream
+        if self.path.endswith(".gz"):
+            f = cast(BinaryIO, GzipBlocks(self.path))
+        elif os.path.isfile(self.path):
+            f = LocalFile(self.path)
+        else:  # a pipe or a device: read in order
+            f = open(self.path, "rb")  # noqa: SIM115 - closed by the caller
         if pos:
             f.seek(pos)  # gzip: decompresses forward to pos
         return f  # (seeking a gzip stream decompresses up to pos; blocks() does it off the loop)
@@ -138,8 +191,13 @@ class JsonlSource:
                 await asyncio.to_thread(self._read, f, start_line, start_pos)
             read = self.read_blocks(f, start_pos, start_line)
             hop = 1 if isinstance(f, RangeReader) else HOP_BLOCKS  # a bucket's ranged GET is a hop's worth
-            while True:  # one thread hop for HOP_BLOCKS reads and splits of BLOCK_BYTES
-                blocks, failed = await asyncio.to_thread(_next_blocks, read, hop)
+            local = f if isinstance(f, LocalFile) else None
+            while True:  # HOP_BLOCKS reads and splits of BLOCK_BYTES at a time
+                if local is not None and local.cached(hop * BLOCK_BYTES):
+                    blocks, failed = _next_blocks(read, hop)  # on the loop: nothing to wait for
+                    await asyncio.sleep(0)  # the loop's other tasks between hops, as a thread hop lets them
+                else:  # the disk, a decompressor, a bucket: in a thread
+                    blocks, failed = await asyncio.to_thread(_next_blocks, read, hop)
                 for block in blocks:
                     yield block
                 if failed is not None:
