@@ -60,14 +60,8 @@ _PROMPT_KEYS = ("tools", "system", "messages")  # the prompt in the order the AP
 
 def prompt_tokens(params: dict) -> tuple[int, bool]:
     """(tokens of the whole prompt, whether it carries a cache_control `cached_prefix` reads): each part of
-    `_PROMPT_KEYS` present, as its JSON text. Runs once per request a batch carries, so the loop is written out."""
-    total = 0
-    get, dumps = params.get, orjson.dumps
-    for key in _PROMPT_KEYS:
-        part = get(key)
-        if part is not None:
-            data = dumps(part)
-            total += (len(data) + 3) // 4 if data.isascii() else encoded_tokens(data)
+    `_PROMPT_KEYS` present, as its JSON text."""
+    total = sum(encoded_tokens(orjson.dumps(params[key])) for key in _PROMPT_KEYS if params.get(key) is not None)
     return max(1, total), _marked(params)
 
 

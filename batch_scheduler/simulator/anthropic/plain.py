@@ -69,9 +69,9 @@ def plain_requests(body: bytes, version: str) -> Requests | None:
         add_model(models.setdefault(model, model))
         add_max(params.max_tokens)
         data = encode(params.messages)
-        total = (len(data) + 3) // 4 if data.isascii() else encoded_tokens(data)
+        total = encoded_tokens(data)
         if params.system is not unset:
             data = encode(params.system)
-            total += (len(data) + 3) // 4 if data.isascii() else encoded_tokens(data)
+            total += encoded_tokens(data)
         add_tokens(max(1, total))
     return out
