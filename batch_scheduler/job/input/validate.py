@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from array import array
+from collections.abc import Iterable
 from itertools import islice
 from typing import IO
 
@@ -46,38 +47,23 @@ class FingerprintSet:
 
     def add(self, h: int) -> bool:
         """Add; False when it was there already."""
-        h = h or 1
-        k = (h >> 58) & 63
-        slots = self._segs[k]
-        size = len(slots)
-        i = h % size
-        while (v := slots[i]) != 0:
-            if v == h:
-                return False
-            i += 1
-            if i == size:
-                i = 0
-        slots[i] = h
-        self._n += 1
-        self._counts[k] += 1
-        if self._counts[k] > self._limits[k]:
-            self._grow(k)
-        return True
+        return self.add_all((h,)) == 1
 
-    def add_ids(self, ids: list[str]) -> int:
-        """Add the fingerprints (`hash`) of `ids` in order, up to the first already there (itself not added):
-        how many were added. `add` for a run of lines (this loop runs once per input line)."""
+    def add_all(self, hashes: Iterable[int]) -> int:
+        """Add `hashes` (fingerprints: `hash` of each custom_id) in order, up to the first already there (itself
+        not added): how many were added. This loop runs once per input line."""
         segs, counts, limits = self._segs, self._counts, self._limits
-        for j, cid in enumerate(ids):
-            h = hash(cid) or 1
+        added = 0
+        for h in hashes:
+            h = h or 1
             k = (h >> 58) & 63
             slots = segs[k]
             size = len(slots)
             i = h % size
             while (v := slots[i]) != 0:
                 if v == h:
-                    self._n += j
-                    return j
+                    self._n += added
+                    return added
                 i += 1
                 if i == size:
                     i = 0
@@ -85,8 +71,9 @@ class FingerprintSet:
             counts[k] += 1
             if counts[k] > limits[k]:
                 self._grow(k)
-        self._n += len(ids)
-        return len(ids)
+            added += 1
+        self._n += added
+        return added
 
     def reserve(self, n: int) -> None:
         """Make room for about n fingerprints in all, now, so the table does not grow step by step."""
@@ -155,7 +142,7 @@ class Validator:
             n = next(i for i, cid in enumerate(ids) if not fullmatch(cid))
         del ids[n:]
         if n:
-            del ids[self._seen.add_ids(ids):]
+            del ids[self._seen.add_all(map(hash, ids)):]
             self.lane = None
         return ids
 
