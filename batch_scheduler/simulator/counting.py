@@ -66,21 +66,9 @@ def prompt_tokens(params: dict) -> tuple[int, bool]:
 
 
 def _marked(params: dict) -> bool:
-    """Whether the prompt or a block `_segments` lists (a tool, a system block, a message's content block)
-    carries a cache_control: a look at those blocks' keys, not a search through the prompt's text."""
-    if "cache_control" in params:
-        return True
-    for blocks in (params.get("tools"), params.get("system")):
-        if isinstance(blocks, list) and any(isinstance(b, dict) and b.get("cache_control") is not None
-                                            for b in blocks):
-            return True
-    messages = params.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("cache_control") is not None
-                                             for b in content):
-            return True
-    return False
+    """Whether the prompt, or a block `cached_prefix` reads, carries a cache_control: the blocks' keys, not a
+    search through the prompt's text (params already checked: messages is a list)."""
+    return "cache_control" in params or any(cc is not None for _, cc in _segments(params))
 
 
 def _segments(params: dict) -> list[tuple[Any, dict | None]]:
