@@ -217,7 +217,7 @@ class Producer:
         if ticket is None:
             admission.held_back += chunk.n
             return
-        digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself (in a worker thread it was slower: see chunk_digest)
+        digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself (see chunk_digest)
         chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                               nbytes=chunk.nbytes, span=span, est_cost=ticket.estimate_usd,
                                               skipped=chunk.skipped, digest=digest, ids=chunk.ids,
