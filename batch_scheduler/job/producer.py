@@ -158,11 +158,13 @@ class Producer:
     async def _count_lines(self, blocks: AsyncGenerator[Block, None]) -> AsyncGenerator[Block, None]:
         async with aclosing(blocks):
             async for b in blocks:
-                if self._endings.collecting and not self._could_send_now():
+                while self._endings.collecting and not self._could_send_now():
                     # Ended batches first while the next batch would wait anyway: results made durable
                     # before more input is read, so a batch's delay to disk is its own download, not a queue
-                    # behind new work. With room in the provider's queue and a slot free, refilling comes first.
-                    await self._endings.idle.wait()
+                    # behind new work. With room in the provider's queue and a slot free, refilling comes first:
+                    # looked at again each time a batch ends or is collected, not once all collecting is done.
+                    self._endings.moved.clear()
+                    await self._endings.moved.wait()
                 if not self._stats.lines_read and b.lines:
                     self._expect_lines(b)
                 self._stats.lines_read += len(b.lines)
@@ -217,7 +219,8 @@ class Producer:
         if ticket is None:
             admission.held_back += chunk.n
             return
-        digest = chunk_digest(chunk.lines)  # on the loop, like the cut itself (see chunk_digest)
+        digest = chunk_digest(chunk.lines, chunk.pieces)  # on the loop, like the cut itself (see chunk_digest)
+        chunk.pieces = None  # the input's blocks it holds may go
         chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                               nbytes=chunk.nbytes, span=span, est_cost=ticket.estimate_usd,
                                               skipped=chunk.skipped, digest=digest, ids=chunk.ids,
@@ -235,7 +238,7 @@ class Producer:
             raise errors.JobMismatch(f"chunk {chunk.seq} of the input no longer matches the ledger; the input "
                                      f"or the options changed. Start fresh with another --out")
         known = next((r.digest for r in rows if r.digest), None)
-        if known is not None and chunk_digest(chunk.lines) != known:
+        if known is not None and chunk_digest(chunk.lines, chunk.pieces) != known:
             raise errors.JobMismatch(changed_message(self._job.sources[chunk.start_file].path, chunk.start_line))
         refused = await self._ledger.api_rejected(chunk.seq)
         if (key := self.primer.wants(chunk.lines[0])) is not None:
@@ -280,7 +283,7 @@ class Producer:
         ledger, admission, overhead = self._ledger, self._admission, self._provider.body_overhead
         parent = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                             nbytes=chunk.nbytes, span=span, skipped=chunk.skipped,
-                                            digest=chunk_digest(chunk.lines), ids=chunk.ids)
+                                            digest=chunk_digest(chunk.lines, chunk.pieces), ids=chunk.ids)
         sizes = [BODY_WRAPPER_BYTES + sum(len(x) + overhead(len(x)) for x in chunk.lines[a:b]) for a, b in ranges]
         specs = split_specs(ranges, list(range(chunk.n)), chunk.ids, sizes, skip=0, take=chunk.n, from_input=True)
         child_ids = await ledger.record_split(parent, specs)

@@ -50,7 +50,8 @@ class Ending:
 
 
 class Endings:
-    """Collects the batches of a run as they end; `collecting` counts those under way (`idle` when none)."""
+    """Collects the batches of a run as they end; `collecting` counts those under way, and `moved` is set each
+    time one ends or is collected (its room in the queue, then its slot, came back)."""
 
     def __init__(self, ledger: Ledger, stats: JobStats, admission: Admission, collector: Collector, replay: Replay,
                  submitter: Submitter, observer: Observer, book: InFlight, *, max_attempts: int):
@@ -65,8 +66,7 @@ class Endings:
         self._book = book
         self._max_attempts = max_attempts
         self.collecting = 0  # ended batches being collected
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.moved = asyncio.Event()
 
     def ended(self, payload: Tracked, info: BatchInfo) -> None:
         """The provider says the batch ended: its room comes back (unless it failed), its collecting starts."""
@@ -76,12 +76,11 @@ class Endings:
         if flight.ticket is not None and flight.unended <= 0 and info.state is not BatchState.FAILED:
             self._queues.ended(flight.ticket, validated=True)  # it ran: the provider held it
         self.collecting += 1
-        self.idle.clear()
+        self.moved.set()
 
     def collected(self, _task: asyncio.Task) -> None:
         self.collecting -= 1
-        if not self.collecting:
-            self.idle.set()
+        self.moved.set()
 
     async def collect(self, payload: Tracked, info: BatchInfo) -> Ending:
         row, flight = payload.row, payload.flight
