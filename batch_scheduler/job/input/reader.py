@@ -39,6 +39,9 @@ class Block:
     lines: list  # bytes, or a str naming what is wrong with the line (row sources)
     first_line: int
     start_pos: int
+    # JSONL: the bytes the lines were split from, each line and its newline in order (a chunk's digest hashes
+    # these rather than joining the lines again); None where the lines are not such bytes
+    raw: memoryview | None = None
 
 
 class GzipBlocks:
@@ -245,7 +248,7 @@ class JsonlSource:
                 skipping, tail, tail_bytes = 0, [], 0
             lines, rest = split_lines(data)
             if lines:
-                yield Block(self.index, lines, line_no, pos)
+                yield Block(self.index, lines, line_no, pos, memoryview(data)[:len(data) - len(rest)])
                 pos += len(data) - len(rest)
                 line_no += len(lines)
             if len(rest) > limit:
