@@ -228,6 +228,7 @@ class JsonlSource:
         tail_bytes = 0
         skipping = 0  # bytes of an over-long line passed over so far (none of it kept)
         while data := self._read(f, line_no):
+            start = 0  # where this read's own lines begin
             if skipping or tail:
                 nl = data.find(b"\n")
                 size = skipping + tail_bytes + (len(data) if nl < 0 else nl)  # of the unfinished line
@@ -241,15 +242,17 @@ class JsonlSource:
                 if skipping or size > limit:
                     yield Block(self.index, [LineTooLong(size)], line_no, pos)
                     pos += size + 1
-                    line_no += 1
-                    data = data[nl + 1:]
-                else:
-                    data = b"".join([*tail, data])
+                else:  # the line the reads before began, alone: the rest of this read is not copied to join it
+                    first = b"".join([*tail, data[:nl + 1]])
+                    yield Block(self.index, [first[:-1]], line_no, pos, memoryview(first))
+                    pos += len(first)
+                line_no += 1
+                start = nl + 1
                 skipping, tail, tail_bytes = 0, [], 0
-            lines, rest = split_lines(data)
+            lines, rest = split_lines(data, start)
             if lines:
-                yield Block(self.index, lines, line_no, pos, memoryview(data)[:len(data) - len(rest)])
-                pos += len(data) - len(rest)
+                yield Block(self.index, lines, line_no, pos, memoryview(data)[start:len(data) - len(rest)])
+                pos += len(data) - start - len(rest)
                 line_no += len(lines)
             if len(rest) > limit:
                 skipping = len(rest)
