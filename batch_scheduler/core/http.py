@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.lines import split_lines
+from batch_scheduler.core.lines import split_after
 from batch_scheduler.core.logs import MIN_SECRET_CHARS, SECRET_NAME
 from batch_scheduler.core.settings import RetryPolicy
 
@@ -220,7 +220,7 @@ class HttpClient:
                 tail = b""
                 async for block in resp.content.iter_chunked(1 << 18):
                     self.stats.bytes_down += len(block)
-                    parts, tail = split_lines(tail + block if tail else block)
+                    parts, tail = split_after(tail, block)
                     if parts:
                         yield parts
                 if tail.strip():

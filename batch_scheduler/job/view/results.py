@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core.errors import UsageError
-from batch_scheduler.core.lines import split_lines
+from batch_scheduler.core.lines import split_after
 from batch_scheduler.core.options import BY_NAME, JOB_OPTIONS
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.job.input.batcher import BODY_WRAPPER_BYTES
@@ -183,7 +183,7 @@ def shard_lines(view: JobView) -> Iterator[tuple[int, int, bytes]]:
                 if not data:
                     raise UsageError(f"{shard_path(view.out_dir, idx)} is shorter than the ledger records; "
                                      f"results were removed by hand")
-                lines, tail = split_lines(tail + data if tail else data)
+                lines, tail = split_after(tail, data)
                 for line in lines:
                     yield idx, pos, line
                     pos += len(line) + 1
