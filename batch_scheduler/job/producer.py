@@ -97,7 +97,7 @@ class Producer:
                 if await self._retry_chunk():
                     continue
                 wait_s = await self._until_next_retry()
-            if admission.in_flight == 0 and wait_s is None:
+            if admission.in_flight == 0 and not self._endings.collecting and wait_s is None:
                 if admission.hold or self.input_error is not None or not await self._unsent():
                     return
                 continue

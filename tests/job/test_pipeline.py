@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import orjson
@@ -264,3 +265,48 @@ async def test_a_job_cancelled_under_an_earlier_version_resumes_with_retry_cance
     result = await run_job(fast_settings(sim.url, concurrency=2, retry_cancelled=True), out, [tmp_path / "in.jsonl"])
     assert result.exit_code == ExitCode.OK, result.message
     assert_exactly_once(out, ids)
+
+
+async def test_the_next_batch_goes_while_the_last_ones_results_are_being_made_durable(sim, tmp_path, monkeypatch):
+    """A batch whose every result line is in gives its slot back as its commit (fsync, ledger) begins: with one
+    slot, the next batch is created while the shards of the one before are still being fsync'd."""
+    from batch_scheduler.state.shards import ShardSet
+
+    durable = ShardSet.durable
+    created_during_commit = []
+
+    async def slow_durable(self):
+        before = len(sim.store.batches)
+        await asyncio.sleep(0.2)
+        created_during_commit.append(len(sim.store.batches) - before)
+        return await durable(self)
+
+    monkeypatch.setattr(ShardSet, "durable", slow_durable)
+    ids = write_requests(tmp_path / "in.jsonl", 300)
+    result = await run_job(fast_settings(sim.url, concurrency=1), tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(tmp_path / "out", ids)
+    assert created_during_commit[:2] == [1, 1], created_during_commit  # three batches: the 2nd and 3rd went early
+
+
+async def test_requests_parked_by_a_batch_still_committing_when_nothing_else_is_out_go_again_in_this_run(
+        sim, tmp_path, monkeypatch):
+    """The slot comes back before the commit, but the run does not end while a batch is being collected: the
+    requests its results park for another attempt are sent again in the same run."""
+    from batch_scheduler.state.shards import ShardSet
+
+    durable = ShardSet.durable
+
+    async def slow_durable(self):
+        await asyncio.sleep(0.2)
+        return await durable(self)
+
+    monkeypatch.setattr(ShardSet, "durable", slow_durable)
+    sim.config.errored_rate = 1.0
+    ids = write_requests(tmp_path / "in.jsonl", 50)
+    settings = fast_settings(sim.url, concurrency=1, max_attempts=1, max_unbilled_attempts=2)
+    result = await run_job(settings, tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(tmp_path / "out", ids)
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["attempts"]["requests_sent"] == 100

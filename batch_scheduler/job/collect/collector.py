@@ -129,7 +129,10 @@ class Collector:
         """The median turnaround (create to ended at the provider) of this job's latest batches, if known."""
         return statistics.median(self._turnarounds) if self._turnarounds else None
 
-    async def collect(self, row: ChunkRow, info: BatchInfo) -> Collected:
+    async def collect(self, row: ChunkRow, info: BatchInfo, *, downloaded: Callable[[], None] | None = None
+                      ) -> Collected:
+        """Stream the batch's results into the shards and commit them. `downloaded` is called once, when every
+        line is in and the commit begins: from then on the batch either lands or the run stops."""
         if info.created_at is not None and info.ended_at is not None and info.ended_at >= info.created_at:
             self._turnarounds.append(info.ended_at - info.created_at)
         policy = self.settings.retry
@@ -139,7 +142,7 @@ class Collector:
             async with self.lock:
                 offsets = await self.ledger.shard_offsets(self.shards.n)
                 try:
-                    return await self._collect_once(row, info, offsets)
+                    return await self._collect_once(row, info, offsets, downloaded)
                 except errors.NotFound:
                     self.shards.rollback(offsets)
                     grace = self.settings.not_found_grace_s
@@ -173,7 +176,8 @@ class Collector:
                     self._committing = False
             await asyncio.sleep(wait)  # the lock is free meanwhile: other batches are collected
 
-    async def _collect_once(self, row: ChunkRow, info: BatchInfo, offsets: list[int]) -> Collected:
+    async def _collect_once(self, row: ChunkRow, info: BatchInfo, offsets: list[int],
+                            downloaded: Callable[[], None] | None = None) -> Collected:
         # This loop runs once per answer: the common case (a final answer of a first attempt) is a
         # parse, two set/dict looks, an append to a shard buffer and an append of the usage tuple.
         shards = self.shards
@@ -271,6 +275,8 @@ class Collector:
         costs = {m: self._cost(m, usages[m], cols) for m, cols in columns.items()}
         extra = realtime_extra(info, self._realtime_cost, usages, costs)
         self._committing = True
+        if downloaded is not None:
+            downloaded()
         new_offsets = await shards.durable()
         summary: dict[str, float] = {}
         for o, c in enumerate(counts):

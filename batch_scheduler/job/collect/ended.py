@@ -15,6 +15,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import orjson
@@ -81,15 +82,32 @@ class Endings:
     def collected(self, _task: asyncio.Task) -> None:
         self.collecting -= 1
         self.moved.set()
+        self._admission.changed.set()  # the producer's last wait: nothing in flight and nothing being collected
+
+    def _done_with(self, flight: Flight) -> None:
+        """One batch of the flight is no longer at the provider: the flight's slot comes back with its last."""
+        flight.remaining -= 1
+        if flight.remaining <= 0:
+            self._admission.give_slot()
 
     async def collect(self, payload: Tracked, info: BatchInfo) -> Ending:
         row, flight = payload.row, payload.flight
+        released = False
+
+        def downloaded() -> None:
+            # every result line is in and the commit begins: nothing more is asked of the provider for this
+            # batch, so its slot comes back now and the producer cuts the next chunk while the shards are
+            # fsync'd and the ledger commits (a failed commit stops the run)
+            nonlocal released
+            released = True
+            self._done_with(flight)
+
         try:
             await self._ledger.mark_ended(row.id, info.ended_at)
             if info.state is BatchState.FAILED:
                 ending = await self._failed(row, info, flight)
             else:
-                ending = await self._succeeded(row, info, flight)
+                ending = await self._succeeded(row, info, flight, downloaded)
             if row.adopted:  # the ledger says now whose it was: a chunk waiting to know looks again
                 self._submitter.settled()
             if ending.then is not Then.DONE:
@@ -98,9 +116,8 @@ class Endings:
             # effort: a kill before this leaves staged objects, never a lost or repeated answer)
             await self._collector.provider.release(info)
             self._book.live.discard(row.id)
-            flight.remaining -= 1
-            if flight.remaining <= 0:
-                self._admission.give_slot()
+            if not released:
+                self._done_with(flight)
             return ending
         except BaseException as exc:
             self._admission.fail(exc)
@@ -122,9 +139,10 @@ class Endings:
             return await self._token_limited(row, info, flight)
         return Ending(pending_retries=await self._batch_failed(row, info))
 
-    async def _succeeded(self, row: ChunkRow, info: BatchInfo, flight: Flight) -> Ending:
+    async def _succeeded(self, row: ChunkRow, info: BatchInfo, flight: Flight,
+                         downloaded: Callable[[], None] | None = None) -> Ending:
         try:
-            got = await self._collector.collect(row, info)
+            got = await self._collector.collect(row, info, downloaded=downloaded)
         except NotOurs as exc:
             return await self._not_ours(row, info, flight, exc)
         self._stats.finished += got.finals
