@@ -292,8 +292,8 @@ def chunk_digest(lines: list[bytes], pieces: list[memoryview] | None = None) -> 
     less time, the loop and the thread handing the GIL to each other every piece."""
     h = hashlib.sha256()
     if pieces is not None:
-        for piece in pieces:
-            h.update(piece)
+        for view in pieces:
+            h.update(view)
         return h.hexdigest()
     n = len(lines)
     step = max(1, n * DIGEST_PIECE_BYTES // (sum(map(len, lines)) + n or 1))  # lines a piece, from their mean size
