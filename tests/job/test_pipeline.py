@@ -310,3 +310,35 @@ async def test_requests_parked_by_a_batch_still_committing_when_nothing_else_is_
     assert_exactly_once(tmp_path / "out", ids)
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
     assert summary["attempts"]["requests_sent"] == 100
+
+
+async def test_the_next_batchs_results_are_asked_for_while_the_one_before_commits(sim, tmp_path, monkeypatch):
+    """Batches that ended together are collected one at a time; the next one's download is opened as the one
+    before begins its commit (fsync, ledger), not after it, and every answer is still written exactly once."""
+    from batch_scheduler.providers.anthropic.provider import AnthropicProvider
+    from batch_scheduler.state.shards import ShardSet
+
+    durable, result_blocks = ShardSet.durable, AnthropicProvider.result_blocks
+    commits: list[tuple[float, float]] = []
+    opened: list[float] = []
+
+    async def slow_durable(self):
+        start = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.2)
+        offsets = await durable(self)
+        commits.append((start, asyncio.get_running_loop().time()))
+        return offsets
+
+    async def noted_blocks(self, info):
+        opened.append(asyncio.get_running_loop().time())
+        async for block in result_blocks(self, info):
+            yield block
+
+    monkeypatch.setattr(ShardSet, "durable", slow_durable)
+    monkeypatch.setattr(AnthropicProvider, "result_blocks", noted_blocks)
+    ids = write_requests(tmp_path / "in.jsonl", 400)
+    result = await run_job(fast_settings(sim.url, concurrency=4), tmp_path / "out", [tmp_path / "in.jsonl"])
+    assert result.exit_code == ExitCode.OK, result.message
+    assert_exactly_once(tmp_path / "out", ids)
+    during = [t for t in opened if any(a < t < b for a, b in commits)]
+    assert len(commits) == 4 and len(during) >= 2, (commits, opened)

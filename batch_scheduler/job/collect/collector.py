@@ -46,6 +46,7 @@ from batch_scheduler.core import errors
 from batch_scheduler.core.http import backoff_s
 from batch_scheduler.core.options import BY_NAME
 from batch_scheduler.core.settings import Settings
+from batch_scheduler.job.collect.early import Early, Turns
 from batch_scheduler.job.input.replay import Replay
 from batch_scheduler.job.money.pricing import model_counters
 from batch_scheduler.providers.answers import ShapeError
@@ -119,7 +120,7 @@ class Collector:
         self._judge = judge  # response_model=: a succeeded answer's JSON checked (None: valid)
         self._rng = rng or random.Random()
         self._clock = clock
-        self.lock = asyncio.Lock()
+        self.turns = Turns()  # the lock: one batch at a time; the next one's download opens at the commit
         self.downloads_restarted = 0
         self.results_not_found = 0  # results downloads that answered 404 and were tried again
         self._committing = False
@@ -139,10 +140,12 @@ class Collector:
         started = self._clock()  # the poll that saw the batch ended: its last good answer
         attempt = ghosts = 0
         while True:
-            async with self.lock:
+            opener = (lambda: self.provider.result_blocks(info)) if attempt == ghosts == 0 else None
+            early = await self.turns.acquire(opener)
+            try:
                 offsets = await self.ledger.shard_offsets(self.shards.n)
                 try:
-                    return await self._collect_once(row, info, offsets, downloaded)
+                    return await self._collect_once(row, info, offsets, downloaded, early)
                 except errors.NotFound:
                     self.shards.rollback(offsets)
                     grace = self.settings.not_found_grace_s
@@ -174,10 +177,14 @@ class Collector:
                     raise
                 finally:
                     self._committing = False
+            finally:
+                if early is not None:
+                    await early.close()  # read to its end, or dropped with the attempt that failed
+                self.turns.release()
             await asyncio.sleep(wait)  # the lock is free meanwhile: other batches are collected
 
     async def _collect_once(self, row: ChunkRow, info: BatchInfo, offsets: list[int],
-                            downloaded: Callable[[], None] | None = None) -> Collected:
+                            downloaded: Callable[[], None] | None = None, early: Early | None = None) -> Collected:
         # This loop runs once per answer: the common case (a final answer of a first attempt) is a
         # parse, two set/dict looks, an append to a shard buffer and an append of the usage tuple.
         shards = self.shards
@@ -203,7 +210,7 @@ class Collector:
         finals_retried: list[str] = []
         final_attempts: dict[int, int] = {}
         n_lines = 0
-        async for block in self.provider.result_blocks(info):
+        async for block in early.blocks() if early is not None else self.provider.result_blocks(info):
             n_lines += len(block)
             for line in block:
                 try:
@@ -275,6 +282,7 @@ class Collector:
         costs = {m: self._cost(m, usages[m], cols) for m, cols in columns.items()}
         extra = realtime_extra(info, self._realtime_cost, usages, costs)
         self._committing = True
+        self.turns.committing()  # the next batch's download opens
         if downloaded is not None:
             downloaded()
         new_offsets = await shards.durable()
