@@ -46,6 +46,24 @@ from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkRow, ChunkState,
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 
 
+async def one_ahead(chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
+    """The chunks in order, the next one read and cut (in a task of its own) while the one before waits to be
+    sent: for room in the queue above all, at the start, while the first batches' creates are answered one
+    after another. One chunk more in memory at most; a failure of the cut comes where its chunk would have."""
+    ahead = asyncio.ensure_future(anext(chunks, None))
+    try:
+        while (chunk := await ahead) is not None:
+            ahead = asyncio.ensure_future(anext(chunks, None))
+            yield chunk
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            await asyncio.wait([ahead])
+        if not ahead.cancelled():
+            ahead.exception()  # said where it came (above), or not at all once the producer stopped
+        await chunks.aclose()
+
+
 class Producer:
     """Decides what the run sends next and hands it to the sender, until nothing is left to send."""
 
@@ -73,9 +91,9 @@ class Producer:
         await self._left_by_earlier_runs()
         counting = self._count_lines(span_blocks(job.sources, (0, 0, 1), None))
         try:
-            async with aclosing(cut_chunks(counting, self._validator, job.rejects, batch_size=s.batch_size,
-                                           batch_bytes=s.batch_bytes, overhead=self._provider.body_overhead,
-                                           unit_of=lambda fi: job.sources[fi].unit)) as chunks:
+            async with aclosing(one_ahead(cut_chunks(counting, self._validator, job.rejects, batch_size=s.batch_size,
+                                                     batch_bytes=s.batch_bytes, overhead=self._provider.body_overhead,
+                                                     unit_of=lambda fi: job.sources[fi].unit))) as chunks:
                 async for chunk in chunks:
                     self._stats.accepted += chunk.n
                     self._stats.rejected = job.rejects.count
