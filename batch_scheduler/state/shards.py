@@ -5,8 +5,9 @@ gzip and PNG), so anyone can find a custom_id's shard:
     python -c 'import zlib,sys; print(zlib.crc32(sys.argv[1].encode()) % 16)' my-id-42
 
 `add` is one append to the shard's list of lines; `account`, once per block of lines, joins each
-list into the shard's buffer (one copy), and the buffers are written in large writes once they hold
-FLUSH_BYTES; `commit` flushes and fsyncs and returns
+list into one piece of the shard's buffer (one copy), and the buffers are written once they hold
+FLUSH_BYTES, each shard's pieces in one `writev` (no second copy into one buffer); `commit` flushes and
+fsyncs and returns
 the durable offsets, which the ledger records; `rollback` truncates back to recorded offsets, so an
 interrupted download leaves no line behind.
 """
@@ -18,6 +19,7 @@ import os
 import zlib
 
 FLUSH_BYTES = 4 << 20
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # pieces a writev takes at most
 
 
 def shard_of(custom_id: str, shards: int) -> int:
@@ -26,6 +28,22 @@ def shard_of(custom_id: str, shards: int) -> int:
 
 def shard_path(out_dir: str, idx: int) -> str:
     return os.path.join(out_dir, "results", f"shard-{idx:05d}.jsonl")
+
+
+def write_all(fd: int, pieces: list[bytes]) -> None:
+    """Every byte of `pieces`, in order: `os.writev` of up to IOV_MAX pieces at a time, going on from where a
+    short write stopped."""
+    todo: list[bytes | memoryview] = list(pieces)
+    while todo:
+        batch = todo[:IOV_MAX]
+        written = os.writev(fd, batch)
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        todo = todo[done:]
+        if written:
+            todo[0] = memoryview(todo[0])[written:]
 
 
 class ShardSet:
@@ -37,7 +55,7 @@ class ShardSet:
                      for i in range(shards)]
         # lines since the last `account`, a list a shard: `add`, or appended to directly by a loop over answers
         self.pending: list[list[bytes]] = [[] for _ in range(shards)]
-        self._bufs = [bytearray() for _ in range(shards)]
+        self._bufs: list[list[bytes]] = [[] for _ in range(shards)]  # joined pieces, a list a shard
         self._buffered = 0
         self._dirty: set[int] = set()
         self.offsets = [os.fstat(fd).st_size for fd in self._fds]  # bytes written (not yet durable)
@@ -58,25 +76,20 @@ class ShardSet:
         for i, lines in enumerate(self.pending):
             if lines:
                 lines.append(b"")
-                self._bufs[i] += b"\n".join(lines)  # each line and its newline
+                self._bufs[i].append(b"\n".join(lines))  # each line and its newline
                 lines.clear()
 
     def flush(self) -> None:
         self._gather()
-        for i, buf in enumerate(self._bufs):
-            if buf:
-                with memoryview(buf) as whole:
-                    view, fd = whole, self._fds[i]
-                    try:
-                        while view:
-                            view = view[os.write(fd, view):]
-                    except OSError as err:  # a full disk: say which file (rollback drops what got written)
-                        raise OSError(err.errno, err.strerror, shard_path(self._out, i)) from None
-                    finally:
-                        del view
-                self.offsets[i] += len(buf)
+        for i, pieces in enumerate(self._bufs):
+            if pieces:
+                try:
+                    write_all(self._fds[i], pieces)
+                except OSError as err:  # a full disk: say which file (rollback drops what got written)
+                    raise OSError(err.errno, err.strerror, shard_path(self._out, i)) from None
+                self.offsets[i] += sum(map(len, pieces))
                 self._dirty.add(i)
-                buf.clear()
+                pieces.clear()
         self._buffered = 0
 
     def commit(self) -> list[int]:

@@ -27,3 +27,33 @@ def test_shard_files_are_owner_only(tmp_path):
     ShardSet(str(tmp_path), 1).close()
     assert (tmp_path / "results" / "shard-00000.jsonl").stat().st_mode & 0o077 == 0
     assert (tmp_path / "results").stat().st_mode & 0o077 == 0
+
+
+def test_every_byte_is_written_in_order_through_short_writes_and_many_pieces(tmp_path, monkeypatch):
+    """A shard's pieces go out in writev calls of at most IOV_MAX pieces, each call free to write less than it
+    was given (a full pipe, a signal): the file holds every line once, in order."""
+    import os
+
+    from batch_scheduler.state import shards as module
+
+    real = os.writev
+    calls = []
+
+    def short_writev(fd, pieces):
+        calls.append(len(pieces))
+        assert len(pieces) <= 3
+        return real(fd, [b"".join(map(bytes, pieces))[:7]])  # what it was given, but never more than 7 bytes
+
+    monkeypatch.setattr(module, "IOV_MAX", 3)
+    monkeypatch.setattr(module.os, "writev", short_writev)
+    shards = ShardSet(str(tmp_path), 1)
+    lines = [f'{{"n":{i}}}'.encode() for i in range(50)]
+    for i, line in enumerate(lines):
+        shards.add(0, line)
+        if i % 4 == 3:
+            shards.account(0)  # a piece every four lines
+    offsets = shards.commit()
+    shards.close()
+    whole = b"".join(x + b"\n" for x in lines)
+    assert (tmp_path / "results" / "shard-00000.jsonl").read_bytes() == whole
+    assert offsets == [len(whole)] and len(calls) > 13
