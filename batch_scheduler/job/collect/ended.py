@@ -52,7 +52,7 @@ class Ending:
 
 class Endings:
     """Collects the batches of a run as they end; `collecting` counts those under way, and `moved` is set each
-    time one ends or is collected (its room in the queue, then its slot, came back)."""
+    time one ends (its room in the queue came back), gives its slot back, or is collected."""
 
     def __init__(self, ledger: Ledger, stats: JobStats, admission: Admission, collector: Collector, replay: Replay,
                  submitter: Submitter, observer: Observer, book: InFlight, *, max_attempts: int):
@@ -89,6 +89,7 @@ class Endings:
         flight.remaining -= 1
         if flight.remaining <= 0:
             self._admission.give_slot()
+            self.moved.set()  # the producer, waiting to read on, may now
 
     async def collect(self, payload: Tracked, info: BatchInfo) -> Ending:
         row, flight = payload.row, payload.flight
