@@ -64,3 +64,20 @@ async def test_a_batch_cancelled_as_the_lock_was_handed_to_it_passes_it_on():
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
     assert await asyncio.wait_for(second, 1) is None
+
+
+async def test_a_batch_cancelled_while_the_lock_passes_over_it_is_not_looked_for_again():
+    """A waiter cancelled and passed over by a release before its task ran again: it leaves without an error,
+    closes what it opened, and the lock is with the next one."""
+    turns, log = Turns(), []
+    await turns.acquire(None)
+    cancelled = asyncio.create_task(turns.acquire(_download("b", log)))
+    after = asyncio.create_task(turns.acquire(None))
+    await asyncio.sleep(0)
+    turns.committing()
+    await asyncio.sleep(0.01)
+    cancelled.cancel()  # its turn is cancelled now; its task runs its handler only later
+    turns.release()  # passes over it, to `after`
+    results = await asyncio.gather(cancelled, after, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError) and results[1] is None
+    assert log == ["b opened", "b closed"]

@@ -81,7 +81,7 @@ class Turns:
         except BaseException:
             if waiter.turn.done() and not waiter.turn.cancelled():
                 self.release()  # handed over as this waiter was cancelled: to the next one
-            else:
+            elif waiter in self._line:  # (a release may have passed over it already)
                 self._line.remove(waiter)
             if waiter.early is not None:
                 await waiter.early.close()
