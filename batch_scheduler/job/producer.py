@@ -46,6 +46,14 @@ from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkRow, ChunkState,
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 
 
+def _digest(chunk: Chunk) -> str:
+    """The chunk's digest, on the loop like the cut itself (see chunk_digest); the input's blocks it held for it
+    are let go (a chunk sent in parts or waiting for its priming may live on a while)."""
+    digest = chunk_digest(chunk.lines, chunk.pieces)
+    chunk.pieces = None
+    return digest
+
+
 async def one_ahead(chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
     """The chunks in order, the next one read and cut (in a task of its own) while the one before waits to be
     sent: for room in the queue above all, at the start, while the first batches' creates are answered one
@@ -237,8 +245,7 @@ class Producer:
         if ticket is None:
             admission.held_back += chunk.n
             return
-        digest = chunk_digest(chunk.lines, chunk.pieces)  # on the loop, like the cut itself (see chunk_digest)
-        chunk.pieces = None  # the input's blocks it holds may go
+        digest = _digest(chunk)
         chunk_id = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                               nbytes=chunk.nbytes, span=span, est_cost=ticket.estimate_usd,
                                               skipped=chunk.skipped, digest=digest, ids=chunk.ids,
@@ -256,7 +263,7 @@ class Producer:
             raise errors.JobMismatch(f"chunk {chunk.seq} of the input no longer matches the ledger; the input "
                                      f"or the options changed. Start fresh with another --out")
         known = next((r.digest for r in rows if r.digest), None)
-        if known is not None and chunk_digest(chunk.lines, chunk.pieces) != known:
+        if known is not None and _digest(chunk) != known:
             raise errors.JobMismatch(changed_message(self._job.sources[chunk.start_file].path, chunk.start_line))
         refused = await self._ledger.api_rejected(chunk.seq)
         if (key := self.primer.wants(chunk.lines[0])) is not None:
@@ -301,7 +308,7 @@ class Producer:
         ledger, admission, overhead = self._ledger, self._admission, self._provider.body_overhead
         parent = await ledger.record_intent(kind=ChunkKind.INPUT, root_seq=chunk.seq, take=chunk.n,
                                             nbytes=chunk.nbytes, span=span, skipped=chunk.skipped,
-                                            digest=chunk_digest(chunk.lines, chunk.pieces), ids=chunk.ids)
+                                            digest=_digest(chunk), ids=chunk.ids)
         sizes = [BODY_WRAPPER_BYTES + sum(len(x) + overhead(len(x)) for x in chunk.lines[a:b]) for a, b in ranges]
         specs = split_specs(ranges, list(range(chunk.n)), chunk.ids, sizes, skip=0, take=chunk.n, from_input=True)
         child_ids = await ledger.record_split(parent, specs)

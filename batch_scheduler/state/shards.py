@@ -19,7 +19,8 @@ import os
 import zlib
 
 FLUSH_BYTES = 4 << 20
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # pieces a writev takes at most
+IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16  # pieces a writev takes at most
+# (POSIX guarantees 16; sysconf says -1 where it sets no limit of its own)
 
 
 def shard_of(custom_id: str, shards: int) -> int:
