@@ -15,8 +15,8 @@ size N the same cached input goes through, each as its own process measured the 
   article    python -m bench.baselines.article (batches of 5,000, one at a time)
 Baselines stop at --baseline-max (the article's one-at-a-time loop is slow on a million).
 Throughput is requests / wall time of the whole process, interpreter start included. With
---repeat R each program runs R times per size and the run with the median throughput is reported
-(all R throughputs are kept in the JSON).
+--repeat R each program runs R times per size, in R rounds of one run of each program in turn, and the
+run with the median throughput is reported (all R throughputs are kept in the JSON).
 Writes OUT/<date>.json (every raw number) and OUT/<date>.png; prints the table and the targets.
 Exit status: 0 when every run finished with every request exactly once, 1 otherwise (a missed
 target is a finding, not a failure).
@@ -228,26 +228,32 @@ class Bench:
     # -- the whole run ----------------------------------------------------------------------------
 
     def size(self, n: int) -> dict[str, Any]:
+        """Every program on n requests. With --repeat R, R rounds of one run of each program in turn, not R runs
+        of one program and then of the next: a slow spell of a shared machine (its speed moves by a third
+        within minutes) then touches every program's runs alike, and the ratios between them hold."""
         inp = ensure_input(self.o.work_dir, n, say)
         warm(inp)
         row: dict[str, Any] = {"input_bytes": os.path.getsize(inp)}
+        programs = []
         for program in PROGRAMS:
-            if program in ("sdk", "article"):
-                if self.o.skip_baselines:
-                    row[program] = {"skipped": "skipped (--skip-baselines)"}
-                    continue
-                if n > self.o.baseline_max:
-                    row[program] = {"skipped": "skipped (over --baseline-max)"}
-                    continue
-            say(f"bench: {program} on {n:,} requests ...")
-            runs = []
-            for _ in range(self.o.repeat):
-                runs.append(rec := self.run_one(program, n, inp))
+            if program in ("sdk", "article") and self.o.skip_baselines:
+                row[program] = {"skipped": "skipped (--skip-baselines)"}
+            elif program in ("sdk", "article") and n > self.o.baseline_max:
+                row[program] = {"skipped": "skipped (over --baseline-max)"}
+            else:
+                programs.append(program)
+        runs: dict[str, list[dict[str, Any]]] = {program: [] for program in programs}
+        for round_no in range(1, self.o.repeat + 1):
+            for program in programs:
+                say(f"bench: {program} on {n:,} requests" + (f", round {round_no} of {self.o.repeat}" if self.o.repeat > 1
+                                                              else "") + " ...")
+                runs[program].append(rec := self.run_one(program, n, inp))
                 if rec.get("throughput_rps"):
                     say(f"bench:   {rec['throughput_rps']:,.0f} req/s, {rec['wall_s']:.2f}s wall, "
                         f"{rec['peak_rss_bytes'] / 2**20:,.0f} MiB peak RSS, {rec['cpu_s']:.1f}s CPU")
-            row[program] = median_run(runs)
-        return row
+        for program in programs:
+            row[program] = median_run(runs[program])
+        return {k: row[k] for k in ("input_bytes", *PROGRAMS)}  # the programs in their usual order
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

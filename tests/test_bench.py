@@ -70,6 +70,22 @@ def test_bench_skips_baselines_over_baseline_max(tmp_path: Path) -> None:
     assert "| 300 | article (c) | skipped (over --baseline-max) |" in done.stdout
 
 
+def test_repeated_runs_take_turns_so_a_slow_spell_touches_every_program(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--sizes", "300", "--batch-size", "100", "--poll-min", "0.02",
+         "--skip-baselines", "--repeat", "2", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = [ln for ln in done.stderr.splitlines() if ln.startswith("bench: ") and ln.endswith(" ...")]
+    assert started == ["bench: scheduler on 300 requests, round 1 of 2 ...", "bench: floor on 300 requests, round 1 of 2 ...",
+                       "bench: scheduler on 300 requests, round 2 of 2 ...", "bench: floor on 300 requests, round 2 of 2 ..."]
+    (path,) = (tmp_path / "results").glob("*.json")
+    row = orjson.loads(path.read_bytes())["sizes"]["300"]
+    assert list(row) == ["input_bytes", "scheduler", "floor", "sdk", "article"]
+    for program in ("scheduler", "floor"):
+        assert len(row[program]["repeats_rps"]) == 2 and row[program]["exact"]["exact"], row[program]
+
+
 def test_exactness_check_names_duplicates_and_missing_ids(tmp_path: Path) -> None:
     f = tmp_path / "r.jsonl"
     f.write_bytes(b'{"custom_id":"article-0000000","result":{}}\n{"custom_id":"article-0000000","result":{}}\n'
