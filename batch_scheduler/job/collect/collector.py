@@ -199,7 +199,8 @@ class Collector:
         # what the batch carried (custom_ids, at most one batch's worth), and attempts made before
         expected, sent, before = await self._carried(row)
         retry = not self._replay.from_input(row)
-        seen: set[str] = set()
+        remaining = set(expected)  # ids not answered yet: an answer takes its id out (one look, not three)
+        answered = remaining.remove
         repeated = foreign = misshapen = 0
         first_misshapen = ""
         counts = [0] * len(Outcome)
@@ -222,15 +223,16 @@ class Collector:
                     misshapen += 1
                 except (ValueError, KeyError, TypeError) as exc:
                     raise errors.ProtocolError(f"unreadable results line in batch {info.id}: {exc}") from None
-                if cid not in expected:
+                try:
+                    answered(cid)
+                except KeyError:
+                    if cid in expected:
+                        repeated += 1  # the request was answered already in this download
+                        continue
                     if row.adopted:
-                        raise NotOurs(cid)
+                        raise NotOurs(cid) from None
                     foreign += 1  # an answer to a request this batch did not carry: never written
                     continue
-                if cid in seen:
-                    repeated += 1  # the request was answered already in this download
-                    continue
-                seen.add(cid)
                 if judge is not None and outcome is Outcome.SUCCEEDED and (kept := judge(line)) is not None:
                     outcome, line = Outcome.INVALID, kept
                     if before.get(cid, 0) < invalid_retries:  # sent again: a new attempt, this one billed
@@ -259,9 +261,8 @@ class Collector:
             shards.account(sum(map(len, block)) + len(block))
         if not retry:
             final_attempts[1] = sum(counts)
-        # `seen` holds only ids the batch carried: as many as it carried, none is missing
-        missing = [] if len(seen) == len(expected) else [cid for cid in expected if cid not in seen]
-        del expected, seen
+        missing = [cid for cid in expected if cid in remaining] if remaining else []  # in the order carried
+        del expected, remaining
         if (to_park or missing) and sent is None:
             sent = await self._replay.lookup(row)  # the request lines, read again only when some go back
         park = self._park(to_park, missing, sent or {}, before)
