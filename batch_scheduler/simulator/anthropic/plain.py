@@ -68,10 +68,10 @@ def plain_requests(body: bytes, version: str) -> Requests | None:
         model = params.model
         add_model(models.setdefault(model, model))
         add_max(params.max_tokens)
-        data = encode(params.messages)
-        total = encoded_tokens(data)
+        data = encode(params.messages)  # `encoded_tokens`, its ASCII case inline
+        total = (len(data) + 3) >> 2 if data.isascii() else encoded_tokens(data)
         if params.system is not unset:
             data = encode(params.system)
-            total += encoded_tokens(data)
+            total += (len(data) + 3) >> 2 if data.isascii() else encoded_tokens(data)
         add_tokens(max(1, total))
     return out
