@@ -57,3 +57,28 @@ def test_every_byte_is_written_in_order_through_short_writes_and_many_pieces(tmp
     whole = b"".join(x + b"\n" for x in lines)
     assert (tmp_path / "results" / "shard-00000.jsonl").read_bytes() == whole
     assert offsets == [len(whole)] and len(calls) > 13
+
+
+def test_new_shard_files_are_made_durable_by_name_too(tmp_path, monkeypatch):
+    """An fsync of a file makes its bytes durable, not its directory entry: a crash after the first commit of a
+    new job could leave the ledger naming offsets in a shard file that is gone. The directories are synced once,
+    when the files are created."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "job"
+    out.mkdir()
+    ShardSet(str(out), 2).close()
+    assert synced == [str(out), str(out / "results")]
+    synced.clear()
+    ShardSet(str(out), 2).close()  # the files are there already: nothing to make durable
+    assert synced == []
