@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.durable import makedirs, sync_dir
 
 if TYPE_CHECKING:  # the cluster extra's types, for the checker only
     from obstore.store import RetryConfig
@@ -75,7 +76,7 @@ class LocalObjects:
         return os.path.join(self.root, *key.split("/"))
 
     def _write_tmp(self, path: str, data: bytes) -> str:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        makedirs(os.path.dirname(path))
         tmp = f"{path}{TMP_MARK}{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -98,10 +99,12 @@ class LocalObjects:
         finally:
             with contextlib.suppress(FileNotFoundError):  # a finished job's clean-up took a fenced node's
                 os.unlink(tmp)
+        sync_dir(os.path.dirname(path))  # the name too, as a bucket's PUT is durable once answered
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.replace(self._write_tmp(path, data), path)
+        sync_dir(os.path.dirname(path))
 
     def _walk(self, prefix: str) -> list[tuple[str, str]]:
         """(key, path) of every file under `prefix`, temporaries included."""

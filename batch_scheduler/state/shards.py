@@ -18,6 +18,8 @@ import asyncio
 import os
 import zlib
 
+from batch_scheduler.core.durable import makedirs, sync_dir
+
 FLUSH_BYTES = 4 << 20
 IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16  # pieces a writev takes at most
 # (POSIX guarantees 16; sysconf says -1 where it sets no limit of its own)
@@ -47,33 +49,15 @@ def write_all(fd: int, pieces: list[bytes]) -> None:
             todo[0] = memoryview(todo[0])[written:]
 
 
-def sync_dir(path: str) -> None:
-    """Make the entries of directory `path` (files just created in it) durable: an fsync of a file makes its
-    bytes durable, not its name. Where a directory cannot be opened or synced (not POSIX), nothing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class ShardSet:
     def __init__(self, out_dir: str, shards: int):
         self.n = shards
         self._out = out_dir
         results = os.path.join(out_dir, "results")
-        made = not os.path.isdir(results)
-        os.makedirs(results, mode=0o700, exist_ok=True)
+        makedirs(results)
         created = [not os.path.exists(shard_path(out_dir, i)) for i in range(shards)]
         self._fds = [os.open(shard_path(out_dir, i), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                      for i in range(shards)]
-        if made:
-            sync_dir(out_dir)
         if any(created):  # before any line is committed to them: the ledger's offsets name these files
             sync_dir(results)
         # lines since the last `account`, a list a shard: `add`, or appended to directly by a loop over answers

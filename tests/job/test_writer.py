@@ -82,3 +82,31 @@ def test_new_shard_files_are_made_durable_by_name_too(tmp_path, monkeypatch):
     synced.clear()
     ShardSet(str(out), 2).close()  # the files are there already: nothing to make durable
     assert synced == []
+
+
+def test_a_local_object_is_durable_by_name_once_put_as_a_buckets_put_is_once_answered(tmp_path, monkeypatch):
+    """file:// objects (a cluster's shards on a shared disk, a job directory's claims) are written to a temporary
+    file, fsync'd and linked or renamed into place: the directories they land in, and any made for them, are synced."""
+    import asyncio
+    import os
+    import stat
+
+    from batch_scheduler.state.objects import LocalObjects
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = LocalObjects(str(tmp_path / "bucket"))
+    asyncio.run(store.put_once("a/b/one", b"1"))
+    made = [str(tmp_path), str(tmp_path / "bucket"), str(tmp_path / "bucket" / "a")]
+    assert synced == [*made, str(tmp_path / "bucket" / "a" / "b")]  # each new directory's name, then the object's
+    synced.clear()
+    asyncio.run(store.put("a/b/two", b"2"))
+    assert synced == [str(tmp_path / "bucket" / "a" / "b")]
+    assert (tmp_path / "bucket" / "a" / "b" / "one").read_bytes() == b"1"
