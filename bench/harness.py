@@ -233,27 +233,25 @@ class Bench:
         within minutes) then touches every program's runs alike, and the ratios between them hold."""
         inp = ensure_input(self.o.work_dir, n, say)
         warm(inp)
-        row: dict[str, Any] = {"input_bytes": os.path.getsize(inp)}
-        programs = []
-        for program in PROGRAMS:
-            if program in ("sdk", "article") and self.o.skip_baselines:
-                row[program] = {"skipped": "skipped (--skip-baselines)"}
-            elif program in ("sdk", "article") and n > self.o.baseline_max:
-                row[program] = {"skipped": "skipped (over --baseline-max)"}
-            else:
-                programs.append(program)
-        runs: dict[str, list[dict[str, Any]]] = {program: [] for program in programs}
+        skipped: dict[str, dict[str, str]] = {}
+        for program in ("sdk", "article"):
+            if self.o.skip_baselines:
+                skipped[program] = {"skipped": "skipped (--skip-baselines)"}
+            elif n > self.o.baseline_max:
+                skipped[program] = {"skipped": "skipped (over --baseline-max)"}
+        runs: dict[str, list[dict[str, Any]]] = {program: [] for program in PROGRAMS if program not in skipped}
         for round_no in range(1, self.o.repeat + 1):
-            for program in programs:
-                say(f"bench: {program} on {n:,} requests" + (f", round {round_no} of {self.o.repeat}" if self.o.repeat > 1
-                                                              else "") + " ...")
-                runs[program].append(rec := self.run_one(program, n, inp))
+            of = f", round {round_no} of {self.o.repeat}" if self.o.repeat > 1 else ""
+            for program, done in runs.items():
+                say(f"bench: {program} on {n:,} requests{of} ...")
+                done.append(rec := self.run_one(program, n, inp))
                 if rec.get("throughput_rps"):
                     say(f"bench:   {rec['throughput_rps']:,.0f} req/s, {rec['wall_s']:.2f}s wall, "
                         f"{rec['peak_rss_bytes'] / 2**20:,.0f} MiB peak RSS, {rec['cpu_s']:.1f}s CPU")
-        for program in programs:
-            row[program] = median_run(runs[program])
-        return {k: row[k] for k in ("input_bytes", *PROGRAMS)}  # the programs in their usual order
+        row: dict[str, Any] = {"input_bytes": os.path.getsize(inp)}
+        for program in PROGRAMS:
+            row[program] = skipped[program] if program in skipped else median_run(runs[program])
+        return row
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
