@@ -46,10 +46,10 @@ from batch_scheduler.state.ledger.sqlite import ChunkKind, ChunkRow, ChunkState,
 log = logging.getLogger("batch_scheduler.engine")  # one log for the engine's pieces
 
 
-def _digest(chunk: Chunk) -> str:
-    """The chunk's digest, on the loop like the cut itself (see chunk_digest); the input's blocks it held for it
-    are let go (a chunk sent in parts or waiting for its priming may live on a while)."""
-    digest = chunk_digest(chunk.lines, chunk.pieces)
+def _digest(chunk: Chunk, like: str | None = None) -> str:
+    """The chunk's digest (see chunk_digest; `like`: hashed as that recorded digest was); the input's blocks it
+    held for it are let go (a chunk sent in parts or waiting for its priming may live on a while)."""
+    digest = chunk_digest(chunk.lines, chunk.pieces, like=like)
     chunk.pieces = None
     return digest
 
@@ -263,7 +263,7 @@ class Producer:
             raise errors.JobMismatch(f"chunk {chunk.seq} of the input no longer matches the ledger; the input "
                                      f"or the options changed. Start fresh with another --out")
         known = next((r.digest for r in rows if r.digest), None)
-        if known is not None and _digest(chunk) != known:
+        if known is not None and _digest(chunk, known) != known:
             raise errors.JobMismatch(changed_message(self._job.sources[chunk.start_file].path, chunk.start_line))
         refused = await self._ledger.api_rejected(chunk.seq)
         if (key := self.primer.wants(chunk.lines[0])) is not None:

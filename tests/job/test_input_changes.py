@@ -96,12 +96,15 @@ async def test_a_local_input_edited_in_place_while_the_job_runs_fails_it_naming_
 
 
 @pytest.mark.parametrize("piece_bytes", [1, 100, 3000, 1 << 20])
-def test_a_chunks_digest_is_the_sha256_of_its_lines_each_with_its_newline_however_it_is_hashed(
+def test_a_chunks_digest_is_the_xxh3_of_its_lines_each_with_its_newline_however_it_is_hashed(
         monkeypatch, piece_bytes):
-    """The digest a ledger keeps is what earlier versions kept (sha256 over each line and its newline): a job
-    started by one goes on under the other, however the lines are pieced together to hash them."""
+    """The digest a ledger keeps is XXH3-128 over each line and its newline, named as such, however the lines
+    are pieced together to hash them; hashed like a digest an earlier version kept (sha256 hex, no name), it is
+    that sha256, so a job started by that version goes on under this one."""
     import hashlib
     import random
+
+    import xxhash
 
     from batch_scheduler.job.input import batcher
 
@@ -109,4 +112,8 @@ def test_a_chunks_digest_is_the_sha256_of_its_lines_each_with_its_newline_howeve
     rng = random.Random(piece_bytes)
     for n in (0, 1, 2, 7, 500):
         lines = [bytes(rng.randrange(32, 127) for _ in range(rng.choice([0, 1, 40, 2500]))) for _ in range(n)]
-        assert batcher.chunk_digest(lines) == hashlib.sha256(b"".join(x + b"\n" for x in lines)).hexdigest()
+        data = b"".join(x + b"\n" for x in lines)
+        assert batcher.chunk_digest(lines) == "xxh3-128:" + xxhash.xxh3_128(data).hexdigest()
+        old = hashlib.sha256(data).hexdigest()
+        assert batcher.chunk_digest(lines, like=old) == old
+        assert batcher.chunk_digest(lines, like="xxh3-128:0") == batcher.chunk_digest(lines)

@@ -98,7 +98,7 @@ class Replay:
                             elif mine != lane:
                                 continue  # another lane's line inside the span: its own chunk's
                         out[cid] = line
-        if row.digest is not None and chunk_digest(list(out.values())) != row.digest:
+        if row.digest is not None and chunk_digest(list(out.values()), like=row.digest) != row.digest:
             raise JobMismatch(changed_message(self._sources[row.start_file].path, row.start_line or 1))
         return out
 

@@ -122,7 +122,8 @@ class ChunkRow:
     est_cost: float
     note: str | None
     skipped: str | None = None  # JSON [[file, line], ...]: lines inside the span that the validator refused
-    digest: str | None = None  # input chunks: sha256 of the root chunk's request lines when cut (None: older ledger)
+    digest: str | None = None  # input chunks: batcher.chunk_digest of the root chunk's request lines when cut
+    #                            (XXH3-128, named; sha256 hex in ledgers of earlier versions; None: older still)
     units: int | None = None  # what its batch weighs in the provider's queue (see job.queue_budget)
     queue_key: str | None = None
     create_at: float | None = None  # the create call of its latest intent was started then; None: not (yet)
