@@ -110,3 +110,40 @@ def test_a_local_object_is_durable_by_name_once_put_as_a_buckets_put_is_once_ans
     asyncio.run(store.put("a/b/two", b"2"))
     assert synced == [str(tmp_path / "bucket" / "a" / "b")]
     assert (tmp_path / "bucket" / "a" / "b" / "one").read_bytes() == b"1"
+
+
+def test_a_commit_fsyncs_every_shard_it_wrote_to_before_it_returns_and_only_those(tmp_path, monkeypatch):
+    """The offsets a commit returns are what the ledger records: every shard written since the last commit is
+    fsync'd (several at once) before it returns, each once; a shard not written to is not; a failed fsync fails it."""
+    import os
+    import threading
+
+    import pytest
+
+    synced: list[int] = []
+    lock = threading.Lock()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        with lock:
+            synced.append(fd)
+        real(fd)
+
+    shards = ShardSet(str(tmp_path), 5)
+    monkeypatch.setattr(os, "fsync", fsync)
+    for i in (0, 2, 3):
+        shards.add(i, b'{"n":1}')
+    assert shards.commit() == [8, 0, 8, 8, 0]
+    assert sorted(synced) == sorted(shards._fds[i] for i in (0, 2, 3))
+    synced.clear()
+    assert shards.commit() == [8, 0, 8, 8, 0] and synced == []  # nothing new: nothing to make durable
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    shards.add(1, b'{"n":2}')
+    shards.add(4, b'{"n":3}')
+    with pytest.raises(OSError, match="Input/output error"):
+        shards.commit()
+    shards.close()
