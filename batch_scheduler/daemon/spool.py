@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.durable import sync_dir, write_file
 from batch_scheduler.core.logs import CONTROL
 from batch_scheduler.core.options import coerce_option_file
 from batch_scheduler.daemon.logs import log
@@ -77,11 +78,7 @@ def write_summary(job_dir: str, fields: Mapping[str, Any]) -> None:
     doc.update(fields)
     if fields.get("reason") is None:
         doc.pop("reason", None)
-    tmp = path + ".daemon-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    write_file(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2), tmp=path + ".daemon-tmp")
 
 
 @dataclass(eq=False)
@@ -203,6 +200,8 @@ class Spool:
                 self._undo(stage)
                 return None
             os.rename(stage, job.dir)
+            sync_dir(self.jobs)  # the claim durable before the job runs: its input gone from the inbox, its
+            sync_dir(self.inbox)  # directory under its name (after a crash, not back in the inbox to run twice)
         except OSError:  # a full disk, say: nothing half-claimed stays behind, the next look tries again
             if os.path.lexists(staged) and not os.path.lexists(arrived):
                 os.rename(staged, arrived)

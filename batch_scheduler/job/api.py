@@ -35,6 +35,7 @@ from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.durable import replace
 from batch_scheduler.core.errors import ExitCode
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.loop import new_event_loop
@@ -297,7 +298,7 @@ def spool_iterable(items: Iterable[Any], out_dir: str) -> str:
             f.flush()
             os.fsync(f.fileno())
         if not os.path.exists(path) or not os.path.exists(os.path.join(out_dir, "ledger.db")):
-            os.replace(new, path)
+            replace(new, path)
             return path
         if not same_bytes(path, new):
             raise errors.JobMismatch(f"{out_dir} holds a job over other requests: the iterable given yields "

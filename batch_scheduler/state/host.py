@@ -36,6 +36,7 @@ import time
 from collections.abc import Mapping
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.durable import write_file
 from batch_scheduler.state.ledger import open_ledger
 
 log = logging.getLogger("batch_scheduler.submitter")
@@ -92,10 +93,7 @@ class HostAccounts:
             os.makedirs(os.path.join(where, "jobs"), mode=0o700, exist_ok=True)
             entry = os.path.join(where, "jobs", _digest(os.path.abspath(ledger_path)))
             if not os.path.exists(entry):
-                tmp = f"{entry}.{os.getpid()}.tmp"
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write(os.path.abspath(ledger_path))
-                os.replace(tmp, entry)
+                write_file(entry, os.path.abspath(ledger_path).encode("utf-8"), tmp=f"{entry}.{os.getpid()}.tmp")
         except OSError as err:
             self._cannot(where, err)
             return

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from batch_scheduler.core import errors
+from batch_scheduler.core.durable import write_file
 from batch_scheduler.core.joblock import JobLock
 from batch_scheduler.core.settings import Settings
 from batch_scheduler.state import ledger as ledgers
@@ -45,12 +46,7 @@ def results_by_type(counters: Mapping[str, float]) -> dict[str, int]:
 
 
 def write_summary(out_dir: str, summary: dict[str, Any]) -> None:
-    path = os.path.join(out_dir, "summary.json")
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    write_file(os.path.join(out_dir, "summary.json"), orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
 
 def lock_dir(path: str, owner: str, what: str) -> JobLock:

@@ -71,6 +71,26 @@ def test_a_claimed_input_and_its_options_are_owner_only(tmp_path):
         assert stat.S_IMODE(os.stat(os.path.join(job.dir, name)).st_mode) == 0o600, name
 
 
+def test_a_claim_is_durable_before_its_job_runs(tmp_path, monkeypatch):
+    """Once claimed, the input is gone from the inbox and the job's directory is under its name after a crash
+    too: both directories are synced (an inbox that got its file back would run the job a second time)."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    write_requests(os.path.join(spool.inbox, "a.jsonl"), 3)
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    job = spool.claim("a.jsonl", "a")
+    assert job is not None and os.listdir(spool.inbox) == []
+    assert synced[-2:] == [spool.jobs, spool.inbox]
+
+
 @contextmanager
 def small_files():
     """Writes past 100 bytes fail as on a full disk (RLIMIT_FSIZE; SIGXFSZ ignored so the write says EFBIG)."""

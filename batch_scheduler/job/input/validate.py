@@ -18,6 +18,7 @@ from typing import IO
 
 import orjson
 
+from batch_scheduler.core.durable import replace
 from batch_scheduler.job.input.prefix import job_lane_of
 from batch_scheduler.job.input.reader import LineTooLong
 from batch_scheduler.providers.base import Provider
@@ -258,7 +259,7 @@ class Rejects:
                     if complete:
                         raise
             if complete:
-                os.replace(partial, self._path)
+                replace(partial, self._path)
         except OSError as err:  # a full disk: the list of the last complete read stays
             complete = False
             raise OSError(err.errno, err.strerror, self._path) from None

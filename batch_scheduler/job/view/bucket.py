@@ -10,12 +10,12 @@ input's rows) and input order are refused with one line each.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, BinaryIO
 
 import orjson
 
+from batch_scheduler.core.durable import replacing
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.job.view.export import Exported
 from batch_scheduler.state.object_shards import MANIFEST, RESULTS
@@ -31,17 +31,8 @@ async def export_objects(url: str, fmt: str, dest: str, order: str) -> Exported:
                          f"input order need the job's input and ledger: export it on a machine that has them)")
     objects = open_objects(url)
     keys = in_shard_order(await manifest_keys(objects, url))
-    tmp = dest + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            done = await _write(objects, url, keys, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    os.replace(tmp, dest)
+    with replacing(dest, buffering=1 << 20) as f:
+        done = await _write(objects, url, keys, f)
     done.rejected = await _count_rejected(objects)
     return done
 

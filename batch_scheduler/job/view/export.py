@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from batch_scheduler.core.durable import replacing
 from batch_scheduler.core.errors import UsageError
 from batch_scheduler.job.input.reader import Source
 from batch_scheduler.job.input.sources import TemplateSource
@@ -201,18 +202,8 @@ def export(out_dir: str, fmt: str, dest: str, order: str = "input") -> Exported:
         except ImportError:
             raise UsageError(PARQUET_MISSING) from None
     view = JobView.open(out_dir)
-    tmp = dest + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            done = _write(view, fmt, order, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    os.replace(tmp, dest)
-    return done
+    with replacing(dest, buffering=1 << 20) as f:
+        return _write(view, fmt, order, f)
 
 
 def _write(view: JobView, fmt: str, order: str, f: BinaryIO) -> Exported:

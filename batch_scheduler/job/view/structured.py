@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from batch_scheduler.core.durable import write_file
 from batch_scheduler.job.view.answer import answer_json
 
 INVALID_KEY = "validation_error"  # added to a result line whose answer did not validate
@@ -86,11 +87,7 @@ def remember_model(out_dir: str, model: Any) -> None:
     """Write OUT/response_model.json: the model's name and top-level fields, in order."""
     os.makedirs(out_dir, mode=0o700, exist_ok=True)
     doc = {"name": model.__name__, "fields": list(model.model_fields)}
-    path = os.path.join(out_dir, MODEL_FILE)
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps(doc))
-    os.replace(path + ".tmp", path)
+    write_file(os.path.join(out_dir, MODEL_FILE), orjson.dumps(doc))
 
 
 def fields_of(out_dir: str) -> list[str] | None:
