@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +27,9 @@ IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16  #
 # (POSIX guarantees 16; sysconf says -1 where it sets no limit of its own)
 SYNC_THREADS = 8  # a commit's fsyncs at once: the file system writes their data back together (16 shards of a
 # 10,000-answer batch: 6 ms, against 10 one after another; 1,000,000 requests: -1.5 to -2.3% wall time in
-# alternating runs, 200,000: within noise)
+# alternating runs, 200,000: within noise). One pool for the process: a daemon's jobs share its threads.
+_syncers: ThreadPoolExecutor | None = None
+_syncers_made = threading.Lock()
 
 
 def shard_of(custom_id: str, shards: int) -> int:
@@ -53,6 +56,15 @@ def write_all(fd: int, pieces: list[bytes]) -> None:
             todo[0] = memoryview(todo[0])[written:]
 
 
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The process's fsync threads, made at the first commit with two files to fsync (idle ones cost nothing)."""
+    global _syncers
+    with _syncers_made:
+        if _syncers is None:
+            _syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+        return _syncers
+
+
 class ShardSet:
     def __init__(self, out_dir: str, shards: int):
         self.n = shards
@@ -69,7 +81,6 @@ class ShardSet:
         self._bufs: list[list[bytes]] = [[] for _ in range(shards)]  # joined pieces, a list a shard
         self._buffered = 0
         self._dirty: set[int] = set()
-        self._syncers: ThreadPoolExecutor | None = None  # made at the first commit with two files to fsync
         self.offsets = [os.fstat(fd).st_size for fd in self._fds]  # bytes written (not yet durable)
 
     def add(self, idx: int, line: bytes) -> None:
@@ -109,9 +120,7 @@ class ShardSet:
         self.flush()
         fds = [self._fds[i] for i in self._dirty]
         if len(fds) > 1:  # at once, each in a thread of its own (an fsync lets go of the GIL)
-            if self._syncers is None:
-                self._syncers = ThreadPoolExecutor(min(SYNC_THREADS, self.n), thread_name_prefix="fsync")
-            for _ in self._syncers.map(os.fsync, fds):
+            for _ in _fsync_pool().map(os.fsync, fds):
                 pass
         elif fds:
             os.fsync(fds[0])
@@ -141,9 +150,6 @@ class ShardSet:
                 self.offsets[i] = off
 
     def close(self) -> None:
-        if self._syncers is not None:
-            self._syncers.shutdown()
-            self._syncers = None
         for fd in self._fds:
             os.close(fd)
         self._fds = []
