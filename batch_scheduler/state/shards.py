@@ -65,6 +65,17 @@ def _fsync_pool() -> ThreadPoolExecutor:
         return _syncers
 
 
+def _forget_pool() -> None:
+    """A forked child has none of its parent's threads: it makes its own pool (the parent's would take work
+    and never do it)."""
+    global _syncers, _syncers_made
+    _syncers, _syncers_made = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 class ShardSet:
     def __init__(self, out_dir: str, shards: int):
         self.n = shards

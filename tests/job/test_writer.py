@@ -147,3 +147,36 @@ def test_a_commit_fsyncs_every_shard_it_wrote_to_before_it_returns_and_only_thos
     with pytest.raises(OSError, match="Input/output error"):
         shards.commit()
     shards.close()
+
+
+def test_a_forked_child_commits_with_threads_of_its_own(tmp_path):
+    """The fsync threads are the process's: a child forked after the parent committed has none of them, and
+    its commits must not wait for them forever."""
+    import os
+    import time
+
+    parent = ShardSet(str(tmp_path / "parent"), 4)
+    for _ in range(3):
+        for i in range(4):
+            parent.add(i, b'{"n":1}')
+        parent.commit()  # the pool exists now, its threads idle once done
+    time.sleep(0.2)
+    pid = os.fork()
+    if pid == 0:  # the child: a commit of its own, then out without the parent's atexit work
+        child = ShardSet(str(tmp_path / "child"), 4)
+        for i in range(4):
+            child.add(i, b'{"n":2}')
+        os._exit(0 if child.commit() == [8] * 4 else 1)
+    waited, status = 0, None
+    while waited < 100:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+        waited += 1
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the child's commit hung on its parent's fsync threads")
+    assert os.waitstatus_to_exitcode(status) == 0
+    parent.close()
