@@ -9,8 +9,10 @@ no provider worded (a gateway's page: `for_unsafe_call`): the caller gets `Outco
 (see submitter: look for the batch before sending again).
 
 Proxies come from the process environment as in the official SDKs (`trust_env`: `HTTPS_PROXY`,
-`HTTP_PROXY`, `NO_PROXY`; aiohttp then reads `~/.netrc` too, and sends nothing from it to a host it
-does not name). The key never leaves in an error: `redact` blanks `secret` and the value of every
+`HTTP_PROXY`, `NO_PROXY`), read once per origin. `~/.netrc` is never read for the provider's host, as the
+SDKs (httpx) do not: aiohttp's own `trust_env` would send a matching entry's login as Basic auth beside
+the key, and refuse every call that carries a bearer token. A proxy named without credentials takes its
+own from `~/.netrc`, as aiohttp does. The key never leaves in an error: `redact` blanks `secret` and the value of every
 header whose name says key, token, secret, password or authorization (a proxy's token in
 `ANTHROPIC_CUSTOM_HEADERS` included).
 
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from batch_scheduler.core import errors
 from batch_scheduler.core.lines import split_after
@@ -92,6 +96,7 @@ class HttpClient:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=timeout_s)
         self._secrets = secrets_in(headers, secret)
         self._trust_env = trust_env
+        self._proxies: dict[tuple[str, str | None, int | None], dict[str, Any]] = {}  # per origin
         self._connections = connections
         self._clock = clock
         self._gates: dict[str, Gate] = {}
@@ -105,7 +110,7 @@ class HttpClient:
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
                                               connector=connector, auto_decompress=True,
-                                              trust_env=self._trust_env)
+                                              trust_env=False)  # proxies: `request`; no ~/.netrc
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -117,6 +122,26 @@ class HttpClient:
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "HttpClient used outside 'async with'"
         return self._session
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """`session.request`, through the environment's proxy for `url`'s origin when there is one (the
+        async context manager aiohttp gives). Every call of a provider goes through here."""
+        return self.session.request(method, url, **self._proxy_for(url), **kwargs)
+
+    def _proxy_for(self, url: str) -> dict[str, Any]:
+        if not self._trust_env:
+            return {}
+        u = URL(url)
+        origin = (u.scheme, u.host, u.port)
+        found = self._proxies.get(origin)
+        if found is None:
+            try:
+                proxy, auth = get_env_proxy_for_url(u)  # NO_PROXY honoured; a proxy's own ~/.netrc login
+                found = {"proxy": proxy, "proxy_auth": auth}
+            except LookupError:  # no proxy for this origin
+                found = {}
+            self._proxies[origin] = found
+        return found
 
     def gate(self, endpoint: str) -> Gate:
         if endpoint not in self._gates:
@@ -139,8 +164,8 @@ class HttpClient:
         async def once() -> bytes:
             t0 = self._clock()
             try:
-                async with self.session.request(method, url, data=body, headers=headers,
-                                                allow_redirects=False) as resp:
+                async with self.request(method, url, data=body, headers=headers,
+                                        allow_redirects=False) as resp:
                     data = await resp.read()
                     if seen is not None:
                         seen.clear()
@@ -211,7 +236,7 @@ class HttpClient:
         await self.gate(endpoint).wait()
         t0 = self._clock()
         try:
-            async with self.session.get(url, headers=headers, allow_redirects=False) as resp:
+            async with self.request("GET", url, headers=headers, allow_redirects=False) as resp:
                 self.stats.calls[(endpoint, resp.status)] += 1
                 self._called(endpoint, str(resp.status), t0)  # the time to the answer's head, not the download
                 if resp.status >= 300:

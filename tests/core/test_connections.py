@@ -60,6 +60,7 @@ class ForwardProxy:
 
     def __init__(self):
         self.seen: list[str] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each call it carried
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -67,6 +68,7 @@ class ForwardProxy:
     async def handle(self, request: web.Request) -> web.Response:
         assert self._client is not None
         self.seen.append(f"{request.method} {request.url}")
+        self.authorizations.append(request.headers.get("Authorization"))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "proxy-connection")}
         async with self._client.request(request.method, str(request.url), headers=headers,
                                         data=await request.read()) as resp:
@@ -134,6 +136,30 @@ async def test_no_proxy_bypasses_the_proxy_for_the_hosts_it_names(sim, proxy, tm
     await run(settings_for(sim.url, {"ANTHROPIC_API_KEY": KEY}), tmp_path)
     assert proxy.seen == []
     assert sum(sim.stats["calls"].values()) > 0
+
+
+@pytest.fixture
+def netrc_naming_the_provider(tmp_path, monkeypatch):
+    """A ~/.netrc (as curl and git users keep) with a login for the host the provider answers on."""
+    path = tmp_path / "netrc"
+    path.write_text("machine 127.0.0.1\nlogin someone\npassword hunter2-not-for-the-provider\n")
+    path.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(path))
+
+
+async def test_a_netrc_entry_for_the_providers_host_never_reaches_it(sim, proxy, tmp_path, monkeypatch,
+                                                                      netrc_naming_the_provider):
+    """The official SDKs do not read ~/.netrc; aiohttp's trust_env sent its login as Basic auth beside the key."""
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    await run(settings_for(sim.url, {"ANTHROPIC_API_KEY": KEY}), tmp_path)
+    assert len(proxy.seen) == sum(sim.stats["calls"].values()) > 0  # every call still went by the proxy
+    assert proxy.authorizations == [None] * len(proxy.seen)  # the key went as x-api-key, nothing else
+
+
+async def test_a_netrc_entry_for_the_providers_host_does_not_stop_a_bearer_provider(sim, tmp_path,
+                                                                                     netrc_naming_the_provider):
+    """With a bearer key aiohttp's trust_env refused every call (an Authorization header and netrc's login)."""
+    await run(settings_for(sim.url + "/v1", {"OPENAI_API_KEY": KEY}, provider="openai"), tmp_path)
 
 
 # -- credentials ----------------------------------------------------------------------------------------

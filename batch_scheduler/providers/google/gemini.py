@@ -276,8 +276,8 @@ class GeminiProvider(Provider):
         """A call whose answer's headers matter (the upload URL), retried by the client's policy."""
 
         async def once() -> tuple[bytes, dict[str, str]]:
-            async with self.http.session.request(method, url, data=body, headers=headers,
-                                                 allow_redirects=False) as resp:
+            async with self.http.request(method, url, data=body, headers=headers,
+                                         allow_redirects=False) as resp:
                 data = await resp.read()
                 if resp.status >= 300:
                     raise errors.from_status(resp.status, data, dict(resp.headers), what=f"{method} {endpoint}")
