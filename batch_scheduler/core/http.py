@@ -12,8 +12,8 @@ Proxies come from the process environment as in the official SDKs (`trust_env`: 
 `HTTP_PROXY`, `NO_PROXY`), read once per origin. `~/.netrc` is never read for the provider's host, as the
 SDKs (httpx) do not: aiohttp's own `trust_env` would send a matching entry's login as Basic auth beside
 the key, and refuse every call that carries a bearer token. A proxy named without credentials takes its
-own from `~/.netrc`, as aiohttp does. The key never leaves in an error: `redact` blanks `secret` and the value of every
-header whose name says key, token, secret, password or authorization (a proxy's token in
+own from `~/.netrc`, as aiohttp does. The key never leaves in an error: `redact` blanks `secret` and the
+value of every header whose name says key, token, secret, password or authorization (a proxy's token in
 `ANTHROPIC_CUSTOM_HEADERS` included).
 
 A 429 about the processing queue (`QueueFull`) is not retried either: admission waits for a batch to end.

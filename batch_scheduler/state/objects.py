@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from batch_scheduler.core import errors
-from batch_scheduler.core.durable import makedirs, sync_dir
+from batch_scheduler.core.durable import makedirs, replace, sync_dir
 
 if TYPE_CHECKING:  # the cluster extra's types, for the checker only
     from obstore.store import RetryConfig
@@ -103,8 +103,7 @@ class LocalObjects:
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        os.replace(self._write_tmp(path, data), path)
-        sync_dir(os.path.dirname(path))
+        replace(self._write_tmp(path, data), path)  # the directory synced after it
 
     def _walk(self, prefix: str) -> list[tuple[str, str]]:
         """(key, path) of every file under `prefix`, temporaries included."""
